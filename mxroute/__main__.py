@@ -1,0 +1,5 @@
+"""`python -m mxroute` is the `mxroute` command."""
+
+from mxroute.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""Mail addresses: parse, validate and IDNA-normalise (RFC 5321 §4.1.2, §4.1.3, §4.5.3.1).
+
+Pure functions, no I/O. A domain comes out lower-case, in A-labels, without a
+trailing dot (MX-1); an address literal comes out as an ``ipaddress`` object (MX-13).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from mxroute.errors import AddressError
+
+MAX_LOCAL_PART = 64  # RFC 5321 §4.5.3.1.1
+MAX_DOMAIN = 255  # §4.5.3.1.2 (253 characters in presentation form without the root dot)
+MAX_PATH = 256  # §4.5.3.1.3
+MAX_LABEL = 63  # RFC 1035 §2.3.4
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\x80-\U0010ffff]"
+_DOT_STRING = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*\Z")
+_QUOTED = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\x80-\U0010ffff]|\\[\x20-\x7e])*"\Z')
+_LDH_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A parsed mailbox: local part, A-label domain, and the literal if the domain is one."""
+
+    local: str
+    domain: str  # A-label domain, or the literal text with brackets (e.g. "[192.0.2.1]")
+    literal: IPAddress | None = None
+
+    def __str__(self) -> str:
+        return f"{self.local}@{self.domain}"
+
+    @property
+    def utf8(self) -> bool:
+        """True when the address needs SMTPUTF8 (RFC 6531) to be sent."""
+        return not self.local.isascii()
+
+
+def normalize_domain(domain: str) -> str:
+    """Lower-case ``domain`` and convert it to A-labels; raise AddressError if it is not a host name."""
+    if not domain:
+        raise AddressError("empty domain")
+    if _CONTROL.search(domain):
+        raise AddressError("control character in domain")
+    if domain.endswith("."):
+        raise AddressError(f"domain {domain!r} ends with a dot (RFC 5321 §4.1.2 forbids it)")
+    try:
+        alabel = _to_alabel(domain)
+    except UnicodeError as exc:
+        raise AddressError(f"domain {domain!r} is not a valid IDN: {exc}") from None
+    if len(alabel) > MAX_DOMAIN - 2:
+        raise AddressError(f"domain is {len(alabel)} characters long (limit 253)")
+    labels = alabel.split(".")
+    for label in labels:
+        if not label:
+            raise AddressError(f"domain {domain!r} has an empty label")
+        if len(label) > MAX_LABEL:
+            raise AddressError(f"label {label[:20]!r}... is {len(label)} octets long (limit 63)")
+        if not _LDH_LABEL.match(label):
+            raise AddressError(f"label {label!r} is not letters, digits and hyphens")
+    return alabel
+
+
+def _to_alabel(domain: str) -> str:
+    if domain.isascii():
+        return domain.lower()
+    try:
+        import idna  # IDNA 2008 with UTS 46 mapping, when installed
+
+        return str(idna.encode(domain, uts46=True).decode("ascii")).lower()
+    except ImportError:
+        return domain.encode("idna").decode("ascii").lower()
+
+
+def parse_literal(text: str) -> IPAddress:
+    """Parse an address literal ``[192.0.2.1]`` or ``[IPv6:2001:db8::1]`` (RFC 5321 §4.1.3)."""
+    if not (text.startswith("[") and text.endswith("]")):
+        raise AddressError(f"{text!r} is not an address literal")
+    inner = text[1:-1]
+    try:
+        if inner[:5].lower() == "ipv6:":
+            return ipaddress.IPv6Address(inner[5:])
+        return ipaddress.IPv4Address(inner)
+    except ValueError:
+        raise AddressError(f"malformed address literal {text!r}") from None
+
+
+def parse_address(text: str) -> Address:
+    """Parse ``local@domain`` (angle brackets allowed) into an Address, or raise AddressError."""
+    if _CONTROL.search(text):
+        raise AddressError("control character in address")
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1]
+    if not text:
+        raise AddressError("empty address")
+    if len(text.encode("utf-8")) > MAX_PATH - 2:
+        raise AddressError(f"address is longer than {MAX_PATH - 2} octets")
+    local, sep, domain = text.rpartition("@")
+    if not sep or not local:
+        raise AddressError(f"{text!r} is not of the form local-part@domain")
+    if not (_DOT_STRING.match(local) or _QUOTED.match(local)):
+        raise AddressError(f"local part {local!r} is not a dot-string or a quoted string")
+    if len(local.encode("utf-8")) > MAX_LOCAL_PART:
+        raise AddressError(f"local part is longer than {MAX_LOCAL_PART} octets")
+    if domain.startswith("["):
+        literal = parse_literal(domain)
+        shown = f"[{literal}]" if literal.version == 4 else f"[IPv6:{literal}]"
+        return Address(local, shown, literal)
+    return Address(local, normalize_domain(domain))
+
+
+def parse_path(text: str) -> Address | None:
+    """Parse an SMTP reverse- or forward-path; ``<>`` gives None.
+
+    A source route (``<@a,@b:user@d>``) is accepted and dropped: only the final
+    hop is kept (RFC 5321 §4.1.1.3, appendix C; SEC-3).
+    """
+    text = text.strip()
+    if text == "<>":
+        return None
+    if not (text.startswith("<") and text.endswith(">")):
+        raise AddressError(f"path {text!r} must be enclosed in angle brackets")
+    inner = text[1:-1]
+    if inner.startswith("@"):
+        route, sep, mailbox = inner.partition(":")
+        if not sep or not re.fullmatch(r"@[^,:@]+(?:,@[^,:@]+)*", route):
+            raise AddressError(f"malformed source route in {text!r}")
+        inner = mailbox
+    return parse_address(inner)

@@ -1,0 +1,231 @@
+"""Settings: the one place configuration is read (pydantic-settings).
+
+Sources, strongest first: command-line overrides, ``MXROUTE_<NAME>`` environment
+variables (lists as JSON), the TOML file (``--config``, else ``MXROUTE_CONFIG``,
+else ``/etc/mxroute/mxroute.toml`` when present), then the defaults below.
+A bad value becomes one ``ConfigError`` line naming the setting.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from mxroute.errors import ConfigError
+from mxroute.resolver import Server
+
+DEFAULT_CONFIG = Path("/etc/mxroute/mxroute.toml")
+
+
+def _default_spool() -> Path:
+    state = os.environ.get("STATE_DIRECTORY")  # set by systemd's StateDirectory=
+    return Path(state.split(":")[0]) if state else Path("spool")
+
+
+def parse_hostport(text: str, default_port: int = 25) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or ``host`` → (host, port)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = int(rest[1:]) if rest.startswith(":") else default_port
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        port = int(port_text)
+    elif text.count(":") > 1:
+        host, port = text, default_port
+    else:
+        host, port = text, default_port
+    if not host or not 0 <= port < 65536:
+        raise ValueError(f"{text!r} is not host:port")
+    return host, port
+
+
+class Settings(BaseSettings):
+    """Every setting of mxroute, with its default (see config/mxroute.toml)."""
+
+    model_config = SettingsConfigDict(env_prefix="MXROUTE_", extra="forbid", validate_default=True)
+
+    # --- intake ---
+    listen: list[str] = ["127.0.0.1:2525"]
+    relay_networks: list[str] = ["127.0.0.0/8", "::1/128"]
+    allow_open_relay: bool = False  # SEC-4: needed to start with 0.0.0.0/0 or ::/0 in relay_networks
+    max_message_size: int = Field(36700160, ge=1024)
+    max_recipients: int = Field(100, ge=1)
+    max_received_headers: int = Field(100, ge=1)
+    bare_newline: Literal["normalize", "reject"] = "normalize"
+    allow_address_literals: bool = False
+    max_clients: int = Field(200, ge=1)
+    command_timeout: float = Field(300.0, gt=0)  # server side, RFC 5321 §4.5.3.2.7
+    data_timeout: float = Field(600.0, gt=0)
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    auth_credentials_file: Path | None = None
+    banner: str = "ESMTP"
+
+    # --- spool and queue ---
+    spool_dir: Path = Field(default_factory=_default_spool)
+    retry_min_seconds: int = Field(300, ge=1)
+    retry_max_seconds: int = Field(3600, ge=1)
+    queue_lifetime_seconds: int = Field(432000, ge=0)
+    bounce_lifetime_seconds: int = Field(432000, ge=0)
+    delay_warning_seconds: int = Field(0, ge=0)  # 0 = no delay warnings (DSN-10)
+    delivery_concurrency: int = Field(100, ge=1)
+    destination_concurrency: int = Field(20, ge=1)
+
+    # --- DNS ---
+    dns_servers: list[str] = []
+    dns_timeout: float = Field(5.0, gt=0)
+    dns_attempts: int = Field(2, ge=1)
+    dns_cache_size: int = Field(10000, ge=0)
+
+    # --- routing and delivery ---
+    smtp_port: int = Field(25, ge=1, le=65535)
+    helo_name: str = Field(default_factory=socket.getfqdn)
+    egress_ips: list[str] = []
+    sender_domain: str | None = None  # default sender domain for the SPF self-check
+    allow_private_destinations: bool = False
+    address_family: Literal["ipv6-first", "ipv4-first", "ipv4-only", "ipv6-only"] = "ipv6-first"
+    mx_address_limit: int = Field(5, ge=1)
+    mx_session_limit: int = Field(2, ge=1)
+    connect_timeout: float = Field(30.0, gt=0)
+    greeting_timeout: float = Field(300.0, gt=0)  # RFC 5321 §4.5.3.2.1: 5 min
+    mail_timeout: float = Field(300.0, gt=0)  # §4.5.3.2.2: 5 min
+    rcpt_timeout: float = Field(300.0, gt=0)  # §4.5.3.2.3: 5 min
+    data_init_timeout: float = Field(120.0, gt=0)  # §4.5.3.2.4: 2 min
+    data_block_timeout: float = Field(180.0, gt=0)  # §4.5.3.2.5: 3 min
+    data_done_timeout: float = Field(600.0, gt=0)  # §4.5.3.2.6: 10 min
+
+    # --- operations ---
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    metrics_listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: list[str]) -> list[str]:
+        for item in value:
+            parse_hostport(item)
+        return value
+
+    @field_validator("relay_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)
+        return value
+
+    @field_validator("dns_servers")
+    @classmethod
+    def _servers(cls, value: list[str]) -> list[str]:
+        for item in value:
+            Server.parse(item)
+        return value
+
+    @field_validator("egress_ips")
+    @classmethod
+    def _egress(cls, value: list[str]) -> list[str]:
+        return [str(ipaddress.ip_address(item)) for item in value]
+
+    @field_validator("helo_name")
+    @classmethod
+    def _helo(cls, value: str) -> str:
+        from mxroute.address import normalize_domain
+
+        if value.startswith("["):
+            return value
+        return normalize_domain(value.rstrip("."))
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Settings:
+        if self.retry_min_seconds > self.retry_max_seconds:
+            raise ValueError("retry_min_seconds must not exceed retry_max_seconds")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if not self.allow_open_relay:
+            for item in self.relay_networks:
+                if ipaddress.ip_network(item, strict=False).prefixlen == 0:
+                    raise ValueError(
+                        f"relay_networks contains {item}: that is an open relay (set allow_open_relay = true to insist)"
+                    )
+        return self
+
+    # --- derived values ---
+    def dns_server_list(self) -> list[Server]:
+        return [Server.parse(item) for item in self.dns_servers]
+
+    def listen_addresses(self) -> list[tuple[str, int]]:
+        return [parse_hostport(item, 2525) for item in self.listen]
+
+    def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(item, strict=False) for item in self.relay_networks]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if _CONFIG_FILE is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=_CONFIG_FILE))
+        return tuple(sources)
+
+
+_CONFIG_FILE: Path | None = None
+
+
+def config_path(explicit: str | None) -> Path | None:
+    """Which TOML file to read: ``--config``, else $MXROUTE_CONFIG, else the system file if present."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("MXROUTE_CONFIG")
+    if env:
+        return Path(env)
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
+
+
+def load_settings(config: str | None = None, **overrides: Any) -> Settings:
+    """Read and validate the settings; raise ConfigError with one readable line."""
+    global _CONFIG_FILE
+    path = config_path(config)
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"configuration file {path} does not exist")
+        try:
+            import tomllib
+
+            tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    _CONFIG_FILE = path
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, path)) from None
+    except ValueError as exc:  # a JSON list in the environment that is not JSON
+        raise ConfigError(f"invalid setting: {exc}") from None
+    finally:
+        _CONFIG_FILE = None
+
+
+def _one_line(exc: ValidationError, path: Path | None) -> str:
+    error = exc.errors()[0]
+    name = ".".join(str(part) for part in error["loc"] if not isinstance(part, int)) or "settings"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        where = f" in {path}" if path else ""
+        return f"unknown setting {name!r}{where}"
+    env = f"MXROUTE_{name.upper()}"
+    source = f" (from {env})" if env in os.environ else (f" (from {path})" if path else "")
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"setting {name}{source}: {message}{more}"
