@@ -1,0 +1,54 @@
+"""The envelope of a message and the outcome of delivering to a recipient.
+
+Plain data shared by intake, spool, queue, courier and bounces (RFC 5321 §2.3.1;
+DSN parameters of RFC 3461 §4).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Recipient:
+    """One forward-path with its RFC 3461 parameters."""
+
+    address: str
+    notify: tuple[str, ...] = ()  # () = not given (FAILURE by default); ("NEVER",) or some of SUCCESS/FAILURE/DELAY
+    orcpt: str | None = None  # "rfc822;user@example.com" as given (xtext-decoded)
+
+    def wants(self, kind: str) -> bool:
+        """Does this recipient want a DSN of ``kind`` (SUCCESS, FAILURE, DELAY)? (RFC 3461 §4.1)."""
+        if not self.notify:
+            return kind in ("FAILURE", "DELAY")
+        return kind in self.notify
+
+
+@dataclass(slots=True)
+class Envelope:
+    """Reverse-path, forward-paths and the message-wide parameters."""
+
+    sender: str  # "" is the null reverse-path <> (a bounce)
+    recipients: list[Recipient] = field(default_factory=list)
+    ret: str | None = None  # FULL or HDRS (RFC 3461 §4.3)
+    envid: str | None = None  # RFC 3461 §4.4
+    body: str | None = None  # 7BIT or 8BITMIME (RFC 6152)
+    smtputf8: bool = False  # RFC 6531
+
+
+class Disposition(enum.Enum):
+    DELIVERED = "delivered"
+    DEFERRED = "deferred"
+    BOUNCED = "bounced"
+
+
+@dataclass(slots=True)
+class RecipientResult:
+    """What one delivery attempt did for one recipient."""
+
+    recipient: str
+    disposition: Disposition
+    status: str  # enhanced status code, e.g. "2.0.0", "4.4.1", "5.1.1" (RFC 3463)
+    reply: str  # the remote reply as received ("550 5.1.1 no such user"), or the local reason
+    remote_mta: str | None = None  # "mx1.example.com[192.0.2.1]:25" when a remote answered

@@ -1,0 +1,65 @@
+"""Gather the DNS facts for a destination, then plan: the one routing path.
+
+``route()`` is what delivery calls on every attempt (MX-18: re-resolved each
+time, the resolver's cache honouring TTLs) and what ``explain`` calls to show
+it. The DNS I/O lives here; every decision lives in ``plan.build_plan``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from mxroute.address import parse_literal
+from mxroute.plan import DomainFacts, HostFacts, Plan, RoutingPolicy, build_plan, is_ip_name, mx_records, MAX_MX_NAMES
+from mxroute.resolver import Outcome, Resolver
+from mxroute.settings import Settings, parse_hostport
+
+
+async def gather(resolver: Resolver, domain: str, policy: RoutingPolicy) -> DomainFacts:
+    """Ask DNS everything ``build_plan`` needs for ``domain`` (an A-label name or a literal)."""
+    if domain.startswith("["):
+        return DomainFacts(domain, literal=parse_literal(domain))
+    mx = await resolver.lookup(domain, "MX")
+    if mx.outcome is Outcome.RECORDS:
+        names = [r.exchange for r in sorted(mx_records(mx), key=lambda r: r.preference)[:MAX_MX_NAMES]]
+        names = [n for n in dict.fromkeys(names) if n != "." and not is_ip_name(n)]
+    elif mx.outcome is Outcome.NODATA:
+        names = [mx.canonical]  # MX-7: implicit MX
+    else:
+        names = []
+    hosts = await asyncio.gather(*(_host(resolver, name, policy) for name in names))
+    return DomainFacts(domain, mx=mx, hosts={h.name: h for h in hosts})
+
+
+async def _host(resolver: Resolver, name: str, policy: RoutingPolicy) -> HostFacts:
+    families = policy.families
+    a_task = resolver.lookup(name, "A") if 4 in families else None
+    aaaa_task = resolver.lookup(name, "AAAA") if 6 in families else None
+    a = await a_task if a_task else None
+    aaaa = await aaaa_task if aaaa_task else None
+    return HostFacts(name, a=a, aaaa=aaaa)
+
+
+async def route(resolver: Resolver, domain: str, policy: RoutingPolicy, rng: random.Random) -> Plan:
+    """The ordered delivery plan for ``domain``: gather facts, then decide."""
+    return build_plan(await gather(resolver, domain, policy), policy, rng)
+
+
+def policy_from_settings(settings: Settings) -> RoutingPolicy:
+    """The routing policy a relay with these settings applies."""
+    names = {settings.helo_name.lower()}
+    addresses = set(settings.egress_ips)
+    for host, port in (parse_hostport(item, 2525) for item in settings.listen):
+        # A listener is "this relay" for routing only where delivery would dial it:
+        # the same port (a relay on :2525 delivering to a local MTA on :25 is no loop).
+        if port == settings.smtp_port and host not in ("0.0.0.0", "::", ""):
+            addresses.add(host)
+    return RoutingPolicy(
+        family=settings.address_family,
+        port=settings.smtp_port,
+        address_limit=settings.mx_address_limit,
+        allow_private=settings.allow_private_destinations,
+        self_names=frozenset(names),
+        self_addresses=frozenset(addresses),
+    )
