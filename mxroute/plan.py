@@ -373,7 +373,7 @@ class _Planner:
                 answer = host.answer(family)
                 if answer is None:
                     continue
-                if answer.cnames:
+                if answer.cnames and not any(d.rule == "MX-12" and d.text.startswith(record.exchange + " ") for d in self.decisions):
                     self.decide("MX-12", "RFC 2181 §10.3", f"{record.exchange} is an alias ({' -> '.join(answer.cnames)}): followed, but MX targets must not be aliases")
                 if answer.outcome.temporary:
                     self.temporary.append(f"{'AAAA' if family == 6 else 'A'} lookup for {record.exchange} failed: {answer.outcome.value}")

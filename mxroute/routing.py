@@ -63,3 +63,21 @@ def policy_from_settings(settings: Settings) -> RoutingPolicy:
         self_names=frozenset(names),
         self_addresses=frozenset(addresses),
     )
+
+
+def resolver_from_settings(settings: Settings, zones: list[str] | None = None, trace_size: int | None = 0) -> Resolver:
+    """The shared resolver as the settings (or ``--zone`` files) configure it.
+
+    ``trace_size`` 0 keeps no trace (the daemon); None keeps every query (``explain``).
+    """
+    from mxroute.resolver import NetworkTransport
+    from mxroute.zonefile import ZoneData, ZoneTransport
+
+    transport: ZoneTransport | NetworkTransport
+    if zones:
+        transport = ZoneTransport(ZoneData.from_files(zones), list(zones))
+    elif settings.dns_servers:
+        transport = NetworkTransport(settings.dns_server_list(), settings.dns_timeout, settings.dns_attempts)
+    else:
+        transport = NetworkTransport.system(settings.dns_timeout, settings.dns_attempts)
+    return Resolver(transport, cache_size=settings.dns_cache_size, trace_size=trace_size)

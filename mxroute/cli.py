@@ -1,0 +1,201 @@
+"""The `mxroute` command: parse arguments, call, render. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from mxroute.errors import EX_CONFIG, EX_NOINPUT, EX_USAGE, EX_OK, MxrouteError, ConfigError, AddressError
+
+PROG = "mxroute"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits 64 (EX_USAGE) on bad arguments, as mail tools do."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EX_USAGE)
+
+
+def _common() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("--config", metavar="FILE", help="TOML settings file (default: $MXROUTE_CONFIG, else /etc/mxroute/mxroute.toml)")
+    common.add_argument("--dns", metavar="SERVER[:PORT]", action="append", default=[], help="DNS server to ask (repeatable; overrides dns_servers)")
+    common.add_argument("--zone", metavar="FILE", action="append", default=[], help="answer DNS from this RFC 1035 zone file instead (repeatable)")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = _Parser(prog=PROG, description="Mail routing resolver and SMTP smarthost relay.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("explain", parents=[common], help="show how mail to ADDRESS would be routed")
+    p.add_argument("address")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--sender", help="envelope sender for the SPF check (default: postmaster@sender_domain)")
+    p.add_argument("--egress-ip", action="append", default=[], metavar="IP", help="the relay's sending address (repeatable; default: egress_ips)")
+    p.add_argument("--helo", help="HELO name to check (default: helo_name)")
+    p.add_argument("--probe", action="store_true", help="connect to the first address: banner, EHLO, STARTTLS")
+    p.add_argument("--record", metavar="FILE", help="write every DNS answer seen as a zone file that --zone replays")
+    p.add_argument("--seed", type=int, help="seed the shuffle of equal preferences (deterministic output)")
+
+    p = sub.add_parser("spf", parents=[common], help="RFC 7208 check_host() with a trace")
+    p.add_argument("ip")
+    p.add_argument("sender")
+    p.add_argument("--helo")
+    p.add_argument("--json", action="store_true")
+
+    sub.add_parser("serve", parents=[common], help="run the smarthost relay")
+
+    p = sub.add_parser("queue", parents=[common], help="inspect and act on the spool")
+    p.add_argument("action", choices=["list", "show", "flush", "delete"])
+    p.add_argument("queue_id", nargs="?")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("check-config", parents=[common], help="validate the settings and print the effective values")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"{PROG}: configuration error: {exc.message}", file=sys.stderr)
+        return EX_CONFIG
+    except AddressError as exc:
+        print(f"{PROG}: {exc.message}", file=sys.stderr)
+        return EX_USAGE
+    except MxrouteError as exc:
+        print(f"{PROG}: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from mxroute.settings import load_settings
+
+    overrides: dict[str, Any] = {}
+    if args.dns:
+        overrides["dns_servers"] = args.dns
+    settings = load_settings(args.config, **overrides)
+    for zone in args.zone:
+        import os
+
+        if not os.path.isfile(zone):
+            raise MxrouteError(f"zone file {zone} does not exist", code=451)
+    return settings
+
+
+def _resolver(args: argparse.Namespace, settings: Any, trace: bool) -> Any:
+    from mxroute.routing import resolver_from_settings
+
+    try:
+        return resolver_from_settings(settings, args.zone, trace_size=None if trace else 0)
+    except (ValueError, OSError) as exc:
+        raise MxrouteError(f"cannot load zone file: {exc}", code=451) from None
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "explain":
+        return _explain(args)
+    if args.command == "spf":
+        return _spf(args)
+    if args.command == "check-config":
+        return _check_config(args)
+    if args.command == "serve":
+        from mxroute.daemon import serve
+
+        return serve(_settings(args))
+    if args.command == "queue":
+        from mxroute.queuecmd import queue_command
+
+        if args.action in ("show", "delete") and not args.queue_id:
+            print(f"{PROG}: queue {args.action} needs a queue ID", file=sys.stderr)
+            return EX_USAGE
+        return queue_command(_settings(args), args.action, args.queue_id, args.json)
+    raise AssertionError(args.command)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import random
+
+    from mxroute.address import parse_address
+    from mxroute.explain import explain
+    from mxroute.routing import policy_from_settings
+
+    address = parse_address(args.address)
+    settings = _settings(args)
+    resolver = _resolver(args, settings, trace=True)
+    recorder = None
+    if args.record:
+        from mxroute.zonefile import Recorder
+
+        recorder = Recorder()
+        resolver.observers.append(recorder)
+    policy = policy_from_settings(settings)
+    rng = random.Random(args.seed)
+    report = asyncio.run(explain(address, resolver, policy, rng))
+    _add_identity(args, settings, resolver, report)
+    if args.probe:
+        from mxroute.probe import probe
+
+        report.probe = asyncio.run(probe(report.plan, settings))
+        report.dns = [record.to_json() for record in resolver.trace]
+    if recorder is not None:
+        try:
+            with open(args.record, "w", encoding="utf-8") as handle:
+                handle.write(recorder.zone_text(f"explain {report.address}"))
+        except OSError as exc:
+            print(f"{PROG}: cannot write {args.record}: {exc}", file=sys.stderr)
+            return EX_NOINPUT
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
+    else:
+        from mxroute.render import Style, render_explain
+
+        sys.stdout.write(render_explain(report, Style(sys.stdout.isatty())))
+    return report.exit_code
+
+
+def _add_identity(args: argparse.Namespace, settings: Any, resolver: Any, report: Any) -> None:
+    """SPF and reverse-DNS verdicts for the relay's own sending identity (EXP-4)."""
+    egress = args.egress_ip or settings.egress_ips
+    sender = args.sender or (f"postmaster@{settings.sender_domain}" if settings.sender_domain else None)
+    if not egress:
+        return
+    from mxroute.identity import check_identity, render_identity
+
+    helo = args.helo or settings.helo_name
+    reports = asyncio.run(check_identity(resolver, sender=sender, egress_ips=egress, helo=helo))
+    report.identity = [r.to_json() for r in reports]
+    report.identity_text = render_identity(reports)
+    report.dns = [record.to_json() for record in resolver.trace]
+
+
+def _spf(args: argparse.Namespace) -> int:
+    from mxroute.spfcmd import spf_command
+
+    settings = _settings(args)
+    resolver = _resolver(args, settings, trace=True)
+    return asyncio.run(spf_command(resolver, args.ip, args.sender, args.helo, args.json))
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    values = json.loads(settings.model_dump_json())
+    if args.json:
+        print(json.dumps(values, indent=2))
+    else:
+        for name, value in values.items():
+            print(f"{name} = {json.dumps(value)}")
+    return EX_OK

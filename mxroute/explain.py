@@ -1,0 +1,53 @@
+"""`mxroute explain`: how mail to an address would be routed, by the delivery code itself.
+
+It gathers facts through the shared resolver, calls the same ``routing.route``
+that delivery calls, and turns the plan into the contract's report (EXP-1..5).
+It never touches the queue.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from mxroute.address import Address
+from mxroute.errors import EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
+from mxroute.plan import Plan, RoutingPolicy, Verdict, plan_to_json
+from mxroute.resolver import Resolver
+from mxroute.routing import route
+
+EXIT_CODES = {Verdict.DELIVERABLE: EX_OK, Verdict.TEMPORARY: EX_TEMPFAIL, Verdict.PERMANENT: EX_UNAVAILABLE}
+
+
+@dataclass
+class Report:
+    """Everything ``explain`` shows, in the contract's JSON shape via ``to_json``."""
+
+    address: Address
+    plan: Plan
+    dns: list[dict[str, Any]]
+    identity: list[dict[str, Any]] = field(default_factory=list)  # one per egress IP (SPF + PTR)
+    probe: dict[str, Any] | None = None
+    identity_text: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.plan.verdict]
+
+    def to_json(self) -> dict[str, Any]:
+        first = self.identity[0] if self.identity else {}
+        body: dict[str, Any] = {"address": str(self.address), "domain": self.address.domain}
+        body.update(plan_to_json(self.plan))
+        body["spf"] = first.get("spf")
+        body["ptr"] = first.get("ptr")
+        body["identity"] = self.identity
+        body["probe"] = self.probe
+        body["dns"] = self.dns
+        return body
+
+
+async def explain(address: Address, resolver: Resolver, policy: RoutingPolicy, rng: random.Random) -> Report:
+    """Route ``address`` exactly as delivery would, and keep the DNS trace."""
+    plan = await route(resolver, address.domain, policy, rng)
+    return Report(address, plan, [record.to_json() for record in resolver.trace])

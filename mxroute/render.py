@@ -1,0 +1,106 @@
+"""Text rendering for the commands: aligned tables, colour only on a terminal.
+
+Peer- and DNS-supplied strings are shown with control characters escaped, so a
+hostile TXT record or banner cannot repaint the terminal (SEC-6).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from mxroute.explain import Report
+from mxroute.plan import Verdict
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def clean(value: object) -> str:
+    """A peer-supplied value made safe for one terminal line."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]], indent: str = "  ") -> str:
+    """Left-aligned columns; the last column is not padded."""
+    cells = [[clean(c) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    lines = []
+    for row in [list(headers), *cells]:
+        padded = [c.ljust(w) for c, w in zip(row[:-1], widths[:-1])] + [row[-1]]
+        lines.append((indent + "  ".join(padded)).rstrip())
+    return "\n".join(lines)
+
+
+class Style:
+    """ANSI styling when enabled (stdout is a TTY), plain text otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def _wrap(self, code: str, text: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if self.enabled else text
+
+    def bold(self, text: str) -> str:
+        return self._wrap("1", text)
+
+    def verdict(self, verdict: Verdict, text: str) -> str:
+        code = {Verdict.DELIVERABLE: "32", Verdict.TEMPORARY: "33", Verdict.PERMANENT: "31"}[verdict]
+        return self._wrap(code + ";1", text)
+
+
+def render_explain(report: Report, style: Style) -> str:
+    """The human form of ``explain``: summary, MX, plan, pruned, reasoning, DNS trace."""
+    plan = report.plan
+    out: list[str] = []
+    domain = report.address.domain
+    if plan.cnames:
+        domain += f"  (alias: {' -> '.join(plan.cnames)})"
+    out.append(table(
+        ["address", clean(report.address)],
+        [["domain", domain], ["verdict", f"{plan.verdict.value} ({plan.dsn_status}): {plan.reason}"]],
+    ).replace(plan.verdict.value, style.verdict(plan.verdict, plan.verdict.value), 1))
+    flags = []
+    if plan.null_mx:
+        flags.append("null MX (RFC 7505)")
+    if plan.implicit_mx:
+        flags.append("no MX records: implicit MX (RFC 5321 §5.1)")
+    if plan.mx:
+        out.append(style.bold("\nMX records") + (f"  [{'; '.join(flags)}]" if flags else ""))
+        out.append(table(["PREF", "EXCHANGE", "TTL"], [[r.preference, r.exchange, r.ttl] for r in sorted(plan.mx, key=lambda r: r.preference)]))
+    elif flags:
+        out.append(style.bold("\nMX records") + f"  [{'; '.join(flags)}]")
+    if plan.targets:
+        out.append(style.bold("\nPlan") + " (the order delivery will try)")
+        out.append(table(
+            ["#", "EXCHANGE", "PREF", "ADDRESS", "FAMILY", "PORT"],
+            [[i, t.exchange or "(literal)", t.preference, t.address, f"IPv{t.family}", t.port] for i, t in enumerate(plan.targets, 1)],
+        ))
+    if plan.pruned:
+        out.append(style.bold("\nPruned"))
+        out.append(table(
+            ["EXCHANGE", "ADDRESS", "REASON", "DETAIL"],
+            [[p.exchange or "-", p.address or "-", p.reason, p.detail] for p in plan.pruned],
+        ))
+    if plan.decisions:
+        out.append(style.bold("\nReasoning"))
+        out.append(table(["RULE", "REF", "DECISION"], [[d.rule, d.ref, d.text] for d in plan.decisions]))
+    if report.identity_text:
+        out.append(style.bold("\nSending identity"))
+        out.append(report.identity_text.rstrip("\n"))
+    if report.probe is not None:
+        out.append(style.bold("\nProbe"))
+        out.append(render_probe(report.probe))
+    if report.dns:
+        out.append(style.bold("\nDNS queries"))
+        out.append(table(
+            ["QNAME", "TYPE", "RCODE", "TTL", "MS", "CACHED", "ANSWERS"],
+            [[q["qname"], q["qtype"], q["rcode"], q["ttl"], f"{q['ms']:.1f}", "yes" if q["cached"] else "no",
+              "; ".join(q["answers"]) or "-"] for q in report.dns],
+        ))
+    return "\n".join(out) + "\n"
+
+
+def render_probe(probe: dict[str, Any]) -> str:
+    rows = [[key, "; ".join(map(str, value)) if isinstance(value, list) else value] for key, value in probe.items()]
+    return table(["WHAT", "RESULT"], rows)
