@@ -253,7 +253,7 @@ class _Planner:
             if len(records) > MAX_MX_NAMES:
                 self.decide("SEC-12", "RFC 1035 §4.2.1", f"{len(records)} MX records: only the {MAX_MX_NAMES} best are used")
                 records = sorted(records, key=lambda r: r.preference)[:MAX_MX_NAMES]
-        shown_mx = tuple(records) if not implicit else ()
+        shown_mx = tuple(sorted(records, key=lambda r: (r.preference, r.exchange))) if not implicit else ()
         null = [r for r in records if r.exchange == "."]
         if null and len(records) == 1:
             self.decide("MX-10", "RFC 7505 §3", f"{domain} publishes a null MX: it accepts no mail")

@@ -30,7 +30,7 @@ import dns.rdataclass
 import dns.rdataset
 import dns.rdatatype
 import dns.rrset
-import dns.ttl
+import dns.tokenizer
 import dns.zonefile
 import dns.exception
 
@@ -151,40 +151,34 @@ class ZoneData:
 def parse_zone_text(text: str, source: str = "<zone>") -> list[dns.rrset.RRset]:
     """Parse RFC 1035 master-file text into RRsets, honouring $ORIGIN and $TTL.
 
-    Unlike ``dns.zone`` this takes records of many zones in one file (several SOAs),
-    which is what a recording of one routing decision holds.
+    Unlike ``dns.zone`` this takes records of many zones in one file (several
+    SOAs), which is what a recording of one routing decision holds.
     """
-    origin = dns.name.root
-    default_ttl: int | None = None
-    rrsets: list[dns.rrset.RRset] = []
-    chunk: list[str] = []
-    first_line = 1
+    manager = _AnyOriginManager(dns.name.root, False, dns.rdataclass.IN)
+    try:
+        with manager.writer(True) as txn:
+            tokenizer = dns.tokenizer.Tokenizer(text, source)
+            dns.zonefile.Reader(tokenizer, dns.rdataclass.IN, txn, allow_include=False, allow_directives=True).read()
+    except dns.exception.DNSException as exc:
+        raise ValueError(str(exc)) from None
+    return manager.rrsets
 
-    def flush() -> None:
-        if not any(line.split(";", 1)[0].strip() for line in chunk):
-            return
-        try:
-            rrsets.extend(
-                dns.zonefile.read_rrsets("\n".join(chunk), origin=origin, relativize=False, default_ttl=default_ttl, rdclass=None)
-            )
-        except dns.exception.SyntaxError as exc:
-            raise ValueError(f"{source}: near line {first_line}: {exc}") from None
 
-    for number, line in enumerate(text.splitlines(), 1):
-        directive = line.split(";", 1)[0].split()
-        if directive and directive[0].upper() in ("$ORIGIN", "$TTL"):
-            flush()
-            chunk, first_line = [], number + 1
-            if len(directive) != 2:
-                raise ValueError(f"{source}:{number}: {directive[0]} takes one argument")
-            if directive[0].upper() == "$ORIGIN":
-                origin = dns.name.from_text(directive[1], origin)
-            else:
-                default_ttl = dns.ttl.from_text(directive[1])
-            continue
-        chunk.append(line)
-    flush()
-    return rrsets
+class _AnyName(dns.name.Name):
+    """Compares equal to every name: lets an SOA stand at any owner in one file."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __ne__(self, other: object) -> bool:
+        return False
+
+    __hash__ = dns.name.Name.__hash__
+
+
+class _AnyOriginManager(dns.zonefile.RRSetsReaderManager):
+    def origin_information(self) -> tuple[dns.name.Name | None, bool, object]:  # type: ignore[override]
+        return (self.origin, self.relativize, _AnyName([b""]))
 
 
 def _rrset(name: dns.name.Name, rdataset: dns.rdataset.Rdataset) -> dns.rrset.RRset:

@@ -1,0 +1,169 @@
+"""`mxroute explain` through the real CLI against a real loopback DNS server (EXP-1, EXP-2, EXP-5, MX-*)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.dnsserver import DNSServer
+
+ROOT = Path(__file__).resolve().parents[2]
+ZONE = """
+$ORIGIN t.
+$TTL 300
+@         IN SOA ns.t. host.t. 1 3600 600 86400 60
+pref      IN MX 20 b.t.
+pref      IN MX 10 a.t.
+pref      IN MX 30 c.t.
+a         IN A 127.0.1.1
+b         IN A 127.0.1.2
+c         IN A 127.0.1.3
+implicit  IN A 127.0.1.3
+nullmx    IN MX 0 .
+nullmx    IN A 127.0.1.1
+mixednull IN MX 0 .
+mixednull IN MX 10 a.t.
+noaddr    IN MX 10 nothing.t.
+noaddr    IN A 127.0.1.1
+numeric   IN MX 10 127.0.0.2.
+alias     IN CNAME pref.t.
+cnamemx   IN MX 10 mxalias.t.
+mxalias   IN CNAME a.t.
+self      IN MX 10 me.t.
+self      IN MX 20 b.t.
+selflast  IN MX 10 b.t.
+selflast  IN MX 20 me.t.
+me        IN A 127.0.9.9
+private   IN MX 10 p.t.
+p         IN A 10.1.1.1
+p         IN A 169.254.169.254
+p         IN AAAA ::ffff:127.0.0.1
+dual      IN MX 10 d6.t.
+d6        IN AAAA ::1
+d6        IN A 127.0.1.6
+halfbad   IN MX 10 sf.t.
+halfbad   IN MX 20 nothing.t.
+"""
+
+
+def explain(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MXROUTE_")}
+    full_env.update({"MXROUTE_HELO_NAME": "me.t", "PYTHONPATH": str(ROOT)})
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "mxroute", "explain", *args], capture_output=True, text=True, env=full_env, timeout=60, cwd=ROOT
+    )
+
+
+@pytest.fixture
+def dns(dns_server: DNSServer) -> DNSServer:
+    dns_server.set_zone(ZONE)
+    dns_server.fail("sf.t")
+    return dns_server
+
+
+def as_json(dns: DNSServer, address: str, *extra: str, private: bool = True) -> tuple[int, dict[str, Any]]:
+    env = {"MXROUTE_ALLOW_PRIVATE_DESTINATIONS": "true" if private else "false", "MXROUTE_DNS_TIMEOUT": "0.5"}
+    result = explain(["--dns", dns.address, "--json", "--seed", "1", address, *extra], env)
+    assert result.stderr == "" or result.returncode != 0, result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+CASES = [
+    # (address, exit code, status, plan addresses, pruned reasons, rule) — one per MX-* scenario
+    ("u@pref.t", 0, "deliverable", ["127.0.1.1", "127.0.1.2", "127.0.1.3"], [], "MX-2"),
+    ("u@implicit.t", 0, "deliverable", ["127.0.1.3"], [], "MX-7"),
+    ("u@nx.t", 69, "permanent-failure", [], [], "MX-5"),
+    ("u@nullmx.t", 69, "permanent-failure", [], [], "MX-10"),
+    ("u@mixednull.t", 0, "deliverable", ["127.0.1.1"], ["null-mx-mixed"], None),
+    ("u@noaddr.t", 69, "permanent-failure", [], ["no-address"], "MX-9"),
+    ("u@numeric.t", 69, "permanent-failure", [], ["numeric-mx-target"], "MX-9"),
+    ("u@alias.t", 0, "deliverable", ["127.0.1.1", "127.0.1.2", "127.0.1.3"], [], "MX-4"),
+    ("u@cnamemx.t", 0, "deliverable", ["127.0.1.1"], [], "MX-12"),
+    ("u@self.t", 69, "permanent-failure", [], ["self", "self"], "MX-11"),
+    ("u@selflast.t", 0, "deliverable", ["127.0.1.2"], ["self"], "MX-11"),
+    ("u@dual.t", 0, "deliverable", ["::1", "127.0.1.6"], [], "MX-15"),
+    ("u@halfbad.t", 75, "temporary-failure", [], ["no-address"], "MX-9"),
+    ("u@sf.t", 75, "temporary-failure", [], [], "MX-6"),
+    ("u@[127.0.0.4]", 0, "deliverable", ["127.0.0.4"], [], "MX-13"),
+]
+
+
+@pytest.mark.parametrize(("address", "code", "status", "plan", "pruned", "rule"), CASES, ids=[c[0] for c in CASES])
+def test_exp1_golden_cases(dns: DNSServer, address: str, code: int, status: str, plan: list[str], pruned: list[str], rule: str | None) -> None:
+    returncode, body = as_json(dns, address)
+    assert (returncode, body["status"]) == (code, status), body["reason"]
+    assert [p["address"] for p in body["plan"]] == plan
+    assert [p["reason"] for p in body["pruned"]] == pruned
+    if rule:
+        assert rule in {d["rule"] for d in body["decisions"]}
+
+
+def test_exp1_json_has_every_contract_key(dns: DNSServer) -> None:
+    _, body = as_json(dns, "u@pref.t")
+    for key in ("address", "domain", "status", "reason", "null_mx", "implicit_mx", "mx", "plan", "pruned", "spf", "ptr", "dns"):
+        assert key in body
+    assert body["mx"][0] == {"preference": 10, "exchange": "a.t", "ttl": 300}
+    assert body["plan"][0] == {"exchange": "a.t", "preference": 10, "address": "127.0.1.1", "family": 4, "port": 25}
+    assert {"qname", "qtype", "rcode", "answers", "ttl", "ms", "cached"} <= set(body["dns"][0])
+    assert body["dns"][0]["qname"] == "pref.t" and body["dns"][0]["qtype"] == "MX"
+
+
+def test_mx10_null_mx_reason_and_status(dns: DNSServer) -> None:
+    _, body = as_json(dns, "u@nullmx.t")
+    assert body["null_mx"] is True and body["dsn_status"] == "5.1.10" and "RFC 7505" in body["reason"]
+    assert not any(q["qtype"] in ("A", "AAAA") for q in body["dns"])  # never falls back to A
+
+
+def test_sec11_private_targets_pruned_by_default(dns: DNSServer) -> None:
+    code, body = as_json(dns, "u@private.t", private=False)
+    assert code == 69 and body["dsn_status"] == "5.4.4"
+    assert {p["address"] for p in body["pruned"]} == {"10.1.1.1", "169.254.169.254", "::ffff:7f00:1"}
+    assert all(p["reason"] == "blocked-address" for p in body["pruned"])
+
+
+def test_family_setting_and_cap(dns: DNSServer) -> None:
+    _, body = as_json(dns, "u@dual.t")
+    assert [p["family"] for p in body["plan"]] == [6, 4]
+    env = {"MXROUTE_ALLOW_PRIVATE_DESTINATIONS": "true", "MXROUTE_ADDRESS_FAMILY": "ipv4-only"}
+    result = explain(["--dns", dns.address, "--json", "u@dual.t"], env)
+    assert [p["address"] for p in json.loads(result.stdout)["plan"]] == ["127.0.1.6"]
+
+
+def test_exp1_record_then_replay_offline(dns: DNSServer, tmp_path: Path) -> None:
+    recording = tmp_path / "case.zone"
+    for address in ("u@pref.t", "u@nullmx.t", "u@implicit.t", "u@nx.t", "u@halfbad.t"):
+        _, live = as_json(dns, address, "--record", str(recording))
+        env = {"MXROUTE_ALLOW_PRIVATE_DESTINATIONS": "true"}
+        replay = explain(["--zone", str(recording), "--json", "--seed", "1", address], env)
+        offline = json.loads(replay.stdout)
+        for key in ("status", "reason", "plan", "pruned", "mx", "null_mx", "implicit_mx"):
+            assert offline[key] == live[key], (address, key)
+
+
+def test_demo_zone_text_output() -> None:
+    result = explain(["--zone", "config/demo.zone", "--seed", "1", "user@demo.example"])
+    assert result.returncode == 0, result.stderr
+    assert "deliverable" in result.stdout and "Plan (the order delivery will try)" in result.stdout
+    assert "\x1b[" not in result.stdout  # no colour when not a terminal
+
+
+def test_exp5_exit_64_for_a_malformed_address() -> None:
+    result = explain(["--zone", "config/demo.zone", "not an address"])
+    assert result.returncode == 64 and "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_exit_78_for_a_bad_setting() -> None:
+    result = explain(["--zone", "config/demo.zone", "u@demo.example"], {"MXROUTE_SMTP_PORT": "99999"})
+    assert result.returncode == 78 and "smtp_port" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_exit_64_for_bad_arguments() -> None:
+    result = explain(["--no-such-flag", "u@demo.example"])
+    assert result.returncode == 64
