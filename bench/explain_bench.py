@@ -1,0 +1,87 @@
+"""Benchmark (not a test): `mxroute explain --json` as a whole process, and cached lookups in-process.
+
+Starts the tests' loopback DNS server with a small zone, then
+1. runs `mxroute explain --json` N times as a fresh process and reports the median wall time;
+2. runs cached resolver lookups in-process and reports lookups per second.
+
+Usage: python bench/explain_bench.py [--runs 21] [--python .venv/bin/python]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mxroute.resolver import NetworkTransport, Resolver, Server  # noqa: E402
+from tests.support.dnsserver import DNSServer  # noqa: E402
+
+ZONE = """
+$ORIGIN bench.test.
+$TTL 300
+@    IN SOA ns.bench.test. host.bench.test. 1 3600 600 86400 60
+@    IN MX 10 mx1.bench.test.
+@    IN MX 10 mx2.bench.test.
+@    IN MX 20 mx3.bench.test.
+mx1  IN A 127.0.1.1
+mx2  IN A 127.0.1.2
+mx3  IN A 127.0.1.3
+mx1  IN AAAA ::1
+"""
+
+
+def explain_wall(python: str, dns: str, runs: int) -> list[float]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MXROUTE_")}
+    env["MXROUTE_ALLOW_PRIVATE_DESTINATIONS"] = "true"
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        result = subprocess.run([python, "-m", "mxroute", "explain", "--dns", dns, "--json", "u@bench.test"],
+                                capture_output=True, env=env, cwd=ROOT, timeout=30)
+        times.append((time.perf_counter() - started) * 1000)
+        assert result.returncode == 0 and json.loads(result.stdout)["status"] == "deliverable", result.stderr
+    return times
+
+
+async def cached_lookups(server: DNSServer, seconds: float = 2.0) -> float:
+    resolver = Resolver(NetworkTransport([Server(server.host, server.port)], timeout=1, attempts=1), trace_size=0)
+    await resolver.lookup("bench.test", "MX")
+    count = 0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        for _ in range(1000):
+            await resolver.lookup("bench.test", "MX")
+        count += 1000
+    return count / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=21)
+    parser.add_argument("--python", default=sys.executable)
+    args = parser.parse_args()
+    with DNSServer(ZONE, host="127.0.53.254") as server:
+        times = explain_wall(args.python, server.address, args.runs)
+        rate = asyncio.run(cached_lookups(server))
+    bare = []
+    for _ in range(args.runs):
+        started = time.perf_counter()
+        subprocess.run([args.python, "-c", "pass"], check=True)
+        bare.append((time.perf_counter() - started) * 1000)
+    print(f"explain --json wall time: median {statistics.median(times):.0f} ms, p90 {sorted(times)[int(len(times) * 0.9)]:.0f} ms over {args.runs} runs")
+    print(f"python interpreter start alone: median {statistics.median(bare):.0f} ms")
+    print(f"cached resolver lookups: {rate:,.0f} per second in-process")
+    print(json.dumps({"explain_ms_median": round(statistics.median(times), 1), "python_start_ms_median": round(statistics.median(bare), 1), "cached_lookups_per_s": round(rate)}))
+
+
+if __name__ == "__main__":
+    main()
