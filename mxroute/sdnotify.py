@@ -1,0 +1,56 @@
+"""The systemd service protocols, without a library: sd_notify(3) and sd_listen_fds(3).
+
+``notify("READY=1")`` sends one datagram to ``$NOTIFY_SOCKET`` (a path, or an
+abstract socket when it starts with "@"); outside systemd it does nothing.
+``listen_fds()`` returns the sockets systemd passed (``LISTEN_FDS``/``LISTEN_PID``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+SD_LISTEN_FDS_START = 3
+
+
+def notify(state: str) -> bool:
+    """Send ``state`` (e.g. "READY=1", "STATUS=...") to systemd; False when not under systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode("utf-8", "replace"))
+        return True
+    except OSError:
+        return False
+
+
+def watchdog_interval() -> float | None:
+    """Half of ``WatchdogSec`` in seconds when systemd asks this process for pings, else None."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        return int(usec) / 2_000_000
+    except ValueError:
+        return None
+
+
+def listen_fds() -> list[socket.socket]:
+    """Listening sockets passed by systemd socket activation, if any (consumed once)."""
+    pid = os.environ.get("LISTEN_PID")
+    count = os.environ.get("LISTEN_FDS")
+    if not count or (pid and pid != str(os.getpid())):
+        return []
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    sockets = []
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(count)):
+        os.set_inheritable(fd, False)
+        sockets.append(socket.socket(fileno=fd))
+    return sockets
