@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from mxroute.errors import EX_CONFIG, EX_NOINPUT, EX_USAGE, EX_OK, MxrouteError, ConfigError, AddressError
@@ -59,15 +60,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("queue_id", nargs="?")
     p.add_argument("--json", action="store_true")
 
+    sub.add_parser("sendmail", help="sendmail-compatible submission to the local relay: mxroute sendmail [-t] [-i] [-f SENDER] [RCPT...]")
+
     p = sub.add_parser("check-config", parents=[common], help="validate the settings and print the effective values")
     p.add_argument("--json", action="store_true")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    invoked_as = os.path.basename(sys.argv[0]) if sys.argv else ""
+    if invoked_as == "sendmail" or (argv and argv[0] == "sendmail"):
+        # sendmail's own flags (-f, -t, -i, ...) are not ours to parse: hand them over whole.
+        return _guarded(lambda: _sendmail(argv[1:] if argv and argv[0] == "sendmail" else argv))
     args = build_parser().parse_args(argv)
+    return _guarded(lambda: _dispatch(args))
+
+
+def _guarded(run: Callable[[], int]) -> int:
+    """Every command's errors become one readable line and a sysexits code, never a traceback."""
     try:
-        return _dispatch(args)
+        return run()
     except ConfigError as exc:
         print(f"{PROG}: configuration error: {exc.message}", file=sys.stderr)
         return EX_CONFIG
@@ -79,6 +92,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def _sendmail(argv: list[str]) -> int:
+    from mxroute.sendmail import sendmail
+    from mxroute.settings import load_settings
+
+    return sendmail(load_settings(None), argv, sys.stdin.buffer)
 
 
 def _settings(args: argparse.Namespace) -> Any:

@@ -1,0 +1,153 @@
+"""`mxroute sendmail`: the /usr/sbin/sendmail interface, submitting to the local relay over SMTP.
+
+Reads a message on stdin and hands it to the first ``listen`` address of the
+running ``mxroute serve``. Exit codes are sendmail's (sysexits): 0 accepted,
+64 usage, 65 bad message or address, 75 the relay cannot take it now (the
+caller keeps the message and retries), 69 refused for good. As a submission
+agent it adds Date, Message-ID and From when missing (RFC 6409 §8).
+"""
+
+from __future__ import annotations
+
+import getpass
+import smtplib
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from email.parser import BytesHeaderParser
+from email.utils import formatdate, getaddresses, make_msgid
+from typing import BinaryIO
+
+from mxroute.address import parse_address
+from mxroute.errors import EX_DATAERR, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE, AddressError
+from mxroute.settings import Settings, parse_hostport
+
+# Flags sendmail accepts that change nothing here (queueing, delivery mode, error mode).
+_IGNORED = {"-odb", "-odi", "-odq", "-oem", "-oep", "-oeq", "-bm", "-U", "-v", "-oee", "-oew", "-om", "-m", "-Am", "-Ac"}
+
+
+class Usage(Exception):
+    pass
+
+
+def parse_args(argv: Sequence[str]) -> tuple[bool, bool, str | None, list[str]]:
+    """(-t, -i, -f SENDER, recipients) from sendmail's command line."""
+    extract = dot_ok = False
+    sender: str | None = None
+    recipients: list[str] = []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg == "--":
+            recipients.extend(args)
+            break
+        if arg == "-t":
+            extract = True
+        elif arg in ("-i", "-oi"):
+            dot_ok = True
+        elif arg.startswith("-f") or arg.startswith("-r"):
+            sender = arg[2:] or (args.pop(0) if args else None)
+            if sender is None:
+                raise Usage(f"{arg} needs an address")
+        elif arg.startswith("-F") or arg.startswith("-B") or arg.startswith("-N") or arg.startswith("-R") or arg.startswith("-V") or arg.startswith("-X"):
+            if len(arg) == 2 and args:
+                args.pop(0)
+        elif arg in _IGNORED or arg.startswith("-o"):
+            continue
+        elif arg.startswith("-"):
+            raise Usage(f"unsupported option {arg}")
+        else:
+            recipients.extend(r.strip() for r in arg.split(",") if r.strip())
+    return extract, dot_ok, sender, recipients
+
+
+def read_message(stream: BinaryIO, dot_ok: bool) -> bytes:
+    """The message on stdin; without -i a line holding only "." ends it (sendmail(8))."""
+    lines = []
+    for line in stream:
+        if not dot_ok and line.rstrip(b"\r\n") == b".":
+            break
+        lines.append(line.rstrip(b"\r\n"))
+    return b"\r\n".join(lines) + b"\r\n"
+
+
+def complete_headers(message: bytes, sender: str, extract: bool) -> tuple[bytes, list[str]]:
+    """Add missing Date/Message-ID/From; with -t, take To/Cc/Bcc recipients and drop Bcc."""
+    head, sep, body = message.partition(b"\r\n\r\n")
+    if not sep:
+        head, body = message.rstrip(b"\r\n"), b""
+    headers = BytesHeaderParser().parsebytes(head + b"\r\n\r\n")
+    recipients: list[str] = []
+    if extract:
+        fields = headers.get_all("To", []) + headers.get_all("Cc", []) + headers.get_all("Bcc", [])
+        recipients = [addr for _, addr in getaddresses([str(f) for f in fields]) if addr]
+    lines = head.split(b"\r\n") if head else []
+    if extract:
+        kept, skipping = [], False
+        for line in lines:
+            if line[:1] in (b" ", b"\t"):
+                if not skipping:
+                    kept.append(line)
+                continue
+            skipping = line.lower().startswith(b"bcc:")
+            if not skipping:
+                kept.append(line)
+        lines = kept
+    domain = sender.rpartition("@")[2] or socket.getfqdn()
+    extra = []
+    if headers.get("Date") is None:
+        extra.append(f"Date: {formatdate(time.time(), localtime=True)}".encode())
+    if headers.get("Message-ID") is None:
+        extra.append(f"Message-ID: {make_msgid(domain=domain)}".encode())
+    if headers.get("From") is None:
+        extra.append(f"From: {sender}".encode())
+    return b"\r\n".join(lines + extra) + b"\r\n\r\n" + body, recipients
+
+
+def sendmail(settings: Settings, argv: Sequence[str], stdin: BinaryIO) -> int:
+    """Submit one message to the local relay; return sendmail's exit code."""
+    try:
+        extract, dot_ok, sender, recipients = parse_args(argv)
+    except Usage as exc:
+        print(f"sendmail: {exc}", file=sys.stderr)
+        return EX_USAGE
+    if sender is None:
+        sender = f"{getpass.getuser()}@{settings.helo_name}"
+    message = read_message(stdin, dot_ok)
+    message, found = complete_headers(message, sender, extract)
+    recipients += found
+    if not recipients:
+        print("sendmail: no recipients given (name them, or use -t)", file=sys.stderr)
+        return EX_USAGE
+    try:
+        for address in [*recipients, *([sender] if sender not in ("", "<>") else [])]:
+            parse_address(address)
+    except AddressError as exc:
+        print(f"sendmail: {exc.message}", file=sys.stderr)
+        return EX_DATAERR
+    host, port = parse_hostport(settings.listen[0], 2525)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    try:
+        with smtplib.SMTP(host, port, local_hostname=settings.helo_name, timeout=60) as client:
+            refused = client.sendmail("" if sender == "<>" else sender, recipients, message)
+    except smtplib.SMTPRecipientsRefused as exc:
+        return _refused({r: v for r, v in exc.recipients.items()})
+    except smtplib.SMTPResponseException as exc:
+        text = exc.smtp_error.decode("utf-8", "replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
+        print(f"sendmail: the relay at {host}:{port} answered {exc.smtp_code} {text}", file=sys.stderr)
+        return EX_TEMPFAIL if exc.smtp_code < 500 else EX_UNAVAILABLE
+    except (OSError, smtplib.SMTPException) as exc:
+        print(f"sendmail: cannot reach the relay at {host}:{port}: {exc}; try again later", file=sys.stderr)
+        return EX_TEMPFAIL
+    if refused:
+        return _refused(refused)
+    return EX_OK
+
+
+def _refused(refused: dict[str, tuple[int, bytes]]) -> int:
+    temporary = False
+    for rcpt, (code, text) in refused.items():
+        print(f"sendmail: <{rcpt}> refused: {code} {text.decode('utf-8', 'replace')}", file=sys.stderr)
+        temporary = temporary or code < 500
+    return EX_TEMPFAIL if temporary else EX_UNAVAILABLE
