@@ -1,0 +1,459 @@
+"""The durable spool: one self-validating queue file per message (DUR-1..7).
+
+Layout under ``spool_dir`` (0700; files 0600)::
+
+    queue/<ID>    committed messages
+    tmp/<ID>.tmp  messages being written (never read as messages; cleaned at start-up)
+    corrupt/<ID>  files that failed validation, moved aside with a log line
+    flush         touched by ``mxroute queue flush``: the daemon makes deferred mail due
+
+Queue file format, version 1 (all integers big-endian)::
+
+    b"MXQ1\\n"                                magic and version
+    frame*                                    type(1) length(4) payload crc32(4)
+                                              (crc32 over type, length and payload)
+      E  envelope JSON (sender, recipients, DSN parameters, arrival, client)
+      M  the message bytes (CRLF lines, our Received: header first)
+      Z  END marker (empty payload)            -- the file is a message only with it
+      S  state JSON, appended after Z           -- snapshot of per-recipient state;
+         zero or more                              the last valid one wins
+
+A file is created complete (E, M, Z and a first S) under ``tmp/``, fsync'd,
+renamed into ``queue/`` and the directory fsync'd: only then is it a message
+(RFC 5321 §6.1; Postfix ``mail_stream_finish_file``). State changes are
+appended S frames, each fsync'd before the change is acted on (DUR-6, as
+Postfix ``deliver_completed`` rewrites a record in place). A torn trailing S
+frame (a crash mid-append) is ignored: that change never happened. A file whose
+E/M/Z part is incomplete, out of order or fails its checksum goes to ``corrupt/``
+(DUR-2). Removing a message is ``unlink`` plus a directory fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import secrets
+import struct
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mxroute.envelope import Envelope, Recipient
+from mxroute.errors import SpoolError
+
+log = logging.getLogger("mxroute.spool")
+
+MAGIC = b"MXQ1\n"
+_HEAD = struct.Struct(">cI")
+_CRC = struct.Struct(">I")
+MAX_FRAME = 1 << 31
+QUEUE_ID = re.compile(r"[0-9A-Za-z]{8,64}\Z")
+TEMP_MAX_AGE = 86400.0  # DUR-5: temp files older than a day are removed (qmail: 36 h)
+
+PENDING, DELIVERED, BOUNCED = "pending", "delivered", "bounced"
+
+
+def new_queue_id(clock: Callable[[], float] = time.time) -> str:
+    """A queue ID unique across restarts and clock jumps: microseconds (sortable) + 40 random bits."""
+    return f"{int(clock() * 1_000_000) & (2**56 - 1):014X}{secrets.token_hex(5).upper()}"
+
+
+@dataclass(slots=True)
+class RecipientState:
+    """Everything the queue remembers about one recipient (DUR-6)."""
+
+    address: str
+    notify: tuple[str, ...] = ()
+    orcpt: str | None = None
+    state: str = PENDING
+    attempts: int = 0
+    next_try: float = 0.0
+    status: str | None = None  # last enhanced status code
+    reply: str | None = None  # last reply or local reason
+    why: str | None = None  # why it is retried next (or why it ended)
+    hosts: dict[str, str] = field(default_factory=dict)  # remote MTA -> last reply from it
+    warned: bool = False  # a delay warning was sent (DSN-10: at most one)
+
+    def recipient(self) -> Recipient:
+        return Recipient(self.address, self.notify, self.orcpt)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "address": self.address, "notify": list(self.notify), "orcpt": self.orcpt, "state": self.state,
+            "attempts": self.attempts, "next_try": self.next_try, "status": self.status, "reply": self.reply,
+            "why": self.why, "hosts": self.hosts, "warned": self.warned,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RecipientState:
+        return cls(
+            address=str(data["address"]), notify=tuple(data.get("notify") or ()), orcpt=data.get("orcpt"),
+            state=str(data.get("state", PENDING)), attempts=int(data.get("attempts", 0)),
+            next_try=float(data.get("next_try", 0.0)), status=data.get("status"), reply=data.get("reply"),
+            why=data.get("why"), hosts=dict(data.get("hosts") or {}), warned=bool(data.get("warned")),
+        )
+
+
+@dataclass(slots=True)
+class MessageMeta:
+    """A queue file without its message bytes: envelope, intake facts and recipient state."""
+
+    queue_id: str
+    sender: str
+    arrival: float
+    recipients: list[RecipientState]
+    ret: str | None = None
+    envid: str | None = None
+    body: str | None = None
+    smtputf8: bool = False
+    client: str = ""  # "helo [ip]" of the submitting client, sanitised
+    size: int = 0
+    bounce_of: dict[str, Any] | None = None  # for a DSN: {"queue_id": ..., "recipients": [...]} (DSN-12)
+    bounces: int = 0  # DSNs enqueued so far for this message (names the next one)
+
+    def envelope(self) -> Envelope:
+        return Envelope(
+            sender=self.sender, recipients=[r.recipient() for r in self.recipients], ret=self.ret,
+            envid=self.envid, body=self.body, smtputf8=self.smtputf8,
+        )
+
+    @property
+    def pending(self) -> list[RecipientState]:
+        return [r for r in self.recipients if r.state == PENDING]
+
+    @property
+    def done(self) -> bool:
+        return not self.pending
+
+    def next_due(self) -> float | None:
+        times = [r.next_try for r in self.pending]
+        return min(times) if times else None
+
+    def envelope_json(self) -> dict[str, Any]:
+        return {
+            "queue_id": self.queue_id, "sender": self.sender, "arrival": self.arrival,
+            "recipients": [{"address": r.address, "notify": list(r.notify), "orcpt": r.orcpt} for r in self.recipients],
+            "ret": self.ret, "envid": self.envid, "body": self.body, "smtputf8": self.smtputf8,
+            "client": self.client, "size": self.size, "bounce_of": self.bounce_of,
+        }
+
+    def state_json(self) -> dict[str, Any]:
+        return {"bounces": self.bounces, "recipients": [r.to_json() for r in self.recipients]}
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.envelope_json(), **self.state_json()}
+
+
+class CorruptFile(Exception):
+    """A queue file that does not validate (DUR-2)."""
+
+
+# --- encoding ------------------------------------------------------------------------
+
+def _frame(kind: bytes, payload: bytes) -> bytes:
+    head = _HEAD.pack(kind, len(payload))
+    return head + payload + _CRC.pack(zlib.crc32(payload, zlib.crc32(head)))
+
+
+def encode(meta: MessageMeta, message: bytes) -> bytes:
+    """The complete bytes of a new queue file."""
+    env = json.dumps(meta.envelope_json(), separators=(",", ":")).encode()
+    state = json.dumps(meta.state_json(), separators=(",", ":")).encode()
+    return b"".join((MAGIC, _frame(b"E", env), _frame(b"M", message), _frame(b"Z", b""), _frame(b"S", state)))
+
+
+def _frames(data: bytes, offset: int) -> Iterator[tuple[bytes, bytes, int]]:
+    """Yield (type, payload, end offset) for each complete, checksummed frame; stop at the first bad one."""
+    while offset + _HEAD.size <= len(data):
+        kind, length = _HEAD.unpack_from(data, offset)
+        end = offset + _HEAD.size + length + _CRC.size
+        if length > MAX_FRAME or end > len(data):
+            return
+        payload = data[offset + _HEAD.size : offset + _HEAD.size + length]
+        (crc,) = _CRC.unpack_from(data, end - _CRC.size)
+        if crc != zlib.crc32(payload, zlib.crc32(data[offset : offset + _HEAD.size])):
+            return
+        yield kind, payload, end
+        offset = end
+
+
+def decode(data: bytes, queue_id: str) -> tuple[MessageMeta, bytes, int]:
+    """Parse a queue file: (meta with the latest state, message bytes, offset of the valid end).
+
+    Raises CorruptFile unless magic, E, M and Z are all present, in order, with good checksums.
+    """
+    if not data.startswith(MAGIC):
+        raise CorruptFile("bad magic or unknown version")
+    frames = _frames(data, len(MAGIC))
+    try:
+        parts = [next(frames) for _ in range(3)]
+    except StopIteration:
+        raise CorruptFile("truncated or bad checksum before END") from None
+    if [p[0] for p in parts] != [b"E", b"M", b"Z"] or parts[2][1]:
+        raise CorruptFile("records out of order or END missing")
+    try:
+        env = json.loads(parts[0][1])
+        recipients = [RecipientState.from_json(r) for r in env["recipients"]]
+        meta = MessageMeta(
+            queue_id=queue_id, sender=str(env["sender"]), arrival=float(env["arrival"]), recipients=recipients,
+            ret=env.get("ret"), envid=env.get("envid"), body=env.get("body"), smtputf8=bool(env.get("smtputf8")),
+            client=str(env.get("client", "")), size=int(env.get("size", 0)), bounce_of=env.get("bounce_of"),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptFile(f"bad envelope record: {exc}") from None
+    end = parts[2][2]
+    for kind, payload, stop in frames:
+        if kind != b"S":
+            break
+        try:
+            state = json.loads(payload)
+            meta.recipients = [RecipientState.from_json(r) for r in state["recipients"]]
+            meta.bounces = int(state.get("bounces", 0))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptFile(f"bad state record: {exc}") from None
+        end = stop
+    return meta, parts[1][1], end
+
+
+# --- the spool -----------------------------------------------------------------------
+
+class _GroupSync:
+    """fsync of one directory, shared by everyone who asks while one is running (group commit).
+
+    A caller returns only after an fsync that *started* after its request, so its
+    rename or unlink is covered; requests that arrive during a sync share the next one.
+    """
+
+    def __init__(self, path: Path, executor: ThreadPoolExecutor) -> None:
+        self._path = path
+        self._executor = executor
+        self._task: asyncio.Future[None] | None = None
+        self._requested = 0
+        self._synced = 0
+
+    def _sync(self) -> None:
+        fd = os.open(self._path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    async def __call__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._requested += 1
+        mine = self._requested
+        while self._synced < mine:
+            task = self._task
+            if task is None or task.done():
+                target = self._requested
+                task = self._task = loop.run_in_executor(self._executor, self._sync)
+                try:
+                    await asyncio.shield(task)
+                finally:
+                    if self._task is task:
+                        self._task = None
+                self._synced = max(self._synced, target)
+            else:
+                try:
+                    await asyncio.shield(task)
+                except OSError:
+                    pass  # the next round runs our own sync and reports its error
+
+
+class Spool:
+    """The spool directory: store, update, load, remove queue files.
+
+    Blocking file I/O runs on a thread pool so the event loop never waits on the
+    disk (STYLE habit 5); concurrent fsyncs are batched by the filesystem's journal
+    and directory fsyncs by ``_GroupSync``.
+    """
+
+    def __init__(self, root: Path, *, threads: int = 16, clock: Callable[[], float] = time.time) -> None:
+        self.root = Path(root)
+        self.queue_dir = self.root / "queue"
+        self.tmp_dir = self.root / "tmp"
+        self.corrupt_dir = self.root / "corrupt"
+        self.flush_marker = self.root / "flush"
+        self.clock = clock
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="spool")
+        self._dirsync = _GroupSync(self.queue_dir, self._executor)
+
+    # --- set-up and recovery ---
+    def prepare(self) -> None:
+        """Create the directories 0700; refuse a spool others can read (DUR-3)."""
+        for path in (self.root, self.queue_dir, self.tmp_dir, self.corrupt_dir):
+            try:
+                path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise SpoolError(f"cannot create spool directory {path}: {exc.strerror}") from None
+            mode = path.stat().st_mode & 0o777
+            if mode & 0o077:
+                raise SpoolError(f"spool directory {path} is accessible to others (mode {mode:o}); chmod 700 it")
+
+    def clean_temp(self, max_age: float = TEMP_MAX_AGE) -> list[str]:
+        """Remove temp files older than ``max_age`` seconds: intakes that never got a 250 (DUR-5)."""
+        removed = []
+        now = self.clock()
+        for entry in os.scandir(self.tmp_dir):
+            try:
+                if now - entry.stat().st_mtime > max_age:
+                    os.unlink(entry.path)
+                    removed.append(entry.name)
+            except FileNotFoundError:
+                continue
+        return removed
+
+    def ids(self) -> list[str]:
+        """IDs of the committed messages, oldest first."""
+        return sorted(e.name for e in os.scandir(self.queue_dir) if QUEUE_ID.match(e.name))
+
+    def recover(self) -> tuple[list[MessageMeta], list[str]]:
+        """Scan ``queue/``: the valid messages, and the IDs moved to ``corrupt/`` (DUR-2, DUR-7)."""
+        good, bad = [], []
+        for queue_id in self.ids():
+            try:
+                good.append(self.load_meta(queue_id))
+            except FileNotFoundError:
+                continue
+            except CorruptFile as exc:
+                self.quarantine(queue_id, str(exc))
+                bad.append(queue_id)
+        return good, bad
+
+    def quarantine(self, queue_id: str, reason: str) -> None:
+        log.error("%s: corrupt queue file moved to corrupt/: %s", queue_id, reason)
+        try:
+            os.replace(self.queue_dir / queue_id, self.corrupt_dir / queue_id)
+        except FileNotFoundError:
+            pass
+
+    # --- reading ---
+    def path(self, queue_id: str) -> Path:
+        if not QUEUE_ID.match(queue_id):
+            raise SpoolError(f"{queue_id!r} is not a queue ID", code=501, status="5.5.4")
+        return self.queue_dir / queue_id
+
+    def load(self, queue_id: str) -> tuple[MessageMeta, bytes]:
+        """Read and validate one message; FileNotFoundError if it is gone, CorruptFile if bad."""
+        data = self.path(queue_id).read_bytes()
+        meta, message, _ = decode(data, queue_id)
+        return meta, message
+
+    def load_meta(self, queue_id: str) -> MessageMeta:
+        return self.load(queue_id)[0]
+
+    async def aload(self, queue_id: str) -> tuple[MessageMeta, bytes]:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.load, queue_id)
+
+    # --- writing ---
+    def _write_new(self, meta: MessageMeta, message: bytes) -> None:
+        tmp = self.tmp_dir / f"{meta.queue_id}.tmp"
+        data = encode(meta, message)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.queue_dir / meta.queue_id)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+    async def store(self, meta: MessageMeta, message: bytes) -> None:
+        """Make a new message durable: temp file, fsync, rename, directory fsync (DUR-1, DUR-3).
+
+        Raises SpoolError (451 4.3.0, or 452 4.3.1 when the disk is full; DUR-4) and leaves no file.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._write_new, meta, message)
+            await self._dirsync()
+        except OSError as exc:
+            try:  # renamed but the directory not synced: not acknowledged, so not a message
+                os.unlink(self.queue_dir / meta.queue_id)
+            except OSError:
+                pass
+            raise _storage_error(exc) from None
+
+    def _append_state(self, meta: MessageMeta) -> None:
+        record = _frame(b"S", json.dumps(meta.state_json(), separators=(",", ":")).encode())
+        fd = os.open(self.path(meta.queue_id), os.O_WRONLY | os.O_APPEND)  # never O_CREAT: deleted stays deleted
+        try:
+            os.write(fd, record)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def update_sync(self, meta: MessageMeta) -> None:
+        """Persist ``meta``'s recipient state (append an S frame, fsync). FileNotFoundError if deleted."""
+        self._append_state(meta)
+
+    async def update(self, meta: MessageMeta) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._append_state, meta)
+
+    def _unlink(self, queue_id: str) -> None:
+        try:
+            os.unlink(self.path(queue_id))
+        except FileNotFoundError:
+            pass
+
+    async def remove(self, queue_id: str) -> None:
+        """Remove a finished message; the directory fsync makes it stay removed after a crash."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._unlink, queue_id)
+        await self._dirsync()
+
+    def remove_sync(self, queue_id: str) -> bool:
+        """Remove a message now (``mxroute queue delete``); False if there was none."""
+        try:
+            os.unlink(self.path(queue_id))
+        except FileNotFoundError:
+            return False
+        fd = os.open(self.queue_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return True
+
+    def exists(self, queue_id: str) -> bool:
+        return self.path(queue_id).exists()
+
+    def request_flush(self) -> None:
+        """Ask a running daemon to make deferred mail due now (``mxroute queue flush``)."""
+        self.flush_marker.touch(mode=0o600)
+        os.utime(self.flush_marker)
+
+    def flush_requested_at(self) -> float | None:
+        try:
+            return self.flush_marker.stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def queue_mtime(self) -> float:
+        return self.queue_dir.stat().st_mtime_ns / 1e9
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+def _storage_error(exc: OSError) -> SpoolError:
+    """DUR-4: a full disk is 452 4.3.1 (RFC 3463 X.3.1), anything else 451 4.3.0."""
+    import errno
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return SpoolError("Insufficient system storage", code=452, status="4.3.1")
+    return SpoolError("Local error in processing: cannot store the message", code=451, status="4.3.0")
