@@ -1,0 +1,420 @@
+"""The queue manager: when to try which recipients, and what to do with the outcome.
+
+It owns the schedule, retries, expiry and bounces, and knows nothing of DNS or
+SMTP beyond calling ``route()`` and the courier (the chasquid split). The spool
+is the truth: every decision is persisted before it is acted on or forgotten.
+
+RFC 5321 §4.5.4.1 (retry strategy), §6.1 (never lose, bounce to the reverse-path,
+never bounce a bounce), RFC 3461/3464 (DSN), checklist RTY-1..5, DSN-1..3/7/8/10/12, DUR-6/7.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from mxroute.address import parse_address
+from mxroute.envelope import Disposition, Envelope, Recipient, RecipientResult
+from mxroute.errors import MxrouteError
+from mxroute.plan import Plan
+from mxroute.resolver import Resolver
+from mxroute.routing import policy_from_settings, route
+from mxroute.settings import Settings
+from mxroute.spool import BOUNCED, DELIVERED, PENDING, CorruptFile, MessageMeta, RecipientState, Spool, new_queue_id
+
+log = logging.getLogger("mxroute.queue")
+
+JITTER = 0.25  # the fraction of a delay drawn at random, so retries of many messages spread out
+POLL_SECONDS = 1.0  # how often the spool is checked for `mxroute queue flush`
+
+
+class CourierLike(Protocol):
+    async def deliver(
+        self, plan: Plan, envelope: Envelope, recipients: list[Recipient], message_bytes: bytes, *, queue_id: str
+    ) -> list[RecipientResult]: ...
+
+    async def close(self) -> None: ...
+
+
+RouteFn = Callable[[Resolver, str, Any, random.Random], Awaitable[Plan]]
+
+
+def retry_delay(attempts: int, minimum: float, maximum: float, rng: random.Random) -> float:
+    """Seconds to wait after the ``attempts``-th failed try (RTY-2).
+
+    Exponential: ``minimum * 2**(attempts-1)``, capped at ``maximum``; the top
+    ``JITTER`` part of it is random. Never below ``minimum`` nor above ``maximum``
+    (RFC 5321 §4.5.4.1: a configurable interval, backing off).
+    """
+    if attempts < 1:
+        return minimum
+    base = min(maximum, minimum * 2.0 ** min(attempts - 1, 64))
+    delay = base * (1.0 - JITTER * rng.random())
+    return max(minimum, min(maximum, delay))
+
+
+def safe_text(text: str, limit: int = 400) -> str:
+    """Peer-supplied text made safe for a log line or header: no controls, one line, bounded (SEC-6)."""
+    out = "".join(ch if (" " <= ch <= "~" or ch > "\x9f") and not ("\ud800" <= ch <= "\udfff") else "?" for ch in text)
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
+@dataclass
+class Outcome:
+    """The results of one attempt for one message, before they are applied."""
+
+    results: list[RecipientResult]
+
+
+class QueueManager:
+    """Schedules due messages, delivers them domain by domain, persists every outcome."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        spool: Spool,
+        resolver: Resolver,
+        courier: CourierLike,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        route_fn: RouteFn = route,
+        dsn_builder: Callable[..., bytes] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.resolver = resolver
+        self.courier = courier
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.route_fn = route_fn
+        self.policy = policy_from_settings(settings)
+        self._dsn_builder = dsn_builder
+        self._due: dict[str, float] = {}  # queue id -> when it is next due
+        self._forced: set[str] = set()
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._global = asyncio.Semaphore(settings.delivery_concurrency)
+        self._per_dest: defaultdict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(settings.destination_concurrency)
+        )
+        self._max_inflight = settings.delivery_concurrency * 4
+        self.stats = {"delivered": 0, "deferred": 0, "bounced": 0, "dsn": 0}
+
+    # --- feeding the schedule ---
+    def add(self, meta: MessageMeta) -> None:
+        """A message now in the spool (from intake, a DSN, or recovery)."""
+        due = meta.next_due()
+        if due is not None:
+            self._schedule(meta.queue_id, due)
+
+    def _schedule(self, queue_id: str, due: float) -> None:
+        self._due[queue_id] = min(due, self._due.get(queue_id, due))
+        self._wake.set()
+
+    def flush(self) -> None:
+        """Make every queued message due now (``mxroute queue flush``)."""
+        for queue_id in self.spool.ids():
+            self._forced.add(queue_id)
+            self._due[queue_id] = 0.0
+        self._wake.set()
+
+    def recover(self) -> int:
+        """Start-up scan: finish interrupted bounces (DSN-12), then schedule everything (DUR-7)."""
+        metas, corrupt = self.spool.recover()
+        by_id = {m.queue_id: m for m in metas}
+        for meta in metas:
+            origin = meta.bounce_of
+            if not origin or origin.get("queue_id") not in by_id:
+                continue
+            original = by_id[origin["queue_id"]]
+            if original.bounces > int(origin.get("batch", 0)):
+                continue  # already marked
+            self._mark_bounced(original, set(origin.get("recipients", [])), int(origin.get("batch", 0)) + 1)
+            if original.done:
+                self.spool.remove_sync(original.queue_id)
+                del by_id[original.queue_id]
+            else:
+                self.spool.update_sync(original)
+            log.info("%s: recovered an interrupted bounce (%s)", original.queue_id, meta.queue_id)
+        for meta in by_id.values():
+            if meta.done:
+                self.spool.remove_sync(meta.queue_id)
+            else:
+                self.add(meta)
+        log.info("recovery: %d message(s) queued, %d corrupt moved aside", len(self._due), len(corrupt))
+        return len(self._due)
+
+    # --- the loop ---
+    async def run(self) -> None:
+        """Deliver due messages until ``stop()``."""
+        next_poll = 0.0
+        while not self._stopping:
+            now = self.clock()
+            if now >= next_poll:
+                next_poll = now + POLL_SECONDS
+                await self._poll_flush()
+            for queue_id in [q for q, due in self._due.items() if due <= now and q not in self._inflight]:
+                if len(self._inflight) >= self._max_inflight:
+                    break
+                del self._due[queue_id]
+                force = queue_id in self._forced
+                self._forced.discard(queue_id)
+                task = asyncio.create_task(self._process(queue_id, force), name=f"deliver-{queue_id}")
+                self._inflight[queue_id] = task
+                task.add_done_callback(lambda _t, q=queue_id: self._done(q))
+            self._wake.clear()
+            upcoming = [due for q, due in self._due.items() if q not in self._inflight]
+            timeout = min([POLL_SECONDS, *(max(0.0, d - self.clock()) for d in upcoming)])
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.005))
+            except TimeoutError:
+                pass
+
+    async def run_once(self) -> int:
+        """Deliver every message due now and wait for them (a single scheduling pass; tests, tools)."""
+        now = self.clock()
+        due = [q for q, when in self._due.items() if when <= now]
+        for queue_id in due:
+            del self._due[queue_id]
+        forced = {q for q in due if q in self._forced}
+        self._forced -= forced
+        await asyncio.gather(*(self._process(q, q in forced) for q in due))
+        return len(due)
+
+    def _done(self, queue_id: str) -> None:
+        self._inflight.pop(queue_id, None)
+        self._wake.set()
+
+    async def _poll_flush(self) -> None:
+        if self.spool.flush_requested_at() is None:
+            return
+        try:
+            self.spool.flush_marker.unlink()
+        except FileNotFoundError:
+            pass
+        log.info("flush requested: all deferred mail is due now")
+        self.flush()
+
+    async def stop(self, timeout: float) -> None:
+        """Stop scheduling; let in-flight deliveries finish within ``timeout``, then cancel them.
+
+        A cancelled delivery has persisted nothing for its recipients, so they stay
+        pending and are retried after the restart (DUR-8: defer cleanly).
+        """
+        self._stopping = True
+        self._wake.set()
+        tasks = list(self._inflight.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=2.0)
+                log.info("shutdown: %d delivery(ies) interrupted, left queued", len(pending))
+
+    # --- one message ---
+    async def _process(self, queue_id: str, force: bool) -> None:
+        try:
+            meta, message = await self.spool.aload(queue_id)
+        except FileNotFoundError:
+            log.info("%s: removed from the queue", queue_id)
+            return
+        except CorruptFile as exc:
+            self.spool.quarantine(queue_id, str(exc))
+            return
+        now = self.clock()
+        due = [r for r in meta.pending if force or r.next_try <= now]
+        if not due:
+            self.add(meta)
+            return
+        groups: dict[str, list[RecipientState]] = defaultdict(list)
+        for rcpt in due:
+            groups[_domain(rcpt.address)].append(rcpt)
+        envelope = meta.envelope()
+        batches = await asyncio.gather(
+            *(self._deliver_group(meta, envelope, message, domain, rcpts) for domain, rcpts in groups.items())
+        )
+        try:
+            await self._apply(meta, message, [r for batch in batches for r in batch])
+        except FileNotFoundError:
+            log.info("%s: deleted while being delivered", queue_id)
+            return
+        except MxrouteError as exc:  # the DSN could not be spooled: nothing marked, retried later
+            log.error("%s: cannot enqueue the bounce: %s; retrying later", queue_id, exc.message)
+            self._schedule(queue_id, self.clock() + self.settings.retry_min_seconds)
+            return
+        if not meta.done:
+            self.add(meta)
+
+    async def _deliver_group(
+        self, meta: MessageMeta, envelope: Envelope, message: bytes, domain: str, rcpts: list[RecipientState]
+    ) -> list[RecipientResult]:
+        """One SMTP transaction's worth: every due recipient of ``domain`` (RFC 5321 §4.5.4.1 SHOULD)."""
+        recipients = [r.recipient() for r in rcpts]
+        async with self._global, self._per_dest[domain]:
+            try:
+                plan = await self.route_fn(self.resolver, domain, self.policy, self.rng)
+                results = await self.courier.deliver(plan, envelope, recipients, message, queue_id=meta.queue_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # never crash the worker (SEC-12); the recipients stay queued
+                log.exception("%s: delivery to %s failed internally", meta.queue_id, domain)
+                reason = f"451 4.3.0 internal error: {type(exc).__name__}"
+                return [RecipientResult(r.address, Disposition.DEFERRED, "4.3.0", reason) for r in rcpts]
+        seen = {r.recipient for r in results}
+        for rcpt in rcpts:  # a courier that forgot a recipient must not make it vanish
+            if rcpt.address not in seen:
+                results.append(RecipientResult(rcpt.address, Disposition.DEFERRED, "4.3.0", "451 4.3.0 no result"))
+        return results
+
+    async def _apply(self, meta: MessageMeta, message: bytes, results: list[RecipientResult]) -> None:
+        """Record one attempt's results; bounce what failed or expired; persist (DUR-6)."""
+        now = self.clock()
+        by_address = {r.address: r for r in meta.pending}
+        failed: list[tuple[RecipientState, RecipientResult]] = []
+        delayed: list[tuple[RecipientState, RecipientResult]] = []
+        lifetime = self.settings.bounce_lifetime_seconds if not meta.sender else self.settings.queue_lifetime_seconds
+        for result in results:
+            rcpt = by_address.get(result.recipient)
+            if rcpt is None:
+                continue
+            rcpt.attempts += 1
+            rcpt.status, rcpt.reply = result.status, safe_text(result.reply)
+            if result.remote_mta:
+                rcpt.hosts[safe_text(result.remote_mta, 200)] = rcpt.reply
+            delay = now - meta.arrival
+            relay = result.remote_mta or "none"
+            if result.disposition is Disposition.DELIVERED:
+                rcpt.state, rcpt.why = DELIVERED, None
+                self.stats["delivered"] += 1
+                _log_attempt(meta, rcpt, relay, delay, "sent")
+            elif result.disposition is Disposition.BOUNCED:
+                rcpt.why = "permanent failure"
+                failed.append((rcpt, result))
+                _log_attempt(meta, rcpt, relay, delay, "bounced")
+            elif delay >= lifetime:  # RTY-3: give up with the last transient reason
+                rcpt.why = f"expired after {delay / 86400:.1f} days in the queue"
+                failed.append((rcpt, result))
+                _log_attempt(meta, rcpt, relay, delay, "expired")
+            else:
+                wait = retry_delay(rcpt.attempts, self.settings.retry_min_seconds, self.settings.retry_max_seconds, self.rng)
+                rcpt.next_try = now + wait
+                rcpt.why = f"deferred ({rcpt.reply}); attempt {rcpt.attempts + 1} in {wait:.0f}s"
+                self.stats["deferred"] += 1
+                _log_attempt(meta, rcpt, relay, delay, "deferred")
+                if self._warn_due(meta, rcpt, now):
+                    delayed.append((rcpt, result))
+        if failed:
+            await self._bounce(meta, message, failed)
+        if delayed:
+            await self._warn(meta, message, delayed)
+        if meta.done:
+            await self.spool.remove(meta.queue_id)
+            log.info("%s: removed", meta.queue_id)
+        else:
+            await self.spool.update(meta)
+
+    # --- bounces (RFC 3464) ---
+    def _build(self, **kwargs: Any) -> bytes:
+        if self._dsn_builder is not None:
+            return self._dsn_builder(**kwargs)
+        from mxroute.dsn import build_dsn
+
+        return build_dsn(**kwargs)
+
+    async def _bounce(self, meta: MessageMeta, message: bytes, failed: list[tuple[RecipientState, RecipientResult]]) -> None:
+        """One DSN for everything that failed in this attempt (DSN-7), enqueued before marking (DSN-12)."""
+        batch = meta.bounces
+        addresses = {r.address for r, _ in failed}
+        wanted = [(r, res) for r, res in failed if r.recipient().wants("FAILURE")]
+        to = _dsn_recipient(meta.sender)
+        if to is None:  # DSN-3: never bounce a bounce
+            log.info("%s: from=<>, failed recipient(s) %s: no bounce for a bounce, discarded",
+                     meta.queue_id, ", ".join(f"<{safe_text(a)}>" for a in sorted(addresses)))
+        elif not wanted:  # DSN-8: NOTIFY=NEVER (or without FAILURE)
+            log.info("%s: no DSN requested (NOTIFY) for %d failed recipient(s)", meta.queue_id, len(failed))
+        else:
+            await self._enqueue_dsn(meta, message, wanted, to, "failed", batch, addresses)
+        self._mark_bounced(meta, addresses, batch + 1)
+        self.stats["bounced"] += len(failed)
+
+    def _mark_bounced(self, meta: MessageMeta, addresses: set[str], bounces: int) -> None:
+        for rcpt in meta.recipients:
+            if rcpt.address in addresses and rcpt.state == PENDING:
+                rcpt.state = BOUNCED
+        meta.bounces = max(meta.bounces, bounces)
+
+    async def _enqueue_dsn(
+        self, meta: MessageMeta, message: bytes, items: list[tuple[RecipientState, RecipientResult]],
+        to: str, action: str, batch: int, marks: set[str],
+    ) -> str:
+        dsn_id = f"{meta.queue_id}B{batch}"
+        if self.spool.exists(dsn_id):  # enqueued before a crash: notified once only (DSN-12)
+            return dsn_id
+        until = meta.arrival + self.settings.queue_lifetime_seconds if action == "delayed" else None
+        body = self._build(
+            reporting_mta=self.settings.helo_name, envelope=meta.envelope(), message=message,
+            results=[res for _, res in items], action=action, arrival=meta.arrival,
+            recipients=[r.recipient() for r, _ in items], will_retry_until=until,
+        )
+        dsn = MessageMeta(
+            queue_id=dsn_id, sender="", arrival=self.clock(), size=len(body), client="local",
+            recipients=[RecipientState(address=to, notify=("NEVER",))],
+            bounce_of={"queue_id": meta.queue_id, "batch": batch, "recipients": sorted(marks), "action": action},
+        )
+        await self.spool.store(dsn, body)
+        self.stats["dsn"] += 1
+        log.info("%s: sender notification (%s): %s", meta.queue_id, action, dsn_id)
+        self.add(dsn)
+        return dsn_id
+
+    def _warn_due(self, meta: MessageMeta, rcpt: RecipientState, now: float) -> bool:
+        """DSN-10: one delay warning per recipient, when configured, requested and not for a bounce."""
+        after = self.settings.delay_warning_seconds
+        return bool(after and meta.sender and not rcpt.warned and now - meta.arrival >= after
+                    and rcpt.recipient().wants("DELAY"))
+
+    async def _warn(self, meta: MessageMeta, message: bytes, delayed: list[tuple[RecipientState, RecipientResult]]) -> None:
+        to = _dsn_recipient(meta.sender)
+        if to is None:
+            return
+        await self._enqueue_dsn(meta, message, delayed, to, "delayed", meta.bounces, set())
+        meta.bounces += 1
+        for rcpt, _ in delayed:
+            rcpt.warned = True
+
+
+def _domain(address: str) -> str:
+    try:
+        return parse_address(address).domain
+    except MxrouteError:
+        return address.rpartition("@")[2].lower()
+
+
+def _dsn_recipient(sender: str) -> str | None:
+    """Where a DSN goes: the reverse-path's final hop, None for ``<>`` (DSN-2, DSN-3)."""
+    try:
+        from mxroute.dsn import dsn_recipient
+    except ImportError:
+        return sender or None
+    return dsn_recipient(sender)
+
+
+def _log_attempt(meta: MessageMeta, rcpt: RecipientState, relay: str, delay: float, status: str) -> None:
+    """One Postfix-style line per recipient per attempt."""
+    log.info(
+        "%s: to=<%s>, relay=%s, delay=%.2f, tries=%d, dsn=%s, status=%s (%s)",
+        meta.queue_id, safe_text(rcpt.address), safe_text(relay, 200), delay, rcpt.attempts,
+        rcpt.status, status, rcpt.reply,
+    )
+
+
+__all__ = ["QueueManager", "retry_delay", "safe_text", "new_queue_id"]
