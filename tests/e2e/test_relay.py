@@ -1,0 +1,457 @@
+"""`mxroute serve` end to end: the real program, a loopback DNS server, SMTP sinks on loopback.
+
+Each test starts ``python -m mxroute serve`` with MXROUTE_* environment variables
+only (as the benchmark does), talks to it with smtplib or raw sockets, and reads
+what the sinks received. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import email
+import itertools
+import json
+import os
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.support.dnsserver import DNSServer
+from tests.support.smtpsink import Sink
+
+ROOT = Path(__file__).resolve().parents[2]
+_nets = itertools.cycle(range(10, 250))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, step: float = 0.05) -> Any:
+    """Poll ``predicate`` until truthy or ``timeout`` (bounded in time and count)."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / step) + 1):
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            break
+        time.sleep(step)
+    return predicate()
+
+
+# --- SMTP sinks: tests/support/smtpsink.py, all on the relay's smtp_port ---------------------------
+
+def rcpt_script(sink: Sink, address: str, reply: str | None) -> None:
+    """Script the RCPT reply for ``address`` (None: back to normal)."""
+    table = sink.replies.setdefault("RCPT", {})
+    if reply is None:
+        table.pop(address, None)
+    else:
+        table[address] = reply
+
+
+# --- the relay process ---------------------------------------------------------------------------
+
+class Relay:
+    """``python -m mxroute serve`` as a subprocess, configured by environment only."""
+
+    def __init__(self, tmp: Path, dns: DNSServer, smtp_port: int, **settings: Any) -> None:
+        self.port = free_port()
+        self.spool = tmp / "spool"
+        self.log_path = tmp / "relay.log"
+        self.env = dict(os.environ)
+        values: dict[str, Any] = {
+            "listen": [f"127.0.0.1:{self.port}"], "spool_dir": str(self.spool), "dns_servers": [dns.address],
+            "smtp_port": smtp_port, "allow_private_destinations": True, "helo_name": "relay.test",
+            "retry_min_seconds": 1, "retry_max_seconds": 2, "dns_timeout": 1.0, "connect_timeout": 2.0,
+            **settings,
+        }
+        for name, value in values.items():
+            self.env[f"MXROUTE_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), self.env.get("PYTHONPATH")]))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Relay:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "mxroute", "serve"], cwd=ROOT, env=self.env,
+                                     stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        if not wait_for(self._ready, timeout=20):
+            self.kill()
+            pytest.fail(f"relay did not start:\n{self.log()}")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            pytest.fail(f"relay exited with {self.proc.returncode}:\n{self.log()}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                return sock.recv(100).startswith(b"220")
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def client(self, source: str | None = None) -> smtplib.SMTP:
+        client = smtplib.SMTP("127.0.0.1", self.port, timeout=10,
+                              source_address=(source, 0) if source else None)
+        client.ehlo("client.test")
+        return client
+
+    def send(self, sender: str, rcpts: list[str], body: bytes, **kwargs: Any) -> dict[str, Any]:
+        with self.client() as client:
+            return client.sendmail(sender, rcpts, body, **kwargs)
+
+    def queue(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mxroute", "queue", *args], cwd=ROOT, env=self.env,
+                              capture_output=True, text=True, timeout=30)
+
+    def queued(self) -> list[str]:
+        queue_dir = self.spool / "queue"
+        return sorted(p.name for p in queue_dir.iterdir()) if queue_dir.exists() else []
+
+    def terminate(self, timeout: float = 15) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@dataclass
+class World:
+    tmp: Path
+    dns: DNSServer
+    net: int
+    sink_port: int
+    sinks: list[Sink] = field(default_factory=list)
+    relays: list[Relay] = field(default_factory=list)
+
+    def ip(self, n: int) -> str:
+        return f"127.1.{self.net}.{n}"
+
+    def sink(self, n: int, **kwargs: Any) -> Sink:
+        sink = Sink(self.ip(n), self.sink_port, **kwargs)
+        sink.start()
+        self.sinks.append(sink)
+        return sink
+
+    def zone(self, records: str) -> None:
+        self.dns.set_zone(f"$ORIGIN test.\n$TTL 1\n@ IN SOA ns.test. host.test. 1 3600 600 86400 1\n{records}\n")
+
+    def relay(self, **settings: Any) -> Relay:
+        relay = Relay(self.tmp, self.dns, self.sink_port, **settings).start()
+        self.relays.append(relay)
+        return relay
+
+
+@pytest.fixture
+def world(tmp_path: Path, dns_server: DNSServer) -> Iterator[World]:
+    net = next(_nets)
+    w = World(tmp_path, dns_server, net, free_port(f"127.1.{net}.1"))
+    w.zone(f"dest IN MX 10 mx1.dest.test.\nmx1.dest IN A {w.ip(1)}\n"
+           f"sender IN MX 10 mx.sender.test.\nmx.sender IN A {w.ip(9)}\n")
+    yield w
+    for relay in w.relays:
+        relay.kill()
+    for sink in w.sinks:
+        sink.stop()
+
+
+MSG = b"From: a@sender.test\r\nTo: u@dest.test\r\nSubject: hello\r\nMessage-ID: <1@sender.test>\r\n\r\nbody line\r\n.dot line\r\n"
+
+
+# --- delivery ------------------------------------------------------------------------------------
+
+def test_delivery_with_received_header_first_and_content_intact(world: World) -> None:
+    """RTY-1 path of success; SESS-19: one Received: on top, the rest byte-identical; DUR-1: 250 means queued."""
+    sink = world.sink(1)
+    relay = world.relay()
+    with relay.client() as client:
+        client.mail("a@sender.test")
+        client.rcpt("u@dest.test")
+        code, reply = client.data(MSG)
+    assert code == 250 and b"queued as" in reply
+    queue_id = reply.split()[-1].decode()
+    assert wait_for(lambda: sink.messages)
+    (got,) = sink.messages
+    assert got.mail_from == "a@sender.test" and got.rcpt_to == ["u@dest.test"]
+    first, rest = got.data.split(b"\r\n", 1)[0], got.data
+    assert first.startswith(b"Received: from client.test ([127.0.0.1])")
+    assert f"by relay.test with ESMTP id {queue_id}".encode() in rest
+    assert rest.endswith(MSG) and rest.count(b"Received:") == 1
+    assert wait_for(lambda: relay.queued() == [])
+    assert f"{queue_id}: to=<u@dest.test>" in relay.log() and "status=sent" in relay.log()
+
+
+def test_mx_fallback_to_the_next_preference(world: World) -> None:
+    """MX-2/MX-17 through the relay: MX 10 refuses connections, MX 20 accepts."""
+    world.zone(f"dest IN MX 10 mx1.dest.test.\ndest IN MX 20 mx2.dest.test.\n"
+               f"mx1.dest IN A {world.ip(1)}\nmx2.dest IN A {world.ip(2)}\n")
+    sink2 = world.sink(2)
+    relay = world.relay()
+    relay.send("a@sender.test", ["u@dest.test"], MSG)
+    assert wait_for(lambda: sink2.messages)
+    assert wait_for(lambda: relay.queued() == [])
+
+
+def test_rty1_deferred_then_retried_and_delivered(world: World) -> None:
+    """RTY-1/RTY-2: 451 at RCPT defers; the retry after retry_min_seconds delivers; no DSN."""
+    sink = world.sink(1)
+    sink.replies["RCPT"] = ["451 4.3.0 busy"]  # the first RCPT only
+    relay = world.relay()
+    relay.send("a@sender.test", ["u@dest.test"], MSG)
+    assert wait_for(lambda: sink.messages, timeout=20)
+    assert "status=deferred" in relay.log() and "status=sent" in relay.log()
+    assert wait_for(lambda: relay.queued() == [])
+
+
+def test_dsn1_dsn2_bounce_goes_to_the_sender_with_null_reverse_path(world: World) -> None:
+    """DSN-1/DSN-2/DSN-7: a 550 for one of two recipients gives one DSN, MAIL FROM:<>, to the sender."""
+    sink = world.sink(1)
+    sender_mx = world.sink(9)
+    rcpt_script(sink, "bad@dest.test", "550 5.1.1 no such user")
+    relay = world.relay()
+    relay.send("a@sender.test", ["u@dest.test", "bad@dest.test"], MSG)
+    assert wait_for(lambda: sender_mx.messages, timeout=20)
+    (dsn,) = sender_mx.messages
+    assert dsn.mail_from == "" and dsn.rcpt_to == ["a@sender.test"]
+    text = dsn.data.decode(errors="replace")
+    assert "bad@dest.test" in text and "u@dest.test" not in text.split("\r\n\r\n", 1)[1].split("Received", 1)[0]
+    assert [m.rcpt_to for m in sink.messages] == [["u@dest.test"]]
+    assert wait_for(lambda: relay.queued() == [])
+
+
+def test_dsn3_null_sender_failure_is_logged_not_bounced(world: World) -> None:
+    """DSN-3: MAIL FROM:<> rejected with 550 → no notification anywhere, logged, removed."""
+    sink = world.sink(1)
+    sender_mx = world.sink(9)
+    rcpt_script(sink, "bad@dest.test", "550 5.1.1 no such user")
+    relay = world.relay()
+    relay.send("<>", ["bad@dest.test"], MSG)
+    assert wait_for(lambda: "no bounce for a bounce" in relay.log())
+    assert wait_for(lambda: relay.queued() == [])
+    time.sleep(0.5)
+    assert sender_mx.messages == [] and sink.messages == []
+
+
+def test_dsn8_parameters_kept_and_malformed_xtext_refused(world: World) -> None:
+    """DSN-8: NOTIFY/ORCPT/RET/ENVID accepted and kept; malformed xtext → 501; NOTIFY=NEVER → no DSN."""
+    rcpt_script(world.sink(1), "bad@dest.test", "550 5.1.1 no such user")
+    sender_mx = world.sink(9)
+    relay = world.relay()
+    with relay.client() as client:
+        assert client.docmd("MAIL FROM:<a@sender.test> RET=HDRS ENVID=x+2By")[0] == 250
+        assert client.docmd("RCPT TO:<u@dest.test> ORCPT=rfc822;u+ZZ")[0] == 501
+        assert client.docmd("RCPT TO:<u@dest.test> NOTIFY=NEVER,SUCCESS")[0] == 501
+        assert client.docmd("RCPT TO:<bad@dest.test> NOTIFY=NEVER ORCPT=rfc822;Bad+40dest.test")[0] == 250
+        assert client.data(MSG)[0] == 250
+    assert wait_for(lambda: "status=bounced" in relay.log())
+    assert wait_for(lambda: relay.queued() == [])
+    time.sleep(0.5)
+    assert sender_mx.messages == []
+
+
+# --- policy at intake ------------------------------------------------------------------------------
+
+RELAY_TRICKS = [
+    "u@ext.test", "u%ext.test@relay.test", '"u@ext.test"@relay.test', "u@ext.test@relay.test",
+    "@relay.test:u@ext.test", "ext.test!u@relay.test", "u@[192.0.2.1]", "u@ext.test.", "U@EXT.TEST",
+    "u@bücher.test", "u@xn--bcher-kva.test",
+]
+
+
+def test_sec3_relay_denied_from_outside_relay_networks(world: World) -> None:
+    """SEC-3: from 127.0.0.9 (not in relay_networks) every relay trick is refused, nothing queued."""
+    relay = world.relay(relay_networks=["127.0.0.1/32"])
+    with relay.client(source="127.0.0.9") as client:
+        client.command_encoding = "utf-8"
+        assert client.docmd("MAIL FROM:<a@sender.test> SMTPUTF8")[0] == 250
+        for rcpt in RELAY_TRICKS:
+            code, reply = client.docmd(f"RCPT TO:<{rcpt}>")
+            assert code >= 500, (rcpt, code, reply)
+            assert code == 554 and reply.startswith(b"5.7.1 Relay access denied"), rcpt
+        assert client.docmd("DATA")[0] == 503
+    assert relay.queued() == []
+    with relay.client() as client:  # from 127.0.0.1 the same server relays
+        assert client.docmd("MAIL FROM:<a@sender.test>")[0] == 250
+        assert client.docmd("RCPT TO:<u@dest.test>")[0] == 250
+
+
+def test_address_literals_refused_unless_allowed(world: World) -> None:
+    """MX-13 / decision K.2: user@[literal] → 550 5.1.2 by default."""
+    relay = world.relay()
+    with relay.client() as client:
+        client.mail("a@sender.test")
+        code, reply = client.rcpt("u@[127.0.0.1]")
+    assert (code, reply[:5]) == (550, b"5.1.2")
+
+
+SMUGGLE_VARIANTS = [b"\n.\n", b"\n.\r\n", b"\r.\r", b"\r\n.\n", b"\r\r\n.\r\r\n", b"\r\n.\r\r\n", b"\n.\r"]
+
+
+@pytest.mark.parametrize("bare_newline", ["normalize", "reject"])
+def test_sec1_smuggling_variants_never_end_data(world: World, bare_newline: str) -> None:
+    """SEC-1: only <CRLF>.<CRLF> ends DATA; a smuggled second transaction never becomes a message."""
+    sink = world.sink(1)
+    relay = world.relay(bare_newline=bare_newline)
+    accepted = 0
+    for variant in SMUGGLE_VARIANTS:
+        smuggled = (b"Subject: first\r\n\r\nhello" + variant +
+                    b"MAIL FROM:<spoof@evil.test>\r\nRCPT TO:<u@dest.test>\r\nDATA\r\n"
+                    b"Subject: smuggled\r\n\r\nevil\r\n.\r\n")
+        with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as sock:
+            stream = sock.makefile("rb")
+            assert stream.readline().startswith(b"220")
+            sock.sendall(b"EHLO c.test\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<u@dest.test>\r\nDATA\r\n")
+            replies = [stream.readline() for _ in range(10)]
+            assert replies[-1].startswith(b"354"), replies
+            sock.sendall(smuggled)
+            reply = stream.readline()
+            # the smuggled MAIL/RCPT/DATA were message content: exactly one reply for the whole thing
+            assert reply[:3] in (b"250", b"550"), (variant, reply)
+            if reply.startswith(b"550"):
+                assert reply.startswith(b"550 5.5.2")
+            else:
+                accepted += 1
+            sock.sendall(b"QUIT\r\n")
+            assert stream.readline().startswith(b"221")
+    if bare_newline == "reject":
+        assert accepted == 0
+    wait_for(lambda: len(sink.messages) >= accepted and relay.queued() == [])
+    assert len(sink.messages) == accepted
+    assert all(m.mail_from == "a@sender.test" for m in sink.messages)
+    for m in sink.messages:  # normalised: only CRLF line ends reach the next hop (SESS-11)
+        assert b"\r\n" in m.data and not any(ch for ch in m.data.replace(b"\r\n", b"") if ch in b"\r\n")
+
+
+def test_sec7_size_limit_at_mail_and_in_data(world: World) -> None:
+    """SEC-7: SIZE= over the limit → 552 at MAIL; an oversized DATA → 552 5.3.4; nothing spooled."""
+    relay = world.relay(max_message_size=2048)
+    with relay.client() as client:
+        assert "2048" in client.esmtp_features["size"]
+        assert client.docmd("MAIL FROM:<a@sender.test> SIZE=5000")[0] == 552
+        client.mail("a@sender.test")
+        client.rcpt("u@dest.test")
+        code, reply = client.data(MSG + b"x" * 70 + b"\r\n" * 0 + (b"y" * 900 + b"\r\n") * 3)
+    assert (code, reply[:5]) == (552, b"5.3.4")
+    assert relay.queued() == []
+
+
+def test_sec9_recipient_limit(world: World) -> None:
+    """SEC-9: max_recipients=3 → the 4th and 5th get 452 4.5.3; the message goes to the first 3."""
+    sink = world.sink(1)
+    relay = world.relay(max_recipients=3)
+    with relay.client() as client:
+        client.mail("a@sender.test")
+        codes = [client.rcpt(f"r{i}@dest.test") for i in range(5)]
+        assert [c for c, _ in codes] == [250, 250, 250, 452, 452]
+        assert codes[3][1].startswith(b"4.5.3")
+        assert client.data(MSG)[0] == 250
+    assert wait_for(lambda: sink.messages)
+    assert sorted(sink.messages[0].rcpt_to) == ["r0@dest.test", "r1@dest.test", "r2@dest.test"]
+
+
+def test_sess12_line_length_and_sess18_loop_detection(world: World) -> None:
+    """SESS-12: a 999-octet line is refused, 998 accepted; SESS-18: 101 Received: → 554 5.4.6, 99 relayed."""
+    sink = world.sink(1)
+    relay = world.relay()
+    with relay.client() as client:
+        for body, want in [
+            (b"Subject: x\r\n\r\n" + b"a" * 999 + b"\r\n", 500),
+            (b"Subject: x\r\n\r\n" + b"a" * 998 + b"\r\n", 250),
+            (b"Received: from x\r\n" * 101 + b"Subject: x\r\n\r\nloop\r\n", 554),
+            (b"Received: from x\r\n" * 99 + b"Subject: x\r\n\r\nok\r\n", 250),
+        ]:
+            client.mail("a@sender.test")
+            client.rcpt("u@dest.test")
+            code, reply = client.data(body)
+            assert code == want, (code, reply)
+            if code == 554:
+                assert reply.startswith(b"5.4.6")
+    assert wait_for(lambda: len(sink.messages) == 2)
+
+
+def test_sec13_banner_and_vrfy_disclose_nothing(world: World) -> None:
+    relay = world.relay()
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=5) as sock:
+        assert sock.recv(200) == b"220 relay.test ESMTP\r\n"
+    with relay.client() as client:
+        assert client.verify("root")[0] == 252
+        assert client.has_extn("pipelining") and client.has_extn("dsn") and client.has_extn("enhancedstatuscodes")
+        assert not client.has_extn("auth")  # no credentials file, no TLS
+
+
+# --- durability and operations ---------------------------------------------------------------------
+
+def test_dur1_kill9_right_after_250_then_restart_delivers_exactly_once(world: World) -> None:
+    """DUR-1/DUR-7: kill -9 right after the 250; restart; delivered exactly once."""
+    relay = world.relay(retry_min_seconds=60, retry_max_seconds=120)  # MX not up yet: first try fails
+    relay.send("a@sender.test", ["u@dest.test"], MSG)
+    relay.kill()
+    assert len(relay.queued()) == 1
+    sink = world.sink(1)
+    assert relay.queue("flush").returncode == 0  # due now at the restart, not in 60 s
+    relay.start()
+    assert wait_for(lambda: sink.messages)
+    assert wait_for(lambda: relay.queued() == [])
+    time.sleep(1.0)
+    assert len(sink.messages) == 1
+
+
+def test_queue_list_show_flush_delete_while_running(world: World) -> None:
+    """`mxroute queue`: list and show explain a deferral (each host's reply, next try); flush and delete act."""
+    sink = world.sink(1)
+    rcpt_script(sink, "u@dest.test", "451 4.3.0 greylisted")
+    rcpt_script(sink, "v@dest.test", "451 4.3.0 greylisted")
+    relay = world.relay(retry_min_seconds=300, retry_max_seconds=600)
+    relay.send("a@sender.test", ["u@dest.test"], MSG)
+    relay.send("a@sender.test", ["v@dest.test"], MSG)
+    assert wait_for(lambda: relay.log().count("status=deferred") >= 2)
+    listing = relay.queue("list")
+    assert listing.returncode == 0 and "PENDING" in listing.stdout and "<a@sender.test>" in listing.stdout
+    ids = [m["queue_id"] for m in json.loads(relay.queue("list", "--json").stdout)]
+    assert sorted(ids) == relay.queued() and len(ids) == 2
+    shown = {i: json.loads(relay.queue("show", i, "--json").stdout) for i in ids}
+    u_id = next(i for i, m in shown.items() if m["recipients"][0]["address"] == "u@dest.test")
+    v_id = next(i for i in ids if i != u_id)
+    text = relay.queue("show", u_id).stdout
+    assert "451 4.3.0 greylisted" in text and "next try:" in text and f"mx1.dest.test[{world.ip(1)}]" in text
+    assert relay.queue("delete", v_id).returncode == 0
+    assert relay.queue("show", v_id).returncode != 0
+    assert relay.queue("show", "../etc").returncode == 64
+    rcpt_script(sink, "u@dest.test", None)
+    assert relay.queue("flush").returncode == 0
+    assert wait_for(lambda: sink.messages, timeout=10)
+    assert wait_for(lambda: relay.queued() == [])
+    assert [m.rcpt_to for m in sink.messages] == [["u@dest.test"]]  # the deleted one never went out
+
+
+def test_dur8_sigterm_exits_0_with_mail_intact(world: World) -> None:
+    """DUR-8: SIGTERM → exit 0 promptly; deferred mail stays in the spool, valid; a restart continues."""
+    sink = world.sink(1)
+    rcpt_script(sink, "u@dest.test", "451 4.3.0 later")
+    relay = world.relay(retry_min_seconds=300, retry_max_seconds=600)
+    relay.send("a@sender.test", ["u@dest.test"], MSG)
+    assert wait_for(lambda: "status=deferred" in relay.log())
+    started = time.monotonic()
+    assert relay.terminate() == 0
+    assert time.monotonic() - started < 10
+    (queue_id,) = relay.queued()
+    shown = json.loads(relay.queue("show", queue_id, "--json").stdout)
+    assert shown["recipients"][0]["state"] == "pending" and shown["recipients"][0]["attempts"] == 1
