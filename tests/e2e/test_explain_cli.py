@@ -167,3 +167,26 @@ def test_exit_78_for_a_bad_setting() -> None:
 def test_exit_64_for_bad_arguments() -> None:
     result = explain(["--no-such-flag", "u@demo.example"])
     assert result.returncode == 64
+
+
+def test_exp1_probe_reports_banner_and_extensions_and_sends_no_mail(dns_server: DNSServer) -> None:
+    from tests.support.smtpsink import Sink
+
+    with Sink("127.0.1.41") as sink:  # nothing listens on 127.0.1.40: refused
+        dns_server.set_zone(f"""
+$ORIGIN p.
+$TTL 300
+@ IN SOA ns.p. h.p. 1 3600 600 86400 60
+@ IN MX 10 down.p.
+@ IN MX 20 up.p.
+down IN A 127.0.1.40
+up IN A 127.0.1.41
+""")
+        env = {"MXROUTE_ALLOW_PRIVATE_DESTINATIONS": "true", "MXROUTE_SMTP_PORT": str(sink.port), "MXROUTE_CONNECT_TIMEOUT": "2"}
+        result = explain(["--dns", dns_server.address, "--json", "--probe", "u@p"], env)
+        body = json.loads(result.stdout)
+        probe = body["probe"]
+        assert probe["target"].startswith("up.p[127.0.1.41]"), probe
+        assert probe["banner_code"] == 220 and "PIPELINING" in [e.upper() for e in probe["extensions"]]
+        assert probe["unreachable"] and "down.p" in probe["unreachable"][0]
+        assert all(not c.transactions for c in sink.connections)  # EXP-1: no mail sent
