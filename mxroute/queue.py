@@ -11,6 +11,7 @@ never bounce a bounce), RFC 3461/3464 (DSN), checklist RTY-1..5, DSN-1..3/7/8/10
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import random
 import time
@@ -96,9 +97,11 @@ class QueueManager:
         self.route_fn = route_fn
         self.policy = policy_from_settings(settings)
         self._dsn_builder = dsn_builder
-        self._due: dict[str, float] = {}  # queue id -> when it is next due
+        self._due: dict[str, float] = {}  # queue id -> when it is next due (the heap may hold stale entries)
+        self._heap: list[tuple[float, str]] = []
         self._forced: set[str] = set()
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._again: dict[str, float] = {}  # came due while being delivered
         self._wake = asyncio.Event()
         self._stopping = False
         self._global = asyncio.Semaphore(settings.delivery_concurrency)
@@ -116,15 +119,32 @@ class QueueManager:
             self._schedule(meta.queue_id, due)
 
     def _schedule(self, queue_id: str, due: float) -> None:
-        self._due[queue_id] = min(due, self._due.get(queue_id, due))
+        current = self._due.get(queue_id)
+        if current is None or due < current:
+            self._due[queue_id] = due
+            heapq.heappush(self._heap, (due, queue_id))
         self._wake.set()
 
     def flush(self) -> None:
         """Make every queued message due now (``mxroute queue flush``)."""
         for queue_id in self.spool.ids():
             self._forced.add(queue_id)
-            self._due[queue_id] = 0.0
-        self._wake.set()
+            self._due.pop(queue_id, None)
+            self._schedule(queue_id, 0.0)
+
+    def _pop_due(self, now: float) -> str | None:
+        """The next message due by ``now`` that is not being delivered already, or None."""
+        while self._heap and self._heap[0][0] <= now:
+            due, queue_id = heapq.heappop(self._heap)
+            if self._due.get(queue_id) != due:
+                continue  # stale: rescheduled since
+            if queue_id in self._inflight:  # comes back when that delivery is done
+                self._due.pop(queue_id)
+                self._again[queue_id] = due
+                continue
+            del self._due[queue_id]
+            return queue_id
+        return None
 
     def recover(self) -> int:
         """Start-up scan: finish interrupted bounces (DSN-12), then schedule everything (DUR-7)."""
@@ -161,18 +181,19 @@ class QueueManager:
             if now >= next_poll:
                 next_poll = now + POLL_SECONDS
                 await self._poll_flush()
-            for queue_id in [q for q, due in self._due.items() if due <= now and q not in self._inflight]:
-                if len(self._inflight) >= self._max_inflight:
+            while len(self._inflight) < self._max_inflight:
+                queue_id = self._pop_due(now)
+                if queue_id is None:
                     break
-                del self._due[queue_id]
                 force = queue_id in self._forced
                 self._forced.discard(queue_id)
                 task = asyncio.create_task(self._process(queue_id, force), name=f"deliver-{queue_id}")
                 self._inflight[queue_id] = task
                 task.add_done_callback(lambda _t, q=queue_id: self._done(q))
             self._wake.clear()
-            upcoming = [due for q, due in self._due.items() if q not in self._inflight]
-            timeout = min([POLL_SECONDS, *(max(0.0, d - self.clock()) for d in upcoming)])
+            timeout = POLL_SECONDS
+            if self._heap and len(self._inflight) < self._max_inflight:
+                timeout = min(timeout, max(0.0, self._heap[0][0] - self.clock()))
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.005))
             except TimeoutError:
@@ -181,9 +202,9 @@ class QueueManager:
     async def run_once(self) -> int:
         """Deliver every message due now and wait for them (a single scheduling pass; tests, tools)."""
         now = self.clock()
-        due = [q for q, when in self._due.items() if when <= now]
-        for queue_id in due:
-            del self._due[queue_id]
+        due = []
+        while (queue_id := self._pop_due(now)) is not None:
+            due.append(queue_id)
         forced = {q for q in due if q in self._forced}
         self._forced -= forced
         await asyncio.gather(*(self._process(q, q in forced) for q in due))
@@ -191,6 +212,9 @@ class QueueManager:
 
     def _done(self, queue_id: str) -> None:
         self._inflight.pop(queue_id, None)
+        again = self._again.pop(queue_id, None)
+        if again is not None:
+            self._schedule(queue_id, again)
         self._wake.set()
 
     async def _poll_flush(self) -> None:
