@@ -1,0 +1,685 @@
+"""The courier: carry one message to one destination over SMTP, following a routing plan.
+
+RFC 5321 §3–4 (the client session), §5.1 (try the plan's addresses in order),
+RFC 3207 (opportunistic STARTTLS), RFC 1870 (SIZE), RFC 6152 (8BITMIME),
+RFC 6531 (SMTPUTF8), RFC 3461 (DSN parameters), RFC 2034 / 3463 (enhanced codes).
+
+As in chasquid, the queue and the courier never meet: the courier knows nothing
+of retries, disk or bounces. It is handed a ``Plan`` and returns one
+``RecipientResult`` per recipient — delivered, bounced (a permanent answer) or
+deferred (try again later). Decisions cite checklist IDs (MX-*, SESS-*, TLS-*, SEC-*).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import socket
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import aiosmtplib
+from aiosmtplib.response import SMTPResponse
+
+from mxroute.address import parse_address
+from mxroute.dsn import safe_text
+from mxroute.envelope import Disposition, Envelope, Recipient, RecipientResult
+from mxroute.errors import AddressError
+from mxroute.plan import Plan, Target, Verdict
+from mxroute.settings import Settings
+
+log = logging.getLogger("mxroute.delivery")  # one line per recipient per attempt, Postfix-style
+hostlog = logging.getLogger("mxroute.courier")  # per-host events: connect failures, skips, TLS fallbacks
+
+CHUNK = 64 * 1024  # one "data block" for the §4.5.3.2.5 timeout
+_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
+_LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+# aiosmtplib's own transport errors, plus the OS ones (a reset, an SSL failure).
+_WIRE_ERRORS = (aiosmtplib.SMTPException, OSError, EOFError)
+
+
+# --- pure helpers ---------------------------------------------------------------------------
+
+def canonical_data(message: bytes) -> bytes:
+    """CRLF line endings only, ending in CRLF (RFC 5321 §2.3.8, §4.1.1.4; SESS-10/11).
+
+    A bare CR or LF becomes CRLF, so no terminator variant (``<LF>.<LF>``, ...)
+    can reach the next hop (SEC-2).
+    """
+    data = _LINE_ENDINGS.sub(b"\r\n", message)
+    return data if data.endswith(b"\r\n") else data + b"\r\n"
+
+
+def dot_stuff(canonical: bytes) -> bytes:
+    """Transparency (RFC 5321 §4.5.2): double each leading ".", then end with ``.<CRLF>``."""
+    return _LEADING_DOT.sub(b"..", canonical) + b".\r\n"
+
+
+def enhanced_status(code: int, text: str, advertised: bool) -> str:
+    """The RFC 3463 status of a reply (SESS-5).
+
+    Taken from the text when the server advertised ENHANCEDSTATUSCODES (RFC 2034)
+    and its class matches the reply code; otherwise derived as ``X.0.0``.
+    """
+    klass = str(code)[0] if 200 <= code < 600 else "4"
+    if advertised:
+        match = _ENHANCED.match(text.strip())
+        if match and match.group(1) == klass:
+            return match.group(0)
+    return f"{klass}.0.0"
+
+
+def reply_text(code: int, text: str) -> str:
+    """A reply as one safe line: ``550 5.1.1 no such user`` (multi-line replies joined; SEC-6)."""
+    return safe_text(f"{code} " + " ".join(line.strip() for line in text.splitlines()), 1000)
+
+
+def xtext(value: str) -> str:
+    """RFC 3461 §4 xtext: "+", "=", controls, space and non-ASCII become ``+HH``."""
+    out = []
+    for byte in value.encode("utf-8"):
+        out.append(chr(byte) if 33 <= byte <= 126 and byte not in (0x2B, 0x3D) else f"+{byte:02X}")
+    return "".join(out)
+
+
+def too_many_recipients(code: int, text: str) -> bool:
+    """452, or the historical 552 "too many recipients" (RFC 5321 §4.5.3.1.10): retry the rest later."""
+    if code == 452:
+        return True
+    return code == 552 and (text.strip().startswith("5.5.3") or "too many recipients" in text.lower())
+
+
+def path_problem(address: str, *, null_ok: bool = False) -> str | None:
+    """Why ``address`` may not be put in a MAIL/RCPT command, or None (SEC-5, RFC 5321 §4.1.2).
+
+    Controls (CR, LF, NUL, ...), bad syntax and over-long parts are refused here, so
+    nothing hostile ever reaches aiosmtplib's command writer.
+    """
+    if address == "" and null_ok:
+        return None
+    try:
+        parse_address(address)
+    except AddressError as exc:
+        return safe_text(exc.message, 200)
+    if any(c in address for c in "<>"):
+        return "angle bracket inside the address"
+    return None
+
+
+def _headers(canonical: bytes) -> bytes:
+    end = canonical.find(b"\r\n\r\n")
+    return canonical if end < 0 else canonical[:end]
+
+
+# --- sessions and the attempt state ---------------------------------------------------------
+
+class _HostFailure(Exception):
+    """The session with this address is over (421, drop, timeout): move on (MX-17, SESS-4)."""
+
+    def __init__(self, status: str, reply: str) -> None:
+        super().__init__(reply)
+        self.status = status
+        self.reply = reply
+
+
+@dataclass
+class _Session:
+    client: aiosmtplib.SMTP
+    target: Target
+    key: tuple[str, int, str | None]
+    esmtp: bool = False
+    extensions: dict[str, str] = field(default_factory=dict)
+    tls: bool = False
+    transactions: int = 0
+    idle_timer: asyncio.TimerHandle | None = None
+
+    def has(self, name: str) -> bool:
+        return name in self.extensions
+
+    @property
+    def enhanced(self) -> bool:
+        return self.has("enhancedstatuscodes")
+
+    @property
+    def size_limit(self) -> int | None:
+        """RFC 1870 §4: a fixed maximum; "SIZE" or "SIZE 0" means no stated limit."""
+        value = self.extensions.get("size", "").strip()
+        return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+@dataclass
+class _Attempt:
+    """What one deliver() call has learnt so far."""
+
+    envelope: Envelope
+    body: bytes  # canonical (CRLF) message
+    eight_bit: bool
+    utf8: bool  # the envelope or the header needs SMTPUTF8 (SESS-15)
+    results: dict[str, RecipientResult] = field(default_factory=dict)
+    last: dict[str, tuple[str, str, str | None]] = field(default_factory=dict)  # address -> (status, reply, relay)
+    relay: dict[str, str] = field(default_factory=dict)  # address -> last relay tried
+
+    def finish(self, rcpt: Recipient, disposition: Disposition, status: str, reply: str, target: Target | None) -> None:
+        relay = str(target) if target else None
+        self.results[rcpt.address] = RecipientResult(rcpt.address, disposition, status, reply, relay)
+
+    def soft(self, recipients: Sequence[Recipient], status: str, reply: str, target: Target | None) -> None:
+        """A temporary answer: the recipients stay pending; remember it as their last reason."""
+        for rcpt in recipients:
+            self.last[rcpt.address] = (status, reply, str(target) if target else None)
+
+
+class Courier:
+    """Deliver messages over SMTP following routing plans (see the module docstring).
+
+    ``reuse`` keeps a few idle connections per destination address for the next
+    message (RSET between transactions, SESS-17), closed after ``idle_timeout``
+    seconds. ``tls_context`` is used for opportunistic STARTTLS; by default an
+    unverified one (RFC 7435: no policy, no verification, TLS-1).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        tls_context: ssl.SSLContext | None = None,
+        *,
+        reuse: bool = True,
+        idle_timeout: float = 30.0,
+        max_idle_per_destination: int = 4,
+        starttls: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.tls_context = tls_context or _opportunistic_context()
+        self.reuse = reuse
+        self.idle_timeout = idle_timeout
+        self.max_idle = max_idle_per_destination
+        self.starttls = starttls
+        self.stats: dict[str, int] = {
+            "connections": 0, "sessions": 0, "reused": 0, "tls": 0, "tls_fallbacks": 0,
+        }
+        self._idle: dict[tuple[str, int, str | None], list[_Session]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    # --- the one public operation -----------------------------------------------------------
+
+    async def deliver(
+        self,
+        plan: Plan,
+        envelope: Envelope,
+        recipients: list[Recipient],
+        message: bytes,
+        *,
+        queue_id: str | None = None,
+    ) -> list[RecipientResult]:
+        """Deliver ``message`` to ``recipients`` (all of ``plan.domain``); one result per recipient."""
+        started = time.monotonic()
+        body = canonical_data(message)
+        addresses_ascii = envelope.sender.isascii() and all(r.address.isascii() for r in recipients)
+        attempt = _Attempt(
+            envelope=envelope, body=body, eight_bit=not body.isascii(),
+            utf8=not addresses_ascii or (envelope.smtputf8 and not _headers(body).isascii()),
+        )
+        valid: list[Recipient] = []
+        seen: set[str] = set()
+        sender_problem = path_problem(envelope.sender, null_ok=True)
+        for rcpt in recipients:
+            if rcpt.address in seen:
+                continue
+            seen.add(rcpt.address)
+            problem = path_problem(rcpt.address)
+            if problem:
+                attempt.finish(rcpt, Disposition.BOUNCED, "5.1.3", f"553 5.1.3 bad recipient address: {problem}", None)
+            elif sender_problem:
+                attempt.finish(rcpt, Disposition.BOUNCED, "5.1.7", f"553 5.1.7 bad sender address: {sender_problem}", None)
+            else:
+                valid.append(rcpt)
+        if plan.verdict is Verdict.TEMPORARY:  # MX-6: DNS said "later"
+            for rcpt in valid:
+                attempt.finish(rcpt, Disposition.DEFERRED, plan.dsn_status, f"451 {plan.dsn_status} {safe_text(plan.reason)}", None)
+        elif plan.verdict is Verdict.PERMANENT:  # MX-5/9/10/11: DNS said "never"
+            code = 556 if plan.dsn_status == "5.1.10" else 550
+            for rcpt in valid:
+                attempt.finish(rcpt, Disposition.BOUNCED, plan.dsn_status, f"{code} {plan.dsn_status} {safe_text(plan.reason)}", None)
+        elif valid:
+            await self._walk(plan, attempt, valid)
+        out = [attempt.results[r.address] for r in recipients]
+        delay = time.monotonic() - started
+        for result in dict((r.recipient, r) for r in out).values():
+            _log_result(queue_id, result, delay)
+        return out
+
+    async def close(self) -> None:
+        """Close every idle connection (QUIT, bounded) and wait for closings in progress."""
+        sessions = [s for pool in self._idle.values() for s in pool]
+        self._idle.clear()
+        for session in sessions:
+            if session.idle_timer:
+                session.idle_timer.cancel()
+        await asyncio.gather(*(self._quit(s) for s in sessions), return_exceptions=True)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    # --- walking the plan -------------------------------------------------------------------
+
+    async def _walk(self, plan: Plan, attempt: _Attempt, recipients: list[Recipient]) -> None:
+        """Try the plan's addresses in order until nothing is pending (RFC 5321 §5.1, MX-15..17).
+
+        Host failures (refused, timeout, 4xx/5xx greeting or EHLO, 421, a drop) move on to
+        the next address. Temporary answers to MAIL/RCPT/DATA leave the recipients
+        pending too, so a backup MX may take them (as Postfix does while it is not at
+        the last server). Permanent answers are final (MX-17). At most
+        ``mx_session_limit`` sessions that reached a greeting (Postfix smtp_mx_session_limit).
+        """
+        pending = list(recipients)
+        sessions = 0
+        limit = self.settings.mx_session_limit
+        for target in plan.targets:
+            if not pending:
+                break
+            if sessions >= limit:
+                hostlog.info("%s: mx_session_limit=%d reached, %d address(es) left untried (MX-16)",
+                         plan.domain, limit, len(plan.targets) - plan.targets.index(target))
+                break
+            session, greeted = await self._open(target, attempt, pending)
+            if greeted:
+                sessions += 1
+            if session is None:
+                continue
+            try:
+                pending = await self._transactions(session, attempt, pending)
+            except _HostFailure as exc:
+                attempt.soft(pending, exc.status, exc.reply, target)
+                pending = [r for r in pending if r.address not in attempt.results]
+                self._discard(session)
+                continue
+            self._release(session)
+        for rcpt in pending:
+            status, reply, relay = attempt.last.get(
+                rcpt.address, ("4.4.1", "451 4.4.1 no address of the destination could be tried", None))
+            if status[0] != "4":  # a host-level 5xx (greeting, EHLO) was only a reason to move on
+                status = "4" + status[1:]
+            attempt.results[rcpt.address] = RecipientResult(rcpt.address, Disposition.DEFERRED, status, reply, relay)
+
+    async def _open(self, target: Target, attempt: _Attempt, pending: list[Recipient]) -> tuple[_Session | None, bool]:
+        """A ready session with ``target`` (pooled or new): greeting, EHLO/HELO, STARTTLS.
+
+        Returns (session or None, whether a greeting was received).
+        """
+        key = (target.address, target.port, self._bind_address(target))
+        pooled = await self._checkout(key)
+        if pooled is not None:
+            return pooled, True
+        session, greeted, problem = await self._connect(target, key, use_tls=self.starttls)
+        if problem == "tls":  # TLS-1: opportunistic; a failed handshake → same host in plain text
+            session, greeted2, problem = await self._connect(target, key, use_tls=False)
+            greeted = greeted or greeted2
+        if session is None:
+            status, reply = problem.split(" ", 1) if problem and problem != "tls" else ("4.4.1", "451 4.4.1 no session")
+            attempt.soft(pending, status, reply, target)
+        return session, greeted
+
+    async def _connect(
+        self, target: Target, key: tuple[str, int, str | None], *, use_tls: bool,
+    ) -> tuple[_Session | None, bool, str | None]:
+        """Connect, read the greeting, EHLO (HELO fallback), STARTTLS when offered.
+
+        Returns (session, greeted, problem); problem is "STATUS reply" on failure,
+        or "tls" when a TLS handshake failed and a plain-text retry is due.
+        """
+        s = self.settings
+        family = socket.AF_INET6 if target.family == 6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            if key[2]:  # Postfix smtp_bind_address: leave from the egress address explain checks
+                sock.bind((key[2], 0))
+            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (target.address, target.port)),
+                                   s.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            sock.close()
+            why = "timed out" if isinstance(exc, TimeoutError) else (os.strerror(exc.errno) if exc.errno else str(exc))
+            hostlog.info("connect to %s: %s", target, why)
+            return None, False, f"4.4.1 451 4.4.1 connect to {target}: {safe_text(why)}"
+        self.stats["connections"] += 1
+        client = aiosmtplib.SMTP(sock=sock, local_hostname=s.helo_name, timeout=s.greeting_timeout,
+                                 start_tls=False, use_tls=False)
+        try:
+            await client.connect(timeout=s.greeting_timeout)  # RFC 5321 §4.5.3.2.1
+        except aiosmtplib.SMTPConnectResponseError as exc:  # 4xx/5xx greeting: skip (smtp_skip_5xx_greeting)
+            client.close()
+            reply = reply_text(exc.code, exc.message)
+            hostlog.info("%s greeted with %s: trying the next address (MX-17)", target, reply)
+            return None, True, f"{enhanced_status(exc.code, exc.message, False)} {reply}"
+        except _WIRE_ERRORS as exc:
+            client.close()
+            sock.close()
+            return None, False, f"4.4.2 451 4.4.2 no greeting from {target}: {safe_text(str(exc))}"
+        session = _Session(client, target, key)
+        try:
+            await self._hello(session)
+            if use_tls and session.has("starttls"):
+                if not await self._starttls(session):
+                    return None, True, "tls"
+        except _HostFailure as exc:
+            client.close()
+            return None, True, f"{exc.status} {exc.reply}"
+        self.stats["sessions"] += 1
+        return session, True, None
+
+    async def _hello(self, session: _Session) -> None:
+        """EHLO, and HELO when EHLO gets a 5xx (RFC 5321 §4.1.1.1; SESS-1). 4xx/421: next host."""
+        client, helo = session.client, self.settings.helo_name
+        timeout = self.settings.greeting_timeout
+        resp = await self._command(session, b"EHLO", helo.encode("ascii"), timeout=timeout)
+        if resp.code == 250:
+            client.last_ehlo_response = resp
+            session.esmtp, session.extensions = True, dict(client.esmtp_extensions)
+            return
+        if resp.code >= 500:
+            helo_resp = await self._command(session, b"HELO", helo.encode("ascii"), timeout=timeout)
+            if helo_resp.code == 250:
+                client.last_helo_response = helo_resp
+                session.esmtp, session.extensions = False, {}  # HELO: no extension parameters
+                return
+            resp = helo_resp
+        raise _HostFailure(enhanced_status(resp.code, resp.message, False), reply_text(resp.code, resp.message))
+
+    async def _starttls(self, session: _Session) -> bool:
+        """Opportunistic STARTTLS (RFC 3207; TLS-1/2). False when the handshake failed.
+
+        A non-220 reply leaves the session in plain text (logged, counted). After a
+        handshake everything learnt before is discarded and EHLO is sent again
+        (RFC 3207 §4.2). aiosmtplib reads exactly one reply to STARTTLS and drops
+        whatever followed it before the handshake (TLS-2).
+        """
+        target = session.target
+        try:
+            await session.client.starttls(tls_context=self.tls_context, server_hostname=target.exchange or None,
+                                          timeout=self.settings.greeting_timeout)
+        except aiosmtplib.SMTPResponseException as exc:
+            if exc.code == 421:
+                raise _HostFailure("4.7.0", reply_text(exc.code, exc.message)) from None
+            self.stats["tls_fallbacks"] += 1
+            hostlog.warning("%s: STARTTLS refused (%s): continuing in plain text (TLS-1, opportunistic)",
+                        target, reply_text(exc.code, exc.message))
+            return True
+        except (*_WIRE_ERRORS, ssl.SSLError) as exc:
+            session.client.close()
+            self.stats["tls_fallbacks"] += 1
+            hostlog.warning("%s: TLS handshake failed (%s): retrying the same host in plain text (TLS-1, opportunistic)",
+                        target, safe_text(str(exc) or type(exc).__name__))
+            return False
+        session.tls = True
+        self.stats["tls"] += 1
+        await self._hello(session)
+        return True
+
+    # --- transactions -----------------------------------------------------------------------
+
+    async def _transactions(self, session: _Session, attempt: _Attempt, pending: list[Recipient]) -> list[Recipient]:
+        """As many transactions as it takes on this session; return the recipients still pending.
+
+        RFC 5321 §4.5.3.1.10 / SESS-9: recipients refused with "too many" go into a
+        further transaction, as long as the previous one made progress.
+        """
+        target = session.target
+        if attempt.utf8 and not session.has("smtputf8"):  # RFC 6531 §3.2: no downgrade (SESS-15)
+            reply = f"553 5.6.7 {target} does not support SMTPUTF8, needed for a non-ASCII address"
+            for rcpt in pending:
+                attempt.finish(rcpt, Disposition.BOUNCED, "5.6.7", reply, target)
+            return []
+        if attempt.eight_bit and not session.has("8bitmime"):  # RFC 6152 §3: never raw 8-bit (SESS-14)
+            reply = f"554 5.6.3 {target} does not support 8BITMIME and the message has 8-bit content"
+            for rcpt in pending:
+                attempt.finish(rcpt, Disposition.BOUNCED, "5.6.3", reply, target)
+            return []
+        limit = session.size_limit
+        if limit is not None and len(attempt.body) > limit:  # RFC 1870 §6: do not send it (SESS-13)
+            reply = f"552 5.3.4 message size {len(attempt.body)} exceeds the fixed limit {limit} of {target}"
+            for rcpt in pending:
+                attempt.finish(rcpt, Disposition.BOUNCED, "5.3.4", reply, target)
+            return []
+        queue = list(pending)
+        later: list[Recipient] = []
+        while queue:
+            if session.transactions:
+                await self._rset(session)
+            session.transactions += 1
+            accepted, leftovers, soft = await self._one_transaction(session, attempt, queue)
+            later.extend(soft)
+            if not accepted or not leftovers:
+                later.extend(leftovers)
+                break
+            queue = leftovers
+        return later
+
+    async def _one_transaction(
+        self, session: _Session, attempt: _Attempt, queue: list[Recipient],
+    ) -> tuple[list[Recipient], list[Recipient], list[Recipient]]:
+        """MAIL, RCPT×n, DATA. Returns (accepted, too-many leftovers, temporarily refused)."""
+        s, target, env = self.settings, session.target, attempt.envelope
+        sender = env.sender.encode("utf-8")
+        resp = await self._command(session, b"MAIL", b"FROM:<" + sender + b">", *self._mail_params(session, attempt),
+                                   timeout=s.mail_timeout)
+        status, reply = enhanced_status(resp.code, resp.message, session.enhanced), reply_text(resp.code, resp.message)
+        if resp.code >= 500:  # authoritative for every recipient (MX-17); never cached (SESS-17)
+            for rcpt in queue:
+                attempt.finish(rcpt, Disposition.BOUNCED, status, reply, target)
+            return [], [], []
+        if resp.code != 250:
+            attempt.soft(queue, status, reply, target)
+            return [], [], list(queue)
+        accepted: list[Recipient] = []
+        soft: list[Recipient] = []
+        leftovers: list[Recipient] = []
+        for index, rcpt in enumerate(queue):
+            try:
+                resp = await self._command(session, b"RCPT", b"TO:<" + rcpt.address.encode("utf-8") + b">",
+                                           *self._rcpt_params(session, rcpt), timeout=s.rcpt_timeout)
+            except _HostFailure:
+                attempt.soft(accepted, "4.4.2", "451 4.4.2 lost connection before DATA", target)
+                raise
+            status, reply = enhanced_status(resp.code, resp.message, session.enhanced), reply_text(resp.code, resp.message)
+            if resp.code in (250, 251):
+                accepted.append(rcpt)
+            elif too_many_recipients(resp.code, resp.message):  # SESS-9: the rest in a further transaction
+                leftovers = queue[index:]
+                attempt.soft(leftovers, "4" + status[1:], reply, target)
+                break
+            elif resp.code >= 500:  # SESS-6: this recipient fails, the others go on
+                attempt.finish(rcpt, Disposition.BOUNCED, status, reply, target)
+            else:
+                attempt.soft([rcpt], status, reply, target)
+                soft.append(rcpt)
+        if not accepted:  # SESS-6: no DATA without an accepted recipient
+            return [], leftovers, soft
+        await self._data(session, attempt, accepted)
+        return accepted, leftovers, soft + [r for r in accepted if r.address not in attempt.results]
+
+    async def _data(self, session: _Session, attempt: _Attempt, accepted: list[Recipient]) -> None:
+        """DATA, the stuffed message, and the reply that covers every accepted recipient (SESS-7/8).
+
+        Each stage has its own timeout (RFC 5321 §4.5.3.2.4–.6; SESS-3): aiosmtplib's
+        ``data()`` applies a single timeout to the 354 and to the final reply and none
+        to the writes, so the data phase is driven here, block by block.
+        """
+        s, target, client = self.settings, session.target, session.client
+        resp = await self._command(session, b"DATA", timeout=s.data_init_timeout)
+        if resp.code != 354:  # SESS-7: never send data without 354
+            status, reply = enhanced_status(resp.code, resp.message, session.enhanced), reply_text(resp.code, resp.message)
+            if resp.code >= 500:
+                for rcpt in accepted:
+                    attempt.finish(rcpt, Disposition.BOUNCED, status, reply, target)
+            else:
+                attempt.soft(accepted, status, reply, target)
+            return
+        payload = dot_stuff(attempt.body)
+        protocol = client.protocol
+        sent_end = False
+        try:
+            if protocol is None:
+                raise aiosmtplib.SMTPServerDisconnected("connection lost")
+            protocol._response_pending = True  # replies arriving while we write belong to this command
+            for start in range(0, len(payload), CHUNK):
+                chunk = payload[start:start + CHUNK]
+                sent_end = start + CHUNK >= len(payload)
+                protocol.write(chunk)
+                await asyncio.wait_for(protocol._drain_helper(), s.data_block_timeout)
+            resp = await protocol.read_response(timeout=s.data_done_timeout)
+        except (*_WIRE_ERRORS, TimeoutError) as exc:
+            client.close()
+            why = safe_text(str(exc) or type(exc).__name__)
+            if sent_end:
+                # SESS-4: no reply after "." is "not delivered, retry later". Not retried at
+                # another address in this attempt, to keep the duplicate risk to one retry.
+                reply = f"451 4.4.2 lost connection with {target} after end of data: {why}"
+                for rcpt in accepted:
+                    attempt.finish(rcpt, Disposition.DEFERRED, "4.4.2", reply, target)
+                raise _HostFailure("4.4.2", reply) from None
+            raise _HostFailure("4.4.2", f"451 4.4.2 lost connection with {target} while sending data: {why}") from None
+        status, reply = enhanced_status(resp.code, resp.message, session.enhanced), reply_text(resp.code, resp.message)
+        disposition = {2: Disposition.DELIVERED, 5: Disposition.BOUNCED}.get(resp.code // 100)
+        if disposition is None:
+            attempt.soft(accepted, status, reply, target)
+            if resp.code == 421:
+                client.close()
+                raise _HostFailure(status, reply)
+            return
+        for rcpt in accepted:
+            attempt.finish(rcpt, disposition, status, reply, target)
+
+    def _mail_params(self, session: _Session, attempt: _Attempt) -> list[bytes]:
+        """MAIL parameters, each only when the server advertised its extension (SESS-1/13/14/15, DSN-9)."""
+        if not session.esmtp:
+            return []
+        env, params = attempt.envelope, []
+        if session.has("size"):
+            params.append(f"SIZE={len(attempt.body)}")
+        if session.has("8bitmime") and (attempt.eight_bit or (env.body or "").upper() == "8BITMIME"):
+            params.append("BODY=8BITMIME")
+        if session.has("smtputf8") and (attempt.utf8 or env.smtputf8):
+            params.append("SMTPUTF8")
+        if session.has("dsn"):
+            if env.ret and env.ret.upper() in ("FULL", "HDRS"):
+                params.append(f"RET={env.ret.upper()}")
+            if env.envid:
+                params.append(f"ENVID={xtext(env.envid)}")
+        return [p.encode("ascii") for p in params]
+
+    def _rcpt_params(self, session: _Session, rcpt: Recipient) -> list[bytes]:
+        """NOTIFY and ORCPT passed through to a DSN-capable next hop (RFC 3461 §5.2; DSN-9)."""
+        if not session.has("dsn"):
+            return []
+        params = []
+        notify = [n.upper() for n in rcpt.notify if n.upper() in ("NEVER", "SUCCESS", "FAILURE", "DELAY")]
+        if notify:
+            params.append("NOTIFY=" + ",".join(notify))
+        if rcpt.orcpt:
+            kind, sep, address = rcpt.orcpt.partition(";")
+            if sep and re.fullmatch(r"[A-Za-z0-9-]+", kind):
+                params.append(f"ORCPT={kind};{xtext(address)}")
+        return [p.encode("ascii") for p in params]
+
+    async def _command(self, session: _Session, *args: bytes, timeout: float) -> SMTPResponse:
+        """One command and its reply; a 421, a drop or a timeout ends the session (SESS-4, MX-17)."""
+        try:
+            resp = await session.client.execute_command(*args, timeout=timeout)
+        except (*_WIRE_ERRORS, TimeoutError, ValueError) as exc:
+            session.client.close()
+            what = args[0].decode("ascii", "replace")
+            raise _HostFailure("4.4.2", f"451 4.4.2 lost connection with {session.target} in reply to {what}: "
+                                        f"{safe_text(str(exc) or type(exc).__name__)}") from None
+        if resp.code == 421:  # RFC 5321 §3.8: the server is closing
+            session.client.close()
+            raise _HostFailure(enhanced_status(resp.code, resp.message, session.enhanced), reply_text(resp.code, resp.message))
+        return resp
+
+    async def _rset(self, session: _Session) -> None:
+        resp = await self._command(session, b"RSET", timeout=self.settings.mail_timeout)
+        if resp.code != 250:
+            session.client.close()
+            raise _HostFailure("4.4.2", f"451 4.4.2 {session.target} refused RSET: {reply_text(resp.code, resp.message)}")
+
+    # --- connection reuse -------------------------------------------------------------------
+
+    def _bind_address(self, target: Target) -> str | None:
+        """The egress address of the target's family, if configured (Postfix smtp_bind_address[6])."""
+        for ip in self.settings.egress_ips:
+            if (":" in ip) == (target.family == 6):
+                return ip
+        return None
+
+    async def _checkout(self, key: tuple[str, int, str | None]) -> _Session | None:
+        """An idle connection to this address that still answers RSET (SESS-17), or None."""
+        pool = self._idle.get(key)
+        while pool:
+            session = pool.pop()
+            if session.idle_timer:
+                session.idle_timer.cancel()
+            if not session.client.is_connected:
+                continue
+            try:
+                await self._rset(session)
+            except _HostFailure:
+                continue
+            session.transactions = 0
+            self.stats["reused"] += 1
+            return session
+        return None
+
+    def _release(self, session: _Session) -> None:
+        """Keep a healthy session for the next message, or QUIT it."""
+        pool = self._idle.setdefault(session.key, [])
+        if not self.reuse or not session.client.is_connected or len(pool) >= self.max_idle:
+            self._discard(session)
+            return
+        pool.append(session)
+        session.idle_timer = asyncio.get_running_loop().call_later(self.idle_timeout, self._expire, session)
+
+    def _expire(self, session: _Session) -> None:
+        pool = self._idle.get(session.key, [])
+        if session in pool:
+            pool.remove(session)
+            self._discard(session)
+
+    def _discard(self, session: _Session) -> None:
+        if not session.client.is_connected:
+            session.client.close()
+            return
+        task = asyncio.get_running_loop().create_task(self._quit(session))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _quit(self, session: _Session) -> None:
+        try:
+            await asyncio.wait_for(session.client.quit(timeout=5.0), 6.0)
+        except (*_WIRE_ERRORS, TimeoutError):
+            pass
+        finally:
+            session.client.close()
+
+
+def _opportunistic_context() -> ssl.SSLContext:
+    """TLS without verification: better than plain text, and no policy says more (RFC 7435, TLS-1)."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _log_result(queue_id: str | None, result: RecipientResult, delay: float) -> None:
+    """One Postfix-style line per recipient per attempt; peer text made safe (SEC-6)."""
+    word = {Disposition.DELIVERED: "sent", Disposition.DEFERRED: "deferred", Disposition.BOUNCED: "bounced"}
+    log.info(
+        "%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)",
+        queue_id or "-", safe_text(result.recipient, 300), safe_text(result.remote_mta or "none", 200),
+        delay, result.status, word[result.disposition], safe_text(result.reply),
+    )
+
+
+__all__ = ["Courier", "canonical_data", "dot_stuff", "enhanced_status", "path_problem", "xtext"]
