@@ -315,25 +315,22 @@ class QueueManager:
             if result.remote_mta:
                 rcpt.hosts[safe_text(result.remote_mta, 200)] = rcpt.reply
             delay = now - meta.arrival
-            relay = result.remote_mta or "none"
             if result.disposition is Disposition.DELIVERED:
                 rcpt.state, rcpt.why = DELIVERED, None
                 self.stats["delivered"] += 1
-                _log_attempt(meta, rcpt, relay, delay, "sent")
             elif result.disposition is Disposition.BOUNCED:
                 rcpt.why = "permanent failure"
                 failed.append((rcpt, result))
-                _log_attempt(meta, rcpt, relay, delay, "bounced")
             elif delay >= lifetime:  # RTY-3: give up with the last transient reason
                 rcpt.why = f"expired after {delay / 86400:.1f} days in the queue"
                 failed.append((rcpt, result))
-                _log_attempt(meta, rcpt, relay, delay, "expired")
+                _log_decision(meta, rcpt, f"expired after {delay:.0f}s in the queue, returned to sender")
             else:
                 wait = retry_delay(rcpt.attempts, self.settings.retry_min_seconds, self.settings.retry_max_seconds, self.rng)
                 rcpt.next_try = now + wait
                 rcpt.why = f"deferred ({rcpt.reply}); attempt {rcpt.attempts + 1} in {wait:.0f}s"
                 self.stats["deferred"] += 1
-                _log_attempt(meta, rcpt, relay, delay, "deferred")
+                _log_decision(meta, rcpt, f"deferred, next try in {wait:.0f}s (attempt {rcpt.attempts + 1})")
                 if self._warn_due(meta, rcpt, now):
                     delayed.append((rcpt, result))
         if failed:
@@ -432,13 +429,9 @@ def _dsn_recipient(sender: str) -> str | None:
     return dsn_recipient(sender)
 
 
-def _log_attempt(meta: MessageMeta, rcpt: RecipientState, relay: str, delay: float, status: str) -> None:
-    """One Postfix-style line per recipient per attempt."""
-    log.info(
-        "%s: to=<%s>, relay=%s, delay=%.2f, tries=%d, dsn=%s, status=%s (%s)",
-        meta.queue_id, safe_text(rcpt.address), safe_text(relay, 200), delay, rcpt.attempts,
-        rcpt.status, status, rcpt.reply,
-    )
+def _log_decision(meta: MessageMeta, rcpt: RecipientState, decision: str) -> None:
+    """The queue's decision for a recipient (the courier logs the attempt itself, one line each)."""
+    log.info("%s: to=<%s>, %s; last: %s", meta.queue_id, safe_text(rcpt.address), decision, rcpt.reply)
 
 
 __all__ = ["QueueManager", "retry_delay", "safe_text", "new_queue_id"]

@@ -391,13 +391,13 @@ class Intake:
             stored = self.users.get(user)
             if stored is not None and verify_password(stored, auth_data.password):
                 log.info("auth ok: user=%s client=%s", safe_text(user, 64), _peer_ip(session))
-                return AuthResult(success=True)
+                return AuthResult(success=True, auth_data=auth_data)
             log.info("auth failed: user=%s client=%s", safe_text(user, 64), _peer_ip(session))
         if isinstance(server, RelaySMTP):
             server.auth_failures += 1
             if server.auth_failures >= MAX_AUTH_FAILURES and server.transport is not None:
                 server.loop.call_later(0.5, server.transport.close)
-        return AuthResult(success=False)
+        return AuthResult(success=False, handled=False, message="535 5.7.8 Authentication credentials invalid")
 
     # -- MAIL --
     def mail(self, server: RelaySMTP, path: str, words: list[str]) -> str:

@@ -455,3 +455,95 @@ def test_dur8_sigterm_exits_0_with_mail_intact(world: World) -> None:
     (queue_id,) = relay.queued()
     shown = json.loads(relay.queue("show", queue_id, "--json").stdout)
     assert shown["recipients"][0]["state"] == "pending" and shown["recipients"][0]["attempts"] == 1
+
+
+def test_dur8_sigterm_during_parallel_sessions_every_client_sees_250_or_4xx(world: World) -> None:
+    """DUR-8: SIGTERM while 20 clients are mid-transaction: each sees 250 or a 4xx/closed connection,
+    and every 250 is in the spool or delivered (never lost)."""
+    import threading
+
+    sink = world.sink(1)
+    relay = world.relay()
+    outcomes: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    go = threading.Event()
+
+    def client(n: int) -> None:
+        try:
+            with relay.client() as c:
+                c.mail("a@sender.test")
+                c.rcpt(f"p{n}@dest.test")
+                go.wait(10)
+                code, reply = c.data(MSG)
+                result = ("ok" if code == 250 else f"{code}", reply.decode(errors="replace"))
+        except (smtplib.SMTPException, OSError) as exc:
+            result = ("dropped", type(exc).__name__)
+        with lock:
+            outcomes.append(result)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(20)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    go.set()
+    assert relay.proc is not None
+    relay.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(20)
+    assert relay.proc.wait(timeout=15) == 0
+    assert len(outcomes) == 20
+    assert all(kind in ("ok", "dropped") or kind.startswith("4") for kind, _ in outcomes), outcomes
+    accepted = {reply.split()[-1] for kind, reply in outcomes if kind == "ok"}
+    delivered = {m.data.split(b" id ", 1)[1].split(b";", 1)[0].split()[0].decode() for m in sink.messages}
+    assert accepted <= delivered | set(relay.queued())
+
+
+def test_sec10_client_cap_gives_421(world: World) -> None:
+    """SEC-10: past max_clients a new connection gets 421 4.7.0; a slot freed is usable again."""
+    relay = world.relay(max_clients=2)
+    first, second = relay.client(), relay.client()
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=5) as sock:
+        assert sock.recv(200).startswith(b"421 4.7.0")
+    first.quit()
+    assert wait_for(lambda: _banner(relay.port).startswith(b"220"), timeout=5)
+    second.quit()
+
+
+def _banner(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        return sock.recv(200)
+
+
+def test_sec8_auth_only_after_starttls_and_then_relays(world: World, tmp_path: Path) -> None:
+    """SEC-8: no AUTH before TLS (538 5.7.11); after STARTTLS bad credentials → 535 5.7.8;
+    good ones let a client outside relay_networks relay (Received says ESMTPSA)."""
+    from tests.support.smtpsink import _tls_files, tls_available
+
+    if not tls_available():
+        pytest.skip("the cryptography package is needed to make a test certificate")
+    from mxroute.server import hash_password
+
+    cert, key = _tls_files()
+    creds = tmp_path / "credentials"
+    creds.write_text(f"# test users\nalice:{hash_password('s3cret')}\n")
+    sink = world.sink(1)
+    relay = world.relay(relay_networks=["127.0.0.1/32"], tls_cert_file=str(cert), tls_key_file=str(key),
+                        auth_credentials_file=str(creds))
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with relay.client(source="127.0.0.9") as client:
+        assert client.has_extn("starttls") and not client.has_extn("auth")
+        code, reply = client.docmd("AUTH PLAIN AGFsaWNlAHMzY3JldA==")
+        assert (code, reply[:6]) == (538, b"5.7.11")
+        client.starttls(context=context)
+        client.ehlo("client.test")
+        assert "PLAIN" in client.esmtp_features.get("auth", "")
+        with pytest.raises(smtplib.SMTPAuthenticationError) as bad:
+            client.login("alice", "wrong")
+        assert bad.value.smtp_code == 535
+        client.login("alice", "s3cret")
+        client.sendmail("a@sender.test", ["u@dest.test"], MSG)
+    assert wait_for(lambda: sink.messages)
+    assert b"with ESMTPSA id" in sink.messages[0].data.split(b"\r\n\r\n")[0]
