@@ -339,7 +339,7 @@ class QueueManager:
             await self._warn(meta, message, delayed)
         if meta.done:
             await self.spool.remove(meta.queue_id)
-            log.info("%s: removed", meta.queue_id)
+            log.debug("%s: removed", meta.queue_id)
         else:
             await self.spool.update(meta)
 
