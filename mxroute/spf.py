@@ -503,8 +503,8 @@ class _Evaluation:
         if problem is None and "." not in domain.rstrip("."):
             problem = "not a multi-label domain name"
         if problem is not None:
-            entry.result = f"none: {problem} (§4.3)"
-            self.reason = entry.result
+            self.reason = f"{domain!r}: {problem} (§4.3)"
+            entry.result = f"none: {self.reason}"
             return NONE, None
         answer = await self._lookup(domain, "TXT", entry)
         self._temporary(answer, f"TXT {domain}")
@@ -512,8 +512,8 @@ class _Evaluation:
             self._void(answer, entry)
         records = [text for text in map(_txt_strings, answer.rrs) if is_spf_record(text)]
         if not records:
-            entry.result = "none: no v=spf1 record (§4.5)"
-            self.reason = entry.result
+            self.reason = f"{domain} publishes no v=spf1 record (§4.5)"
+            entry.result = f"none: {self.reason}"
             return NONE, None
         if len(records) > 1:
             raise PermError(f"{len(records)} v=spf1 records at {domain} (§4.5)")
