@@ -822,3 +822,26 @@ async def check_sender(
     """check_host() for an SMTP transaction's MAIL FROM (or HELO identity when it is null)."""
     domain, full_sender = identity(sender, helo)
     return await check_host(resolver, ip, domain, full_sender, helo=helo, options=options)
+
+
+async def expand_macros(
+    resolver: Resolver,
+    text: str,
+    *,
+    ip: str | IPAddress,
+    sender: str,
+    domain: str,
+    helo: str = "",
+    explanation: bool = False,
+    options: SPFOptions | None = None,
+) -> str:
+    """Expand one macro-string as check_host() would (§7); raise PermError if it is malformed.
+
+    ``explanation`` selects explain-string rules (c, r, t allowed, SP kept); otherwise
+    ``text`` is a domain-spec and the §4.8 left truncation applies. The resolver is
+    only used by ``%{p}``.
+    """
+    evaluation = _Evaluation(resolver, normalize_ip(ip), sender, helo, options or SPFOptions())
+    if explanation:
+        return await evaluation.expand(parse_macro_string(text, exp=True), domain, explanation=True)
+    return truncate_domain(await evaluation.expand(parse_domain_spec(text), domain))
