@@ -17,7 +17,6 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mxroute.address import parse_address
@@ -27,7 +26,7 @@ from mxroute.plan import Plan
 from mxroute.resolver import Resolver
 from mxroute.routing import policy_from_settings, route
 from mxroute.settings import Settings
-from mxroute.spool import BOUNCED, DELIVERED, PENDING, CorruptFile, MessageMeta, RecipientState, Spool, new_queue_id
+from mxroute.spool import BOUNCED, DELIVERED, PENDING, CorruptFile, MessageMeta, RecipientState, Spool
 
 log = logging.getLogger("mxroute.queue")
 
@@ -64,13 +63,6 @@ def safe_text(text: str, limit: int = 400) -> str:
     """Peer-supplied text made safe for a log line or header: no controls, one line, bounded (SEC-6)."""
     out = "".join(ch if (" " <= ch <= "~" or ch > "\x9f") and not ("\ud800" <= ch <= "\udfff") else "?" for ch in text)
     return out if len(out) <= limit else out[: limit - 3] + "..."
-
-
-@dataclass
-class Outcome:
-    """The results of one attempt for one message, before they are applied."""
-
-    results: list[RecipientResult]
 
 
 class QueueManager:
@@ -314,6 +306,9 @@ class QueueManager:
             rcpt.status, rcpt.reply = result.status, safe_text(result.reply)
             if result.remote_mta:
                 rcpt.hosts[safe_text(result.remote_mta, 200)] = rcpt.reply
+            trail = getattr(result, "hosts", None)  # every host tried, when the courier reports them
+            if isinstance(trail, dict):
+                rcpt.hosts.update({safe_text(str(h), 200): safe_text(str(r)) for h, r in trail.items()})
             delay = now - meta.arrival
             if result.disposition is Disposition.DELIVERED:
                 rcpt.state, rcpt.why = DELIVERED, None
@@ -434,4 +429,4 @@ def _log_decision(meta: MessageMeta, rcpt: RecipientState, decision: str) -> Non
     log.info("%s: to=<%s>, %s; last: %s", meta.queue_id, safe_text(rcpt.address), decision, rcpt.reply)
 
 
-__all__ = ["QueueManager", "retry_delay", "safe_text", "new_queue_id"]
+__all__ = ["QueueManager", "retry_delay", "safe_text"]

@@ -140,7 +140,7 @@ def _show(spool: Spool, queue_id: str, as_json: bool) -> int:
         if rcpt.reply:
             print(f"      last:      {safe_text(rcpt.reply)}")
         for host, reply in rcpt.hosts.items():
-            print(f"      {safe_text(host)}: {safe_text(reply)}")
+            print(f"      host:      {safe_text(host)}: {safe_text(reply)}")
     return EX_OK
 
 

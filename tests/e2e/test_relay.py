@@ -7,7 +7,6 @@ what the sinks received. Every wait is bounded.
 
 from __future__ import annotations
 
-import email
 import itertools
 import json
 import os

@@ -18,7 +18,7 @@ from mxroute.envelope import Disposition, Envelope, Recipient, RecipientResult
 from mxroute.plan import Plan, Verdict
 from mxroute.queue import JITTER, QueueManager, retry_delay, safe_text
 from mxroute.settings import Settings
-from mxroute.spool import BOUNCED, DELIVERED, PENDING, MessageMeta, RecipientState, Spool, new_queue_id
+from mxroute.spool import DELIVERED, PENDING, MessageMeta, RecipientState, Spool, new_queue_id
 
 # --- the pure schedule (RTY-2) ----------------------------------------------------------
 
