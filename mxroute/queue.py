@@ -239,6 +239,15 @@ class QueueManager:
     # --- one message ---
     async def _process(self, queue_id: str, force: bool) -> None:
         try:
+            await self._attempt(queue_id, force)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # e.g. the disk failed while recording: keep the message, try again later
+            log.exception("%s: delivery attempt failed; retrying in %ds", queue_id, self.settings.retry_min_seconds)
+            self._schedule(queue_id, self.clock() + self.settings.retry_min_seconds)
+
+    async def _attempt(self, queue_id: str, force: bool) -> None:
+        try:
             meta, message = await self.spool.aload(queue_id)
         except FileNotFoundError:
             log.info("%s: removed from the queue", queue_id)

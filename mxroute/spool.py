@@ -31,6 +31,7 @@ E/M/Z part is incomplete, out of order or fails its checksum goes to ``corrupt/`
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import json
 import logging
@@ -321,11 +322,21 @@ class Spool:
         return sorted(e.name for e in os.scandir(self.queue_dir) if QUEUE_ID.match(e.name))
 
     def recover(self) -> tuple[list[MessageMeta], list[str]]:
-        """Scan ``queue/``: the valid messages, and the IDs moved to ``corrupt/`` (DUR-2, DUR-7)."""
+        """Scan ``queue/``: the valid messages, and the IDs moved to ``corrupt/`` (DUR-2, DUR-7).
+
+        A torn trailing state record (a crash mid-append) is cut off, so that the
+        next append is readable.
+        """
         good, bad = [], []
         for queue_id in self.ids():
+            path = self.queue_dir / queue_id
             try:
-                good.append(self.load_meta(queue_id))
+                data = path.read_bytes()
+                meta, _, end = decode(data, queue_id)
+                if end < len(data):
+                    log.warning("%s: cut %d bytes of a torn state record", queue_id, len(data) - end)
+                    _truncate(path, end)
+                good.append(meta)
             except FileNotFoundError:
                 continue
             except CorruptFile as exc:
@@ -399,8 +410,14 @@ class Spool:
         record = _frame(b"S", json.dumps(meta.state_json(), separators=(",", ":")).encode())
         fd = os.open(self.path(meta.queue_id), os.O_WRONLY | os.O_APPEND)  # never O_CREAT: deleted stays deleted
         try:
-            os.write(fd, record)
-            os.fsync(fd)
+            size = os.fstat(fd).st_size
+            try:
+                if os.write(fd, record) != len(record):
+                    raise OSError(errno.EIO, "short write")
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, size)  # no torn record in front of the next append
+                raise
         finally:
             os.close(fd)
 
@@ -456,10 +473,17 @@ class Spool:
         self._executor.shutdown(wait=True)
 
 
+def _truncate(path: Path, size: int) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _storage_error(exc: OSError) -> SpoolError:
     """DUR-4: a full disk is 452 4.3.1 (RFC 3463 X.3.1), anything else 451 4.3.0."""
-    import errno
-
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return SpoolError("Insufficient system storage", code=452, status="4.3.1")
     return SpoolError("Local error in processing: cannot store the message", code=451, status="4.3.0")

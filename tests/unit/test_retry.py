@@ -272,3 +272,20 @@ def test_internal_courier_error_defers_not_loses(h: Harness) -> None:
     h.run()
     rcpt = h.spool.load_meta(qid).recipients[0]
     assert rcpt.state == PENDING and rcpt.status == "4.3.0"
+
+
+def test_dur4_state_write_failure_keeps_the_message_and_retries(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DUR-4/DUR-6: the disk fails while recording a deferral: the message stays queued and comes due again."""
+    h.courier.will("a@x.test", DEFER)
+    qid = h.submit("s@y.test", "a@x.test")
+
+    async def broken(meta: MessageMeta) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(h.spool, "update", broken)
+    h.run()
+    assert h.spool.exists(qid) and h.run() == 0
+    monkeypatch.undo()
+    h.now += h.settings.retry_min_seconds
+    assert h.run() == 1
+    assert h.spool.load_meta(qid).recipients[0].attempts == 1  # the lost record was redone, not doubled

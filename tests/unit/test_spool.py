@@ -252,3 +252,37 @@ def test_bad_magic_and_unknown_version_are_corrupt() -> None:
 def test_queue_id_paths_cannot_escape_the_spool(spool: Spool) -> None:
     with pytest.raises(SpoolError):
         spool.path("../../etc/passwd")
+
+
+def test_recovery_cuts_a_torn_state_record_so_later_appends_count(spool: Spool) -> None:
+    """DUR-6/DUR-7: after a crash mid-append, the torn bytes are cut at start-up; the next state append is read."""
+    meta = _meta()
+    asyncio.run(spool.store(meta, MESSAGE))
+    path = spool.path(meta.queue_id)
+    with open(path, "ab") as handle:
+        handle.write(b"S\x00\x00\x01\x00{\"recipi")  # a crash in the middle of an append
+    (recovered,), _ = spool.recover()
+    assert recovered.recipients[0].state == "pending"
+    meta.recipients[0].state = DELIVERED
+    spool.update_sync(meta)
+    assert spool.load_meta(meta.queue_id).recipients[0].state == DELIVERED
+
+
+def test_failed_state_append_leaves_no_torn_record(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DUR-4/DUR-6: ENOSPC while appending state: the file is cut back, the old state stands."""
+    meta = _meta()
+    asyncio.run(spool.store(meta, MESSAGE))
+    size = spool.path(meta.queue_id).stat().st_size
+    real_fsync = os.fsync
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spool_module.os, "fsync", full)
+    meta.recipients[0].state = DELIVERED
+    with pytest.raises(OSError):
+        spool.update_sync(meta)
+    monkeypatch.setattr(spool_module.os, "fsync", real_fsync)
+    assert spool.path(meta.queue_id).stat().st_size == size
+    spool.update_sync(meta)
+    assert spool.load_meta(meta.queue_id).recipients[0].state == DELIVERED
