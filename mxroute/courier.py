@@ -180,7 +180,10 @@ class Courier:
     ``reuse`` keeps a few idle connections per destination address for the next
     message (RSET between transactions, SESS-17), closed after ``idle_timeout``
     seconds. ``tls_context`` is used for opportunistic STARTTLS; by default an
-    unverified one (RFC 7435: no policy, no verification, TLS-1).
+    unverified one (RFC 7435: no policy, no verification, TLS-1). A courier belongs to
+    the event loop that runs its ``deliver()`` calls; ``close()`` it in that loop.
+    ``stats`` counts connections, greeted sessions, reused ones, TLS sessions and
+    cleartext fallbacks after a failed STARTTLS (never silent: each is also logged).
     """
 
     def __init__(
@@ -398,6 +401,7 @@ class Courier:
         whatever followed it before the handshake (TLS-2).
         """
         target = session.target
+        plain = session.client.transport  # kept to abort it if the handshake fails half-way
         try:
             await session.client.starttls(tls_context=self.tls_context, server_hostname=target.exchange or None,
                                           timeout=self.settings.greeting_timeout)
@@ -410,6 +414,9 @@ class Courier:
             return True
         except (*_WIRE_ERRORS, ssl.SSLError) as exc:
             session.client.close()
+            if plain is not None:
+                plain.abort()  # asyncio leaves it "closing" with the socket open after a failed start_tls
+                await asyncio.sleep(0)
             self.stats["tls_fallbacks"] += 1
             hostlog.warning("%s: TLS handshake failed (%s): retrying the same host in plain text (TLS-1, opportunistic)",
                         target, safe_text(str(exc) or type(exc).__name__))

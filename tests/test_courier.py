@@ -64,8 +64,7 @@ def deliver(
         try:
             return await c.deliver(the_plan, env, recipients, message, queue_id="Q1")
         finally:
-            if courier is None:
-                await c.close()
+            await c.close()  # in the same event loop that opened the connections
 
     return run(go())
 
@@ -274,6 +273,20 @@ def test_sess3_greeting_timeout_moves_to_next_address() -> None:
         assert r.disposition is Disposition.DELIVERED and len(second.messages) == 1
 
 
+def test_sess3_end_of_data_timeout_defers_without_trying_elsewhere() -> None:
+    with Sink("127.0.1.1", delays={".": 3.0}) as slow, Sink("127.0.1.2") as second:
+        [r] = deliver(plan(target(1, slow), target(2, second)), ["a@dest.test"], data_done_timeout=0.3)
+        assert (r.disposition, r.status) == (Disposition.DEFERRED, "4.4.2")
+        assert "after end of data" in r.reply and second.connections == []
+
+
+def test_sess3_default_timeouts_meet_rfc_minima() -> None:
+    """RFC 5321 §4.5.3.2: greeting 5 min, MAIL 5, RCPT 5, DATA 2, data block 3, "." 10."""
+    s = Settings(helo_name="relay.test")
+    assert s.greeting_timeout >= 300 and s.mail_timeout >= 300 and s.rcpt_timeout >= 300
+    assert s.data_init_timeout >= 120 and s.data_block_timeout >= 180 and s.data_done_timeout >= 600
+
+
 def test_sess4_drop_after_end_of_data_defers_without_trying_elsewhere() -> None:
     with Sink("127.0.1.1", replies={".": "DROP"}) as first, Sink("127.0.1.2") as second:
         [r] = deliver(plan(target(1, first), target(2, second)), ["a@dest.test"])
@@ -451,7 +464,6 @@ def test_tls1_starttls_used_when_offered_and_ehlo_repeated() -> None:
     with Sink("127.0.1.1", starttls=True) as sink:
         courier = Courier(settings())
         [r] = deliver(plan(target(1, sink)), ["a@dest.test"], courier=courier)
-        run(courier.close())
         assert r.disposition is Disposition.DELIVERED
         [conn] = sink.connections
         assert conn.tls and conn.commands[:3] == ["EHLO relay.test", "STARTTLS", "EHLO relay.test"]
@@ -464,7 +476,6 @@ def test_tls1_failed_handshake_retries_same_host_in_plain_text(caplog: pytest.Lo
         courier = Courier(settings())
         caplog.set_level(logging.INFO)
         [r] = deliver(plan(target(1, raw), target(2, second)), ["a@dest.test"], courier=courier)
-        run(courier.close())
         assert r.disposition is Disposition.DELIVERED
         assert r.remote_mta is not None and r.remote_mta.startswith("mx1.")  # the same host, in plain text
         assert raw.connections == 2 and len(raw.messages) == 1 and second.connections == []
@@ -479,7 +490,6 @@ def test_tls1_starttls_refused_continues_in_plain_text() -> None:
     with Sink("127.0.1.1", starttls=True, replies={"STARTTLS": "454 4.7.0 TLS not available"}) as sink:
         courier = Courier(settings())
         [r] = deliver(plan(target(1, sink)), ["a@dest.test"], courier=courier)
-        run(courier.close())
         assert r.disposition is Disposition.DELIVERED and not sink.connections[0].tls
         assert courier.stats["tls_fallbacks"] == 1
 
@@ -526,6 +536,23 @@ def test_connection_reuse_can_be_turned_off() -> None:
 
         run(go())
         assert len(sink.connections) == 2 and courier.stats["reused"] == 0
+
+
+def test_idle_pooled_connection_closed_after_idle_timeout() -> None:
+    with Sink("127.0.1.1") as sink:
+        courier = Courier(settings(), idle_timeout=0.2)
+
+        async def go() -> None:
+            try:
+                await courier.deliver(plan(target(1, sink)), Envelope("s@src.test"), [Recipient("a@dest.test")], MESSAGE)
+                await asyncio.sleep(0.5)
+                await courier.deliver(plan(target(1, sink)), Envelope("s@src.test"), [Recipient("b@dest.test")], MESSAGE)
+            finally:
+                await courier.close()
+
+        run(go())
+        assert len(sink.connections) == 2 and courier.stats["reused"] == 0
+        assert sink.connections[0].commands[-1] == "QUIT"  # closed politely when it expired
 
 
 def test_stale_pooled_connection_is_replaced() -> None:
