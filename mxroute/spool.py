@@ -294,13 +294,22 @@ class Spool:
 
     # --- set-up and recovery ---
     def prepare(self) -> None:
-        """Create the directories 0700; refuse a spool others can read (DUR-3)."""
+        """Create the directories 0700; never run on a spool others can read (DUR-3).
+
+        A directory we own but others can read (e.g. made by ``mkdir`` under umask
+        022) is tightened to 0700 with a log line; one we cannot tighten is refused.
+        """
         for path in (self.root, self.queue_dir, self.tmp_dir, self.corrupt_dir):
             try:
                 path.mkdir(mode=0o700, parents=True, exist_ok=True)
+                st = path.stat()
+                mode = st.st_mode & 0o777
+                if mode & 0o077 and st.st_uid == os.geteuid():
+                    path.chmod(0o700)
+                    log.warning("spool directory %s was mode %o; made it 700", path, mode)
+                    mode = path.stat().st_mode & 0o777
             except OSError as exc:
-                raise SpoolError(f"cannot create spool directory {path}: {exc.strerror}") from None
-            mode = path.stat().st_mode & 0o777
+                raise SpoolError(f"cannot prepare spool directory {path}: {exc.strerror}") from None
             if mode & 0o077:
                 raise SpoolError(f"spool directory {path} is accessible to others (mode {mode:o}); chmod 700 it")
 

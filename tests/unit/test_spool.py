@@ -147,9 +147,19 @@ def test_spool_dirs_are_private_and_open_spool_is_refused(tmp_path: Path, spool:
     assert stat.S_IMODE(spool.path(meta.queue_id).stat().st_mode) == 0o600
     open_root = tmp_path / "open"
     open_root.mkdir(mode=0o755)
-    open_root.chmod(0o755)
+    open_root.chmod(0o755)  # as `mkdir` under umask 022 makes it (the benchmark does)
+    Spool(open_root).prepare()  # ours: tightened, not refused
+    assert stat.S_IMODE(open_root.stat().st_mode) == 0o700
+
+
+def test_spool_that_cannot_be_made_private_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DUR-3: a world-readable spool owned by someone else is refused at start-up."""
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    foreign.chmod(0o755)
+    monkeypatch.setattr(spool_module.os, "geteuid", lambda: 123456)  # not the owner
     with pytest.raises(SpoolError, match="accessible to others"):
-        Spool(open_root).prepare()
+        Spool(foreign).prepare()
 
 
 def test_queue_ids_are_unique_and_sortable_even_with_a_stuck_clock() -> None:
