@@ -100,6 +100,7 @@ class QueueManager:
         self._per_dest: defaultdict[str, asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(settings.destination_concurrency)
         )
+        self._dest_users: defaultdict[str, int] = defaultdict(int)
         self._max_inflight = settings.delivery_concurrency * 4
         self.stats = {"delivered": 0, "deferred": 0, "bounced": 0, "dsn": 0}
 
@@ -284,16 +285,28 @@ class QueueManager:
     ) -> list[RecipientResult]:
         """One SMTP transaction's worth: every due recipient of ``domain`` (RFC 5321 §4.5.4.1 SHOULD)."""
         recipients = [r.recipient() for r in rcpts]
-        async with self._global, self._per_dest[domain]:
-            try:
-                plan = await self.route_fn(self.resolver, domain, self.policy, self.rng)
-                results = await self.courier.deliver(plan, envelope, recipients, message, queue_id=meta.queue_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # never crash the worker (SEC-12); the recipients stay queued
-                log.exception("%s: delivery to %s failed internally", meta.queue_id, domain)
-                reason = f"451 4.3.0 internal error: {type(exc).__name__}"
-                return [RecipientResult(r.address, Disposition.DEFERRED, "4.3.0", reason) for r in rcpts]
+        self._dest_users[domain] += 1
+        try:
+            async with self._global, self._per_dest[domain]:
+                return await self._deliver_locked(meta, envelope, message, domain, rcpts, recipients)
+        finally:
+            self._dest_users[domain] -= 1
+            if not self._dest_users[domain]:  # forget idle destinations (bounded memory)
+                del self._dest_users[domain], self._per_dest[domain]
+
+    async def _deliver_locked(
+        self, meta: MessageMeta, envelope: Envelope, message: bytes, domain: str,
+        rcpts: list[RecipientState], recipients: list[Recipient],
+    ) -> list[RecipientResult]:
+        try:
+            plan = await self.route_fn(self.resolver, domain, self.policy, self.rng)
+            results = await self.courier.deliver(plan, envelope, recipients, message, queue_id=meta.queue_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # never crash the worker (SEC-12); the recipients stay queued
+            log.exception("%s: delivery to %s failed internally", meta.queue_id, domain)
+            reason = f"451 4.3.0 internal error: {type(exc).__name__}"
+            return [RecipientResult(r.address, Disposition.DEFERRED, "4.3.0", reason) for r in rcpts]
         seen = {r.recipient for r in results}
         for rcpt in rcpts:  # a courier that forgot a recipient must not make it vanish
             if rcpt.address not in seen:

@@ -540,6 +540,9 @@ def test_sec8_auth_only_after_starttls_and_then_relays(world: World, tmp_path: P
         client.starttls(context=context)
         client.ehlo("client.test")
         assert "PLAIN" in client.esmtp_features.get("auth", "")
+        assert client.docmd("MAIL FROM:<a@sender.test>")[0] == 250
+        assert client.docmd("AUTH PLAIN AGFsaWNlAHMzY3JldA==")[0] == 503  # not inside a transaction
+        assert client.docmd("RSET")[0] == 250
         with pytest.raises(smtplib.SMTPAuthenticationError) as bad:
             client.login("alice", "wrong")
         assert bad.value.smtp_code == 535

@@ -289,3 +289,25 @@ def test_dur4_state_write_failure_keeps_the_message_and_retries(h: Harness, monk
     h.now += h.settings.retry_min_seconds
     assert h.run() == 1
     assert h.spool.load_meta(qid).recipients[0].attempts == 1  # the lost record was redone, not doubled
+
+
+def test_rty5_destination_concurrency_is_capped_and_idle_destinations_forgotten(tmp_path: Path) -> None:
+    """RTY-5: 10 messages to one domain never run more than destination_concurrency transactions at once."""
+    h = Harness(tmp_path, destination_concurrency=2, delivery_concurrency=10)
+    active, peak = [0], [0]
+    real = h.courier.deliver
+
+    async def slow(*args: Any, **kwargs: Any) -> list[RecipientResult]:
+        active[0] += 1
+        peak[0] = max(peak[0], active[0])
+        await asyncio.sleep(0.02)
+        active[0] -= 1
+        return await real(*args, **kwargs)
+
+    h.courier.deliver = slow  # type: ignore[method-assign]
+    for n in range(10):
+        h.submit("s@y.test", f"r{n}@x.test")
+    assert h.run() == 10
+    assert peak[0] == 2 and h.spool.ids() == []
+    assert not h.qm._per_dest and not h.qm._dest_users
+    h.spool.close()
