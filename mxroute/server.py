@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import email.utils
 import hashlib
 import hmac
@@ -228,6 +229,12 @@ class RelaySMTP(SMTP):
 
     def __init__(self, intake: Intake, **kwargs: Any) -> None:
         super().__init__(intake, **kwargs)
+        # Per session, not aiosmtpd's class-wide dict: RFC 3461 §4 adds 110 octets to MAIL
+        # (RET, ENVID) and 500 to RCPT (NOTIFY, ORCPT); RFC 4954 §5 adds 500 to MAIL (AUTH=).
+        # aiosmtpd's EHLO adds SIZE's 26 and SMTPUTF8's 10 itself.
+        self.command_size_limits = collections.defaultdict(
+            lambda: self.command_size_limit, {"MAIL": 512 + 110 + 500, "RCPT": 512 + 500}
+        )
         self.intake = intake
         self._in_ehlo = False
         self._refused = False

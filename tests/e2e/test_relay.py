@@ -259,7 +259,9 @@ def test_dsn8_parameters_kept_and_malformed_xtext_refused(world: World) -> None:
         assert client.docmd("MAIL FROM:<a@sender.test> RET=HDRS ENVID=x+2By")[0] == 250
         assert client.docmd("RCPT TO:<u@dest.test> ORCPT=rfc822;u+ZZ")[0] == 501
         assert client.docmd("RCPT TO:<u@dest.test> NOTIFY=NEVER,SUCCESS")[0] == 501
-        assert client.docmd("RCPT TO:<bad@dest.test> NOTIFY=NEVER ORCPT=rfc822;Bad+40dest.test")[0] == 250
+        long_orcpt = "rfc822;" + "x+2B" * 60 + "@dest.test"  # a 600-octet RCPT line: RFC 3461 allows +500
+        assert client.docmd(f"RCPT TO:<bad@dest.test> NOTIFY=NEVER ORCPT={long_orcpt}")[0] == 250
+        assert client.docmd("RCPT TO:<bad@dest.test> ORCPT=rfc822;" + "x" * 1100)[0] == 500  # SEC-7: too long
         assert client.data(MSG)[0] == 250
     assert wait_for(lambda: "status=bounced" in relay.log())
     assert wait_for(lambda: relay.queued() == [])
