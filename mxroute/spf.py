@@ -18,6 +18,7 @@ of the seven §2.6 results.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import re
 import time
@@ -262,8 +263,13 @@ def parse_mechanism(term: str) -> Mechanism:
     return Mechanism(qualifier, name, term, network=network)
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_record(text: str) -> Record:
-    """Parse a selected SPF record (§4.6); raise PermError on any syntax error anywhere."""
+    """Parse a selected SPF record (§4.6); raise PermError on any syntax error anywhere.
+
+    Pure, and its ``Record`` is immutable, so parses are memoised: a relay sees
+    the same few records again and again (errors are not cached).
+    """
     if not is_spf_record(text):
         raise PermError("not a v=spf1 record (§4.5)")
     bad = re.search(r"[^\x20-\x7e]", text)
@@ -314,9 +320,14 @@ def domain_problem(domain: str) -> str | None:
     return None
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\Z")
+
+
 def qname(domain: str) -> str:
     """A lookup name the resolver parses back exactly: every odd octet written as \\DDD."""
     name = domain[:-1] if domain.endswith(".") else domain
+    if _PLAIN_NAME.match(name):
+        return name  # the common case: nothing to escape
     labels = [label.encode("utf-8", "surrogateescape") for label in name.split(".")]
     return dns.name.Name(labels).to_text(omit_final_dot=True)
 
@@ -377,6 +388,13 @@ class SPFOptions:
     clock: Callable[[], float] = time.time  # %{t}
 
 
+def _show(answer: Answer) -> str:
+    shown = ", ".join(answer.texts[:12]) if answer.rrs else answer.outcome.value
+    if answer.detail and answer.outcome.temporary:
+        shown += f" ({answer.detail})"
+    return f"{answer.qtype} {answer.qname} -> {shown}"
+
+
 @dataclass(slots=True)
 class TraceEntry:
     """One step of an evaluation: a record fetch, a term, or a limit hit."""
@@ -385,10 +403,15 @@ class TraceEntry:
     domain: str
     term: str
     result: str = ""  # "match", "no match", a §2.6 result, or a note
-    lookups: list[str] = field(default_factory=list)  # "A mail.example.com -> 192.0.2.1"
+    steps: list[Answer | str] = field(default_factory=list)  # lookups made, and notes
     dns_terms: int = 0  # DNS-querying terms counted so far (§4.6.4)
     void_lookups: int = 0
     target: str | None = None  # the expanded domain the term looked at
+
+    @property
+    def lookups(self) -> list[str]:
+        """Each lookup as text, ``"A mail.example.com -> 192.0.2.1"`` (rendered only when shown)."""
+        return [step if isinstance(step, str) else _show(step) for step in self.steps]
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -484,10 +507,7 @@ class _Evaluation:
     async def _lookup(self, name: str, qtype: str, entry: TraceEntry | None) -> Answer:
         answer = await self.resolver.lookup(qname(name), qtype)
         if entry is not None:
-            shown = ", ".join(answer.texts[:12]) if answer.rrs else answer.outcome.value
-            if answer.detail and answer.outcome.temporary:
-                shown += f" ({answer.detail})"
-            entry.lookups.append(f"{qtype} {answer.qname} -> {shown}")
+            entry.steps.append(answer)
         return answer
 
     @staticmethod
@@ -581,7 +601,7 @@ class _Evaluation:
                 return False
             raise PermError(f"include:{target} gave none (§5.2)")
         if domain_problem(target) is not None:
-            entry.lookups.append(f"skipped: {domain_problem(target)}")
+            entry.steps.append(f"skipped: {domain_problem(target)}")
             return False  # an invalid name matches nothing (tests invalid-domain-*)
         if m.name == "exists":  # §5.7: always an A query, whatever the client's family
             answer = await self._lookup(target, "A", entry)
