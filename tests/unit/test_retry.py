@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from mxroute.envelope import Disposition, Envelope, Recipient, RecipientResult
 from mxroute.plan import Plan, Verdict
@@ -59,6 +59,7 @@ class FakeCourier:
     def __init__(self) -> None:
         self.script: dict[str, list[tuple[Disposition, str, str]]] = {}
         self.calls: list[tuple[str, list[str]]] = []
+        self.sent: dict[str, bytes] = {}  # queue id -> message, for every delivered transaction
 
     def will(self, address: str, *replies: tuple[Disposition, str, str]) -> None:
         self.script[address] = list(replies)
@@ -71,6 +72,8 @@ class FakeCourier:
             script = self.script.get(r.address) or [(Disposition.DELIVERED, "2.0.0", "250 2.0.0 ok")]
             disposition, status, reply = script.pop(0) if len(script) > 1 else script[0]
             results.append(RecipientResult(r.address, disposition, status, reply, f"mx.{plan.domain}[127.0.0.2]:25"))
+        if any(r.disposition is Disposition.DELIVERED for r in results):
+            self.sent[queue_id] = message_bytes
         return results
 
     async def close(self) -> None:
@@ -85,13 +88,24 @@ DEFER = (Disposition.DEFERRED, "4.4.1", "451 4.4.1 try later")
 REJECT = (Disposition.BOUNCED, "5.1.1", "550 5.1.1 no such user")
 
 
+class RecordingSpool(Spool):
+    """The real spool, noting every message it made durable (to count DSNs actually enqueued)."""
+
+    stored: list[tuple[MessageMeta, bytes]]
+
+    async def store(self, meta: MessageMeta, message: bytes) -> None:
+        await super().store(meta, message)
+        self.stored.append((meta, message))
+
+
 class Harness:
     def __init__(self, tmp_path: Path, **overrides: Any) -> None:
         values = {"spool_dir": tmp_path / "spool", "retry_min_seconds": 60, "retry_max_seconds": 600,
                   "queue_lifetime_seconds": 3600, "helo_name": "relay.test", **overrides}
         self.settings = Settings(**values)
         self.now = 1_000_000.0
-        self.spool = Spool(self.settings.spool_dir, clock=lambda: self.now)
+        self.spool = RecordingSpool(self.settings.spool_dir, clock=lambda: self.now)
+        self.spool.stored = []
         self.spool.prepare()
         self.courier = FakeCourier()
         self.dsns: list[dict[str, Any]] = []
@@ -103,7 +117,8 @@ class Harness:
 
     def build(self, **kwargs: Any) -> bytes:
         self.dsns.append(kwargs)
-        return b"Subject: Undelivered Mail\r\n\r\nreport\r\n"
+        names = "".join(f"Final-Recipient: rfc822;{r.recipient}\r\n" for r in kwargs["results"])
+        return f"Subject: Undelivered Mail\r\n\r\n{names}".encode()
 
     def submit(self, sender: str, *rcpts: str | RecipientState) -> str:
         states = [r if isinstance(r, RecipientState) else RecipientState(r) for r in rcpts]
@@ -310,4 +325,66 @@ def test_rty5_destination_concurrency_is_capped_and_idle_destinations_forgotten(
     assert h.run() == 10
     assert peak[0] == 2 and h.spool.ids() == []
     assert not h.qm._per_dest and not h.qm._dest_users
+    h.spool.close()
+
+
+class Crash(BaseException):
+    """kill -9 at a fault point: nothing after it runs, only the disk survives."""
+
+
+@hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_dur7_random_crashes_never_lose_mail_and_notify_once(tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
+    """DUR-7/DSN-12: random replies and kill points during delivery and bounce; after recovery and
+    enough retries every recipient was delivered (at least once) or named in exactly one DSN."""
+    h = Harness(tmp_path_factory.mktemp("dur7"), queue_lifetime_seconds=10**6)
+    outcomes = [(Disposition.DELIVERED, "2.0.0", "250 ok"), DEFER, REJECT]
+    rcpts = {f"r{i}@{dom}.test" for i, dom in enumerate(data.draw(st.lists(st.sampled_from("abc"), min_size=1, max_size=4)))}
+    for address in rcpts:
+        h.courier.will(address, *data.draw(st.lists(st.sampled_from(outcomes), min_size=1, max_size=3)))
+    h.submit("s@y.test", *sorted(rcpts))
+    for _ in range(12):
+        point = data.draw(st.sampled_from([None, "update", "remove", "store"]))
+        countdown = [data.draw(st.integers(0, 2))]
+        if point is not None:
+            real = getattr(h.spool, point)
+
+            async def faulty(*args: Any, _real: Any = real) -> Any:
+                if countdown[0] == 0:
+                    raise Crash()
+                countdown[0] -= 1
+                return await _real(*args)
+
+            setattr(h.spool, point, faulty)
+        try:
+            h.run()
+        except Crash:
+            pass
+        if point is not None:
+            delattr(h.spool, point)  # back to the real method (an instance attribute shadowed it)
+        h.qm = h.manager()  # restart: only the disk is known
+        h.qm.recover()
+        h.now += 10_000
+        for address in rcpts:  # later attempts succeed, so the run ends
+            if data.draw(st.booleans()):
+                h.courier.will(address, (Disposition.DELIVERED, "2.0.0", "250 ok"))
+    for address in rcpts:
+        h.courier.will(address, (Disposition.DELIVERED, "2.0.0", "250 ok"))
+    for _ in range(5):
+        h.run()
+        h.now += 10_000
+    delivered = {a for _, batch in h.courier.calls for a in batch}
+    originals = [m for m in h.queued() if m.sender]
+    assert originals == []  # nothing stuck once every destination accepts
+    named: dict[str, int] = {}  # over DSNs enqueued (a DSN file re-sent after a crash is one notification)
+    for meta, message in h.spool.stored:
+        if meta.sender:
+            continue
+        assert meta.queue_id in h.courier.sent  # every DSN enqueued went out
+        for line in message.decode().splitlines():
+            if line.startswith("Final-Recipient: rfc822;"):
+                named[line.split(";", 1)[1]] = named.get(line.split(";", 1)[1], 0) + 1
+    for address in rcpts:
+        assert named.get(address, 0) <= 1, f"{address} notified twice"
+        assert address in delivered or named.get(address) == 1, f"{address} lost"
     h.spool.close()
