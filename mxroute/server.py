@@ -54,6 +54,7 @@ RECEIVED = re.compile(rb"^Received[ \t]*:", re.I | re.M)
 XTEXT = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-Fa-f]{2})*\Z")  # RFC 3461 §4: xchar / "+" 2HEXCHAR
 ENHANCED = re.compile(r"\d\.\d{1,3}\.\d{1,3}( |\Z)")
 MAX_AUTH_FAILURES = 3  # SEC-8: then the connection is closed
+PENDING_AUTH = AuthResult(success=False, handled=False, message="454 4.7.0 Temporary authentication failure")
 
 # RFC 2034 §3: enhanced codes on every reply; these are the defaults for aiosmtpd's own replies.
 DEFAULT_ENHANCED = {
@@ -236,6 +237,7 @@ class RelaySMTP(SMTP):
             lambda: self.command_size_limit, {"MAIL": 512 + 110 + 500, "RCPT": 512 + 500}
         )
         self.intake = intake
+        self.auth_pending: LoginPassword | None = None
         self._in_ehlo = False
         self._refused = False
         self.auth_failures = 0
@@ -280,6 +282,18 @@ class RelaySMTP(SMTP):
             await self.push("503 5.5.1 AUTH not permitted during a mail transaction")  # RFC 4954 §4
             return
         await super().smtp_AUTH(arg)
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._finish_auth(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._finish_auth(await super().auth_LOGIN(_, args))
+
+    async def _finish_auth(self, result: AuthResult) -> AuthResult:
+        data, self.auth_pending = self.auth_pending, None
+        if result is not PENDING_AUTH or data is None:
+            return result
+        return await self.intake.check_credentials(self, data)
 
     async def smtp_DATA(self, arg: str) -> None:
         if self.envelope is not None and self.env().recipients:
@@ -393,18 +407,29 @@ class Intake:
         return "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery"  # SEC-13
 
     def authenticate(self, server: SMTP, session: Session, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
-        """AUTH PLAIN/LOGIN against the credentials file (only after TLS: auth_require_tls)."""
-        if isinstance(auth_data, LoginPassword):
-            user = auth_data.login.decode("utf-8", "replace")
-            stored = self.users.get(user)
-            if stored is not None and verify_password(stored, auth_data.password):
-                log.info("auth ok: user=%s client=%s", safe_text(user, 64), _peer_ip(session))
-                return AuthResult(success=True, auth_data=auth_data)
-            log.info("auth failed: user=%s client=%s", safe_text(user, 64), _peer_ip(session))
-        if isinstance(server, RelaySMTP):
-            server.auth_failures += 1
-            if server.auth_failures >= MAX_AUTH_FAILURES and server.transport is not None:
-                server.loop.call_later(0.5, server.transport.close)
+        """aiosmtpd's synchronous authenticator: only defers the check (RelaySMTP finishes it off the loop)."""
+        if isinstance(server, RelaySMTP) and isinstance(auth_data, LoginPassword):
+            server.auth_pending = auth_data
+            return PENDING_AUTH
+        return AuthResult(success=False, handled=False, message="535 5.7.8 Authentication credentials invalid")
+
+    async def check_credentials(self, server: RelaySMTP, auth_data: LoginPassword) -> AuthResult:
+        """AUTH PLAIN/LOGIN against the credentials file (only after TLS: auth_require_tls).
+
+        scrypt runs in a worker thread: a slow hash never stalls other sessions.
+        """
+        user = auth_data.login.decode("utf-8", "replace")
+        stored = self.users.get(user)
+        ok = stored is not None and await asyncio.get_running_loop().run_in_executor(
+            None, verify_password, stored, auth_data.password)
+        peer = _peer_ip(server.session) if server.session else "unknown"
+        if ok:
+            log.info("auth ok: user=%s client=%s", safe_text(user, 64), peer)
+            return AuthResult(success=True, auth_data=auth_data)
+        log.info("auth failed: user=%s client=%s", safe_text(user, 64), peer)
+        server.auth_failures += 1
+        if server.auth_failures >= MAX_AUTH_FAILURES and server.transport is not None:  # SEC-8: rate limit
+            server.loop.call_later(0.5, server.transport.close)
         return AuthResult(success=False, handled=False, message="535 5.7.8 Authentication credentials invalid")
 
     # -- MAIL --
