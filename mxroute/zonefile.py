@@ -66,13 +66,21 @@ class ZoneData:
             key = (dns.name.from_text(name), dns.rdatatype.from_text(rdtype) if rdtype else None)
             self.failures[key] = kind.upper()
 
-    def add(self, name: str, rdtype: str, ttl: int, *rdatas: str) -> None:
-        """Add records given as presentation text (``add("a.test", "MX", 300, "10 mx.a.test.")``)."""
+    def add(self, name: str, rdtype: str, ttl: int, *rdatas: str, origin: str = ".") -> None:
+        """Add records given as presentation text (``add("a.test", "MX", 300, "10 mx.a.test.")``).
+
+        ``name`` is absolute (the final dot optional). Relative names inside the
+        rdata are completed with ``origin``, as a zone file's ``$ORIGIN`` would;
+        every stored name is absolute (never relativized), so answers render
+        and CNAME chains are followed.
+        """
+        base = dns.name.from_text(origin)
         owner = dns.name.from_text(name)
+        kind = dns.rdatatype.from_text(rdtype)
         node = self.nodes.setdefault(owner, dns.node.Node())
-        rdataset = node.find_rdataset(dns.rdataclass.IN, dns.rdatatype.from_text(rdtype), create=True)
+        rdataset = node.find_rdataset(dns.rdataclass.IN, kind, create=True)
         for text in rdatas:
-            rdataset.add(dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.from_text(rdtype), text, origin=dns.name.root), ttl)
+            rdataset.add(dns.rdata.from_text(dns.rdataclass.IN, kind, text, origin=base, relativize=False), ttl)
 
     def fail(self, name: str, kind: str = "SERVFAIL", rdtype: str | None = None) -> None:
         """Make questions for ``name`` (of ``rdtype``, or any) answer SERVFAIL or time out."""
