@@ -207,6 +207,9 @@ class Courier:
         }
         self._idle: dict[tuple[str, int, str | None], list[_Session]] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        # RTY-4: hosts that failed at connect/greeting/EHLO, skipped until the time given,
+        # so N messages for a dead host cost O(1) connections per retry cycle, not O(N).
+        self._unreachable: dict[tuple[str, int, str | None], tuple[float, str, str]] = {}
 
     # --- the one public operation -----------------------------------------------------------
 
@@ -317,6 +320,12 @@ class Courier:
         pooled = await self._checkout(key)
         if pooled is not None:
             return pooled, True
+        known = self._unreachable.get(key)
+        if known is not None:
+            if known[0] > time.monotonic():  # RTY-4: as Exim's host retry records
+                attempt.soft(pending, known[1], f"{known[2]} (host skipped until its retry time, RTY-4)", target)
+                return None, False
+            del self._unreachable[key]
         session, greeted, problem = await self._connect(target, key, use_tls=self.starttls)
         if problem == "tls":  # TLS-1: opportunistic; a failed handshake → same host in plain text
             session, greeted2, problem = await self._connect(target, key, use_tls=False)
@@ -324,7 +333,14 @@ class Courier:
         if session is None:
             status, reply = problem.split(" ", 1) if problem and problem != "tls" else ("4.4.1", "451 4.4.1 no session")
             attempt.soft(pending, status, reply, target)
+            if len(self._unreachable) >= 10000:
+                self._unreachable.clear()
+            self._unreachable[key] = (time.monotonic() + self.settings.retry_min_seconds, status, reply)
         return session, greeted
+
+    def forget_unreachable(self) -> None:
+        """Try every host again at the next delivery (``mxroute queue flush``)."""
+        self._unreachable.clear()
 
     async def _connect(
         self, target: Target, key: tuple[str, int, str | None], *, use_tls: bool,

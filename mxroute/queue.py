@@ -119,7 +119,10 @@ class QueueManager:
         self._wake.set()
 
     def flush(self) -> None:
-        """Make every queued message due now (``mxroute queue flush``)."""
+        """Make every queued message due now (``mxroute queue flush``), every host worth a try."""
+        forget = getattr(self.courier, "forget_unreachable", None)
+        if forget is not None:
+            forget()
         for queue_id in self.spool.ids():
             self._forced.add(queue_id)
             self._due.pop(queue_id, None)
