@@ -89,7 +89,9 @@ async def _main(settings: Settings) -> int:
     courier = Courier(settings)
     queue = QueueManager(settings, spool, resolver, courier)
     queue.recover()
-    intake = Intake(settings, spool, queue.add)
+    from mxroute.selfcheck import watch  # the identity self-check: warnings only, off the hot path (SPF-10, SPF-12)
+
+    intake = Intake(settings, spool, watch(settings, resolver, queue.add))
     try:
         servers = await _listen(intake, settings)
     except MxrouteError as exc:
