@@ -25,12 +25,14 @@ from dataclasses import dataclass, field
 import aiosmtplib
 from aiosmtplib.response import SMTPResponse
 
+from mxroute import tlspolicy
 from mxroute.address import parse_address
 from mxroute.dsn import safe_text
 from mxroute.envelope import Disposition, Envelope, Recipient, RecipientResult
 from mxroute.errors import AddressError
 from mxroute.plan import Plan, Target, Verdict
 from mxroute.settings import Settings
+from mxroute.tlspolicy import TlsPolicy
 
 log = logging.getLogger("mxroute.delivery")  # one line per recipient per attempt, Postfix-style
 hostlog = logging.getLogger("mxroute.courier")  # per-host events: connect failures, skips, TLS fallbacks
@@ -135,6 +137,7 @@ class _Session:
     esmtp: bool = False
     extensions: dict[str, str] = field(default_factory=dict)
     tls: bool = False
+    verified_name: str | None = None  # the MX name the certificate was verified for (TLS-3 verify)
     transactions: int = 0
     idle_timer: asyncio.TimerHandle | None = None
 
@@ -160,6 +163,7 @@ class _Attempt:
     body: bytes  # canonical (CRLF) message
     eight_bit: bool
     utf8: bool  # the envelope or the header needs SMTPUTF8 (SESS-15)
+    tls: TlsPolicy = field(default_factory=TlsPolicy)  # the destination's TLS policy (TLS-3)
     results: dict[str, RecipientResult] = field(default_factory=dict)
     last: dict[str, tuple[str, str, str | None]] = field(default_factory=dict)  # address -> (status, reply, relay)
     relay: dict[str, str] = field(default_factory=dict)  # address -> last relay tried
@@ -197,7 +201,8 @@ class Courier:
         starttls: bool = True,
     ) -> None:
         self.settings = settings
-        self.tls_context = tls_context or _opportunistic_context()
+        self.tls_context = tls_context or tlspolicy.opportunistic_context()
+        self._verify_context: ssl.SSLContext | None = None  # made on first use (TLS-3 verify)
         self.reuse = reuse
         self.idle_timeout = idle_timeout
         self.max_idle = max_idle_per_destination
@@ -229,6 +234,7 @@ class Courier:
         attempt = _Attempt(
             envelope=envelope, body=body, eight_bit=not body.isascii(),
             utf8=not addresses_ascii or (envelope.smtputf8 and not _headers(body).isascii()),
+            tls=self.tls_policy(plan.domain),
         )
         valid: list[Recipient] = []
         seen: set[str] = set()
@@ -258,6 +264,11 @@ class Courier:
         for result in dict((r.recipient, r) for r in out).values():
             _log_result(queue_id, result, delay)
         return out
+
+    def tls_policy(self, domain: str) -> TlsPolicy:
+        """The TLS policy for mail to ``domain`` (TLS-3; ``explain`` shows the same lookup)."""
+        s = self.settings
+        return tlspolicy.policy_for(domain, s.tls_policy, s.tls_policy_domains)
 
     async def close(self) -> None:
         """Close every idle connection (QUIT, bounded) and wait for closings in progress."""
@@ -317,16 +328,27 @@ class Courier:
         Returns (session or None, whether a greeting was received).
         """
         key = (target.address, target.port, self._bind_address(target))
+        policy = attempt.tls
         pooled = await self._checkout(key)
         if pooled is not None:
-            return pooled, True
+            if tlspolicy.satisfied(policy, tls=pooled.tls, verified_name=pooled.verified_name,
+                                   exchange=target.exchange):
+                return pooled, True
+            self.stats["reused"] -= 1  # TLS-3: not good enough for this policy; back to the pool
+            self._release(pooled)
         known = self._unreachable.get(key)
         if known is not None:
             if known[0] > time.monotonic():  # RTY-4: as Exim's host retry records
                 attempt.soft(pending, known[1], f"{known[2]} (host skipped until its retry time, RTY-4)", target)
                 return None, False
             del self._unreachable[key]
-        session, greeted, problem = await self._connect(target, key, use_tls=self.starttls)
+        # starttls=False turns the opportunistic default off; a required policy still applies.
+        use_tls = policy.level != "none" and (self.starttls or policy.required)
+        session, greeted, problem = await self._connect(target, key, use_tls=use_tls, policy=policy)
+        if session is None and problem and problem.startswith(tlspolicy.STATUS + " "):
+            status, reply = problem.split(" ", 1)  # TLS-3: this policy's failure, not the host's
+            attempt.soft(pending, status, reply, target)
+            return None, greeted
         if problem == "tls":  # TLS-1: opportunistic; a failed handshake → same host in plain text
             session, greeted2, problem = await self._connect(target, key, use_tls=False)
             greeted = greeted or greeted2
@@ -344,11 +366,13 @@ class Courier:
 
     async def _connect(
         self, target: Target, key: tuple[str, int, str | None], *, use_tls: bool,
+        policy: TlsPolicy = TlsPolicy(),
     ) -> tuple[_Session | None, bool, str | None]:
         """Connect, read the greeting, EHLO (HELO fallback), STARTTLS when offered.
 
         Returns (session, greeted, problem); problem is "STATUS reply" on failure,
-        or "tls" when a TLS handshake failed and a plain-text retry is due.
+        or "tls" when a TLS handshake failed and a plain-text retry is due. Under a
+        required ``policy`` (TLS-3) a host without STARTTLS is a failure, never plain text.
         """
         s = self.settings
         family = socket.AF_INET6 if target.family == 6 else socket.AF_INET
@@ -382,8 +406,13 @@ class Courier:
         try:
             await self._hello(session)
             if use_tls and session.has("starttls"):
-                if not await self._starttls(session):
+                if not await self._starttls(session, policy):
                     return None, True, "tls"
+            elif policy.required:  # TLS-3: no STARTTLS, no mail (RFC 3207 §6)
+                reply = tlspolicy.not_offered(str(target), policy)
+                hostlog.warning("%s: %s: trying the next address (TLS-3)", target, reply)
+                await self._quit(session)
+                return None, True, f"{tlspolicy.STATUS} {reply}"
         except _HostFailure as exc:
             client.close()
             return None, True, f"{exc.status} {exc.reply}"
@@ -408,22 +437,30 @@ class Courier:
             resp = helo_resp
         raise _HostFailure(enhanced_status(resp.code, resp.message, False), reply_text(resp.code, resp.message))
 
-    async def _starttls(self, session: _Session) -> bool:
-        """Opportunistic STARTTLS (RFC 3207; TLS-1/2). False when the handshake failed.
+    async def _starttls(self, session: _Session, policy: TlsPolicy = TlsPolicy()) -> bool:
+        """STARTTLS (RFC 3207; TLS-1/2/3). False when the handshake failed and plain text may follow.
 
-        A non-220 reply leaves the session in plain text (logged, counted). After a
-        handshake everything learnt before is discarded and EHLO is sent again
+        Opportunistic (``may``): a non-220 reply leaves the session in plain text
+        (logged, counted). Required (``encrypt``/``verify``, TLS-3): a refusal, a failed
+        handshake or a failed verification raises ``_HostFailure`` (4.7.5): next host.
+        After a handshake everything learnt before is discarded and EHLO is sent again
         (RFC 3207 §4.2). aiosmtplib reads exactly one reply to STARTTLS and drops
         whatever followed it before the handshake (TLS-2).
         """
         target = session.target
+        if policy.verify and not target.exchange:  # an address literal: no name to verify
+            raise _HostFailure(tlspolicy.STATUS, tlspolicy.no_name(str(target)))
         plain = session.client.transport  # kept to abort it if the handshake fails half-way
         try:
-            await session.client.starttls(tls_context=self.tls_context, server_hostname=target.exchange or None,
+            await session.client.starttls(tls_context=self._context(policy), server_hostname=target.exchange or None,
                                           timeout=self.settings.greeting_timeout)
         except aiosmtplib.SMTPResponseException as exc:
             if exc.code == 421:
                 raise _HostFailure("4.7.0", reply_text(exc.code, exc.message)) from None
+            if policy.required:
+                reply = tlspolicy.refused(str(target), policy, reply_text(exc.code, exc.message))
+                hostlog.warning("%s: %s: trying the next address (TLS-3)", target, reply)
+                raise _HostFailure(tlspolicy.STATUS, reply) from None
             self.stats["tls_fallbacks"] += 1
             hostlog.warning("%s: STARTTLS refused (%s): continuing in plain text (TLS-1, opportunistic)",
                         target, reply_text(exc.code, exc.message))
@@ -433,14 +470,30 @@ class Courier:
             if plain is not None:
                 plain.abort()  # asyncio leaves it "closing" with the socket open after a failed start_tls
                 await asyncio.sleep(0)
+            if policy.required:  # TLS-3: never plain text
+                verification = isinstance(exc, ssl.SSLCertVerificationError)
+                why = safe_text(getattr(exc, "verify_message", None) or str(exc) or type(exc).__name__)
+                reply = tlspolicy.handshake_failed(str(target), policy, why, verification=verification)
+                hostlog.warning("%s: %s: trying the next address (TLS-3)", target, reply)
+                raise _HostFailure(tlspolicy.STATUS, reply) from None
             self.stats["tls_fallbacks"] += 1
             hostlog.warning("%s: TLS handshake failed (%s): retrying the same host in plain text (TLS-1, opportunistic)",
                         target, safe_text(str(exc) or type(exc).__name__))
             return False
         session.tls = True
+        if policy.verify:
+            session.verified_name = target.exchange.lower()
         self.stats["tls"] += 1
         await self._hello(session)
         return True
+
+    def _context(self, policy: TlsPolicy) -> ssl.SSLContext:
+        """The SSL context for ``policy``: verifying for ``verify``, else the opportunistic one."""
+        if not policy.verify:
+            return self.tls_context
+        if self._verify_context is None:
+            self._verify_context = tlspolicy.verify_context(self.settings.tls_ca_file)
+        return self._verify_context
 
     # --- transactions -----------------------------------------------------------------------
 
@@ -685,14 +738,6 @@ class Courier:
             pass
         finally:
             session.client.close()
-
-
-def _opportunistic_context() -> ssl.SSLContext:
-    """TLS without verification: better than plain text, and no policy says more (RFC 7435, TLS-1)."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 def _log_result(queue_id: str | None, result: RecipientResult, delay: float) -> None:

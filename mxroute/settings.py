@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     data_init_timeout: float = Field(120.0, gt=0)  # §4.5.3.2.4: 2 min
     data_block_timeout: float = Field(180.0, gt=0)  # §4.5.3.2.5: 3 min
     data_done_timeout: float = Field(600.0, gt=0)  # §4.5.3.2.6: 10 min
+    # TLS-3: Postfix smtp_tls_security_level / smtp_tls_policy_maps (see mxroute/tlspolicy.py)
+    tls_policy: str = "may"  # none | may | encrypt | verify
+    tls_policy_domains: dict[str, str] = {}  # "example.com" or ".example.com" (subdomains) -> level
+    tls_ca_file: Path | None = None  # CA bundle for "verify"; unset = the system store
 
     # --- operations ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -125,6 +129,27 @@ class Settings(BaseSettings):
         for item in value:
             Server.parse(item)
         return value
+
+    @field_validator("tls_policy")
+    @classmethod
+    def _tls_policy(cls, value: str) -> str:
+        from mxroute.tlspolicy import check_level
+
+        return check_level(value)
+
+    @field_validator("tls_policy_domains")
+    @classmethod
+    def _tls_policy_domains(cls, value: dict[str, str]) -> dict[str, str]:
+        from mxroute.tlspolicy import normalize_table
+
+        return dict(normalize_table(value))
+
+    @field_validator("tls_ca_file")
+    @classmethod
+    def _tls_ca_file(cls, value: Path | None) -> Path | None:
+        from mxroute.tlspolicy import check_ca_file
+
+        return None if value is None else check_ca_file(value)
 
     @field_validator("egress_ips")
     @classmethod

@@ -1,0 +1,186 @@
+"""TLS policy per destination (TLS-3): which security level applies, and what it demands.
+
+The levels are Postfix's ``smtp_tls_security_level`` and ``smtp_tls_policy_maps``:
+
+``none``
+    never send STARTTLS, even when offered.
+``may``
+    opportunistic (RFC 7435, TLS-1, the default): STARTTLS when offered, no
+    certificate check; a refused STARTTLS or a failed handshake falls back to
+    plain text.
+``encrypt``
+    TLS is mandatory, the certificate is not checked. No STARTTLS, a refused
+    STARTTLS or a failed handshake defers that host (4.7.5) and delivery moves
+    on to the next one; never plain text (RFC 3207 §6: a stripped STARTTLS is
+    the attack this level exists for).
+``verify``
+    as ``encrypt``, and the certificate must chain to a trusted CA (``tls_ca_file``
+    or the system store) and name the MX host (RFC 6125, RFC 7672 §3.2.3 style
+    reference identifier = the MX name, as Postfix's ``verify`` level does).
+
+Lookup (as Postfix's policy table with ``parent_domain_matches_subdomains``): the
+recipient domain exactly, then ``.parent`` entries for each parent domain, then
+the default ``tls_policy``. Pure: no I/O beyond building an SSL context.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+Level = Literal["none", "may", "encrypt", "verify"]
+LEVELS: tuple[Level, ...] = ("none", "may", "encrypt", "verify")
+DEFAULT_SOURCE = "tls_policy"
+TABLE_SOURCE = "tls_policy_domains"
+STATUS = "4.7.5"  # RFC 3463 X.7.5 "cryptographic failure", as Postfix defers TLS policy failures
+
+
+@dataclass(frozen=True, slots=True)
+class TlsPolicy:
+    """The effective TLS level for one destination domain, and where it came from."""
+
+    level: Level = "may"
+    source: str = DEFAULT_SOURCE  # "tls_policy" (the default) or "tls_policy_domains"
+    match: str | None = None  # the table key that matched ("example.com" or ".example.com")
+
+    @property
+    def required(self) -> bool:
+        """TLS is mandatory: no plain-text fallback, failures defer the host (TLS-3)."""
+        return self.level in ("encrypt", "verify")
+
+    @property
+    def verify(self) -> bool:
+        return self.level == "verify"
+
+    def describe(self) -> str:
+        where = f"{self.source}: {self.match}" if self.match else self.source
+        return f"{self.level} (from {where})"
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"policy": self.level, "source": self.source}
+        if self.match:
+            body["match"] = self.match
+        return body
+
+
+def check_level(value: object, what: str = "TLS policy level") -> Level:
+    """``value`` as a level, or ValueError naming the allowed ones."""
+    text = str(value).strip().lower() if isinstance(value, str) else value
+    if text not in LEVELS:
+        raise ValueError(f"unknown {what} {value!r} (one of {', '.join(LEVELS)})")
+    return text  # type: ignore[return-value]
+
+
+def normalize_key(key: str) -> str:
+    """A table key: lower-case A-labels, no trailing dot; a leading dot (subdomains) is kept."""
+    from mxroute.address import normalize_domain
+    from mxroute.errors import AddressError
+
+    text = key.strip().rstrip(".")
+    dot = text.startswith(".")
+    name = text[1:] if dot else text
+    if not name:
+        raise ValueError(f"{key!r} is not a domain")
+    try:
+        name = normalize_domain(name)
+    except AddressError as exc:
+        raise ValueError(f"{key!r} is not a domain: {exc.message}") from None
+    return ("." if dot else "") + name
+
+
+def normalize_table(table: Mapping[str, object]) -> dict[str, Level]:
+    """Validate ``tls_policy_domains``: domain keys, known levels (ValueError names the culprit)."""
+    out: dict[str, Level] = {}
+    for key, value in table.items():
+        out[normalize_key(str(key))] = check_level(value, f"TLS policy level for {key}:")
+    return out
+
+
+def policy_for(domain: str, default: str, table: Mapping[str, str]) -> TlsPolicy:
+    """The effective policy for ``domain`` (an A-label name, or an address literal).
+
+    Exact entry first, then ``.parent`` entries from the nearest parent up, then
+    the default level.
+    """
+    name = domain.strip().rstrip(".").lower()
+    level = table.get(name)
+    if level is not None:
+        return TlsPolicy(check_level(level), TABLE_SOURCE, name)
+    if not name.startswith("["):
+        labels = name.split(".")
+        for i in range(1, len(labels)):
+            key = "." + ".".join(labels[i:])
+            level = table.get(key)
+            if level is not None:
+                return TlsPolicy(check_level(level), TABLE_SOURCE, key)
+    return TlsPolicy(check_level(default), DEFAULT_SOURCE, None)
+
+
+def satisfied(policy: TlsPolicy, *, tls: bool, verified_name: str | None, exchange: str) -> bool:
+    """Does a session (pooled or new) meet ``policy`` for a host named ``exchange``?"""
+    if policy.level == "verify":
+        return bool(exchange) and verified_name is not None and verified_name.lower() == exchange.lower()
+    if policy.level == "encrypt":
+        return tls
+    return True
+
+
+# --- the replies a policy failure leaves (each a "451 4.7.5 ..." line, TLS-3) -----------------
+
+def not_offered(host: str, policy: TlsPolicy) -> str:
+    return f"451 {STATUS} TLS required ({policy.level}) but not offered by {host}"
+
+
+def refused(host: str, policy: TlsPolicy, reply: str) -> str:
+    return f"451 {STATUS} TLS required ({policy.level}) but {host} refused STARTTLS: {reply}"
+
+
+def handshake_failed(host: str, policy: TlsPolicy, why: str, *, verification: bool) -> str:
+    if verification:
+        return f"451 {STATUS} TLS certificate verification failed for {host} (policy verify): {why}"
+    return f"451 {STATUS} TLS required ({policy.level}) but the handshake with {host} failed: {why}"
+
+
+def no_name(host: str) -> str:
+    return f"451 {STATUS} TLS policy verify needs an MX host name to check; {host} has none"
+
+
+# --- SSL contexts -----------------------------------------------------------------------------
+
+def opportunistic_context() -> ssl.SSLContext:
+    """TLS without verification: better than plain text when no policy says more (RFC 7435, TLS-1)."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def verify_context(ca_file: Path | str | None = None) -> ssl.SSLContext:
+    """PKIX and host-name checking (level ``verify``): ``ca_file`` if given, else the system store."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file) if ca_file else None)
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def check_ca_file(path: Path) -> Path:
+    """ValueError unless ``path`` is a readable PEM bundle with at least one certificate."""
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist")
+    try:
+        context = verify_context(path)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"{path} is not a PEM CA bundle: {exc}") from None
+    if not context.get_ca_certs():
+        raise ValueError(f"{path} holds no CA certificate")
+    return path
+
+
+__all__ = [
+    "LEVELS", "Level", "STATUS", "TlsPolicy", "check_ca_file", "check_level", "handshake_failed",
+    "no_name", "normalize_table", "not_offered", "opportunistic_context", "policy_for", "refused",
+    "satisfied", "verify_context",
+]
