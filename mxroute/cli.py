@@ -74,13 +74,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         # sendmail's own flags (-f, -t, -i, ...) are not ours to parse: hand them over whole.
         return _guarded(lambda: _sendmail(argv[1:] if argv and argv[0] == "sendmail" else argv))
     args = build_parser().parse_args(argv)
-    return _guarded(lambda: _dispatch(args))
+    return _guarded(lambda: _dispatch(args), stdout=True)
 
 
-def _guarded(run: Callable[[], int]) -> int:
-    """Every command's errors become one readable line and a sysexits code, never a traceback."""
+EX_SIGPIPE = 128 + 13  # what a shell reports for a tool killed by SIGPIPE (`yes | head -1`)
+
+
+def _guarded(run: Callable[[], int], *, stdout: bool = False) -> int:
+    """Every command's errors become one readable line and a sysexits code, never a traceback.
+
+    With ``stdout``, a reader that went away (``mxroute check-config | head -1``)
+    ends the command quietly, as standard Unix tools do: no traceback, no
+    "Exception ignored" at exit, status 141.
+    """
     try:
-        return run()
+        code = run()
+        if stdout:
+            sys.stdout.flush()  # inside the try: a pipe closed early fails here, not at exit
+        return code
+    except BrokenPipeError:
+        if not stdout:
+            raise
+        _silence_stdout()
+        return EX_SIGPIPE
     except ConfigError as exc:
         print(f"{PROG}: configuration error: {exc.message}", file=sys.stderr)
         return EX_CONFIG
@@ -92,6 +108,16 @@ def _guarded(run: Callable[[], int]) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def _sendmail(argv: list[str]) -> int:
@@ -135,7 +161,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from mxroute.daemon import serve
 
-        return serve(_settings(args))
+        return serve(_settings(args), reload=lambda: _settings(args))  # SIGHUP: same --config, --dns
     if args.command == "queue":
         from mxroute.queuecmd import queue_command
 
@@ -211,11 +237,31 @@ def _spf(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    """The effective settings, then the PTR/HELO self-check of each egress IP (SPF-11, SPF-12).
+
+    Identity warnings are advice, not configuration errors: the exit code stays 0.
+    In text form they follow the ``name = value`` lines as ``#`` comments.
+    """
     settings = _settings(args)
     values = json.loads(settings.model_dump_json())
+    reports = None
+    if settings.egress_ips:
+        from mxroute.identity import check_ptr
+
+        resolver = _resolver(args, settings, trace=False)
+        reports = asyncio.run(check_ptr(resolver, egress_ips=settings.egress_ips, helo=settings.helo_name))
     if args.json:
+        values["identity_check"] = [report.to_json() for report in reports] if reports is not None else None
         print(json.dumps(values, indent=2))
+        return EX_OK
+    for name, value in values.items():
+        print(f"{name} = {json.dumps(value)}")
+    print()
+    if reports is None:
+        print("# sending identity: not checked (egress_ips is empty)")
     else:
-        for name, value in values.items():
-            print(f"{name} = {json.dumps(value)}")
+        from mxroute.identity import render_ptr
+
+        print("# sending identity: PTR (iprev, RFC 8601 §3) and HELO name of each egress IP")
+        sys.stdout.write(render_ptr(reports, prefix="# "))
     return EX_OK

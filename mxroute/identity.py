@@ -174,7 +174,60 @@ async def check_identity(
     return reports
 
 
+@dataclass(slots=True)
+class PtrReport:
+    """The PTR/HELO part of the self-check for one egress IP (``check-config``, ``serve``)."""
+
+    egress_ip: str
+    helo: str
+    ptr: IprevResult
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def to_json(self) -> dict[str, Any]:
+        return {"egress_ip": self.egress_ip, "helo": self.helo, "ptr": self.ptr.to_json(),
+                "warnings": [finding.to_json() for finding in self.findings]}
+
+
+async def check_ptr(resolver: Resolver, *, egress_ips: list[str], helo: str) -> list[PtrReport]:
+    """iprev and HELO agreement for each egress IP (SPF-11, SPF-12), no SPF: the sender is unknown."""
+    reports = []
+    for text in egress_ips:
+        ptr = await iprev(resolver, normalize_ip(text), helo)
+        reports.append(PtrReport(ptr.ip, helo, ptr, ptr_findings(ptr, helo)))
+    return reports
+
+
 # --------------------------------------------------------------------------- text
+
+
+def _helo_verdict(ptr: IprevResult) -> tuple[str, str]:
+    if ptr.helo_error:
+        return "temperror", ptr.helo_error
+    if ptr.helo_matches:
+        return "matches PTR", f"forward-confirmed name of {ptr.ip}"
+    if ptr.helo_resolves:
+        return "resolves", f"resolves to {ptr.ip} but is not a confirmed PTR name"
+    return "no address", f"does not resolve to {ptr.ip}"
+
+
+def render_ptr(reports: list[PtrReport], prefix: str = "") -> str:
+    """Plain text for ``check-config``: PTR and HELO verdict per egress IP, each warning with its fix."""
+    out: list[str] = []
+    for report in reports:
+        ptr = report.ptr
+        helo_state, why = _helo_verdict(ptr)
+        out.append(f"egress {report.egress_ip}: PTR {', '.join(ptr.names) or '-'} {ptr.result} ({ptr.reason}); "
+                   f"HELO {report.helo} {helo_state} ({why})")
+        for finding in report.findings:
+            out.append(f"  warning {finding.code}: {finding.message}")
+            out.append(f"  {'':8}fix: {finding.fix}")
+        if report.ok:
+            out.append("  ok: PTR is forward-confirmed and matches the HELO name")
+    return "".join(f"{prefix}{line}\n" for line in out)
 
 
 def render_trace(result: SPFResult, indent: str = "  ") -> list[str]:
@@ -223,14 +276,7 @@ def render_identity(reports: list[IdentityReport]) -> str:
             rows.append(("SPF (HELO)", report.helo_spf.domain, report.helo_spf.result, report.helo_spf.reason))
         ptr = report.ptr
         rows.append(("PTR", ", ".join(ptr.names) or "-", ptr.result, ptr.reason))
-        if ptr.helo_error:
-            helo_state, why = "temperror", ptr.helo_error
-        elif ptr.helo_matches:
-            helo_state, why = "matches PTR", f"forward-confirmed name of {ptr.ip}"
-        elif ptr.helo_resolves:
-            helo_state, why = "resolves", f"resolves to {ptr.ip} but is not a confirmed PTR name"
-        else:
-            helo_state, why = "no address", f"does not resolve to {ptr.ip}"
+        helo_state, why = _helo_verdict(ptr)
         rows.append(("HELO", report.helo, helo_state, why))
         widths = [max(len(str(row[i])) for row in rows) for i in range(3)]
         for row in rows:

@@ -1,0 +1,90 @@
+"""`mxroute check-config` through the real CLI: the PTR/HELO self-check of egress_ips
+(SPF-11, SPF-12) against the loopback DNS server, and a reader that goes away early.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.dnsserver import DNSServer
+
+ROOT = Path(__file__).resolve().parents[2]
+ZONE = """
+$ORIGIN .
+$TTL 300
+t.                       IN SOA ns.t. h.t. 1 3600 600 86400 60
+0.0.127.in-addr.arpa.    IN SOA ns.t. h.t. 1 3600 600 86400 60
+2.0.0.127.in-addr.arpa.  IN PTR relay.t.
+relay.t.                 IN A 127.0.0.2
+3.0.0.127.in-addr.arpa.  IN PTR liar.t.
+liar.t.                  IN A 127.0.0.99
+"""
+
+
+def run(*args: str, stdout: int | None = subprocess.PIPE, **env: str) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MXROUTE_")}
+    full.update({"PYTHONPATH": str(ROOT), "MXROUTE_HELO_NAME": "relay.t", "MXROUTE_DNS_TIMEOUT": "0.5", **env})
+    return subprocess.run([sys.executable, "-m", "mxroute", "check-config", *args], stdout=stdout,
+                          stderr=subprocess.PIPE, text=True, env=full, cwd=ROOT, timeout=60)
+
+
+def test_spf12_check_config_reports_ptr_and_helo_per_egress_ip(dns_server: DNSServer) -> None:
+    dns_server.set_zone(ZONE)
+    dns_server.fail("5.0.0.127.in-addr.arpa")
+    done = run("--dns", dns_server.address, MXROUTE_EGRESS_IPS='["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]')
+    assert done.returncode == 0 and done.stderr == "", done.stderr  # warnings are advice, not a bad config
+    lines = done.stdout.splitlines()
+    assert 'helo_name = "relay.t"' in lines
+    section = lines[lines.index("# sending identity: PTR (iprev, RFC 8601 §3) and HELO name of each egress IP"):]
+    assert all(line.startswith("# ") for line in section)  # comments: the name = value lines stay parseable
+    text = "\n".join(section)
+    assert "# egress 127.0.0.2: PTR relay.t pass" in text and "HELO relay.t matches PTR" in text
+    assert "#   ok: PTR is forward-confirmed and matches the HELO name" in text
+    assert "#   warning ptr-unconfirmed: PTR of 127.0.0.3 is liar.t" in text
+    assert "#   warning ptr-missing: 127.0.0.4 has no PTR record" in text
+    assert "#           fix: set PTR of 127.0.0.4 to relay.t" in text
+    assert "#   warning ptr-temperror:" in text and "#   warning helo-no-address: HELO name relay.t does not resolve to 127.0.0.5" in text
+    assert 'egress_ips = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]' in lines
+
+
+def test_check_config_json_carries_the_identity_check(dns_server: DNSServer) -> None:
+    dns_server.set_zone(ZONE)
+    done = run("--json", "--dns", dns_server.address, MXROUTE_EGRESS_IPS='["127.0.0.2", "127.0.0.4"]')
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)
+    good, missing = body["identity_check"]
+    assert good["ptr"]["forward_confirmed"] and good["ptr"]["helo_matches"] and good["warnings"] == []
+    assert [w["code"] for w in missing["warnings"]] == ["ptr-missing", "helo-no-address"]
+    assert missing["warnings"][0]["fix"] == "set PTR of 127.0.0.4 to relay.t"
+
+
+def test_check_config_without_egress_ips_asks_no_dns(dns_server: DNSServer) -> None:
+    done = run("--dns", dns_server.address)
+    assert done.returncode == 0
+    assert done.stdout.splitlines()[-1] == "# sending identity: not checked (egress_ips is empty)"
+    assert json.loads(run("--json", "--dns", dns_server.address).stdout)["identity_check"] is None
+    assert dns_server.queries() == []
+
+
+def test_check_config_into_a_closed_pipe_exits_quietly() -> None:
+    """`mxroute check-config | head -1`: no BrokenPipeError traceback, status 141 as for SIGPIPE."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write: EPIPE, deterministically
+    try:
+        done = run(stdout=write_end)
+    finally:
+        os.close(write_end)
+    assert done.stderr == "" and done.returncode == 141
+
+
+def test_check_config_piped_to_head() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MXROUTE_")}
+    env.update({"PYTHONPATH": str(ROOT), "MXROUTE_HELO_NAME": "relay.t"})
+    done = subprocess.run(["sh", "-c", f"'{sys.executable}' -m mxroute check-config | head -1"], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=60)
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout.startswith("listen = ")
