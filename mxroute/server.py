@@ -264,6 +264,16 @@ class RelaySMTP(SMTP):
         self.intake.release(self)
         super().connection_lost(error)
 
+    def _timeout_cb(self) -> None:
+        """SEC-10: an idle or dripping client is told why before the close (as Postfix: 421 4.4.2)."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            try:
+                transport.write(f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n".encode())  # type: ignore[attr-defined]
+            except (OSError, RuntimeError):
+                pass
+        super()._timeout_cb()
+
     # -- replies --
     async def push(self, status: Any) -> None:
         if isinstance(status, str) and not self._in_ehlo:
