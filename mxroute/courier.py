@@ -628,6 +628,8 @@ class Courier:
             return
         for rcpt in accepted:
             attempt.finish(rcpt, disposition, status, reply, target)
+            # DSN-9: a DSN-capable hop got NOTIFY/ORCPT and now owns success notices (RFC 3461 §5.2.2)
+            attempt.results[rcpt.address].next_hop_dsn = session.esmtp and session.has("dsn")
 
     def _mail_params(self, session: _Session, attempt: _Attempt) -> list[bytes]:
         """MAIL parameters, each only when the server advertised its extension (SESS-1/13/14/15, DSN-9)."""

@@ -201,7 +201,7 @@ def build_dsn(
         (f"Content-Type: {status_type}\r\nContent-Description: Delivery report\r\n\r\n").encode()
         + status_lines.encode("utf-8"),
         (f"Content-Type: {third_type}\r\n"
-         f"Content-Description: {'Undelivered Message' if full else 'Undelivered Message Headers'}\r\n"
+         f"Content-Description: {_noun(action)}{'' if full else ' Headers'}\r\n"
          + ("Content-Transfer-Encoding: 8bit\r\n" if eight_bit else "") + "\r\n").encode() + original,
     ]
     body = b"This is a MIME-encapsulated message.\r\n\r\n"
@@ -212,6 +212,11 @@ def build_dsn(
         body += b"\r\n"
     body += f"--{boundary}--\r\n".encode()
     return head.encode("utf-8") + b"\r\n" + body
+
+
+def _noun(action: str) -> str:
+    """What part 3 holds: the undelivered message, or (relayed, delivered, ...) the message."""
+    return "Undelivered Message" if action in ("failed", "delayed") else "Message"
 
 
 def _boundary(seed: str, content: bytes) -> str:

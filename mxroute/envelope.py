@@ -52,3 +52,6 @@ class RecipientResult:
     status: str  # enhanced status code, e.g. "2.0.0", "4.4.1", "5.1.1" (RFC 3463)
     reply: str  # the remote reply as received ("550 5.1.1 no such user"), or the local reason
     remote_mta: str | None = None  # "mx1.example.com[192.0.2.1]:25" when a remote answered
+    # DSN-9: the host that took the message advertised DSN and was given NOTIFY/ORCPT, so it
+    # (not this relay) sends any success notice; False → a "relayed" DSN is due (RFC 3461 §5.2.3)
+    next_hop_dsn: bool = False

@@ -322,6 +322,7 @@ class QueueManager:
         by_address = {r.address: r for r in meta.pending}
         failed: list[tuple[RecipientState, RecipientResult]] = []
         delayed: list[tuple[RecipientState, RecipientResult]] = []
+        relayed: list[tuple[RecipientState, RecipientResult]] = []  # DSN-9
         lifetime = self.settings.bounce_lifetime_seconds if not meta.sender else self.settings.queue_lifetime_seconds
         for result in results:
             rcpt = by_address.get(result.recipient)
@@ -338,6 +339,8 @@ class QueueManager:
             if result.disposition is Disposition.DELIVERED:
                 rcpt.state, rcpt.why = DELIVERED, None
                 self.stats["delivered"] += 1
+                if not result.next_hop_dsn and rcpt.recipient().wants("SUCCESS"):
+                    relayed.append((rcpt, result))
             elif result.disposition is Disposition.BOUNCED:
                 rcpt.why = "permanent failure"
                 failed.append((rcpt, result))
@@ -357,6 +360,8 @@ class QueueManager:
             await self._bounce(meta, message, failed)
         if delayed:
             await self._warn(meta, message, delayed)
+        if relayed:
+            await self._relayed(meta, message, relayed)
         if meta.done:
             await self.spool.remove(meta.queue_id)
             log.debug("%s: removed", meta.queue_id)
@@ -431,6 +436,20 @@ class QueueManager:
         meta.bounces += 1
         for rcpt, _ in delayed:
             rcpt.warned = True
+
+    async def _relayed(
+        self, meta: MessageMeta, message: bytes, items: list[tuple[RecipientState, RecipientResult]],
+    ) -> None:
+        """DSN-9: NOTIFY=SUCCESS, handed to a hop without DSN → one ``relayed`` DSN (RFC 3461 §5.2.3).
+
+        A DSN-capable hop got NOTIFY/ORCPT and is responsible instead (§5.2.2): no local notice.
+        Enqueued before the recipients are recorded as delivered (DSN-12).
+        """
+        to = _dsn_recipient(meta.sender)
+        if to is None:  # DSN-3: nothing about a bounce
+            return
+        await self._enqueue_dsn(meta, message, items, to, "relayed", meta.bounces, set())
+        meta.bounces += 1
 
 
 def _domain(address: str) -> str:
