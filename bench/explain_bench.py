@@ -4,7 +4,12 @@ Starts the tests' loopback DNS server with a small zone, then
 1. runs `mxroute explain --json` N times as a fresh process and reports the median wall time;
 2. runs cached resolver lookups in-process and reports lookups per second.
 
-Usage: python bench/explain_bench.py [--runs 21] [--python .venv/bin/python]
+Usage: python bench/explain_bench.py [--runs 21] [--python .venv/bin/python] [--against DIR]
+
+The package's bytecode is compiled first, as an installed package has it (with
+PYTHONDONTWRITEBYTECODE set, an editable checkout would otherwise be compiled from
+source on every run). ``--against DIR`` (another checkout, e.g. ``git archive OLD |
+tar -x -C DIR``) alternates runs of the two trees, so a loaded machine slows both alike.
 """
 
 from __future__ import annotations
@@ -39,16 +44,26 @@ mx1  IN AAAA ::1
 """
 
 
-def explain_wall(python: str, dns: str, runs: int) -> list[float]:
+def explain_once(python: str, dns: str, root: Path) -> float:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MXROUTE_")}
     env["MXROUTE_ALLOW_PRIVATE_DESTINATIONS"] = "true"
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        result = subprocess.run([python, "-m", "mxroute", "explain", "--dns", dns, "--json", "u@bench.test"],
-                                capture_output=True, env=env, cwd=ROOT, timeout=30)
-        times.append((time.perf_counter() - started) * 1000)
-        assert result.returncode == 0 and json.loads(result.stdout)["status"] == "deliverable", result.stderr
+    env["PYTHONPATH"] = str(root)
+    started = time.perf_counter()
+    result = subprocess.run([python, "-m", "mxroute", "explain", "--dns", dns, "--json", "u@bench.test"],
+                            capture_output=True, env=env, cwd=root, timeout=30)
+    elapsed = (time.perf_counter() - started) * 1000
+    assert result.returncode == 0 and json.loads(result.stdout)["status"] == "deliverable", result.stderr
+    return elapsed
+
+
+def explain_wall(python: str, dns: str, runs: int, roots: list[Path]) -> dict[Path, list[float]]:
+    """Wall times per tree, the trees taking turns (ABBA order) run by run."""
+    for root in roots:
+        subprocess.run([python, "-m", "compileall", "-q", str(root / "mxroute")], check=True, capture_output=True)
+    times: dict[Path, list[float]] = {root: [] for root in roots}
+    for index in range(runs):
+        for root in roots if index % 2 == 0 else roots[::-1]:
+            times[root].append(explain_once(python, dns, root))
     return times
 
 
@@ -68,10 +83,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=21)
     parser.add_argument("--python", default=sys.executable)
+    parser.add_argument("--against", type=Path, metavar="DIR", help="another checkout to compare with, run for run")
     args = parser.parse_args()
+    roots = [ROOT] + ([args.against.resolve()] if args.against else [])
     with DNSServer(ZONE, host="127.0.53.254") as server:
-        times = explain_wall(args.python, server.address, args.runs)
+        per_root = explain_wall(args.python, server.address, args.runs, roots)
         rate = asyncio.run(cached_lookups(server))
+    times = per_root[ROOT]
+    if args.against:
+        other = per_root[roots[1]]
+        print(f"{args.against}: explain --json median {statistics.median(other):.0f} ms over {args.runs} runs (alternating)")
     bare = []
     for _ in range(args.runs):
         started = time.perf_counter()

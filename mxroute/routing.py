@@ -70,11 +70,12 @@ def resolver_from_settings(settings: Settings, zones: list[str] | None = None, t
 
     ``trace_size`` 0 keeps no trace (the daemon); None keeps every query (``explain``).
     """
-    from mxroute.resolver import NetworkTransport
-    from mxroute.zonefile import ZoneData, ZoneTransport
+    from mxroute.resolver import NetworkTransport, Transport
 
-    transport: ZoneTransport | NetworkTransport
+    transport: Transport
     if zones:
+        from mxroute.zonefile import ZoneData, ZoneTransport  # dns.zonefile and friends only when asked for
+
         transport = ZoneTransport(ZoneData.from_files(zones), list(zones))
     elif settings.dns_servers:
         transport = NetworkTransport(settings.dns_server_list(), settings.dns_timeout, settings.dns_attempts)
