@@ -191,11 +191,14 @@ def _explain(args: argparse.Namespace) -> int:
     policy = policy_from_settings(settings)
     rng = random.Random(args.seed)
     report = asyncio.run(explain(address, resolver, policy, rng))
+    from mxroute.tlspolicy import policy_for
+
+    report.tls = policy_for(report.plan.domain, settings.tls_policy, settings.tls_policy_domains)  # EXP-3
     _add_identity(args, settings, resolver, report)
     if args.probe:
         from mxroute.probe import probe
 
-        report.probe = asyncio.run(probe(report.plan, settings))
+        report.probe = asyncio.run(probe(report.plan, settings, tls=report.tls))
         report.dns = [record.to_json() for record in resolver.trace]
     if recorder is not None:
         try:

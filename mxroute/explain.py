@@ -16,6 +16,7 @@ from mxroute.errors import EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
 from mxroute.plan import Plan, RoutingPolicy, Verdict, plan_to_json
 from mxroute.resolver import Resolver
 from mxroute.routing import route
+from mxroute.tlspolicy import TlsPolicy
 
 EXIT_CODES = {Verdict.DELIVERABLE: EX_OK, Verdict.TEMPORARY: EX_TEMPFAIL, Verdict.PERMANENT: EX_UNAVAILABLE}
 
@@ -30,6 +31,7 @@ class Report:
     identity: list[dict[str, Any]] = field(default_factory=list)  # one per egress IP (SPF + PTR)
     probe: dict[str, Any] | None = None
     identity_text: str = ""
+    tls: TlsPolicy | None = None  # the destination's TLS policy, as delivery looks it up (TLS-3, EXP-3)
 
     @property
     def exit_code(self) -> int:
@@ -42,6 +44,7 @@ class Report:
         body["spf"] = first.get("spf")
         body["ptr"] = first.get("ptr")
         body["identity"] = self.identity
+        body["tls"] = self.tls.to_json() if self.tls else None
         body["probe"] = self.probe
         body["dns"] = self.dns
         return body

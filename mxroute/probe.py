@@ -1,7 +1,9 @@
 """`explain --probe`: connect to the first reachable address of a plan and report what it offers.
 
-Banner, EHLO extensions and the outcome of STARTTLS (opportunistic, unverified,
-as delivery does it: TLS-1), then QUIT. No mail is sent (EXP-1).
+Banner, EHLO extensions and the outcome of STARTTLS (unverified as opportunistic
+delivery does it, TLS-1; verified against the MX name under a ``verify`` policy), and
+whether delivery's TLS policy for the domain would accept the host (TLS-3, EXP-3),
+then QUIT. No mail is sent (EXP-1).
 """
 
 from __future__ import annotations
@@ -10,12 +12,18 @@ import ssl
 import time
 from typing import Any
 
+from mxroute import tlspolicy
 from mxroute.plan import Plan
 from mxroute.settings import Settings
+from mxroute.tlspolicy import TlsPolicy
 
 
-async def probe(plan: Plan, settings: Settings, limit: int = 3) -> dict[str, Any]:
-    """Try the plan's first ``limit`` addresses in order; report the first that answers."""
+async def probe(plan: Plan, settings: Settings, limit: int = 3, tls: TlsPolicy | None = None) -> dict[str, Any]:
+    """Try the plan's first ``limit`` addresses in order; report the first that answers.
+
+    With ``tls`` (the domain's policy), also ``tls_policy``, ``tls_policy_satisfied`` and
+    ``tls_policy_result``: would delivery use this host under that policy (EXP-3)?
+    """
     import aiosmtplib
 
     tried: list[str] = []
@@ -40,19 +48,27 @@ async def probe(plan: Plan, settings: Settings, limit: int = 3) -> dict[str, Any
             ehlo = await client.ehlo()
             report["ehlo"] = f"{ehlo.code}"
             report["extensions"] = sorted(client.esmtp_extensions)
-            if client.supports_extension("starttls"):
-                context = ssl.create_default_context()
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
+            offered = client.supports_extension("starttls")
+            error, verification = None, False
+            if offered:
+                verify = tls is not None and tls.verify and bool(target.exchange)
+                context = (tlspolicy.verify_context(settings.tls_ca_file) if verify
+                           else tlspolicy.opportunistic_context())
                 try:
-                    await client.starttls(tls_context=context)
+                    await client.starttls(tls_context=context, server_hostname=target.exchange or None)
                     transport = client.transport
                     ssl_object = transport.get_extra_info("ssl_object") if transport else None
                     report["starttls"] = f"ok: {ssl_object.version() if ssl_object else '?'} {ssl_object.cipher()[0] if ssl_object else ''}".strip()
                 except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
                     report["starttls"] = f"failed: {exc}"
+                    error = str(exc) or type(exc).__name__
+                    verification = isinstance(exc, ssl.SSLCertVerificationError)
             else:
                 report["starttls"] = "not offered"
+            if tls is not None:  # TLS-3 / EXP-3: the same rules delivery applies
+                ok, why = tlspolicy.probe_verdict(tls, str(target), target.exchange, offered=offered,
+                                                  error=error, verification=verification)
+                report.update(tls_policy=tls.level, tls_policy_satisfied=ok, tls_policy_result=why)
         except (aiosmtplib.SMTPException, OSError) as exc:
             report["error"] = f"{type(exc).__name__}: {exc}"
         finally:

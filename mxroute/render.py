@@ -56,9 +56,12 @@ def render_explain(report: Report, style: Style) -> str:
     domain = report.address.domain
     if plan.cnames:
         domain += f"  (alias: {' -> '.join(plan.cnames)})"
+    summary = [["domain", domain], ["verdict", f"{plan.verdict.value} ({plan.dsn_status}): {plan.reason}"]]
+    if report.tls is not None:  # TLS-3 / EXP-3
+        summary.append(["tls policy", report.tls.describe()])
     out.append(table(
         ["address", clean(report.address)],
-        [["domain", domain], ["verdict", f"{plan.verdict.value} ({plan.dsn_status}): {plan.reason}"]],
+        summary,
     ).replace(plan.verdict.value, style.verdict(plan.verdict, plan.verdict.value), 1))
     flags = []
     if plan.null_mx:

@@ -148,6 +148,35 @@ def no_name(host: str) -> str:
     return f"451 {STATUS} TLS policy verify needs an MX host name to check; {host} has none"
 
 
+def probe_verdict(
+    policy: TlsPolicy, host: str, exchange: str, *, offered: bool, error: str | None = None,
+    verification: bool = False,
+) -> tuple[bool, str]:
+    """Would delivery accept this host under ``policy``, given what ``explain --probe`` saw (EXP-3)?
+
+    ``offered``: STARTTLS was in the EHLO reply; ``error``: why STARTTLS or the handshake
+    failed (None: TLS came up, verified when the policy is ``verify``); ``verification``:
+    that failure was the certificate check. The text is the deferral delivery would log.
+    """
+    if policy.level == "none":
+        return True, "none: delivery never sends STARTTLS to this host"
+    if policy.level == "may":
+        if not offered:
+            return True, "may: STARTTLS not offered; delivery goes on in plain text"
+        if error:
+            return True, "may: TLS failed; delivery retries this host in plain text"
+        return True, "may: delivery uses TLS with this host (certificate not checked)"
+    if policy.verify and not exchange:
+        return False, no_name(host)
+    if not offered:
+        return False, not_offered(host, policy)
+    if error:
+        return False, handshake_failed(host, policy, error, verification=verification)
+    if policy.verify:
+        return True, f"verify: certificate verified for {exchange}"
+    return True, "encrypt: TLS established (certificate not checked)"
+
+
 # --- SSL contexts -----------------------------------------------------------------------------
 
 def opportunistic_context() -> ssl.SSLContext:
@@ -181,6 +210,6 @@ def check_ca_file(path: Path) -> Path:
 
 __all__ = [
     "LEVELS", "Level", "STATUS", "TlsPolicy", "check_ca_file", "check_level", "handshake_failed",
-    "no_name", "normalize_table", "not_offered", "opportunistic_context", "policy_for", "refused",
+    "no_name", "normalize_table", "not_offered", "opportunistic_context", "policy_for", "probe_verdict", "refused",
     "satisfied", "verify_context",
 ]

@@ -130,3 +130,22 @@ def _toml(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "mxroute.toml"
     path.write_text(text + "\n", encoding="utf-8")
     return path
+
+
+@pytest.mark.parametrize(("level", "exchange", "offered", "error", "verification", "ok", "starts"), [
+    ("none", "mx.t", True, None, False, True, "none: delivery never sends STARTTLS"),
+    ("may", "mx.t", False, None, False, True, "may: STARTTLS not offered"),
+    ("may", "mx.t", True, "boom", False, True, "may: TLS failed; delivery retries this host in plain text"),
+    ("encrypt", "mx.t", False, None, False, False, "451 4.7.5 TLS required (encrypt) but not offered by H"),
+    ("encrypt", "mx.t", True, "boom", False, False, "451 4.7.5 TLS required (encrypt) but the handshake with H"),
+    ("encrypt", "mx.t", True, None, False, True, "encrypt: TLS established"),
+    ("verify", "mx.t", True, "self-signed", True, False, "451 4.7.5 TLS certificate verification failed for H"),
+    ("verify", "mx.t", True, None, False, True, "verify: certificate verified for mx.t"),
+    ("verify", "", True, None, False, False, "451 4.7.5 TLS policy verify needs an MX host name"),
+])
+def test_exp3_probe_verdict(level: str, exchange: str, offered: bool, error: str | None, verification: bool,
+                            ok: bool, starts: str) -> None:
+    """EXP-3: what --probe says is what delivery would do with the host (TLS-3)."""
+    got = tlspolicy.probe_verdict(TlsPolicy(level), "H", exchange, offered=offered, error=error,  # type: ignore[arg-type]
+                                  verification=verification)
+    assert got[0] is ok and got[1].startswith(starts), got
