@@ -1,0 +1,137 @@
+"""Interop under faults (RTY-1, DUR-6, DUR-7): the real relay delivering to a private Postfix smtpd
+instance (as tests/test_interop_postfix.py: own config and queue, every message put on hold so it
+can be counted) that is stopped in the middle of a burst and started again. Deferred mail drains
+once it is back (``mxroute queue flush``); every acknowledged message reaches Postfix; duplicates
+are counted (only a stop between Postfix's 250 and the relay's state append may duplicate).
+
+Skipped with the reason when Postfix is not installed or we are not root; a failure under CI=true.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import smtplib
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_relay import Relay, World, wait_for
+from tests.faults.conftest import skip_or_fail
+from tests.test_interop_postfix import MAIN_CF, MASTER_CF, POSTFIX, PostfixInstance, _free_port, _unavailable
+
+pytestmark = [pytest.mark.interop, pytest.mark.slow]
+
+HOST = "127.0.3.2"  # not tests/test_interop_postfix.py's 127.0.3.1
+
+
+def _postfix(instance: PostfixInstance, action: str) -> None:
+    done = subprocess.run([str(POSTFIX), "-c", str(instance.config), action], capture_output=True, timeout=60)
+    assert done.returncode == 0, (action, done.stderr.decode(errors="replace"))
+
+
+def _listening(instance: PostfixInstance) -> bool:
+    try:
+        with socket.create_connection((instance.host, instance.port), timeout=1) as sock:
+            return sock.recv(100).startswith(b"220")
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def postfix_mta() -> Iterator[PostfixInstance]:
+    why = _unavailable()
+    if why:
+        skip_or_fail(why)
+    root = Path(tempfile.mkdtemp(prefix="mxroute-faults-postfix-"))
+    root.chmod(0o755)
+    for sub in ("etc", "queue", "data"):
+        (root / sub).mkdir()
+    shutil.chown(root / "data", user="postfix")
+    port = _free_port(HOST)
+    (root / "etc" / "main.cf").write_text(MAIN_CF.format(root=root, host=HOST, tls=""))
+    (root / "etc" / "master.cf").write_text(MASTER_CF.format(host=HOST, port=port))
+    instance = PostfixInstance(root, HOST, port, False)
+    try:
+        _postfix(instance, "start")
+        if not wait_for(lambda: _listening(instance), timeout=20):
+            pytest.fail("the private Postfix instance did not start listening")
+        yield instance
+    finally:
+        subprocess.run([str(POSTFIX), "-c", str(instance.config), "stop"], capture_output=True, timeout=60)
+        pid_file = root / "queue" / "pid" / "master.pid"
+        deadline = time.monotonic() + 15
+        while pid_file.exists() and time.monotonic() < deadline:
+            try:
+                os.kill(int(pid_file.read_text().split()[0]), 0)
+            except (OSError, ValueError):
+                break
+            time.sleep(0.1)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_postfix_stopped_mid_run_deferred_mail_drains_when_it_is_back(
+        fworld: World, postfix_mta: PostfixInstance, figures: Callable[..., None]) -> None:
+    """RTY-1 with a real MTA: Postfix stops during a burst; mail is deferred, none lost; started again and
+    flushed, every acknowledged message is in Postfix's queue (counted by Message-ID)."""
+    pf = postfix_mta
+    fworld.zone(f"pf IN MX 10 mx.pf.test.\nmx.pf IN A {pf.host}\nsender IN MX 10 mx.sender.test.\n"
+                f"mx.sender IN A {fworld.ip(9)}\n")
+    relay = Relay(fworld.tmp, fworld.dns, pf.port, retry_min_seconds=1, retry_max_seconds=2, connect_timeout=2.0)
+    fworld.relays.append(relay)
+    relay.start()
+    acked: list[str] = []
+    lock = threading.Lock()
+
+    def send(n: int) -> None:
+        token = f"pf{n}"
+        body = (f"From: a@sender.test\r\nTo: {token}@pf.test\r\nSubject: {token}\r\n"
+                f"Message-ID: <{token}@sender.test>\r\n\r\npostfix fault test {token}\r\n").encode()
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=15) as client:
+            client.sendmail("a@sender.test", [f"{token}@pf.test"], body)
+        with lock:
+            acked.append(token)
+
+    for n in range(5):  # Postfix up
+        send(n)
+    assert len(pf.wait_held(5, timeout=20)) == 5
+    stopper = threading.Thread(target=_postfix, args=(pf, "stop"))
+    burst = threading.Thread(target=lambda: [send(n) for n in range(5, 25)])
+    burst.start()
+    time.sleep(0.2)
+    stopper.start()  # Postfix goes away in the middle of the burst
+    stopper.join(60)
+    burst.join(60)
+    assert wait_for(lambda: not _listening(pf), timeout=20)
+    for n in range(25, 30):  # Postfix down
+        send(n)
+    assert wait_for(lambda: relay.queued(), timeout=10)
+    deferred = len(relay.queued())
+    listing = json.loads(relay.queue("list", "--json").stdout)
+    assert sorted(m["queue_id"] for m in listing) == relay.queued()
+    time.sleep(2.5)  # a few retries against the closed port: still nothing lost
+    assert relay.proc is not None and relay.proc.poll() is None
+    _postfix(pf, "start")
+    assert wait_for(lambda: _listening(pf), timeout=20)
+    assert relay.queue("flush").returncode == 0
+    assert wait_for(lambda: not relay.queued() and len(pf.held()) >= len(acked), timeout=40), relay.queued()
+    ids = Counter()
+    for queue_id in pf.held():
+        match = re.search(r"(?im)^Message-ID:\s*<(pf\d+)@sender.test>", pf.postcat(queue_id, "-h"))
+        assert match, queue_id
+        ids[match.group(1)] += 1
+    lost = sorted(set(acked) - set(ids))
+    duplicated = sum(c - 1 for c in ids.values() if c > 1)
+    figures("interop: Postfix stopped and started mid-run", messages_sent=30, acknowledged=len(acked),
+            deferred_while_down=deferred, delivered=len(set(ids)), lost=len(lost), duplicated=duplicated)
+    assert len(acked) == 30
+    assert lost == []
