@@ -13,6 +13,7 @@ deferred (try again later). Decisions cite checklist IDs (MX-*, SESS-*, TLS-*, S
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import re
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import aiosmtplib
+from aiosmtplib.protocol import COMMAND_INJECTION_REGEX, MAX_RESPONSE_LENGTH, SMTPProtocol
 from aiosmtplib.response import SMTPResponse
 
 from mxroute import tlspolicy
@@ -120,6 +122,72 @@ def _headers(canonical: bytes) -> bytes:
 
 # --- sessions and the attempt state ---------------------------------------------------------
 
+class _PipeliningProtocol(SMTPProtocol):
+    """aiosmtplib's protocol, keeping every reply that arrives (RFC 2920 PIPELINING).
+
+    aiosmtplib parses one reply per read and drops data that arrives while a parsed
+    reply waits for pick-up, which is right for lock-step but loses the replies to a
+    pipelined group. This keeps them in order in ``_replies`` while ``_expect`` says
+    replies are outstanding; otherwise it behaves as aiosmtplib (unsolicited data is
+    dropped). A session's protocol becomes this one after EHLO (and any STARTTLS), so
+    STARTTLS still reads exactly one reply (TLS-2).
+    """
+
+    _replies: collections.deque[SMTPResponse | BaseException]
+    _expect: int
+
+    def data_received(self, data: bytes) -> None:
+        if self._response_waiter is None or not (self._response_pending or self._expect):
+            return
+        self._buffer.extend(data)
+        while True:
+            try:
+                response = self._read_response_from_buffer()
+            except Exception as exc:  # malformed reply: the session is over
+                del self._buffer[:]
+                self._hand(exc)
+                return
+            if response is None:
+                break
+            self._hand(response)
+        if len(self._buffer) > MAX_RESPONSE_LENGTH:
+            del self._buffer[:]
+            self._hand(aiosmtplib.SMTPResponseException(500, "Response too long"))
+
+    def _hand(self, item: SMTPResponse | BaseException) -> None:
+        waiter = self._response_waiter
+        if self._response_pending and not self._replies and waiter is not None and not waiter.done():
+            if isinstance(item, BaseException):
+                self._set_response_exception(waiter, item)
+            else:
+                waiter.set_result(item)
+        else:
+            self._replies.append(item)
+
+    async def read_response(self, timeout: float | None = None) -> SMTPResponse:
+        if self._replies:
+            item = self._replies.popleft()
+            if isinstance(item, BaseException):
+                raise item
+            return item
+        return await super().read_response(timeout)
+
+
+def _pipelining(protocol: SMTPProtocol | None) -> None:
+    """Make a connected session's protocol keep pipelined replies (see ``_PipeliningProtocol``)."""
+    if protocol is not None and type(protocol) is SMTPProtocol:
+        protocol.__class__ = _PipeliningProtocol
+        assert isinstance(protocol, _PipeliningProtocol)
+        protocol._replies = collections.deque()
+        protocol._expect = 0
+        if protocol.transport is not None:  # uvloop caches the protocol's bound methods: renew them
+            protocol.transport.set_protocol(protocol)
+
+
+class _Stale(Exception):
+    """A pooled connection that no longer answers (its RSET failed): nothing was sent on it."""
+
+
 class _HostFailure(Exception):
     """The session with this address is over (421, drop, timeout): move on (MX-17, SESS-4)."""
 
@@ -140,6 +208,11 @@ class _Session:
     verified_name: str | None = None  # the MX name the certificate was verified for (TLS-3 verify)
     transactions: int = 0
     idle_timer: asyncio.TimerHandle | None = None
+    rset_due: bool = False  # taken from the pool: RSET first, pipelined with the next transaction
+
+    @property
+    def pipelining(self) -> bool:
+        return self.esmtp and "pipelining" in self.extensions
 
     def has(self, name: str) -> bool:
         return name in self.extensions
@@ -197,7 +270,7 @@ class Courier:
         *,
         reuse: bool = True,
         idle_timeout: float = 30.0,
-        max_idle_per_destination: int = 4,
+        max_idle_per_destination: int | None = None,
         starttls: bool = True,
     ) -> None:
         self.settings = settings
@@ -205,7 +278,9 @@ class Courier:
         self._verify_context: ssl.SSLContext | None = None  # made on first use (TLS-3 verify)
         self.reuse = reuse
         self.idle_timeout = idle_timeout
-        self.max_idle = max_idle_per_destination
+        # Idle connections kept per destination address: by default as many as may be busy
+        # with one destination at once, so a steady load never closes and reopens them.
+        self.max_idle = settings.destination_concurrency if max_idle_per_destination is None else max_idle_per_destination
         self.starttls = starttls
         self.stats: dict[str, int] = {
             "connections": 0, "sessions": 0, "reused": 0, "tls": 0, "tls_fallbacks": 0,
@@ -308,7 +383,14 @@ class Courier:
             if session is None:
                 continue
             try:
-                pending = await self._transactions(session, attempt, pending)
+                try:
+                    pending = await self._transactions(session, attempt, pending)
+                except _Stale:  # a pooled connection the server had closed: a new one (SESS-17)
+                    self.stats["reused"] -= 1
+                    session, _ = await self._open(target, attempt, pending, pool=False)
+                    if session is None:
+                        continue
+                    pending = await self._transactions(session, attempt, pending)
             except _HostFailure as exc:
                 attempt.soft(pending, exc.status, exc.reply, target)
                 pending = [r for r in pending if r.address not in attempt.results]
@@ -322,14 +404,16 @@ class Courier:
                 status = "4" + status[1:]
             attempt.results[rcpt.address] = RecipientResult(rcpt.address, Disposition.DEFERRED, status, reply, relay)
 
-    async def _open(self, target: Target, attempt: _Attempt, pending: list[Recipient]) -> tuple[_Session | None, bool]:
+    async def _open(
+        self, target: Target, attempt: _Attempt, pending: list[Recipient], *, pool: bool = True,
+    ) -> tuple[_Session | None, bool]:
         """A ready session with ``target`` (pooled or new): greeting, EHLO/HELO, STARTTLS.
 
         Returns (session or None, whether a greeting was received).
         """
         key = (target.address, target.port, self._bind_address(target))
         policy = attempt.tls
-        pooled = await self._checkout(key)
+        pooled = await self._checkout(key) if pool else None
         if pooled is not None:
             if tlspolicy.satisfied(policy, tls=pooled.tls, verified_name=pooled.verified_name,
                                    exchange=target.exchange):
@@ -417,6 +501,8 @@ class Courier:
             client.close()
             return None, True, f"{exc.status} {exc.reply}"
         self.stats["sessions"] += 1
+        if session.pipelining:
+            _pipelining(client.protocol)
         return session, True, None
 
     async def _hello(self, session: _Session) -> None:
@@ -523,16 +609,111 @@ class Courier:
         queue = list(pending)
         later: list[Recipient] = []
         while queue:
-            if session.transactions:
-                await self._rset(session)
-            session.transactions += 1
-            accepted, leftovers, soft = await self._one_transaction(session, attempt, queue)
+            rset = bool(session.transactions) or session.rset_due
+            if session.pipelining:  # SESS-16: [RSET] MAIL RCPT... DATA in one write
+                accepted, leftovers, soft = await self._pipelined(session, attempt, queue, rset)
+                session.transactions += 1
+            else:
+                if rset:
+                    await self._rset(session)
+                session.rset_due = False
+                session.transactions += 1
+                accepted, leftovers, soft = await self._one_transaction(session, attempt, queue)
             later.extend(soft)
             if not accepted or not leftovers:
                 later.extend(leftovers)
                 break
             queue = leftovers
         return later
+
+    async def _pipelined(
+        self, session: _Session, attempt: _Attempt, queue: list[Recipient], rset: bool,
+    ) -> tuple[list[Recipient], list[Recipient], list[Recipient]]:
+        """RFC 2920 (SESS-16): [RSET,] MAIL and RCPT×n in one write, then every reply in order.
+
+        The same decisions as ``_one_transaction``, each reply checked against its command.
+        DATA is not pipelined: it is sent only once a recipient was accepted (SESS-6), and
+        data only after its 354 (SESS-7). A failed RSET on a connection just taken from the
+        pool raises ``_Stale`` (nothing was delivered on it; the caller opens a new one).
+        """
+        s, target, env = self.settings, session.target, attempt.envelope
+        protocol = session.client.protocol
+        lines = [b"RSET"] if rset else []
+        lines.append(b" ".join([b"MAIL", b"FROM:<" + env.sender.encode("utf-8") + b">", *self._mail_params(session, attempt)]))
+        for rcpt in queue:
+            lines.append(b" ".join([b"RCPT", b"TO:<" + rcpt.address.encode("utf-8") + b">", *self._rcpt_params(session, rcpt)]))
+        if any(COMMAND_INJECTION_REGEX.search(line) for line in lines):  # as aiosmtplib checks each command
+            raise _HostFailure("4.4.2", f"451 4.4.2 refusing to send a control character to {target}")
+        fresh, session.rset_due = session.rset_due, False
+        if not isinstance(protocol, _PipeliningProtocol) or not protocol.is_connected:
+            if fresh:
+                raise _Stale()
+            raise _HostFailure("4.4.2", f"451 4.4.2 lost connection with {target}")
+        protocol._expect = len(lines)
+        try:
+            protocol.write(b"\r\n".join(lines) + b"\r\n")
+            if rset:
+                try:
+                    resp = await self._reply(session, "RSET", s.mail_timeout)
+                except _HostFailure:
+                    if fresh:
+                        raise _Stale() from None
+                    raise
+                if resp.code != 250:
+                    session.client.close()
+                    if fresh:
+                        raise _Stale()
+                    raise _HostFailure("4.4.2", f"451 4.4.2 {target} refused RSET: {reply_text(resp.code, resp.message)}")
+            mail = await self._reply(session, "MAIL", s.mail_timeout)
+            accepted: list[Recipient] = []
+            soft: list[Recipient] = []
+            leftovers: list[Recipient] = []
+            for rcpt in queue:
+                try:
+                    resp = await self._reply(session, "RCPT", s.rcpt_timeout)
+                except _HostFailure:
+                    attempt.soft(accepted, "4.4.2", "451 4.4.2 lost connection before DATA", target)
+                    raise
+                if mail.code != 250:
+                    continue  # the RCPT replies of a refused MAIL mean nothing
+                status, reply = enhanced_status(resp.code, resp.message, session.enhanced), reply_text(resp.code, resp.message)
+                if resp.code in (250, 251):
+                    accepted.append(rcpt)
+                elif too_many_recipients(resp.code, resp.message):  # SESS-9: in a further transaction
+                    attempt.soft([rcpt], "4" + status[1:], reply, target)
+                    leftovers.append(rcpt)
+                elif resp.code >= 500:  # SESS-6: this recipient fails, the others go on
+                    attempt.finish(rcpt, Disposition.BOUNCED, status, reply, target)
+                else:
+                    attempt.soft([rcpt], status, reply, target)
+                    soft.append(rcpt)
+        finally:
+            protocol._expect = 0
+        if mail.code != 250:
+            status, reply = enhanced_status(mail.code, mail.message, session.enhanced), reply_text(mail.code, mail.message)
+            if mail.code >= 500:  # authoritative for every recipient (MX-17); never cached (SESS-17)
+                for rcpt in queue:
+                    attempt.finish(rcpt, Disposition.BOUNCED, status, reply, target)
+                return [], [], []
+            attempt.soft(queue, status, reply, target)
+            return [], [], list(queue)
+        if not accepted:  # SESS-6: no DATA without an accepted recipient
+            return [], leftovers, soft
+        await self._data(session, attempt, accepted)
+        return accepted, leftovers, soft + [r for r in accepted if r.address not in attempt.results]
+
+    async def _reply(self, session: _Session, what: str, timeout: float) -> SMTPResponse:
+        """The next reply of a pipelined group; a 421, a drop or a timeout ends the session (SESS-4)."""
+        try:
+            resp = await session.client.protocol.read_response(timeout=timeout)  # type: ignore[union-attr]
+        except (*_WIRE_ERRORS, TimeoutError, AttributeError) as exc:
+            session.client.close()
+            raise _HostFailure("4.4.2", f"451 4.4.2 lost connection with {session.target} in reply to {what}: "
+                                        f"{safe_text(str(exc) or type(exc).__name__)}") from None
+        if resp.code == 421:  # RFC 5321 §3.8: the server is closing
+            session.client.close()
+            raise _HostFailure(enhanced_status(resp.code, resp.message, session.enhanced), reply_text(resp.code, resp.message))
+        return resp
 
     async def _one_transaction(
         self, session: _Session, attempt: _Attempt, queue: list[Recipient],
@@ -701,10 +882,13 @@ class Courier:
                 session.idle_timer.cancel()
             if not session.client.is_connected:
                 continue
-            try:
-                await self._rset(session)
-            except _HostFailure:
-                continue
+            if session.pipelining:  # RSET goes with the next transaction's group (SESS-16/17)
+                session.rset_due = True
+            else:
+                try:
+                    await self._rset(session)
+                except _HostFailure:
+                    continue
             session.transactions = 0
             self.stats["reused"] += 1
             return session
