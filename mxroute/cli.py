@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from mxroute.errors import EX_CONFIG, EX_NOINPUT, EX_USAGE, EX_OK, MxrouteError, ConfigError, AddressError
+from mxroute.errors import EX_CONFIG, EX_USAGE, EX_OK, MxrouteError, ConfigError, AddressError
 
 PROG = "mxroute"
 
@@ -22,6 +22,16 @@ class _Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(EX_USAGE)
+
+
+def _ip_argument(text: str) -> str:
+    """An IP address argument (argparse turns the ValueError into a usage error: exit 64)."""
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
 
 
 def _common() -> argparse.ArgumentParser:
@@ -41,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("address")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--sender", help="envelope sender for the SPF check (default: postmaster@sender_domain)")
-    p.add_argument("--egress-ip", action="append", default=[], metavar="IP", help="the relay's sending address (repeatable; default: egress_ips)")
+    p.add_argument("--egress-ip", action="append", default=[], metavar="IP", type=_ip_argument,
+                   help="the relay's sending address (repeatable; default: egress_ips)")
     p.add_argument("--helo", help="HELO name to check (default: helo_name)")
     p.add_argument("--probe", action="store_true", help="connect to the first address: banner, EHLO, STARTTLS")
     p.add_argument("--record", metavar="FILE", help="write every DNS answer seen as a zone file that --zone replays")
@@ -127,6 +138,13 @@ def _sendmail(argv: list[str]) -> int:
     return sendmail(load_settings(None), argv, sys.stdin.buffer)
 
 
+def _usage(message: str) -> MxrouteError:
+    """A bad argument the parser could not see (a missing zone file): one line, exit 64."""
+    error = MxrouteError(message)
+    error.exit_code = EX_USAGE
+    return error
+
+
 def _settings(args: argparse.Namespace) -> Any:
     from mxroute.settings import load_settings
 
@@ -138,7 +156,7 @@ def _settings(args: argparse.Namespace) -> Any:
         import os
 
         if not os.path.isfile(zone):
-            raise MxrouteError(f"zone file {zone} does not exist", code=451)
+            raise _usage(f"zone file {zone} does not exist")
     return settings
 
 
@@ -148,7 +166,7 @@ def _resolver(args: argparse.Namespace, settings: Any, trace: bool) -> Any:
     try:
         return resolver_from_settings(settings, args.zone, trace_size=None if trace else 0)
     except (ValueError, OSError) as exc:
-        raise MxrouteError(f"cannot load zone file: {exc}", code=451) from None
+        raise _usage(f"cannot load zone file: {exc}") from None
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -180,6 +198,8 @@ def _explain(args: argparse.Namespace) -> int:
     from mxroute.routing import policy_from_settings
 
     address = parse_address(args.address)
+    if args.sender and args.sender not in ("<>", ""):
+        parse_address(args.sender.removeprefix("<").removesuffix(">"))  # malformed: exit 64, before any DNS
     settings = _settings(args)
     resolver = _resolver(args, settings, trace=True)
     recorder = None
@@ -205,8 +225,8 @@ def _explain(args: argparse.Namespace) -> int:
             with open(args.record, "w", encoding="utf-8") as handle:
                 handle.write(recorder.zone_text(f"explain {report.address}"))
         except OSError as exc:
-            print(f"{PROG}: cannot write {args.record}: {exc}", file=sys.stderr)
-            return EX_NOINPUT
+            print(f"{PROG}: cannot write {args.record}: {exc.strerror or exc}", file=sys.stderr)
+            return EX_USAGE
     if args.json:
         print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
     else:

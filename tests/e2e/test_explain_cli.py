@@ -49,6 +49,10 @@ d6        IN AAAA ::1
 d6        IN A 127.0.1.6
 halfbad   IN MX 10 sf.t.
 halfbad   IN MX 20 nothing.t.
+spf       IN TXT "v=spf1 ip4:127.0.0.2 -all"
+relay     IN A 127.0.0.2
+relay     IN TXT "v=spf1 ip4:127.0.0.2 -all"
+2.0.0.127.in-addr.arpa. IN PTR relay.t.
 """
 
 
@@ -190,3 +194,77 @@ up IN A 127.0.1.41
         assert probe["banner_code"] == 220 and "PIPELINING" in [e.upper() for e in probe["extensions"]]
         assert probe["unreachable"] and "down.p" in probe["unreachable"][0]
         assert all(not c.transactions for c in sink.connections)  # EXP-1: no mail sent
+
+
+# --- EXP-4: the sending identity (contract: "spf" and "ptr" objects) --------------------------------
+
+def test_exp4_json_spf_and_ptr_objects_per_contract(dns: DNSServer) -> None:
+    code, body = as_json(dns, "u@pref.t", "--sender", "a@spf.t", "--egress-ip", "127.0.0.2", "--egress-ip", "127.0.0.3",
+                         "--helo", "relay.t")
+    assert code == 0  # identity warnings never change the routing verdict
+    spf, ptr = body["spf"], body["ptr"]
+    assert (spf["result"], spf["sender"], spf["ip"]) == ("pass", "a@spf.t", "127.0.0.2")
+    assert spf["trace"] and spf["trace"][0]["term"] == "record" and spf["trace"][0]["domain"] == "spf.t"
+    assert (ptr["ip"], ptr["names"], ptr["forward_confirmed"], ptr["helo_matches"]) == ("127.0.0.2", ["relay.t"], True, True)
+    first, second = body["identity"]
+    assert first["spf"] == spf and first["ptr"] == ptr and first["warnings"] == []
+    assert second["spf"]["result"] == "fail" and second["ptr"]["forward_confirmed"] is False
+    codes = [w["code"] for w in second["warnings"]]
+    assert codes[0] == "spf-fail" and "ptr-missing" in codes and "helo-no-address" in codes
+    assert second["warnings"][0]["fix"] == "add ip4:127.0.0.3 to spf.t's SPF record"
+    assert any(q["qtype"] == "TXT" and q["qname"] == "spf.t" for q in body["dns"])  # identity lookups are in the trace
+
+
+def test_exp4_no_egress_ip_means_no_verdicts(dns: DNSServer) -> None:
+    _, body = as_json(dns, "u@pref.t", "--sender", "a@spf.t")
+    assert body["spf"] is None and body["ptr"] is None and body["identity"] == []
+    assert not any(q["qtype"] in ("TXT", "PTR") for q in body["dns"])
+
+
+def test_exp4_settings_supply_egress_ips_and_sender_domain(dns: DNSServer) -> None:
+    env = {"MXROUTE_ALLOW_PRIVATE_DESTINATIONS": "true", "MXROUTE_EGRESS_IPS": '["127.0.0.2"]',
+           "MXROUTE_SENDER_DOMAIN": "spf.t", "MXROUTE_HELO_NAME": "relay.t"}
+    result = explain(["--dns", dns.address, "--json", "u@pref.t"], env)
+    body = json.loads(result.stdout)
+    assert body["spf"]["sender"] == "postmaster@spf.t" and body["spf"]["result"] == "pass"
+    assert body["ptr"]["helo_matches"] is True
+
+
+def test_exp4_null_sender_checks_the_helo_identity(dns: DNSServer) -> None:
+    _, body = as_json(dns, "u@pref.t", "--sender", "<>", "--egress-ip", "127.0.0.2", "--helo", "relay.t")
+    assert body["identity"][0]["sender"] is None
+    assert body["spf"]["sender"] == "postmaster@relay.t" and body["spf"]["result"] == "pass"
+    assert body["identity"][0]["helo_spf"] is None  # the HELO identity is the one checked, once
+
+
+def test_exp4_text_shows_verdicts_warnings_and_fixes(dns: DNSServer) -> None:
+    env = {"MXROUTE_ALLOW_PRIVATE_DESTINATIONS": "true"}
+    result = explain(["--dns", dns.address, "--seed", "1", "--sender", "a@spf.t", "--egress-ip", "127.0.0.3",
+                      "--helo", "relay.t", "u@pref.t"], env)
+    assert result.returncode == 0, result.stderr
+    section = result.stdout.split("Sending identity", 1)[1]
+    assert "egress 127.0.0.3  HELO relay.t  sender a@spf.t" in section
+    assert "warning spf-fail: spf.t's SPF gives fail for 127.0.0.3" in section
+    assert "fix: add ip4:127.0.0.3 to spf.t's SPF record" in section
+    assert "warning ptr-missing: 127.0.0.3 has no PTR record" in section
+
+
+def test_exp4_bad_egress_ip_is_a_usage_error(dns: DNSServer) -> None:
+    result = explain(["--dns", dns.address, "--egress-ip", "not-an-ip", "u@pref.t"])
+    assert result.returncode == 64 and "Traceback" not in result.stderr
+    assert "argument --egress-ip: 'not-an-ip' is not an IP address" in result.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["--zone", "/nonexistent/x.zone", "u@demo.example"],
+    ["--zone", "{bad}", "u@demo.example"],
+    ["--zone", "config/demo.zone", "--record", "/nonexistent/dir/x.zone", "u@demo.example"],
+    ["--zone", "config/demo.zone", "--sender", "x@@y", "--egress-ip", "127.0.0.2", "u@demo.example"],
+    ["--zone", "config/demo.zone", "--sender", "a@", "u@demo.example"],
+], ids=["missing-zone", "unparseable-zone", "unwritable-record", "malformed-sender", "sender-without-domain"])
+def test_exp5_bad_input_files_and_sender_exit_64_with_one_line(args: list[str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.zone"
+    bad.write_text("this is not a zone file\n")
+    result = explain([str(bad) if a == "{bad}" else a for a in args])
+    assert result.returncode == 64, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1 and result.stdout == ""
