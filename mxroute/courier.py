@@ -275,7 +275,7 @@ class Courier:
     ) -> None:
         self.settings = settings
         self.tls_context = tls_context or tlspolicy.opportunistic_context()
-        self._verify_context: ssl.SSLContext | None = None  # made on first use (TLS-3 verify)
+        self._verify_context: tuple[object, ssl.SSLContext] | None = None  # (tls_ca_file, context), TLS-3
         self.reuse = reuse
         self.idle_timeout = idle_timeout
         # Idle connections kept per destination address: by default as many as may be busy
@@ -577,9 +577,10 @@ class Courier:
         """The SSL context for ``policy``: verifying for ``verify``, else the opportunistic one."""
         if not policy.verify:
             return self.tls_context
-        if self._verify_context is None:
-            self._verify_context = tlspolicy.verify_context(self.settings.tls_ca_file)
-        return self._verify_context
+        ca_file = self.settings.tls_ca_file  # made on first use, again if a reload changed it
+        if self._verify_context is None or self._verify_context[0] != ca_file:
+            self._verify_context = (ca_file, tlspolicy.verify_context(ca_file))
+        return self._verify_context[1]
 
     # --- transactions -----------------------------------------------------------------------
 

@@ -258,3 +258,17 @@ def test_tls3_verified_session_reused_for_the_same_mx_name(tmp_path: Path) -> No
         results = run(go(courier))
         assert [r.disposition for r in results] == [Disposition.DELIVERED] * 2
         assert courier.stats["reused"] == 1 and len(sink.connections) == 1
+
+
+def test_tls3_verify_follows_a_reloaded_tls_ca_file(tmp_path: Path) -> None:
+    """SIGHUP replaces courier.settings: the next verify handshake uses the new tls_ca_file."""
+    from tests.support.tlsca import TestCA
+
+    old_ca, new_ca = TestCA(tmp_path / "old"), TestCA(tmp_path / "new")
+    with tls_sink("127.0.1.1", new_ca.server_context("mx1.dest.test")) as sink:
+        courier = Courier(settings(tls_policy="verify", tls_ca_file=old_ca.ca_file))
+        r = deliver(plan(target(1, sink)), courier)
+        assert (r.disposition, r.status) == (Disposition.DEFERRED, "4.7.5") and "verification failed" in r.reply
+        courier.settings = settings(tls_policy="verify", tls_ca_file=new_ca.ca_file)
+        r = deliver(plan(target(1, sink)), courier)
+        assert r.disposition is Disposition.DELIVERED and len(sink.messages) == 1
