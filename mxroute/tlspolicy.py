@@ -75,11 +75,19 @@ def check_level(value: object, what: str = "TLS policy level") -> Level:
 
 
 def normalize_key(key: str) -> str:
-    """A table key: lower-case A-labels, no trailing dot; a leading dot (subdomains) is kept."""
-    from mxroute.address import normalize_domain
+    """A table key: lower-case A-labels, no trailing dot; a leading dot (subdomains) is kept.
+
+    An address literal (``[192.0.2.1]``, ``[IPv6:2001:db8::1]``) is kept in its canonical form.
+    """
+    from mxroute.address import normalize_domain, parse_address
     from mxroute.errors import AddressError
 
     text = key.strip().rstrip(".")
+    if text.startswith("["):
+        try:
+            return parse_address(f"postmaster@{text}").domain.lower()
+        except AddressError as exc:
+            raise ValueError(f"{key!r} is not an address literal: {exc.message}") from None
     dot = text.startswith(".")
     name = text[1:] if dot else text
     if not name:

@@ -66,6 +66,12 @@ def test_tls3_table_normalised_and_validated() -> None:
         normalize_table({"a b.test": "may"})
     with pytest.raises(ValueError, match="is not a domain"):
         normalize_table({".": "may"})
+    table = normalize_table({"[127.0.0.1]": "none", "[IPv6:2001:DB8:0::1]": "verify"})
+    assert table == {"[127.0.0.1]": "none", "[ipv6:2001:db8::1]": "verify"}
+    assert policy_for("[IPv6:2001:db8::1]", "may", table).level == "verify"  # as address.py spells the domain
+    assert policy_for("[127.0.0.1]", "may", table).level == "none"
+    with pytest.raises(ValueError, match="is not an address literal"):
+        normalize_table({"[300.1.1.1]": "may"})
 
 
 def test_tls3_failure_replies_are_4_7_5() -> None:
