@@ -1,22 +1,39 @@
-"""``mxroute serve``: wire spool, queue manager, courier and intake together, run, stop cleanly.
+"""``mxroute serve``: wire spool, queue manager, courier and intake together, run, reload, stop cleanly.
 
-Start-up: prepare and recover the spool (DUR-5, DUR-7), then listen. One log line
-per event on stdout. SIGTERM/SIGINT: stop accepting, let stores in progress
-finish (their 250 or 4xx), 421 to other sessions, give deliveries a bounded time,
-exit 0 (RFC 5321 §3.8; DUR-8). The whole stop stays under the benchmark's 10 s.
+Start-up: prepare and recover the spool (DUR-5, DUR-7), then listen (or take the
+sockets systemd passed, LISTEN_FDS), then ``READY=1``. One log line per event on
+stdout (journald); under journald each line carries its syslog priority.
+
+SIGHUP re-reads the configuration (same file and environment as at start) and
+applies it without dropping a connection or a message; the settings in
+``RESTART_ONLY`` keep their old value with a warning; a configuration that does
+not load is logged and the running one kept. systemd hears ``RELOADING=1`` then
+``READY=1`` (systemd.service(5), Type=notify-reload protocol).
+
+``STATUS=`` tells systemd the queue and connection counts, at most every
+``STATUS_INTERVAL`` seconds and only when they changed.
+
+SIGTERM/SIGINT: ``STOPPING=1``, stop accepting, let stores in progress finish
+(their 250 or 4xx), 421 to other sessions, give deliveries a bounded time, exit 0
+(RFC 5321 §3.8; DUR-8). The whole stop stays under the benchmark's 10 s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import ssl
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from mxroute import sdnotify
-from mxroute.errors import EX_OK, EX_OSERR, MxrouteError
+from mxroute.errors import EX_OK, EX_OSERR, ConfigError, MxrouteError
+from mxroute.fastlog import BatchingStreamHandler
 from mxroute.queue import QueueManager
+from mxroute.resolver import Resolver
 from mxroute.routing import resolver_from_settings
 from mxroute.server import Intake
 from mxroute.settings import Settings
@@ -26,22 +43,50 @@ log = logging.getLogger("mxroute.daemon")
 
 INTAKE_GRACE = 3.0  # seconds for DATA being stored to reach its fsync and reply
 DELIVERY_GRACE = 4.0  # seconds for deliveries in flight to finish before they are cancelled (left queued)
+STATUS_INTERVAL = 5.0  # at most one STATUS= update per this many seconds
+# Bound or opened once at start: a reload keeps the old value and says so.
+RESTART_ONLY = ("listen", "spool_dir", "metrics_listen")
+_DNS = ("dns_servers", "dns_timeout", "dns_attempts", "dns_cache_size")
+# syslog priorities (sd-daemon(3) "<N>" prefixes) for journald
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+Loader = Callable[[], Settings]
+
+
+class _JournalFormatter(logging.Formatter):
+    """``<N>logger: message``: journald adds the time and the process and keeps the priority."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        prefix = f"<{_PRIORITY.get(record.levelno, 6)}>"
+        return prefix + text.replace("\n", "\n" + prefix)  # each line of a traceback keeps its priority
 
 
 def setup_logging(level: str) -> None:
     """One line per event on stdout, as a foreground service under systemd/journald expects."""
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(asctime)s mxroute[%(process)d] %(levelname)s %(name)s: %(message)s"))
+    handler = BatchingStreamHandler(sys.stdout)  # one write per 0.1 s of lines, not per line
+    if os.environ.get("JOURNAL_STREAM"):  # stdout is journald's (systemd.exec(5))
+        handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s mxroute[%(process)d] %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter (AUTH lines too)
     logging.getLogger("asyncio").setLevel(logging.WARNING)
 
 
-def serve(settings: Settings) -> int:
-    """Run the relay until SIGTERM; the exit code for ``mxroute serve``."""
+def serve(settings: Settings, reload: Loader | None = None) -> int:
+    """Run the relay until SIGTERM; the exit code for ``mxroute serve``.
+
+    ``reload`` loads the settings again on SIGHUP (the command line's ``--config``
+    and ``--dns``); by default the same file and environment as ``load_settings()``.
+    """
     setup_logging(settings.log_level)
+    if reload is None:
+        from mxroute.settings import load_settings
+
+        reload = load_settings
     try:
         import uvloop  # optional: faster event loop when installed
 
@@ -49,7 +94,7 @@ def serve(settings: Settings) -> int:
     except ImportError:
         runner = asyncio.run
     try:
-        return int(runner(_main(settings)))
+        return int(runner(_main(settings, reload)))
     except MxrouteError as exc:
         log.error("cannot start: %s", exc.message)
         print(f"mxroute: {exc.message}", file=sys.stderr)
@@ -61,10 +106,10 @@ async def _listen(intake: Intake, settings: Settings) -> list[asyncio.base_event
     factory = intake.factory()
     servers = []
     inherited = sdnotify.listen_fds()
-    if inherited:  # systemd socket activation
+    if inherited:  # systemd socket activation: `listen` is not used
         for sock in inherited:
             servers.append(await loop.create_server(factory, sock=sock, backlog=1024))
-            log.info("listening on %s (socket activation)", sock.getsockname())
+            log.info("listening on %s (socket activation)", _address(sock.getsockname()))
         return servers
     for host, port in settings.listen_addresses():
         try:
@@ -77,7 +122,96 @@ async def _listen(intake: Intake, settings: Settings) -> list[asyncio.base_event
     return servers
 
 
-async def _main(settings: Settings) -> int:
+def _address(name: Any) -> str:
+    if isinstance(name, tuple) and len(name) >= 2:
+        return f"[{name[0]}]:{name[1]}" if ":" in str(name[0]) else f"{name[0]}:{name[1]}"
+    return str(name)
+
+
+class Relay:
+    """The running parts, and what SIGHUP and STATUS= do with them."""
+
+    def __init__(self, settings: Settings, loader: Loader, spool: Spool, resolver: Resolver, courier: Any,
+                 queue: QueueManager, intake: Intake, metrics: Any = None) -> None:
+        self.settings = settings
+        self.loader = loader
+        self.spool, self.resolver, self.courier, self.queue, self.intake = spool, resolver, courier, queue, intake
+        self.metrics = metrics
+        self.hangup = asyncio.Event()
+        self.reloads = 0
+
+    # --- STATUS= ---
+    def status(self) -> str:
+        sizes = self.queue.sizes()
+        active = sizes.get("active", 0) + sizes.get("due", 0)
+        return (f"queue: {active} active, {sizes.get('deferred', 0)} deferred; "
+                f"{len(self.intake.sessions)} connections")
+
+    async def report_status(self) -> None:
+        """STATUS= when it changed, at most every STATUS_INTERVAL seconds (never raises)."""
+        last = None
+        while True:
+            try:
+                text = self.status()
+                if text != last:
+                    sdnotify.notify(f"STATUS={text}")
+                    last = text
+            except Exception:  # a status line is never worth stopping the relay for
+                log.exception("cannot compute STATUS")
+            await asyncio.sleep(STATUS_INTERVAL)
+
+    # --- SIGHUP ---
+    async def reload_on_hangup(self) -> None:
+        """One reload per SIGHUP burst: signals arriving during a reload make one more."""
+        while True:
+            await self.hangup.wait()
+            self.hangup.clear()
+            sdnotify.reloading()
+            try:
+                await self.reload()
+            except Exception:  # keep serving on the old settings whatever went wrong
+                log.exception("reload failed; still running with the previous configuration")
+            sdnotify.notify(f"READY=1\nSTATUS={self.status()}")
+
+    async def reload(self) -> bool:
+        """Re-read the configuration and apply it; False (and nothing changed) when it is bad."""
+        log.info("reload: re-reading the configuration (SIGHUP)")
+        loop = asyncio.get_running_loop()
+        try:  # off the loop: the file, and helo_name's default (getfqdn) may ask DNS
+            new = await loop.run_in_executor(None, self.loader)
+        except ConfigError as exc:
+            log.error("reload failed: %s; still running with the previous configuration", exc.message)
+            return False
+        old = self.settings
+        changed = [name for name in type(new).model_fields if getattr(new, name) != getattr(old, name)]
+        kept = [name for name in changed if name in RESTART_ONLY]
+        if kept:
+            log.warning("reload: %s changed but take(s) effect only after a restart (systemctl restart mxroute); "
+                        "keeping the running value(s)", ", ".join(kept))
+            new = new.model_copy(update={name: getattr(old, name) for name in kept})
+        try:
+            self.intake.reconfigure(new)  # reads the certificate and credentials files: may fail
+        except (OSError, ValueError, ssl.SSLError) as exc:
+            log.error("reload failed: %s; still running with the previous configuration", exc)
+            return False
+        self.queue.reconfigure(new)
+        self.courier.settings = new
+        if any(name in changed for name in _DNS):  # a fresh resolver: no answer of the old servers is kept
+            fresh = resolver_from_settings(new)
+            fresh.stats = self.resolver.stats  # the counters go on (metrics)
+            self.resolver = self.queue.resolver = fresh
+            if self.metrics is not None:
+                self.metrics.sources.resolver = fresh
+        if new.log_level != old.log_level:
+            logging.getLogger().setLevel(new.log_level)
+        self.settings = new
+        self.reloads += 1
+        applied = [name for name in changed if name not in kept]
+        log.info("reload done: %s", f"applied {', '.join(applied)}" if applied else "no setting changed")
+        return True
+
+
+async def _main(settings: Settings, loader: Loader) -> int:
     from mxroute.courier import Courier
 
     loop = asyncio.get_running_loop()
@@ -87,23 +221,41 @@ async def _main(settings: Settings) -> int:
         log.info("removed stale temporary file %s (an intake that never got its 250)", name)
     resolver = resolver_from_settings(settings)
     courier = Courier(settings)
-    queue = QueueManager(settings, spool, resolver, courier)
+    metrics: Any = None
+    delivery: Any = courier
+    if settings.metrics_listen:
+        from mxroute.metrics import Metrics, Sources
+
+        metrics = Metrics(Sources(intake=None, queue=None, courier=courier, resolver=resolver))
+        delivery = metrics.timed(courier)
+    queue = QueueManager(settings, spool, resolver, delivery)
     queue.recover()
     from mxroute.selfcheck import watch  # the identity self-check: warnings only, off the hot path (SPF-10, SPF-12)
 
     intake = Intake(settings, spool, watch(settings, resolver, queue.add))
+    servers: list[asyncio.base_events.Server] = []
     try:
         servers = await _listen(intake, settings)
+        if metrics is not None:
+            metrics.sources.intake, metrics.sources.queue = intake, queue
+            await metrics.start(str(settings.metrics_listen))
     except MxrouteError as exc:
         exc.exit_code = EX_OSERR
+        for server in servers:
+            server.close()
         await courier.close()
         spool.close()
         raise
+    relay = Relay(settings, loader, spool, resolver, courier, queue, intake, metrics)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, relay.hangup.set)
     runner = asyncio.create_task(queue.run(), name="queue")
-    sdnotify.notify("READY=1")
+    helpers = [asyncio.create_task(relay.reload_on_hangup(), name="reload")]
+    sdnotify.notify(f"READY=1\nSTATUS={relay.status()}")
+    if sdnotify.enabled():
+        helpers.append(asyncio.create_task(relay.report_status(), name="status"))
     log.info("mxroute ready: spool=%s helo=%s", settings.spool_dir, settings.helo_name)
     watchdog = sdnotify.watchdog_interval()
     while not stop.is_set():
@@ -114,10 +266,15 @@ async def _main(settings: Settings) -> int:
         if runner.done():  # the queue manager must never die silently
             log.error("queue manager stopped: %r", runner.exception())
             break
-    sdnotify.notify("STOPPING=1")
+    sdnotify.notify("STOPPING=1\nSTATUS=shutting down")
     log.info("shutting down: no new connections")
+    loop.remove_signal_handler(signal.SIGHUP)
+    for task in helpers:
+        task.cancel()
     for server in servers:
         server.close()
+    if metrics is not None:
+        await metrics.close()
     await intake.shutdown(INTAKE_GRACE)
     await queue.stop(DELIVERY_GRACE)
     runner.cancel()
@@ -131,4 +288,4 @@ async def _main(settings: Settings) -> int:
     return EX_OK
 
 
-__all__ = ["serve", "setup_logging"]
+__all__ = ["RESTART_ONLY", "serve", "setup_logging"]

@@ -98,11 +98,31 @@ class QueueManager:
         self._stopping = False
         self._global = asyncio.Semaphore(settings.delivery_concurrency)
         self._per_dest: defaultdict[str, asyncio.Semaphore] = defaultdict(
-            lambda: asyncio.Semaphore(settings.destination_concurrency)
+            lambda: asyncio.Semaphore(self.settings.destination_concurrency)
         )
         self._dest_users: defaultdict[str, int] = defaultdict(int)
         self._max_inflight = settings.delivery_concurrency * 4
         self.stats = {"delivered": 0, "deferred": 0, "bounced": 0, "dsn": 0}
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Apply reloaded settings (SIGHUP): retry, lifetime and routing from the next decision on.
+
+        A changed ``delivery_concurrency`` applies to deliveries that start from now on (those in
+        flight finish under the old limit); ``destination_concurrency`` to destinations not busy now.
+        """
+        if settings.delivery_concurrency != self.settings.delivery_concurrency:
+            self._global = asyncio.Semaphore(settings.delivery_concurrency)
+            self._max_inflight = settings.delivery_concurrency * 4
+        self.settings = settings
+        self.policy = policy_from_settings(settings)
+        self._wake.set()
+
+    def sizes(self) -> dict[str, int]:
+        """Messages by state, for STATUS= and metrics: active (being delivered), due (waiting for a
+        delivery slot) and deferred (waiting for their retry time). O(queued): call it seldom."""
+        now = self.clock()
+        due = sum(1 for when in self._due.values() if when <= now)
+        return {"active": len(self._inflight), "due": due, "deferred": len(self._due) - due}
 
     # --- feeding the schedule ---
     def add(self, meta: MessageMeta) -> None:
@@ -347,13 +367,14 @@ class QueueManager:
             elif delay >= lifetime:  # RTY-3: give up with the last transient reason
                 rcpt.why = f"expired after {delay / 86400:.1f} days in the queue"
                 failed.append((rcpt, result))
-                _log_decision(meta, rcpt, f"expired after {delay:.0f}s in the queue, returned to sender")
+                _log_decision(meta, rcpt, f"delay={delay:.0f}, attempts={rcpt.attempts}, status=expired "
+                                          f"(gave up after {delay:.0f}s in the queue; last: {rcpt.reply})")
             else:
                 wait = retry_delay(rcpt.attempts, self.settings.retry_min_seconds, self.settings.retry_max_seconds, self.rng)
                 rcpt.next_try = now + wait
                 rcpt.why = f"deferred ({rcpt.reply}); attempt {rcpt.attempts + 1} in {wait:.0f}s"
                 self.stats["deferred"] += 1
-                _log_decision(meta, rcpt, f"deferred, next try in {wait:.0f}s (attempt {rcpt.attempts + 1})")
+                _log_decision(meta, rcpt, f"attempts={rcpt.attempts}, next_try=+{wait:.0f}s (retry scheduled)")
                 if self._warn_due(meta, rcpt, now):
                     delayed.append((rcpt, result))
         if failed:
@@ -364,7 +385,7 @@ class QueueManager:
             await self._relayed(meta, message, relayed)
         if meta.done:
             await self.spool.remove(meta.queue_id)
-            log.debug("%s: removed", meta.queue_id)
+            log.info("%s: removed", meta.queue_id)
         else:
             await self.spool.update(meta)
 
@@ -418,7 +439,8 @@ class QueueManager:
         )
         await self.spool.store(dsn, body)
         self.stats["dsn"] += 1
-        log.info("%s: sender notification (%s): %s", meta.queue_id, action, dsn_id)
+        kind = "non-delivery" if action == "failed" else "delay"
+        log.info("%s: sender %s notification: %s", meta.queue_id, kind, dsn_id)  # as Postfix's bounce(8)
         self.add(dsn)
         return dsn_id
 
@@ -469,8 +491,12 @@ def _dsn_recipient(sender: str) -> str | None:
 
 
 def _log_decision(meta: MessageMeta, rcpt: RecipientState, decision: str) -> None:
-    """The queue's decision for a recipient (the courier logs the attempt itself, one line each)."""
-    log.info("%s: to=<%s>, %s; last: %s", meta.queue_id, safe_text(rcpt.address), decision, rcpt.reply)
+    """The queue's decision after an attempt: a retry scheduled, or expiry (RTY-3).
+
+    The courier logs the attempt itself (relay, reply, status=sent|deferred|bounced), one
+    line per recipient; this line adds what only the queue knows, never a second attempt line.
+    """
+    log.info("%s: to=<%s>, %s", meta.queue_id, safe_text(rcpt.address), decision)
 
 
 __all__ = ["QueueManager", "retry_delay", "safe_text"]

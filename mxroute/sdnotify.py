@@ -3,12 +3,15 @@
 ``notify("READY=1")`` sends one datagram to ``$NOTIFY_SOCKET`` (a path, or an
 abstract socket when it starts with "@"); outside systemd it does nothing.
 ``listen_fds()`` returns the sockets systemd passed (``LISTEN_FDS``/``LISTEN_PID``).
+``reloading()`` is the first half of a reload (``RELOADING=1`` with ``MONOTONIC_USEC``,
+systemd.service(5) ``Type=notify-reload``); ``READY=1`` is the second.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 
 SD_LISTEN_FDS_START = 3
 
@@ -27,6 +30,17 @@ def notify(state: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def enabled() -> bool:
+    """Whether a service manager listens (``$NOTIFY_SOCKET`` is set)."""
+    return bool(os.environ.get("NOTIFY_SOCKET"))
+
+
+def reloading() -> bool:
+    """Tell systemd a reload has started; send ``READY=1`` when it is done (or failed)."""
+    usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    return notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
 
 
 def watchdog_interval() -> float | None:

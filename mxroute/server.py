@@ -371,23 +371,37 @@ class Intake:
         self.closing = False
         self._free_checked = (0.0, True)
         self.stats = {"accepted": 0, "rejected": 0}
+        self._tls: ssl.SSLContext | None = None
 
     # -- factory --
-    def tls_context(self) -> ssl.SSLContext | None:
-        if not self.settings.tls_cert_file or not self.settings.tls_key_file:
+    def tls_context(self, settings: Settings | None = None) -> ssl.SSLContext | None:
+        settings = settings or self.settings
+        if not settings.tls_cert_file or not settings.tls_key_file:
             return None
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(str(self.settings.tls_cert_file), str(self.settings.tls_key_file))
+        context.load_cert_chain(str(settings.tls_cert_file), str(settings.tls_key_file))
         return context
 
+    def reconfigure(self, settings: Settings) -> None:
+        """Apply reloaded settings (SIGHUP) to new sessions and to the next command of open ones.
+
+        The certificate and credentials files are read first: if one is bad this raises
+        (OSError, ValueError, ssl.SSLError) and nothing changes. An open session keeps the
+        size limit, timeouts and TLS context it started with.
+        """
+        users = load_credentials(settings.auth_credentials_file) if settings.auth_credentials_file else {}
+        context = self.tls_context(settings)
+        self.settings, self.networks, self.users, self._tls = settings, settings.networks(), users, context
+
     def factory(self) -> Callable[[], RelaySMTP]:
-        context = self.tls_context()
-        settings = self.settings
+        """Sessions made with the settings current when each client connects (see reconfigure())."""
+        self._tls = self.tls_context()
 
         def make() -> RelaySMTP:
+            settings = self.settings
             return RelaySMTP(
                 self, data_size_limit=settings.max_message_size, enable_SMTPUTF8=True, hostname=settings.helo_name,
-                ident=settings.banner, tls_context=context, timeout=settings.command_timeout,
+                ident=settings.banner, tls_context=self._tls, timeout=settings.command_timeout,
                 auth_require_tls=True, authenticator=self.authenticate, command_call_limit=None,
                 auth_exclude_mechanism=[] if self.users else ["PLAIN", "LOGIN"],
             )
@@ -557,8 +571,9 @@ class Intake:
         finally:
             self.storing -= 1
         self.stats["accepted"] += 1
-        log.info("%s: from=<%s>, size=%d, nrcpt=%d, client=%s (queued)", queue_id, safe_text(meta.sender),
-                 meta.size, len(rcpts), meta.client)
+        log.info("%s: from=<%s>, size=%d, nrcpt=%d, client=%s[%s], status=accepted", queue_id,
+                 safe_text(meta.sender), meta.size, len(rcpts),
+                 safe_text(session.host_name or "unknown", 100).replace(" ", "_"), ip)
         self.on_queued(meta)
         return f"250 2.0.0 Ok: queued as {queue_id}"
 

@@ -107,13 +107,25 @@ class Settings(BaseSettings):
 
     # --- operations ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    metrics_listen: str | None = None
+    metrics_listen: str | None = None  # "host:port" of the Prometheus endpoint (needs the metrics extra)
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: list[str]) -> list[str]:
         for item in value:
             parse_hostport(item)
+        return value
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parse_hostport(value, 9125)
+        import importlib.util
+
+        if importlib.util.find_spec("prometheus_client") is None:
+            raise ValueError("needs the prometheus-client package: pip install 'mxroute[metrics]'")
         return value
 
     @field_validator("relay_networks")

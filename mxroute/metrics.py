@@ -1,0 +1,181 @@
+"""The optional Prometheus endpoint (``metrics_listen``): what the relay has done, read at scrape time.
+
+Off by default. prometheus-client is imported here only, and this module only when
+``metrics_listen`` is set (``pip install 'mxroute[metrics]'``); the setting is refused
+at start-up when the package is missing (settings.py).
+
+Nothing is added to the hot path: the counters are the ``stats`` the intake, the
+queue manager, the courier and the resolver keep anyway, read when Prometheus
+scrapes; queue sizes and open connections are computed then too. The one
+per-event cost is the attempt-latency histogram, one ``observe()`` per
+``Courier.deliver()`` call (``TimedCourier``). The endpoint is a small HTTP/1.0
+server on the relay's own event loop (no thread reads the loop's data), serving
+``GET /metrics`` in the Prometheus text format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from mxroute.errors import EX_OSERR, MxrouteError
+from mxroute.settings import parse_hostport
+
+log = logging.getLogger("mxroute.metrics")
+
+# Seconds: from a local sink's milliseconds to a slow remote MX's minutes (RFC 5321 §4.5.3.2 timeouts).
+ATTEMPT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+REQUEST_TIMEOUT = 5.0  # seconds a scraper has to send its request
+MAX_REQUEST = 8192  # bytes of request head accepted
+
+
+@dataclass
+class Sources:
+    """The running parts whose numbers are exported (each read at scrape time)."""
+
+    intake: Any  # .stats {"accepted", "rejected"}, .sessions
+    queue: Any  # .stats {"delivered", "deferred", "bounced", "dsn"}, .sizes()
+    courier: Any  # .stats {"connections", "sessions", "reused", "tls", "tls_fallbacks"}
+    resolver: Any  # .stats .queries .hits .coalesced
+
+
+class _Collector:
+    """Turns the parts' own counters into metric families when scraped."""
+
+    def __init__(self, sources: Sources) -> None:
+        self.sources = sources
+
+    def describe(self) -> Iterator[Metric]:
+        return self.collect()
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.sources
+        yield CounterMetricFamily("mxroute_messages_accepted", "Messages accepted over SMTP (250 after DATA, fsync'd)",
+                                  value=s.intake.stats.get("accepted", 0))
+        yield CounterMetricFamily("mxroute_messages_rejected", "RCPT or DATA refused by policy or content checks",
+                                  value=s.intake.stats.get("rejected", 0))
+        outcomes = CounterMetricFamily("mxroute_recipients", "Recipient delivery outcomes: delivered; deferred "
+                                       "(a temporary failure, retried later); bounced (failed for good or expired)",
+                                       labels=["outcome"])
+        for outcome in ("delivered", "deferred", "bounced"):
+            outcomes.add_metric([outcome], s.queue.stats.get(outcome, 0))
+        yield outcomes
+        yield CounterMetricFamily("mxroute_dsn_generated", "Delivery status notifications queued for senders (RFC 3464)",
+                                  value=s.queue.stats.get("dsn", 0))
+        sizes = GaugeMetricFamily("mxroute_queue_messages", "Messages in the queue: active (being delivered), "
+                                  "due (waiting for a delivery slot), deferred (waiting for their retry time)",
+                                  labels=["state"])
+        for state, count in s.queue.sizes().items():
+            sizes.add_metric([state], count)
+        yield sizes
+        yield GaugeMetricFamily("mxroute_smtp_connections", "Open SMTP client connections to the intake",
+                                value=len(s.intake.sessions))
+        courier = CounterMetricFamily("mxroute_outbound_sessions", "Outbound SMTP: connections made, sessions "
+                                      "greeted, reused, with TLS, cleartext fallbacks after a failed STARTTLS",
+                                      labels=["event"])
+        for event in ("connections", "sessions", "reused", "tls", "tls_fallbacks"):
+            courier.add_metric([event], s.courier.stats.get(event, 0))
+        yield courier
+        dns = s.resolver.stats
+        yield CounterMetricFamily("mxroute_dns_queries", "DNS questions sent to a server", value=dns.queries)
+        yield CounterMetricFamily("mxroute_dns_cache_hits", "DNS lookups answered from the cache", value=dns.hits)
+        yield CounterMetricFamily("mxroute_dns_coalesced", "DNS lookups that joined an identical question in flight",
+                                  value=dns.coalesced)
+        lookups = dns.queries + dns.hits + dns.coalesced
+        yield GaugeMetricFamily("mxroute_dns_cache_hit_ratio", "Cache hits / all DNS lookups since start (0 before any)",
+                                value=dns.hits / lookups if lookups else 0.0)
+
+
+class TimedCourier:
+    """A courier whose ``deliver()`` calls are timed into the attempt-latency histogram."""
+
+    def __init__(self, courier: Any, histogram: Histogram) -> None:
+        self.courier = courier
+        self._observe: Callable[[float], None] = histogram.observe
+
+    async def deliver(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.monotonic()
+        try:
+            return await self.courier.deliver(*args, **kwargs)
+        finally:
+            self._observe(time.monotonic() - started)
+
+    async def close(self) -> None:
+        await self.courier.close()
+
+    def __getattr__(self, name: str) -> Any:  # stats, settings, forget_unreachable, ...
+        return getattr(self.courier, name)
+
+
+class Metrics:
+    """The registry and its HTTP endpoint."""
+
+    def __init__(self, sources: Sources) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.attempt_seconds = Histogram(
+            "mxroute_delivery_attempt_seconds", "Duration of one delivery attempt to one destination domain (SMTP)",
+            buckets=ATTEMPT_BUCKETS, registry=self.registry,
+        )
+        self.sources = sources  # complete by start(): the collector is registered there
+        self._server: asyncio.base_events.Server | None = None
+
+    def timed(self, courier: Any) -> TimedCourier:
+        return TimedCourier(courier, self.attempt_seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    async def start(self, listen: str) -> None:
+        """Listen on ``host:port``; MxrouteError (EX_OSERR) when the address cannot be bound."""
+        self.registry.register(_Collector(self.sources))
+        host, port = parse_hostport(listen, 9125)
+        host = host.strip("[]")
+        try:
+            self._server = await asyncio.start_server(self._handle, host, port, reuse_address=True,
+                                                      limit=MAX_REQUEST)
+        except OSError as exc:
+            error = MxrouteError(f"cannot listen for metrics on {listen}: {exc.strerror}", code=421)
+            error.exit_code = EX_OSERR
+            raise error from None
+        log.info("metrics on http://%s/metrics", listen)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+            except TimeoutError:
+                pass
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
+            words = head.split(b"\r\n", 1)[0].split()
+            method = words[0] if words else b""
+            path = words[1].split(b"?", 1)[0] if len(words) > 1 else b""
+            if method not in (b"GET", b"HEAD"):
+                status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET /metrics\n"
+            elif path in (b"/metrics", b"/"):
+                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, self.render()
+            else:
+                status, ctype, body = "404 Not Found", "text/plain", b"GET /metrics\n"
+            writer.write(f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                         "Connection: close\r\n\r\n".encode("ascii"))
+            if method != b"HEAD":
+                writer.write(body)
+            await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT)
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+
+__all__ = ["Metrics", "Sources", "TimedCourier"]
