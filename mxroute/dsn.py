@@ -35,6 +35,8 @@ _SUBJECTS = {
 
 def safe_text(text: str, limit: int = 500) -> str:
     """Peer-supplied text as one safe line: controls become "?", bounded length (SEC-6)."""
+    if text.isascii() and text.isprintable():  # the common case, " " to "~" only: nothing to replace
+        return text if len(text) <= limit else text[: limit - 3] + "..."
     out = "".join(
         ch if (" " <= ch <= "~" or ch > "\x9f") and not ("\ud800" <= ch <= "\udfff") else "?" for ch in text
     )

@@ -61,6 +61,8 @@ def retry_delay(attempts: int, minimum: float, maximum: float, rng: random.Rando
 
 def safe_text(text: str, limit: int = 400) -> str:
     """Peer-supplied text made safe for a log line or header: no controls, one line, bounded (SEC-6)."""
+    if text.isascii() and text.isprintable():  # the common case, " " to "~" only: nothing to replace
+        return text if len(text) <= limit else text[: limit - 3] + "..."
     out = "".join(ch if (" " <= ch <= "~" or ch > "\x9f") and not ("\ud800" <= ch <= "\udfff") else "?" for ch in text)
     return out if len(out) <= limit else out[: limit - 3] + "..."
 

@@ -161,12 +161,22 @@ def received_header(*, helo: str, ip: str, by: str, proto: str, queue_id: str, r
     literal = f"IPv6:{ip}" if ":" in ip else ip
     lines = [f"Received: from {safe_text(helo, 255).replace(' ', '_') or 'unknown'} ([{literal}])",
              f"\tby {by} with {proto} id {queue_id}"]
-    date = email.utils.formatdate(now, localtime=True)
+    date = _date(now)
     if rcpt is not None:
         lines.append(f"\tfor <{safe_text(rcpt, 256)}>; {date}")
     else:
         lines[-1] += f"; {date}"
     return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
+
+
+_DATE: list[Any] = [None, ""]  # (second, RFC 5322 date of that second): one formatdate() per second
+
+
+def _date(now: float) -> str:
+    second = int(now)
+    if _DATE[0] != second:
+        _DATE[:] = [second, email.utils.formatdate(second, localtime=True)]
+    return str(_DATE[1])
 
 
 # --- AUTH credentials (SEC-8) -----------------------------------------------------------
@@ -499,17 +509,28 @@ class Intake:
         return ok
 
     # -- RCPT --
+    _relay_nets: Any = None  # the networks _relay_seen was computed for
+    _relay_seen: dict[str, bool] = {}  # client address -> may relay (replaced per instance on first use)
+
     def relay_allowed(self, session: Session) -> bool:
         """SEC-3: a client in relay_networks, or authenticated (SEC-8)."""
         if session.authenticated:
             return True
-        try:
-            ip = ipaddress.ip_address(_peer_ip(session))
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-            ip = ip.ipv4_mapped
-        return any(ip.version == net.version and ip in net for net in self.networks)
+        peer = _peer_ip(session)
+        if self._relay_nets is not self.networks:  # first use, or networks reloaded (SIGHUP)
+            self._relay_nets, self._relay_seen = self.networks, {}
+        allowed = self._relay_seen.get(peer)
+        if allowed is None:  # once per client address, not per RCPT
+            try:
+                ip = ipaddress.ip_address(peer)
+            except ValueError:
+                return False
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+                ip = ip.ipv4_mapped
+            allowed = any(ip.version == net.version and ip in net for net in self.networks)
+            if len(self._relay_seen) < 4096:
+                self._relay_seen[peer] = allowed
+        return allowed
 
     def rcpt(self, server: RelaySMTP, path: str, words: list[str]) -> str:
         assert server.session is not None

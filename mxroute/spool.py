@@ -57,6 +57,8 @@ _HEAD = struct.Struct(">cI")
 _CRC = struct.Struct(">I")
 MAX_FRAME = 1 << 31
 QUEUE_ID = re.compile(r"[0-9A-Za-z]{8,64}\Z")
+FRESH_BYTES = 32 << 20  # message bytes kept in memory between intake and the first delivery attempt
+FRESH_COUNT = 20000
 TEMP_MAX_AGE = 86400.0  # DUR-5: temp files older than a day are removed (qmail: 36 h)
 
 PENDING, DELIVERED, BOUNCED = "pending", "delivered", "bounced"
@@ -291,6 +293,10 @@ class Spool:
         self.clock = clock
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="spool")
         self._dirsync = _GroupSync(self.queue_dir, self._executor)
+        # Just stored: (meta, message) handed to the first aload() without reading the file
+        # back (bounded; the oldest are dropped and read from disk when their turn comes).
+        self._fresh: dict[str, tuple[MessageMeta, bytes]] = {}
+        self._fresh_bytes = 0
 
     # --- set-up and recovery ---
     def prepare(self) -> None:
@@ -355,6 +361,7 @@ class Spool:
 
     def quarantine(self, queue_id: str, reason: str) -> None:
         log.error("%s: corrupt queue file moved to corrupt/: %s", queue_id, reason)
+        self._forget(queue_id)
         try:
             os.replace(self.queue_dir / queue_id, self.corrupt_dir / queue_id)
         except FileNotFoundError:
@@ -376,7 +383,22 @@ class Spool:
         return self.load(queue_id)[0]
 
     async def aload(self, queue_id: str) -> tuple[MessageMeta, bytes]:
+        fresh = self._forget(queue_id)
+        if fresh is not None:  # stored by this process and not touched since: what the file holds
+            return fresh
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.load, queue_id)
+
+    def _remember(self, meta: MessageMeta, message: bytes) -> None:
+        self._fresh[meta.queue_id] = (meta, message)
+        self._fresh_bytes += len(message)
+        while self._fresh and (self._fresh_bytes > FRESH_BYTES or len(self._fresh) > FRESH_COUNT):
+            self._forget(next(iter(self._fresh)))
+
+    def _forget(self, queue_id: str) -> tuple[MessageMeta, bytes] | None:
+        fresh = self._fresh.pop(queue_id, None)
+        if fresh is not None:
+            self._fresh_bytes -= len(fresh[1])
+        return fresh
 
     # --- writing ---
     def _write_new(self, meta: MessageMeta, message: bytes) -> None:
@@ -414,6 +436,7 @@ class Spool:
             except OSError:
                 pass
             raise _storage_error(exc) from None
+        self._remember(meta, message)
 
     def _append_state(self, meta: MessageMeta) -> None:
         record = _frame(b"S", json.dumps(meta.state_json(), separators=(",", ":")).encode())
@@ -432,9 +455,11 @@ class Spool:
 
     def update_sync(self, meta: MessageMeta) -> None:
         """Persist ``meta``'s recipient state (append an S frame, fsync). FileNotFoundError if deleted."""
+        self._forget(meta.queue_id)
         self._append_state(meta)
 
     async def update(self, meta: MessageMeta) -> None:
+        self._forget(meta.queue_id)
         await asyncio.get_running_loop().run_in_executor(self._executor, self._append_state, meta)
 
     def _unlink(self, queue_id: str) -> None:
@@ -445,11 +470,13 @@ class Spool:
 
     async def remove(self, queue_id: str) -> None:
         """Remove a finished message; the directory fsync makes it stay removed after a crash."""
+        self._forget(queue_id)
         await asyncio.get_running_loop().run_in_executor(self._executor, self._unlink, queue_id)
         await self._dirsync()
 
     def remove_sync(self, queue_id: str) -> bool:
         """Remove a message now (``mxroute queue delete``); False if there was none."""
+        self._forget(queue_id)
         try:
             os.unlink(self.path(queue_id))
         except FileNotFoundError:
