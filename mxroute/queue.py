@@ -96,6 +96,7 @@ class QueueManager:
         self._forced: set[str] = set()
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._again: dict[str, float] = {}  # came due while being delivered
+        self._unsaved: dict[str, MessageMeta] = {}  # state the disk refused to take (DUR-4): newer than the file
         self._wake = asyncio.Event()
         self._stopping = False
         self._global = asyncio.Semaphore(settings.delivery_concurrency)
@@ -277,13 +278,20 @@ class QueueManager:
             meta, message = await self.spool.aload(queue_id)
         except FileNotFoundError:
             log.info("%s: removed from the queue", queue_id)
+            self._unsaved.pop(queue_id, None)
             return
         except CorruptFile as exc:
             self.spool.quarantine(queue_id, str(exc))
             return
+        unsaved = self._unsaved.get(queue_id)
+        if unsaved is not None:  # outcomes the disk could not record: delivered stays delivered (DUR-6)
+            meta.recipients, meta.bounces = unsaved.recipients, unsaved.bounces
         now = self.clock()
         due = [r for r in meta.pending if force or r.next_try <= now]
         if not due:
+            if unsaved is not None:  # nothing to send, only the state to write (or the file to remove)
+                await self._apply(meta, message, [])
+                self._unsaved.pop(queue_id, None)
             self.add(meta)
             return
         groups: dict[str, list[RecipientState]] = defaultdict(list)
@@ -297,11 +305,17 @@ class QueueManager:
             await self._apply(meta, message, [r for batch in batches for r in batch])
         except FileNotFoundError:
             log.info("%s: deleted while being delivered", queue_id)
+            self._unsaved.pop(queue_id, None)
             return
         except MxrouteError as exc:  # the DSN could not be spooled: nothing marked, retried later
             log.error("%s: cannot enqueue the bounce: %s; retrying later", queue_id, exc.message)
+            self._unsaved[queue_id] = meta
             self._schedule(queue_id, self.clock() + self.settings.retry_min_seconds)
             return
+        except OSError:  # e.g. ENOSPC appending the state (DUR-4): remembered, so no re-delivery on the retry
+            self._unsaved[queue_id] = meta
+            raise
+        self._unsaved.pop(queue_id, None)
         if not meta.done:
             self.add(meta)
 

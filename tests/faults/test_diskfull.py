@@ -109,3 +109,48 @@ def test_dur4_disk_full_gives_452_loses_nothing_and_recovers(
             log_tracebacks=relay.log().count("Traceback"))
     assert lost == []
     assert not relay.queued()
+
+
+def _fill(path: Path) -> Path:
+    """Write zeros to ``path`` until the filesystem is full (bounded: a 2 MiB tmpfs)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for _ in range(4096):
+            try:
+                os.write(fd, b"\0" * 1024)
+            except OSError:
+                break
+    finally:
+        os.close(fd)
+    return path
+
+
+def test_dur4_dur6_full_disk_during_delivery_does_not_redeliver_on_every_retry(
+        fworld: World, small_fs: Path, figures: Callable[..., None]) -> None:
+    """DUR-4/DUR-6: one recipient delivered, another deferred, and the state cannot be appended (ENOSPC):
+    the retries while the disk stays full must not send the delivered recipient's copy again and again."""
+    dest = fworld.sink(1)
+    other = fworld.sink(2, replies={"RCPT": ["451 4.3.0 later"] * 100}, delays={"RCPT": 0.3})
+    relay = Relay(fworld.tmp, fworld.dns, fworld.sink_port, spool_dir=str(small_fs / "spool"),
+                  max_message_size=4096, retry_min_seconds=1, retry_max_seconds=1)
+    relay.spool = small_fs / "spool"
+    fworld.relays.append(relay)
+    relay.start()
+    with open(small_fs / "filler", "wb") as f:
+        f.write(b"\0" * (2 * 1024 * 1024 - 64 * 1024))
+    relay.send("a@sender.test", ["u@dest.test", "v@other.test"],
+               b"From: a@sender.test\r\nSubject: two\r\n\r\n" + b"body line\r\n" * 250)  # ~2.5 KB of a 4 KB page
+    _fill(small_fs / "filler2")  # while the first attempt waits on the deferring host
+    time.sleep(8)  # several retries with a full disk: the state appends soon need a new page
+    copies_while_full = len(dest.messages)
+    (small_fs / "filler2").unlink()
+    (small_fs / "filler").unlink()
+    other.replies.clear()
+    other.delays.clear()
+    assert relay.queue("flush").returncode == 0
+    assert wait_for(lambda: other.messages and not relay.queued(), timeout=20)
+    figures("disk full during delivery (DUR-4/6)", retries_while_full=relay.log().count("v@other.test") // 2,
+            copies_to_delivered_recipient=len(dest.messages), copies_while_full=copies_while_full,
+            deferred_recipient_delivered=len(other.messages))
+    assert len(other.messages) == 1
+    assert len(dest.messages) == 1, f"{len(dest.messages)} copies to the recipient delivered first"

@@ -303,7 +303,28 @@ def test_dur4_state_write_failure_keeps_the_message_and_retries(h: Harness, monk
     monkeypatch.undo()
     h.now += h.settings.retry_min_seconds
     assert h.run() == 1
-    assert h.spool.load_meta(qid).recipients[0].attempts == 1  # the lost record was redone, not doubled
+    # the first attempt's outcome was kept in memory while the disk refused it, then written with the second
+    assert h.spool.load_meta(qid).recipients[0].attempts == 2
+
+
+def test_dur4_dur6_state_write_failure_does_not_redeliver_the_delivered(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DUR-4/DUR-6: one recipient delivered, one deferred, and the state cannot be written (ENOSPC): the
+    retries while the disk stays full send only to the deferred one (found by tests/faults/test_diskfull.py)."""
+    h.courier.will("b@z.test", DEFER)
+    qid = h.submit("s@y.test", "a@x.test", "b@z.test")
+
+    async def broken(meta: MessageMeta) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(h.spool, "update", broken)
+    for _ in range(3):
+        h.run()
+        h.now += h.settings.retry_max_seconds
+    monkeypatch.undo()
+    h.run()
+    assert [c for c in h.courier.calls if c[0] == "x.test"] == [("x.test", ["a@x.test"])]
+    states = {r.address: r.state for r in h.spool.load_meta(qid).recipients}
+    assert states == {"a@x.test": DELIVERED, "b@z.test": PENDING}
 
 
 def test_rty5_destination_concurrency_is_capped_and_idle_destinations_forgotten(tmp_path: Path) -> None:
