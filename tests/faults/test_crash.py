@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import smtplib
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -19,7 +22,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.test_relay import World, wait_for
+from tests.e2e.test_relay import ROOT, Relay, World, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -60,6 +63,8 @@ class LoadGenerator:
             with self.lock:
                 if self.rng.random() < 0.4:
                     rcpts.append(f"{token}@other.test")  # two destinations: per-recipient state (DUR-6)
+                if self.rng.random() < 0.15:
+                    rcpts.append(f"{token}@bad.test")  # refused with 550: a DSN to the sender (DSN-12)
             body = (f"From: a@sender.test\r\nSubject: {token}\r\nMessage-ID: <{token}@sender.test>\r\n\r\n"
                     f"crash test {token}\r\n" + "x" * 200 + "\r\n").encode()
             try:
@@ -79,6 +84,15 @@ class LoadGenerator:
                 time.sleep(0.05)
 
 
+def _start_and_kill(relay: Relay, after: float) -> None:
+    """Spawn ``mxroute serve`` and SIGKILL it ``after`` seconds later, ready or not."""
+    with open(relay.log_path, "ab") as log:
+        relay.proc = subprocess.Popen([sys.executable, "-m", "mxroute", "serve"], cwd=ROOT, env=relay.env,
+                                      stdout=log, stderr=subprocess.STDOUT)
+    time.sleep(after)
+    relay.kill()
+
+
 def test_dur_crash_loop_sigkill_at_random_moments_nothing_acknowledged_is_lost(
         fworld: World, figures: Callable[..., None]) -> None:
     """DUR-1/5/6/7/10: ~30 SIGKILLs under load; every acknowledged recipient delivered; duplicates counted."""
@@ -86,17 +100,25 @@ def test_dur_crash_loop_sigkill_at_random_moments_nothing_acknowledged_is_lost(
     rng = random.Random(seed)
     dest = fworld.sink(1, delays={".": 0.01})  # a little time between the remote 250 and our state append
     other = fworld.sink(2)
+    bad = fworld.sink(3, replies={"RCPT": {"*": "550 5.1.1 no such user"}})
     bounces = fworld.sink(9)
+    fworld.zone(f"dest IN MX 10 mx1.dest.test.\nmx1.dest IN A {fworld.ip(1)}\n"
+                f"other IN MX 10 mx1.other.test.\nmx1.other IN A {fworld.ip(2)}\n"
+                f"bad IN MX 10 mx1.bad.test.\nmx1.bad IN A {fworld.ip(3)}\n"
+                f"sender IN MX 10 mx.sender.test.\nmx.sender IN A {fworld.ip(9)}\n")
     relay = fworld.relay(retry_min_seconds=1, retry_max_seconds=2)
     load = LoadGenerator(relay.port, seed)
     load.start()
-    kills = 0
+    kills = early_kills = 0
     started = time.monotonic()
     try:
         for _ in range(ITERATIONS):
             time.sleep(rng.uniform(0.05, 0.7))
             relay.kill()  # SIGKILL, no warning
             kills += 1
+            if rng.random() < 0.25:  # also during start-up recovery (DUR-7: recovery itself crash-safe)
+                _start_and_kill(relay, rng.uniform(0.0, 0.6))
+                early_kills += 1
             relay.start()
             if time.monotonic() - started > 75:  # keep CI bounded whatever the machine
                 break
@@ -107,24 +129,43 @@ def test_dur_crash_loop_sigkill_at_random_moments_nothing_acknowledged_is_lost(
     def delivered() -> Counter[str]:
         return Counter(r.lower() for sink in (dest, other) for m in sink.messages for r in m.rcpt_to)
 
-    wanted = {r for rcpts in load.acked.values() for r in rcpts}
-    wait_for(lambda: wanted <= set(delivered()) and not relay.queued(), timeout=40)
+    def notified() -> Counter[str]:  # Final-Recipient of every DSN the sender received (RFC 3464)
+        return Counter(f.decode().lower() for m in bounces.messages
+                       for f in re.findall(rb"(?im)^Final-Recipient:\s*rfc822;\s*(\S+)", m.data or b""))
+
+    def notifications() -> dict[str, set[bytes]]:  # recipient -> the distinct DSNs (by Message-ID) about it
+        found: dict[str, set[bytes]] = {}
+        for m in bounces.messages:
+            msgid = re.search(rb"(?im)^Message-ID:\s*(\S+)", m.data or b"")
+            for f in re.findall(rb"(?im)^Final-Recipient:\s*rfc822;\s*(\S+)", m.data or b""):
+                found.setdefault(f.decode().lower(), set()).add(msgid.group(1) if msgid else b"?")
+        return found
+
+    wanted = {r for rcpts in load.acked.values() for r in rcpts if not r.endswith("@bad.test")}
+    failing = {r for rcpts in load.acked.values() for r in rcpts if r.endswith("@bad.test")}
+    wait_for(lambda: wanted <= set(delivered()) and failing <= set(notified()) and not relay.queued(), timeout=40)
     got = delivered()
-    lost = sorted(wanted - set(got))
+    dsn = notified()
+    distinct = notifications()
+    notified_twice = sorted(r for r, ids in distinct.items() if len(ids) > 1)
+    lost = sorted(wanted - set(got)) + sorted(failing - set(dsn))
     duplicated = sum(count - 1 for count in got.values() if count > 1)
     corrupt = list((relay.spool / "corrupt").iterdir())
     temp_left = list((relay.spool / "tmp").iterdir())
-    figures("crash consistency (SIGKILL loop, DUR-1/5/6/7)", seed=seed, kills=kills,
+    figures("crash consistency (SIGKILL loop, DUR-1/5/6/7)", seed=seed, kills=kills, kills_during_startup=early_kills,
             messages_sent=load.sent, acknowledged=len(load.acked), acknowledged_recipients=len(wanted),
             delivered_recipients=len(set(got) & wanted), lost=len(lost), duplicated=duplicated,
             refused=load.refused, dropped_connections=load.dropped, still_queued=len(relay.queued()),
-            corrupt_files=len(corrupt), temp_files_left=len(temp_left), dsn_sent=len(bounces.messages),
+            corrupt_files=len(corrupt), temp_files_left=len(temp_left), failing_recipients=len(failing),
+            notified=len(set(dsn) & failing), dsn_redelivered=sum(c - len(distinct[r]) for r, c in dsn.items()),
+            notified_twice=len(notified_twice),
             seconds=round(time.monotonic() - started, 1))
     assert kills >= min(ITERATIONS, 10)
     assert len(load.acked) > kills, "the load generator must get mail through between kills"
     assert lost == [], f"seed {seed}: acknowledged but never delivered: {lost[:20]}"
     assert corrupt == [], f"seed {seed}: kill -9 left corrupt queue files: {corrupt}"
-    assert bounces.messages == [], "no recipient failed, so no DSN may be sent"
+    assert all(r.endswith("@bad.test") for r in dsn), "a DSN for a recipient that did not fail"
+    assert notified_twice == [], f"seed {seed}: two different DSNs for one failure (DSN-12): {notified_twice[:10]}"
     assert set(got) <= wanted | {r for sink in (dest, other) for m in sink.messages for r in m.rcpt_to}
     # a message whose 250 was lost to the kill may still be delivered (the client keeps responsibility
     # and would resend: DUR-5); but nothing that was never submitted can appear
