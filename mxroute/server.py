@@ -250,6 +250,7 @@ class RelaySMTP(SMTP):
         self.auth_pending: LoginPassword | None = None
         self._in_ehlo = False
         self._refused = False
+        self.client_ip = ""
         self.auth_failures = 0
 
     def _create_envelope(self) -> RelayEnvelope:
@@ -261,11 +262,14 @@ class RelaySMTP(SMTP):
 
     # -- connections --
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.transport is None and not self.intake.admit(self):
-            self._refused = True
-            transport.write(b"421 4.7.0 Too many connections, try again later\r\n")  # type: ignore[attr-defined]
-            transport.close()
-            return
+        if self.transport is None:
+            peer = transport.get_extra_info("peername")
+            refusal = self.intake.admit(self, str(peer[0]) if isinstance(peer, tuple) and peer else "")
+            if refusal is not None:
+                self._refused = True
+                transport.write(refusal.encode() + b"\r\n")  # type: ignore[attr-defined]
+                transport.close()
+                return
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -377,6 +381,7 @@ class Intake:
         self.networks = settings.networks()
         self.users = load_credentials(settings.auth_credentials_file) if settings.auth_credentials_file else {}
         self.sessions: set[RelaySMTP] = set()
+        self.per_ip: collections.Counter[str] = collections.Counter()  # open sessions per client address
         self.storing = 0
         self.closing = False
         self._free_checked = (0.0, True)
@@ -418,14 +423,39 @@ class Intake:
 
         return make
 
-    def admit(self, session: RelaySMTP) -> bool:
+    def admit(self, session: RelaySMTP, ip: str = "") -> str | None:
+        """None if ``session`` may start, else the 421 to send (SEC-10: global and per-address limits).
+
+        Clients in relay_networks are exempt from the per-address limit, as Postfix's
+        ``smtpd_client_event_limit_exceptions = $mynetworks``.
+        """
         if self.closing or len(self.sessions) >= self.settings.max_clients:
-            return False
+            return "421 4.7.0 Too many connections, try again later"
+        if ip and self.per_ip[ip] >= self.settings.max_clients_per_ip and not self._trusted(ip):
+            return "421 4.7.0 Too many connections from your address, try again later"
         self.sessions.add(session)
-        return True
+        if ip:
+            self.per_ip[ip] += 1
+            session.client_ip = ip
+        return None
 
     def release(self, session: RelaySMTP) -> None:
-        self.sessions.discard(session)
+        if session in self.sessions:
+            self.sessions.discard(session)
+            ip = session.client_ip
+            if ip and self.per_ip[ip] > 1:
+                self.per_ip[ip] -= 1
+            elif ip:
+                self.per_ip.pop(ip, None)
+
+    def _trusted(self, text: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(text)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        return any(ip.version == net.version and ip in net for net in self.networks)
 
     # -- hooks --
     async def handle_EHLO(self, server: RelaySMTP, session: Session, envelope: Any, hostname: str, responses: list[str]) -> list[str]:

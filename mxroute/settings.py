@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     bare_newline: Literal["normalize", "reject"] = "normalize"
     allow_address_literals: bool = False
     max_clients: int = Field(200, ge=1)
+    max_clients_per_ip: int = Field(50, ge=1)  # SEC-10; relay_networks exempt (Postfix smtpd_client_connection_count_limit)
     command_timeout: float = Field(300.0, gt=0)  # server side, RFC 5321 §4.5.3.2.7
     data_timeout: float = Field(600.0, gt=0)
     tls_cert_file: Path | None = None

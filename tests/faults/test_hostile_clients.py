@@ -500,3 +500,42 @@ def _try_alive(relay: Relay) -> bool:
         return True
     except (smtplib.SMTPException, OSError, AssertionError):
         return False
+
+
+def test_sec10_flood_from_one_address_is_capped_per_ip_while_others_are_served(
+        fworld: World, figures: Callable[..., None]) -> None:
+    """SEC-10: 500 connections from one address outside relay_networks with max_clients_per_ip=10: 10 greeted,
+    490 get 421 4.7.0 at once, and *during* the flood a client from relay_networks relays a message."""
+    sink = fworld.sink(1)
+    relay = fworld.relay(relay_networks=["127.0.0.1/32"], max_clients=100, max_clients_per_ip=10, command_timeout=20)
+    socks: list[socket.socket] = []
+    first: list[bytes] = []
+    try:
+        for _ in range(500):
+            sock = socket.create_connection(("127.0.0.1", relay.port), timeout=10, source_address=("127.0.0.9", 0))
+            socks.append(sock)
+        for sock in socks:
+            try:
+                first.append(sock.recv(200))
+            except OSError:
+                first.append(b"")
+        started = time.monotonic()
+        queue_id = _alive(relay, "during-flood@dest.test")  # from 127.0.0.1, exempt from the per-address cap
+        served_in = time.monotonic() - started
+    finally:
+        for sock in socks:
+            sock.close()
+    greeted = sum(1 for data in first if data.startswith(b"220"))
+    refused = sum(1 for data in first if data.startswith(b"421 4.7.0"))
+    assert wait_for(lambda: sink.messages, timeout=15)
+    figures("SEC-10 500 connections from one address (max_clients_per_ip=10)", connections=500, greeted_220=greeted,
+            refused_421=refused, legit_client_served_during_flood=bool(queue_id), served_in_s=round(served_in, 2))
+    assert greeted == 10 and refused == 490
+    assert served_in < 5
+    # the flood's slots are given back: the same address is greeted again
+    assert wait_for(lambda: _banner_from(relay, "127.0.0.9").startswith(b"220"), timeout=10)
+
+
+def _banner_from(relay: Relay, source: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=5, source_address=(source, 0)) as sock:
+        return sock.recv(200)
