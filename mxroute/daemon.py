@@ -186,8 +186,8 @@ class Relay:
         changed = [name for name in type(new).model_fields if getattr(new, name) != getattr(old, name)]
         kept = [name for name in changed if name in RESTART_ONLY]
         if kept:
-            log.warning("reload: %s changed but take(s) effect only after a restart (systemctl restart mxroute); "
-                        "keeping the running value(s)", ", ".join(kept))
+            log.warning("reload: %s changed but %s a restart (systemctl restart mxroute); keeping the running "
+                        "value until then", ", ".join(kept), "needs" if len(kept) == 1 else "need")
             new = new.model_copy(update={name: getattr(old, name) for name in kept})
         try:
             self.intake.reconfigure(new)  # reads the certificate and credentials files: may fail

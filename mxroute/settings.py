@@ -227,7 +227,10 @@ def config_path(explicit: str | None) -> Path | None:
     env = os.environ.get("MXROUTE_CONFIG")
     if env:
         return Path(env)
-    return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
+    try:
+        return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
+    except OSError as exc:  # e.g. /etc/mxroute not readable by this user
+        raise ConfigError(f"cannot read {DEFAULT_CONFIG}: {exc.strerror}") from None
 
 
 def load_settings(config: str | None = None, **overrides: Any) -> Settings:
@@ -235,8 +238,11 @@ def load_settings(config: str | None = None, **overrides: Any) -> Settings:
     global _CONFIG_FILE
     path = config_path(config)
     if path is not None:
-        if not path.is_file():
-            raise ConfigError(f"configuration file {path} does not exist")
+        try:
+            if not path.is_file():
+                raise ConfigError(f"configuration file {path} does not exist")
+        except OSError as exc:  # a directory on the way that this user may not enter
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
         try:
             import tomllib
 

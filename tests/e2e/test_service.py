@@ -170,8 +170,8 @@ def test_sighup_reloads_relay_networks_and_limits_with_mail_flowing(world: World
     notify.wait("READY", "1")
     log = relay.log()
     assert "reload done: applied relay_networks, max_recipients" in log, log
-    assert re.search(r"WARNING mxroute.daemon: reload: metrics_listen changed but take\(s\) effect only after a "
-                     r"restart", log), log
+    assert ("WARNING mxroute.daemon: reload: metrics_listen changed but needs a restart (systemctl restart mxroute)"
+            in log), log
     with pytest.raises(OSError):
         banner(metrics_port)  # kept: no endpoint until a restart
 
@@ -497,3 +497,26 @@ def test_config_file_documents_every_setting_and_what_needs_a_restart() -> None:
               for name in re.findall(r"(?m)^# (\w+) = ", block)}
     assert marked == set(RESTART_ONLY)
     assert load_settings(str(ROOT / "config" / "mxroute.toml")).listen == ["127.0.0.1:2525"]
+
+
+def test_unreadable_configuration_is_one_line_and_exit_78(tmp_path: Path) -> None:
+    """A configuration this user may not read (e.g. `mxroute sendmail` run by a cron user while
+    /etc/mxroute is closed to it): one line, EX_CONFIG, no traceback."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or os.geteuid() != 0:
+        pytest.skip("needs root and setpriv (util-linux) to run as another user")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o700)
+    (locked / "mxroute.toml").write_text('listen = ["127.0.0.1:2525"]\n')
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    as_nobody = [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable]
+    if subprocess.run([*as_nobody, "-c", "import mxroute"], env=env, capture_output=True, timeout=30,
+                      check=False).returncode != 0:
+        pytest.skip("the user nobody cannot run this Python")
+    for argv in (["check-config", "--config", str(locked / "mxroute.toml")], ["sendmail", "u@dest.test"]):
+        result = subprocess.run([*as_nobody, "-m", "mxroute", *argv], cwd="/", input="x\n", capture_output=True,
+                                text=True, timeout=30, check=False,
+                                env=dict(env, MXROUTE_CONFIG=str(locked / "mxroute.toml")))
+        assert result.returncode == 78, (argv, result.stderr)
+        assert result.stderr.strip() == f"mxroute: configuration error: cannot read {locked}/mxroute.toml: " \
+                                        "Permission denied", result.stderr
