@@ -203,6 +203,19 @@ def test_sighup_reloads_relay_networks_and_limits_with_mail_flowing(world: World
     assert relay.terminate() == 0
 
 
+def test_watchdog_pings_at_half_the_interval(world: World, notify: NotifySocket) -> None:
+    """WatchdogSec= (WATCHDOG_USEC): WATCHDOG=1 every half interval while the event loop runs."""
+    relay = Relay(world.tmp, world.dns, world.sink_port)
+    relay.env.update(NOTIFY_SOCKET=notify.path, WATCHDOG_USEC="400000")  # 0.4 s: a ping every 0.2 s
+    spawn(world, relay)
+    notify.wait("READY", "1")
+    started = time.monotonic()
+    for _ in range(3):
+        notify.wait("WATCHDOG", "1", timeout=5)
+    assert time.monotonic() - started < 3
+    assert relay.terminate() == 0
+
+
 def test_sigterm_sends_stopping_exits_0_and_keeps_queued_mail(world: World, notify: NotifySocket) -> None:
     """DUR-8: a deferred message shows in STATUS=; SIGTERM → STOPPING=1, exit 0, the message
     still in the spool, pending, and `mxroute queue list` shows it after the stop."""
