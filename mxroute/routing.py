@@ -74,7 +74,8 @@ def resolver_from_settings(settings: Settings, zones: list[str] | None = None, t
 
     transport: Transport
     if zones:
-        from mxroute.zonefile import ZoneData, ZoneTransport  # dns.zonefile and friends only when asked for
+        # dns.zonefile and friends only when asked for: explain's start-up stays short
+        from mxroute.zonefile import ZoneData, ZoneTransport
 
         transport = ZoneTransport(ZoneData.from_files(zones), list(zones))
     elif settings.dns_servers:

@@ -121,7 +121,7 @@ class SelfCheck:
         lifetime = MIN_TTL
         try:
             lifetime = await self.check(domain, sender)
-        except Exception as exc:  # a bug here must never touch mail: note it, retry after MIN_TTL
+        except Exception as exc:  # noqa: BLE001  (a bug here must never touch mail: note it, retry after MIN_TTL)
             log.error("identity: self-check for %s failed: %r", domain, exc)
         if self._domains.get(domain) == _CHECKING:
             self._domains[domain] = self.clock() + lifetime
@@ -129,7 +129,7 @@ class SelfCheck:
     async def _startup(self) -> None:
         try:
             problems = await self._ptr_problems()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (advice only: never let it touch mail)
             log.error("identity: PTR/HELO self-check failed: %r", exc)
             return
         if problems:
