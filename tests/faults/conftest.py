@@ -76,16 +76,16 @@ def mount_tmpfs(path: Path, size: str) -> None:
     if os.geteuid() != 0:
         skip_or_fail("mounting a tmpfs needs root")
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
-                          capture_output=True, text=True, timeout=30)
+                          check=False, capture_output=True, text=True, timeout=30)
     if done.returncode != 0:
         skip_or_fail(f"mount -t tmpfs is not permitted here: {done.stderr.strip()}")
 
 
 def unmount(path: Path) -> None:
     for _ in range(20):  # bounded: a lazy unmount as the last resort
-        if subprocess.run(["umount", str(path)], capture_output=True, timeout=30).returncode == 0:
+        if subprocess.run(["umount", str(path)], check=False, capture_output=True, timeout=30).returncode == 0:
             return
         import time
 
         time.sleep(0.25)
-    subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
+    subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True, timeout=30)

@@ -100,7 +100,7 @@ def test_dur_crash_loop_sigkill_at_random_moments_nothing_acknowledged_is_lost(
     rng = random.Random(seed)
     dest = fworld.sink(1, delays={".": 0.01})  # a little time between the remote 250 and our state append
     other = fworld.sink(2)
-    bad = fworld.sink(3, replies={"RCPT": {"*": "550 5.1.1 no such user"}})
+    fworld.sink(3, replies={"RCPT": {"*": "550 5.1.1 no such user"}})
     bounces = fworld.sink(9)
     fworld.zone(f"dest IN MX 10 mx1.dest.test.\nmx1.dest IN A {fworld.ip(1)}\n"
                 f"other IN MX 10 mx1.other.test.\nmx1.other IN A {fworld.ip(2)}\n"

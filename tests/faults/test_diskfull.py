@@ -105,7 +105,7 @@ def test_dur4_disk_full_gives_452_loses_nothing_and_recovers(
     lost = sorted(set(acked) - got)
     figures("disk full (2 MiB tmpfs, DUR-4)", messages_sent=sent + acked_after, acknowledged=len(acked) + acked_after,
             refused_452=len(refusals), refused_at=",".join(stages), delivered=len(sink.messages), lost=len(lost),
-            duplicated=len(sink.messages) - len(set(m.rcpt_to[0] for m in sink.messages)),
+            duplicated=len(sink.messages) - len({m.rcpt_to[0] for m in sink.messages}),
             log_tracebacks=relay.log().count("Traceback"))
     assert lost == []
     assert not relay.queued()
