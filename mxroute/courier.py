@@ -55,12 +55,15 @@ def canonical_data(message: bytes) -> bytes:
     A bare CR or LF becomes CRLF, so no terminator variant (``<LF>.<LF>``, ...)
     can reach the next hop (SEC-2).
     """
-    data = _LINE_ENDINGS.sub(b"\r\n", message)
+    crlf = message.count(b"\r\n")  # what intake stored is already canonical: check by counting
+    data = message if message.count(b"\r") == crlf == message.count(b"\n") else _LINE_ENDINGS.sub(b"\r\n", message)
     return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 
 def dot_stuff(canonical: bytes) -> bytes:
     """Transparency (RFC 5321 §4.5.2): double each leading ".", then end with ``.<CRLF>``."""
+    if not canonical.startswith(b".") and b"\n." not in canonical:  # nothing to stuff
+        return canonical + b".\r\n"
     return _LEADING_DOT.sub(b"..", canonical) + b".\r\n"
 
 

@@ -30,6 +30,7 @@ from mxroute.spool import BOUNCED, DELIVERED, PENDING, CorruptFile, MessageMeta,
 
 log = logging.getLogger("mxroute.queue")
 
+PLAN_CACHE_SECONDS = 1.0  # a deliverable plan without a shuffle is reused this long (never past an MX TTL)
 JITTER = 0.25  # the fraction of a delay drawn at random, so retries of many messages spread out
 POLL_SECONDS = 1.0  # how often the spool is checked for `mxroute queue flush`
 
@@ -104,6 +105,7 @@ class QueueManager:
             lambda: asyncio.Semaphore(self.settings.destination_concurrency)
         )
         self._dest_users: defaultdict[str, int] = defaultdict(int)
+        self._plans: dict[str, tuple[float, Any, Plan]] = {}  # domain -> (expiry, policy, plan)
         self._max_inflight = settings.delivery_concurrency * 4
         self.stats = {"delivered": 0, "deferred": 0, "bounced": 0, "dsn": 0}
 
@@ -298,9 +300,13 @@ class QueueManager:
         for rcpt in due:
             groups[_domain(rcpt.address)].append(rcpt)
         envelope = meta.envelope()
-        batches = await asyncio.gather(
-            *(self._deliver_group(meta, envelope, message, domain, rcpts) for domain, rcpts in groups.items())
-        )
+        if len(groups) == 1:  # the common case: no gather (a task per group) needed
+            [(domain, rcpts)] = groups.items()
+            batches = [await self._deliver_group(meta, envelope, message, domain, rcpts)]
+        else:
+            batches = await asyncio.gather(
+                *(self._deliver_group(meta, envelope, message, domain, rcpts) for domain, rcpts in groups.items())
+            )
         try:
             await self._apply(meta, message, [r for batch in batches for r in batch])
         except FileNotFoundError:
@@ -338,7 +344,7 @@ class QueueManager:
         rcpts: list[RecipientState], recipients: list[Recipient],
     ) -> list[RecipientResult]:
         try:
-            plan = await self.route_fn(self.resolver, domain, self.policy, self.rng)
+            plan = await self._route(domain)
             results = await self.courier.deliver(plan, envelope, recipients, message, queue_id=meta.queue_id)
         except asyncio.CancelledError:
             raise
@@ -351,6 +357,26 @@ class QueueManager:
             if rcpt.address not in seen:
                 results.append(RecipientResult(rcpt.address, Disposition.DEFERRED, "4.3.0", "451 4.3.0 no result"))
         return results
+
+    async def _route(self, domain: str) -> Plan:
+        """``route()`` for ``domain``, reused for up to ``PLAN_CACHE_SECONDS`` when that changes nothing.
+
+        Only a deliverable plan whose order involved no shuffle of equal preferences (MX-3
+        shuffles on every attempt) is reused, never longer than its MX records' TTL; a
+        temporary or permanent verdict is asked again each time (MX-18).
+        """
+        now = time.monotonic()
+        hit = self._plans.get(domain)
+        if hit is not None and hit[0] > now and hit[1] is self.policy:
+            return hit[2]
+        plan = await self.route_fn(self.resolver, domain, self.policy, self.rng)
+        if self.route_fn is route and plan.deliverable and not any(d.rule == "MX-3" for d in plan.decisions):
+            lifetime = min([PLAN_CACHE_SECONDS, *(float(r.ttl) for r in plan.mx)])
+            if lifetime > 0:
+                if len(self._plans) >= 10000:
+                    self._plans.clear()
+                self._plans[domain] = (now + lifetime, self.policy, plan)
+        return plan
 
     async def _apply(self, meta: MessageMeta, message: bytes, results: list[RecipientResult]) -> None:
         """Record one attempt's results; bounce what failed or expired; persist (DUR-6)."""

@@ -31,6 +31,7 @@ E/M/Z part is incomplete, out of order or fails its checksum goes to ``corrupt/`
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import itertools
 import json
@@ -240,14 +241,17 @@ class _GroupSync:
     rename or unlink is covered; requests that arrive during a sync share the next one.
     """
 
-    def __init__(self, path: Path, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, path: Path, executor: ThreadPoolExecutor, before: Callable[[], None] | None = None) -> None:
         self._path = path
         self._executor = executor
+        self._before = before  # run in the same job just before the fsync (batched unlinks)
         self._task: asyncio.Future[None] | None = None
         self._requested = 0
         self._synced = 0
 
     def _sync(self) -> None:
+        if self._before is not None:
+            self._before()
         fd = os.open(self._path, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
@@ -292,7 +296,8 @@ class Spool:
         self.flush_marker = self.root / "flush"
         self.clock = clock
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="spool")
-        self._dirsync = _GroupSync(self.queue_dir, self._executor)
+        self._unlinks: collections.deque[str] = collections.deque()  # removals for the next directory sync
+        self._dirsync = _GroupSync(self.queue_dir, self._executor, self._unlink_batch)
         # Just stored: (meta, message) handed to the first aload() without reading the file
         # back (bounded; the oldest are dropped and read from disk when their turn comes).
         self._fresh: dict[str, tuple[MessageMeta, bytes]] = {}
@@ -471,8 +476,18 @@ class Spool:
     async def remove(self, queue_id: str) -> None:
         """Remove a finished message; the directory fsync makes it stay removed after a crash."""
         self._forget(queue_id)
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._unlink, queue_id)
+        self._unlinks.append(queue_id)  # unlinked by the next directory sync's job, before its fsync
         await self._dirsync()
+
+    def _unlink_batch(self) -> None:
+        while self._unlinks:
+            queue_id = self._unlinks.popleft()
+            try:
+                os.unlink(self.queue_dir / queue_id)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # stays queued; delivered already, so at worst sent again after a restart
+                log.error("%s: cannot remove the delivered message: %s", queue_id, exc.strerror)
 
     def remove_sync(self, queue_id: str) -> bool:
         """Remove a message now (``mxroute queue delete``); False if there was none."""
