@@ -54,6 +54,7 @@ RECEIVED = re.compile(rb"^Received[ \t]*:", re.I | re.M)
 XTEXT = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-Fa-f]{2})*\Z")  # RFC 3461 §4: xchar / "+" 2HEXCHAR
 ENHANCED = re.compile(r"\d\.\d{1,3}\.\d{1,3}( |\Z)")
 MAX_AUTH_FAILURES = 3  # SEC-8: then the connection is closed
+HARD_ERROR_LIMIT = 20  # SEC-10: 5xx replies without a message accepted, then 421 and close (Postfix smtpd_hard_error_limit)
 PENDING_AUTH = AuthResult(success=False, handled=False, message="454 4.7.0 Temporary authentication failure")
 
 # RFC 2034 §3: enhanced codes on every reply; these are the defaults for aiosmtpd's own replies.
@@ -252,6 +253,7 @@ class RelaySMTP(SMTP):
         self._refused = False
         self.client_ip = ""
         self.auth_failures = 0
+        self.errors = 0  # 5xx replies since the last accepted message (SEC-10)
 
     def _create_envelope(self) -> RelayEnvelope:
         return RelayEnvelope()
@@ -293,6 +295,12 @@ class RelaySMTP(SMTP):
         if isinstance(status, str) and not self._in_ehlo:
             status = _enhance(status)
         await super().push(status)
+        if isinstance(status, str) and status[:1] == "5":
+            self.errors += 1
+            transport = self.transport
+            if self.errors == HARD_ERROR_LIMIT and transport is not None and not transport.is_closing():
+                await super().push("421 4.7.0 Too many errors, closing the connection")
+                transport.close()
 
     async def smtp_EHLO(self, hostname: str) -> None:
         self._in_ehlo = True
@@ -626,6 +634,7 @@ class Intake:
                  safe_text(meta.sender), meta.size, len(rcpts),
                  safe_text(session.host_name or "unknown", 100).replace(" ", "_"), ip)
         self.on_queued(meta)
+        server.errors = 0  # a client that delivers mail is not an error loop (SEC-10)
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
     async def shutdown(self, grace: float) -> None:

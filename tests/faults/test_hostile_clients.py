@@ -166,25 +166,32 @@ def test_sec3_relay_tricks_from_outside_relay_networks_all_refused(
     refused = accepted = 0
     codes: set[int] = set()
     for hello in (b"EHLO outside.test", b"HELO outside.test", b"EHLO relay.test"):
+        mail = b"MAIL FROM:<a@relay.test> SMTPUTF8" if hello.startswith(b"EHLO") else b"MAIL FROM:<a@relay.test>"
+        for start in range(0, len(TRICKS), 5):  # a new session every 15 refusals: 20 end one (SEC-10)
+            client = Raw(relay.port, source="127.0.0.9")
+            try:
+                assert client.cmd(hello)[0] == 250
+                assert client.cmd(mail)[0] == 250
+                for trick in TRICKS[start:start + 5]:
+                    for form in (f"RCPT TO:<{trick}>", f"RCPT TO:{trick}", f"RCPT TO: <{trick}>"):
+                        code, text = client.cmd(form.encode())
+                        codes.add(code)
+                        if code >= 500:
+                            refused += 1
+                        else:
+                            accepted += 1
+                        assert code >= 500, (hello, form, code, text)
+            finally:
+                client.close()
         client = Raw(relay.port, source="127.0.0.9")
         try:
             assert client.cmd(hello)[0] == 250
-            mail = b"MAIL FROM:<a@relay.test> SMTPUTF8" if hello.startswith(b"EHLO") else b"MAIL FROM:<a@relay.test>"
             assert client.cmd(mail)[0] == 250
-            for trick in TRICKS:
-                for form in (f"RCPT TO:<{trick}>", f"RCPT TO:{trick}", f"RCPT TO: <{trick}>"):
-                    code, text = client.cmd(form.encode())
-                    codes.add(code)
-                    if code >= 500:
-                        refused += 1
-                    else:
-                        accepted += 1
-                    assert code >= 500, (hello, form, code, text)
-            pipelined = b"".join(f"RCPT TO:<{t}>\r\n".encode() for t in TRICKS) + b"DATA\r\n" + MSG + b".\r\n"
+            pipelined = b"".join(f"RCPT TO:<{t}>\r\n".encode() for t in TRICKS[:12]) + b"DATA\r\n" + MSG + b".\r\n"
             client.sock.sendall(pipelined)
-            replies = [client.reply() for _ in range(len(TRICKS) + 1)]
+            replies = [client.reply() for _ in range(13)]
             assert all(code >= 500 for code, _ in replies), replies
-            assert client.cmd(b"QUIT")[0] in (221, 500)  # the message lines were answered as bad commands
+            assert client.cmd(b"QUIT")[0] in (221, 500, 502, 421, 0)  # the message lines were bad commands
         finally:
             client.close()
     time.sleep(0.5)
@@ -357,6 +364,11 @@ def test_sec5_sec6_crlf_through_mail_and_rcpt_parameters_never_reaches_a_header(
         split = [client.reply()[0], client.reply()[0]]
         errors += split
         assert split == [501, 500], split
+    finally:
+        client.close()
+    client = Raw(relay.port)  # a new session: 20 errors would end this one (SEC-10)
+    try:
+        assert client.cmd(b"EHLO evil.test\rX-Injected: ehlo")[0] == 250
         assert client.cmd(b"MAIL FROM:<a@sender.test> ENVID=ok+2Bid RET=HDRS")[0] == 250
         for line in RCPT_INJECTIONS:
             code, text = client.cmd(line)
@@ -538,3 +550,31 @@ def test_sec10_flood_from_one_address_is_capped_per_ip_while_others_are_served(
 def _banner_from(relay: Relay, source: str) -> bytes:
     with socket.create_connection(("127.0.0.1", relay.port), timeout=5, source_address=(source, 0)) as sock:
         return sock.recv(200)
+
+
+def test_sec10_twenty_errors_end_the_session_with_421(fworld: World, figures: Callable[..., None]) -> None:
+    """SEC-10 (Postfix smtpd_hard_error_limit): the 20th 5xx reply without a message accepted is followed by
+    421 4.7.0 and the close; an accepted message resets the count; a new session is served."""
+    fworld.sink(1)
+    relay = fworld.relay()
+    client = Raw(relay.port)
+    try:
+        assert client.cmd(b"EHLO c.test")[0] == 250
+        for _ in range(15):
+            assert client.cmd(b"MAIL FROM:<bad address>")[0] == 501
+        assert client.cmd(b"MAIL FROM:<a@sender.test>")[0] == 250
+        assert client.cmd(b"RCPT TO:<u@dest.test>")[0] == 250
+        assert client.cmd(b"DATA")[0] == 354
+        client.sock.sendall(MSG + b".\r\n")
+        assert client.reply()[0] == 250  # the count starts again
+        codes = [client.cmd(b"RCPT TO:<u@dest.test>")[0] for _ in range(19)]
+        assert codes == [503] * 19
+        client.sock.sendall(b"RCPT TO:<u@dest.test>\r\n")
+        last = [client.reply(), client.reply()]
+        closed, _ = client.closed(5)
+    finally:
+        client.close()
+    figures("SEC-10 error limit", errors_before_close=20, final_reply=last[1][0], closed=closed)
+    assert last[0][0] == 503 and last[1][0] == 421 and last[1][1].startswith("4.7.0")
+    assert closed
+    _alive(relay)
