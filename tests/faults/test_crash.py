@@ -13,6 +13,7 @@ import os
 import random
 import re
 import smtplib
+import socket
 import subprocess
 import sys
 import threading
@@ -171,3 +172,33 @@ def test_dur_crash_loop_sigkill_at_random_moments_nothing_acknowledged_is_lost(
     # and would resend: DUR-5); but nothing that was never submitted can appear
     tokens = {r.split("@")[0] for r in got}
     assert all(t.startswith("c") and "m" in t for t in tokens)
+
+
+def test_dur5_kill_mid_data_nothing_queued_and_the_clients_retry_is_delivered_once(
+        fworld: World, figures: Callable[..., None]) -> None:
+    """DUR-5: SIGKILL while a client is in the middle of DATA: no 250 was given, nothing is queued after
+    the restart, no temp file is taken for a message; the client's retry is delivered exactly once."""
+    sink = fworld.sink(1)
+    relay = fworld.relay()
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as sock:
+        stream = sock.makefile("rb")
+        assert stream.readline().startswith(b"220")
+        sock.sendall(b"EHLO c.test\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<mid@dest.test>\r\nDATA\r\n")
+        replies = [stream.readline() for _ in range(10)]
+        assert replies[-1].startswith(b"354"), replies
+        sock.sendall(b"Subject: half\r\n\r\n" + b"half a message\r\n" * 100)
+        time.sleep(0.2)
+        relay.kill()
+        assert stream.readline() == b""  # dropped, never a 250: the client keeps responsibility
+    relay.start()
+    time.sleep(1.0)
+    queued_after_restart = len(relay.queued())
+    temp_files = len(list((relay.spool / "tmp").iterdir()))
+    with relay.client() as client:  # the client's retry
+        client.sendmail("a@sender.test", ["mid@dest.test"], b"Subject: whole\r\n\r\nthe retry\r\n")
+    assert wait_for(lambda: sink.messages and not relay.queued(), timeout=15)
+    time.sleep(1.0)
+    figures("DUR-5 kill mid-DATA", queued_after_restart=queued_after_restart, temp_files=temp_files,
+            deliveries_after_retry=len(sink.messages))
+    assert queued_after_restart == 0 and temp_files == 0
+    assert [m.data.endswith(b"the retry\r\n") for m in sink.messages] == [True]
