@@ -203,17 +203,26 @@ def test_sighup_reloads_relay_networks_and_limits_with_mail_flowing(world: World
     assert relay.terminate() == 0
 
 
-def test_watchdog_pings_at_half_the_interval(world: World, notify: NotifySocket) -> None:
-    """WatchdogSec= (WATCHDOG_USEC): WATCHDOG=1 every half interval while the event loop runs."""
-    relay = Relay(world.tmp, world.dns, world.sink_port)
-    relay.env.update(NOTIFY_SOCKET=notify.path, WATCHDOG_USEC="400000")  # 0.4 s: a ping every 0.2 s
+def test_watchdog_pings_and_journald_priorities(world: World, notify: NotifySocket) -> None:
+    """WatchdogSec= (WATCHDOG_USEC): WATCHDOG=1 every half interval while the event loop runs.
+    With stdout connected to journald (JOURNAL_STREAM), each line is "<priority>logger: message"
+    (sd-daemon(3) prefixes): journald keeps the level and adds time and PID itself."""
+    relay = Relay(world.tmp, world.dns, world.sink_port, relay_networks=["127.0.0.1/32"])
+    relay.env.update(NOTIFY_SOCKET=notify.path, WATCHDOG_USEC="400000", JOURNAL_STREAM="8:4242")
     spawn(world, relay)
     notify.wait("READY", "1")
     started = time.monotonic()
     for _ in range(3):
         notify.wait("WATCHDOG", "1", timeout=5)
     assert time.monotonic() - started < 3
+    with relay.client(source="127.0.0.9") as client:
+        client.mail("a@sender.test")
+        assert client.rcpt("u@dest.test")[0] == 554
     assert relay.terminate() == 0
+    lines = relay.log().splitlines()
+    assert "<6>mxroute.daemon: listening on 127.0.0.1:%d" % relay.port in lines
+    assert any(line.startswith("<6>mxroute.server: reject: RCPT from 127.0.0.9") for line in lines)
+    assert all(re.match(r"<[2-7]>[\w.]+: ", line) for line in lines), lines
 
 
 def test_sigterm_sends_stopping_exits_0_and_keeps_queued_mail(world: World, notify: NotifySocket) -> None:
