@@ -118,7 +118,8 @@ async def _listen(intake: Intake, settings: Settings) -> list[asyncio.base_event
             for server in servers:
                 server.close()
             raise MxrouteError(f"cannot listen on {host}:{port}: {exc.strerror}", code=421) from None
-        log.info("listening on %s:%d", host, port)
+        log.info("listening on %s", _address(servers[-1].sockets[0].getsockname()) if servers[-1].sockets
+                 else f"{host}:{port}")
     return servers
 
 

@@ -122,7 +122,12 @@ class Settings(BaseSettings):
     def _metrics(cls, value: str | None) -> str | None:
         if not value:
             return None
-        parse_hostport(value, 9125)
+        host, _ = parse_hostport(value, 9125)
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            if not all(part.isalnum() or part.replace("-", "").isalnum() for part in host.split(".")):
+                raise ValueError(f"{value!r} is not host:port") from None
         import importlib.util
 
         if importlib.util.find_spec("prometheus_client") is None:

@@ -542,3 +542,13 @@ def test_unreadable_configuration_is_one_line_and_exit_78(tmp_path: Path) -> Non
         assert result.returncode == 78, (argv, result.stderr)
         assert result.stderr.strip() == f"mxroute: configuration error: cannot read {locked}/mxroute.toml: " \
                                         "Permission denied", result.stderr
+
+
+@pytest.mark.parametrize("value", ["nonsense:port:x", "bad host:1", ":9125", "127.0.0.1:99999"])
+def test_metrics_listen_must_be_host_port(value: str) -> None:
+    from mxroute.errors import ConfigError
+    from mxroute.settings import load_settings
+
+    with pytest.raises(ConfigError, match="setting metrics_listen"):
+        load_settings(None, metrics_listen=value)
+    assert load_settings(None, metrics_listen="[::1]:9125").metrics_listen == "[::1]:9125"
