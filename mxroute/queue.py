@@ -168,28 +168,37 @@ class QueueManager:
         return None
 
     def recover(self) -> int:
-        """Start-up scan: finish interrupted bounces (DSN-12), then schedule everything (DUR-7)."""
-        metas, corrupt = self.spool.recover()
-        by_id = {m.queue_id: m for m in metas}
-        for meta in metas:
-            origin = meta.bounce_of
-            if not origin or origin.get("queue_id") not in by_id:
+        """Start-up scan: schedule everything (DUR-7), finish interrupted bounces (DSN-12), drop what is done.
+
+        One message at a time: only the schedule (ID and due time) stays in memory. A
+        bounce's original is read again for the fix-up (bounces in flight at a crash are few).
+        """
+        corrupt: list[str] = []
+        origins: list[tuple[str, dict[str, Any]]] = []  # (DSN id, its bounce_of)
+        finished: list[str] = []
+        for meta in self.spool.recover_iter(corrupt):
+            if meta.bounce_of and meta.bounce_of.get("queue_id"):
+                origins.append((meta.queue_id, meta.bounce_of))
+            if meta.done:
+                finished.append(meta.queue_id)
+            else:
+                self.add(meta)
+        for dsn_id, origin in origins:
+            try:
+                original = self.spool.load_meta(str(origin["queue_id"]))
+            except (FileNotFoundError, CorruptFile, MxrouteError):
                 continue
-            original = by_id[origin["queue_id"]]
             if original.bounces > int(origin.get("batch", 0)):
                 continue  # already marked
             self._mark_bounced(original, set(origin.get("recipients", [])), int(origin.get("batch", 0)) + 1)
             if original.done:
                 self.spool.remove_sync(original.queue_id)
-                del by_id[original.queue_id]
+                self._due.pop(original.queue_id, None)  # its heap entry is now stale
             else:
                 self.spool.update_sync(original)
-            log.info("%s: recovered an interrupted bounce (%s)", original.queue_id, meta.queue_id)
-        for meta in by_id.values():
-            if meta.done:
-                self.spool.remove_sync(meta.queue_id)
-            else:
-                self.add(meta)
+            log.info("%s: recovered an interrupted bounce (%s)", original.queue_id, dsn_id)
+        for queue_id in finished:
+            self.spool.remove_sync(queue_id)
         log.info("recovery: %d message(s) queued, %d corrupt moved aside", len(self._due), len(corrupt))
         return len(self._due)
 

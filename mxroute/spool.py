@@ -210,25 +210,34 @@ def decode(data: bytes, queue_id: str) -> tuple[MessageMeta, bytes, int]:
         raise CorruptFile("records out of order or END missing")
     try:
         env = json.loads(parts[0][1])
-        recipients = [RecipientState.from_json(r) for r in env["recipients"]]
+        listed = env["recipients"]
+        if not isinstance(listed, list):
+            raise TypeError("recipients is not a list")
         meta = MessageMeta(
-            queue_id=queue_id, sender=str(env["sender"]), arrival=float(env["arrival"]), recipients=recipients,
+            queue_id=queue_id, sender=str(env["sender"]), arrival=float(env["arrival"]), recipients=[],
             ret=env.get("ret"), envid=env.get("envid"), body=env.get("body"), smtputf8=bool(env.get("smtputf8")),
             client=str(env.get("client", "")), size=int(env.get("size", 0)), bounce_of=env.get("bounce_of"),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptFile(f"bad envelope record: {exc}") from None
     end = parts[2][2]
+    last = None  # the state that wins: recipient objects are built for it only (start-up speed)
     for kind, payload, stop in frames:
         if kind != b"S":
             break
         try:
             state = json.loads(payload)
-            meta.recipients = [RecipientState.from_json(r) for r in state["recipients"]]
-            meta.bounces = int(state.get("bounces", 0))
-        except (ValueError, KeyError, TypeError) as exc:
+            last = (state["recipients"], int(state.get("bounces", 0)))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CorruptFile(f"bad state record: {exc}") from None
         end = stop
+    try:
+        if last is None:
+            meta.recipients = [RecipientState.from_json(r) for r in listed]
+        else:
+            meta.recipients, meta.bounces = [RecipientState.from_json(r) for r in last[0]], last[1]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CorruptFile(f"bad {'envelope' if last is None else 'state'} record: {exc}") from None
     return meta, parts[1][1], end
 
 
@@ -347,22 +356,29 @@ class Spool:
         A torn trailing state record (a crash mid-append) is cut off, so that the
         next append is readable.
         """
-        good, bad = [], []
+        bad: list[str] = []
+        good = list(self.recover_iter(bad))
+        return good, bad
+
+    def recover_iter(self, bad: list[str]) -> Iterator[MessageMeta]:
+        """``recover()`` one message at a time (a large spool is never all in memory); corrupt IDs go to ``bad``."""
+        queue_dir = str(self.queue_dir)
         for queue_id in self.ids():
-            path = self.queue_dir / queue_id
+            path = os.path.join(queue_dir, queue_id)
             try:
-                data = path.read_bytes()
+                with open(path, "rb") as file:
+                    data = file.read()
                 meta, _, end = decode(data, queue_id)
                 if end < len(data):
                     log.warning("%s: cut %d bytes of a torn state record", queue_id, len(data) - end)
-                    _truncate(path, end)
-                good.append(meta)
+                    _truncate(Path(path), end)
             except FileNotFoundError:
                 continue
             except CorruptFile as exc:
                 self.quarantine(queue_id, str(exc))
                 bad.append(queue_id)
-        return good, bad
+                continue
+            yield meta
 
     def quarantine(self, queue_id: str, reason: str) -> None:
         log.error("%s: corrupt queue file moved to corrupt/: %s", queue_id, reason)

@@ -1,0 +1,166 @@
+"""Memory per queued message and start-up recovery time of `mxroute serve` (issue 6).
+
+Builds a spool of N messages (default 100,000) for one unreachable destination
+(`u<n>@unreachable.test`, each ~2.3 KB like relaybench's, already tried once and
+deferred for an hour: the steady state of a destination that is down), then starts
+`mxroute serve` on it and measures
+
+* recovery: time from exec to the 220 banner on the listen port (the daemon scans and
+  validates every queue file before it listens), and the "recovery: N message(s)
+  queued" count from its log;
+* RSS: VmRSS of the daemon 2 s after it is ready, and VmHWM (its peak);
+* base: the same for an empty spool; per message = (RSS - base) / N.
+
+The files are written with the spool's own encoder (`mxroute.spool.encode`), without an
+fsync each (one `sync` at the end): building is not what is measured. Traffic: none
+leaves the machine (DNS points at 127.0.0.1:1, nothing is due). Needs no root.
+
+    .venv/bin/python bench/queue_memory.py [--messages 100000] [--keep DIR] [--json-out F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mxroute.spool import MessageMeta, RecipientState, encode, new_queue_id  # noqa: E402
+
+BODY = (b"From: bench@sender.test\r\nTo: someone@unreachable.test\r\nSubject: queued\r\n\r\n"
+        + b"".join(b"%05d " % i + b"x" * 64 + b"\r\n" for i in range(31)))  # ~2.3 KB
+
+
+def build(spool: Path, count: int) -> float:
+    started = time.monotonic()
+    queue = spool / "queue"
+    for sub in ("queue", "tmp", "corrupt"):
+        (spool / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+    spool.chmod(0o700)
+    now = time.time()
+    for n in range(count):
+        qid = new_queue_id()
+        received = (f"Received: from client.test ([127.0.0.1])\r\n\tby relay.test with ESMTP id {qid}\r\n"
+                    f"\tfor <u{n}@unreachable.test>; Mon, 30 Nov 2026 12:00:00 +0000\r\n").encode()
+        message = received + BODY
+        meta = MessageMeta(
+            queue_id=qid, sender=f"app{n % 100}@sender.test", arrival=now - 60, size=len(message),
+            client="client.test [127.0.0.1]",
+            recipients=[RecipientState(
+                address=f"u{n}@unreachable.test", attempts=1, next_try=now + 3600, status="4.4.1",
+                reply="451 4.4.1 connect to mx.unreachable.test[127.0.0.1]:25: Connection refused",
+                why="deferred", hosts={"mx.unreachable.test[127.0.0.1]:25": "451 4.4.1 connect: Connection refused"})],
+        )
+        fd = os.open(queue / qid, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, encode(meta, message))
+        finally:
+            os.close(fd)
+    os.sync()
+    return time.monotonic() - started
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def status(pid: int) -> dict[str, int]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0])  # kB
+    return out
+
+
+def measure(spool: Path, log: Path, timeout: float = 120.0) -> dict[str, float]:
+    port = free_port()
+    env = dict(os.environ, MXROUTE_LISTEN=json.dumps([f"127.0.0.1:{port}"]), MXROUTE_SPOOL_DIR=str(spool),
+               MXROUTE_DNS_SERVERS='["127.0.0.1:1"]', MXROUTE_HELO_NAME="relay.test",
+               MXROUTE_RETRY_MIN_SECONDS="3600", MXROUTE_RETRY_MAX_SECONDS="3600")
+    env.pop("MXROUTE_CONFIG", None)
+    with open(log, "wb") as out:
+        started = time.monotonic()
+        proc = subprocess.Popen([str(ROOT / ".venv/bin/mxroute"), "serve"], env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = started + timeout
+            ready = None
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+                        if conn.recv(64).startswith(b"220"):
+                            ready = time.monotonic() - started
+                            break
+                except OSError:
+                    time.sleep(0.02)
+            if ready is None:
+                raise SystemExit(f"relay not ready within {timeout}s; see {log}")
+            time.sleep(2.0)
+            mem = status(proc.pid)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    recovered = None
+    for line in log.read_text(errors="replace").splitlines():
+        if "recovery:" in line and "queued" in line:
+            recovered = int(line.split("recovery:")[1].split()[0])
+    return {"ready_s": round(ready, 3), "rss_kb": mem["VmRSS"], "hwm_kb": mem["VmHWM"], "recovered": recovered}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--keep", type=Path, help="build the spool here and keep it (reused if it exists)")
+    parser.add_argument("--json-out", type=Path)
+    args = parser.parse_args()
+    work = args.keep or Path(tempfile.mkdtemp(prefix="mxroute-qmem-", dir="/var/tmp"))
+    try:
+        empty, full = work / "empty", work / "full"
+        built = None
+        if not (full / "queue").is_dir():
+            built = build(full, args.messages)
+            print(f"built {args.messages} queue files in {built:.1f}s under {full}", flush=True)
+        files = sum(1 for _ in os.scandir(full / "queue"))
+        (empty / "queue").mkdir(parents=True, exist_ok=True)
+        base = measure(empty, work / "empty.log")
+        loaded = measure(full, work / "full.log")
+        per_msg = (loaded["rss_kb"] - base["rss_kb"]) * 1024 / files
+        result = {
+            "bench": "queue_memory", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "messages": files,
+            "base_rss_mib": round(base["rss_kb"] / 1024, 1), "base_ready_s": base["ready_s"],
+            "loaded_rss_mib": round(loaded["rss_kb"] / 1024, 1), "loaded_peak_rss_mib": round(loaded["hwm_kb"] / 1024, 1),
+            "bytes_per_queued_message": round(per_msg), "recovery_ready_s": loaded["ready_s"],
+            "recovered": loaded["recovered"], "spool_mib": round(sum(e.stat().st_size for e in os.scandir(full / "queue")) / 2**20, 1),
+        }
+        print(f"empty spool: RSS {result['base_rss_mib']} MiB, ready in {base['ready_s']:.2f}s")
+        print(f"{files} queued: RSS {result['loaded_rss_mib']} MiB (peak {result['loaded_peak_rss_mib']} MiB), "
+              f"ready in {loaded['ready_s']:.2f}s, recovered {loaded['recovered']}")
+        print(f"=> {per_msg:.0f} bytes of RSS per queued message beyond the base (target < 2048)")
+        print(json.dumps(result))
+        if args.json_out:
+            with open(args.json_out, "a") as out:
+                out.write(json.dumps(result) + "\n")
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
