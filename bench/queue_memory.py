@@ -128,6 +128,8 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--keep", type=Path, help="build the spool here and keep it (reused if it exists)")
     parser.add_argument("--json-out", type=Path)
+    parser.add_argument("--drop-caches", action="store_true",
+                        help="drop the page cache before the loaded start (cold recovery; needs root)")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="mxroute-qmem-", dir="/var/tmp"))
     try:
@@ -139,6 +141,9 @@ def main() -> int:
         files = sum(1 for _ in os.scandir(full / "queue"))
         (empty / "queue").mkdir(parents=True, exist_ok=True)
         base = measure(empty, work / "empty.log")
+        if args.drop_caches:
+            os.sync()
+            Path("/proc/sys/vm/drop_caches").write_text("3\n")
         loaded = measure(full, work / "full.log")
         per_msg = (loaded["rss_kb"] - base["rss_kb"]) * 1024 / files
         result = {
@@ -146,7 +151,7 @@ def main() -> int:
             "base_rss_mib": round(base["rss_kb"] / 1024, 1), "base_ready_s": base["ready_s"],
             "loaded_rss_mib": round(loaded["rss_kb"] / 1024, 1), "loaded_peak_rss_mib": round(loaded["hwm_kb"] / 1024, 1),
             "bytes_per_queued_message": round(per_msg), "recovery_ready_s": loaded["ready_s"],
-            "recovered": loaded["recovered"], "spool_mib": round(sum(e.stat().st_size for e in os.scandir(full / "queue")) / 2**20, 1),
+            "recovered": loaded["recovered"], "cold_cache": args.drop_caches, "spool_mib": round(sum(e.stat().st_size for e in os.scandir(full / "queue")) / 2**20, 1),
         }
         print(f"empty spool: RSS {result['base_rss_mib']} MiB, ready in {base['ready_s']:.2f}s")
         print(f"{files} queued: RSS {result['loaded_rss_mib']} MiB (peak {result['loaded_peak_rss_mib']} MiB), "

@@ -790,7 +790,8 @@ class Courier:
                 chunk = payload[start:start + CHUNK]
                 sent_end = start + CHUNK >= len(payload)
                 protocol.write(chunk)
-                await asyncio.wait_for(protocol._drain_helper(), s.data_block_timeout)
+                if protocol._paused or protocol._connection_lost:  # else nothing to wait for
+                    await asyncio.wait_for(protocol._drain_helper(), s.data_block_timeout)
             resp = await protocol.read_response(timeout=s.data_done_timeout)
         except (*_WIRE_ERRORS, TimeoutError) as exc:
             client.close()
