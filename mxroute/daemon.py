@@ -203,6 +203,10 @@ class Relay:
             self.resolver = self.queue.resolver = fresh
             if self.metrics is not None:
                 self.metrics.sources.resolver = fresh
+        if any(name in changed for name in ("egress_ips", "helo_name", *_DNS)):  # SPF-10/12: the new identity
+            from mxroute.selfcheck import watch
+
+            self.intake.on_queued = watch(new, self.resolver, self.queue.add)
         if new.log_level != old.log_level:
             logging.getLogger().setLevel(new.log_level)
         self.settings = new

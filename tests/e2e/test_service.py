@@ -552,3 +552,30 @@ def test_metrics_listen_must_be_host_port(value: str) -> None:
     with pytest.raises(ConfigError, match="setting metrics_listen"):
         load_settings(None, metrics_listen=value)
     assert load_settings(None, metrics_listen="[::1]:9125").metrics_listen == "[::1]:9125"
+
+
+def test_sighup_gives_the_identity_self_check_the_new_egress_ips(world: World, notify: NotifySocket) -> None:
+    """SPF-10/12 after a reload: egress_ips added by SIGHUP turn the serve-time self-check on,
+    and a sender domain whose SPF excludes the new egress IP is warned about."""
+    world.zone(f"dest IN MX 10 mx1.dest.test.\nmx1.dest IN A {world.ip(1)}\n"
+               f"sender IN MX 10 mx.sender.test.\nmx.sender IN A {world.ip(9)}\n"
+               'sender IN TXT "v=spf1 ip4:192.0.2.1 -all"\n')
+    sink = world.sink(1)
+    config = world.tmp / "mxroute.toml"
+    write_config(config, relay_networks=["127.0.0.1/32"])
+    relay = Relay(world.tmp, world.dns, world.sink_port)
+    relay.env["MXROUTE_CONFIG"] = str(config)
+    relay.env["NOTIFY_SOCKET"] = notify.path
+    spawn(world, relay)
+    notify.wait("READY", "1")
+    assert "self-check off" in relay.log()
+    write_config(config, relay_networks=["127.0.0.1/32"], egress_ips=["127.0.0.1"])
+    assert relay.proc is not None
+    relay.proc.send_signal(signal.SIGHUP)
+    notify.wait("RELOADING", "1")
+    notify.wait("READY", "1")
+    assert wait_for(lambda: "self-check on for egress 127.0.0.1" in relay.log(), timeout=5), relay.log()
+    relay.send("a@sender.test", ["u@dest.test"], MSG)
+    assert wait_for(lambda: sink.messages)
+    assert wait_for(lambda: "egress 127.0.0.1 spf-fail" in relay.log(), timeout=10), relay.log()
+    assert relay.terminate() == 0
