@@ -132,10 +132,15 @@ def _silence_stdout() -> None:
 
 
 def _sendmail(argv: list[str]) -> int:
-    from mxroute.sendmail import sendmail
+    from mxroute.sendmail import Usage, sendmail, split_common
     from mxroute.settings import load_settings
 
-    return sendmail(load_settings(None), argv, sys.stdin.buffer)
+    try:
+        config, argv = split_common(argv)
+    except Usage as exc:
+        print(f"sendmail: {exc}", file=sys.stderr)
+        return EX_USAGE
+    return sendmail(load_settings(config), argv, sys.stdin.buffer)
 
 
 def _usage(message: str) -> MxrouteError:

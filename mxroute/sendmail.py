@@ -31,6 +31,36 @@ class Usage(Exception):
     pass
 
 
+def split_common(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+    """Take mxroute's common options out of a sendmail command line: (config file, the rest).
+
+    ``--config FILE`` (or sendmail's own ``-C FILE``) names the configuration, so the
+    right relay is found; ``--dns`` and ``--zone`` are accepted, as by every command,
+    and mean nothing here (submission asks no DNS).
+    """
+    config: str | None = None
+    rest: list[str] = []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg == "--":
+            rest += [arg, *args]
+            break
+        name, eq, value = arg.partition("=")
+        if name in ("--config", "--dns", "--zone") or arg == "-C" or (arg.startswith("-C") and len(arg) > 2):
+            if arg.startswith("-C") and len(arg) > 2:
+                value = arg[2:]
+            elif not eq:
+                if not args:
+                    raise Usage(f"{arg} needs a value")
+                value = args.pop(0)
+            if name in ("--config", "-C") or arg.startswith("-C"):
+                config = value
+            continue
+        rest.append(arg)
+    return config, rest
+
+
 def parse_args(argv: Sequence[str]) -> tuple[bool, bool, str | None, list[str]]:
     """(-t, -i, -f SENDER, recipients) from sendmail's command line."""
     extract = dot_ok = False
