@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from tests.e2e.test_relay import World, wait_for, world  # noqa: F401 (fixture)
+from tests.support.relay import World, wait_for
 
 SWAKS = shutil.which("swaks")
 

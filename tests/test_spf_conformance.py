@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 import dns.name
+import pytest
 import yaml
 
 from mxroute.resolver import NetworkTransport, Resolver, Server

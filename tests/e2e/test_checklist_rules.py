@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.e2e.test_relay import MSG, ROOT, World, wait_for, world  # noqa: F401  (world is a fixture)
+
+from tests.support.relay import MSG, ROOT, World, wait_for
 
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from tests.e2e.test_relay import MSG, World, wait_for, world  # noqa: F401  (world is a fixture)
+from tests.support.relay import MSG, World, wait_for
 
 
 def _zone(world: World, egress: str, *, ptr: bool = True) -> None:

@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from mxroute.sendmail import Usage, split_common
-from tests.e2e.test_relay import ROOT, World, free_port, wait_for, world  # noqa: F401  (world is a fixture)
+from tests.support.relay import ROOT, World, free_port, wait_for
 
 
 def sendmail(args: list[str], stdin: bytes, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:

@@ -32,10 +32,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e import test_relay
-from tests.e2e.test_relay import MSG, ROOT, Relay, World, free_port, rcpt_script, wait_for
+from tests.support.relay import MSG, ROOT, Relay, World, free_port, rcpt_script, wait_for
 
-world = test_relay.world  # the same fixture: loopback DNS, sinks, relays stopped by PID at the end
 
 IN_CI = os.environ.get("CI") == "true"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_relay import MSG, World, wait_for, world  # noqa: F401  (world: the fixture)
+from tests.support.relay import MSG, World, wait_for
 from tests.support.smtpsink import tls_available
 
 needs_tls = pytest.mark.skipif(not tls_available(), reason="the cryptography package is needed for certificates")

@@ -1,7 +1,7 @@
 """Fault, crash and hostile-input suites (issue 7; RFC-CHECKLIST G and H: SEC-1..14, DUR-1..10).
 
 Everything except the in-process fuzzing goes through the real ``mxroute serve``
-(tests/e2e/test_relay.py's ``Relay``) over loopback, against the loopback DNS
+(tests/support/relay.py's ``Relay``) over loopback, against the loopback DNS
 server and SMTP sinks of tests/support. Each suite records its figures with the
 ``figures`` fixture; they are printed at the end of the run (``pytest -q`` shows
 them) by ``pytest_terminal_summary`` below.
@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_relay import World, _nets, free_port
 from tests.support.dnsserver import DNSServer
+from tests.support.relay import World, free_port, next_net
 
 FIGURES: list[tuple[str, dict[str, Any]]] = []
 
@@ -45,7 +45,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any)
 @pytest.fixture
 def fworld(tmp_path: Path, dns_server: DNSServer) -> Iterator[World]:
     """tests/e2e's World (relays, sinks on 127.1.N.x, the zone) for one fault test; everything stopped after."""
-    net = next(_nets)
+    net = next_net()
     w = World(tmp_path, dns_server, net, free_port(f"127.1.{net}.1"))
     w.zone(f"dest IN MX 10 mx1.dest.test.\nmx1.dest IN A {w.ip(1)}\n"
            f"other IN MX 10 mx1.other.test.\nmx1.other IN A {w.ip(2)}\n"

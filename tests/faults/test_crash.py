@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.test_relay import ROOT, Relay, World, wait_for
+from tests.support.relay import ROOT, Relay, World, wait_for
 
 pytestmark = pytest.mark.slow
 

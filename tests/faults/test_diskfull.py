@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from mxroute.spool import Spool
-from tests.e2e.test_relay import Relay, World, wait_for
 from tests.faults.conftest import mount_tmpfs, unmount
+from tests.support.relay import Relay, World, wait_for
 
 pytestmark = pytest.mark.slow
 

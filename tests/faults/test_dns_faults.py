@@ -23,8 +23,8 @@ import dns.message
 import dns.rdatatype
 import pytest
 
-from tests.e2e.test_relay import ROOT, Relay, World, _nets, free_port, wait_for
 from tests.support.dnsserver import DNSServer, LoggedQuery
+from tests.support.relay import ROOT, Relay, World, free_port, next_net, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -86,7 +86,7 @@ class OversizeDNSServer(DNSServer):
 
 @pytest.fixture
 def dworld(tmp_path: Path) -> Iterator[World]:
-    net = next(_nets)
+    net = next_net()
     with OversizeDNSServer(host=f"127.0.54.{net}") as server:
         w = World(tmp_path, server, net, free_port(f"127.1.{net}.1"))
         try:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_relay import Relay, World, wait_for
+from tests.support.relay import Relay, World, wait_for
 from tests.support.smtpsink import RawSink
 
 pytestmark = pytest.mark.slow

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_relay import Relay, World, wait_for
 from tests.faults.conftest import skip_or_fail
+from tests.support.relay import Relay, World, wait_for
 from tests.test_interop_postfix import (
     MAIN_CF,
     MASTER_CF,

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from mxroute.envelope import Disposition, Envelope, Recipient, RecipientResult
 from mxroute.plan import Plan, Verdict

@@ -9,12 +9,23 @@ import stat
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from mxroute.errors import SpoolError
 from mxroute import spool as spool_module
+from mxroute.errors import SpoolError
 from mxroute.spool import (
-    BOUNCED, DELIVERED, MAGIC, CorruptFile, MessageMeta, RecipientState, Spool, decode, encode, new_queue_id,
+    BOUNCED,
+    DELIVERED,
+    MAGIC,
+    CorruptFile,
+    MessageMeta,
+    RecipientState,
+    Spool,
+    decode,
+    encode,
+    new_queue_id,
 )
 
 MESSAGE = b"Subject: hi\r\n\r\nbody\r\n.leading dot\r\n"

@@ -1,0 +1,167 @@
+"""The real `mxroute serve` as a test subject: a subprocess configured by MXROUTE_* only.
+
+``World`` bundles a loopback DNS server, SMTP sinks on 127.1.N.x and the relays a
+test started; the ``world`` fixture (tests/conftest.py) stops them all by PID.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.dnsserver import DNSServer
+from tests.support.smtpsink import Sink
+
+ROOT = Path(__file__).resolve().parents[2]
+_nets = itertools.cycle(range(10, 250))
+
+
+def next_net() -> int:
+    """A fresh N for the 127.1.N.x sink addresses of one test (cycles through 240)."""
+    return next(_nets)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, step: float = 0.05) -> Any:
+    """Poll ``predicate`` until truthy or ``timeout`` (bounded in time and count)."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / step) + 1):
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            break
+        time.sleep(step)
+    return predicate()
+
+
+# --- SMTP sinks: tests/support/smtpsink.py, all on the relay's smtp_port ---------------------------
+
+def rcpt_script(sink: Sink, address: str, reply: str | None) -> None:
+    """Script the RCPT reply for ``address`` (None: back to normal)."""
+    table = sink.replies.setdefault("RCPT", {})
+    if reply is None:
+        table.pop(address, None)
+    else:
+        table[address] = reply
+
+
+# --- the relay process ---------------------------------------------------------------------------
+
+class Relay:
+    """``python -m mxroute serve`` as a subprocess, configured by environment only."""
+
+    def __init__(self, tmp: Path, dns: DNSServer, smtp_port: int, **settings: Any) -> None:
+        self.port = free_port()
+        self.spool = tmp / "spool"
+        self.log_path = tmp / "relay.log"
+        self.env = dict(os.environ)
+        values: dict[str, Any] = {
+            "listen": [f"127.0.0.1:{self.port}"], "spool_dir": str(self.spool), "dns_servers": [dns.address],
+            "smtp_port": smtp_port, "allow_private_destinations": True, "helo_name": "relay.test",
+            "retry_min_seconds": 1, "retry_max_seconds": 2, "dns_timeout": 1.0, "connect_timeout": 2.0,
+            **settings,
+        }
+        for name, value in values.items():
+            self.env[f"MXROUTE_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), self.env.get("PYTHONPATH")]))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Relay:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "mxroute", "serve"], cwd=ROOT, env=self.env,
+                                     stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        if not wait_for(self._ready, timeout=20):
+            self.kill()
+            pytest.fail(f"relay did not start:\n{self.log()}")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            pytest.fail(f"relay exited with {self.proc.returncode}:\n{self.log()}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                return sock.recv(100).startswith(b"220")
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def client(self, source: str | None = None) -> smtplib.SMTP:
+        client = smtplib.SMTP("127.0.0.1", self.port, timeout=10,
+                              source_address=(source, 0) if source else None)
+        client.ehlo("client.test")
+        return client
+
+    def send(self, sender: str, rcpts: list[str], body: bytes, **kwargs: Any) -> dict[str, Any]:
+        with self.client() as client:
+            return client.sendmail(sender, rcpts, body, **kwargs)
+
+    def queue(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mxroute", "queue", *args], cwd=ROOT, env=self.env,
+                              capture_output=True, text=True, timeout=30)
+
+    def queued(self) -> list[str]:
+        queue_dir = self.spool / "queue"
+        return sorted(p.name for p in queue_dir.iterdir()) if queue_dir.exists() else []
+
+    def terminate(self, timeout: float = 15) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@dataclass
+class World:
+    tmp: Path
+    dns: DNSServer
+    net: int
+    sink_port: int
+    sinks: list[Sink] = field(default_factory=list)
+    relays: list[Relay] = field(default_factory=list)
+
+    def ip(self, n: int) -> str:
+        return f"127.1.{self.net}.{n}"
+
+    def sink(self, n: int, **kwargs: Any) -> Sink:
+        sink = Sink(self.ip(n), self.sink_port, **kwargs)
+        sink.start()
+        self.sinks.append(sink)
+        return sink
+
+    def zone(self, records: str) -> None:
+        self.dns.set_zone(f"$ORIGIN test.\n$TTL 1\n@ IN SOA ns.test. host.test. 1 3600 600 86400 1\n{records}\n")
+
+    def relay(self, **settings: Any) -> Relay:
+        relay = Relay(self.tmp, self.dns, self.sink_port, **settings).start()
+        self.relays.append(relay)
+        return relay
+
+
+MSG = b"From: a@sender.test\r\nTo: u@dest.test\r\nSubject: hello\r\nMessage-ID: <1@sender.test>\r\n\r\nbody line\r\n.dot line\r\n"
