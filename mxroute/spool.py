@@ -363,11 +363,13 @@ class Spool:
     def recover_iter(self, bad: list[str]) -> Iterator[MessageMeta]:
         """``recover()`` one message at a time (a large spool is never all in memory); corrupt IDs go to ``bad``."""
         queue_dir = str(self.queue_dir)
-        for queue_id in self.ids():
+        for queue_id, data in _read_ahead(queue_dir, self.ids()):
             path = os.path.join(queue_dir, queue_id)
             try:
-                with open(path, "rb") as file:
-                    data = file.read()
+                if data is None:
+                    raise FileNotFoundError(path)
+                if isinstance(data, OSError):
+                    raise data
                 meta, _, end = decode(data, queue_id)
                 if end < len(data):
                     log.warning("%s: cut %d bytes of a torn state record", queue_id, len(data) - end)
@@ -538,6 +540,43 @@ class Spool:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+READ_AHEAD_CHUNK = 64  # queue files per read job at start-up
+READ_AHEAD_JOBS = 8  # jobs in flight: a cold page cache is read by several threads at once
+
+
+def _read_ahead(queue_dir: str, ids: list[str]) -> Iterator[tuple[str, bytes | OSError | None]]:
+    """(ID, file bytes) in ``ids`` order, read by a few threads ahead of the caller (None: gone).
+
+    Start-up recovery decodes on one thread (the GIL); reading ahead in parallel keeps a
+    cold disk busy meanwhile (issue 6: 100,000 messages in under 10 s).
+    """
+
+    def read(chunk: list[str]) -> list[bytes | OSError | None]:
+        out: list[bytes | OSError | None] = []
+        for queue_id in chunk:
+            try:
+                with open(os.path.join(queue_dir, queue_id), "rb") as file:
+                    out.append(file.read())
+            except FileNotFoundError:
+                out.append(None)
+            except OSError as exc:
+                out.append(exc)
+        return out
+
+    chunks = [ids[i : i + READ_AHEAD_CHUNK] for i in range(0, len(ids), READ_AHEAD_CHUNK)]
+    if len(chunks) <= 1:
+        for chunk in chunks:
+            yield from zip(chunk, read(chunk))
+        return
+    with ThreadPoolExecutor(max_workers=READ_AHEAD_JOBS, thread_name_prefix="recover") as pool:
+        jobs = collections.deque(pool.submit(read, c) for c in chunks[:READ_AHEAD_JOBS])
+        for index, chunk in enumerate(chunks):
+            results = jobs.popleft().result()
+            if index + READ_AHEAD_JOBS < len(chunks):
+                jobs.append(pool.submit(read, chunks[index + READ_AHEAD_JOBS]))
+            yield from zip(chunk, results)
 
 
 def _truncate(path: Path, size: int) -> None:
