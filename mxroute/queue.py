@@ -490,7 +490,7 @@ class QueueManager:
         )
         await self.spool.store(dsn, body)
         self.stats["dsn"] += 1
-        kind = "non-delivery" if action == "failed" else "delay"
+        kind = {"failed": "non-delivery", "delayed": "delay"}.get(action, "delivery status")  # DSN-9: relayed
         log.info("%s: sender %s notification: %s", meta.queue_id, kind, dsn_id)  # as Postfix's bounce(8)
         self.add(dsn)
         return dsn_id
