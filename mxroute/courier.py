@@ -200,6 +200,21 @@ class _HostFailure(Exception):
         self.reply = reply
 
 
+def _lost(session: _Session, what: str, exc: BaseException) -> _HostFailure:
+    """A drop or a timeout while waiting for the reply to ``what``: the session is over (SESS-4)."""
+    session.client.close()
+    return _HostFailure("4.4.2", f"451 4.4.2 lost connection with {session.target} in reply to {what}: "
+                                 f"{safe_text(str(exc) or type(exc).__name__)}")
+
+
+def _unless_closing(session: _Session, resp: SMTPResponse) -> SMTPResponse:
+    """``resp``, unless it is a 421: the server is closing, so is the session (RFC 5321 §3.8, MX-17)."""
+    if resp.code == 421:
+        session.client.close()
+        raise _HostFailure(enhanced_status(resp.code, resp.message, session.enhanced), reply_text(resp.code, resp.message))
+    return resp
+
+
 @dataclass
 class _Session:
     client: aiosmtplib.SMTP
@@ -711,13 +726,8 @@ class Courier:
         try:
             resp = await session.client.protocol.read_response(timeout=timeout)  # type: ignore[union-attr]
         except (*_WIRE_ERRORS, TimeoutError, AttributeError) as exc:
-            session.client.close()
-            raise _HostFailure("4.4.2", f"451 4.4.2 lost connection with {session.target} in reply to {what}: "
-                                        f"{safe_text(str(exc) or type(exc).__name__)}") from None
-        if resp.code == 421:  # RFC 5321 §3.8: the server is closing
-            session.client.close()
-            raise _HostFailure(enhanced_status(resp.code, resp.message, session.enhanced), reply_text(resp.code, resp.message))
-        return resp
+            raise _lost(session, what, exc) from None
+        return _unless_closing(session, resp)
 
     async def _one_transaction(
         self, session: _Session, attempt: _Attempt, queue: list[Recipient],
@@ -854,14 +864,8 @@ class Courier:
         try:
             resp = await session.client.execute_command(*args, timeout=timeout)
         except (*_WIRE_ERRORS, TimeoutError, ValueError) as exc:
-            session.client.close()
-            what = args[0].decode("ascii", "replace")
-            raise _HostFailure("4.4.2", f"451 4.4.2 lost connection with {session.target} in reply to {what}: "
-                                        f"{safe_text(str(exc) or type(exc).__name__)}") from None
-        if resp.code == 421:  # RFC 5321 §3.8: the server is closing
-            session.client.close()
-            raise _HostFailure(enhanced_status(resp.code, resp.message, session.enhanced), reply_text(resp.code, resp.message))
-        return resp
+            raise _lost(session, args[0].decode("ascii", "replace"), exc) from None
+        return _unless_closing(session, resp)
 
     async def _rset(self, session: _Session) -> None:
         resp = await self._command(session, b"RSET", timeout=self.settings.mail_timeout)

@@ -559,13 +559,7 @@ class Intake:
             self._relay_nets, self._relay_seen = self.networks, {}
         allowed = self._relay_seen.get(peer)
         if allowed is None:  # once per client address, not per RCPT
-            try:
-                ip = ipaddress.ip_address(peer)
-            except ValueError:
-                return False
-            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-                ip = ip.ipv4_mapped
-            allowed = any(ip.version == net.version and ip in net for net in self.networks)
+            allowed = self._trusted(peer)
             if len(self._relay_seen) < 4096:
                 self._relay_seen[peer] = allowed
         return allowed
