@@ -140,6 +140,20 @@ class PostfixInstance:
                            capture_output=True, timeout=30)
 
 
+def stop_postfix(instance: PostfixInstance, root: Path) -> None:
+    """``postfix stop``, wait (bounded) until its master process is gone, remove the instance."""
+    subprocess.run([str(POSTFIX), "-c", str(instance.config), "stop"], check=False, capture_output=True, timeout=60)
+    pid_file = root / "queue" / "pid" / "master.pid"
+    deadline = time.monotonic() + 15
+    while pid_file.exists() and time.monotonic() < deadline:
+        try:
+            os.kill(int(pid_file.read_text().split()[0]), 0)
+        except (OSError, ValueError):
+            break
+        time.sleep(0.1)
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -185,16 +199,7 @@ def postfix() -> Iterator[PostfixInstance]:
                 time.sleep(0.1)
         yield instance
     finally:
-        subprocess.run([str(POSTFIX), "-c", str(instance.config), "stop"], capture_output=True, timeout=60)
-        pid_file = root / "queue" / "pid" / "master.pid"
-        deadline = time.monotonic() + 15
-        while pid_file.exists() and time.monotonic() < deadline:
-            try:
-                os.kill(int(pid_file.read_text().split()[0]), 0)
-            except (OSError, ValueError):
-                break
-            time.sleep(0.1)
-        shutil.rmtree(root, ignore_errors=True)
+        stop_postfix(instance, root)
 
 
 @pytest.fixture

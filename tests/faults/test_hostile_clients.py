@@ -396,6 +396,24 @@ def test_sec5_sec6_crlf_through_mail_and_rcpt_parameters_never_reaches_a_header(
 
 # --- SEC-10: timeouts and connection floods -----------------------------------------------------------
 
+
+def _drip(sock: socket.socket, payload: bytes, interval: float, limit: int = 40) -> tuple[bool, bytes]:
+    """Send ``payload`` cyclically one byte per ``interval`` (at most ``limit`` bytes); (closed, what the relay said)."""
+    sock.settimeout(interval)
+    said = b""
+    for ch in itertools.islice(itertools.cycle(payload), limit):
+        try:
+            sock.send(bytes([ch]))
+            chunk = sock.recv(4096)
+            if not chunk:
+                return True, said
+            said += chunk
+        except TimeoutError:
+            continue
+        except OSError:
+            return True, said
+    return False, said
+
 def test_sec10_idle_and_slow_drip_clients_are_cut_off_with_a_reply(
         fworld: World, figures: Callable[..., None]) -> None:
     """SEC-10: an idle client, a client dripping one command byte at a time and one dripping DATA are
@@ -411,21 +429,7 @@ def test_sec10_idle_and_slow_drip_clients_are_cut_off_with_a_reply(
 
     drip = Raw(relay.port)
     started = time.monotonic()
-    closed, said = False, b""
-    drip.sock.settimeout(0.3)
-    for ch in itertools.islice(itertools.cycle(b"NOOP"), 40):  # never a whole line; bounded at 40 × 0.3 s
-        try:
-            drip.sock.send(bytes([ch]))
-            chunk = drip.sock.recv(4096)
-            if not chunk:
-                closed = True
-                break
-            said += chunk
-        except TimeoutError:
-            continue
-        except OSError:
-            closed = True
-            break
+    closed, said = _drip(drip.sock, b"NOOP", 0.3)  # never a whole line
     outcomes["drip-command"] = (closed, time.monotonic() - started, said)
     drip.close()
 
@@ -435,21 +439,7 @@ def test_sec10_idle_and_slow_drip_clients_are_cut_off_with_a_reply(
     assert data.cmd(b"RCPT TO:<drip@dest.test>")[0] == 250
     assert data.cmd(b"DATA")[0] == 354
     started = time.monotonic()
-    data.sock.settimeout(0.4)
-    closed, said = False, b""
-    for ch in itertools.islice(itertools.cycle(b"Subject: slow\r\n\r\nbody\r\n"), 40):  # 1 byte / 0.4 s
-        try:
-            data.sock.send(bytes([ch]))
-            chunk = data.sock.recv(4096)
-            if not chunk:
-                closed = True
-                break
-            said += chunk
-        except TimeoutError:
-            continue
-        except OSError:
-            closed = True
-            break
+    closed, said = _drip(data.sock, b"Subject: slow\r\n\r\nbody\r\n", 0.4)
     outcomes["drip-data"] = (closed, time.monotonic() - started, said)
     data.close()
     figures("SEC-10 idle / slow-drip", **{k: f"closed={c} after {t:.1f}s reply={s[:40]!r}" for k, (c, t, s) in outcomes.items()})

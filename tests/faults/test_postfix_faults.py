@@ -10,7 +10,6 @@ Skipped with the reason when Postfix is not installed or we are not root; a fail
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import smtplib
@@ -34,6 +33,7 @@ from tests.test_interop_postfix import (
     PostfixInstance,
     _free_port,
     _unavailable,
+    stop_postfix,
 )
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
@@ -74,16 +74,7 @@ def postfix_mta() -> Iterator[PostfixInstance]:
             pytest.fail("the private Postfix instance did not start listening")
         yield instance
     finally:
-        subprocess.run([str(POSTFIX), "-c", str(instance.config), "stop"], check=False, capture_output=True, timeout=60)
-        pid_file = root / "queue" / "pid" / "master.pid"
-        deadline = time.monotonic() + 15
-        while pid_file.exists() and time.monotonic() < deadline:
-            try:
-                os.kill(int(pid_file.read_text().split()[0]), 0)
-            except (OSError, ValueError):
-                break
-            time.sleep(0.1)
-        shutil.rmtree(root, ignore_errors=True)
+        stop_postfix(instance, root)
 
 
 def test_postfix_stopped_mid_run_deferred_mail_drains_when_it_is_back(
