@@ -280,7 +280,11 @@ class QueueManager:
             await self._attempt(queue_id, force)
         except asyncio.CancelledError:
             raise
-        except Exception:  # e.g. the disk failed while recording: keep the message, try again later
+        except OSError as exc:  # the disk failed while recording (ENOSPC, EIO): one line, not a traceback
+            log.error("%s: cannot record the attempt: %s; keeping the message, retrying in %ds",
+                      queue_id, exc.strerror or exc, self.settings.retry_min_seconds)
+            self._schedule(queue_id, self.clock() + self.settings.retry_min_seconds)
+        except Exception:  # a bug: keep the message, try again later, say where
             log.exception("%s: delivery attempt failed; retrying in %ds", queue_id, self.settings.retry_min_seconds)
             self._schedule(queue_id, self.clock() + self.settings.retry_min_seconds)
 

@@ -468,7 +468,7 @@ class Spool:
             size = os.fstat(fd).st_size
             try:
                 if os.write(fd, record) != len(record):
-                    raise OSError(errno.EIO, "short write")
+                    raise OSError(errno.ENOSPC, "No space left on device (short write)")
                 os.fsync(fd)
             except OSError:
                 os.ftruncate(fd, size)  # no torn record in front of the next append

@@ -154,3 +154,5 @@ def test_dur4_dur6_full_disk_during_delivery_does_not_redeliver_on_every_retry(
             deferred_recipient_delivered=len(other.messages))
     assert len(other.messages) == 1
     assert len(dest.messages) == 1, f"{len(dest.messages)} copies to the recipient delivered first"
+    assert "cannot record the attempt: No space left on device" in relay.log()  # one clear line,
+    assert "Traceback" not in relay.log()  # not a traceback
