@@ -37,9 +37,21 @@ def _ip_argument(text: str) -> str:
 def _common() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--config", metavar="FILE", help="TOML settings file (default: $MXROUTE_CONFIG, else /etc/mxroute/mxroute.toml)")
-    common.add_argument("--dns", metavar="SERVER[:PORT]", action="append", default=[], help="DNS server to ask (repeatable; overrides dns_servers)")
+    common.add_argument("--dns", metavar="SERVER[:PORT]", action="append", default=[], type=_dns_server,
+                        help="DNS server to ask (repeatable; overrides dns_servers)")
     common.add_argument("--zone", metavar="FILE", action="append", default=[], help="answer DNS from this RFC 1035 zone file instead (repeatable)")
     return common
+
+
+def _dns_server(text: str) -> str:
+    """``--dns`` checked as an argument (exit 64), by the parser the ``dns_servers`` setting uses."""
+    from mxroute.resolver import Server
+
+    try:
+        Server.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:

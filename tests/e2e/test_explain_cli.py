@@ -173,6 +173,13 @@ def test_exit_64_for_bad_arguments() -> None:
     assert result.returncode == 64
 
 
+def test_exp5_a_malformed_dns_argument_is_a_usage_error_but_the_same_setting_is_a_config_error() -> None:
+    result = explain(["--dns", "not an ip", "u@demo.example"])
+    assert result.returncode == 64 and "--dns" in result.stderr and "Traceback" not in result.stderr
+    result = explain(["--zone", "config/demo.zone", "u@demo.example"], {"MXROUTE_DNS_SERVERS": '["not an ip"]'})
+    assert result.returncode == 78 and "dns_servers" in result.stderr
+
+
 def test_exp1_probe_reports_banner_and_extensions_and_sends_no_mail(dns_server: DNSServer) -> None:
     from tests.support.smtpsink import Sink
 
