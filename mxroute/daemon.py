@@ -30,9 +30,9 @@ from collections.abc import Callable
 from typing import Any
 
 from mxroute import sdnotify
-from mxroute.errors import EX_OK, EX_OSERR, ConfigError, MxrouteError
+from mxroute.delivery import ChildLink, LocalLink, link_for
+from mxroute.errors import EX_OK, EX_OSERR, EX_SOFTWARE, ConfigError, MxrouteError
 from mxroute.fastlog import BatchingStreamHandler
-from mxroute.queue import QueueManager
 from mxroute.resolver import Resolver
 from mxroute.routing import resolver_from_settings
 from mxroute.server import Intake
@@ -45,7 +45,7 @@ INTAKE_GRACE = 3.0  # seconds for DATA being stored to reach its fsync and reply
 DELIVERY_GRACE = 4.0  # seconds for deliveries in flight to finish before they are cancelled (left queued)
 STATUS_INTERVAL = 5.0  # at most one STATUS= update per this many seconds
 # Bound or opened once at start: a reload keeps the old value and says so.
-RESTART_ONLY = ("listen", "spool_dir", "metrics_listen")
+RESTART_ONLY = ("listen", "spool_dir", "metrics_listen", "delivery_processes")
 _DNS = ("dns_servers", "dns_timeout", "dns_attempts", "dns_cache_size")
 # syslog priorities (sd-daemon(3) "<N>" prefixes) for journald
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
@@ -132,18 +132,22 @@ def _address(name: Any) -> str:
 class Relay:
     """The running parts, and what SIGHUP and STATUS= do with them."""
 
-    def __init__(self, settings: Settings, loader: Loader, spool: Spool, resolver: Resolver, courier: Any,
-                 queue: QueueManager, intake: Intake, metrics: Any = None) -> None:
+    def __init__(self, settings: Settings, loader: Loader, resolver: Resolver, link: LocalLink | ChildLink,
+                 intake: Intake) -> None:
         self.settings = settings
         self.loader = loader
-        self.spool, self.resolver, self.courier, self.queue, self.intake = spool, resolver, courier, queue, intake
-        self.metrics = metrics
+        self.resolver, self.link, self.intake = resolver, link, intake  # resolver: the self-check's
         self.hangup = asyncio.Event()
         self.reloads = 0
+        self.sizes: dict[str, int] = {}
 
     # --- STATUS= ---
-    def status(self) -> str:
-        sizes = self.queue.sizes()
+    async def status(self) -> str:
+        try:
+            self.sizes = (await self.link.snapshot()).get("sizes", self.sizes)
+        except Exception:  # a status line is never worth stopping the relay for
+            log.exception("cannot compute STATUS")
+        sizes = self.sizes
         active = sizes.get("active", 0) + sizes.get("due", 0)
         return (f"queue: {active} active, {sizes.get('deferred', 0)} deferred; "
                 f"{len(self.intake.sessions)} connections")
@@ -152,13 +156,10 @@ class Relay:
         """STATUS= when it changed, at most every STATUS_INTERVAL seconds (never raises)."""
         last = None
         while True:
-            try:
-                text = self.status()
-                if text != last:
-                    sdnotify.notify(f"STATUS={text}")
-                    last = text
-            except Exception:  # a status line is never worth stopping the relay for
-                log.exception("cannot compute STATUS")
+            text = await self.status()
+            if text != last:
+                sdnotify.notify(f"STATUS={text}")
+                last = text
             await asyncio.sleep(STATUS_INTERVAL)
 
     # --- SIGHUP ---
@@ -172,10 +173,10 @@ class Relay:
                 await self.reload()
             except Exception:  # keep serving on the old settings whatever went wrong
                 log.exception("reload failed; still running with the previous configuration")
-            sdnotify.notify(f"READY=1\nSTATUS={self.status()}")
+            sdnotify.notify(f"READY=1\nSTATUS={await self.status()}")
 
     async def reload(self) -> bool:
-        """Re-read the configuration and apply it; False (and nothing changed) when it is bad."""
+        """Re-read the configuration and apply it to both processes; False (and nothing changed) when it is bad."""
         log.info("reload: re-reading the configuration (SIGHUP)")
         loop = asyncio.get_running_loop()
         try:  # off the loop: the file, and helo_name's default (getfqdn) may ask DNS
@@ -195,18 +196,13 @@ class Relay:
         except (OSError, ValueError, ssl.SSLError) as exc:
             log.error("reload failed: %s; still running with the previous configuration", exc)
             return False
-        self.queue.reconfigure(new)
-        self.courier.settings = new
+        await self.link.reconfigure(new)  # queue, courier, the delivery resolver
         if any(name in changed for name in _DNS):  # a fresh resolver: no answer of the old servers is kept
-            fresh = resolver_from_settings(new)
-            fresh.stats = self.resolver.stats  # the counters go on (metrics)
-            self.resolver = self.queue.resolver = fresh
-            if self.metrics is not None:
-                self.metrics.sources.resolver = fresh
+            self.resolver = resolver_from_settings(new)
         if any(name in changed for name in ("egress_ips", "helo_name", *_DNS)):  # SPF-10/12: the new identity
             from mxroute.selfcheck import watch
 
-            self.intake.on_queued = watch(new, self.resolver, self.queue.add)
+            self.intake.on_queued = watch(new, self.resolver, self.link.queued)
         if new.log_level != old.log_level:
             logging.getLogger().setLevel(new.log_level)
         self.settings = new
@@ -217,60 +213,69 @@ class Relay:
 
 
 async def _main(settings: Settings, loader: Loader) -> int:
-    from mxroute.courier import Courier
-
     loop = asyncio.get_running_loop()
-    spool = Spool(settings.spool_dir)
+    split = bool(settings.delivery_processes)
+    spool = Spool(settings.spool_dir, keep_fresh=not split)  # split: the delivery process reads the file
     spool.prepare()
     for name in spool.clean_temp():
         log.info("removed stale temporary file %s (an intake that never got its 250)", name)
-    resolver = resolver_from_settings(settings)
-    courier = Courier(settings)
-    metrics: Any = None
-    delivery: Any = courier
-    if settings.metrics_listen:
-        from mxroute.metrics import Metrics, Sources
-
-        metrics = Metrics(Sources(intake=None, queue=None, courier=courier, resolver=resolver))
-        delivery = metrics.timed(courier)
-    queue = QueueManager(settings, spool, resolver, delivery)
-    queue.recover()
+    link = link_for(settings, spool)
+    resolver = resolver_from_settings(settings)  # the identity self-check's; delivery has its own
     from mxroute.selfcheck import watch  # the identity self-check: warnings only, off the hot path (SPF-10, SPF-12)
 
-    intake = Intake(settings, spool, watch(settings, resolver, queue.add))
+    intake = Intake(settings, spool, watch(settings, resolver, link.queued))
     servers: list[asyncio.base_events.Server] = []
+    metrics: Any = None
+    recovery = asyncio.ensure_future(link.start())  # recovery (in the delivery process: while we bind)
     try:
-        servers = await _listen(intake, settings)
-        if metrics is not None:
-            metrics.sources.intake, metrics.sources.queue = intake, queue
-            await metrics.start(str(settings.metrics_listen))
-    except MxrouteError as exc:
-        exc.exit_code = EX_OSERR
+        if not split:
+            await recovery
+        try:
+            if settings.metrics_listen:  # first: scrapable once SMTP answers
+                from mxroute.metrics import Metrics, Sources
+
+                metrics = Metrics(Sources(intake=intake, delivery=link))
+                await metrics.start(str(settings.metrics_listen))
+            servers = await _listen(intake, settings)
+        except MxrouteError as exc:
+            exc.exit_code = EX_OSERR
+            raise
+        await recovery
+    except BaseException:
         for server in servers:
             server.close()
-        await courier.close()
+        if metrics is not None:
+            await metrics.close()
+        if not recovery.done():
+            recovery.cancel()
+        await link.stop(0.0)
         spool.close()
         raise
-    relay = Relay(settings, loader, spool, resolver, courier, queue, intake, metrics)
+    relay = Relay(settings, loader, resolver, link, intake)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, relay.hangup.set)
-    runner = asyncio.create_task(queue.run(), name="queue")
     helpers = [asyncio.create_task(relay.reload_on_hangup(), name="reload")]
-    sdnotify.notify(f"READY=1\nSTATUS={relay.status()}")
+    sdnotify.notify(f"READY=1\nSTATUS={await relay.status()}")
     if sdnotify.enabled():
         helpers.append(asyncio.create_task(relay.report_status(), name="status"))
     log.info("mxroute ready: spool=%s helo=%s", settings.spool_dir, settings.helo_name)
     watchdog = sdnotify.watchdog_interval()
+    code = EX_OK
+    failed = asyncio.ensure_future(link.failed.wait())
     while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=watchdog or 3600)
-        except TimeoutError:
-            sdnotify.notify("WATCHDOG=1")
-        if runner.done():  # the queue manager must never die silently
-            log.error("queue manager stopped: %r", runner.exception())
+        stopped = asyncio.ensure_future(stop.wait())
+        done, _ = await asyncio.wait([stopped, failed], timeout=watchdog or 3600,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if failed in done or link.failure():  # delivery must never die silently, nor intake go on alone
+            log.error("delivery stopped: %s; exiting so that the service is restarted", link.failure())
+            code = EX_SOFTWARE
             break
+        if not done:
+            sdnotify.notify("WATCHDOG=1")
+    failed.cancel()
     sdnotify.notify("STOPPING=1\nSTATUS=shutting down")
     log.info("shutting down: no new connections")
     loop.remove_signal_handler(signal.SIGHUP)
@@ -281,16 +286,12 @@ async def _main(settings: Settings, loader: Loader) -> int:
     if metrics is not None:
         await metrics.close()
     await intake.shutdown(INTAKE_GRACE)
-    await queue.stop(DELIVERY_GRACE)
-    runner.cancel()
-    try:
-        await asyncio.wait_for(courier.close(), timeout=2.0)
-    except (TimeoutError, OSError):
-        pass
+    final = await link.stop(DELIVERY_GRACE)
     spool.close()
+    stats = final.get("stats", {})
     log.info("stopped: accepted=%d delivered=%d deferred=%d bounced=%d", intake.stats["accepted"],
-             queue.stats["delivered"], queue.stats["deferred"], queue.stats["bounced"])
-    return EX_OK
+             stats.get("delivered", 0), stats.get("deferred", 0), stats.get("bounced", 0))
+    return code
 
 
 __all__ = ["RESTART_ONLY", "serve", "setup_logging"]

@@ -6,9 +6,11 @@ at start-up when the package is missing (settings.py).
 
 Nothing is added to the hot path: the counters are the ``stats`` the intake, the
 queue manager, the courier and the resolver keep anyway, read when Prometheus
-scrapes; queue sizes and open connections are computed then too. The one
-per-event cost is the attempt-latency histogram, one ``observe()`` per
-``Courier.deliver()`` call (``TimedCourier``). The endpoint is a small HTTP/1.0
+scrapes; queue sizes and open connections are computed then too. The delivery
+side's numbers (queue, courier, delivery resolver, attempt durations) come from
+the delivery process at scrape time (``Delivery.snapshot()``, one request over its
+socket). The one per-event cost is the attempt-latency histogram, one bucket
+increment per ``Courier.deliver()`` call (``delivery.TimedCourier``). The endpoint is a small HTTP/1.0
 server on the relay's own event loop (no thread reads the loop's data), serving
 ``GET /metrics`` in the Prometheus text format.
 """
@@ -17,34 +19,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
+from prometheus_client.utils import floatToGoString
+
+from mxroute.delivery import ATTEMPT_BUCKETS
 
 from mxroute.errors import EX_OSERR, MxrouteError
 from mxroute.settings import parse_hostport
 
 log = logging.getLogger("mxroute.metrics")
 
-# Seconds: from a local sink's milliseconds to a slow remote MX's minutes (RFC 5321 §4.5.3.2 timeouts).
-ATTEMPT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 REQUEST_TIMEOUT = 5.0  # seconds a scraper has to send its request
 MAX_REQUEST = 8192  # bytes of request head accepted
 
 
 @dataclass
 class Sources:
-    """The running parts whose numbers are exported (each read at scrape time)."""
+    """The running parts whose numbers are exported (read at scrape time)."""
 
     intake: Any  # .stats {"accepted", "rejected"}, .sessions
-    queue: Any  # .stats {"delivered", "deferred", "bounced", "dsn"}, .sizes()
-    courier: Any  # .stats {"connections", "sessions", "reused", "tls", "tls_fallbacks"}
-    resolver: Any  # .stats .queries .hits .coalesced
+    delivery: Any  # async .snapshot(): the delivery side's counters and sizes (delivery.Delivery.snapshot)
 
 
 class _Collector:
@@ -52,90 +52,74 @@ class _Collector:
 
     def __init__(self, sources: Sources) -> None:
         self.sources = sources
+        self.snapshot: dict[str, Any] = {}  # the delivery side's, fetched before each render
 
     def describe(self) -> Iterator[Metric]:
         return self.collect()
 
     def collect(self) -> Iterator[Metric]:
-        s = self.sources
+        intake, d = self.sources.intake, self.snapshot
+        stats, courier_stats, dns = d.get("stats", {}), d.get("courier", {}), d.get("dns", {})
         yield CounterMetricFamily("mxroute_messages_accepted", "Messages accepted over SMTP (250 after DATA, fsync'd)",
-                                  value=s.intake.stats.get("accepted", 0))
+                                  value=intake.stats.get("accepted", 0))
         yield CounterMetricFamily("mxroute_messages_rejected", "RCPT or DATA refused by policy or content checks",
-                                  value=s.intake.stats.get("rejected", 0))
+                                  value=intake.stats.get("rejected", 0))
         outcomes = CounterMetricFamily("mxroute_recipients", "Recipient delivery outcomes: delivered; deferred "
                                        "(a temporary failure, retried later); bounced (failed for good or expired)",
                                        labels=["outcome"])
         for outcome in ("delivered", "deferred", "bounced"):
-            outcomes.add_metric([outcome], s.queue.stats.get(outcome, 0))
+            outcomes.add_metric([outcome], stats.get(outcome, 0))
         yield outcomes
         yield CounterMetricFamily("mxroute_dsn_generated", "Delivery status notifications queued for senders (RFC 3464)",
-                                  value=s.queue.stats.get("dsn", 0))
+                                  value=stats.get("dsn", 0))
         sizes = GaugeMetricFamily("mxroute_queue_messages", "Messages in the queue: active (being delivered), "
                                   "due (waiting for a delivery slot), deferred (waiting for their retry time)",
                                   labels=["state"])
-        for state, count in s.queue.sizes().items():
-            sizes.add_metric([state], count)
+        for state in ("active", "due", "deferred"):
+            sizes.add_metric([state], d.get("sizes", {}).get(state, 0))
         yield sizes
         yield GaugeMetricFamily("mxroute_smtp_connections", "Open SMTP client connections to the intake",
-                                value=len(s.intake.sessions))
+                                value=len(intake.sessions))
         courier = CounterMetricFamily("mxroute_outbound_sessions", "Outbound SMTP: connections made, sessions "
                                       "greeted, reused, with TLS, cleartext fallbacks after a failed STARTTLS",
                                       labels=["event"])
         for event in ("connections", "sessions", "reused", "tls", "tls_fallbacks"):
-            courier.add_metric([event], s.courier.stats.get(event, 0))
+            courier.add_metric([event], courier_stats.get(event, 0))
         yield courier
-        dns = s.resolver.stats
-        yield CounterMetricFamily("mxroute_dns_queries", "DNS questions sent to a server", value=dns.queries)
-        yield CounterMetricFamily("mxroute_dns_cache_hits", "DNS lookups answered from the cache", value=dns.hits)
+        queries, hits, coalesced = dns.get("queries", 0), dns.get("hits", 0), dns.get("coalesced", 0)
+        yield CounterMetricFamily("mxroute_dns_queries", "DNS questions sent to a server", value=queries)
+        yield CounterMetricFamily("mxroute_dns_cache_hits", "DNS lookups answered from the cache", value=hits)
         yield CounterMetricFamily("mxroute_dns_coalesced", "DNS lookups that joined an identical question in flight",
-                                  value=dns.coalesced)
-        lookups = dns.queries + dns.hits + dns.coalesced
+                                  value=coalesced)
+        lookups = queries + hits + coalesced
         yield GaugeMetricFamily("mxroute_dns_cache_hit_ratio", "Cache hits / all DNS lookups since start (0 before any)",
-                                value=dns.hits / lookups if lookups else 0.0)
-
-
-class TimedCourier:
-    """A courier whose ``deliver()`` calls are timed into the attempt-latency histogram."""
-
-    def __init__(self, courier: Any, histogram: Histogram) -> None:
-        self.courier = courier
-        self._observe: Callable[[float], None] = histogram.observe
-
-    async def deliver(self, *args: Any, **kwargs: Any) -> Any:
-        started = time.monotonic()
-        try:
-            return await self.courier.deliver(*args, **kwargs)
-        finally:
-            self._observe(time.monotonic() - started)
-
-    async def close(self) -> None:
-        await self.courier.close()
-
-    def __getattr__(self, name: str) -> Any:  # stats, settings, forget_unreachable, ...
-        return getattr(self.courier, name)
+                                value=hits / lookups if lookups else 0.0)
+        attempts = d.get("attempts") or {"counts": [0] * (len(ATTEMPT_BUCKETS) + 1), "sum": 0.0}
+        cumulative, buckets = 0, []
+        for bound, count in zip((*ATTEMPT_BUCKETS, float("inf")), attempts["counts"], strict=False):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else floatToGoString(bound), cumulative))
+        yield HistogramMetricFamily("mxroute_delivery_attempt_seconds",
+                                    "Duration of one delivery attempt to one destination domain (SMTP)",
+                                    buckets=buckets, sum_value=attempts["sum"])
 
 
 class Metrics:
     """The registry and its HTTP endpoint."""
 
     def __init__(self, sources: Sources) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.attempt_seconds = Histogram(
-            "mxroute_delivery_attempt_seconds", "Duration of one delivery attempt to one destination domain (SMTP)",
-            buckets=ATTEMPT_BUCKETS, registry=self.registry,
-        )
-        self.sources = sources  # complete by start(): the collector is registered there
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.sources = sources
+        self._collector = _Collector(sources)
         self._server: asyncio.base_events.Server | None = None
 
-    def timed(self, courier: Any) -> TimedCourier:
-        return TimedCourier(courier, self.attempt_seconds)
-
-    def render(self) -> bytes:
+    async def render(self) -> bytes:
+        self._collector.snapshot = await self.sources.delivery.snapshot()
         return generate_latest(self.registry)
 
     async def start(self, listen: str) -> None:
         """Listen on ``host:port``; MxrouteError (EX_OSERR) when the address cannot be bound."""
-        self.registry.register(_Collector(self.sources))
+        self.registry.register(self._collector)
         host, port = parse_hostport(listen, 9125)
         host = host.strip("[]")
         try:
@@ -164,7 +148,7 @@ class Metrics:
             if method not in (b"GET", b"HEAD"):
                 status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET /metrics\n"
             elif path in (b"/metrics", b"/"):
-                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, self.render()
+                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, await self.render()
             else:
                 status, ctype, body = "404 Not Found", "text/plain", b"GET /metrics\n"
             writer.write(f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
@@ -178,4 +162,4 @@ class Metrics:
             writer.close()
 
 
-__all__ = ["Metrics", "Sources", "TimedCourier"]
+__all__ = ["Metrics", "Sources"]

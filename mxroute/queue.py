@@ -136,6 +136,20 @@ class QueueManager:
         if due is not None:
             self._schedule(meta.queue_id, due)
 
+    def add_id(self, queue_id: str) -> None:
+        """A message now in the spool, known by its ID only (from the intake process): due now.
+
+        The attempt reads the file; what is not due yet is rescheduled from its recorded state.
+        """
+        self._schedule(queue_id, self.clock())
+
+    def rescan(self, ids: list[str]) -> int:
+        """Schedule the spooled messages this queue does not know (their notice from intake was lost)."""
+        missed = [q for q in ids if q not in self._due and q not in self._inflight and q not in self._again]
+        for queue_id in missed:
+            self.add_id(queue_id)
+        return len(missed)
+
     def _schedule(self, queue_id: str, due: float) -> None:
         current = self._due.get(queue_id)
         if current is None or due < current:

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     delay_warning_seconds: int = Field(0, ge=0)  # 0 = no delay warnings (DSN-10)
     delivery_concurrency: int = Field(100, ge=1)
     destination_concurrency: int = Field(20, ge=1)
+    # 1: delivery (queue manager, courier) runs in a second process, intake in the first (two cores);
+    # 0: both on one event loop in one process (debugging, tests). Read at start only.
+    delivery_processes: int = Field(1, ge=0, le=1)
 
     # --- DNS ---
     dns_servers: list[str] = []

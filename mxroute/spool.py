@@ -297,7 +297,8 @@ class Spool:
     and directory fsyncs by ``_GroupSync``.
     """
 
-    def __init__(self, root: Path, *, threads: int = 16, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, root: Path, *, threads: int = 16, clock: Callable[[], float] = time.time,
+                 keep_fresh: bool = True) -> None:
         self.root = Path(root)
         self.queue_dir = self.root / "queue"
         self.tmp_dir = self.root / "tmp"
@@ -311,6 +312,7 @@ class Spool:
         # back (bounded; the oldest are dropped and read from disk when their turn comes).
         self._fresh: dict[str, tuple[MessageMeta, bytes]] = {}
         self._fresh_bytes = 0
+        self._keep_fresh = keep_fresh  # False where nothing in this process delivers (the intake process)
 
     # --- set-up and recovery ---
     def prepare(self) -> None:
@@ -412,6 +414,8 @@ class Spool:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.load, queue_id)
 
     def _remember(self, meta: MessageMeta, message: bytes) -> None:
+        if not self._keep_fresh:
+            return
         self._fresh[meta.queue_id] = (meta, message)
         self._fresh_bytes += len(message)
         while self._fresh and (self._fresh_bytes > FRESH_BYTES or len(self._fresh) > FRESH_COUNT):
