@@ -308,6 +308,10 @@ class Courier:
         # RTY-4: hosts that failed at connect/greeting/EHLO, skipped until the time given,
         # so N messages for a dead host cost O(1) connections per retry cycle, not O(N).
         self._unreachable: dict[tuple[str, int, str | None], tuple[float, str, str]] = {}
+        # Hosts that last gave a session; to any other, one connection at a time until it answers
+        # (N messages arriving together for a dead host must not open N connections first).
+        self._answering: set[tuple[str, int, str | None]] = set()
+        self._probes: dict[tuple[str, int, str | None], asyncio.Future[None]] = {}
 
     # --- the one public operation -----------------------------------------------------------
 
@@ -444,23 +448,44 @@ class Courier:
                 attempt.soft(pending, known[1], f"{known[2]} (host skipped until its retry time, RTY-4)", target)
                 return None, False
             del self._unreachable[key]
-        # starttls=False turns the opportunistic default off; a required policy still applies.
-        use_tls = policy.level != "none" and (self.starttls or policy.required)
-        session, greeted, problem = await self._connect(target, key, use_tls=use_tls, policy=policy)
-        if session is None and problem and problem.startswith(tlspolicy.STATUS + " "):
-            status, reply = problem.split(" ", 1)  # TLS-3: this policy's failure, not the host's
-            attempt.soft(pending, status, reply, target)
-            return None, greeted
-        if problem == "tls":  # TLS-1: opportunistic; a failed handshake → same host in plain text
-            session, greeted2, problem = await self._connect(target, key, use_tls=False)
-            greeted = greeted or greeted2
-        if session is None:
-            status, reply = problem.split(" ", 1) if problem and problem != "tls" else ("4.4.1", "451 4.4.1 no session")
-            attempt.soft(pending, status, reply, target)
-            if len(self._unreachable) >= 10000:
-                self._unreachable.clear()
-            self._unreachable[key] = (time.monotonic() + self.settings.retry_min_seconds, status, reply)
-        return session, greeted
+        probe: asyncio.Future[None] | None = None
+        if key not in self._answering:  # RTY-4: first contact; while one connection finds out, the rest wait
+            waiting = self._probes.get(key)
+            if waiting is not None:
+                await asyncio.shield(waiting)
+                known = self._unreachable.get(key)
+                if known is not None and known[0] > time.monotonic():
+                    attempt.soft(pending, known[1], f"{known[2]} (host skipped until its retry time, RTY-4)", target)
+                    return None, False
+            else:
+                probe = self._probes[key] = asyncio.get_running_loop().create_future()
+        try:
+            # starttls=False turns the opportunistic default off; a required policy still applies.
+            use_tls = policy.level != "none" and (self.starttls or policy.required)
+            session, greeted, problem = await self._connect(target, key, use_tls=use_tls, policy=policy)
+            if session is None and problem and problem.startswith(tlspolicy.STATUS + " "):
+                status, reply = problem.split(" ", 1)  # TLS-3: this policy's failure, not the host's
+                attempt.soft(pending, status, reply, target)
+                return None, greeted
+            if problem == "tls":  # TLS-1: opportunistic; a failed handshake → same host in plain text
+                session, greeted2, problem = await self._connect(target, key, use_tls=False)
+                greeted = greeted or greeted2
+            if session is None:
+                status, reply = problem.split(" ", 1) if problem and problem != "tls" else ("4.4.1", "451 4.4.1 no session")
+                attempt.soft(pending, status, reply, target)
+                if len(self._unreachable) >= 10000:
+                    self._unreachable.clear()
+                self._unreachable[key] = (time.monotonic() + self.settings.retry_min_seconds, status, reply)
+                self._answering.discard(key)
+            else:
+                if len(self._answering) >= 10000:
+                    self._answering.clear()
+                self._answering.add(key)
+            return session, greeted
+        finally:
+            if probe is not None:
+                del self._probes[key]
+                probe.set_result(None)
 
     def forget_unreachable(self) -> None:
         """Try every host again at the next delivery (``mxroute queue flush``)."""

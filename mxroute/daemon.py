@@ -1,20 +1,32 @@
 """``mxroute serve``: wire spool, queue manager, courier and intake together, run, reload, stop cleanly.
 
-Start-up: prepare and recover the spool (DUR-5, DUR-7), then listen (or take the
-sockets systemd passed, LISTEN_FDS), then ``READY=1``. One log line per event on
-stdout (journald); under journald each line carries its syslog priority.
+Two processes (``delivery_processes = 1``, the default; mxroute/delivery.py): this
+one (what systemd runs and hears from) holds the listeners, the intake (aiosmtpd,
+spool writes with their fsync before the 250) and the identity self-check, and
+tells the delivery process each committed queue ID; the delivery process runs
+recovery, the queue manager, the courier and bounces. ``0``: the same parts on one
+event loop, the ID handed over by a direct call.
+
+Start-up: prepare the spool and remove stale temporary files (DUR-5), start the
+delivery side and wait for its recovery (DUR-7), then listen (or take the sockets
+systemd passed, LISTEN_FDS), then ``READY=1``. One log line per event on stdout
+(journald; both processes write there); under journald each line carries its
+syslog priority. A delivery process that dies is restarted (bounded); past the
+bound this process exits 70 so that systemd restarts the service.
 
 SIGHUP re-reads the configuration (same file and environment as at start) and
 applies it without dropping a connection or a message; the settings in
 ``RESTART_ONLY`` keep their old value with a warning; a configuration that does
-not load is logged and the running one kept. systemd hears ``RELOADING=1`` then
+not load is logged and the running one kept; the delivery process gets the new
+settings over its socket and confirms them before systemd hears ``RELOADING=1`` then
 ``READY=1`` (systemd.service(5), Type=notify-reload protocol).
 
 ``STATUS=`` tells systemd the queue and connection counts, at most every
 ``STATUS_INTERVAL`` seconds and only when they changed.
 
 SIGTERM/SIGINT: ``STOPPING=1``, stop accepting, let stores in progress finish
-(their 250 or 4xx), 421 to other sessions, give deliveries a bounded time, exit 0
+(their 250 or 4xx), 421 to other sessions, then tell the delivery process to give
+deliveries a bounded time and exit, exit 0
 (RFC 5321 §3.8; DUR-8). The whole stop stays under the benchmark's 10 s.
 """
 
@@ -214,8 +226,7 @@ class Relay:
 
 async def _main(settings: Settings, loader: Loader) -> int:
     loop = asyncio.get_running_loop()
-    split = bool(settings.delivery_processes)
-    spool = Spool(settings.spool_dir, keep_fresh=not split)  # split: the delivery process reads the file
+    spool = Spool(settings.spool_dir, keep_fresh=not settings.delivery_processes)  # split: the delivery process reads the file
     spool.prepare()
     for name in spool.clean_temp():
         log.info("removed stale temporary file %s (an intake that never got its 250)", name)
@@ -226,10 +237,8 @@ async def _main(settings: Settings, loader: Loader) -> int:
     intake = Intake(settings, spool, watch(settings, resolver, link.queued))
     servers: list[asyncio.base_events.Server] = []
     metrics: Any = None
-    recovery = asyncio.ensure_future(link.start())  # recovery (in the delivery process: while we bind)
     try:
-        if not split:
-            await recovery
+        await link.start()  # recovery first (DUR-7), as before the split: mail is taken once it can leave
         try:
             if settings.metrics_listen:  # first: scrapable once SMTP answers
                 from mxroute.metrics import Metrics, Sources
@@ -240,14 +249,11 @@ async def _main(settings: Settings, loader: Loader) -> int:
         except MxrouteError as exc:
             exc.exit_code = EX_OSERR
             raise
-        await recovery
     except BaseException:
         for server in servers:
             server.close()
         if metrics is not None:
             await metrics.close()
-        if not recovery.done():
-            recovery.cancel()
         await link.stop(0.0)
         spool.close()
         raise

@@ -361,9 +361,10 @@ class ChildLink:
         self._flushing = False
         lines = self._lines
         transport = lines.transport if lines is not None else None
-        if transport is None or transport.is_closing() or self._ready is None or not self._ready.done():
-            self._ids.clear()  # a child starting or restarting recovers them from the spool
+        if transport is None or transport.is_closing():
+            self._ids.clear()  # the child is gone: the next one recovers them from the spool
             return
+        # A child still recovering reads them when done (its scan may have listed the spool before).
         if transport.get_write_buffer_size() > PIPE_LIMIT:
             self._ids.clear()
             self._dropped = True
