@@ -88,6 +88,12 @@ def setup_logging(level: str) -> None:
     logging.getLogger("asyncio").setLevel(logging.WARNING)
 
 
+def flush_log() -> None:
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, BatchingStreamHandler):
+            handler.flush_now()
+
+
 def serve(settings: Settings, reload: Loader | None = None) -> int:
     """Run the relay until SIGTERM; the exit code for ``mxroute serve``.
 
@@ -267,6 +273,7 @@ async def _main(settings: Settings, loader: Loader) -> int:
     if sdnotify.enabled():
         helpers.append(asyncio.create_task(relay.report_status(), name="status"))
     log.info("mxroute ready: spool=%s helo=%s", settings.spool_dir, settings.helo_name)
+    flush_log()  # the start-up lines now: the delivery process's lines do not wait for ours
     watchdog = sdnotify.watchdog_interval()
     code = EX_OK
     failed = asyncio.ensure_future(link.failed.wait())

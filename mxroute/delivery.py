@@ -49,7 +49,7 @@ from mxroute.routing import resolver_from_settings
 from mxroute.settings import Settings
 from mxroute.spool import QUEUE_ID, MessageMeta, Spool
 
-log = logging.getLogger("mxroute.delivery")
+log = logging.getLogger("mxroute.daemon")  # mxroute.delivery is the courier's attempt lines
 
 # Seconds: from a local sink's milliseconds to a slow remote MX's minutes (RFC 5321 §4.5.3.2 timeouts).
 ATTEMPT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
