@@ -1,10 +1,11 @@
 """Cheap log output for the daemon's hot path: one write per batch of lines, not per line.
 
 ``logging.StreamHandler`` flushes after every record: one ``write(2)`` per log line,
-about three per relayed message. ``BatchingStreamHandler`` leaves lines in the
-stream's buffer and flushes them from a small thread every ``interval`` seconds
-(0.1 s by default), at once for WARNING and above, and on close (``logging.shutdown``
-at exit). A SIGKILL can lose at most the last ``interval`` of INFO lines; mail is
+about three per relayed message. ``BatchingStreamHandler`` writes a line at once when
+nothing was written in the last ``interval`` seconds (0.1 s by default: a quiet relay's
+lines appear as they happen), and otherwise leaves lines in the stream's buffer for a
+small thread to flush every ``interval``; WARNING and above at once, and the rest on
+close (``logging.shutdown`` at exit). A SIGKILL can lose at most the last ``interval`` of INFO lines; mail is
 never affected (the spool, not the log, is the record of a message).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TextIO
 
 
@@ -22,6 +24,7 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__(stream)
         self.interval = interval
         self._dirty = False
+        self._flushed = 0.0  # monotonic time of the last flush
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="log-flush", daemon=True)
         self._thread.start()
@@ -32,11 +35,12 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def emit(self, record: logging.LogRecord) -> None:
         super().emit(record)
-        if record.levelno >= logging.WARNING:
+        if record.levelno >= logging.WARNING or time.monotonic() - self._flushed >= self.interval:
             self.flush_now()
 
     def flush_now(self) -> None:
         self._dirty = False
+        self._flushed = time.monotonic()
         with self.lock:  # type: ignore[union-attr]
             try:
                 self.stream.flush()
