@@ -8,7 +8,7 @@ deferred for an hour: the steady state of a destination that is down), then star
 * recovery: time from exec to the 220 banner on the listen port (the daemon scans and
   validates every queue file before it listens), and the "recovery: N message(s)
   queued" count from its log;
-* RSS: VmRSS of the daemon 2 s after it is ready, and VmHWM (its peak);
+* RSS: VmRSS of the daemon and its delivery process 2 s after it is ready, and VmHWM (their peaks), summed;
 * base: the same for an empty spool; per message = (RSS - base) / N.
 
 The files are written with the spool's own encoder (`mxroute.spool.encode`), without an
@@ -77,11 +77,17 @@ def free_port() -> int:
 
 
 def status(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0])  # kB
+    """VmRSS and VmHWM (kB) of the daemon and its children (the delivery process), summed."""
+    out = {"VmRSS": 0, "VmHWM": 0}
+    try:
+        children = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        children = []
+    for proc in (pid, *children):
+        for line in Path(f"/proc/{proc}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in out:
+                out[key] += int(value.split()[0])
     return out
 
 
