@@ -128,7 +128,7 @@ def test_rty4_a_dead_host_costs_few_connections_per_cycle(world: World) -> None:
     time.sleep(0.5)
     connects = len(dead.connections)
     print(f"RTY-4: 30 messages for a dead host -> {connects} connections in the first cycle")
-    assert connects <= 10, connects
+    assert connects <= 2, connects  # first contact is one connection at a time until the host answers
     assert len(relay.queued()) == 30
 
 
