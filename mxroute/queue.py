@@ -26,7 +26,15 @@ from mxroute.plan import Plan
 from mxroute.resolver import Resolver
 from mxroute.routing import policy_from_settings, route
 from mxroute.settings import Settings
-from mxroute.spool import BOUNCED, DELIVERED, PENDING, CorruptFile, MessageMeta, RecipientState, Spool
+from mxroute.spool import (
+    BOUNCED,
+    DELIVERED,
+    PENDING,
+    CorruptFile,
+    MessageMeta,
+    RecipientState,
+    Spool,
+)
 
 log = logging.getLogger("mxroute.queue")
 
@@ -36,9 +44,13 @@ POLL_SECONDS = 1.0  # how often the spool is checked for `mxroute queue flush`
 
 
 class CourierLike(Protocol):
+    """What the queue needs of a courier (``mxroute.courier.Courier``; tests script their own)."""
+
     async def deliver(
-        self, plan: Plan, envelope: Envelope, recipients: list[Recipient], message_bytes: bytes, *, queue_id: str
+        self, plan: Plan, envelope: Envelope, recipients: list[Recipient], message: bytes, *, queue_id: str | None = None
     ) -> list[RecipientResult]: ...
+
+    def forget_unreachable(self) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -159,9 +171,7 @@ class QueueManager:
 
     def flush(self) -> None:
         """Make every queued message due now (``mxroute queue flush``), every host worth a try."""
-        forget = getattr(self.courier, "forget_unreachable", None)
-        if forget is not None:
-            forget()
+        self.courier.forget_unreachable()
         for queue_id in self.spool.ids():
             self._forced.add(queue_id)
             self._due.pop(queue_id, None)
@@ -421,9 +431,6 @@ class QueueManager:
             rcpt.status, rcpt.reply = result.status, safe_text(result.reply)
             if result.remote_mta:
                 rcpt.hosts[safe_text(result.remote_mta, 200)] = rcpt.reply
-            trail = getattr(result, "hosts", None)  # every host tried, when the courier reports them
-            if isinstance(trail, dict):
-                rcpt.hosts.update({safe_text(str(h), 200): safe_text(str(r)) for h, r in trail.items()})
             delay = now - meta.arrival
             if result.disposition is Disposition.DELIVERED:
                 rcpt.state, rcpt.why = DELIVERED, None

@@ -10,7 +10,7 @@ import pytest
 
 from mxroute.resolver import NetworkTransport, Resolver, Server
 from tests.support.dnsserver import DNSServer
-from tests.support.relay import World, free_port, next_net
+from tests.support.relay import World
 
 _hosts = itertools.cycle(f"127.0.53.{n}" for n in range(1, 250))
 
@@ -29,12 +29,7 @@ def resolver_for(server: DNSServer, timeout: float = 0.5) -> Resolver:
 
 @pytest.fixture
 def world(tmp_path: Path, dns_server: DNSServer) -> Iterator[World]:
-    net = next_net()
-    w = World(tmp_path, dns_server, net, free_port(f"127.1.{net}.1"))
-    w.zone(f"dest IN MX 10 mx1.dest.test.\nmx1.dest IN A {w.ip(1)}\n"
-           f"sender IN MX 10 mx.sender.test.\nmx.sender IN A {w.ip(9)}\n")
-    yield w
-    for relay in w.relays:
-        relay.kill()
-    for sink in w.sinks:
-        sink.stop()
+    with World.running(tmp_path, dns_server) as w:
+        w.zone(f"dest IN MX 10 mx1.dest.test.\nmx1.dest IN A {w.ip(1)}\n"
+               f"sender IN MX 10 mx.sender.test.\nmx.sender IN A {w.ip(9)}\n")
+        yield w

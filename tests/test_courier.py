@@ -16,19 +16,10 @@ from mxroute.plan import Plan, Target, Verdict
 from mxroute.routing import policy_from_settings, route
 from mxroute.settings import Settings
 from tests.conftest import resolver_for
+from tests.support.courierkit import MESSAGE
+from tests.support.courierkit import courier_settings as settings
 from tests.support.dnsserver import DNSServer
 from tests.support.smtpsink import ClosedPort, RawSink, Sink, tls_available
-
-MESSAGE = b"From: s@src.test\r\nTo: a@dest.test\r\nSubject: hello\r\n\r\nHello.\r\n"
-
-
-def settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = dict(
-        helo_name="relay.test", connect_timeout=2.0, greeting_timeout=2.0, mail_timeout=2.0, rcpt_timeout=2.0,
-        data_init_timeout=2.0, data_block_timeout=2.0, data_done_timeout=2.0,
-    )
-    values.update(overrides)
-    return Settings(**values)
 
 
 def target(n: int, server: Sink | RawSink | ClosedPort, preference: int | None = None) -> Target:

@@ -9,15 +9,12 @@ from typing import Any
 from mxroute.courier import Courier
 from mxroute.envelope import Disposition, Envelope, Recipient, RecipientResult
 from mxroute.plan import Plan, Target, Verdict
-from mxroute.settings import Settings
+from tests.support.courierkit import MESSAGE, courier_settings
 from tests.support.smtpsink import Sink
-
-MESSAGE = b"From: s@src.test\r\nTo: a@dest.test\r\nSubject: hello\r\n\r\nHello.\r\n"
 
 
 def deliver(sink: Sink, rcpt: Recipient, **env: Any) -> RecipientResult:
-    settings = Settings(helo_name="relay.test", connect_timeout=2.0, greeting_timeout=2.0, mail_timeout=2.0,
-                        rcpt_timeout=2.0, data_init_timeout=2.0, data_block_timeout=2.0, data_done_timeout=2.0)
+    settings = courier_settings()
     plan = Plan("dest.test", Verdict.DELIVERABLE, "1 address", "2.0.0",
                 targets=(Target("mx1.dest.test", 10, sink.host, 4, sink.port),))
 

@@ -18,21 +18,12 @@ import pytest
 from mxroute.courier import Courier
 from mxroute.envelope import Disposition, Envelope, Recipient, RecipientResult
 from mxroute.plan import Plan, Target, Verdict
-from mxroute.settings import Settings
+from tests.support.courierkit import MESSAGE
+from tests.support.courierkit import courier_settings as settings
 from tests.support.smtpsink import RawSink, Sink, tls_available
 
 pytestmark = pytest.mark.skipif(not tls_available(), reason="the cryptography package is needed for certificates")
 
-MESSAGE = b"From: s@src.test\r\nTo: a@dest.test\r\nSubject: hello\r\n\r\nHello.\r\n"
-
-
-def settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = dict(
-        helo_name="relay.test", connect_timeout=2.0, greeting_timeout=2.0, mail_timeout=2.0, rcpt_timeout=2.0,
-        data_init_timeout=2.0, data_block_timeout=2.0, data_done_timeout=2.0,
-    )
-    values.update(overrides)
-    return Settings(**values)
 
 
 def target(n: int, server: Sink | RawSink, exchange: str | None = None) -> Target:

@@ -34,7 +34,6 @@ import pytest
 
 from tests.support.relay import MSG, ROOT, Relay, World, free_port, rcpt_script, wait_for
 
-
 IN_CI = os.environ.get("CI") == "true"
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.support.dnsserver import DNSServer
-from tests.support.relay import World, free_port, next_net
+from tests.support.relay import World
 
 FIGURES: list[tuple[str, dict[str, Any]]] = []
 
@@ -45,18 +45,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any)
 @pytest.fixture
 def fworld(tmp_path: Path, dns_server: DNSServer) -> Iterator[World]:
     """tests/e2e's World (relays, sinks on 127.1.N.x, the zone) for one fault test; everything stopped after."""
-    net = next_net()
-    w = World(tmp_path, dns_server, net, free_port(f"127.1.{net}.1"))
-    w.zone(f"dest IN MX 10 mx1.dest.test.\nmx1.dest IN A {w.ip(1)}\n"
-           f"other IN MX 10 mx1.other.test.\nmx1.other IN A {w.ip(2)}\n"
-           f"sender IN MX 10 mx.sender.test.\nmx.sender IN A {w.ip(9)}\n")
-    try:
+    with World.running(tmp_path, dns_server) as w:
+        w.zone(f"dest IN MX 10 mx1.dest.test.\nmx1.dest IN A {w.ip(1)}\n"
+               f"other IN MX 10 mx1.other.test.\nmx1.other IN A {w.ip(2)}\n"
+               f"sender IN MX 10 mx.sender.test.\nmx.sender IN A {w.ip(9)}\n")
         yield w
-    finally:
-        for relay in w.relays:
-            relay.kill()
-        for sink in w.sinks:
-            sink.stop()
 
 
 def in_ci() -> bool:

@@ -24,7 +24,7 @@ import dns.rdatatype
 import pytest
 
 from tests.support.dnsserver import DNSServer, LoggedQuery
-from tests.support.relay import ROOT, Relay, World, free_port, next_net, wait_for
+from tests.support.relay import ROOT, Relay, World, next_net, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -87,15 +87,8 @@ class OversizeDNSServer(DNSServer):
 @pytest.fixture
 def dworld(tmp_path: Path) -> Iterator[World]:
     net = next_net()
-    with OversizeDNSServer(host=f"127.0.54.{net}") as server:
-        w = World(tmp_path, server, net, free_port(f"127.1.{net}.1"))
-        try:
-            yield w
-        finally:
-            for relay in w.relays:
-                relay.kill()
-            for sink in w.sinks:
-                sink.stop()
+    with OversizeDNSServer(host=f"127.0.54.{net}") as server, World.running(tmp_path, server, net) as w:
+        yield w
 
 
 def _zone(w: World, extra: str) -> None:

@@ -15,7 +15,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,21 @@ class World:
         relay = Relay(self.tmp, self.dns, self.sink_port, **settings).start()
         self.relays.append(relay)
         return relay
+
+    @classmethod
+    @contextmanager
+    def running(cls, tmp: Path, dns: DNSServer, net: int | None = None) -> Iterator[World]:
+        """A world on 127.1.N.x (a fresh N unless given); on exit every relay it started is
+        killed by PID and every sink stopped, whatever the test did."""
+        net = next_net() if net is None else net
+        world = cls(tmp, dns, net, free_port(f"127.1.{net}.1"))
+        try:
+            yield world
+        finally:
+            for relay in world.relays:
+                relay.kill()
+            for sink in world.sinks:
+                sink.stop()
 
 
 MSG = b"From: a@sender.test\r\nTo: u@dest.test\r\nSubject: hello\r\nMessage-ID: <1@sender.test>\r\n\r\nbody line\r\n.dot line\r\n"

@@ -46,6 +46,7 @@ is ``"strict"`` (only ``<CRLF>.<CRLF>`` ends data) or ``"vulnerable"`` (also
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import datetime
 import ipaddress
@@ -151,7 +152,7 @@ def server_tls_context() -> ssl.SSLContext:
 
 # --- the threaded loop both sinks use ------------------------------------------------------
 
-class _Threaded:
+class _Threaded(abc.ABC):
     """An asyncio server in a daemon thread; subclasses give ``_protocol()``."""
 
     def __init__(self, host: str, port: int) -> None:
@@ -164,8 +165,9 @@ class _Threaded:
         self._lock = threading.RLock()
         self._error: BaseException | None = None
 
+    @abc.abstractmethod
     def _protocol(self) -> asyncio.BaseProtocol:
-        raise NotImplementedError
+        """A protocol instance for one accepted connection (Sink: aiosmtpd; RawSink: the byte recorder)."""
 
     def start(self) -> None:
         ready = threading.Event()

@@ -62,6 +62,7 @@ class FakeCourier:
         self.script: dict[str, list[tuple[Disposition, str, str]]] = {}
         self.calls: list[tuple[str, list[str]]] = []
         self.sent: dict[str, bytes] = {}  # queue id -> message, for every delivered transaction
+        self.forgotten = 0  # flushes that told the courier to try every host again (RTY-4)
 
     def will(self, address: str, *replies: tuple[Disposition, str, str]) -> None:
         self.script[address] = list(replies)
@@ -77,6 +78,9 @@ class FakeCourier:
         if any(r.disposition is Disposition.DELIVERED for r in results):
             self.sent[queue_id] = message_bytes
         return results
+
+    def forget_unreachable(self) -> None:
+        self.forgotten += 1
 
     async def close(self) -> None:
         return None
@@ -254,6 +258,7 @@ def test_flush_makes_deferred_mail_due_now(h: Harness) -> None:
     assert h.run() == 0
     h.spool.request_flush()
     asyncio.run(h.qm._poll_flush())
+    assert h.courier.forgotten == 1  # RTY-4: hosts skipped as unreachable are worth a try again
     assert h.run() == 1 and h.spool.ids() == []
     assert not h.spool.flush_marker.exists()
 
