@@ -17,7 +17,8 @@ over one AF_UNIX socketpair, one line per message:
 The spool stays the truth: an ID that cannot be sent (the child is restarting, the pipe
 is full) is dropped, and the child finds the message anyway: its start-up recovery scans
 the spool, a ``rescan`` follows a drop, and the spool is rescanned every
-``RESCAN_SECONDS`` whatever happens. Every attempt reads the queue file again, so a
+``RESCAN_SECONDS`` whatever happens. A rescan takes only files unchanged for
+``SETTLE_SECONDS`` (a younger one may not be committed yet); the next takes the rest. Every attempt reads the queue file again, so a
 message heard about twice is still delivered once.
 
 The child dies with the parent: ``PR_SET_PDEATHSIG`` (SIGKILL, Linux) and, everywhere,
@@ -55,6 +56,7 @@ log = logging.getLogger("mxroute.daemon")  # mxroute.delivery is the courier's a
 ATTEMPT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 _DNS = ("dns_servers", "dns_timeout", "dns_attempts", "dns_cache_size")
 RESCAN_SECONDS = 30.0  # the spool is listed this often for messages whose notice never arrived
+SETTLE_SECONDS = 10.0  # a rescan leaves files younger than this to the next one (maybe not yet committed)
 MAX_RESTARTS = 5  # delivery process restarts allowed per RESTART_WINDOW seconds
 RESTART_WINDOW = 60.0
 PIPE_LIMIT = 4 << 20  # bytes of IDs buffered for a busy child before they are dropped (and rescanned)
@@ -518,7 +520,10 @@ async def _child(settings: Settings, sock: socket.socket, rest: bytes) -> int:
                 pass
             rescan_now.clear()
             try:
-                ids = await loop.run_in_executor(None, spool.ids)
+                ids = delivery.queue.unknown(await loop.run_in_executor(None, spool.ids))
+                # DUR-3: not a file younger than SETTLE_SECONDS: it may be between its rename and the
+                # directory fsync, and removed again (the client told 4xx) if that fsync fails.
+                ids = await loop.run_in_executor(None, spool.settled, ids, SETTLE_SECONDS)
             except OSError as exc:
                 log.error("cannot list the spool: %s", exc)
                 continue

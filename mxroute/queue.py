@@ -155,9 +155,13 @@ class QueueManager:
         """
         self._schedule(queue_id, self.clock())
 
+    def unknown(self, ids: list[str]) -> list[str]:
+        """Those of the spooled ``ids`` this queue does not know (their notice from intake was lost, or is on its way)."""
+        return [q for q in ids if q not in self._due and q not in self._inflight and q not in self._again]
+
     def rescan(self, ids: list[str]) -> int:
         """Schedule the spooled messages this queue does not know (their notice from intake was lost)."""
-        missed = [q for q in ids if q not in self._due and q not in self._inflight and q not in self._again]
+        missed = self.unknown(ids)
         for queue_id in missed:
             self.add_id(queue_id)
         return len(missed)

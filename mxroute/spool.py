@@ -352,6 +352,22 @@ class Spool:
         """IDs of the committed messages, oldest first."""
         return sorted(e.name for e in os.scandir(self.queue_dir) if QUEUE_ID.match(e.name))
 
+    def settled(self, ids: list[str], seconds: float) -> list[str]:
+        """Those of ``ids`` whose file has not changed for ``seconds`` (and still exists).
+
+        A younger file may be between its rename and the directory fsync: not yet
+        acknowledged, and removed again if that fsync fails (see ``store``).
+        """
+        limit = time.time() - seconds
+        found = []
+        for queue_id in ids:
+            try:
+                if os.stat(self.path(queue_id)).st_mtime <= limit:
+                    found.append(queue_id)
+            except FileNotFoundError:
+                continue
+        return found
+
     def recover(self) -> tuple[list[MessageMeta], list[str]]:
         """Scan ``queue/``: the valid messages, and the IDs moved to ``corrupt/`` (DUR-2, DUR-7).
 

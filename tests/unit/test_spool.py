@@ -307,3 +307,19 @@ def test_failed_state_append_leaves_no_torn_record(spool: Spool, monkeypatch: py
     assert spool.path(meta.queue_id).stat().st_size == size
     spool.update_sync(meta)
     assert spool.load_meta(meta.queue_id).recipients[0].state == DELIVERED
+
+
+def test_settled_leaves_out_files_that_may_still_be_uncommitted(spool: Spool) -> None:
+    """DUR-3: a rescan must not take a file between its rename and the directory fsync.
+
+    If that fsync fails the intake answers 4xx and removes the file; a delivery process that
+    had picked it up meanwhile would deliver a message the client then sends again.
+    """
+    young, old = _meta(), _meta()
+    asyncio.run(spool.store(young, MESSAGE))
+    asyncio.run(spool.store(old, MESSAGE))
+    an_hour_ago = os.stat(spool.path(old.queue_id)).st_mtime - 3600
+    os.utime(spool.path(old.queue_id), (an_hour_ago, an_hour_ago))
+    gone = new_queue_id()
+    assert spool.settled([young.queue_id, old.queue_id, gone], 10.0) == [old.queue_id]
+    assert spool.settled([young.queue_id, old.queue_id], 0.0) == [young.queue_id, old.queue_id]
