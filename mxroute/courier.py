@@ -296,9 +296,7 @@ class Courier:
         self._verify_context: tuple[object, ssl.SSLContext] | None = None  # (tls_ca_file, context), TLS-3
         self.reuse = reuse
         self.idle_timeout = idle_timeout
-        # Idle connections kept per destination address: by default as many as may be busy
-        # with one destination at once, so a steady load never closes and reopens them.
-        self.max_idle = settings.destination_concurrency if max_idle_per_destination is None else max_idle_per_destination
+        self._max_idle = max_idle_per_destination
         self.starttls = starttls
         self.stats: dict[str, int] = {
             "connections": 0, "sessions": 0, "reused": 0, "tls": 0, "tls_fallbacks": 0,
@@ -312,6 +310,13 @@ class Courier:
         # (N messages arriving together for a dead host must not open N connections first).
         self._answering: set[tuple[str, int, str | None]] = set()
         self._probes: dict[tuple[str, int, str | None], asyncio.Future[None]] = {}
+
+    @property
+    def max_idle(self) -> int:
+        """Idle connections kept per destination address: by default as many as may be busy with
+        one destination at once (``destination_concurrency``, as reloaded), so a steady load never
+        closes and reopens them."""
+        return self.settings.destination_concurrency if self._max_idle is None else self._max_idle
 
     # --- the one public operation -----------------------------------------------------------
 

@@ -529,6 +529,30 @@ def test_connection_reuse_can_be_turned_off() -> None:
         assert len(sink.connections) == 2 and courier.stats["reused"] == 0
 
 
+def test_idle_pool_size_follows_a_reload_of_destination_concurrency() -> None:
+    """SESS-17: the idle connections kept per destination follow ``destination_concurrency``,
+    also after a SIGHUP replaced the settings (the delivery process assigns ``courier.settings``)."""
+    with Sink("127.0.1.1") as sink:
+        courier = Courier(settings(destination_concurrency=1))
+
+        async def burst(tag: str) -> int:
+            await asyncio.gather(*(courier.deliver(plan(target(1, sink)), Envelope("s@src.test"),
+                                                   [Recipient(f"{tag}{n}@dest.test")], MESSAGE) for n in range(3)))
+            return sum(len(pool) for pool in courier._idle.values())
+
+        async def go() -> tuple[int, int]:
+            try:
+                before = await burst("a")
+                courier.settings = settings(destination_concurrency=3)  # what a reload does
+                return before, await burst("b")
+            finally:
+                await courier.close()
+
+        kept_before, kept_after = run(go())
+        assert len(sink.messages) == 6
+        assert kept_before == 1 and kept_after == 3
+
+
 def test_idle_pooled_connection_closed_after_idle_timeout() -> None:
     with Sink("127.0.1.1") as sink:
         courier = Courier(settings(), idle_timeout=0.2)
