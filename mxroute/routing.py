@@ -79,7 +79,9 @@ def resolver_from_settings(settings: Settings, zones: list[str] | None = None, t
 
         transport = ZoneTransport(ZoneData.from_files(zones), list(zones))
     elif settings.dns_servers:
-        transport = NetworkTransport(settings.dns_server_list(), settings.dns_timeout, settings.dns_attempts)
+        transport = NetworkTransport(settings.dns_server_list(), settings.dns_timeout, settings.dns_attempts,
+                                     authenticated_data=settings.dns_trust_ad)
     else:
-        transport = NetworkTransport.system(settings.dns_timeout, settings.dns_attempts)
-    return Resolver(transport, cache_size=settings.dns_cache_size, trace_size=trace_size)
+        transport = NetworkTransport.system(settings.dns_timeout, settings.dns_attempts, settings.dns_trust_ad)
+    return Resolver(transport, cache_size=settings.dns_cache_size, trace_size=trace_size,
+                    trust_ad=settings.dns_trust_ad)

@@ -2,8 +2,10 @@
 
 It serves ``ZoneData`` (zone text) over the wire, on 127.0.0.x and an ephemeral
 port, and can be told per name to answer SERVFAIL, drop the query (a timeout),
-truncate UDP answers (TC=1, so the client must retry over TCP) or delay.
-Every query is logged. Start it as a context manager; it stops itself.
+truncate UDP answers (TC=1, so the client must retry over TCP) or delay, and
+told which names a validating resolver would call secure: their answers carry AD
+(only when the query set AD or DO, as RFC 6840 §5.7 has a validating resolver
+answer; TLS-7). Every query is logged. Start it as a context manager; it stops itself.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class LoggedQuery:
     qname: str
     qtype: str
     transport: str  # "udp" or "tcp"
+    ad: bool = False  # the query set the AD bit
 
 
 @dataclass
@@ -39,6 +42,7 @@ class DNSServer:
     port: int = 0
     truncate: set[str] = field(default_factory=set)  # names whose UDP answers get TC=1
     delay: dict[str, float] = field(default_factory=dict)  # name -> seconds before answering
+    secure: set[str] = field(default_factory=set)  # names answered with AD; ".zone" covers every name under it
     log: list[LoggedQuery] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -70,6 +74,11 @@ class DNSServer:
     def queries(self, qtype: str | None = None) -> list[tuple[str, str]]:
         return [(q.qname, q.qtype) for q in self.log if qtype is None or q.qtype == qtype]
 
+    def is_secure(self, qname: str) -> bool:
+        """Would a validating resolver call ``qname``'s answers secure (see ``secure``)?"""
+        return qname in self.secure or any(
+            entry.startswith(".") and (qname.endswith(entry) or qname == entry[1:]) for entry in self.secure)
+
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
@@ -82,7 +91,8 @@ class DNSServer:
             return None
         question = request.question[0]
         qname = question.name.to_text(omit_final_dot=True).lower()
-        self.log.append(LoggedQuery(qname, dns.rdatatype.to_text(question.rdtype), transport))
+        asked_ad = bool(request.flags & dns.flags.AD or request.ednsflags & dns.flags.DO)
+        self.log.append(LoggedQuery(qname, dns.rdatatype.to_text(question.rdtype), transport, bool(request.flags & dns.flags.AD)))
         pause = self.delay.get(qname)
         if pause:
             time.sleep(pause)
@@ -90,6 +100,8 @@ class DNSServer:
             response = self.data.answer(request)
         if response is None:
             return None
+        if asked_ad and response.rcode() in (0, 3) and self.is_secure(qname):
+            response.flags |= dns.flags.AD
         if transport == "udp" and qname in self.truncate:
             response.answer.clear()
             response.authority.clear()
