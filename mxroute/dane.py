@@ -177,24 +177,25 @@ def decide_host(exchange: str, *, mx_secure: bool, addresses: Sequence[Answer | 
                         "(RFC 7672 §2.2.2)", secure)
     if tlsa is None:
         return HostDane(exchange, Need.MAY, "no TLSA lookup was made: as may", secure)
-    base = dict(addresses_secure=secure, tlsa_name=tlsa.qname, tlsa_outcome=tlsa.outcome.value,
-                tlsa_secure=tlsa.secure)
+
+    def verdict(need: Need, why: str, records: tuple[Tlsa, ...] = ()) -> HostDane:
+        return HostDane(exchange, need, why, secure, tlsa.qname, tlsa.outcome.value, tlsa.secure, records)
+
     if tlsa.outcome.temporary:
-        why = f"TLSA lookup failed ({tlsa.outcome.value}): not delivering to this host now (RFC 7672 §2.2)"
-        return HostDane(exchange, Need.DEFER, why, **base)  # type: ignore[arg-type]
+        return verdict(Need.DEFER, f"TLSA lookup failed ({tlsa.outcome.value}): not delivering to this host now "
+                                   "(RFC 7672 §2.2)")
     if tlsa.outcome is not Outcome.RECORDS or not tlsa.rrs:
         kind = "secure denial" if tlsa.secure else "not DNSSEC-validated"
-        return HostDane(exchange, Need.MAY, f"no TLSA records ({kind}): as may (RFC 7672 §2.2)", **base)  # type: ignore[arg-type]
+        return verdict(Need.MAY, f"no TLSA records ({kind}): as may (RFC 7672 §2.2)")
     records = tuple(Tlsa.from_rdata(rr) for rr in tlsa.rrs)
     if not tlsa.secure:
-        return HostDane(exchange, Need.MAY, "TLSA records not DNSSEC-validated are ignored: as may (RFC 7672 §2.2)",
-                        records=records, **base)  # type: ignore[arg-type]
+        return verdict(Need.MAY, "TLSA records not DNSSEC-validated are ignored: as may (RFC 7672 §2.2)", records)
     usable = [r for r in records if r.problem is None]
     if usable:
-        why = f"{len(usable)} usable TLSA record(s): TLS with a matching certificate required (RFC 7672 §3.1)"
-        return HostDane(exchange, Need.DANE, why, records=records, **base)  # type: ignore[arg-type]
-    why = "only unusable TLSA records: TLS required, certificate not authenticated (RFC 7672 §3.1.3, §2.2)"
-    return HostDane(exchange, Need.ENCRYPT, why, records=records, **base)  # type: ignore[arg-type]
+        return verdict(Need.DANE, f"{len(usable)} usable TLSA record(s): TLS with a matching certificate required "
+                                  "(RFC 7672 §3.1)", records)
+    return verdict(Need.ENCRYPT, "only unusable TLSA records: TLS required, certificate not authenticated "
+                                 "(RFC 7672 §3.1.3, §2.2)", records)
 
 
 def posture(domain: str, mx: Answer | None, hosts: Mapping[str, Sequence[Answer | None]],
