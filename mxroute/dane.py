@@ -150,6 +150,13 @@ class DanePosture:
     def host(self, exchange: str) -> HostDane | None:
         return next((h for h in self.hosts if h.exchange == exchange), None)
 
+    def decisions(self) -> tuple[tuple[str, str, str], ...]:
+        """The reasoning lines ``explain`` shows: (rule, reference, text)."""
+        mx = "secure" if self.mx_secure else "not DNSSEC-validated"
+        lines = [("TLS-7", "RFC 7672 §2.2.1", f"TLS level dane: the MX RRset of {self.domain} is {mx}")]
+        lines += [("TLS-7", "RFC 7672 §2.2", f"{h.exchange}: {h.need.value}: {h.reason}") for h in self.hosts]
+        return tuple(lines)
+
     def to_json(self) -> dict[str, Any]:
         return {"mx_secure": self.mx_secure, "hosts": [h.to_json() for h in self.hosts]}
 

@@ -14,6 +14,7 @@ import random
 from mxroute import dane
 from mxroute.address import parse_literal
 from mxroute.plan import DomainFacts, HostFacts, Plan, RoutingPolicy, build_plan, is_ip_name, mx_records, MAX_MX_NAMES
+from mxroute.plan import Decision
 from mxroute.resolver import Answer, Outcome, Resolver
 from mxroute.settings import Settings, parse_hostport
 from mxroute.tlspolicy import policy_for
@@ -49,7 +50,9 @@ async def route(resolver: Resolver, domain: str, policy: RoutingPolicy, rng: ran
     facts = await gather(resolver, domain, policy)
     plan = build_plan(facts, policy, rng)
     if wants_dane(policy, domain):  # TLS-7: the DANE posture of the planned hosts
-        plan = dataclasses.replace(plan, dane=await _dane(resolver, facts, plan, policy.port))
+        posture = await _dane(resolver, facts, plan, policy.port)
+        decisions = plan.decisions + tuple(Decision(*line) for line in posture.decisions())
+        plan = dataclasses.replace(plan, dane=posture, decisions=decisions)
     return plan
 
 

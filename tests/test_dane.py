@@ -31,18 +31,9 @@ pytestmark = pytest.mark.skipif(not tls_available(), reason="the cryptography pa
 
 def leaf(tmp_path: Path, name: str, ca: Any = None) -> tuple[ssl.SSLContext, bytes, bytes]:
     """A server context for ``name`` (signed by ``ca``, else by a fresh CA): (context, DER cert, DER SPKI)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
     from tests.support.tlsca import TestCA
 
-    ca = ca or TestCA(tmp_path / f"ca-{name}")
-    cert_path, key_path = ca.leaf_files(name)
-    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert_path, key_path)
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return context, cert.public_bytes(serialization.Encoding.DER), spki
+    return (ca or TestCA(tmp_path / f"ca-{name}")).server_leaf(name)
 
 
 def sha256(data: bytes) -> str:
@@ -251,12 +242,10 @@ def test_tls7_only_unusable_records_and_no_starttls_defers(site: Site) -> None:
 
 
 def test_tls7_dane_ta_full_certificate_checks_chain_and_mx_name(site: Site, tmp_path: Path) -> None:
-    from cryptography.hazmat.primitives import serialization
-
     from tests.support.tlsca import TestCA
 
     ca = TestCA(tmp_path / "ta")
-    ta = ca.cert.public_bytes(serialization.Encoding.DER).hex()
+    ta = ca.der.hex()
     good, _, _ = leaf(tmp_path, "mx2.dest.test", ca)
     wrong_name, _, _ = leaf(tmp_path, "elsewhere.example", ca)
     site.zone((1, f"2 0 0 {ta}"), (2, f"2 0 0 {ta}"), mx2=True)
@@ -270,13 +259,11 @@ def test_tls7_dane_ta_full_certificate_checks_chain_and_mx_name(site: Site, tmp_
 
 
 def test_tls7_dane_ta_name_mismatch_reason(site: Site, tmp_path: Path) -> None:
-    from cryptography.hazmat.primitives import serialization
-
     from tests.support.tlsca import TestCA
 
     ca = TestCA(tmp_path / "ta")
     wrong_name, _, _ = leaf(tmp_path, "elsewhere.example", ca)
-    site.zone((1, f"2 0 0 {ca.cert.public_bytes(serialization.Encoding.DER).hex()}"))
+    site.zone((1, f"2 0 0 {ca.der.hex()}"))
     site.dns.secure = {".dest.test"}
     sink = site.sink(1, wrong_name)
     [result], _ = site.deliver(site.settings())
