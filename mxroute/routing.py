@@ -108,7 +108,7 @@ def resolver_from_settings(settings: Settings, zones: list[str] | None = None, t
         # dns.zonefile and friends only when asked for: explain's start-up stays short
         from mxroute.zonefile import ZoneData, ZoneTransport
 
-        transport = ZoneTransport(ZoneData.from_files(zones), list(zones))
+        transport = ZoneTransport(ZoneData.from_files(zones), list(zones), authenticated_data=settings.dns_trust_ad)
     elif settings.dns_servers:
         transport = NetworkTransport(settings.dns_server_list(), settings.dns_timeout, settings.dns_attempts,
                                      authenticated_data=settings.dns_trust_ad)

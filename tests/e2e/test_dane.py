@@ -152,3 +152,22 @@ def test_tls7_dane_without_dns_trust_ad_is_a_config_error(world: World) -> None:
     assert proc.returncode == 78
     assert proc.stderr.strip() == ("mxroute: configuration error: setting settings: the TLS level dane needs "
                                    "dns_trust_ad = true (dns_servers must be a DNSSEC-validating resolver; TLS-7)")
+
+
+def test_exp3_recorded_dane_decision_replays_offline(dns_server: DNSServer, tmp_path: Path) -> None:
+    """`--record` keeps which answers were secure (as `; mxroute: SECURE name type`); `--zone` replays them."""
+    dns_server.set_zone(zone(25, "mx1 3 1 1 " + "ab" * 32, "mx2 1 1 1 " + "cd" * 32))
+    dns_server.secure = {".bank.t"}
+    dns_server.fail("_25._tcp.mx2.bank.t", "SERVFAIL", "TLSA")
+    recording = tmp_path / "bank.zone"
+    live = json.loads(explain(dns_server, ["--json", "--record", str(recording), "u@bank.t"], **DANE).stdout)
+    assert "; mxroute: SECURE bank.t. MX" in recording.read_text()
+    dns_server.stop()
+    replay = subprocess.run([sys.executable, "-m", "mxroute", "explain", "--json", "--zone", str(recording), "u@bank.t"],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT, env={
+                                "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "MXROUTE_HELO_NAME": "me.t",
+                                "MXROUTE_DNS_TRUST_AD": "true", "MXROUTE_TLS_POLICY": "dane",
+                                "MXROUTE_ALLOW_PRIVATE_DESTINATIONS": "true"})
+    assert replay.returncode == 0, replay.stderr
+    assert json.loads(replay.stdout)["dane"] == live["dane"]
+    assert [h["requirement"] for h in live["dane"]["hosts"]] == ["dane", "defer"]

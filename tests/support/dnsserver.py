@@ -42,7 +42,6 @@ class DNSServer:
     port: int = 0
     truncate: set[str] = field(default_factory=set)  # names whose UDP answers get TC=1
     delay: dict[str, float] = field(default_factory=dict)  # name -> seconds before answering
-    secure: set[str] = field(default_factory=set)  # names answered with AD; ".zone" covers every name under it
     log: list[LoggedQuery] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -55,11 +54,12 @@ class DNSServer:
 
     # --- zone control -------------------------------------------------------
     def set_zone(self, text: str) -> None:
-        """Replace every record (failures and truncation settings are kept)."""
+        """Replace every record (failures, secure names and truncation settings are kept)."""
         data = ZoneData()
         data.load_text(text)
         with self._lock:
             data.failures.update(self.data.failures)
+            data.secure.update(self.data.secure)
             self.data = data
 
     def fail(self, name: str, kind: str = "SERVFAIL", rdtype: str | None = None) -> None:
@@ -74,10 +74,17 @@ class DNSServer:
     def queries(self, qtype: str | None = None) -> list[tuple[str, str]]:
         return [(q.qname, q.qtype) for q in self.log if qtype is None or q.qtype == qtype]
 
-    def is_secure(self, qname: str) -> bool:
-        """Would a validating resolver call ``qname``'s answers secure (see ``secure``)?"""
-        return qname in self.secure or any(
-            entry.startswith(".") and (qname.endswith(entry) or qname == entry[1:]) for entry in self.secure)
+    @property
+    def secure(self) -> set[str]:
+        """Names answered with AD (when the query asks); ".zone" covers every name under it (TLS-7)."""
+        return {name for name, _ in self.data.secure}
+
+    @secure.setter
+    def secure(self, names: set[str]) -> None:
+        with self._lock:
+            self.data.secure.clear()
+            for name in names:
+                self.data.mark_secure(name)
 
     @property
     def address(self) -> str:
@@ -91,7 +98,6 @@ class DNSServer:
             return None
         question = request.question[0]
         qname = question.name.to_text(omit_final_dot=True).lower()
-        asked_ad = bool(request.flags & dns.flags.AD or request.ednsflags & dns.flags.DO)
         self.log.append(LoggedQuery(qname, dns.rdatatype.to_text(question.rdtype), transport, bool(request.flags & dns.flags.AD)))
         pause = self.delay.get(qname)
         if pause:
@@ -100,8 +106,6 @@ class DNSServer:
             response = self.data.answer(request)
         if response is None:
             return None
-        if asked_ad and response.rcode() in (0, 3) and self.is_secure(qname):
-            response.flags |= dns.flags.AD
         if transport == "udp" and qname in self.truncate:
             response.answer.clear()
             response.authority.clear()
