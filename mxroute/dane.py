@@ -150,6 +150,14 @@ class DanePosture:
     def host(self, exchange: str) -> HostDane | None:
         return next((h for h in self.hosts if h.exchange == exchange), None)
 
+    @property
+    def unreachable(self) -> str | None:
+        """When the TLSA lookup of every planned host failed, why nothing can be tried now (else None)."""
+        if not self.hosts or any(h.need is not Need.DEFER for h in self.hosts):
+            return None
+        failed = ", ".join(f"{h.tlsa_name} ({h.tlsa_outcome})" for h in self.hosts)
+        return f"DANE: the TLSA lookup of every MX host of {self.domain} failed: {failed}"
+
     def decisions(self) -> tuple[tuple[str, str, str], ...]:
         """The reasoning lines ``explain`` shows: (rule, reference, text)."""
         mx = "secure" if self.mx_secure else "not DNSSEC-validated"

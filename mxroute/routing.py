@@ -14,10 +14,10 @@ import random
 from mxroute import dane
 from mxroute.address import parse_literal
 from mxroute.plan import DomainFacts, HostFacts, Plan, RoutingPolicy, build_plan, is_ip_name, mx_records, MAX_MX_NAMES
-from mxroute.plan import Decision
+from mxroute.plan import Decision, Verdict
 from mxroute.resolver import Answer, Outcome, Resolver
 from mxroute.settings import Settings, parse_hostport
-from mxroute.tlspolicy import policy_for
+from mxroute.tlspolicy import STATUS, policy_for
 
 
 async def gather(resolver: Resolver, domain: str, policy: RoutingPolicy) -> DomainFacts:
@@ -53,6 +53,8 @@ async def route(resolver: Resolver, domain: str, policy: RoutingPolicy, rng: ran
         posture = await _dane(resolver, facts, plan, policy.port)
         decisions = plan.decisions + tuple(Decision(*line) for line in posture.decisions())
         plan = dataclasses.replace(plan, dane=posture, decisions=decisions)
+        if plan.deliverable and posture.unreachable:  # RFC 7672 §2.2: no host may be tried now
+            plan = dataclasses.replace(plan, verdict=Verdict.TEMPORARY, reason=posture.unreachable, dsn_status=STATUS)
     return plan
 
 

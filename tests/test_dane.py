@@ -212,11 +212,13 @@ def test_tls7_tlsa_servfail_on_the_only_mx_defers_4_7_5(site: Site, tmp_path: Pa
     site.dns.secure = {".dest.test"}
     site.dns.fail(site.tlsa_name(1), "SERVFAIL", "TLSA")
     sink = site.sink(1, context)
-    [result], _ = site.deliver(site.settings())
+    [result], plan = site.deliver(site.settings())
     assert (result.disposition, result.status) == (Disposition.DEFERRED, "4.7.5")
-    assert result.reply == (f"451 4.7.5 DANE: TLSA lookup {site.tlsa_name(1)} failed (SERVFAIL): "
-                            f"not delivering to mx1.dest.test[{site.ip(1)}]:{site.port}")
+    assert result.reply == (f"451 4.7.5 DANE: the TLSA lookup of every MX host of dest.test failed: "
+                            f"{site.tlsa_name(1)} (SERVFAIL)")
     assert sink.connections == []
+    # explain shows what delivery does: a temporary failure (exit 75), not "deliverable"
+    assert (plan.verdict.value, plan.dsn_status) == ("temporary-failure", "4.7.5") and len(plan.targets) == 1
 
 
 def test_tls7_only_unusable_records_need_tls_but_no_authentication(site: Site, tmp_path: Path) -> None:

@@ -67,6 +67,14 @@ def test_exp3_explain_insecure_and_failed_lookups(dns_server: DNSServer) -> None
     mx1, mx2 = body["dane"]["hosts"]
     assert (mx1["requirement"], mx1["tlsa_lookup"]) == ("defer", "SERVFAIL")
     assert (mx2["requirement"], mx2["tlsa_lookup"], mx2["tlsa_secure"]) == ("may", "NXDOMAIN", True)
+    # both hosts' TLSA lookups fail: delivery can try nothing now, explain says so (exit 75, 4.7.5)
+    dns_server.fail("_25._tcp.mx2.bank.t", "TIMEOUT", "TLSA")
+    proc = explain(dns_server, ["--json", "u@bank.t"], dns_timeout="0.3", dns_attempts="1", **DANE)
+    body = json.loads(proc.stdout)
+    assert proc.returncode == 75 and (body["status"], body["dsn_status"]) == ("temporary-failure", "4.7.5")
+    assert body["reason"] == ("DANE: the TLSA lookup of every MX host of bank.t failed: "
+                              "_25._tcp.mx1.bank.t (SERVFAIL), _25._tcp.mx2.bank.t (TIMEOUT)")
+    dns_server.heal()
     # a domain at another level shows no DANE object
     assert json.loads(explain(dns_server, ["--json", "u@bank.t"], dns_trust_ad="true").stdout)["dane"] is None
 
