@@ -224,7 +224,7 @@ class _Session:
     extensions: dict[str, str] = field(default_factory=dict)
     tls: bool = False
     verified_name: str | None = None  # the MX name the certificate was verified for (TLS-3 verify)
-    dane: bool = False  # the certificate matched verified_name's TLSA records (TLS-7)
+    dane_name: str | None = None  # the MX name whose TLSA records the certificate matched (TLS-7)
     transactions: int = 0
     idle_timer: asyncio.TimerHandle | None = None
     rset_due: bool = False  # taken from the pool: RSET first, pipelined with the next transaction
@@ -447,7 +447,7 @@ class Courier:
         pooled = await self._checkout(key) if pool else None
         if pooled is not None:
             if tlspolicy.satisfied(policy, tls=pooled.tls, verified_name=pooled.verified_name,
-                                   exchange=target.exchange, dane=pooled.dane):
+                                   exchange=target.exchange, dane_name=pooled.dane_name):
                 return pooled, True
             self.stats["reused"] -= 1  # TLS-3: not good enough for this policy; back to the pool
             self._release(pooled)
@@ -625,8 +625,8 @@ class Courier:
                 reply = dane.mismatch(str(target), problem)
                 hostlog.warning("%s: %s: trying the next address (TLS-7)", target, reply)
                 raise _HostFailure(tlspolicy.STATUS, reply)
-            session.dane = True
-        if policy.verify or policy.tlsa:
+            session.dane_name = target.exchange.lower()
+        if policy.verify:
             session.verified_name = target.exchange.lower()
         self.stats["tls"] += 1
         await self._hello(session)

@@ -137,13 +137,15 @@ def policy_for(domain: str, default: str, table: Mapping[str, str]) -> TlsPolicy
     return TlsPolicy(check_level(default), DEFAULT_SOURCE, None)
 
 
-def satisfied(policy: TlsPolicy, *, tls: bool, verified_name: str | None, exchange: str, dane: bool = False) -> bool:
+def satisfied(policy: TlsPolicy, *, tls: bool, verified_name: str | None, exchange: str,
+              dane_name: str | None = None) -> bool:
     """Does a session (pooled or new) meet ``policy`` for a host named ``exchange``?
 
-    ``dane``: the session's certificate matched the host's TLSA records (TLS-7).
+    ``verified_name``: the name PKIX verification checked (TLS-3); ``dane_name``: the name whose
+    TLSA records the certificate matched (TLS-7). Neither stands in for the other.
     """
     if policy.tlsa:
-        return dane and bool(exchange) and verified_name is not None and verified_name.lower() == exchange.lower()
+        return bool(exchange) and dane_name is not None and dane_name.lower() == exchange.lower()
     if policy.level == "verify":
         return bool(exchange) and verified_name is not None and verified_name.lower() == exchange.lower()
     if policy.level == "encrypt":

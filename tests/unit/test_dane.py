@@ -221,8 +221,11 @@ def test_tls7_pooled_session_must_be_dane_authenticated_for_that_host() -> None:
     policy = TlsPolicy("dane", "dane", TLSA_NAME, tlsa=(Tlsa(3, 1, 1, b"\x01" * 32),))
     assert not satisfied(policy, tls=True, verified_name=None, exchange="mx.dest.test")
     assert not satisfied(policy, tls=True, verified_name="mx.dest.test", exchange="mx.dest.test")  # PKIX only
-    assert satisfied(policy, tls=True, verified_name="mx.dest.test", exchange="mx.dest.test", dane=True)
-    assert not satisfied(policy, tls=True, verified_name="mx2.dest.test", exchange="mx.dest.test", dane=True)
+    assert satisfied(policy, tls=True, verified_name=None, exchange="mx.dest.test", dane_name="mx.dest.test")
+    assert not satisfied(policy, tls=True, verified_name=None, exchange="mx.dest.test", dane_name="mx2.dest.test")
+    # and a DANE-matched (perhaps self-signed) session never passes for PKIX verify (TLS-3)
+    assert not satisfied(TlsPolicy("verify"), tls=True, verified_name=None, exchange="mx.dest.test",
+                         dane_name="mx.dest.test")
     assert satisfied(TlsPolicy("dane"), tls=False, verified_name=None, exchange="mx.dest.test")  # unresolved: may
 
 
