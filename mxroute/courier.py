@@ -279,8 +279,9 @@ class Courier:
     seconds. ``tls_context`` is used for opportunistic STARTTLS; by default an
     unverified one (RFC 7435: no policy, no verification, TLS-1). A courier belongs to
     the event loop that runs its ``deliver()`` calls; ``close()`` it in that loop.
-    ``stats`` counts connections, greeted sessions, reused ones, TLS sessions and
-    cleartext fallbacks after a failed STARTTLS (never silent: each is also logged).
+    ``stats`` counts connections, greeted sessions, reused ones, TLS sessions,
+    cleartext fallbacks after a failed STARTTLS (never silent: each is also logged), and
+    certificates that matched or failed a host's TLSA records (TLS-7).
     """
 
     def __init__(
@@ -304,6 +305,7 @@ class Courier:
         self.starttls = starttls
         self.stats: dict[str, int] = {
             "connections": 0, "sessions": 0, "reused": 0, "tls": 0, "tls_fallbacks": 0,
+            "dane": 0, "dane_failures": 0,  # TLS-7: certificates that matched / did not match TLSA records
         }
         self._idle: dict[tuple[str, int, str | None], list[_Session]] = {}
         self._closing: set[asyncio.Task[None]] = set()
@@ -622,10 +624,12 @@ class Courier:
         if policy.tlsa:  # TLS-7: the certificate must match one of the host's TLSA records (RFC 7672 §3.1)
             problem = dane.peer_problem(policy.tlsa, _peer_certificate(session.client))
             if problem is not None:
+                self.stats["dane_failures"] += 1
                 reply = dane.mismatch(str(target), problem)
                 hostlog.warning("%s: %s: trying the next address (TLS-7)", target, reply)
                 raise _HostFailure(tlspolicy.STATUS, reply)
             session.dane_name = target.exchange.lower()
+            self.stats["dane"] += 1
         if policy.verify:
             session.verified_name = target.exchange.lower()
         self.stats["tls"] += 1

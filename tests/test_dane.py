@@ -145,8 +145,10 @@ def test_tls7_matching_dane_ee_delivers_over_tls(site: Site, tmp_path: Path) -> 
     site.zone((1, f"3 1 1 {sha256(spki)}"))
     site.dns.secure = {".dest.test"}
     sink = site.sink(1, context)
-    [result], plan = site.deliver(site.settings())
+    courier = Courier(site.settings())
+    [result], plan = site.deliver(site.settings(), courier)
     assert result.disposition is Disposition.DELIVERED, result.reply
+    assert (courier.stats["dane"], courier.stats["dane_failures"]) == (1, 0)
     [conn] = sink.connections
     assert conn.tls and conn.commands[:3] == ["EHLO relay.test", "STARTTLS", "EHLO relay.test"]
     assert len(sink.messages) == 1
@@ -167,6 +169,7 @@ def test_tls7_mismatched_tlsa_defers_4_7_5_and_sends_nothing(site: Site, tmp_pat
                             "the certificate matches none of 1 DANE-EE record(s)")
     assert no_mail(sink) and len(sink.connections) == 1  # never plain text, never a second try
     assert courier.stats["tls_fallbacks"] == 0
+    assert (courier.stats["dane"], courier.stats["dane_failures"]) == (0, 1)
 
 
 def test_tls7_insecure_dns_stays_opportunistic(site: Site, tmp_path: Path) -> None:
