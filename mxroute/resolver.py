@@ -5,7 +5,8 @@ for offline what-if routing). It keeps the four outcomes routing needs distinct
 (records / NODATA / NXDOMAIN / temporary failure, the last split into SERVFAIL and
 TIMEOUT), follows CNAME chains with a bound and loop detection (RFC 5321 §5.1,
 MX-4), caches positive answers by TTL and negative ones by the SOA minimum
-(RFC 2308 §5), coalesces concurrent identical questions into one query, and
+(RFC 2308 §5), coalesces concurrent identical questions into one query, notes whether each
+answer was DNSSEC-validated (the AD bit, only when ``trust_ad``: TLS-7), and
 records every lookup so ``explain`` can show it.
 """
 
@@ -145,7 +146,7 @@ class Resolver:
     ) -> None:
         self.transport = transport
         # TLS-7: believe the AD bit of the transport's answers (only behind a validating resolver
-        # on a trusted path, RFC 6698 §4.1 / RFC 6840 §5.7); otherwise no answer is ever "secure".
+        # on a trusted path: RFC 4035 §4.9.3, RFC 6840 §5.7); otherwise no answer is ever "secure".
         self.trust_ad = trust_ad
         self.cache_size = cache_size
         self.clock = clock
