@@ -27,6 +27,8 @@ need the peer's certificate chain, which Python 3.11's ``ssl`` does not expose:
 they are unusable, as are PKIX-TA(0) and PKIX-EE(1) (§3.1.3). When a host has both
 usable DANE-EE and DANE-TA records the handshake is unverified and only the
 DANE-EE records are checked (one handshake checks one kind). SNI is the MX host name.
+Not done: for an MX host name that is a CNAME (itself against RFC 2181 §10.3, MX-12) the
+TLSA records are looked up at the MX name only, not first at the expanded name (§2.2.2).
 
 Pure apart from building an SSL context; the TLSA lookups are in ``routing.route``,
 the handshake in the courier.
