@@ -79,10 +79,15 @@ def test_exp3_explain_insecure_and_failed_lookups(dns_server: DNSServer) -> None
     assert json.loads(explain(dns_server, ["--json", "u@bank.t"], dns_trust_ad="true").stdout)["dane"] is None
 
 
-def test_exp3_explain_text_has_a_dane_section(dns_server: DNSServer) -> None:
-    dns_server.set_zone(zone(25, "mx1 3 1 1 " + "ab" * 32, "mx2 2 1 1 " + "cd" * 32))
+def test_exp3_explain_text_has_a_dane_section(dns_server: DNSServer, tmp_path: Path) -> None:
+    from tests.support.tlsca import TestCA
+
+    anchor = TestCA(tmp_path / "ta").der
+    dns_server.set_zone(zone(25, "mx1 3 1 1 " + "ab" * 32, "mx2 2 1 1 " + "cd" * 32, f"mx2 2 0 0 {anchor.hex()}"))
     dns_server.secure = {".bank.t"}
     out = explain(dns_server, ["u@bank.t"], **DANE).stdout
+    # a full trust-anchor certificate is shortened to one line, with its size
+    assert f"_25._tcp.mx2.bank.t  2 0 0 {anchor.hex()[:54]}... ({len(anchor)} bytes)  DANE-TA  usable" in out
     assert "tls policy  dane (from tls_policy_domains: bank.t)" in out
     assert "DANE (TLS-7, RFC 7672)  MX RRset: secure" in out
     [mx1] = [line.split() for line in out.splitlines() if line.split()[:2] == ["mx1.bank.t", "secure"]]
