@@ -27,7 +27,7 @@ import aiosmtplib
 from aiosmtplib.protocol import COMMAND_INJECTION_REGEX, MAX_RESPONSE_LENGTH, SMTPProtocol
 from aiosmtplib.response import SMTPResponse
 
-from mxroute import tlspolicy
+from mxroute import dane, tlspolicy
 from mxroute.address import parse_address
 from mxroute.dsn import safe_text
 from mxroute.envelope import Disposition, Envelope, Recipient, RecipientResult
@@ -224,6 +224,7 @@ class _Session:
     extensions: dict[str, str] = field(default_factory=dict)
     tls: bool = False
     verified_name: str | None = None  # the MX name the certificate was verified for (TLS-3 verify)
+    dane_name: str | None = None  # the MX name whose TLSA records the certificate matched (TLS-7)
     transactions: int = 0
     idle_timer: asyncio.TimerHandle | None = None
     rset_due: bool = False  # taken from the pool: RSET first, pipelined with the next transaction
@@ -255,6 +256,7 @@ class _Attempt:
     eight_bit: bool
     utf8: bool  # the envelope or the header needs SMTPUTF8 (SESS-15)
     tls: TlsPolicy = field(default_factory=TlsPolicy)  # the destination's TLS policy (TLS-3)
+    dane: dane.DanePosture | None = None  # the plan's DANE verdict per MX host (TLS-7)
     results: dict[str, RecipientResult] = field(default_factory=dict)
     last: dict[str, tuple[str, str, str | None]] = field(default_factory=dict)  # address -> (status, reply, relay)
     relay: dict[str, str] = field(default_factory=dict)  # address -> last relay tried
@@ -277,8 +279,9 @@ class Courier:
     seconds. ``tls_context`` is used for opportunistic STARTTLS; by default an
     unverified one (RFC 7435: no policy, no verification, TLS-1). A courier belongs to
     the event loop that runs its ``deliver()`` calls; ``close()`` it in that loop.
-    ``stats`` counts connections, greeted sessions, reused ones, TLS sessions and
-    cleartext fallbacks after a failed STARTTLS (never silent: each is also logged).
+    ``stats`` counts connections, greeted sessions, reused ones, TLS sessions,
+    cleartext fallbacks after a failed STARTTLS (never silent: each is also logged), and
+    certificates that matched or failed a host's TLSA records (TLS-7).
     """
 
     def __init__(
@@ -300,6 +303,7 @@ class Courier:
         self.starttls = starttls
         self.stats: dict[str, int] = {
             "connections": 0, "sessions": 0, "reused": 0, "tls": 0, "tls_fallbacks": 0,
+            "dane": 0, "dane_failures": 0,  # TLS-7: certificates that matched / did not match TLSA records
         }
         self._idle: dict[tuple[str, int, str | None], list[_Session]] = {}
         self._closing: set[asyncio.Task[None]] = set()
@@ -336,7 +340,7 @@ class Courier:
         attempt = _Attempt(
             envelope=envelope, body=body, eight_bit=not body.isascii(),
             utf8=not addresses_ascii or (envelope.smtputf8 and not _headers(body).isascii()),
-            tls=self.tls_policy(plan.domain),
+            tls=self.tls_policy(plan.domain), dane=plan.dane,
         )
         valid: list[Recipient] = []
         seen: set[str] = set()
@@ -439,11 +443,18 @@ class Courier:
         Returns (session or None, whether a greeting was received).
         """
         key = (target.address, target.port, self._bind_address(target))
-        policy = attempt.tls
+        # --- TLS-7 (DANE): the MX host's own policy; a failed TLSA lookup means no delivery to it now
+        policy = dane.host_policy(attempt.tls, attempt.dane, target.exchange)
+        refusal = dane.deferral(attempt.dane, target.exchange, str(target))
+        if refusal is not None:
+            hostlog.warning("%s: %s: trying the next address (TLS-7)", target, refusal)
+            attempt.soft(pending, tlspolicy.STATUS, refusal, target)
+            return None, False
+        # --- end TLS-7
         pooled = await self._checkout(key) if pool else None
         if pooled is not None:
             if tlspolicy.satisfied(policy, tls=pooled.tls, verified_name=pooled.verified_name,
-                                   exchange=target.exchange):
+                                   exchange=target.exchange, dane_name=pooled.dane_name):
                 return pooled, True
             self.stats["reused"] -= 1  # TLS-3: not good enough for this policy; back to the pool
             self._release(pooled)
@@ -615,6 +626,15 @@ class Courier:
                         target, safe_text(str(exc) or type(exc).__name__))
             return False
         session.tls = True
+        if policy.tlsa:  # TLS-7: the certificate must match one of the host's TLSA records (RFC 7672 §3.1)
+            problem = dane.peer_problem(policy.tlsa, _peer_certificate(session.client))
+            if problem is not None:
+                self.stats["dane_failures"] += 1
+                reply = dane.mismatch(str(target), problem)
+                hostlog.warning("%s: %s: trying the next address (TLS-7)", target, reply)
+                raise _HostFailure(tlspolicy.STATUS, reply)
+            session.dane_name = target.exchange.lower()
+            self.stats["dane"] += 1
         if policy.verify:
             session.verified_name = target.exchange.lower()
         self.stats["tls"] += 1
@@ -622,7 +642,10 @@ class Courier:
         return True
 
     def _context(self, policy: TlsPolicy) -> ssl.SSLContext:
-        """The SSL context for ``policy``: verifying for ``verify``, else the opportunistic one."""
+        """The SSL context for ``policy``: verifying for ``verify``, DANE-TA anchors for a DANE host
+        without DANE-EE records (TLS-7), else the opportunistic one."""
+        if policy.tlsa:
+            return dane.ta_context(policy.tlsa) or self.tls_context
         if not policy.verify:
             return self.tls_context
         ca_file = self.settings.tls_ca_file  # made on first use, again if a reload changed it
@@ -963,6 +986,12 @@ class Courier:
             pass
         finally:
             session.client.close()
+
+
+def _peer_certificate(client: aiosmtplib.SMTP) -> bytes | None:
+    """The DER leaf certificate of a session's peer (also after an unverified handshake)."""
+    ssl_object = client.transport.get_extra_info("ssl_object") if client.transport else None
+    return ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
 
 
 def _log_result(queue_id: str | None, result: RecipientResult, delay: float) -> None:

@@ -58,7 +58,7 @@ DELIVERY_GRACE = 4.0  # seconds for deliveries in flight to finish before they a
 STATUS_INTERVAL = 5.0  # at most one STATUS= update per this many seconds
 # Bound or opened once at start: a reload keeps the old value and says so.
 RESTART_ONLY = ("listen", "spool_dir", "metrics_listen", "delivery_processes")
-_DNS = ("dns_servers", "dns_timeout", "dns_attempts", "dns_cache_size")
+_DNS = ("dns_servers", "dns_timeout", "dns_attempts", "dns_cache_size", "dns_trust_ad")
 # syslog priorities (sd-daemon(3) "<N>" prefixes) for journald
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 

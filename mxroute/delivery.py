@@ -54,7 +54,7 @@ log = logging.getLogger("mxroute.daemon")  # mxroute.delivery is the courier's a
 
 # Seconds: from a local sink's milliseconds to a slow remote MX's minutes (RFC 5321 §4.5.3.2 timeouts).
 ATTEMPT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
-_DNS = ("dns_servers", "dns_timeout", "dns_attempts", "dns_cache_size")
+_DNS = ("dns_servers", "dns_timeout", "dns_attempts", "dns_cache_size", "dns_trust_ad")
 RESCAN_SECONDS = 30.0  # the spool is listed this often for messages whose notice never arrived
 SETTLE_SECONDS = 10.0  # a rescan leaves files younger than this to the next one (maybe not yet committed)
 MAX_RESTARTS = 5  # delivery process restarts allowed per RESTART_WINDOW seconds

@@ -45,6 +45,7 @@ class Report:
         body["ptr"] = first.get("ptr")
         body["identity"] = self.identity
         body["tls"] = self.tls.to_json() if self.tls else None
+        body["dane"] = self.plan.dane.to_json() if self.plan.dane else None  # TLS-7 / EXP-3
         body["probe"] = self.probe
         body["dns"] = self.dns
         return body

@@ -81,9 +81,10 @@ class _Collector:
         yield GaugeMetricFamily("mxroute_smtp_connections", "Open SMTP client connections to the intake",
                                 value=len(intake.sessions))
         courier = CounterMetricFamily("mxroute_outbound_sessions", "Outbound SMTP: connections made, sessions "
-                                      "greeted, reused, with TLS, cleartext fallbacks after a failed STARTTLS",
+                                      "greeted, reused, with TLS, cleartext fallbacks after a failed STARTTLS, "
+                                      "certificates that matched (dane) or failed (dane_failures) TLSA records",
                                       labels=["event"])
-        for event in ("connections", "sessions", "reused", "tls", "tls_fallbacks"):
+        for event in ("connections", "sessions", "reused", "tls", "tls_fallbacks", "dane", "dane_failures"):
             courier.add_metric([event], courier_stats.get(event, 0))
         yield courier
         queries, hits, coalesced = dns.get("queries", 0), dns.get("hits", 0), dns.get("coalesced", 0)

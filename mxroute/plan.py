@@ -12,10 +12,13 @@ import enum
 import ipaddress
 import random
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from mxroute.address import IPAddress
 from mxroute.resolver import Answer, Outcome
+
+if TYPE_CHECKING:
+    from mxroute.dane import DanePosture
 
 Family = Literal["ipv6-first", "ipv4-first", "ipv4-only", "ipv6-only"]
 
@@ -48,6 +51,9 @@ class RoutingPolicy:
     allow_private: bool = False  # SEC-11
     self_names: frozenset[str] = frozenset()  # MX-11: helo_name and other names of this relay
     self_addresses: frozenset[str] = frozenset()  # MX-11: listen and egress addresses
+    # TLS-7: the TLS levels, so routing knows which destinations want their TLSA records (level "dane")
+    tls_policy: str = "may"
+    tls_policy_domains: tuple[tuple[str, str], ...] = ()
 
     @property
     def families(self) -> tuple[int, ...]:
@@ -151,6 +157,7 @@ class Plan:
     targets: tuple[Target, ...] = ()
     pruned: tuple[Pruned, ...] = ()
     decisions: tuple[Decision, ...] = ()
+    dane: DanePosture | None = None  # TLS-7: set by routing.route() for destinations at the TLS level "dane"
 
     @property
     def deliverable(self) -> bool:

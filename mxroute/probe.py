@@ -1,9 +1,10 @@
 """`explain --probe`: connect to the first reachable address of a plan and report what it offers.
 
 Banner, EHLO extensions and the outcome of STARTTLS (unverified as opportunistic
-delivery does it, TLS-1; verified against the MX name under a ``verify`` policy), and
-whether delivery's TLS policy for the domain would accept the host (TLS-3, EXP-3),
-then QUIT. No mail is sent (EXP-1).
+delivery does it, TLS-1; verified against the MX name under a ``verify`` policy; checked
+against the host's TLSA records where DANE applies, TLS-7), and whether delivery's TLS
+policy would accept the host (TLS-3, EXP-3), then QUIT. A host whose TLSA lookup failed
+is skipped, as delivery skips it. No mail is sent (EXP-1).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import ssl
 import time
 from typing import Any
 
-from mxroute import tlspolicy
+from mxroute import dane, tlspolicy
 from mxroute.plan import Plan
 from mxroute.settings import Settings
 from mxroute.tlspolicy import TlsPolicy
@@ -28,6 +29,11 @@ async def probe(plan: Plan, settings: Settings, limit: int = 3, tls: TlsPolicy |
 
     tried: list[str] = []
     for target in plan.targets[:limit]:
+        refusal = dane.deferral(plan.dane, target.exchange, str(target))  # TLS-7: as delivery, skip this host
+        if refusal is not None:
+            tried.append(refusal)
+            continue
+        host_tls = dane.host_policy(tls, plan.dane, target.exchange) if tls is not None else None
         started = time.perf_counter()
         client = aiosmtplib.SMTP(
             hostname=target.address, port=target.port, timeout=min(settings.connect_timeout, 30.0),
@@ -49,15 +55,22 @@ async def probe(plan: Plan, settings: Settings, limit: int = 3, tls: TlsPolicy |
             report["ehlo"] = f"{ehlo.code}"
             report["extensions"] = sorted(client.esmtp_extensions)
             offered = client.supports_extension("starttls")
-            error, verification = None, False
+            error, verification, dane_failure = None, False, None
             if offered:
-                verify = tls is not None and tls.verify and bool(target.exchange)
-                context = (tlspolicy.verify_context(settings.tls_ca_file) if verify
-                           else tlspolicy.opportunistic_context())
+                verify = host_tls is not None and host_tls.verify and bool(target.exchange)
+                context = tlspolicy.verify_context(settings.tls_ca_file) if verify else None
+                if host_tls is not None and host_tls.tlsa:
+                    context = dane.ta_context(host_tls.tlsa)
+                context = context or tlspolicy.opportunistic_context()
                 try:
                     await client.starttls(tls_context=context, server_hostname=target.exchange or None)
                     transport = client.transport
                     ssl_object = transport.get_extra_info("ssl_object") if transport else None
+                    if host_tls is not None and host_tls.tlsa:  # TLS-7: the check delivery makes
+                        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+                        problem = dane.peer_problem(host_tls.tlsa, der)
+                        if problem is not None:
+                            error, dane_failure = problem, dane.mismatch(str(target), problem)
                     report["starttls"] = f"ok: {ssl_object.version() if ssl_object else '?'} {ssl_object.cipher()[0] if ssl_object else ''}".strip()
                 except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
                     report["starttls"] = f"failed: {exc}"
@@ -65,10 +78,12 @@ async def probe(plan: Plan, settings: Settings, limit: int = 3, tls: TlsPolicy |
                     verification = isinstance(exc, ssl.SSLCertVerificationError)
             else:
                 report["starttls"] = "not offered"
-            if tls is not None:  # TLS-3 / EXP-3: the same rules delivery applies
-                ok, why = tlspolicy.probe_verdict(tls, str(target), target.exchange, offered=offered,
+            if host_tls is not None:  # TLS-3, TLS-7 / EXP-3: the same rules delivery applies
+                ok, why = tlspolicy.probe_verdict(host_tls, str(target), target.exchange, offered=offered,
                                                   error=error, verification=verification)
-                report.update(tls_policy=tls.level, tls_policy_satisfied=ok, tls_policy_result=why)
+                if dane_failure is not None:
+                    ok, why = False, dane_failure
+                report.update(tls_policy=host_tls.level, tls_policy_satisfied=ok, tls_policy_result=why)
         except (aiosmtplib.SMTPException, OSError) as exc:
             report["error"] = f"{type(exc).__name__}: {exc}"
         finally:

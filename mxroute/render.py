@@ -10,6 +10,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from mxroute.dane import USAGES, DanePosture
 from mxroute.explain import Report
 from mxroute.plan import Verdict
 
@@ -79,6 +80,8 @@ def render_explain(report: Report, style: Style) -> str:
             ["#", "EXCHANGE", "PREF", "ADDRESS", "FAMILY", "PORT"],
             [[i, t.exchange or "(literal)", t.preference, t.address, f"IPv{t.family}", t.port] for i, t in enumerate(plan.targets, 1)],
         ))
+    if plan.dane is not None:  # TLS-7 / EXP-3
+        out.append(render_dane(plan.dane, style))
     if plan.pruned:
         out.append(style.bold("\nPruned"))
         out.append(table(
@@ -102,6 +105,29 @@ def render_explain(report: Report, style: Style) -> str:
               "; ".join(q["answers"]) or "-"] for q in report.dns],
         ))
     return "\n".join(out) + "\n"
+
+
+def render_dane(posture: DanePosture, style: Style) -> str:
+    """The DANE section: DNSSEC status of the MX RRset and each host's addresses, its TLSA records
+    and what delivery to it needs (EXP-3)."""
+    secure = {True: "secure", False: "insecure"}
+    out = [style.bold("\nDANE") + f" (TLS-7, RFC 7672)  MX RRset: {secure[posture.mx_secure]}"]
+    rows = []
+    for host in posture.hosts:
+        lookup = "not asked" if host.tlsa_name is None else f"{host.tlsa_outcome}, {secure[host.tlsa_secure]}"
+        rows.append([host.exchange, secure[host.addresses_secure], lookup, host.need.value, host.reason])
+    if rows:
+        out.append(table(["EXCHANGE", "ADDRESSES", "TLSA", "NEEDS", "WHY"], rows))
+    records = [[h.tlsa_name, _short(r.text), USAGES.get(r.usage, str(r.usage)), "usable" if r.problem is None else r.problem]
+               for h in posture.hosts for r in h.records]
+    if records:
+        out.append(table(["TLSA NAME", "RECORD", "USAGE", "USABLE"], records))
+    return "\n".join(out)
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """A TLSA record for one line: a full certificate (2 0 0) is shortened, with its size."""
+    return text if len(text) <= limit else f"{text[:limit - 20]}... ({(len(text.split()[-1])) // 2} bytes)"
 
 
 def render_probe(probe: dict[str, Any]) -> str:

@@ -5,7 +5,8 @@ for offline what-if routing). It keeps the four outcomes routing needs distinct
 (records / NODATA / NXDOMAIN / temporary failure, the last split into SERVFAIL and
 TIMEOUT), follows CNAME chains with a bound and loop detection (RFC 5321 §5.1,
 MX-4), caches positive answers by TTL and negative ones by the SOA minimum
-(RFC 2308 §5), coalesces concurrent identical questions into one query, and
+(RFC 2308 §5), coalesces concurrent identical questions into one query, notes whether each
+answer was DNSSEC-validated (the AD bit, only when ``trust_ad``: TLS-7), and
 records every lookup so ``explain`` can show it.
 """
 
@@ -61,6 +62,7 @@ class Answer:
     ttl: int = 0
     cnames: tuple[str, ...] = ()  # names the chain went through after qname, in order
     detail: str = ""  # for failures: what went wrong, for humans
+    secure: bool = False  # DNSSEC-validated: the trusted resolver set AD on every response of the chain (TLS-7)
 
     @property
     def canonical(self) -> str:
@@ -119,6 +121,7 @@ class _Step:
     target: str | None  # when the chain left this response unfinished: the name to ask next
     chain: tuple[tuple[str, str], ...] = ()  # (alias, target) pairs followed inside this response
     detail: str = ""
+    secure: bool = False  # the response carried AD and AD is trusted (RFC 6840 §5.7)
 
 
 @dataclass
@@ -139,8 +142,12 @@ class Resolver:
         trace_size: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         observers: Sequence[Callable[[str, str, dns.message.Message | None, Outcome], None]] = (),
+        trust_ad: bool = False,
     ) -> None:
         self.transport = transport
+        # TLS-7: believe the AD bit of the transport's answers (only behind a validating resolver
+        # on a trusted path: RFC 4035 §4.9.3, RFC 6840 §5.7); otherwise no answer is ever "secure".
+        self.trust_ad = trust_ad
         self.cache_size = cache_size
         self.clock = clock
         self.stats = ResolverStats()
@@ -157,9 +164,11 @@ class Resolver:
         cnames: list[str] = []
         current = qname
         ttl = MAX_TTL
+        secure = True
         while True:
             step = await self._step(current, qtype)
             ttl = min(ttl, step.ttl)
+            secure = secure and step.secure
             for _alias, target in step.chain:
                 if target in seen or len(cnames) >= MAX_CNAME_CHAIN:
                     why = "CNAME loop" if target in seen else f"CNAME chain longer than {MAX_CNAME_CHAIN}"
@@ -167,7 +176,7 @@ class Resolver:
                 seen.add(target)
                 cnames.append(target)
             if step.target is None:
-                return Answer(qname, qtype, step.outcome, step.rrs, ttl, tuple(cnames), step.detail)
+                return Answer(qname, qtype, step.outcome, step.rrs, ttl, tuple(cnames), step.detail, secure)
             current = step.target
 
     async def _step(self, qname: str, qtype: str) -> _Step:
@@ -224,6 +233,7 @@ class Resolver:
             self._notify(qname, qtype, None, step.outcome)
             return step
         step = classify(name, rdtype, response)
+        step.secure = self.trust_ad and not step.outcome.temporary and bool(response.flags & dns.flags.AD)
         self._notify(qname, qtype, response, step.outcome)
         return step
 
@@ -339,10 +349,11 @@ class NetworkTransport:
     timeout: float = 5.0  # per query and server
     attempts: int = 2  # rounds over the server list
     edns_payload: int = 1232  # the DNS Flag Day 2020 figure, safe from fragmentation
+    authenticated_data: bool = False  # set AD in queries: ask a validating resolver for its verdict (RFC 6840 §5.7)
     _rotate: int = field(default=0, repr=False)
 
     @classmethod
-    def system(cls, timeout: float = 5.0, attempts: int = 2) -> NetworkTransport:
+    def system(cls, timeout: float = 5.0, attempts: int = 2, authenticated_data: bool = False) -> NetworkTransport:
         """The servers of /etc/resolv.conf (no search list is ever applied: MX-1)."""
         import dns.resolver
 
@@ -351,7 +362,7 @@ class NetworkTransport:
             servers = [Server(ns, conf.port) for ns in conf.nameservers if isinstance(ns, str)]
         except (dns.resolver.NoResolverConfiguration, OSError):
             servers = []
-        return cls(servers or [Server("127.0.0.1")], timeout, attempts)
+        return cls(servers or [Server("127.0.0.1")], timeout, attempts, authenticated_data=authenticated_data)
 
     def describe(self) -> str:
         return ", ".join(str(s) for s in self.servers)
@@ -361,6 +372,8 @@ class NetworkTransport:
 
         request = dns.message.make_query(qname, rdtype, use_edns=0, payload=self.edns_payload)
         request.flags |= dns.flags.RD
+        if self.authenticated_data:
+            request.flags |= dns.flags.AD
         last: Exception = dns.exception.Timeout()
         for _ in range(self.attempts):
             for server in self.servers:

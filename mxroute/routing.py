@@ -8,12 +8,16 @@ it. The DNS I/O lives here; every decision lives in ``plan.build_plan``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 
+from mxroute import dane
 from mxroute.address import parse_literal
 from mxroute.plan import DomainFacts, HostFacts, Plan, RoutingPolicy, build_plan, is_ip_name, mx_records, MAX_MX_NAMES
-from mxroute.resolver import Outcome, Resolver
+from mxroute.plan import Decision, Verdict
+from mxroute.resolver import Answer, Outcome, Resolver
 from mxroute.settings import Settings, parse_hostport
+from mxroute.tlspolicy import STATUS, policy_for
 
 
 async def gather(resolver: Resolver, domain: str, policy: RoutingPolicy) -> DomainFacts:
@@ -43,7 +47,34 @@ async def _host(resolver: Resolver, name: str, policy: RoutingPolicy) -> HostFac
 
 async def route(resolver: Resolver, domain: str, policy: RoutingPolicy, rng: random.Random) -> Plan:
     """The ordered delivery plan for ``domain``: gather facts, then decide."""
-    return build_plan(await gather(resolver, domain, policy), policy, rng)
+    facts = await gather(resolver, domain, policy)
+    plan = build_plan(facts, policy, rng)
+    if wants_dane(policy, domain):  # TLS-7: the DANE posture of the planned hosts
+        posture = await _dane(resolver, facts, plan, policy.port)
+        decisions = plan.decisions + tuple(Decision(*line) for line in posture.decisions())
+        plan = dataclasses.replace(plan, dane=posture, decisions=decisions)
+        if plan.deliverable and posture.unreachable:  # RFC 7672 §2.2: no host may be tried now
+            plan = dataclasses.replace(plan, verdict=Verdict.TEMPORARY, reason=posture.unreachable, dsn_status=STATUS)
+    return plan
+
+
+def wants_dane(policy: RoutingPolicy, domain: str) -> bool:
+    """Is ``domain`` at the TLS level "dane" (an MX host name to look TLSA records up for)?"""
+    if domain.startswith("["):
+        return False
+    return policy_for(domain, policy.tls_policy, dict(policy.tls_policy_domains)).level == "dane"
+
+
+async def _dane(resolver: Resolver, facts: DomainFacts, plan: Plan, port: int) -> dane.DanePosture:
+    """TLSA lookups for the planned hosts whose MX RRset and addresses are secure (RFC 7672 §2.2)."""
+    hosts: dict[str, list[Answer | None]] = {}
+    for target in plan.targets:
+        host = facts.hosts.get(target.exchange)
+        if host is not None and target.exchange not in hosts:
+            hosts[target.exchange] = [host.a, host.aaaa]
+    asked = [name for name, answers in hosts.items() if dane.wants_tlsa(facts.mx, answers)]
+    answers = await asyncio.gather(*(resolver.lookup(dane.tlsa_name(name, port), "TLSA") for name in asked))
+    return dane.posture(plan.domain, facts.mx, hosts, dict(zip(asked, answers)))
 
 
 def policy_from_settings(settings: Settings) -> RoutingPolicy:
@@ -62,6 +93,8 @@ def policy_from_settings(settings: Settings) -> RoutingPolicy:
         allow_private=settings.allow_private_destinations,
         self_names=frozenset(names),
         self_addresses=frozenset(addresses),
+        tls_policy=settings.tls_policy,
+        tls_policy_domains=tuple(sorted(settings.tls_policy_domains.items())),
     )
 
 
@@ -77,9 +110,11 @@ def resolver_from_settings(settings: Settings, zones: list[str] | None = None, t
         # dns.zonefile and friends only when asked for: explain's start-up stays short
         from mxroute.zonefile import ZoneData, ZoneTransport
 
-        transport = ZoneTransport(ZoneData.from_files(zones), list(zones))
+        transport = ZoneTransport(ZoneData.from_files(zones), list(zones), authenticated_data=settings.dns_trust_ad)
     elif settings.dns_servers:
-        transport = NetworkTransport(settings.dns_server_list(), settings.dns_timeout, settings.dns_attempts)
+        transport = NetworkTransport(settings.dns_server_list(), settings.dns_timeout, settings.dns_attempts,
+                                     authenticated_data=settings.dns_trust_ad)
     else:
-        transport = NetworkTransport.system(settings.dns_timeout, settings.dns_attempts)
-    return Resolver(transport, cache_size=settings.dns_cache_size, trace_size=trace_size)
+        transport = NetworkTransport.system(settings.dns_timeout, settings.dns_attempts, settings.dns_trust_ad)
+    return Resolver(transport, cache_size=settings.dns_cache_size, trace_size=trace_size,
+                    trust_ad=settings.dns_trust_ad)

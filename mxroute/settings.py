@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     dns_timeout: float = Field(5.0, gt=0)
     dns_attempts: int = Field(2, ge=1)
     dns_cache_size: int = Field(10000, ge=0)
+    # TLS-7: believe the AD bit of dns_servers' answers (they are a DNSSEC-validating resolver on a
+    # trusted path, e.g. unbound on 127.0.0.1); queries then carry AD (RFC 6840 §5.7). Postfix
+    # smtp_dns_support_level = dnssec. Needed by the TLS level "dane".
+    dns_trust_ad: bool = False
 
     # --- routing and delivery ---
     smtp_port: int = Field(25, ge=1, le=65535)
@@ -105,7 +109,7 @@ class Settings(BaseSettings):
     data_block_timeout: float = Field(180.0, gt=0)  # §4.5.3.2.5: 3 min
     data_done_timeout: float = Field(600.0, gt=0)  # §4.5.3.2.6: 10 min
     # TLS-3: Postfix smtp_tls_security_level / smtp_tls_policy_maps (see mxroute/tlspolicy.py)
-    tls_policy: str = "may"  # none | may | encrypt | verify
+    tls_policy: str = "may"  # none | may | encrypt | verify | dane (TLS-7, needs dns_trust_ad)
     tls_policy_domains: dict[str, str] = {}  # "example.com" or ".example.com" (subdomains) -> level
     tls_ca_file: Path | None = None  # CA bundle for "verify"; unset = the system store
 
@@ -192,6 +196,9 @@ class Settings(BaseSettings):
             raise ValueError("retry_min_seconds must not exceed retry_max_seconds")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
+        if not self.dns_trust_ad and "dane" in (self.tls_policy, *self.tls_policy_domains.values()):
+            raise ValueError("the TLS level dane needs dns_trust_ad = true (dns_servers must be a "
+                             "DNSSEC-validating resolver; TLS-7)")
         if not self.allow_open_relay:
             for item in self.relay_networks:
                 if ipaddress.ip_network(item, strict=False).prefixlen == 0:

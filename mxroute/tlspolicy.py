@@ -17,6 +17,12 @@ The levels are Postfix's ``smtp_tls_security_level`` and ``smtp_tls_policy_maps`
     as ``encrypt``, and the certificate must chain to a trusted CA (``tls_ca_file``
     or the system store) and name the MX host (RFC 6125, RFC 7672 §3.2.3 style
     reference identifier = the MX name, as Postfix's ``verify`` level does).
+``dane``
+    opportunistic DANE (RFC 7672, TLS-7; Postfix's ``dane``): for each MX host whose
+    MX RRset, addresses and TLSA records DNSSEC says are secure, what ``mxroute/dane.py``
+    decides (authenticated TLS, or mandatory unauthenticated TLS); for every other host
+    ``may``. Needs ``dns_trust_ad``. The courier turns it into a per-host policy that
+    carries the TLSA records (``TlsPolicy.tlsa``).
 
 Lookup (as Postfix's policy table with ``parent_domain_matches_subdomains``): the
 recipient domain exactly, then ``.parent`` entries for each parent domain, then
@@ -29,10 +35,13 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-Level = Literal["none", "may", "encrypt", "verify"]
-LEVELS: tuple[Level, ...] = ("none", "may", "encrypt", "verify")
+if TYPE_CHECKING:
+    from mxroute.dane import Tlsa
+
+Level = Literal["none", "may", "encrypt", "verify", "dane"]
+LEVELS: tuple[Level, ...] = ("none", "may", "encrypt", "verify", "dane")
 DEFAULT_SOURCE = "tls_policy"
 TABLE_SOURCE = "tls_policy_domains"
 STATUS = "4.7.5"  # RFC 3463 X.7.5 "cryptographic failure", as Postfix defers TLS policy failures
@@ -45,11 +54,12 @@ class TlsPolicy:
     level: Level = "may"
     source: str = DEFAULT_SOURCE  # "tls_policy" (the default) or "tls_policy_domains"
     match: str | None = None  # the table key that matched ("example.com" or ".example.com")
+    tlsa: tuple[Tlsa, ...] = ()  # TLS-7, one MX host's usable TLSA records: its certificate must match one
 
     @property
     def required(self) -> bool:
-        """TLS is mandatory: no plain-text fallback, failures defer the host (TLS-3)."""
-        return self.level in ("encrypt", "verify")
+        """TLS is mandatory: no plain-text fallback, failures defer the host (TLS-3, TLS-7)."""
+        return self.level in ("encrypt", "verify") or bool(self.tlsa)
 
     @property
     def verify(self) -> bool:
@@ -127,8 +137,15 @@ def policy_for(domain: str, default: str, table: Mapping[str, str]) -> TlsPolicy
     return TlsPolicy(check_level(default), DEFAULT_SOURCE, None)
 
 
-def satisfied(policy: TlsPolicy, *, tls: bool, verified_name: str | None, exchange: str) -> bool:
-    """Does a session (pooled or new) meet ``policy`` for a host named ``exchange``?"""
+def satisfied(policy: TlsPolicy, *, tls: bool, verified_name: str | None, exchange: str,
+              dane_name: str | None = None) -> bool:
+    """Does a session (pooled or new) meet ``policy`` for a host named ``exchange``?
+
+    ``verified_name``: the name PKIX verification checked (TLS-3); ``dane_name``: the name whose
+    TLSA records the certificate matched (TLS-7). Neither stands in for the other.
+    """
+    if policy.tlsa:
+        return bool(exchange) and dane_name is not None and dane_name.lower() == exchange.lower()
     if policy.level == "verify":
         return bool(exchange) and verified_name is not None and verified_name.lower() == exchange.lower()
     if policy.level == "encrypt":
@@ -148,7 +165,7 @@ def refused(host: str, policy: TlsPolicy, reply: str) -> str:
 
 def handshake_failed(host: str, policy: TlsPolicy, why: str, *, verification: bool) -> str:
     if verification:
-        return f"451 {STATUS} TLS certificate verification failed for {host} (policy verify): {why}"
+        return f"451 {STATUS} TLS certificate verification failed for {host} (policy {policy.level}): {why}"
     return f"451 {STATUS} TLS required ({policy.level}) but the handshake with {host} failed: {why}"
 
 
@@ -168,7 +185,7 @@ def probe_verdict(
     """
     if policy.level == "none":
         return True, "none: delivery never sends STARTTLS to this host"
-    if policy.level == "may":
+    if policy.level in ("may", "dane") and not policy.required:  # "dane" without TLSA for this host: as may
         if not offered:
             return True, "may: STARTTLS not offered; delivery goes on in plain text"
         if error:
@@ -180,6 +197,8 @@ def probe_verdict(
         return False, not_offered(host, policy)
     if error:
         return False, handshake_failed(host, policy, error, verification=verification)
+    if policy.tlsa:
+        return True, f"dane: certificate matched a TLSA record of {exchange}"
     if policy.verify:
         return True, f"verify: certificate verified for {exchange}"
     return True, "encrypt: TLS established (certificate not checked)"

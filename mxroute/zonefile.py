@@ -6,11 +6,14 @@ SOA for negative TTLs). ``ZoneTransport`` puts it behind the resolver's
 ``Transport`` interface for ``--zone``; the tests' loopback DNS server serves
 the same data over the wire.
 
-Two comment directives express what a zone file cannot: a server failure and a
-dropped query, so a recorded session (``explain --record``) replays exactly::
+Three comment directives express what a zone file cannot: a server failure, a
+dropped query and a DNSSEC-validated answer, so a recorded session (``explain
+--record``) replays exactly::
 
     ; mxroute: SERVFAIL example.com MX
     ; mxroute: TIMEOUT example.net        (every type)
+    ; mxroute: SECURE example.org MX      (answered with AD when the query sets AD; TLS-7)
+    ; mxroute: SECURE .example.org        (every name and type under example.org)
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import dns.exception
 
 from mxroute.resolver import Outcome
 
-_DIRECTIVE = re.compile(r"^\s*;\s*mxroute:\s*(SERVFAIL|TIMEOUT)\s+(\S+)(?:\s+(\S+))?\s*$", re.I | re.M)
+_DIRECTIVE = re.compile(r"^\s*;\s*mxroute:\s*(SERVFAIL|TIMEOUT|SECURE)\s+(\S+)(?:\s+(\S+))?\s*$", re.I | re.M)
 # RFC 6895 §3.1 private-use type: marks a name that exists with no records of the asked type.
 EXISTS_MARKER = dns.rdatatype.RdataType.make(65280)
 MAX_CHAIN = 16
@@ -48,6 +51,9 @@ class ZoneData:
 
     nodes: dict[dns.name.Name, dns.node.Node] = field(default_factory=dict)
     failures: dict[tuple[dns.name.Name, int | None], str] = field(default_factory=dict)
+    # TLS-7: (name, type or None) a validating resolver would call secure; a name with a leading
+    # "." covers every name under it. Lower-case, no trailing dot.
+    secure: set[tuple[str, int | None]] = field(default_factory=set)
 
     @classmethod
     def from_files(cls, paths: Iterable[str | Path]) -> ZoneData:
@@ -63,6 +69,9 @@ class ZoneData:
             existing = node.find_rdataset(rrset.rdclass, rrset.rdtype, create=True)
             existing.update(rrset)
         for kind, name, rdtype in _DIRECTIVE.findall(text):
+            if kind.upper() == "SECURE":
+                self.mark_secure(name, rdtype or None)
+                continue
             key = (dns.name.from_text(name), dns.rdatatype.from_text(rdtype) if rdtype else None)
             self.failures[key] = kind.upper()
 
@@ -86,8 +95,33 @@ class ZoneData:
         """Make questions for ``name`` (of ``rdtype``, or any) answer SERVFAIL or time out."""
         self.failures[(dns.name.from_text(name), dns.rdatatype.from_text(rdtype) if rdtype else None)] = kind.upper()
 
+    def mark_secure(self, name: str, rdtype: str | None = None) -> None:
+        """Answers for ``name`` (of ``rdtype``, or any; ".name": the subtree) carry AD when asked (TLS-7)."""
+        self.secure.add((name.lower().rstrip("."), dns.rdatatype.from_text(rdtype) if rdtype else None))
+
+    def is_secure(self, qname: dns.name.Name, rdtype: int) -> bool:
+        name = qname.to_text(omit_final_dot=True).lower()
+        for owner, kind in self.secure:
+            if kind not in (None, rdtype):
+                continue
+            if owner == name or (owner.startswith(".") and (name.endswith(owner) or name == owner[1:])):
+                return True
+        return False
+
     def answer(self, request: dns.message.Message) -> dns.message.Message | None:
-        """The authoritative response to ``request``, or None when it should be dropped."""
+        """The authoritative response to ``request``, or None when it should be dropped.
+
+        AD is set, as a validating resolver sets it, only when the query asked with AD or DO
+        (RFC 6840 §5.7) and the question is marked secure.
+        """
+        response = self._answer(request)
+        if response is not None and response.rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) \
+                and (request.flags & dns.flags.AD or request.ednsflags & dns.flags.DO) \
+                and self.is_secure(request.question[0].name, request.question[0].rdtype):
+            response.flags |= dns.flags.AD
+        return response
+
+    def _answer(self, request: dns.message.Message) -> dns.message.Message | None:
         response = dns.message.make_response(request)
         response.flags |= dns.flags.AA
         question = request.question[0]
@@ -198,9 +232,10 @@ def _rrset(name: dns.name.Name, rdataset: dns.rdataset.Rdataset) -> dns.rrset.RR
 class ZoneTransport:
     """The resolver's transport answered from zone files: offline what-if routing (``--zone``)."""
 
-    def __init__(self, data: ZoneData, sources: list[str] | None = None) -> None:
+    def __init__(self, data: ZoneData, sources: list[str] | None = None, authenticated_data: bool = False) -> None:
         self.data = data
         self.sources = sources or []
+        self.authenticated_data = authenticated_data  # ask with AD, as NetworkTransport does (TLS-7)
 
     def describe(self) -> str:
         return "zone files " + ", ".join(self.sources) if self.sources else "zone data"
@@ -208,7 +243,10 @@ class ZoneTransport:
     async def query(self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> dns.message.Message:
         import dns.exception
 
-        response = self.data.answer(dns.message.make_query(qname, rdtype))
+        query = dns.message.make_query(qname, rdtype)
+        if self.authenticated_data:
+            query.flags |= dns.flags.AD
+        response = self.data.answer(query)
         if response is None:
             raise dns.exception.Timeout()
         return response
@@ -221,6 +259,7 @@ class Recorder:
         self.rrsets: dict[tuple[dns.name.Name, int], dns.rrset.RRset] = {}
         self.exists: set[dns.name.Name] = set()
         self.failures: dict[tuple[str, str], str] = {}
+        self.secure: set[tuple[str, str]] = set()  # answers that carried AD (TLS-7)
 
     def __call__(self, qname: str, qtype: str, response: dns.message.Message | None, outcome: Outcome) -> None:
         if outcome in (Outcome.SERVFAIL, Outcome.TIMEOUT):
@@ -228,6 +267,8 @@ class Recorder:
             return
         if response is None:
             return
+        if response.flags & dns.flags.AD:
+            self.secure.add((qname, qtype))
         for rrset in [*response.answer, *response.authority]:
             if rrset.rdtype in (dns.rdatatype.NS, dns.rdatatype.RRSIG, dns.rdatatype.NSEC, dns.rdatatype.NSEC3):
                 continue
@@ -241,6 +282,8 @@ class Recorder:
             lines.insert(1, f"; {comment}")
         for (qname, qtype), kind in sorted(self.failures.items()):
             lines.append(f"; mxroute: {kind} {qname}. {qtype}")
+        for qname, qtype in sorted(self.secure):
+            lines.append(f"; mxroute: SECURE {qname}. {qtype}")
         owners = {name for name, _ in self.rrsets}
         for key in sorted(self.rrsets, key=lambda k: (k[0].to_text(), k[1])):
             lines.append(self.rrsets[key].to_text())

@@ -2,8 +2,10 @@
 
 It serves ``ZoneData`` (zone text) over the wire, on 127.0.0.x and an ephemeral
 port, and can be told per name to answer SERVFAIL, drop the query (a timeout),
-truncate UDP answers (TC=1, so the client must retry over TCP) or delay.
-Every query is logged. Start it as a context manager; it stops itself.
+truncate UDP answers (TC=1, so the client must retry over TCP) or delay, and
+told which names a validating resolver would call secure: their answers carry AD
+(only when the query set AD or DO, as RFC 6840 §5.7 has a validating resolver
+answer; TLS-7). Every query is logged. Start it as a context manager; it stops itself.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class LoggedQuery:
     qname: str
     qtype: str
     transport: str  # "udp" or "tcp"
+    ad: bool = False  # the query set the AD bit
 
 
 @dataclass
@@ -51,11 +54,12 @@ class DNSServer:
 
     # --- zone control -------------------------------------------------------
     def set_zone(self, text: str) -> None:
-        """Replace every record (failures and truncation settings are kept)."""
+        """Replace every record (failures, secure names and truncation settings are kept)."""
         data = ZoneData()
         data.load_text(text)
         with self._lock:
             data.failures.update(self.data.failures)
+            data.secure.update(self.data.secure)
             self.data = data
 
     def fail(self, name: str, kind: str = "SERVFAIL", rdtype: str | None = None) -> None:
@@ -71,6 +75,18 @@ class DNSServer:
         return [(q.qname, q.qtype) for q in self.log if qtype is None or q.qtype == qtype]
 
     @property
+    def secure(self) -> set[str]:
+        """Names answered with AD (when the query asks); ".zone" covers every name under it (TLS-7)."""
+        return {name for name, _ in self.data.secure}
+
+    @secure.setter
+    def secure(self, names: set[str]) -> None:
+        with self._lock:
+            self.data.secure.clear()
+            for name in names:
+                self.data.mark_secure(name)
+
+    @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
@@ -82,7 +98,7 @@ class DNSServer:
             return None
         question = request.question[0]
         qname = question.name.to_text(omit_final_dot=True).lower()
-        self.log.append(LoggedQuery(qname, dns.rdatatype.to_text(question.rdtype), transport))
+        self.log.append(LoggedQuery(qname, dns.rdatatype.to_text(question.rdtype), transport, bool(request.flags & dns.flags.AD)))
         pause = self.delay.get(qname)
         if pause:
             time.sleep(pause)

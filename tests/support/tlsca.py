@@ -3,6 +3,7 @@
     ca = TestCA(tmp_path)                     # ca.ca_file: the CA certificate (PEM), for tls_ca_file
     context = ca.server_context("mx1.dest.test")   # an ssl server context with a leaf for that name
     sink = Sink(..., starttls=True); sink.tls_context = context   # before the first connection
+    context, der, spki = ca.server_leaf("mx1.dest.test")   # also the leaf's DER and SPKI (DANE, TLS-7)
 """
 
 from __future__ import annotations
@@ -73,7 +74,18 @@ class TestCA:
 
     def server_context(self, *names: str) -> ssl.SSLContext:
         """A TLS server context presenting a leaf for ``names``."""
-        cert, key = self.leaf_files(*names)
+        return self.server_leaf(*names)[0]
+
+    def server_leaf(self, *names: str) -> tuple[ssl.SSLContext, bytes, bytes]:
+        """A TLS server context with a leaf for ``names``, and that leaf's DER certificate and DER SPKI."""
+        cert_path, key_path = self.leaf_files(*names)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert, key)
-        return context
+        context.load_cert_chain(cert_path, key_path)
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return context, cert.public_bytes(serialization.Encoding.DER), spki
+
+    @property
+    def der(self) -> bytes:
+        """The CA certificate, DER (a DANE-TA ``2 0 0`` record's data)."""
+        return self.cert.public_bytes(serialization.Encoding.DER)

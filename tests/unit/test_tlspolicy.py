@@ -129,7 +129,7 @@ def test_tls3_unknown_level_exits_78_with_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 78
     assert proc.stderr.strip() == (
         "mxroute: configuration error: setting tls_policy_domains (from MXROUTE_TLS_POLICY_DOMAINS): "
-        "unknown TLS policy level for bank.test: 'verfy' (one of none, may, encrypt, verify)")
+        "unknown TLS policy level for bank.test: 'verfy' (one of none, may, encrypt, verify, dane)")
 
 
 def _toml(tmp_path: Path, text: str) -> Path:

@@ -54,3 +54,27 @@ def test_add_and_load_text_agree() -> None:
     added.add("a.test", "MX", 300, "10 mx.a.test.", "20 mx2.a.test.")
     loaded.load_text("$ORIGIN a.test.\n@ 300 IN MX 10 mx\n@ 300 IN MX 20 mx2.a.test.\n")
     assert ask(added, "a.test", "MX").answer == ask(loaded, "a.test", "MX").answer
+
+
+def test_tls7_secure_directive_sets_ad_only_when_asked() -> None:
+    """`; mxroute: SECURE name [type]` (".name": every name under it) answers with AD when the query has AD."""
+    import dns.flags
+    import dns.message
+
+    from mxroute.zonefile import ZoneData
+
+    data = ZoneData()
+    data.load_text("$ORIGIN t.\n@ 300 IN SOA ns.t. h.t. 1 3600 600 86400 60\na 300 IN A 192.0.2.1\n"
+                   "b.c 300 IN A 192.0.2.2\nd 300 IN A 192.0.2.3\n"
+                   "; mxroute: SECURE a.t. A\n; mxroute: SECURE .c.t\n")
+
+    def ad(name: str, rdtype: str = "A", asked: bool = True) -> bool:
+        query = dns.message.make_query(name, rdtype)
+        if asked:
+            query.flags |= dns.flags.AD
+        response = data.answer(query)
+        assert response is not None
+        return bool(response.flags & dns.flags.AD)
+
+    assert ad("a.t.") and ad("b.c.t.") and ad("nothing.c.t.")  # NXDOMAIN under a secure subtree: secure denial
+    assert not ad("a.t.", "AAAA") and not ad("d.t.") and not ad("a.t.", asked=False)
