@@ -27,7 +27,7 @@ import aiosmtplib
 from aiosmtplib.protocol import COMMAND_INJECTION_REGEX, MAX_RESPONSE_LENGTH, SMTPProtocol
 from aiosmtplib.response import SMTPResponse
 
-from mxroute import tlspolicy
+from mxroute import mtasts, tlspolicy
 from mxroute.address import parse_address
 from mxroute.dsn import safe_text
 from mxroute.envelope import Disposition, Envelope, Recipient, RecipientResult
@@ -255,6 +255,7 @@ class _Attempt:
     eight_bit: bool
     utf8: bool  # the envelope or the header needs SMTPUTF8 (SESS-15)
     tls: TlsPolicy = field(default_factory=TlsPolicy)  # the destination's TLS policy (TLS-3)
+    sts: mtasts.Lookup | None = None  # the destination's MTA-STS state (TLS-5/6); None: not consulted
     results: dict[str, RecipientResult] = field(default_factory=dict)
     last: dict[str, tuple[str, str, str | None]] = field(default_factory=dict)  # address -> (status, reply, relay)
     relay: dict[str, str] = field(default_factory=dict)  # address -> last relay tried
@@ -290,8 +291,10 @@ class Courier:
         idle_timeout: float = 30.0,
         max_idle_per_destination: int | None = None,
         starttls: bool = True,
+        mta_sts: mtasts.MtaSts | None = None,
     ) -> None:
         self.settings = settings
+        self.mta_sts = mta_sts  # TLS-5/6: consulted per destination when settings.mta_sts is on
         self.tls_context = tls_context or tlspolicy.opportunistic_context()
         self._verify_context: tuple[object, ssl.SSLContext] | None = None  # (tls_ca_file, context), TLS-3
         self.reuse = reuse
@@ -355,6 +358,7 @@ class Courier:
             for rcpt in valid:
                 attempt.finish(rcpt, Disposition.BOUNCED, plan.dsn_status, f"{code} {plan.dsn_status} {safe_text(plan.reason)}", None)
         elif valid:
+            attempt.sts = await self.sts_lookup(plan.domain, attempt.tls)  # MTA-STS (TLS-5/6)
             await self._walk(plan, attempt, valid)
         out = [attempt.results[r.address] for r in recipients]
         delay = time.monotonic() - started
@@ -366,6 +370,17 @@ class Courier:
         """The TLS policy for mail to ``domain`` (TLS-3; ``explain`` shows the same lookup)."""
         s = self.settings
         return tlspolicy.policy_for(domain, s.tls_policy, s.tls_policy_domains)
+
+    async def sts_lookup(self, domain: str, tls: TlsPolicy) -> mtasts.Lookup | None:
+        """The MTA-STS state of ``domain`` (TLS-5), or None when it does not apply.
+
+        Off with ``mta_sts = false``, for address literals, and when the admin's
+        ``tls_policy_domains`` has an entry for the domain (as Postfix's policy table wins
+        over a policy resolver). ``explain`` calls this too.
+        """
+        if self.mta_sts is None or not self.settings.mta_sts or domain.startswith("[") or tls.source != tlspolicy.DEFAULT_SOURCE:
+            return None
+        return await self.mta_sts.lookup(domain)
 
     async def close(self) -> None:
         """Close every idle connection (QUIT, bounded) and wait for closings in progress."""
@@ -435,6 +450,16 @@ class Courier:
         """
         key = (target.address, target.port, self._bind_address(target))
         policy = attempt.tls
+        # --- MTA-STS (TLS-6, RFC 8461 §4-5): per MX host. DANE (TLS-7) takes precedence here (§2). ---
+        policy, refusal = mtasts.host_policy(attempt.sts, target.exchange, policy)
+        if refusal is not None:
+            hostlog.warning("%s: %s: skipped (TLS-6)", target, refusal)
+            attempt.soft(pending, tlspolicy.STATUS, refusal, target)
+            return None, False
+        note = mtasts.testing_note(attempt.sts, target.exchange)
+        if note is not None:
+            hostlog.warning("%s: %s (TLS-6 testing)", target, note)
+        # --- end MTA-STS ---
         pooled = await self._checkout(key) if pool else None
         if pooled is not None:
             if tlspolicy.satisfied(policy, tls=pooled.tls, verified_name=pooled.verified_name,
