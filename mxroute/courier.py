@@ -358,7 +358,8 @@ class Courier:
             for rcpt in valid:
                 attempt.finish(rcpt, Disposition.BOUNCED, plan.dsn_status, f"{code} {plan.dsn_status} {safe_text(plan.reason)}", None)
         elif valid:
-            attempt.sts = await self.sts_lookup(plan.domain, attempt.tls)  # MTA-STS (TLS-5/6)
+            if self.mta_sts is not None and mtasts.skip_reason(self.settings.mta_sts, plan, attempt.tls) is None:
+                attempt.sts = await self.mta_sts.lookup(plan.domain)  # MTA-STS (TLS-5/6)
             await self._walk(plan, attempt, valid)
         out = [attempt.results[r.address] for r in recipients]
         delay = time.monotonic() - started
@@ -370,17 +371,6 @@ class Courier:
         """The TLS policy for mail to ``domain`` (TLS-3; ``explain`` shows the same lookup)."""
         s = self.settings
         return tlspolicy.policy_for(domain, s.tls_policy, s.tls_policy_domains)
-
-    async def sts_lookup(self, domain: str, tls: TlsPolicy) -> mtasts.Lookup | None:
-        """The MTA-STS state of ``domain`` (TLS-5), or None when it does not apply.
-
-        Off with ``mta_sts = false``, for address literals, and when the admin's
-        ``tls_policy_domains`` has an entry for the domain (as Postfix's policy table wins
-        over a policy resolver). ``explain`` calls this too.
-        """
-        if self.mta_sts is None or not self.settings.mta_sts or domain.startswith("[") or tls.source != tlspolicy.DEFAULT_SOURCE:
-            return None
-        return await self.mta_sts.lookup(domain)
 
     async def close(self) -> None:
         """Close every idle connection (QUIT, bounded) and wait for closings in progress."""

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mxroute import tlspolicy
+from mxroute.plan import Plan, blocked
 from mxroute.resolver import Outcome, Resolver
 from mxroute.tlspolicy import TlsPolicy
 
@@ -281,6 +282,24 @@ def _eligible_text(lookup: Lookup, exchange: str) -> str:
     return why
 
 
+def skip_reason(enabled: bool, plan: Plan, tls: TlsPolicy) -> str | None:
+    """Why MTA-STS is not consulted for ``plan``'s destination, or None when it is.
+
+    Off with ``mta_sts = false``; only for a deliverable route to a domain (not an address
+    literal); and an admin's ``tls_policy_domains`` entry wins, as Postfix's policy table
+    wins over a policy resolver. Delivery and ``explain`` both ask this.
+    """
+    if not enabled:
+        return "mta_sts = false"
+    if not plan.deliverable:
+        return "the route is not deliverable"
+    if plan.domain.startswith("["):
+        return "an address literal has no MTA-STS policy"
+    if tls.source != tlspolicy.DEFAULT_SOURCE:
+        return f"tls_policy_domains entry {tls.match} takes precedence"
+    return None
+
+
 def host_policy(lookup: Lookup | None, exchange: str, base: TlsPolicy) -> tuple[TlsPolicy, str | None]:
     """The TLS policy for MX ``exchange`` under ``lookup``, or the 4.7.5 reply refusing it (TLS-6).
 
@@ -323,8 +342,6 @@ async def fetch_policy(
 async def _fetch(
     resolver: Resolver, domain: str, port: int, ca_file: Path | None, families: Sequence[int], allow_private: bool,
 ) -> StsPolicy:
-    from mxroute.plan import blocked
-
     host = f"mta-sts.{domain}"
     addresses: list[str] = []
     for family in families:
@@ -564,5 +581,5 @@ class MtaSts:
 
 __all__ = [
     "Cached", "Lookup", "MtaSts", "PolicyError", "StsPolicy", "after_failed_fetch", "decide", "fetch_policy",
-    "host_policy", "mx_matches", "parse_policy", "parse_txt", "testing_note",
+    "host_policy", "mx_matches", "parse_policy", "parse_txt", "skip_reason", "testing_note",
 ]
