@@ -98,7 +98,7 @@ def mx_matches(pattern: str, host: str) -> bool:
 
 def _mx_pattern(value: str) -> str:
     text = value.strip().lower().rstrip(".")
-    name = text[2:] if text.startswith("*.") else text
+    name = text.removeprefix("*.")
     labels = name.split(".")
     if not name or not all(_LABEL.fullmatch(label) for label in labels):
         raise PolicyError(f"mx {value!r} is not a host name or *.domain pattern")
@@ -164,7 +164,7 @@ def parse_policy(text: str) -> StsPolicy:
         raise PolicyError(f"max_age {age!r} is not a number of seconds up to {MAX_AGE_LIMIT}")
     if mode != "none" and not mx:
         raise PolicyError(f"mode {mode} without any mx pattern")
-    return StsPolicy(mode, tuple(mx), int(age))  # type: ignore[arg-type]
+    return StsPolicy(mode, tuple(mx), int(age))
 
 
 # --- §5.1 the cache ------------------------------------------------------------------------------
@@ -508,11 +508,12 @@ class MtaSts:
             return Lookup(domain, txt, txt_id, None, "none", now)
         failed = self._failed.get(domain)
         if failed is not None and failed[0] == txt_id and failed[1] > now:
-            error = f"{failed[2]} (not retried before {failed[1] - now:.0f}s)"
+            error = f"{failed[2]} (not retried for another {failed[1] - now:.0f}s)"
         else:
-            error = await self._fetch(domain, txt_id, now)
-            if error is None:
+            problem = await self._fetch(domain, txt_id, now)
+            if problem is None:
                 return Lookup(domain, txt, txt_id, self._cache[domain], "fetched", now)
+            error = problem
         if after_failed_fetch(entry, now) == "cache":
             return Lookup(domain, txt, txt_id, entry, "cache", now, error)
         return Lookup(domain, txt, txt_id, None, "none", now, error)
@@ -552,7 +553,7 @@ class MtaSts:
             body = json.loads(path.read_text(encoding="utf-8"))
             entries = body["policies"] if isinstance(body, dict) else None
             if not isinstance(entries, dict):
-                raise ValueError("no 'policies' object")
+                raise TypeError("no 'policies' object")
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -59,8 +59,8 @@ class Env:
         return PolicyServer(self.web_host, self.ca.server_context(*names), body, port=port)
 
     def settings(self, web: PolicyServer, **overrides: Any) -> Any:
-        values: dict[str, Any] = dict(mta_sts_port=web.port, tls_ca_file=self.ca.ca_file,
-                                      allow_private_destinations=True)
+        values: dict[str, Any] = {"mta_sts_port": web.port, "tls_ca_file": self.ca.ca_file,
+                                  "allow_private_destinations": True}
         values.update(overrides)
         return courier_settings(**values)
 

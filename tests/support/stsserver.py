@@ -46,7 +46,7 @@ class PolicyServer:
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 owner.requests.append((self.path, self.headers.get("Host", "")))
                 data = owner.body.encode("utf-8")
                 self.send_response(owner.status)

@@ -9,7 +9,15 @@ from __future__ import annotations
 import pytest
 
 from mxroute import mtasts
-from mxroute.mtasts import Cached, PolicyError, StsPolicy, decide, mx_matches, parse_policy, parse_txt
+from mxroute.mtasts import (
+    Cached,
+    PolicyError,
+    StsPolicy,
+    decide,
+    mx_matches,
+    parse_policy,
+    parse_txt,
+)
 
 POLICY = "version: STSv1\r\nmode: enforce\r\nmx: mx1.example.com\r\nmx: *.backup.example.com\r\nmax_age: 86400\r\n"
 
