@@ -449,6 +449,7 @@ class Courier:
         note = mtasts.testing_note(attempt.sts, target.exchange)
         if note is not None:
             hostlog.warning("%s: %s (TLS-6 testing)", target, note)
+        audit = mtasts.audited(attempt.sts, target.exchange)  # testing: check TLS as enforce would, log only
         # --- end MTA-STS ---
         pooled = await self._checkout(key) if pool else None
         if pooled is not None:
@@ -477,11 +478,14 @@ class Courier:
         try:
             # starttls=False turns the opportunistic default off; a required policy still applies.
             use_tls = policy.level != "none" and (self.starttls or policy.required)
-            session, greeted, problem = await self._connect(target, key, use_tls=use_tls, policy=policy)
+            session, greeted, problem = await self._connect(target, key, use_tls=use_tls, policy=policy, audit=audit)
             if session is None and problem and problem.startswith(tlspolicy.STATUS + " "):
                 status, reply = problem.split(" ", 1)  # TLS-3: this policy's failure, not the host's
                 attempt.soft(pending, status, reply, target)
                 return None, greeted
+            if problem == "tls-unverified":  # TLS-6 testing: the certificate failed; TLS as without a policy
+                session, greeted2, problem = await self._connect(target, key, use_tls=True, policy=policy)
+                greeted = greeted or greeted2
             if problem == "tls":  # TLS-1: opportunistic; a failed handshake → same host in plain text
                 session, greeted2, problem = await self._connect(target, key, use_tls=False)
                 greeted = greeted or greeted2
@@ -508,13 +512,15 @@ class Courier:
 
     async def _connect(
         self, target: Target, key: tuple[str, int, str | None], *, use_tls: bool,
-        policy: TlsPolicy = TlsPolicy(),
+        policy: TlsPolicy = TlsPolicy(), audit: mtasts.Lookup | None = None,
     ) -> tuple[_Session | None, bool, str | None]:
         """Connect, read the greeting, EHLO (HELO fallback), STARTTLS when offered.
 
         Returns (session, greeted, problem); problem is "STATUS reply" on failure,
-        or "tls" when a TLS handshake failed and a plain-text retry is due. Under a
-        required ``policy`` (TLS-3) a host without STARTTLS is a failure, never plain text.
+        "tls" when a TLS handshake failed and a plain-text retry is due, or
+        "tls-unverified" when an ``audit`` (MTA-STS testing, TLS-6) found the certificate
+        invalid and an unverified TLS retry is due. Under a required ``policy`` (TLS-3) a
+        host without STARTTLS is a failure, never plain text.
         """
         s = self.settings
         family = socket.AF_INET6 if target.family == 6 else socket.AF_INET
@@ -548,8 +554,12 @@ class Courier:
         try:
             await self._hello(session)
             if use_tls and session.has("starttls"):
-                if not await self._starttls(session, policy):
-                    return None, True, "tls"
+                retry = await self._starttls(session, policy, audit)
+                if retry:
+                    return None, True, retry
+            elif audit is not None and not session.has("starttls"):  # TLS-6 testing: logged, delivered
+                hostlog.warning("%s: %s (TLS-6 testing)", target,
+                                mtasts.testing_refusal(audit, target.exchange, "STARTTLS not offered"))
             elif policy.required:  # TLS-3: no STARTTLS, no mail (RFC 3207 §6)
                 reply = tlspolicy.not_offered(str(target), policy)
                 hostlog.warning("%s: %s: trying the next address (TLS-3)", target, reply)
@@ -581,8 +591,12 @@ class Courier:
             resp = helo_resp
         raise _HostFailure(enhanced_status(resp.code, resp.message, False), reply_text(resp.code, resp.message))
 
-    async def _starttls(self, session: _Session, policy: TlsPolicy = TlsPolicy()) -> bool:
-        """STARTTLS (RFC 3207; TLS-1/2/3). False when the handshake failed and plain text may follow.
+    async def _starttls(
+        self, session: _Session, policy: TlsPolicy = TlsPolicy(), audit: mtasts.Lookup | None = None,
+    ) -> str | None:
+        """STARTTLS (RFC 3207; TLS-1/2/3). None, or the retry due: "tls" (the handshake failed:
+        plain text may follow) or "tls-unverified" (an MTA-STS testing ``audit`` found the
+        certificate invalid: logged, then TLS as without a policy, TLS-6).
 
         Opportunistic (``may``): a non-220 reply leaves the session in plain text
         (logged, counted). Required (``encrypt``/``verify``, TLS-3): a refusal, a failed
@@ -595,8 +609,9 @@ class Courier:
         if policy.verify and not target.exchange:  # an address literal: no name to verify
             raise _HostFailure(tlspolicy.STATUS, tlspolicy.no_name(str(target)))
         plain = session.client.transport  # kept to abort it if the handshake fails half-way
+        context = self._context(TlsPolicy("verify") if audit is not None else policy)
         try:
-            await session.client.starttls(tls_context=self._context(policy), server_hostname=target.exchange or None,
+            await session.client.starttls(tls_context=context, server_hostname=target.exchange or None,
                                           timeout=self.settings.greeting_timeout)
         except aiosmtplib.SMTPResponseException as exc:
             if exc.code == 421:
@@ -605,10 +620,13 @@ class Courier:
                 reply = tlspolicy.refused(str(target), policy, reply_text(exc.code, exc.message))
                 hostlog.warning("%s: %s: trying the next address (TLS-3)", target, reply)
                 raise _HostFailure(tlspolicy.STATUS, reply) from None
+            if audit is not None:
+                hostlog.warning("%s: %s (TLS-6 testing)", target, mtasts.testing_refusal(
+                    audit, target.exchange, f"STARTTLS refused: {reply_text(exc.code, exc.message)}"))
             self.stats["tls_fallbacks"] += 1
             hostlog.warning("%s: STARTTLS refused (%s): continuing in plain text (TLS-1, opportunistic)",
                         target, reply_text(exc.code, exc.message))
-            return True
+            return None
         except (*_WIRE_ERRORS, ssl.SSLError) as exc:
             session.client.close()
             if plain is not None:
@@ -620,16 +638,23 @@ class Courier:
                 reply = tlspolicy.handshake_failed(str(target), policy, why, verification=verification)
                 hostlog.warning("%s: %s: trying the next address (TLS-3)", target, reply)
                 raise _HostFailure(tlspolicy.STATUS, reply) from None
+            if audit is not None:
+                why = safe_text(getattr(exc, "verify_message", None) or str(exc) or type(exc).__name__)
+                what = "certificate verification failed" if isinstance(exc, ssl.SSLCertVerificationError) else "TLS failed"
+                hostlog.warning("%s: %s (TLS-6 testing)", target, mtasts.testing_refusal(
+                    audit, target.exchange, f"{what} for {target.exchange}: {why}"))
+                if isinstance(exc, ssl.SSLCertVerificationError):
+                    return "tls-unverified"
             self.stats["tls_fallbacks"] += 1
             hostlog.warning("%s: TLS handshake failed (%s): retrying the same host in plain text (TLS-1, opportunistic)",
                         target, safe_text(str(exc) or type(exc).__name__))
-            return False
+            return "tls"
         session.tls = True
-        if policy.verify:
+        if policy.verify or audit is not None:
             session.verified_name = target.exchange.lower()
         self.stats["tls"] += 1
         await self._hello(session)
-        return True
+        return None
 
     def _context(self, policy: TlsPolicy) -> ssl.SSLContext:
         """The SSL context for ``policy``: verifying for ``verify``, else the opportunistic one."""

@@ -316,6 +316,23 @@ def host_policy(lookup: Lookup | None, exchange: str, base: TlsPolicy) -> tuple[
     return TlsPolicy("verify", SOURCE, policy.match(exchange)), None
 
 
+def audited(lookup: Lookup | None, exchange: str) -> Lookup | None:
+    """``lookup`` when delivery to ``exchange`` should check TLS as ``enforce`` would, only to log it.
+
+    That is a ``testing`` policy and a host matching its patterns (§5: "testing" senders
+    deliver as usual and report what failed; TLSRPT itself is not implemented).
+    """
+    policy = lookup.policy if lookup else None
+    if lookup is None or policy is None or policy.mode != "testing" or policy.match(exchange) is None:
+        return None
+    return lookup
+
+
+def testing_refusal(lookup: Lookup, exchange: str, why: str) -> str:
+    """The log text for a TLS failure that ``enforce`` would have refused (TLS-6 testing)."""
+    return f"MTA-STS policy of {lookup.domain} (testing): {why}; enforce would refuse it"
+
+
 def testing_note(lookup: Lookup | None, exchange: str) -> str | None:
     """What ``enforce`` would have refused for ``exchange`` under a ``testing`` policy, or None."""
     policy = lookup.policy if lookup else None
@@ -581,6 +598,6 @@ class MtaSts:
 
 
 __all__ = [
-    "Cached", "Lookup", "MtaSts", "PolicyError", "StsPolicy", "after_failed_fetch", "decide", "fetch_policy",
-    "host_policy", "mx_matches", "parse_policy", "parse_txt", "skip_reason", "testing_note",
+    "Cached", "Lookup", "MtaSts", "PolicyError", "StsPolicy", "after_failed_fetch", "audited", "decide",
+    "fetch_policy", "host_policy", "mx_matches", "parse_policy", "parse_txt", "skip_reason", "testing_note", "testing_refusal",
 ]

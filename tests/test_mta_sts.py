@@ -277,3 +277,46 @@ def test_tls6_mta_sts_off_asks_nothing(env: Env) -> None:
         r = deliver(courier, plan(target(2, mx2)))
         assert r.disposition is Disposition.DELIVERED and web.requests == []
         assert ("_mta-sts.dest.test", "TXT") not in env.dns.queries()
+
+
+TESTING = ENFORCE.replace("enforce", "testing")
+
+
+def audit_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "(TLS-6 testing)" in r.getMessage()]
+
+
+def test_tls6_testing_mode_bad_certificate_is_logged_and_delivered_over_unverified_tls(
+        env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    with env.web(body=TESTING) as web, sink(env.ip(1), env.ca.server_context("wrong.dest.test")) as mx1:
+        courier = Courier(env.settings(web), mta_sts=env.mta_sts(web))
+        r = deliver(courier, plan(target(1, mx1)))
+        assert r.disposition is Disposition.DELIVERED, r.reply
+        assert len(mx1.messages) == 1
+        first, second = mx1.connections  # the verified attempt, then TLS as without a policy
+        assert first.commands == ["EHLO relay.test", "STARTTLS"] and not first.transactions
+        assert second.tls and second.transactions  # never plain text
+        assert courier.stats["tls_fallbacks"] == 0
+    [line] = audit_lines(caplog)
+    assert "certificate verification failed for mx1.dest.test" in line and "enforce would refuse it" in line
+
+
+def test_tls6_testing_mode_without_starttls_is_logged_and_delivered(
+        env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    with env.web(body=TESTING) as web, Sink(env.ip(1)) as mx1:
+        courier = Courier(env.settings(web), mta_sts=env.mta_sts(web))
+        r = deliver(courier, plan(target(1, mx1)))
+        assert r.disposition is Disposition.DELIVERED and len(mx1.connections) == 1
+    [line] = audit_lines(caplog)
+    assert "STARTTLS not offered" in line and "enforce would refuse it" in line
+
+
+def test_tls6_testing_mode_valid_certificate_logs_nothing(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    with env.web(body=TESTING) as web, sink(env.ip(1), env.ca.server_context("mx1.dest.test")) as mx1:
+        courier = Courier(env.settings(web), mta_sts=env.mta_sts(web))
+        r = deliver(courier, plan(target(1, mx1)))
+        assert r.disposition is Disposition.DELIVERED and len(mx1.connections) == 1 and mx1.connections[0].tls
+    assert audit_lines(caplog) == []
