@@ -238,7 +238,7 @@ def _explain(args: argparse.Namespace) -> int:
     if args.probe:
         from mxroute.probe import probe
 
-        report.probe = asyncio.run(probe(report.plan, settings, tls=report.tls))
+        report.probe = asyncio.run(probe(report.plan, settings, tls=report.tls, sts=report.mta_sts))
         report.dns = [record.to_json() for record in resolver.trace]
     if recorder is not None:
         try:

@@ -12,22 +12,33 @@ import ssl
 import time
 from typing import Any
 
-from mxroute import tlspolicy
+from mxroute import mtasts, tlspolicy
 from mxroute.plan import Plan
 from mxroute.settings import Settings
 from mxroute.tlspolicy import TlsPolicy
 
 
-async def probe(plan: Plan, settings: Settings, limit: int = 3, tls: TlsPolicy | None = None) -> dict[str, Any]:
-    """Try the plan's first ``limit`` addresses in order; report the first that answers.
+async def probe(
+    plan: Plan, settings: Settings, limit: int = 3, tls: TlsPolicy | None = None, sts: mtasts.Lookup | None = None,
+) -> dict[str, Any]:
+    """Try the plan's first ``limit`` addresses delivery would use; report the first that answers.
 
     With ``tls`` (the domain's policy), also ``tls_policy``, ``tls_policy_satisfied`` and
-    ``tls_policy_result``: would delivery use this host under that policy (EXP-3)?
+    ``tls_policy_result``: would delivery use this host under that policy (EXP-3)? An MTA-STS
+    ``enforce`` policy (``sts``, TLS-6) skips the hosts delivery skips and makes the others ``verify``.
     """
     import aiosmtplib
 
     tried: list[str] = []
-    for target in plan.targets[:limit]:
+    skipped: list[str] = []  # TLS-6: hosts an MTA-STS enforce policy rules out, as delivery skips them
+    candidates = []
+    for target in plan.targets:
+        host_tls, refusal = mtasts.host_policy(sts, target.exchange, tls) if tls is not None else (tls, None)
+        if refusal is not None:
+            skipped.append(f"{target}: {refusal}")
+        else:
+            candidates.append((target, host_tls))
+    for target, tls in candidates[:limit]:  # tls: this host's policy from here on
         started = time.perf_counter()
         client = aiosmtplib.SMTP(
             hostname=target.address, port=target.port, timeout=min(settings.connect_timeout, 30.0),
@@ -78,5 +89,10 @@ async def probe(plan: Plan, settings: Settings, limit: int = 3, tls: TlsPolicy |
                 client.close()
         if tried:
             report["unreachable"] = tried
+        if skipped:
+            report["mta_sts_skipped"] = skipped
         return report
-    return {"target": None, "error": "no address answered", "unreachable": tried}
+    failed: dict[str, Any] = {"target": None, "error": "no address answered", "unreachable": tried}
+    if skipped:
+        failed["mta_sts_skipped"] = skipped
+    return failed

@@ -107,3 +107,20 @@ def test_exp3_explain_json_and_text_show_the_mta_sts_decision(world: World, tmp_
         "applied": False, "reason": "tls_policy_domains entry dest.test takes precedence"}
     off = explain(world.dns, ["--json", "u@dest.test"], mta_sts=False)
     assert json.loads(off.stdout)["mta_sts"] == {"applied": False, "reason": "mta_sts = false"}
+
+
+def test_exp3_probe_contacts_only_the_host_delivery_would_use(world: World, tmp_path: Path) -> None:
+    ca = TestCA(tmp_path / "ca")
+    zone(world)
+    mx2 = world.sink(2)  # preferred, but ruled out by the policy
+    mx1 = tls_sink(world, 1, ca.server_context("mx1.dest.test"))
+    with PolicyServer(world.ip(80), ca.server_context("mta-sts.dest.test"), ENFORCE) as web:
+        result = explain(world.dns, ["--json", "--probe", "u@dest.test"], mta_sts_port=web.port,
+                         tls_ca_file=str(ca.ca_file), smtp_port=world.sink_port, spool_dir=str(tmp_path / "spool"))
+    probe = json.loads(result.stdout)["probe"]
+    assert probe["target"] == f"mx1.dest.test[{world.ip(1)}]:{world.sink_port}"
+    assert (probe["tls_policy"], probe["tls_policy_satisfied"]) == ("verify", True)
+    assert probe["tls_policy_result"] == "verify: certificate verified for mx1.dest.test"
+    assert probe["mta_sts_skipped"] == [f"mx2.dest.test[{world.ip(2)}]:{world.sink_port}: 451 4.7.5 MTA-STS policy "
+                                        "of dest.test (enforce): mx2.dest.test matches no mx pattern of the MTA-STS policy"]
+    assert mx2.connections == [] and all(not c.transactions for c in mx1.connections)
