@@ -38,7 +38,7 @@ async def probe(
             skipped.append(f"{target}: {refusal}")
         else:
             candidates.append((target, host_tls))
-    for target, tls in candidates[:limit]:  # tls: this host's policy from here on
+    for target, host_tls in candidates[:limit]:
         started = time.perf_counter()
         client = aiosmtplib.SMTP(
             hostname=target.address, port=target.port, timeout=min(settings.connect_timeout, 30.0),
@@ -62,7 +62,7 @@ async def probe(
             offered = client.supports_extension("starttls")
             error, verification = None, False
             if offered:
-                verify = tls is not None and tls.verify and bool(target.exchange)
+                verify = host_tls is not None and host_tls.verify and bool(target.exchange)
                 context = (tlspolicy.verify_context(settings.tls_ca_file) if verify
                            else tlspolicy.opportunistic_context())
                 try:
@@ -76,10 +76,10 @@ async def probe(
                     verification = isinstance(exc, ssl.SSLCertVerificationError)
             else:
                 report["starttls"] = "not offered"
-            if tls is not None:  # TLS-3 / EXP-3: the same rules delivery applies
-                ok, why = tlspolicy.probe_verdict(tls, str(target), target.exchange, offered=offered,
+            if host_tls is not None:  # TLS-3 / EXP-3: the same rules delivery applies
+                ok, why = tlspolicy.probe_verdict(host_tls, str(target), target.exchange, offered=offered,
                                                   error=error, verification=verification)
-                report.update(tls_policy=tls.level, tls_policy_satisfied=ok, tls_policy_result=why)
+                report.update(tls_policy=host_tls.level, tls_policy_satisfied=ok, tls_policy_result=why)
         except (aiosmtplib.SMTPException, OSError) as exc:
             report["error"] = f"{type(exc).__name__}: {exc}"
         finally:
