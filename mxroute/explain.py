@@ -57,7 +57,7 @@ class Report:
     def mta_sts_json(self) -> dict[str, Any] | None:
         """``mta_sts`` (EXP-3): the lookup and each MX host's eligibility, or why it was not consulted."""
         if self.mta_sts is not None:
-            return self.mta_sts.to_json([t.exchange for t in self.plan.targets if t.exchange])
+            return self.mta_sts.to_json([t.exchange for t in self.plan.targets if t.exchange], self.tls or TlsPolicy())
         if self.mta_sts_skipped is not None:
             return {"applied": False, "reason": self.mta_sts_skipped}
         return None

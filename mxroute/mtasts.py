@@ -253,8 +253,8 @@ class Lookup:
         return (f"{self.policy.mode}, mx {', '.join(self.policy.mx) or '-'}, id {self.entry.id}, "
                 f"max_age {self.policy.max_age} ({where})" + (f"; fetch failed: {self.error}" if self.error else ""))
 
-    def to_json(self, exchanges: Sequence[str] = ()) -> dict[str, Any]:
-        """explain's ``mta_sts`` member (EXP-3)."""
+    def to_json(self, exchanges: Sequence[str] = (), base: TlsPolicy = TlsPolicy()) -> dict[str, Any]:
+        """explain's ``mta_sts`` member (EXP-3); ``base``: the domain's policy without MTA-STS."""
         entry = self.entry
         body: dict[str, Any] = {
             "applied": True, "txt": self.txt, "txt_id": self.txt_id, "source": self.source,
@@ -265,7 +265,7 @@ class Lookup:
             "error": self.error, "hosts": [],
         }
         for exchange in dict.fromkeys(exchanges):
-            policy, refusal = host_policy(self, exchange, TlsPolicy())
+            policy, refusal = host_policy(self, exchange, base)
             body["hosts"].append({"exchange": exchange, "eligible": refusal is None,
                                   "tls": policy.level if refusal is None else None,
                                   "reason": refusal or _eligible_text(self, exchange)})

@@ -320,3 +320,10 @@ def test_tls6_testing_mode_valid_certificate_logs_nothing(env: Env, caplog: pyte
         r = deliver(courier, plan(target(1, mx1)))
         assert r.disposition is Disposition.DELIVERED and len(mx1.connections) == 1 and mx1.connections[0].tls
     assert audit_lines(caplog) == []
+
+
+def test_tls5_policy_host_on_a_private_address_is_not_fetched_sec11(env: Env) -> None:
+    with env.web() as web:
+        result = lookup(env.mta_sts(web, allow_private_destinations=False))
+        assert result.policy is None and result.error is not None and "loopback/private" in result.error
+        assert web.requests == [] and web.sni == []
