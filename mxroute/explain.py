@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mxroute.address import Address
-from mxroute.mtasts import Lookup
 from mxroute.errors import EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
+from mxroute.mtasts import Lookup
 from mxroute.plan import Plan, RoutingPolicy, Verdict, plan_to_json
 from mxroute.resolver import Resolver
 from mxroute.routing import route
@@ -52,7 +52,6 @@ class Report:
         body["probe"] = self.probe
         body["dns"] = self.dns
         return body
-
 
     def mta_sts_json(self) -> dict[str, Any] | None:
         """``mta_sts`` (EXP-3): the lookup and each MX host's eligibility, or why it was not consulted."""

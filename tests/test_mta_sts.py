@@ -327,3 +327,32 @@ def test_tls5_policy_host_on_a_private_address_is_not_fetched_sec11(env: Env) ->
         result = lookup(env.mta_sts(web, allow_private_destinations=False))
         assert result.policy is None and result.error is not None and "loopback/private" in result.error
         assert web.requests == [] and web.sni == []
+
+
+CHUNKED = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"10\r\nversion: STSv1\r\n\r\n" + f"{len(ENFORCE) - 16:x}".encode() + b"\r\n" + ENFORCE[16:].encode()
+           + b"\r\n0\r\n\r\n")
+
+
+@pytest.mark.parametrize("raw", [
+    CHUNKED,
+    b"HTTP/1.0 200 OK\r\nContent-Type: TEXT/PLAIN\r\n\r\n" + ENFORCE.encode(),  # no length: read to the end
+])
+def test_tls5_chunked_and_unsized_responses_are_read(env: Env, raw: bytes) -> None:
+    with env.web() as web:
+        web.raw = raw
+        result = lookup(env.mta_sts(web))
+        assert result.source == "fetched" and result.policy is not None and result.policy.mx == ("mx1.dest.test",)
+
+
+@pytest.mark.parametrize(("raw", "error"), [
+    (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"20000\r\n" + b"a" * 100, "byte limit"),  # a chunk over 64 KiB is refused before it is read
+    (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n" + b"mx: a.test\r\n" * 6000, "byte limit"),
+    (b"SMTP/1.0 220 hello\r\n\r\n", "not an HTTP/1.x response"),
+])
+def test_tls5_oversized_or_malformed_responses_give_no_policy(env: Env, raw: bytes, error: str) -> None:
+    with env.web() as web:
+        web.raw = raw
+        result = lookup(env.mta_sts(web))
+        assert result.policy is None and result.error is not None and error in result.error

@@ -7,7 +7,8 @@
         web.sni        # server names the clients asked for
 
 ``status``, ``body``, ``content_type`` and ``headers`` may be changed between requests
-(``web.status = 301; web.headers = {"Location": ...}``). ``stop()`` closes the listener,
+(``web.status = 301; web.headers = {"Location": ...}``); ``raw`` (bytes) replaces the whole
+response, written as is before the connection is closed (chunked bodies, no Content-Length). ``stop()`` closes the listener,
 so a later connection is refused. Runs in a daemon thread; a context manager.
 """
 
@@ -31,6 +32,7 @@ class PolicyServer:
         self.status = status
         self.content_type = content_type
         self.headers: dict[str, str] = {}
+        self.raw: bytes | None = None
         self.requests: list[tuple[str, str]] = []
         self.sni: list[str | None] = []
         self._server: http.server.ThreadingHTTPServer | None = None
@@ -48,6 +50,10 @@ class PolicyServer:
 
             def do_GET(self) -> None:
                 owner.requests.append((self.path, self.headers.get("Host", "")))
+                if owner.raw is not None:
+                    self.wfile.write(owner.raw)
+                    self.close_connection = True
+                    return
                 data = owner.body.encode("utf-8")
                 self.send_response(owner.status)
                 if owner.content_type:

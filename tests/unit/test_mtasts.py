@@ -161,3 +161,54 @@ def test_tls6_enforce_only_matching_hosts_are_eligible() -> None:
 def test_tls6_testing_and_none_refuse_nothing() -> None:
     assert StsPolicy("testing", ("mx1.test",), 10).verdict("mx2.test")[0] is True
     assert StsPolicy("none", (), 10).verdict("mx2.test")[0] is True
+
+
+def lookup_of(text: str | None, domain: str = "example.com") -> mtasts.Lookup:
+    entry = Cached("id1", parse_policy(text), 1000.0) if text else None
+    return mtasts.Lookup(domain, "found", "id1", entry, "fetched" if entry else "none", 1000.0)
+
+
+def test_tls6_host_policy_enforce_verify_for_matching_hosts_refusal_for_others() -> None:
+    from mxroute.tlspolicy import TlsPolicy
+
+    sts = lookup_of(POLICY)
+    assert mtasts.host_policy(sts, "mx1.example.com", TlsPolicy()) == (
+        TlsPolicy("verify", "mta-sts", "mx1.example.com"), None)
+    policy, refusal = mtasts.host_policy(sts, "mx9.example.com", TlsPolicy("encrypt"))
+    assert policy == TlsPolicy("encrypt") and refusal == (
+        "451 4.7.5 MTA-STS policy of example.com (enforce): mx9.example.com matches no mx pattern of the MTA-STS policy")
+    for other in (lookup_of(POLICY.replace("enforce", "testing")), lookup_of(None), None):
+        assert mtasts.host_policy(other, "mx9.example.com", TlsPolicy("may")) == (TlsPolicy("may"), None)
+
+
+def test_tls6_testing_audits_matching_hosts_and_notes_the_others() -> None:
+    sts = lookup_of(POLICY.replace("enforce", "testing"))
+    assert mtasts.audited(sts, "mx1.example.com") is sts and mtasts.testing_note(sts, "mx1.example.com") is None
+    assert mtasts.audited(sts, "mx9.example.com") is None
+    assert "enforce would skip it" in (mtasts.testing_note(sts, "mx9.example.com") or "")
+    enforce = lookup_of(POLICY)
+    assert mtasts.audited(enforce, "mx1.example.com") is None and mtasts.testing_note(enforce, "mx9.example.com") is None
+
+
+def test_tls6_skip_reason_admin_table_literal_undeliverable_and_switch() -> None:
+    from mxroute.plan import Plan, Verdict
+    from mxroute.tlspolicy import TlsPolicy
+
+    ok = Plan("example.com", Verdict.DELIVERABLE, "", "2.0.0")
+    assert mtasts.skip_reason(True, ok, TlsPolicy()) is None
+    assert mtasts.skip_reason(False, ok, TlsPolicy()) == "mta_sts = false"
+    assert mtasts.skip_reason(True, ok, TlsPolicy("may", "tls_policy_domains", ".example.com")) == (
+        "tls_policy_domains entry .example.com takes precedence")
+    literal = Plan("[192.0.2.1]", Verdict.DELIVERABLE, "", "2.0.0")
+    assert mtasts.skip_reason(True, literal, TlsPolicy()) == "an address literal has no MTA-STS policy"
+    failed = Plan("example.com", Verdict.TEMPORARY, "", "4.4.3")
+    assert mtasts.skip_reason(True, failed, TlsPolicy()) == "the route is not deliverable"
+
+
+def test_exp3_lookup_json_shape() -> None:
+    body = lookup_of(POLICY).to_json(["mx1.example.com", "mx9.example.com", "mx1.example.com"])
+    assert body["policy"] == {"mode": "enforce", "mx": ["mx1.example.com", "*.backup.example.com"], "max_age": 86400}
+    assert (body["applied"], body["txt_id"], body["policy_id"], body["age"], body["expires_in"]) == (
+        True, "id1", "id1", 0.0, 86400.0)
+    assert [(h["exchange"], h["eligible"], h["tls"]) for h in body["hosts"]] == [
+        ("mx1.example.com", True, "verify"), ("mx9.example.com", False, None)]
