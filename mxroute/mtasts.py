@@ -253,7 +253,7 @@ class Lookup:
         return (f"{self.policy.mode}, mx {', '.join(self.policy.mx) or '-'}, id {self.entry.id}, "
                 f"max_age {self.policy.max_age} ({where})" + (f"; fetch failed: {self.error}" if self.error else ""))
 
-    def to_json(self, exchanges: Sequence[str] = (), base: TlsPolicy = TlsPolicy()) -> dict[str, Any]:
+    def to_json(self, exchanges: Sequence[str], base: TlsPolicy) -> dict[str, Any]:
         """explain's ``mta_sts`` member (EXP-3); ``base``: the domain's policy without MTA-STS."""
         entry = self.entry
         body: dict[str, Any] = {
@@ -477,6 +477,7 @@ class MtaSts:
         self._failed: dict[str, tuple[str, float, str]] = {}  # domain -> (txt id, retry after, why)
         self._inflight: dict[str, asyncio.Future[Lookup]] = {}
         self.stats = {"fetches": 0, "fetch_failures": 0}
+        self._saving: asyncio.Lock | None = None  # made in the event loop that saves
         if store is not None:
             self._load(store)
 
@@ -561,7 +562,7 @@ class MtaSts:
         log.info("MTA-STS policy of %s: id %s, mode %s, mx %s, max_age %d (TLS-5)",
                  domain, txt_id, policy.mode, ",".join(policy.mx) or "-", policy.max_age)
         if self.persist:
-            await asyncio.to_thread(self._save)
+            await self._save()
         return None
 
     def _load(self, path: Path) -> None:
@@ -585,16 +586,24 @@ class MtaSts:
             if isinstance(domain, str) and entry.fresh(now):
                 self._cache[domain] = entry
 
-    def _save(self) -> None:
-        """Write the store atomically (a temporary file renamed over it); failures are logged."""
+    async def _save(self) -> None:
+        """Write the store atomically (a temporary file renamed over it), one write at a time,
+        off the event loop; failures are logged (the policies stay in memory)."""
         assert self.store is not None
-        body = {"version": 1, "policies": {d: e.to_json() for d, e in list(self._cache.items())}}
-        tmp = self.store.with_name(self.store.name + ".tmp")
+        if self._saving is None:
+            self._saving = asyncio.Lock()
+        async with self._saving:
+            body = {"version": 1, "policies": {d: e.to_json() for d, e in self._cache.items()}}
+            await asyncio.to_thread(self._write, self.store, json.dumps(body, separators=(",", ":")))
+
+    @staticmethod
+    def _write(path: Path, text: str) -> None:
+        tmp = path.with_name(path.name + ".tmp")
         try:
-            tmp.write_text(json.dumps(body, separators=(",", ":")), encoding="utf-8")
-            os.replace(tmp, self.store)
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
         except OSError as exc:
-            log.warning("MTA-STS cache %s not written: %s", self.store, exc.strerror or exc)
+            log.warning("MTA-STS cache %s not written: %s", path, exc.strerror or exc)
 
 
 __all__ = [

@@ -206,7 +206,9 @@ def test_tls6_skip_reason_admin_table_literal_undeliverable_and_switch() -> None
 
 
 def test_exp3_lookup_json_shape() -> None:
-    body = lookup_of(POLICY).to_json(["mx1.example.com", "mx9.example.com", "mx1.example.com"])
+    from mxroute.tlspolicy import TlsPolicy
+
+    body = lookup_of(POLICY).to_json(["mx1.example.com", "mx9.example.com", "mx1.example.com"], TlsPolicy())
     assert body["policy"] == {"mode": "enforce", "mx": ["mx1.example.com", "*.backup.example.com"], "max_age": 86400}
     assert (body["applied"], body["txt_id"], body["policy_id"], body["age"], body["expires_in"]) == (
         True, "id1", "id1", 0.0, 86400.0)
