@@ -231,11 +231,14 @@ def _explain(args: argparse.Namespace) -> int:
     from mxroute.tlspolicy import policy_for
 
     report.tls = policy_for(report.plan.domain, settings.tls_policy, settings.tls_policy_domains)  # EXP-3
+    from mxroute.explain import add_mta_sts
+
+    asyncio.run(add_mta_sts(report, settings, resolver))  # EXP-3: MTA-STS (TLS-5/6)
     _add_identity(args, settings, resolver, report)
     if args.probe:
         from mxroute.probe import probe
 
-        report.probe = asyncio.run(probe(report.plan, settings, tls=report.tls))
+        report.probe = asyncio.run(probe(report.plan, settings, tls=report.tls, sts=report.mta_sts))
         report.dns = [record.to_json() for record in resolver.trace]
     if recorder is not None:
         try:

@@ -27,7 +27,7 @@ import aiosmtplib
 from aiosmtplib.protocol import COMMAND_INJECTION_REGEX, MAX_RESPONSE_LENGTH, SMTPProtocol
 from aiosmtplib.response import SMTPResponse
 
-from mxroute import dane, tlspolicy
+from mxroute import dane, hosttls, mtasts, tlspolicy
 from mxroute.address import parse_address
 from mxroute.dsn import safe_text
 from mxroute.envelope import Disposition, Envelope, Recipient, RecipientResult
@@ -257,6 +257,7 @@ class _Attempt:
     utf8: bool  # the envelope or the header needs SMTPUTF8 (SESS-15)
     tls: TlsPolicy = field(default_factory=TlsPolicy)  # the destination's TLS policy (TLS-3)
     dane: dane.DanePosture | None = None  # the plan's DANE verdict per MX host (TLS-7)
+    sts: mtasts.Lookup | None = None  # the destination's MTA-STS state (TLS-5/6); None: not consulted
     results: dict[str, RecipientResult] = field(default_factory=dict)
     last: dict[str, tuple[str, str, str | None]] = field(default_factory=dict)  # address -> (status, reply, relay)
     relay: dict[str, str] = field(default_factory=dict)  # address -> last relay tried
@@ -293,8 +294,10 @@ class Courier:
         idle_timeout: float = 30.0,
         max_idle_per_destination: int | None = None,
         starttls: bool = True,
+        mta_sts: mtasts.MtaSts | None = None,
     ) -> None:
         self.settings = settings
+        self.mta_sts = mta_sts  # TLS-5/6: consulted per destination when settings.mta_sts is on
         self.tls_context = tls_context or tlspolicy.opportunistic_context()
         self._verify_context: tuple[object, ssl.SSLContext] | None = None  # (tls_ca_file, context), TLS-3
         self.reuse = reuse
@@ -364,6 +367,8 @@ class Courier:
             for rcpt in valid:
                 attempt.finish(rcpt, Disposition.BOUNCED, plan.dsn_status, f"{code} {plan.dsn_status} {safe_text(plan.reason)}", None)
         elif valid:
+            if self.mta_sts is not None and mtasts.skip_reason(self.settings.mta_sts, plan, attempt.tls) is None:
+                attempt.sts = await self.mta_sts.lookup(plan.domain)  # MTA-STS (TLS-5/6)
             await self._walk(plan, attempt, valid)
         out = [attempt.results[r.address] for r in recipients]
         delay = time.monotonic() - started
@@ -443,14 +448,18 @@ class Courier:
         Returns (session or None, whether a greeting was received).
         """
         key = (target.address, target.port, self._bind_address(target))
-        # --- TLS-7 (DANE): the MX host's own policy; a failed TLSA lookup means no delivery to it now
-        policy = dane.host_policy(attempt.tls, attempt.dane, target.exchange)
-        refusal = dane.deferral(attempt.dane, target.exchange, str(target))
+        # the MX host's own TLS policy: DANE where it governs the host (TLS-7), else MTA-STS (TLS-6)
+        policy, refusal, rule = hosttls.for_host(attempt.tls, attempt.dane, attempt.sts, target)
         if refusal is not None:
-            hostlog.warning("%s: %s: trying the next address (TLS-7)", target, refusal)
+            hostlog.warning("%s: %s: skipped (%s)", target, refusal, rule)
             attempt.soft(pending, tlspolicy.STATUS, refusal, target)
             return None, False
-        # --- end TLS-7
+        audit = None  # MTA-STS testing: the lookup whose "enforce" verdict is only logged (TLS-6)
+        if rule == "TLS-6":
+            note = mtasts.testing_note(attempt.sts, target.exchange)
+            if note is not None:
+                hostlog.warning("%s: %s (TLS-6 testing)", target, note)
+            audit = mtasts.audited(attempt.sts, target.exchange)
         pooled = await self._checkout(key) if pool else None
         if pooled is not None:
             if tlspolicy.satisfied(policy, tls=pooled.tls, verified_name=pooled.verified_name,
@@ -478,11 +487,14 @@ class Courier:
         try:
             # starttls=False turns the opportunistic default off; a required policy still applies.
             use_tls = policy.level != "none" and (self.starttls or policy.required)
-            session, greeted, problem = await self._connect(target, key, use_tls=use_tls, policy=policy)
+            session, greeted, problem = await self._connect(target, key, use_tls=use_tls, policy=policy, audit=audit)
             if session is None and problem and problem.startswith(tlspolicy.STATUS + " "):
                 status, reply = problem.split(" ", 1)  # TLS-3: this policy's failure, not the host's
                 attempt.soft(pending, status, reply, target)
                 return None, greeted
+            if problem == "tls-unverified":  # TLS-6 testing: the certificate failed; TLS as without a policy
+                session, greeted2, problem = await self._connect(target, key, use_tls=True, policy=policy)
+                greeted = greeted or greeted2
             if problem == "tls":  # TLS-1: opportunistic; a failed handshake → same host in plain text
                 session, greeted2, problem = await self._connect(target, key, use_tls=False)
                 greeted = greeted or greeted2
@@ -509,13 +521,15 @@ class Courier:
 
     async def _connect(
         self, target: Target, key: tuple[str, int, str | None], *, use_tls: bool,
-        policy: TlsPolicy = TlsPolicy(),
+        policy: TlsPolicy = TlsPolicy(), audit: mtasts.Lookup | None = None,
     ) -> tuple[_Session | None, bool, str | None]:
         """Connect, read the greeting, EHLO (HELO fallback), STARTTLS when offered.
 
         Returns (session, greeted, problem); problem is "STATUS reply" on failure,
-        or "tls" when a TLS handshake failed and a plain-text retry is due. Under a
-        required ``policy`` (TLS-3) a host without STARTTLS is a failure, never plain text.
+        "tls" when a TLS handshake failed and a plain-text retry is due, or
+        "tls-unverified" when an ``audit`` (MTA-STS testing, TLS-6) found the certificate
+        invalid and an unverified TLS retry is due. Under a required ``policy`` (TLS-3) a
+        host without STARTTLS is a failure, never plain text.
         """
         s = self.settings
         family = socket.AF_INET6 if target.family == 6 else socket.AF_INET
@@ -549,8 +563,12 @@ class Courier:
         try:
             await self._hello(session)
             if use_tls and session.has("starttls"):
-                if not await self._starttls(session, policy):
-                    return None, True, "tls"
+                retry = await self._starttls(session, policy, audit)
+                if retry:
+                    return None, True, retry
+            elif audit is not None and not session.has("starttls"):  # TLS-6 testing: logged, delivered
+                hostlog.warning("%s: %s (TLS-6 testing)", target,
+                                mtasts.testing_refusal(audit, target.exchange, "STARTTLS not offered"))
             elif policy.required:  # TLS-3: no STARTTLS, no mail (RFC 3207 §6)
                 reply = tlspolicy.not_offered(str(target), policy)
                 hostlog.warning("%s: %s: trying the next address (TLS-3)", target, reply)
@@ -582,8 +600,12 @@ class Courier:
             resp = helo_resp
         raise _HostFailure(enhanced_status(resp.code, resp.message, False), reply_text(resp.code, resp.message))
 
-    async def _starttls(self, session: _Session, policy: TlsPolicy = TlsPolicy()) -> bool:
-        """STARTTLS (RFC 3207; TLS-1/2/3). False when the handshake failed and plain text may follow.
+    async def _starttls(
+        self, session: _Session, policy: TlsPolicy = TlsPolicy(), audit: mtasts.Lookup | None = None,
+    ) -> str | None:
+        """STARTTLS (RFC 3207; TLS-1/2/3). None, or the retry due: "tls" (the handshake failed:
+        plain text may follow) or "tls-unverified" (an MTA-STS testing ``audit`` found the
+        certificate invalid: logged, then TLS as without a policy, TLS-6).
 
         Opportunistic (``may``): a non-220 reply leaves the session in plain text
         (logged, counted). Required (``encrypt``/``verify``, TLS-3): a refusal, a failed
@@ -596,8 +618,9 @@ class Courier:
         if policy.verify and not target.exchange:  # an address literal: no name to verify
             raise _HostFailure(tlspolicy.STATUS, tlspolicy.no_name(str(target)))
         plain = session.client.transport  # kept to abort it if the handshake fails half-way
+        context = self._context(TlsPolicy("verify") if audit is not None else policy)
         try:
-            await session.client.starttls(tls_context=self._context(policy), server_hostname=target.exchange or None,
+            await session.client.starttls(tls_context=context, server_hostname=target.exchange or None,
                                           timeout=self.settings.greeting_timeout)
         except aiosmtplib.SMTPResponseException as exc:
             if exc.code == 421:
@@ -606,10 +629,13 @@ class Courier:
                 reply = tlspolicy.refused(str(target), policy, reply_text(exc.code, exc.message))
                 hostlog.warning("%s: %s: trying the next address (TLS-3)", target, reply)
                 raise _HostFailure(tlspolicy.STATUS, reply) from None
+            if audit is not None:
+                hostlog.warning("%s: %s (TLS-6 testing)", target, mtasts.testing_refusal(
+                    audit, target.exchange, f"STARTTLS refused: {reply_text(exc.code, exc.message)}"))
             self.stats["tls_fallbacks"] += 1
             hostlog.warning("%s: STARTTLS refused (%s): continuing in plain text (TLS-1, opportunistic)",
                         target, reply_text(exc.code, exc.message))
-            return True
+            return None
         except (*_WIRE_ERRORS, ssl.SSLError) as exc:
             session.client.close()
             if plain is not None:
@@ -621,10 +647,17 @@ class Courier:
                 reply = tlspolicy.handshake_failed(str(target), policy, why, verification=verification)
                 hostlog.warning("%s: %s: trying the next address (TLS-3)", target, reply)
                 raise _HostFailure(tlspolicy.STATUS, reply) from None
+            if audit is not None:
+                why = safe_text(getattr(exc, "verify_message", None) or str(exc) or type(exc).__name__)
+                what = "certificate verification failed" if isinstance(exc, ssl.SSLCertVerificationError) else "TLS failed"
+                hostlog.warning("%s: %s (TLS-6 testing)", target, mtasts.testing_refusal(
+                    audit, target.exchange, f"{what} for {target.exchange}: {why}"))
+                if isinstance(exc, ssl.SSLCertVerificationError):
+                    return "tls-unverified"
             self.stats["tls_fallbacks"] += 1
             hostlog.warning("%s: TLS handshake failed (%s): retrying the same host in plain text (TLS-1, opportunistic)",
                         target, safe_text(str(exc) or type(exc).__name__))
-            return False
+            return "tls"
         session.tls = True
         if policy.tlsa:  # TLS-7: the certificate must match one of the host's TLSA records (RFC 7672 §3.1)
             problem = dane.peer_problem(policy.tlsa, _peer_certificate(session.client))
@@ -635,11 +668,11 @@ class Courier:
                 raise _HostFailure(tlspolicy.STATUS, reply)
             session.dane_name = target.exchange.lower()
             self.stats["dane"] += 1
-        if policy.verify:
+        if policy.verify or audit is not None:
             session.verified_name = target.exchange.lower()
         self.stats["tls"] += 1
         await self._hello(session)
-        return True
+        return None
 
     def _context(self, policy: TlsPolicy) -> ssl.SSLContext:
         """The SSL context for ``policy``: verifying for ``verify``, DANE-TA anchors for a DANE host

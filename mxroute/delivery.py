@@ -106,11 +106,13 @@ class Delivery:
 
     def __init__(self, settings: Settings, spool: Spool) -> None:
         from mxroute.courier import Courier
+        from mxroute.mtasts import STORE_NAME, MtaSts
 
         self.settings = settings
         self.spool = spool
         self.resolver = resolver_from_settings(settings)
-        self.courier = Courier(settings)
+        self.mta_sts = MtaSts(settings, self.resolver, store=spool.root / STORE_NAME)  # TLS-5: kept across restarts
+        self.courier = Courier(settings, mta_sts=self.mta_sts)
         self.timer = AttemptTimer()
         courier: Any = TimedCourier(self.courier, self.timer.observe) if settings.metrics_listen else self.courier
         self.queue = QueueManager(settings, spool, self.resolver, courier)
@@ -132,11 +134,11 @@ class Delivery:
     def reconfigure(self, new: Settings) -> None:
         old = self.settings
         self.queue.reconfigure(new)
-        self.courier.settings = new
+        self.courier.settings = self.mta_sts.settings = new
         if any(getattr(new, name) != getattr(old, name) for name in _DNS):  # no answer of the old servers kept
             fresh = resolver_from_settings(new)
             fresh.stats = self.resolver.stats  # the counters go on (metrics)
-            self.resolver = self.queue.resolver = fresh
+            self.resolver = self.queue.resolver = self.mta_sts.resolver = fresh
         self.settings = new
 
     def snapshot(self) -> dict[str, Any]:

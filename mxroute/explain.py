@@ -11,8 +11,10 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from mxroute import hosttls
 from mxroute.address import Address
 from mxroute.errors import EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
+from mxroute.mtasts import Lookup
 from mxroute.plan import Plan, RoutingPolicy, Verdict, plan_to_json
 from mxroute.resolver import Resolver
 from mxroute.routing import route
@@ -32,6 +34,8 @@ class Report:
     probe: dict[str, Any] | None = None
     identity_text: str = ""
     tls: TlsPolicy | None = None  # the destination's TLS policy, as delivery looks it up (TLS-3, EXP-3)
+    mta_sts: Lookup | None = None  # the MTA-STS state delivery would apply (TLS-5/6, EXP-3)
+    mta_sts_skipped: str | None = None  # or why delivery would not consult MTA-STS
 
     @property
     def exit_code(self) -> int:
@@ -46,9 +50,43 @@ class Report:
         body["identity"] = self.identity
         body["tls"] = self.tls.to_json() if self.tls else None
         body["dane"] = self.plan.dane.to_json() if self.plan.dane else None  # TLS-7 / EXP-3
+        body["mta_sts"] = self.mta_sts_json()
         body["probe"] = self.probe
         body["dns"] = self.dns
         return body
+
+    def mta_sts_json(self) -> dict[str, Any] | None:
+        """``mta_sts`` (EXP-3): the lookup and each MX host's eligibility, or why it was not consulted."""
+        if self.mta_sts is not None:
+            base = self.tls or TlsPolicy()
+            targets = list({t.exchange: t for t in self.plan.targets if t.exchange}.values())
+            body = self.mta_sts.to_json([t.exchange for t in targets], base)
+            for row, target in zip(body["hosts"], targets):  # DANE's hosts are not MTA-STS's (RFC 8461 §2)
+                policy, refusal, rule = hosttls.for_host(base, self.plan.dane, self.mta_sts, target)
+                if rule == "TLS-7":
+                    row.update(eligible=refusal is None, tls=None if refusal else policy.level,
+                               reason=refusal or "DANE decides this host's TLS (TLS-7): MTA-STS not applied")
+            return body
+        if self.mta_sts_skipped is not None:
+            return {"applied": False, "reason": self.mta_sts_skipped}
+        return None
+
+
+async def add_mta_sts(report: Report, settings: Any, resolver: Resolver) -> None:
+    """EXP-3: what delivery's MTA-STS step would decide, by the same code (mxroute/mtasts.py).
+
+    Reads the delivery process's policy store under ``spool_dir`` (never writes it) and
+    fetches live when that is what delivery would do.
+    """
+    from mxroute.mtasts import STORE_NAME, MtaSts, skip_reason
+
+    if report.tls is None:
+        return
+    report.mta_sts_skipped = skip_reason(settings.mta_sts, report.plan, report.tls)
+    if report.mta_sts_skipped is None:
+        sts = MtaSts(settings, resolver, store=settings.spool_dir / STORE_NAME, persist=False)
+        report.mta_sts = await sts.lookup(report.plan.domain)
+        report.dns = [record.to_json() for record in resolver.trace]
 
 
 async def explain(address: Address, resolver: Resolver, policy: RoutingPolicy, rng: random.Random) -> Report:

@@ -13,27 +13,35 @@ import ssl
 import time
 from typing import Any
 
-from mxroute import dane, tlspolicy
-from mxroute.plan import Plan
+from mxroute import dane, hosttls, mtasts, tlspolicy
+from mxroute.plan import Plan, Target
 from mxroute.settings import Settings
 from mxroute.tlspolicy import TlsPolicy
 
 
-async def probe(plan: Plan, settings: Settings, limit: int = 3, tls: TlsPolicy | None = None) -> dict[str, Any]:
-    """Try the plan's first ``limit`` addresses in order; report the first that answers.
+async def probe(
+    plan: Plan, settings: Settings, limit: int = 3, tls: TlsPolicy | None = None, sts: mtasts.Lookup | None = None,
+) -> dict[str, Any]:
+    """Try the plan's first ``limit`` addresses delivery would use; report the first that answers.
 
     With ``tls`` (the domain's policy), also ``tls_policy``, ``tls_policy_satisfied`` and
-    ``tls_policy_result``: would delivery use this host under that policy (EXP-3)?
+    ``tls_policy_result``: would delivery use this host under that policy (EXP-3)? The hosts
+    delivery skips are skipped here too and listed under ``skipped``: ruled out by an MTA-STS
+    ``enforce`` policy (``sts``, TLS-6) or with a failed TLSA lookup (TLS-7); DANE or MTA-STS
+    sets the others' policy as delivery does (``hosttls.for_host``).
     """
     import aiosmtplib
 
     tried: list[str] = []
-    for target in plan.targets[:limit]:
-        refusal = dane.deferral(plan.dane, target.exchange, str(target))  # TLS-7: as delivery, skip this host
+    skipped: list[str] = []  # hosts delivery would skip: MTA-STS enforce (TLS-6), a failed TLSA lookup (TLS-7)
+    candidates: list[tuple[Target, TlsPolicy | None]] = []
+    for target in plan.targets:
+        host_tls, refusal, _ = hosttls.for_host(tls or TlsPolicy(), plan.dane, sts, target)
         if refusal is not None:
-            tried.append(refusal)
-            continue
-        host_tls = dane.host_policy(tls, plan.dane, target.exchange) if tls is not None else None
+            skipped.append(f"{target}: {refusal}")
+        else:
+            candidates.append((target, host_tls if tls is not None else None))
+    for target, host_tls in candidates[:limit]:
         started = time.perf_counter()
         client = aiosmtplib.SMTP(
             hostname=target.address, port=target.port, timeout=min(settings.connect_timeout, 30.0),
@@ -93,5 +101,10 @@ async def probe(plan: Plan, settings: Settings, limit: int = 3, tls: TlsPolicy |
                 client.close()
         if tried:
             report["unreachable"] = tried
+        if skipped:
+            report["skipped"] = skipped
         return report
-    return {"target": None, "error": "no address answered", "unreachable": tried}
+    failed: dict[str, Any] = {"target": None, "error": "no address answered", "unreachable": tried}
+    if skipped:
+        failed["skipped"] = skipped
+    return failed

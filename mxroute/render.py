@@ -60,6 +60,10 @@ def render_explain(report: Report, style: Style) -> str:
     summary = [["domain", domain], ["verdict", f"{plan.verdict.value} ({plan.dsn_status}): {plan.reason}"]]
     if report.tls is not None:  # TLS-3 / EXP-3
         summary.append(["tls policy", report.tls.describe()])
+    if report.mta_sts is not None:  # TLS-5/6, EXP-3
+        summary.append(["mta-sts", report.mta_sts.describe()])
+    elif report.mta_sts_skipped is not None:
+        summary.append(["mta-sts", f"not consulted: {report.mta_sts_skipped}"])
     out.append(table(
         ["address", clean(report.address)],
         summary,
@@ -82,6 +86,11 @@ def render_explain(report: Report, style: Style) -> str:
         ))
     if plan.dane is not None:  # TLS-7 / EXP-3
         out.append(render_dane(plan.dane, style))
+    sts = report.mta_sts_json()
+    if report.mta_sts is not None and report.mta_sts.policy is not None and sts and sts["hosts"]:
+        out.append(style.bold("\nMTA-STS") + f"  (TXT id {report.mta_sts.txt_id or '-'}; RFC 8461)")
+        out.append(table(["EXCHANGE", "ELIGIBLE", "REASON"],
+                         [[h["exchange"], "yes" if h["eligible"] else "no", h["reason"]] for h in sts["hosts"]]))
     if plan.pruned:
         out.append(style.bold("\nPruned"))
         out.append(table(

@@ -111,7 +111,10 @@ class Settings(BaseSettings):
     # TLS-3: Postfix smtp_tls_security_level / smtp_tls_policy_maps (see mxroute/tlspolicy.py)
     tls_policy: str = "may"  # none | may | encrypt | verify | dane (TLS-7, needs dns_trust_ad)
     tls_policy_domains: dict[str, str] = {}  # "example.com" or ".example.com" (subdomains) -> level
-    tls_ca_file: Path | None = None  # CA bundle for "verify"; unset = the system store
+    tls_ca_file: Path | None = None  # CA bundle for "verify" and MTA-STS; unset = the system store
+    # TLS-5/6: MTA-STS (RFC 8461, mxroute/mtasts.py); a tls_policy_domains entry wins over it
+    mta_sts: bool = True
+    mta_sts_port: int = Field(443, ge=1, le=65535)  # HTTPS port of mta-sts.<domain>: for testing only
 
     # --- operations ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -1,6 +1,6 @@
 """EXP-3 (the configured TLS policy part): `mxroute explain` shows the destination's effective TLS
 policy, looked up by the same function delivery uses (TLS-3), and `--probe` says whether the
-probed host would satisfy it. MTA-STS and DANE (TLS-5..7) are not implemented, so not shown."""
+probed host would satisfy it. MTA-STS (TLS-5/6) is in test_mta_sts_e2e.py; DANE (TLS-7) is not implemented."""
 
 from __future__ import annotations
 
