@@ -113,8 +113,9 @@ def test_spf13_off_accepts_a_null_mx_sender(world: World) -> None:
 
 def test_dsn13_every_intake_knowable_failure_is_refused_in_session_never_bounced(world: World) -> None:
     """DSN-13: bad syntax, relay denied, null-MX sender, too many Received:, oversize, bare CR, long
-    line, address literal, non-ASCII without SMTPUTF8: each an in-session 5xx; afterwards a good
-    message is delivered (a barrier) and no DSN reached the sender's MX, nothing is left queued."""
+    line, address literal, non-ASCII without SMTPUTF8, an IP address written as a domain: each an
+    in-session 5xx; afterwards a good message is delivered (a barrier) and no DSN reached the
+    sender's MX, nothing is left queued."""
     world.zone(f"dest IN MX 10 mx1.dest.test.\nmx1.dest IN A {world.ip(1)}\n"
                f"sender IN MX 10 mx.sender.test.\nmx.sender IN A {world.ip(9)}\n{SENDERS}")
     dest, sender_mx = world.sink(1), world.sink(9)
@@ -152,6 +153,8 @@ def test_dsn13_every_intake_knowable_failure_is_refused_in_session_never_bounced
     session("address literal", [start[0], b"RCPT TO:<x@[192.0.2.1]>"])
     session("non-ASCII without SMTPUTF8", [start[0], "RCPT TO:<ü@dest.test>".encode()])
     session("null recipient", [start[0], b"RCPT TO:<>"])
+    session("IP address as recipient domain", [start[0], b"RCPT TO:<x@192.0.2.1>"])
+    session("IP address as sender domain", [b"MAIL FROM:<a@127.0.0.1>"])
     assert len(big) > 4096
     refused = {name: reply for name, reply in seen.items() if 500 <= reply[0] < 600}
     assert refused == seen, {name: reply for name, reply in seen.items() if name not in refused}
