@@ -536,7 +536,8 @@ class Intake:
         if not self._enough_space():
             raise Reply("452 4.3.1 Insufficient system storage")  # DUR-4, as Postfix queue_minfree
         if sender is not None:  # SPF-13/DSN-13: the null reverse-path is never checked
-            refusal = await self.sender_check.refusal(sender, self.settings.null_mx_sender, _peer_ip(server.session))
+            client = _peer_ip(server.session) if server.session else "unknown"
+            refusal = await self.sender_check.refusal(sender, self.settings.null_mx_sender, client)
             if refusal is not None:
                 self.stats["rejected"] += 1
                 return refusal

@@ -8,9 +8,10 @@ bounced later (RFC 5321 §6.2): no DSN, nothing in the spool.
 
 from __future__ import annotations
 
+import signal
 import time
 
-from tests.support.relay import MSG, World, wait_for
+from tests.support.relay import MSG, Relay, World, wait_for
 
 SENDERS = ("nullmx IN MX 0 .\nnullmx IN A 127.0.0.1\n"  # a web-only domain: takes no mail
            "cached 300 IN MX 10 mx.sender.test.\n")
@@ -109,6 +110,33 @@ def test_spf13_off_accepts_a_null_mx_sender(world: World) -> None:
     relay.send("u@nullmx.test", ["x@dest.test"], MSG)
     assert wait_for(lambda: dest.messages)
     assert mx_queries(world, "nullmx.test") == 0
+
+
+def test_spf13_sighup_switches_null_mx_sender_and_the_resolver(world: World) -> None:
+    """A reload (SIGHUP) applies null_mx_sender to the next MAIL of an open session, and a changed
+    dns_* setting gives the check a fresh resolver: a domain cached before is asked again."""
+    world.zone(f"dest IN MX 10 mx1.dest.test.\nmx1.dest IN A {world.ip(1)}\n{SENDERS}")
+    world.dns.fail("sick.test", "SERVFAIL")
+    config = world.tmp / "mxroute.toml"
+    config.write_text('null_mx_sender = "reject"\n')
+    relay = Relay(world.tmp, world.dns, world.sink_port)
+    relay.env["MXROUTE_CONFIG"] = str(config)
+    world.relays.append(relay.start())
+    with relay.client() as client:
+        assert client.mail("a@sick.test")[0] == 250
+        client.rset()
+        assert client.mail("a@cached.test")[0] == 250
+        client.rset()
+        assert mx_queries(world, "cached.test") == 1
+        config.write_text('null_mx_sender = "strict"\ndns_attempts = 3\n')
+        assert relay.proc is not None
+        relay.proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: "reload done" in relay.log(), timeout=10), relay.log()
+        assert "applied null_mx_sender, dns_attempts" in relay.log()
+        assert client.mail("a@sick.test")[0] == 451
+        assert client.mail("u@nullmx.test")[0] == 550
+        assert client.mail("a@cached.test")[0] == 250
+    assert mx_queries(world, "cached.test") == 2  # the fresh resolver kept nothing of the old one
 
 
 def test_dsn13_every_intake_knowable_failure_is_refused_in_session_never_bounced(world: World) -> None:
