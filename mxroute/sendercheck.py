@@ -112,6 +112,9 @@ class SenderCheck:
         return verdict.reply
 
     async def _lookup(self, domain: str) -> Answer | None:
+        answer = self.resolver.cached(domain, "MX")  # the common case: no task, no wait
+        if answer is not None:
+            return answer
         task = asyncio.ensure_future(self.resolver.lookup(domain, "MX"))
         done, _ = await asyncio.wait({task}, timeout=MAIL_WAIT)
         if done:
