@@ -75,3 +75,41 @@ def test_spf13_off_judges_nothing() -> None:
     for answer in [NULL_MX, mx(outcome=Outcome.NXDOMAIN), *TEMPORARY]:
         verdict = judge("s.test", answer, "off")
         assert verdict.reply is None and verdict.note is None
+
+
+def test_spf13_accepted_anyway_notes_once_a_minute_per_domain_refusals_every_time(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The benchmark's sender (REFUSED) must not cost a log line per message: one note per domain per
+    NOTE_INTERVAL; every refusal is logged with the client and the sender. DNS here is the zone-file
+    backend in process (the same ``Transport`` the ``--zone`` option uses)."""
+    import asyncio
+
+    from mxroute.address import parse_path
+    from mxroute.resolver import Resolver
+    from mxroute.sendercheck import NOTE_INTERVAL, SenderCheck
+    from mxroute.zonefile import ZoneData, ZoneTransport
+
+    data = ZoneData()
+    data.load_text("$ORIGIN test.\n$TTL 300\n@ IN SOA ns.test. h.test. 1 3600 600 86400 60\nnull IN MX 0 .\n")
+    data.fail("sick.test", "SERVFAIL")
+    now = [0.0]
+    check = SenderCheck(Resolver(ZoneTransport(data), clock=lambda: now[0]), clock=lambda: now[0])
+
+    async def mail(sender: str) -> str | None:
+        address = parse_path(sender)
+        assert address is not None
+        return await check.refusal(address, "reject", "192.0.2.7")
+
+    caplog.set_level("INFO", logger="mxroute.server")
+    for _ in range(3):
+        assert asyncio.run(mail("<a@sick.test>")) is None
+        now[0] += 10
+    assert len([r for r in caplog.records if "sender check: sick.test" in r.getMessage()]) == 1
+    now[0] += NOTE_INTERVAL
+    assert asyncio.run(mail("<a@sick.test>")) is None
+    assert len([r for r in caplog.records if "sender check: sick.test" in r.getMessage()]) == 2
+    for _ in range(2):
+        assert asyncio.run(mail("<u@null.test>")).startswith("550 5.7.27")  # type: ignore[union-attr]
+    refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("reject: MAIL from 192.0.2.7")]
+    assert len(refusals) == 2 and all("from=<u@null.test>" in line for line in refusals)
+    assert asyncio.run(mail("<a@[192.0.2.1]>")) is None  # a literal is not looked up
