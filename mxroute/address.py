@@ -123,7 +123,8 @@ def parse_path(text: str) -> Address | None:
     """Parse an SMTP reverse- or forward-path; ``<>`` gives None.
 
     A source route (``<@a,@b:user@d>``) is accepted and dropped: only the final
-    hop is kept (RFC 5321 §4.1.1.3, appendix C; SEC-3).
+    hop is kept (RFC 5321 §4.1.1.3, appendix C; SEC-3). A domain whose last label
+    is numeric (``user@192.0.2.1``) is refused: an IP address needs brackets (§4.1.3).
     """
     text = text.strip()
     if text == "<>":
@@ -136,4 +137,20 @@ def parse_path(text: str) -> Address | None:
         if not sep or not re.fullmatch(r"@[^,:@]+(?:,@[^,:@]+)*", route):
             raise AddressError(f"malformed source route in {text!r}")
         inner = mailbox
-    return parse_address(inner)
+    address = parse_address(inner)
+    domain = address.domain
+    if address.literal is None and domain.rpartition(".")[2].isdigit():
+        # No host name ends in an all-numeric label (RFC 1123 section 2.1, RFC 3696 section 2): such
+        # mail could only bounce as NXDOMAIN later, so it is refused in the session (DSN-13).
+        literal = f"[{domain}]" if _is_ipv4(domain) else "[192.0.2.1]"
+        raise AddressError(f"domain {domain} is not a host name: its last label is all digits (RFC 1123 "
+                           f"section 2.1); an IP address is written as an address literal, {literal}")
+    return address
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True

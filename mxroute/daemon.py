@@ -154,7 +154,7 @@ class Relay:
                  intake: Intake) -> None:
         self.settings = settings
         self.loader = loader
-        self.resolver, self.link, self.intake = resolver, link, intake  # resolver: the self-check's
+        self.resolver, self.link, self.intake = resolver, link, intake  # resolver: intake's (sender check, self-check)
         self.hangup = asyncio.Event()
         self.reloads = 0
         self.sizes: dict[str, int] = {}
@@ -209,14 +209,16 @@ class Relay:
             log.warning("reload: %s changed but %s a restart (systemctl restart mxroute); keeping the running "
                         "value until then", ", ".join(kept), "needs" if len(kept) == 1 else "need")
             new = new.model_copy(update={name: getattr(old, name) for name in kept})
+        # a fresh resolver when a dns_* setting changed: no answer of the old servers is kept
+        resolver = resolver_from_settings(new) if any(name in changed for name in _DNS) else None
         try:
-            self.intake.reconfigure(new)  # reads the certificate and credentials files: may fail
+            self.intake.reconfigure(new, resolver)  # reads the certificate and credentials files: may fail
         except (OSError, ValueError, ssl.SSLError) as exc:
             log.error("reload failed: %s; still running with the previous configuration", exc)
             return False
         await self.link.reconfigure(new)  # queue, courier, the delivery resolver
-        if any(name in changed for name in _DNS):  # a fresh resolver: no answer of the old servers is kept
-            self.resolver = resolver_from_settings(new)
+        if resolver is not None:
+            self.resolver = resolver
         if any(name in changed for name in ("egress_ips", "helo_name", *_DNS)):  # SPF-10/12: the new identity
             from mxroute.selfcheck import watch
 
@@ -237,10 +239,10 @@ async def _main(settings: Settings, loader: Loader) -> int:
     for name in spool.clean_temp():
         log.info("removed stale temporary file %s (an intake that never got its 250)", name)
     link = link_for(settings, spool)
-    resolver = resolver_from_settings(settings)  # the identity self-check's; delivery has its own
+    resolver = resolver_from_settings(settings)  # intake's (sender check, identity self-check); delivery has its own
     from mxroute.selfcheck import watch  # the identity self-check: warnings only, off the hot path (SPF-10, SPF-12)
 
-    intake = Intake(settings, spool, watch(settings, resolver, link.queued))
+    intake = Intake(settings, spool, watch(settings, resolver, link.queued), resolver=resolver)
     servers: list[asyncio.base_events.Server] = []
     metrics: Any = None
     try:

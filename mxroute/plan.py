@@ -208,6 +208,11 @@ def mx_records(answer: Answer) -> list[MxRecord]:
     return records
 
 
+def is_null_mx(records: list[MxRecord]) -> bool:
+    """RFC 7505 §3: the domain's only MX record has the exchange "." (it accepts no mail)."""
+    return len(records) == 1 and records[0].exchange == "."
+
+
 def build_plan(facts: DomainFacts, policy: RoutingPolicy, rng: random.Random) -> Plan:
     """Decide, from DNS facts alone, the ordered addresses delivery will try."""
     return _Planner(facts, policy, rng).plan()
@@ -262,13 +267,13 @@ class _Planner:
                 records = sorted(records, key=lambda r: r.preference)[:MAX_MX_NAMES]
         shown_mx = tuple(sorted(records, key=lambda r: (r.preference, r.exchange))) if not implicit else ()
         null = [r for r in records if r.exchange == "."]
-        if null and len(records) == 1:
+        if is_null_mx(records):
             self.decide("MX-10", "RFC 7505 §3", f"{domain} publishes a null MX: it accepts no mail")
             return self.result(
                 Verdict.PERMANENT, f"domain {domain} does not accept mail (null MX, RFC 7505)", "5.1.10",
                 null_mx=True, mx=shown_mx,
             )
-        for record in null:
+        for _ in null:
             self.prune(".", None, "null-mx-mixed", "a null MX beside other MX records is invalid and ignored (RFC 7505 §3)")
         records = [r for r in records if r.exchange != "."]
         usable = []

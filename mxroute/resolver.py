@@ -7,7 +7,8 @@ TIMEOUT), follows CNAME chains with a bound and loop detection (RFC 5321 §5.1,
 MX-4), caches positive answers by TTL and negative ones by the SOA minimum
 (RFC 2308 §5), coalesces concurrent identical questions into one query, notes whether each
 answer was DNSSEC-validated (the AD bit, only when ``trust_ad``: TLS-7), and
-records every lookup so ``explain`` can show it.
+records every lookup so ``explain`` can show it. ``cached()`` gives the answer
+``lookup`` would give from the cache alone, without I/O (the intake's fast path).
 """
 
 from __future__ import annotations
@@ -158,40 +159,42 @@ class Resolver:
 
     async def lookup(self, name: str, qtype: str) -> Answer:
         """Resolve (name, qtype), following CNAMEs; never raises for DNS failures."""
-        qname = name.lower().rstrip(".")
-        qtype = qtype.upper()
-        seen = {qname}
-        cnames: list[str] = []
-        current = qname
-        ttl = MAX_TTL
-        secure = True
-        while True:
-            step = await self._step(current, qtype)
-            ttl = min(ttl, step.ttl)
-            secure = secure and step.secure
-            for _alias, target in step.chain:
-                if target in seen or len(cnames) >= MAX_CNAME_CHAIN:
-                    why = "CNAME loop" if target in seen else f"CNAME chain longer than {MAX_CNAME_CHAIN}"
-                    return Answer(qname, qtype, Outcome.CNAME_LOOP, (), 0, tuple(cnames), f"{why} at {_alias}")
-                seen.add(target)
-                cnames.append(target)
-            if step.target is None:
-                return Answer(qname, qtype, step.outcome, step.rrs, ttl, tuple(cnames), step.detail, secure)
-            current = step.target
+        chain = _Chain(name, qtype)
+        while chain.answer is None:
+            chain.add(await self._step(chain.current, chain.qtype))
+        return chain.answer
+
+    def cached(self, name: str, qtype: str) -> Answer | None:
+        """What ``lookup`` would answer from the cache alone (no I/O, no await); None when it must ask."""
+        chain = _Chain(name, qtype)
+        while chain.answer is None:
+            step = self._fresh(chain.current, chain.qtype)
+            if step is None:
+                return None
+            chain.add(step)
+        return chain.answer
+
+    def _fresh(self, qname: str, qtype: str) -> _Step | None:
+        """The cached step for (qname, qtype) if it has not expired (an expired one is dropped)."""
+        key = (qname, qtype)
+        entry = self._cache.get(key)
+        if entry is None:
+            return None
+        expires, step = entry
+        now = self.clock()
+        if expires <= now:
+            del self._cache[key]
+            return None
+        self._cache.move_to_end(key)
+        self.stats.hits += 1
+        self._record(qname, qtype, step, int(expires - now), 0.0, cached=True)
+        return step
 
     async def _step(self, qname: str, qtype: str) -> _Step:
         key = (qname, qtype)
-        entry = self._cache.get(key)
-        now = self.clock()
-        if entry is not None:
-            expires, step = entry
-            if expires > now:
-                self._cache.move_to_end(key)
-                self.stats.hits += 1
-                remaining = int(expires - now)
-                self._record(qname, qtype, step, remaining, 0.0, cached=True)
-                return step
-            del self._cache[key]
+        fresh = self._fresh(qname, qtype)
+        if fresh is not None:
+            return fresh
         pending = self._inflight.get(key)
         if pending is not None:
             self.stats.coalesced += 1
@@ -254,6 +257,39 @@ class Resolver:
         answers = tuple(f"CNAME {target}." for _, target in step.chain) + tuple(rr.to_text() for rr in step.rrs)
         rcode = step.outcome.value
         self.trace.append(QueryRecord(qname, qtype, rcode, answers, max(ttl, 0), ms, cached))
+
+
+class _Chain:
+    """One lookup's walk along a CNAME chain (pure): the name to ask next, then the answer (MX-4)."""
+
+    __slots__ = ("answer", "cnames", "current", "qname", "qtype", "secure", "seen", "ttl")
+
+    def __init__(self, name: str, qtype: str) -> None:
+        self.qname = self.current = name.lower().rstrip(".")
+        self.qtype = qtype.upper()
+        self.seen = {self.qname}
+        self.cnames: list[str] = []
+        self.ttl = MAX_TTL
+        self.secure = True  # every step DNSSEC-validated (TLS-7)
+        self.answer: Answer | None = None
+
+    def add(self, step: _Step) -> None:
+        """Take the step for ``current``: follow its aliases (bounded, loops detected) or finish."""
+        self.ttl = min(self.ttl, step.ttl)
+        self.secure = self.secure and step.secure
+        for alias, target in step.chain:
+            if target in self.seen or len(self.cnames) >= MAX_CNAME_CHAIN:
+                why = "CNAME loop" if target in self.seen else f"CNAME chain longer than {MAX_CNAME_CHAIN}"
+                self.answer = Answer(self.qname, self.qtype, Outcome.CNAME_LOOP, (), 0, tuple(self.cnames),
+                                     f"{why} at {alias}")
+                return
+            self.seen.add(target)
+            self.cnames.append(target)
+        if step.target is None:
+            self.answer = Answer(self.qname, self.qtype, step.outcome, step.rrs, self.ttl, tuple(self.cnames),
+                                 step.detail, self.secure)
+        else:
+            self.current = step.target
 
 
 def classify(qname: dns.name.Name, rdtype: dns.rdatatype.RdataType, response: dns.message.Message) -> _Step:

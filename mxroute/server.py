@@ -42,6 +42,8 @@ from mxroute.address import Address, parse_path
 from mxroute.envelope import Recipient
 from mxroute.errors import AddressError, SpoolError
 from mxroute.queue import safe_text
+from mxroute.resolver import Resolver
+from mxroute.sendercheck import SenderCheck
 from mxroute.settings import Settings
 from mxroute.spool import MessageMeta, RecipientState, Spool, new_queue_id
 
@@ -343,7 +345,7 @@ class RelaySMTP(SMTP):
         try:
             if rest is None:
                 raise Reply("501 5.5.4 Syntax: MAIL FROM:<address>")
-            reply = self.intake.mail(self, *split_path(rest))
+            reply = await self.intake.mail(self, *split_path(rest))
         except Reply as exc:
             reply = exc.text
         await self.push(reply)
@@ -380,12 +382,13 @@ class Intake:
 
     def __init__(
         self, settings: Settings, spool: Spool, on_queued: Callable[[MessageMeta], None],
-        *, clock: Callable[[], float] = time.time,
+        *, resolver: Resolver, clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.spool = spool
         self.on_queued = on_queued
         self.clock = clock
+        self.sender_check = SenderCheck(resolver)  # SPF-13, per null_mx_sender
         self.networks = settings.networks()
         self.users = load_credentials(settings.auth_credentials_file) if settings.auth_credentials_file else {}
         self.sessions: set[RelaySMTP] = set()
@@ -405,16 +408,19 @@ class Intake:
         context.load_cert_chain(str(settings.tls_cert_file), str(settings.tls_key_file))
         return context
 
-    def reconfigure(self, settings: Settings) -> None:
+    def reconfigure(self, settings: Settings, resolver: Resolver | None = None) -> None:
         """Apply reloaded settings (SIGHUP) to new sessions and to the next command of open ones.
 
         The certificate and credentials files are read first: if one is bad this raises
         (OSError, ValueError, ssl.SSLError) and nothing changes. An open session keeps the
-        size limit, timeouts and TLS context it started with.
+        size limit, timeouts and TLS context it started with. ``resolver``: a new one when
+        the DNS settings changed.
         """
         users = load_credentials(settings.auth_credentials_file) if settings.auth_credentials_file else {}
         context = self.tls_context(settings)
         self.settings, self.networks, self.users, self._tls = settings, settings.networks(), users, context
+        if resolver is not None:
+            self.sender_check = SenderCheck(resolver)
 
     def factory(self) -> Callable[[], RelaySMTP]:
         """Sessions made with the settings current when each client connects (see reconfigure())."""
@@ -505,7 +511,7 @@ class Intake:
         return AuthResult(success=False, handled=False, message="535 5.7.8 Authentication credentials invalid")
 
     # -- MAIL --
-    def mail(self, server: RelaySMTP, path: str, words: list[str]) -> str:
+    async def mail(self, server: RelaySMTP, path: str, words: list[str]) -> str:
         params = parse_params(words, {"SIZE", "BODY", "SMTPUTF8", "RET", "ENVID", "AUTH"} if server.session and server.session.extended_smtp else set())
         env = server.env()
         if "SIZE" in params:  # RFC 1870 §6
@@ -529,6 +535,12 @@ class Intake:
             raise Reply("553 5.6.7 Non-ASCII address needs SMTPUTF8")
         if not self._enough_space():
             raise Reply("452 4.3.1 Insufficient system storage")  # DUR-4, as Postfix queue_minfree
+        if sender is not None:  # SPF-13/DSN-13: the null reverse-path is never checked
+            client = _peer_ip(server.session) if server.session else "unknown"
+            refusal = await self.sender_check.refusal(sender, self.settings.null_mx_sender, client)
+            if refusal is not None:
+                self.stats["rejected"] += 1
+                return refusal
         env.has_mail, env.sender, env.mail_from = True, sender, str(sender) if sender else ""
         env.body, env.ret, env.envid = body, ret.upper() if ret else None, envid
         env.smtp_utf8 = "SMTPUTF8" in params

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     max_received_headers: int = Field(100, ge=1)
     bare_newline: Literal["normalize", "reject"] = "normalize"
     allow_address_literals: bool = False
+    # SPF-13: a MAIL FROM domain with a null MX → 550 5.7.27; "strict" also refuses on DNS trouble
+    # (451 4.4.3) and NXDOMAIN (550 5.1.8); "off" asks nothing (see mxroute/sendercheck.py)
+    null_mx_sender: Literal["off", "reject", "strict"] = "reject"
     max_clients: int = Field(200, ge=1)
     max_clients_per_ip: int = Field(50, ge=1)  # SEC-10; relay_networks exempt (Postfix smtpd_client_connection_count_limit)
     command_timeout: float = Field(300.0, gt=0)  # server side, RFC 5321 §4.5.3.2.7

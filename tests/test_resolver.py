@@ -96,6 +96,24 @@ def test_positive_cache_honours_ttl(dns_server: DNSServer) -> None:
     assert [r.cached for r in resolver.trace] == [False, True, False]
 
 
+def test_cached_answers_from_the_cache_alone_as_lookup_would(dns_server: DNSServer) -> None:
+    """``cached()`` (the sender check's fast path): None until every link of the chain is cached,
+    then the same Answer as ``lookup`` (CNAME followed), no query sent; None again once expired."""
+    dns_server.set_zone(ZONE)
+    clock = Clock()
+    resolver = Resolver(NetworkTransport([Server(dns_server.host, dns_server.port)], timeout=0.5, attempts=1), clock=clock)
+    assert resolver.cached("alias.t", "MX") is None
+    run(resolver.lookup("a.t", "MX"))
+    assert resolver.cached("alias.t", "MX") is None  # the alias itself was never asked
+    looked_up = run(resolver.lookup("alias.t", "MX"))
+    asked = len(dns_server.log)
+    assert resolver.cached("alias.t", "MX") == looked_up and looked_up.cnames == ("a.t",)
+    assert resolver.cached("a.t", "MX") is not None and len(dns_server.log) == asked
+    clock.now += 301
+    assert resolver.cached("alias.t", "MX") is None and resolver.cached("a.t", "MX") is None
+    assert len(dns_server.log) == asked
+
+
 def test_rfc2308_negative_cache_uses_soa_minimum(dns_server: DNSServer) -> None:
     dns_server.set_zone(ZONE)
     clock = Clock()

@@ -229,7 +229,9 @@ class InProcessRelay:
         def on_queued(_meta: object) -> None:
             self.queued += 1
 
-        self.intake = Intake(self.settings, self.spool, on_queued)
+        # DNS from an empty zone: every MAIL FROM domain is NXDOMAIN at once (accepted by the default check)
+        resolver = Resolver(ZoneTransport(ZoneData()))
+        self.intake = Intake(self.settings, self.spool, on_queued, resolver=resolver)
         self.server = asyncio.run_coroutine_threadsafe(
             self.loop.create_server(self.intake.factory(), "127.0.0.1", 0), self.loop).result(10)
         self.port = self.server.sockets[0].getsockname()[1]

@@ -59,3 +59,14 @@ def test_sec3_source_route_dropped_to_final_hop() -> None:
 def test_utf8_local_part_needs_smtputf8() -> None:
     assert parse_address("用户@example.test").utf8
     assert not parse_address("user@example.test").utf8
+
+
+@pytest.mark.parametrize("text", ["<u@192.0.2.1>", "<u@127.0.0.1>", "<u@host.123>", "<u@1>"])
+def test_dsn13_ip_address_as_domain_refused_in_the_path(text: str) -> None:
+    """DSN-13: no host name ends in an all-numeric label (RFC 1123 §2.1, RFC 3696 §2), so such a
+    path is refused at MAIL/RCPT rather than accepted and bounced as NXDOMAIN; literals use brackets."""
+    with pytest.raises(AddressError, match=r"\[") as caught:
+        parse_path(text)
+    assert caught.value.smtp_reply().startswith("501 5.1.3 ")
+    assert parse_path("<u@[192.0.2.1]>") is not None and parse_path("<u@1host.test>") is not None
+    assert parse_path("<u@123.example>") is not None  # a numeric label elsewhere is a host name
