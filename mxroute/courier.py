@@ -307,6 +307,7 @@ class Courier:
         self.stats: dict[str, int] = {
             "connections": 0, "sessions": 0, "reused": 0, "tls": 0, "tls_fallbacks": 0,
             "dane": 0, "dane_failures": 0,  # TLS-7: certificates that matched / did not match TLSA records
+            "policy_skips": 0,  # hosts not contacted: MTA-STS enforce (TLS-6) or a failed TLSA lookup (TLS-7)
         }
         self._idle: dict[tuple[str, int, str | None], list[_Session]] = {}
         self._closing: set[asyncio.Task[None]] = set()
@@ -451,6 +452,7 @@ class Courier:
         # the MX host's own TLS policy: DANE where it governs the host (TLS-7), else MTA-STS (TLS-6)
         policy, refusal, rule = hosttls.for_host(attempt.tls, attempt.dane, attempt.sts, target)
         if refusal is not None:
+            self.stats["policy_skips"] += 1
             hostlog.warning("%s: %s: skipped (%s)", target, refusal, rule)
             attempt.soft(pending, tlspolicy.STATUS, refusal, target)
             return None, False
@@ -516,8 +518,11 @@ class Courier:
                 probe.set_result(None)
 
     def forget_unreachable(self) -> None:
-        """Try every host again at the next delivery (``mxroute queue flush``)."""
+        """Try every host again at the next delivery, and fetch MTA-STS policies whose last fetch
+        failed (``mxroute queue flush``)."""
         self._unreachable.clear()
+        if self.mta_sts is not None:
+            self.mta_sts.forget_failures()
 
     async def _connect(
         self, target: Target, key: tuple[str, int, str | None], *, use_tls: bool,

@@ -147,7 +147,7 @@ class Delivery:
         return {"stats": dict(self.queue.stats), "sizes": self.queue.sizes(),
                 "courier": {k: v for k, v in self.courier.stats.items() if isinstance(v, int | float)},
                 "dns": {"queries": dns.queries, "hits": dns.hits, "coalesced": dns.coalesced},
-                "attempts": self.timer.snapshot()}
+                "mta_sts": self.mta_sts.snapshot(), "attempts": self.timer.snapshot()}
 
     async def stop(self, grace: float) -> None:
         await self.queue.stop(grace)

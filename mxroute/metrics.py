@@ -82,11 +82,20 @@ class _Collector:
                                 value=len(intake.sessions))
         courier = CounterMetricFamily("mxroute_outbound_sessions", "Outbound SMTP: connections made, sessions "
                                       "greeted, reused, with TLS, cleartext fallbacks after a failed STARTTLS, "
-                                      "certificates that matched (dane) or failed (dane_failures) TLSA records",
-                                      labels=["event"])
-        for event in ("connections", "sessions", "reused", "tls", "tls_fallbacks", "dane", "dane_failures"):
+                                      "certificates that matched (dane) or failed (dane_failures) TLSA records, "
+                                      "hosts skipped unconnected by MTA-STS enforce or a failed TLSA lookup "
+                                      "(policy_skips)", labels=["event"])
+        for event in ("connections", "sessions", "reused", "tls", "tls_fallbacks", "dane", "dane_failures",
+                      "policy_skips"):
             courier.add_metric([event], courier_stats.get(event, 0))
         yield courier
+        sts = d.get("mta_sts", {})
+        yield CounterMetricFamily("mxroute_mta_sts_fetches", "MTA-STS policy fetches over HTTPS (RFC 8461 §3.3)",
+                                  value=sts.get("fetches", 0))
+        yield CounterMetricFamily("mxroute_mta_sts_fetch_failures", "MTA-STS policy fetches that failed",
+                                  value=sts.get("fetch_failures", 0))
+        yield GaugeMetricFamily("mxroute_mta_sts_policies", "MTA-STS policies held (memory and spool_dir/mta-sts.json)",
+                                value=sts.get("policies", 0))
         queries, hits, coalesced = dns.get("queries", 0), dns.get("hits", 0), dns.get("coalesced", 0)
         yield CounterMetricFamily("mxroute_dns_queries", "DNS questions sent to a server", value=queries)
         yield CounterMetricFamily("mxroute_dns_cache_hits", "DNS lookups answered from the cache", value=hits)

@@ -484,6 +484,14 @@ class MtaSts:
     def cached(self, domain: str) -> Cached | None:
         return self._cache.get(domain)
 
+    def forget_failures(self) -> None:
+        """Fetch again at the next lookup, without the pause after a failed fetch (``queue flush``)."""
+        self._failed.clear()
+
+    def snapshot(self) -> dict[str, int]:
+        """Counters and the number of policies held (metrics)."""
+        return {**self.stats, "policies": len(self._cache)}
+
     async def lookup(self, domain: str) -> Lookup:
         """The MTA-STS state of ``domain`` now (TLS-5): cached, fetched, or no policy."""
         pending = self._inflight.get(domain)

@@ -157,6 +157,22 @@ def test_tls5_cached_policy_applies_when_the_server_is_down_and_id_change_refetc
         assert len(web2.requests) == 1
 
 
+def test_tls5_queue_flush_fetches_again_without_the_pause_after_a_failure(env: Env) -> None:
+    """A failed fetch is not repeated for 60 s, except after ``mxroute queue flush`` (the operator
+    fixed the policy server and wants delivery now): the courier's forget_unreachable() clears it."""
+    from mxroute.courier import Courier
+
+    with env.web() as web:
+        port = web.port
+    sts = env.mta_sts(web)  # the server is gone: the first fetch fails
+    assert lookup(sts).error is not None and sts.stats["fetch_failures"] == 1
+    with env.web(port=port) as web2:
+        assert lookup(sts).source == "none" and web2.requests == []  # within the pause: not asked
+        Courier(env.settings(web2), mta_sts=sts).forget_unreachable()  # what `queue flush` calls
+        assert lookup(sts).source == "fetched" and len(web2.requests) == 1
+        assert sts.snapshot() == {"fetches": 2, "fetch_failures": 1, "policies": 1}
+
+
 def test_tls5_policies_survive_a_restart(env: Env) -> None:
     with env.web() as web:
         assert lookup(env.mta_sts(web)).source == "fetched"

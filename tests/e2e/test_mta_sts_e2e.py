@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.support.dnsserver import DNSServer
-from tests.support.relay import MSG, ROOT, World, wait_for
+from tests.support.relay import MSG, ROOT, World, free_port, scrape, wait_for
 from tests.support.smtpsink import Sink, tls_available
 from tests.support.stsserver import PolicyServer
 from tests.support.tlsca import TestCA
@@ -44,12 +44,17 @@ def test_tls6_serve_delivers_only_to_the_policy_mx_and_keeps_the_policy(world: W
     zone(world)
     mx2 = world.sink(2)  # the preferred MX, no TLS, not in the policy: must not be contacted
     mx1 = tls_sink(world, 1, ca.server_context("mx1.dest.test"))
+    metrics = free_port()
     with PolicyServer(world.ip(80), ca.server_context("mta-sts.dest.test"), ENFORCE) as web:
-        relay = world.relay(mta_sts_port=web.port, tls_ca_file=str(ca.ca_file))
+        relay = world.relay(mta_sts_port=web.port, tls_ca_file=str(ca.ca_file), metrics_listen=f"127.0.0.1:{metrics}")
         relay.send("a@sender.test", ["u@dest.test"], MSG)
         assert wait_for(lambda: mx1.messages, timeout=20), relay.log()
         assert mx2.connections == [] and mx1.connections[0].tls and len(web.requests) == 1
     assert wait_for(lambda: relay.queued() == [])
+    seen = scrape(metrics)  # what an operator graphs: one fetch, one policy kept, mx2 skipped by policy
+    assert seen["mxroute_mta_sts_fetches_total"] == 1 and seen["mxroute_mta_sts_fetch_failures_total"] == 0
+    assert seen["mxroute_mta_sts_policies"] == 1
+    assert seen['mxroute_outbound_sessions_total{event="policy_skips"}'] >= 1
     log = relay.log()
     assert "MTA-STS policy of dest.test: id one, mode enforce, mx mx1.dest.test" in log
     assert "mx2.dest.test matches no mx pattern" in log

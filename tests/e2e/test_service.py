@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.relay import MSG, ROOT, Relay, World, free_port, rcpt_script, wait_for
+from tests.support.relay import MSG, ROOT, Relay, World, free_port, rcpt_script, scrape, wait_for
 
 IN_CI = os.environ.get("CI") == "true"
 
@@ -396,25 +396,6 @@ def test_one_log_line_per_event_with_the_queue_id_and_no_password(world: World, 
 
 
 # --- metrics ---------------------------------------------------------------------------------------
-
-def scrape(port: int) -> dict[str, float]:
-    """GET /metrics over loopback (no proxy), as {"name{labels}": value}."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", "/metrics")
-        response = conn.getresponse()
-        assert response.status == 200
-        assert response.getheader("Content-Type", "").startswith("text/plain")
-        text = response.read().decode()
-    finally:
-        conn.close()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
-
 
 def test_metrics_endpoint_scraped_during_a_real_delivery(world: World) -> None:
     """metrics_listen: counters and gauges move with the traffic (accepted, delivered, deferred,

@@ -6,6 +6,7 @@ test started; the ``world`` fixture (tests/conftest.py) stops them all by PID.
 
 from __future__ import annotations
 
+import http.client
 import itertools
 import json
 import os
@@ -181,3 +182,22 @@ class World:
 
 
 MSG = b"From: a@sender.test\r\nTo: u@dest.test\r\nSubject: hello\r\nMessage-ID: <1@sender.test>\r\n\r\nbody line\r\n.dot line\r\n"
+
+
+def scrape(port: int) -> dict[str, float]:
+    """GET /metrics over loopback (no proxy), as {"name{labels}": value}."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        assert response.status == 200
+        assert response.getheader("Content-Type", "").startswith("text/plain")
+        text = response.read().decode()
+    finally:
+        conn.close()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
