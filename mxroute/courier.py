@@ -1051,12 +1051,19 @@ def _peer_certificate(client: aiosmtplib.SMTP) -> bytes | None:
 
 
 def _log_result(queue_id: str | None, result: RecipientResult, delay: float) -> None:
-    """One Postfix-style line per recipient per attempt; peer text made safe (SEC-6)."""
+    """One Postfix-style line per recipient per attempt; peer text made safe (SEC-6).
+
+    A refusal the host sent reads "host X said: ..." and our own reasons read as themselves,
+    as in Postfix's logs (DSN-6).
+    """
     word = {Disposition.DELIVERED: "sent", Disposition.DEFERRED: "deferred", Disposition.BOUNCED: "bounced"}
+    relay = safe_text(result.remote_mta or "none", 200)
+    reply = safe_text(result.reply)
+    if result.remote_reply and result.remote_mta and result.disposition is not Disposition.DELIVERED:
+        reply = f"host {relay} said: {reply}"
     log.info(
         "%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)",
-        queue_id or "-", safe_text(result.recipient, 300), safe_text(result.remote_mta or "none", 200),
-        delay, result.status, word[result.disposition], safe_text(result.reply),
+        queue_id or "-", safe_text(result.recipient, 300), relay, delay, result.status, word[result.disposition], reply,
     )
 
 
