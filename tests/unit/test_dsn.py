@@ -136,10 +136,10 @@ def test_dsn6_remote_reply_is_smtp_with_remote_mta() -> None:
 LOCAL_REASONS = [  # mxroute's own reasons, each recorded against the host it concerned
     ("4.7.5", "451 4.7.5 TLS required (encrypt) but not offered by mx1.dest.test[192.0.2.1]:25"),  # TLS-3
     ("4.7.5", "451 4.7.5 MTA-STS policy of dest.test (enforce): mx1.dest.test matches no mx pattern"),  # TLS-6
-    ("4.7.5", "451 4.7.5 DANE: TLSA lookup _25._tcp.mx1.dest.test failed (SERVFAIL): not delivering to "
-              "mx1.dest.test[192.0.2.1]:25"),  # TLS-7
-    ("4.4.1", "451 4.4.1 connect to mx1.dest.test[192.0.2.1]:25: Connection refused "
-              "(host skipped until its retry time, RTY-4)"),  # RTY-4
+    ("4.7.5", ("451 4.7.5 DANE: TLSA lookup _25._tcp.mx1.dest.test failed (SERVFAIL): not delivering to "
+               "mx1.dest.test[192.0.2.1]:25")),  # TLS-7
+    ("4.4.1", ("451 4.4.1 connect to mx1.dest.test[192.0.2.1]:25: Connection refused "
+               "(host skipped until its retry time, RTY-4)")),  # RTY-4
     ("4.4.1", "451 4.4.1 connect to mx1.dest.test[192.0.2.1]:25: Connection refused"),
     ("4.4.2", "451 4.4.2 lost connection with mx1.dest.test[192.0.2.1]:25 in reply to RCPT: TimeoutError"),
     ("5.3.4", "552 5.3.4 message size 2000 exceeds the fixed limit 1000 of mx1.dest.test[192.0.2.1]:25"),
