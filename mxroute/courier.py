@@ -192,26 +192,31 @@ class _Stale(Exception):
 
 
 class _HostFailure(Exception):
-    """The session with this address is over (421, drop, timeout): move on (MX-17, SESS-4)."""
+    """The session with this address is over (421, drop, timeout): move on (MX-17, SESS-4).
 
-    def __init__(self, status: str, reply: str) -> None:
+    ``remote``: ``reply`` is the host's own reply (a 421, a refused greeting), not our reason (DSN-6).
+    """
+
+    def __init__(self, status: str, reply: str, *, remote: bool) -> None:
         super().__init__(reply)
         self.status = status
         self.reply = reply
+        self.remote = remote
 
 
 def _lost(session: _Session, what: str, exc: BaseException) -> _HostFailure:
     """A drop or a timeout while waiting for the reply to ``what``: the session is over (SESS-4)."""
     session.client.close()
     return _HostFailure("4.4.2", f"451 4.4.2 lost connection with {session.target} in reply to {what}: "
-                                 f"{safe_text(str(exc) or type(exc).__name__)}")
+                                 f"{safe_text(str(exc) or type(exc).__name__)}", remote=False)
 
 
 def _unless_closing(session: _Session, resp: SMTPResponse) -> SMTPResponse:
     """``resp``, unless it is a 421: the server is closing, so is the session (RFC 5321 §3.8, MX-17)."""
     if resp.code == 421:
         session.client.close()
-        raise _HostFailure(enhanced_status(resp.code, resp.message, session.enhanced), reply_text(resp.code, resp.message))
+        raise _HostFailure(enhanced_status(resp.code, resp.message, session.enhanced), reply_text(resp.code, resp.message),
+                           remote=True)
     return resp
 
 
@@ -259,17 +264,22 @@ class _Attempt:
     dane: dane.DanePosture | None = None  # the plan's DANE verdict per MX host (TLS-7)
     sts: mtasts.Lookup | None = None  # the destination's MTA-STS state (TLS-5/6); None: not consulted
     results: dict[str, RecipientResult] = field(default_factory=dict)
-    last: dict[str, tuple[str, str, str | None]] = field(default_factory=dict)  # address -> (status, reply, relay)
+    # address -> (status, reply, relay, remote): the last temporary reason
+    last: dict[str, tuple[str, str, str | None, bool]] = field(default_factory=dict)
     relay: dict[str, str] = field(default_factory=dict)  # address -> last relay tried
 
-    def finish(self, rcpt: Recipient, disposition: Disposition, status: str, reply: str, target: Target | None) -> None:
+    def finish(self, rcpt: Recipient, disposition: Disposition, status: str, reply: str, target: Target | None,
+               *, remote: bool) -> None:
+        """A final answer. ``remote``: ``reply`` is what ``target`` replied, not our own reason (DSN-6)."""
         relay = str(target) if target else None
-        self.results[rcpt.address] = RecipientResult(rcpt.address, disposition, status, reply, relay)
+        self.results[rcpt.address] = RecipientResult(rcpt.address, disposition, status, reply, relay,
+                                                     remote_reply=remote and target is not None)
 
-    def soft(self, recipients: Sequence[Recipient], status: str, reply: str, target: Target | None) -> None:
+    def soft(self, recipients: Sequence[Recipient], status: str, reply: str, target: Target | None,
+             *, remote: bool) -> None:
         """A temporary answer: the recipients stay pending; remember it as their last reason."""
         for rcpt in recipients:
-            self.last[rcpt.address] = (status, reply, str(target) if target else None)
+            self.last[rcpt.address] = (status, reply, str(target) if target else None, remote and target is not None)
 
 
 class Courier:
@@ -355,18 +365,22 @@ class Courier:
             seen.add(rcpt.address)
             problem = path_problem(rcpt.address)
             if problem:
-                attempt.finish(rcpt, Disposition.BOUNCED, "5.1.3", f"553 5.1.3 bad recipient address: {problem}", None)
+                attempt.finish(rcpt, Disposition.BOUNCED, "5.1.3", f"553 5.1.3 bad recipient address: {problem}", None,
+                               remote=False)
             elif sender_problem:
-                attempt.finish(rcpt, Disposition.BOUNCED, "5.1.7", f"553 5.1.7 bad sender address: {sender_problem}", None)
+                attempt.finish(rcpt, Disposition.BOUNCED, "5.1.7", f"553 5.1.7 bad sender address: {sender_problem}", None,
+                               remote=False)
             else:
                 valid.append(rcpt)
         if plan.verdict is Verdict.TEMPORARY:  # MX-6: DNS said "later"
             for rcpt in valid:
-                attempt.finish(rcpt, Disposition.DEFERRED, plan.dsn_status, f"451 {plan.dsn_status} {safe_text(plan.reason)}", None)
+                attempt.finish(rcpt, Disposition.DEFERRED, plan.dsn_status, f"451 {plan.dsn_status} {safe_text(plan.reason)}", None,
+                               remote=False)
         elif plan.verdict is Verdict.PERMANENT:  # MX-5/9/10/11: DNS said "never"
             code = 556 if plan.dsn_status == "5.1.10" else 550
             for rcpt in valid:
-                attempt.finish(rcpt, Disposition.BOUNCED, plan.dsn_status, f"{code} {plan.dsn_status} {safe_text(plan.reason)}", None)
+                attempt.finish(rcpt, Disposition.BOUNCED, plan.dsn_status, f"{code} {plan.dsn_status} {safe_text(plan.reason)}", None,
+                               remote=False)
         elif valid:
             if self.mta_sts is not None and mtasts.skip_reason(self.settings.mta_sts, plan, attempt.tls) is None:
                 attempt.sts = await self.mta_sts.lookup(plan.domain)  # MTA-STS (TLS-5/6)
@@ -429,17 +443,18 @@ class Courier:
                         continue
                     pending = await self._transactions(session, attempt, pending)
             except _HostFailure as exc:
-                attempt.soft(pending, exc.status, exc.reply, target)
+                attempt.soft(pending, exc.status, exc.reply, target, remote=exc.remote)
                 pending = [r for r in pending if r.address not in attempt.results]
                 self._discard(session)
                 continue
             self._release(session)
         for rcpt in pending:
-            status, reply, relay = attempt.last.get(
-                rcpt.address, ("4.4.1", "451 4.4.1 no address of the destination could be tried", None))
+            status, reply, relay, remote = attempt.last.get(
+                rcpt.address, ("4.4.1", "451 4.4.1 no address of the destination could be tried", None, False))
             if status[0] != "4":  # a host-level 5xx (greeting, EHLO) was only a reason to move on
                 status = "4" + status[1:]
-            attempt.results[rcpt.address] = RecipientResult(rcpt.address, Disposition.DEFERRED, status, reply, relay)
+            attempt.results[rcpt.address] = RecipientResult(rcpt.address, Disposition.DEFERRED, status, reply, relay,
+                                                            remote_reply=remote)
 
     async def _open(
         self, target: Target, attempt: _Attempt, pending: list[Recipient], *, pool: bool = True,
@@ -454,7 +469,7 @@ class Courier:
         if refusal is not None:
             self.stats["policy_skips"] += 1
             hostlog.warning("%s: %s: skipped (%s)", target, refusal, rule)
-            attempt.soft(pending, tlspolicy.STATUS, refusal, target)
+            attempt.soft(pending, tlspolicy.STATUS, refusal, target, remote=False)  # TLS-6/7: never contacted
             return None, False
         audit = None  # MTA-STS testing: the lookup whose "enforce" verdict is only logged (TLS-6)
         if rule == "TLS-6":
@@ -472,7 +487,8 @@ class Courier:
         known = self._unreachable.get(key)
         if known is not None:
             if known[0] > time.monotonic():  # RTY-4: as Exim's host retry records
-                attempt.soft(pending, known[1], f"{known[2]} (host skipped until its retry time, RTY-4)", target)
+                attempt.soft(pending, known[1], f"{known[2]} (host skipped until its retry time, RTY-4)", target,
+                             remote=False)
                 return None, False
             del self._unreachable[key]
         probe: asyncio.Future[None] | None = None
@@ -482,7 +498,8 @@ class Courier:
                 await asyncio.shield(waiting)
                 known = self._unreachable.get(key)
                 if known is not None and known[0] > time.monotonic():
-                    attempt.soft(pending, known[1], f"{known[2]} (host skipped until its retry time, RTY-4)", target)
+                    attempt.soft(pending, known[1], f"{known[2]} (host skipped until its retry time, RTY-4)", target,
+                             remote=False)
                     return None, False
             else:
                 probe = self._probes[key] = asyncio.get_running_loop().create_future()
@@ -490,9 +507,9 @@ class Courier:
             # starttls=False turns the opportunistic default off; a required policy still applies.
             use_tls = policy.level != "none" and (self.starttls or policy.required)
             session, greeted, problem = await self._connect(target, key, use_tls=use_tls, policy=policy, audit=audit)
-            if session is None and problem and problem.startswith(tlspolicy.STATUS + " "):
-                status, reply = problem.split(" ", 1)  # TLS-3: this policy's failure, not the host's
-                attempt.soft(pending, status, reply, target)
+            if session is None and isinstance(problem, _HostFailure) and problem.status == tlspolicy.STATUS:
+                # TLS-3: this policy's failure, not the host's
+                attempt.soft(pending, problem.status, problem.reply, target, remote=problem.remote)
                 return None, greeted
             if problem == "tls-unverified":  # TLS-6 testing: the certificate failed; TLS as without a policy
                 session, greeted2, problem = await self._connect(target, key, use_tls=True, policy=policy)
@@ -501,8 +518,10 @@ class Courier:
                 session, greeted2, problem = await self._connect(target, key, use_tls=False)
                 greeted = greeted or greeted2
             if session is None:
-                status, reply = problem.split(" ", 1) if problem and problem != "tls" else ("4.4.1", "451 4.4.1 no session")
-                attempt.soft(pending, status, reply, target)
+                failure = problem if isinstance(problem, _HostFailure) else \
+                    _HostFailure("4.4.1", "451 4.4.1 no session", remote=False)
+                status, reply = failure.status, failure.reply
+                attempt.soft(pending, status, reply, target, remote=failure.remote)
                 if len(self._unreachable) >= 10000:
                     self._unreachable.clear()
                 self._unreachable[key] = (time.monotonic() + self.settings.retry_min_seconds, status, reply)
@@ -527,10 +546,10 @@ class Courier:
     async def _connect(
         self, target: Target, key: tuple[str, int, str | None], *, use_tls: bool,
         policy: TlsPolicy = TlsPolicy(), audit: mtasts.Lookup | None = None,
-    ) -> tuple[_Session | None, bool, str | None]:
+    ) -> tuple[_Session | None, bool, _HostFailure | str | None]:
         """Connect, read the greeting, EHLO (HELO fallback), STARTTLS when offered.
 
-        Returns (session, greeted, problem); problem is "STATUS reply" on failure,
+        Returns (session, greeted, problem); problem is a ``_HostFailure`` on failure,
         "tls" when a TLS handshake failed and a plain-text retry is due, or
         "tls-unverified" when an ``audit`` (MTA-STS testing, TLS-6) found the certificate
         invalid and an unverified TLS retry is due. Under a required ``policy`` (TLS-3) a
@@ -549,7 +568,7 @@ class Courier:
             sock.close()
             why = "timed out" if isinstance(exc, TimeoutError) else (os.strerror(exc.errno) if exc.errno else str(exc))
             hostlog.info("connect to %s: %s", target, why)
-            return None, False, f"4.4.1 451 4.4.1 connect to {target}: {safe_text(why)}"
+            return None, False, _HostFailure("4.4.1", f"451 4.4.1 connect to {target}: {safe_text(why)}", remote=False)
         self.stats["connections"] += 1
         client = aiosmtplib.SMTP(sock=sock, local_hostname=s.helo_name, timeout=s.greeting_timeout,
                                  start_tls=False, use_tls=False)
@@ -559,11 +578,12 @@ class Courier:
             client.close()
             reply = reply_text(exc.code, exc.message)
             hostlog.info("%s greeted with %s: trying the next address (MX-17)", target, reply)
-            return None, True, f"{enhanced_status(exc.code, exc.message, False)} {reply}"
+            return None, True, _HostFailure(enhanced_status(exc.code, exc.message, False), reply, remote=True)
         except _WIRE_ERRORS as exc:
             client.close()
             sock.close()
-            return None, False, f"4.4.2 451 4.4.2 no greeting from {target}: {safe_text(str(exc))}"
+            return None, False, _HostFailure("4.4.2", f"451 4.4.2 no greeting from {target}: {safe_text(str(exc))}",
+                                             remote=False)
         session = _Session(client, target, key)
         try:
             await self._hello(session)
@@ -578,10 +598,10 @@ class Courier:
                 reply = tlspolicy.not_offered(str(target), policy)
                 hostlog.warning("%s: %s: trying the next address (TLS-3)", target, reply)
                 await self._quit(session)
-                return None, True, f"{tlspolicy.STATUS} {reply}"
+                return None, True, _HostFailure(tlspolicy.STATUS, reply, remote=False)
         except _HostFailure as exc:
             client.close()
-            return None, True, f"{exc.status} {exc.reply}"
+            return None, True, exc
         self.stats["sessions"] += 1
         if session.pipelining:
             _pipelining(client.protocol)
@@ -603,7 +623,7 @@ class Courier:
                 session.esmtp, session.extensions = False, {}  # HELO: no extension parameters
                 return
             resp = helo_resp
-        raise _HostFailure(enhanced_status(resp.code, resp.message, False), reply_text(resp.code, resp.message))
+        raise _HostFailure(enhanced_status(resp.code, resp.message, False), reply_text(resp.code, resp.message), remote=True)
 
     async def _starttls(
         self, session: _Session, policy: TlsPolicy = TlsPolicy(), audit: mtasts.Lookup | None = None,
@@ -621,7 +641,7 @@ class Courier:
         """
         target = session.target
         if policy.verify and not target.exchange:  # an address literal: no name to verify
-            raise _HostFailure(tlspolicy.STATUS, tlspolicy.no_name(str(target)))
+            raise _HostFailure(tlspolicy.STATUS, tlspolicy.no_name(str(target)), remote=False)
         plain = session.client.transport  # kept to abort it if the handshake fails half-way
         context = self._context(TlsPolicy("verify") if audit is not None else policy)
         try:
@@ -629,11 +649,11 @@ class Courier:
                                           timeout=self.settings.greeting_timeout)
         except aiosmtplib.SMTPResponseException as exc:
             if exc.code == 421:
-                raise _HostFailure("4.7.0", reply_text(exc.code, exc.message)) from None
+                raise _HostFailure("4.7.0", reply_text(exc.code, exc.message), remote=True) from None
             if policy.required:
                 reply = tlspolicy.refused(str(target), policy, reply_text(exc.code, exc.message))
                 hostlog.warning("%s: %s: trying the next address (TLS-3)", target, reply)
-                raise _HostFailure(tlspolicy.STATUS, reply) from None
+                raise _HostFailure(tlspolicy.STATUS, reply, remote=False) from None
             if audit is not None:
                 hostlog.warning("%s: %s (TLS-6 testing)", target, mtasts.testing_refusal(
                     audit, target.exchange, f"STARTTLS refused: {reply_text(exc.code, exc.message)}"))
@@ -651,7 +671,7 @@ class Courier:
                 why = safe_text(getattr(exc, "verify_message", None) or str(exc) or type(exc).__name__)
                 reply = tlspolicy.handshake_failed(str(target), policy, why, verification=verification)
                 hostlog.warning("%s: %s: trying the next address (TLS-3)", target, reply)
-                raise _HostFailure(tlspolicy.STATUS, reply) from None
+                raise _HostFailure(tlspolicy.STATUS, reply, remote=False) from None
             if audit is not None:
                 why = safe_text(getattr(exc, "verify_message", None) or str(exc) or type(exc).__name__)
                 what = "certificate verification failed" if isinstance(exc, ssl.SSLCertVerificationError) else "TLS failed"
@@ -670,7 +690,7 @@ class Courier:
                 self.stats["dane_failures"] += 1
                 reply = dane.mismatch(str(target), problem)
                 hostlog.warning("%s: %s: trying the next address (TLS-7)", target, reply)
-                raise _HostFailure(tlspolicy.STATUS, reply)
+                raise _HostFailure(tlspolicy.STATUS, reply, remote=False)
             session.dane_name = target.exchange.lower()
             self.stats["dane"] += 1
         if policy.verify or audit is not None:
@@ -703,18 +723,18 @@ class Courier:
         if attempt.utf8 and not session.has("smtputf8"):  # RFC 6531 §3.2: no downgrade (SESS-15)
             reply = f"553 5.6.7 {target} does not support SMTPUTF8, needed for a non-ASCII address"
             for rcpt in pending:
-                attempt.finish(rcpt, Disposition.BOUNCED, "5.6.7", reply, target)
+                attempt.finish(rcpt, Disposition.BOUNCED, "5.6.7", reply, target, remote=False)
             return []
         if attempt.eight_bit and not session.has("8bitmime"):  # RFC 6152 §3: never raw 8-bit (SESS-14)
             reply = f"554 5.6.3 {target} does not support 8BITMIME and the message has 8-bit content"
             for rcpt in pending:
-                attempt.finish(rcpt, Disposition.BOUNCED, "5.6.3", reply, target)
+                attempt.finish(rcpt, Disposition.BOUNCED, "5.6.3", reply, target, remote=False)
             return []
         limit = session.size_limit
         if limit is not None and len(attempt.body) > limit:  # RFC 1870 §6: do not send it (SESS-13)
             reply = f"552 5.3.4 message size {len(attempt.body)} exceeds the fixed limit {limit} of {target}"
             for rcpt in pending:
-                attempt.finish(rcpt, Disposition.BOUNCED, "5.3.4", reply, target)
+                attempt.finish(rcpt, Disposition.BOUNCED, "5.3.4", reply, target, remote=False)
             return []
         queue = list(pending)
         later: list[Recipient] = []
@@ -753,12 +773,12 @@ class Courier:
         for rcpt in queue:
             lines.append(b" ".join([b"RCPT", b"TO:<" + rcpt.address.encode("utf-8") + b">", *self._rcpt_params(session, rcpt)]))
         if any(COMMAND_INJECTION_REGEX.search(line) for line in lines):  # as aiosmtplib checks each command
-            raise _HostFailure("4.4.2", f"451 4.4.2 refusing to send a control character to {target}")
+            raise _HostFailure("4.4.2", f"451 4.4.2 refusing to send a control character to {target}", remote=False)
         fresh, session.rset_due = session.rset_due, False
         if not isinstance(protocol, _PipeliningProtocol) or not protocol.is_connected:
             if fresh:
                 raise _Stale()
-            raise _HostFailure("4.4.2", f"451 4.4.2 lost connection with {target}")
+            raise _HostFailure("4.4.2", f"451 4.4.2 lost connection with {target}", remote=False)
         protocol._expect = len(lines)
         try:
             protocol.write(b"\r\n".join(lines) + b"\r\n")
@@ -773,7 +793,8 @@ class Courier:
                     session.client.close()
                     if fresh:
                         raise _Stale()
-                    raise _HostFailure("4.4.2", f"451 4.4.2 {target} refused RSET: {reply_text(resp.code, resp.message)}")
+                    raise _HostFailure("4.4.2", f"451 4.4.2 {target} refused RSET: {reply_text(resp.code, resp.message)}",
+                                       remote=False)
             mail = await self._reply(session, "MAIL", s.mail_timeout)
             accepted: list[Recipient] = []
             soft: list[Recipient] = []
@@ -782,7 +803,7 @@ class Courier:
                 try:
                     resp = await self._reply(session, "RCPT", s.rcpt_timeout)
                 except _HostFailure:
-                    attempt.soft(accepted, "4.4.2", "451 4.4.2 lost connection before DATA", target)
+                    attempt.soft(accepted, "4.4.2", "451 4.4.2 lost connection before DATA", target, remote=False)
                     raise
                 if mail.code != 250:
                     continue  # the RCPT replies of a refused MAIL mean nothing
@@ -790,12 +811,12 @@ class Courier:
                 if resp.code in (250, 251):
                     accepted.append(rcpt)
                 elif too_many_recipients(resp.code, resp.message):  # SESS-9: in a further transaction
-                    attempt.soft([rcpt], "4" + status[1:], reply, target)
+                    attempt.soft([rcpt], "4" + status[1:], reply, target, remote=True)
                     leftovers.append(rcpt)
                 elif resp.code >= 500:  # SESS-6: this recipient fails, the others go on
-                    attempt.finish(rcpt, Disposition.BOUNCED, status, reply, target)
+                    attempt.finish(rcpt, Disposition.BOUNCED, status, reply, target, remote=True)
                 else:
-                    attempt.soft([rcpt], status, reply, target)
+                    attempt.soft([rcpt], status, reply, target, remote=True)
                     soft.append(rcpt)
         finally:
             protocol._expect = 0
@@ -803,9 +824,9 @@ class Courier:
             status, reply = enhanced_status(mail.code, mail.message, session.enhanced), reply_text(mail.code, mail.message)
             if mail.code >= 500:  # authoritative for every recipient (MX-17); never cached (SESS-17)
                 for rcpt in queue:
-                    attempt.finish(rcpt, Disposition.BOUNCED, status, reply, target)
+                    attempt.finish(rcpt, Disposition.BOUNCED, status, reply, target, remote=True)
                 return [], [], []
-            attempt.soft(queue, status, reply, target)
+            attempt.soft(queue, status, reply, target, remote=True)
             return [], [], list(queue)
         if not accepted:  # SESS-6: no DATA without an accepted recipient
             return [], leftovers, soft
@@ -831,10 +852,10 @@ class Courier:
         status, reply = enhanced_status(resp.code, resp.message, session.enhanced), reply_text(resp.code, resp.message)
         if resp.code >= 500:  # authoritative for every recipient (MX-17); never cached (SESS-17)
             for rcpt in queue:
-                attempt.finish(rcpt, Disposition.BOUNCED, status, reply, target)
+                attempt.finish(rcpt, Disposition.BOUNCED, status, reply, target, remote=True)
             return [], [], []
         if resp.code != 250:
-            attempt.soft(queue, status, reply, target)
+            attempt.soft(queue, status, reply, target, remote=True)
             return [], [], list(queue)
         accepted: list[Recipient] = []
         soft: list[Recipient] = []
@@ -844,19 +865,19 @@ class Courier:
                 resp = await self._command(session, b"RCPT", b"TO:<" + rcpt.address.encode("utf-8") + b">",
                                            *self._rcpt_params(session, rcpt), timeout=s.rcpt_timeout)
             except _HostFailure:
-                attempt.soft(accepted, "4.4.2", "451 4.4.2 lost connection before DATA", target)
+                attempt.soft(accepted, "4.4.2", "451 4.4.2 lost connection before DATA", target, remote=False)
                 raise
             status, reply = enhanced_status(resp.code, resp.message, session.enhanced), reply_text(resp.code, resp.message)
             if resp.code in (250, 251):
                 accepted.append(rcpt)
             elif too_many_recipients(resp.code, resp.message):  # SESS-9: the rest in a further transaction
                 leftovers = queue[index:]
-                attempt.soft(leftovers, "4" + status[1:], reply, target)
+                attempt.soft(leftovers, "4" + status[1:], reply, target, remote=True)
                 break
             elif resp.code >= 500:  # SESS-6: this recipient fails, the others go on
-                attempt.finish(rcpt, Disposition.BOUNCED, status, reply, target)
+                attempt.finish(rcpt, Disposition.BOUNCED, status, reply, target, remote=True)
             else:
-                attempt.soft([rcpt], status, reply, target)
+                attempt.soft([rcpt], status, reply, target, remote=True)
                 soft.append(rcpt)
         if not accepted:  # SESS-6: no DATA without an accepted recipient
             return [], leftovers, soft
@@ -876,9 +897,9 @@ class Courier:
             status, reply = enhanced_status(resp.code, resp.message, session.enhanced), reply_text(resp.code, resp.message)
             if resp.code >= 500:
                 for rcpt in accepted:
-                    attempt.finish(rcpt, Disposition.BOUNCED, status, reply, target)
+                    attempt.finish(rcpt, Disposition.BOUNCED, status, reply, target, remote=True)
             else:
-                attempt.soft(accepted, status, reply, target)
+                attempt.soft(accepted, status, reply, target, remote=True)
             return
         payload = dot_stuff(attempt.body)
         protocol = client.protocol
@@ -902,19 +923,20 @@ class Courier:
                 # another address in this attempt, to keep the duplicate risk to one retry.
                 reply = f"451 4.4.2 lost connection with {target} after end of data: {why}"
                 for rcpt in accepted:
-                    attempt.finish(rcpt, Disposition.DEFERRED, "4.4.2", reply, target)
-                raise _HostFailure("4.4.2", reply) from None
-            raise _HostFailure("4.4.2", f"451 4.4.2 lost connection with {target} while sending data: {why}") from None
+                    attempt.finish(rcpt, Disposition.DEFERRED, "4.4.2", reply, target, remote=False)
+                raise _HostFailure("4.4.2", reply, remote=False) from None
+            raise _HostFailure("4.4.2", f"451 4.4.2 lost connection with {target} while sending data: {why}",
+                               remote=False) from None
         status, reply = enhanced_status(resp.code, resp.message, session.enhanced), reply_text(resp.code, resp.message)
         disposition = {2: Disposition.DELIVERED, 5: Disposition.BOUNCED}.get(resp.code // 100)
         if disposition is None:
-            attempt.soft(accepted, status, reply, target)
+            attempt.soft(accepted, status, reply, target, remote=True)
             if resp.code == 421:
                 client.close()
-                raise _HostFailure(status, reply)
+                raise _HostFailure(status, reply, remote=True)
             return
         for rcpt in accepted:
-            attempt.finish(rcpt, disposition, status, reply, target)
+            attempt.finish(rcpt, disposition, status, reply, target, remote=True)
             # DSN-9: a DSN-capable hop got NOTIFY/ORCPT and now owns success notices (RFC 3461 §5.2.2)
             attempt.results[rcpt.address].next_hop_dsn = session.esmtp and session.has("dsn")
 
@@ -962,7 +984,8 @@ class Courier:
         resp = await self._command(session, b"RSET", timeout=self.settings.mail_timeout)
         if resp.code != 250:
             session.client.close()
-            raise _HostFailure("4.4.2", f"451 4.4.2 {session.target} refused RSET: {reply_text(resp.code, resp.message)}")
+            raise _HostFailure("4.4.2", f"451 4.4.2 {session.target} refused RSET: {reply_text(resp.code, resp.message)}",
+                               remote=False)
 
     # --- connection reuse -------------------------------------------------------------------
 
@@ -1033,12 +1056,19 @@ def _peer_certificate(client: aiosmtplib.SMTP) -> bytes | None:
 
 
 def _log_result(queue_id: str | None, result: RecipientResult, delay: float) -> None:
-    """One Postfix-style line per recipient per attempt; peer text made safe (SEC-6)."""
+    """One Postfix-style line per recipient per attempt; peer text made safe (SEC-6).
+
+    A refusal the host sent reads "host X said: ..." and our own reasons read as themselves,
+    as in Postfix's logs (DSN-6).
+    """
     word = {Disposition.DELIVERED: "sent", Disposition.DEFERRED: "deferred", Disposition.BOUNCED: "bounced"}
+    relay = safe_text(result.remote_mta or "none", 200)
+    reply = safe_text(result.reply)
+    if result.remote_reply and result.remote_mta and result.disposition is not Disposition.DELIVERED:
+        reply = f"host {relay} said: {reply}"
     log.info(
         "%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)",
-        queue_id or "-", safe_text(result.recipient, 300), safe_text(result.remote_mta or "none", 200),
-        delay, result.status, word[result.disposition], safe_text(result.reply),
+        queue_id or "-", safe_text(result.recipient, 300), relay, delay, result.status, word[result.disposition], reply,
     )
 
 

@@ -158,10 +158,10 @@ def build_dsn(
         status_lines += _field("Final-Recipient", f"{kind}; {address}")
         status_lines += _field("Action", action)
         status_lines += _field("Status", _status(result, action))
-        if result.remote_mta:
+        if result.remote_mta and result.remote_reply:  # RFC 3464 §2.3.5/§2.3.6: the remote's own reply (DSN-6)
             status_lines += _field("Remote-MTA", f"dns; {safe_text(_remote_mta(result.remote_mta), 255)}")
             status_lines += _field("Diagnostic-Code", f"smtp; {safe_text(result.reply, 990)}")
-        elif result.reply:
+        elif result.reply:  # our own reason: no Remote-MTA, as Postfix's DSN_BY_LOCAL_MTA
             status_lines += _field("Diagnostic-Code", f"X-mxroute; {safe_text(result.reply, 990)}")
         status_lines += _field("Last-Attempt-Date", format_datetime(when))
         if action == "delayed" and will_retry_until is not None:
@@ -244,7 +244,8 @@ def _human_text(mta: str, action: str, results: list[RecipientResult], until: da
     }[action]
     lines = [f"This is the mail system at host {mta}.", "", intro, ""]
     for result in results:
-        where = f" (host {safe_text(result.remote_mta, 150)})" if result.remote_mta else ""
+        said = result.remote_mta and result.remote_reply
+        where = f" (host {safe_text(result.remote_mta or '', 150)} said)" if said else ""
         lines.append(f"<{safe_text(result.recipient, 200)}>{where}: {safe_text(result.reply, 600)}")
     return "\r\n".join(lines) + "\r\n"
 

@@ -51,7 +51,10 @@ class RecipientResult:
     disposition: Disposition
     status: str  # enhanced status code, e.g. "2.0.0", "4.4.1", "5.1.1" (RFC 3463)
     reply: str  # the remote reply as received ("550 5.1.1 no such user"), or the local reason
-    remote_mta: str | None = None  # "mx1.example.com[192.0.2.1]:25" when a remote answered
+    remote_mta: str | None = None  # "mx1.example.com[192.0.2.1]:25": the host the result concerns
     # DSN-9: the host that took the message advertised DSN and was given NOTIFY/ORCPT, so it
     # (not this relay) sends any success notice; False → a "relayed" DSN is due (RFC 3461 §5.2.3)
     next_hop_dsn: bool = False
+    # RFC 3464 §2.3.5/§2.3.6: ``reply`` is the reply ``remote_mta`` sent (a DSN says "Remote-MTA" and
+    # "smtp;"), not a reason this relay made itself (connect, TLS policy, timeouts...: "X-mxroute;")
+    remote_reply: bool = False

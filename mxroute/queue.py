@@ -433,8 +433,9 @@ class QueueManager:
                 continue
             rcpt.attempts += 1
             rcpt.status, rcpt.reply = result.status, safe_text(result.reply)
-            if result.remote_mta:
-                rcpt.hosts[safe_text(result.remote_mta, 200)] = rcpt.reply
+            rcpt.remote_reply = bool(result.remote_mta and result.remote_reply)  # DSN-6
+            if rcpt.remote_reply:  # hosts keeps what each host replied, never our reasons about it
+                rcpt.hosts[safe_text(result.remote_mta or "", 200)] = rcpt.reply
             delay = now - meta.arrival
             if result.disposition is Disposition.DELIVERED:
                 rcpt.state, rcpt.why = DELIVERED, None

@@ -137,8 +137,9 @@ def _show(spool: Spool, queue_id: str, as_json: bool) -> int:
             when = "now" if rcpt.next_try <= now else f"{_when(rcpt.next_try)} ({_in(rcpt.next_try, now)})"
             print(f"      next try:  {when}")
             print(f"      why:       {safe_text(rcpt.why or 'not tried yet')}")
-        if rcpt.reply:
-            print(f"      last:      {safe_text(rcpt.reply)}")
+        if rcpt.reply:  # whose words (DSN-6): the remote's reply, or mxroute's own reason
+            whose = "the remote's reply" if rcpt.remote_reply else "mxroute's own reason"
+            print(f"      last:      {safe_text(rcpt.reply)} ({whose})")
         for host, reply in rcpt.hosts.items():
             print(f"      host:      {safe_text(host)}: {safe_text(reply)}")
     return EX_OK

@@ -87,8 +87,9 @@ class RecipientState:
     next_try: float = 0.0
     status: str | None = None  # last enhanced status code
     reply: str | None = None  # last reply or local reason
+    remote_reply: bool = False  # ``reply`` is the remote's own reply, not a local reason (DSN-6)
     why: str | None = None  # why it is retried next (or why it ended)
-    hosts: dict[str, str] = field(default_factory=dict)  # remote MTA -> last reply from it
+    hosts: dict[str, str] = field(default_factory=dict)  # remote MTA -> last reply it sent
     warned: bool = False  # a delay warning was sent (DSN-10: at most one)
 
     def recipient(self) -> Recipient:
@@ -98,7 +99,7 @@ class RecipientState:
         return {
             "address": self.address, "notify": list(self.notify), "orcpt": self.orcpt, "state": self.state,
             "attempts": self.attempts, "next_try": self.next_try, "status": self.status, "reply": self.reply,
-            "why": self.why, "hosts": self.hosts, "warned": self.warned,
+            "remote_reply": self.remote_reply, "why": self.why, "hosts": self.hosts, "warned": self.warned,
         }
 
     @classmethod
@@ -107,7 +108,7 @@ class RecipientState:
             address=str(data["address"]), notify=tuple(data.get("notify") or ()), orcpt=data.get("orcpt"),
             state=str(data.get("state", PENDING)), attempts=int(data.get("attempts", 0)),
             next_try=float(data.get("next_try", 0.0)), status=data.get("status"), reply=data.get("reply"),
-            why=data.get("why"), hosts=dict(data.get("hosts") or {}), warned=bool(data.get("warned")),
+            remote_reply=bool(data.get("remote_reply", False)), why=data.get("why"), hosts=dict(data.get("hosts") or {}), warned=bool(data.get("warned")),
         )
 
 

@@ -159,6 +159,46 @@ def test_all_addresses_exhausted_defers_with_last_reason() -> None:
         assert r.reply == "554 5.3.2 no service" and r.status == "4.0.0"  # a skipped 5xx greeting is not a bounce
 
 
+# --- DSN-6: whose words a result carries (RFC 3464 §2.3.5/§2.3.6) ------------------------------
+
+def test_dsn6_replies_the_remote_sent_are_marked_remote() -> None:
+    """A 550/450 to RCPT, the reply after "." and a refused greeting are the host's own words."""
+    replies = {"RCPT": {"b@dest.test": "550 5.1.1 no such user", "c@dest.test": "450 4.2.1 mailbox busy"}}
+    with Sink("127.0.1.1", replies=replies) as sink:
+        results = by(deliver(plan(target(1, sink)), ["a@dest.test", "b@dest.test", "c@dest.test"]))
+        assert [(r.disposition, r.remote_reply) for r in results.values()] == [
+            (Disposition.DELIVERED, True), (Disposition.BOUNCED, True), (Disposition.DEFERRED, True)]
+        assert results["b@dest.test"].reply == "550 5.1.1 no such user"
+    with Sink("127.0.1.1", replies={"GREETING": "554 5.3.2 no service"}) as refusing:
+        [r] = deliver(plan(target(1, refusing)), ["a@dest.test"])
+        assert (r.disposition, r.reply, r.remote_reply) == (Disposition.DEFERRED, "554 5.3.2 no service", True)
+
+
+def test_dsn6_local_reasons_at_a_host_are_not_remote_replies(caplog: pytest.LogCaptureFixture) -> None:
+    """Connection refused, its RTY-4 skip, and a lost connection: mxroute's words, though a host is named."""
+    caplog.set_level(logging.INFO, logger="mxroute.delivery")
+    with ClosedPort("127.0.1.1") as closed:
+        courier = Courier(settings())
+
+        async def twice() -> list[RecipientResult]:
+            first = await courier.deliver(plan(target(1, closed)), Envelope("s@src.test"), [Recipient("a@dest.test")], MESSAGE)
+            again = await courier.deliver(plan(target(1, closed)), Envelope("s@src.test"), [Recipient("a@dest.test")], MESSAGE)
+            await courier.close()
+            return first + again
+
+        refused, skipped = run(twice())
+        assert refused.reply.startswith("451 4.4.1 connect to mx1.dest.test[127.0.1.1]")
+        assert "skipped until its retry time" in skipped.reply
+        for r in (refused, skipped):
+            assert r.disposition is Disposition.DEFERRED and r.remote_mta is not None and r.remote_reply is False
+        lines = [rec.getMessage() for rec in caplog.records if rec.name == "mxroute.delivery"]
+        assert len(lines) == 2 and all("said" not in line for line in lines)
+        assert lines[0].endswith(f"status=deferred ({refused.reply})")
+    with Sink("127.0.1.1", replies={"RCPT": "DROP"}) as dropping:
+        [r] = deliver(plan(target(1, dropping)), ["a@dest.test"])
+        assert r.reply.startswith("451 4.4.2 lost connection with mx1.dest.test") and r.remote_reply is False
+
+
 # --- per-recipient replies: SESS-5..9 ------------------------------------------------------
 
 def test_sess6_each_recipient_on_its_own_one_data() -> None:
@@ -599,7 +639,8 @@ def test_log_line_per_recipient_postfix_style_and_sanitised(caplog: pytest.LogCa
         relay = f"mx1.dest.test[127.0.1.1]:{sink.port}"
         assert lines[0].startswith(f"Q1: to=<a@dest.test>, relay={relay}, delay=")
         assert ", dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as " in lines[0]
-        assert lines[1].endswith("dsn=5.1.1, status=bounced (550 5.1.1 gone ?[2J? away)")
+        # DSN-6: a refusal is logged as the host's words, as Postfix's "host X said:"
+        assert lines[1].endswith(f"dsn=5.1.1, status=bounced (host {relay} said: 550 5.1.1 gone ?[2J? away)")
         assert all("\x1b" not in line and "\n" not in line for line in lines)
 
 

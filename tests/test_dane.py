@@ -167,6 +167,7 @@ def test_tls7_mismatched_tlsa_defers_4_7_5_and_sends_nothing(site: Site, tmp_pat
     assert (result.disposition, result.status) == (Disposition.DEFERRED, "4.7.5")
     assert result.reply == (f"451 4.7.5 DANE: TLS authentication of mx1.dest.test[{site.ip(1)}]:{site.port} failed: "
                             "the certificate matches none of 1 DANE-EE record(s)")
+    assert result.remote_mta is not None and result.remote_reply is False  # DSN-6: our TLS-7 verdict, not the host's
     assert no_mail(sink) and len(sink.connections) == 1  # never plain text, never a second try
     assert courier.stats["tls_fallbacks"] == 0
     assert (courier.stats["dane"], courier.stats["dane_failures"]) == (0, 1)

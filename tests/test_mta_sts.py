@@ -254,6 +254,7 @@ def test_tls6_enforce_invalid_certificate_defers_never_plain_text(env: Env) -> N
         r = deliver(courier, plan(target(1, mx1), target(2, mx2)))
         assert (r.disposition, r.status) == (Disposition.DEFERRED, "4.7.5")
         assert "451 4.7.5 MTA-STS policy of dest.test (enforce)" in r.reply  # the last host tried: mx2, skipped
+        assert r.remote_mta is not None and r.remote_reply is False  # DSN-6: mx2 never said it (never contacted)
         assert mx1.messages == [] and mx2.connections == []
         assert [c.commands for c in mx1.connections] == [["EHLO relay.test", "STARTTLS"]]  # no plain-text retry
         assert courier.stats["tls_fallbacks"] == 0

@@ -73,6 +73,7 @@ def test_tls3_encrypt_without_starttls_defers_4_7_5_and_sends_no_mail(caplog: py
         assert (r.disposition, r.status) == (Disposition.DEFERRED, "4.7.5")
         assert r.reply == f"451 4.7.5 TLS required (encrypt) but not offered by mx1.dest.test[127.0.1.1]:{raw.port}"
         assert r.remote_mta == f"mx1.dest.test[127.0.1.1]:{raw.port}"
+        assert r.remote_reply is False  # DSN-6: the host said no such thing; the TLS-3 reason is ours
         assert raw.messages == [] and not any(c.upper().startswith(("MAIL", "RCPT", "DATA")) for c in raw.commands)
         assert raw.commands[0] == "EHLO relay.test" and raw.connections == 1  # no plain-text retry
     assert any("TLS required (encrypt) but not offered" in rec.getMessage() and "TLS-3" in rec.getMessage()

@@ -76,6 +76,9 @@ def test_dsn1_dsn2_bounce_goes_to_the_sender_with_null_reverse_path(world: World
     text = dsn.data.decode(errors="replace")
     finals = [line.split(";", 1)[1].strip().lower() for line in text.splitlines() if line.lower().startswith("final-recipient:")]
     assert finals == ["bad@dest.test"]  # DSN-1: only the failed recipient is reported
+    # DSN-6 (RFC 3464 §2.3.5/§2.3.6): the remote's own reply, with the host that gave it
+    assert "\r\nRemote-MTA: dns; mx1.dest.test\r\n" in text
+    assert "\r\nDiagnostic-Code: smtp; 550 5.1.1 no such user\r\n" in text and "X-mxroute" not in text
     assert [m.rcpt_to for m in sink.messages] == [["u@dest.test"]]
     assert wait_for(lambda: relay.queued() == [])
 

@@ -367,9 +367,9 @@ def test_one_log_line_per_event_with_the_queue_id_and_no_password(world: World, 
         "sent": rf"INFO mxroute.delivery: {qid}: to=<u@dest.test>, relay=mx1.dest.test\[[\d.]+\]:\d+, "
                 r"delay=[\d.]+, dsn=2.0.0, status=sent \(250 .*\)$",
         "bounced": rf"INFO mxroute.delivery: {qid}: to=<bad@dest.test>, relay=\S+, delay=[\d.]+, dsn=5.1.1, "
-                   r"status=bounced \(550 5.1.1 no such user\)$",
+                   r"status=bounced \(host \S+ said: 550 5.1.1 no such user\)$",  # DSN-6: the host's words
         "deferred": rf"INFO mxroute.delivery: {qid}: to=<later@dest.test>, relay=\S+, delay=[\d.]+, dsn=4.3.0, "
-                    r"status=deferred \(451 4.3.0 greylisted\)$",
+                    r"status=deferred \(host \S+ said: 451 4.3.0 greylisted\)$",
         "retry": rf"INFO mxroute.queue: {qid}: to=<later@dest.test>, attempts=1, next_try=\+\d+s \(retry scheduled\)$",
         "expired": rf"INFO mxroute.queue: {qid}: to=<later@dest.test>, delay=\d+, attempts=\d+, status=expired "
                    r"\(gave up after \d+s in the queue; last: 451 4.3.0 greylisted\)$",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.relay import MSG, World, wait_for
+from tests.support.relay import MSG, World, rcpt_script, wait_for
 from tests.support.smtpsink import tls_available
 
 needs_tls = pytest.mark.skipif(not tls_available(), reason="the cryptography package is needed for certificates")
@@ -105,12 +105,15 @@ def test_tls3_encrypt_without_starttls_deferred_4_7_5_shown_by_queue_show(world:
     shown = json.loads(relay.queue("show", queue_id, "--json").stdout)
     [rcpt] = shown["recipients"]
     assert rcpt["status"] == "4.7.5" and "TLS required (encrypt) but not offered by mx1.dest.test" in rcpt["reply"]
-    assert "TLS required (encrypt) but not offered" in relay.queue("show", queue_id).stdout
+    assert rcpt["remote_reply"] is False and rcpt["hosts"] == {}  # DSN-6: mx1 never said it
+    shown_text = relay.queue("show", queue_id).stdout
+    assert "TLS required (encrypt) but not offered" in shown_text and "(mxroute's own reason)" in shown_text
     assert "TLS-3" in relay.log()
     assert sink.messages == [] and all("MAIL" not in " ".join(c.commands) for c in sink.connections)
 
 
 def test_tls3_expired_under_encrypt_bounce_carries_the_tls_reason(world: World) -> None:
+    """TLS-3, DSN-6: the reason is mxroute's, so ``X-mxroute;`` and no Remote-MTA (RFC 3464 §2.3.5/§2.3.6)."""
     world.sink(1)  # no STARTTLS
     sender_mx = world.sink(9)  # the bounce itself goes out under the default policy (may)
     relay = world.relay(tls_policy_domains={"dest.test": "encrypt"}, queue_lifetime_seconds=0)
@@ -120,7 +123,25 @@ def test_tls3_expired_under_encrypt_bounce_carries_the_tls_reason(world: World) 
     _, group = report_groups(parse(dsn.data))
     assert group["Action"] == "failed" and group["Status"] == "4.7.5"
     diagnostic = " ".join(group["Diagnostic-Code"].split())  # unfolded
-    assert diagnostic.startswith("smtp; 451 4.7.5 TLS required (encrypt) but not offered by mx1.dest.test[")
+    assert diagnostic.startswith("X-mxroute; 451 4.7.5 TLS required (encrypt) but not offered by mx1.dest.test[")
+    assert "Remote-MTA" not in group
+    human = " ".join(parse(dsn.data).get_payload()[0].get_payload().split())
+    assert "<u@dest.test>: 451 4.7.5 TLS required (encrypt)" in human and "said" not in human
+
+
+def test_dsn6_remote_refusal_in_queue_show_is_the_hosts_reply(world: World) -> None:
+    """DSN-6: a 4xx the host gave is shown as its reply, against the host, in ``queue show``."""
+    sink = world.sink(1)
+    rcpt_script(sink, "u@dest.test", "450 4.2.1 mailbox busy")
+    relay = world.relay(retry_min_seconds=300, retry_max_seconds=600)
+    relay.send("a@sender.test", ["u@dest.test"], MSG)
+    assert wait_for(lambda: "status=deferred" in relay.log())
+    (queue_id,) = relay.queued()
+    [rcpt] = json.loads(relay.queue("show", queue_id, "--json").stdout)["recipients"]
+    assert (rcpt["reply"], rcpt["remote_reply"]) == ("450 4.2.1 mailbox busy", True)
+    assert list(rcpt["hosts"].values()) == ["450 4.2.1 mailbox busy"]
+    shown = relay.queue("show", queue_id).stdout
+    assert "450 4.2.1 mailbox busy (the remote's reply)" in shown and "mxroute's own reason" not in shown
 
 
 @needs_tls

@@ -20,7 +20,8 @@ ORIGINAL = (b"From: Sender <s@src.test>\r\nTo: a@dest.test\r\nSubject: quarterly
 
 def bounced(address: str, status: str = "5.1.1", reply: str = "550 5.1.1 <a@dest.test>: no such user",
             relay: str | None = "mx1.dest.test[192.0.2.1]:25") -> RecipientResult:
-    return RecipientResult(address, Disposition.BOUNCED, status, reply, relay)
+    """A recipient refused by the remote's own reply (RFC 3464 §2.3.6 diagnostic-type smtp)."""
+    return RecipientResult(address, Disposition.BOUNCED, status, reply, relay, remote_reply=relay is not None)
 
 
 def build(results: list[RecipientResult], *, envelope: Envelope | None = None, action: str = "failed",
@@ -113,7 +114,8 @@ def test_dsn6_status_class_follows_action() -> None:
 
 
 def test_relayed_and_delivered_reports() -> None:
-    ok = RecipientResult("a@dest.test", Disposition.DELIVERED, "2.0.0", "250 2.0.0 queued", "mx1.dest.test[192.0.2.1]:25")
+    ok = RecipientResult("a@dest.test", Disposition.DELIVERED, "2.0.0", "250 2.0.0 queued", "mx1.dest.test[192.0.2.1]:25",
+                         remote_reply=True)
     for action in ("relayed", "delivered"):
         msg = parse(build([ok], action=action))
         assert msg["Subject"] == "Successful Mail Delivery Report"
@@ -121,8 +123,47 @@ def test_relayed_and_delivered_reports() -> None:
         assert "Will-Retry-Until" not in status_groups(msg)[1]
 
 
+def test_dsn6_remote_reply_is_smtp_with_remote_mta() -> None:
+    """DSN-6, RFC 3464 §2.3.5/§2.3.6: the remote's own reply → Remote-MTA and ``smtp;`` (as Postfix)."""
+    msg = parse(build([bounced("a@dest.test")]))
+    group = status_groups(msg)[1]
+    assert group["Remote-MTA"] == "dns; mx1.dest.test"
+    assert group["Diagnostic-Code"] == "smtp; 550 5.1.1 <a@dest.test>: no such user"
+    human = msg.get_payload()[0].get_payload()
+    assert "<a@dest.test> (host mx1.dest.test[192.0.2.1]:25 said): 550 5.1.1 <a@dest.test>: no such user" in human
+
+
+LOCAL_REASONS = [  # mxroute's own reasons, each recorded against the host it concerned
+    ("4.7.5", "451 4.7.5 TLS required (encrypt) but not offered by mx1.dest.test[192.0.2.1]:25"),  # TLS-3
+    ("4.7.5", "451 4.7.5 MTA-STS policy of dest.test (enforce): mx1.dest.test matches no mx pattern"),  # TLS-6
+    ("4.7.5", ("451 4.7.5 DANE: TLSA lookup _25._tcp.mx1.dest.test failed (SERVFAIL): not delivering to "
+               "mx1.dest.test[192.0.2.1]:25")),  # TLS-7
+    ("4.4.1", ("451 4.4.1 connect to mx1.dest.test[192.0.2.1]:25: Connection refused "
+               "(host skipped until its retry time, RTY-4)")),  # RTY-4
+    ("4.4.1", "451 4.4.1 connect to mx1.dest.test[192.0.2.1]:25: Connection refused"),
+    ("4.4.2", "451 4.4.2 lost connection with mx1.dest.test[192.0.2.1]:25 in reply to RCPT: TimeoutError"),
+    ("5.3.4", "552 5.3.4 message size 2000 exceeds the fixed limit 1000 of mx1.dest.test[192.0.2.1]:25"),
+]
+
+
+@pytest.mark.parametrize(("status", "reason"), LOCAL_REASONS)
+@pytest.mark.parametrize("action", ["failed", "delayed"])
+def test_dsn6_local_reason_is_x_mxroute_and_names_no_remote_mta(status: str, reason: str, action: str) -> None:
+    """DSN-6, RFC 3464 §2.3.5/§2.3.6: a reason mxroute made itself (TLS-3/6/7, RTY-4, connect, timeout,
+    SIZE) is ``X-mxroute;`` and no Remote-MTA, even though a host was involved (Postfix: DSN_BY_LOCAL_MTA)."""
+    result = RecipientResult("a@dest.test", Disposition.DEFERRED, status, reason, "mx1.dest.test[192.0.2.1]:25")
+    assert result.remote_reply is False  # the default: no claim that a remote said it
+    msg = parse(build([result], action=action))
+    group = status_groups(msg)[1]
+    assert "Remote-MTA" not in group
+    assert " ".join(group["Diagnostic-Code"].split()) == f"X-mxroute; {reason}"
+    human = msg.get_payload()[0].get_payload()
+    assert "said" not in human and f"<a@dest.test>: {reason[:40]}" in " ".join(human.split())
+
+
 def test_address_literal_relay_gives_the_ip_as_remote_mta() -> None:
     result = bounced("a@[192.0.2.7]", relay="[192.0.2.7]:25")
+    assert result.remote_reply
     assert status_groups(parse(build([result])))[1]["Remote-MTA"] == "dns; 192.0.2.7"
 
 
@@ -130,7 +171,7 @@ def test_human_part_lists_every_recipient() -> None:
     results = [bounced("a@dest.test"), bounced("b@dest.test", reply="550 5.1.1 b unknown")]
     text = parse(build(results)).get_payload()[0].get_payload()
     assert "This is the mail system at host relay.test." in text
-    assert "<a@dest.test> (host mx1.dest.test[192.0.2.1]:25): 550 5.1.1 <a@dest.test>: no such user" in text
+    assert "<a@dest.test> (host mx1.dest.test[192.0.2.1]:25 said): 550 5.1.1 <a@dest.test>: no such user" in text
     assert "<b@dest.test>" in text
 
 
@@ -224,7 +265,7 @@ def test_unknown_action_refused() -> None:
 def test_sec6_reply_text_cannot_inject_fields_or_headers() -> None:
     evil = "550 5.1.1 no\r\nX-Injected: yes\r\n\r\n--boundary\x1b[2J\x00"
     result = RecipientResult("a@dest.test", Disposition.BOUNCED, "5.1.1", evil,
-                             "mx1.dest.test\r\nX-Evil: 1[192.0.2.1]:25")
+                             "mx1.dest.test\r\nX-Evil: 1[192.0.2.1]:25", remote_reply=True)
     env = Envelope("s@src.test", [Recipient("a@dest.test", orcpt="rfc822;a@dest.test\r\nX-Orcpt: 1")],
                    envid="E\r\nX-Envid: 1")
     raw = build([result], envelope=env)

@@ -131,7 +131,7 @@ def test_dsn9_relayed_report_fields() -> None:
     rcpt = Recipient("a@x.test", ("SUCCESS",), orcpt="rfc822;A@x.test")
     env = Envelope("s@y.test", [rcpt], envid="E42")
     result = RecipientResult("a@x.test", Disposition.DELIVERED, "2.0.0", "250 2.0.0 Ok: queued as S1",
-                             "mx1.x.test[192.0.2.1]:25")
+                             "mx1.x.test[192.0.2.1]:25", remote_reply=True)
     raw = build_dsn(reporting_mta="relay.test", envelope=env, message=b"Subject: hi\r\n\r\nbody\r\n", results=[result],
                     action="relayed", arrival=0.0, recipients=[rcpt])
     msg = email.message_from_bytes(raw, policy=email.policy.compat32)

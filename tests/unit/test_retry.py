@@ -74,7 +74,8 @@ class FakeCourier:
         for r in recipients:
             script = self.script.get(r.address) or [(Disposition.DELIVERED, "2.0.0", "250 2.0.0 ok")]
             disposition, status, reply = script.pop(0) if len(script) > 1 else script[0]
-            results.append(RecipientResult(r.address, disposition, status, reply, f"mx.{plan.domain}[127.0.0.2]:25"))
+            results.append(RecipientResult(r.address, disposition, status, reply, f"mx.{plan.domain}[127.0.0.2]:25",
+                                           remote_reply=True))  # scripted as the host's own replies
         if any(r.disposition is Disposition.DELIVERED for r in results):
             self.sent[queue_id] = message_bytes
         return results

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import stat
 from pathlib import Path
@@ -71,6 +72,29 @@ def test_state_appends_win_and_survive_reload(spool: Spool) -> None:
     assert [r.state for r in loaded.recipients] == [DELIVERED, BOUNCED]
     assert loaded.recipients[1].hosts == {"mx1[127.0.0.2]:25": "451 4.3.0 try later"}
     assert loaded.done
+
+
+def test_dsn6_remote_reply_flag_persists_and_old_state_records_load(spool: Spool) -> None:
+    """DSN-6: whether ``reply`` is the remote's own reply survives a reload; a state record written
+    before the field existed still loads, as "not the remote's reply" (no claim made)."""
+    meta = _meta()
+    asyncio.run(spool.store(meta, MESSAGE))
+    meta.recipients[0].reply, meta.recipients[0].remote_reply = "550 5.1.1 no such user", True
+    meta.recipients[1].reply = "451 4.4.1 connect to mx1[127.0.0.2]:25: Connection refused"
+    spool.update_sync(meta)
+    loaded = spool.load_meta(meta.queue_id)
+    assert [(r.reply, r.remote_reply) for r in loaded.recipients] == [
+        ("550 5.1.1 no such user", True), ("451 4.4.1 connect to mx1[127.0.0.2]:25: Connection refused", False)]
+    old = {  # a recipient's state exactly as the spool wrote it before remote_reply existed
+        "address": "r0@example.net", "notify": ["FAILURE"], "orcpt": None, "state": "pending", "attempts": 2,
+        "next_try": 2000.0, "status": "4.4.1", "reply": "451 4.4.1 connect to mx1[127.0.0.2]:25: Connection refused",
+        "why": "deferred", "hosts": {"mx1[127.0.0.2]:25": "451 4.4.1 try later"}, "warned": False,
+    }
+    with spool.path(meta.queue_id).open("ab") as f:
+        f.write(spool_module._frame(b"S", json.dumps({"recipients": [old], "bounces": 0}).encode()))
+    [rcpt] = spool.load_meta(meta.queue_id).recipients
+    assert (rcpt.attempts, rcpt.status, rcpt.remote_reply) == (2, "4.4.1", False)
+    assert rcpt.hosts == {"mx1[127.0.0.2]:25": "451 4.4.1 try later"}
 
 
 def test_torn_state_append_is_ignored_not_corrupt(spool: Spool) -> None:
