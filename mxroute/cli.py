@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from mxroute.errors import EX_CONFIG, EX_USAGE, EX_OK, MxrouteError, ConfigError, AddressError
+from mxroute.errors import EX_CONFIG, EX_OK, EX_USAGE, AddressError, ConfigError, MxrouteError
 
 PROG = "mxroute"
 

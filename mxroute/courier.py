@@ -146,7 +146,7 @@ class _PipeliningProtocol(SMTPProtocol):
         while True:
             try:
                 response = self._read_response_from_buffer()
-            except Exception as exc:  # malformed reply: the session is over
+            except Exception as exc:  # noqa: BLE001 -- any malformed reply ends the session
                 del self._buffer[:]
                 self._hand(exc)
                 return
@@ -372,7 +372,7 @@ class Courier:
             await self._walk(plan, attempt, valid)
         out = [attempt.results[r.address] for r in recipients]
         delay = time.monotonic() - started
-        for result in dict((r.recipient, r) for r in out).values():
+        for result in {r.recipient: r for r in out}.values():
             _log_result(queue_id, result, delay)
         return out
 

@@ -254,8 +254,9 @@ class ChildLink:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = {k: v for k, v in os.environ.items() if k not in _CHILD_ENV_DROP}
         try:
-            # From the loop's (main) thread: PR_SET_PDEATHSIG follows the thread that forked.
-            self._proc = subprocess.Popen(
+            # From the loop's (main) thread: PR_SET_PDEATHSIG follows the thread that forked, so this
+            # brief fork/exec stays on the loop (once per child start) instead of going to an executor.
+            self._proc = subprocess.Popen(  # noqa: ASYNC220
                 [sys.executable, "-c", "from mxroute.delivery import child_main; child_main()",
                  str(theirs.fileno()), str(os.getpid())],
                 pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,

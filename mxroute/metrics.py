@@ -29,7 +29,6 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
 from mxroute.delivery import ATTEMPT_BUCKETS
-
 from mxroute.errors import EX_OSERR, MxrouteError
 from mxroute.settings import parse_hostport
 

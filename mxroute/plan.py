@@ -405,10 +405,9 @@ class _Planner:
                     found += 1
             if found == 0 and not any(
                 (a := host.answer(f)) is not None and a.outcome.temporary for f in self.policy.families
-            ):
-                if not any(p.exchange == record.exchange for p in self.pruned):
-                    families = "/".join("AAAA" if f == 6 else "A" for f in self.policy.families)
-                    self.prune(record.exchange, None, "no-address", f"{record.exchange} has no {families} record")
+            ) and not any(p.exchange == record.exchange for p in self.pruned):
+                families = "/".join("AAAA" if f == 6 else "A" for f in self.policy.families)
+                self.prune(record.exchange, None, "no-address", f"{record.exchange} has no {families} record")
         if len(self.policy.families) == 2:
             first, second = self.policy.families
             self.decide("MX-15", "RFC 3974 §3", f"each host's IPv{first} addresses before its IPv{second} addresses (address_family={self.policy.family})")

@@ -236,7 +236,7 @@ def check_ca_file(path: Path) -> Path:
 
 
 __all__ = [
-    "LEVELS", "Level", "STATUS", "TlsPolicy", "check_ca_file", "check_level", "handshake_failed",
+    "LEVELS", "STATUS", "Level", "TlsPolicy", "check_ca_file", "check_level", "handshake_failed",
     "no_name", "normalize_table", "not_offered", "opportunistic_context", "policy_for", "probe_verdict", "refused",
     "satisfied", "verify_context",
 ]

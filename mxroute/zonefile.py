@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.name
@@ -35,11 +36,10 @@ import dns.rdatatype
 import dns.rrset
 import dns.tokenizer
 import dns.zonefile
-import dns.exception
 
 from mxroute.resolver import Outcome
 
-_DIRECTIVE = re.compile(r"^\s*;\s*mxroute:\s*(SERVFAIL|TIMEOUT|SECURE)\s+(\S+)(?:\s+(\S+))?\s*$", re.I | re.M)
+_DIRECTIVE = re.compile(r"^\s*;\s*mxroute:\s*(SERVFAIL|TIMEOUT|SECURE)\s+(\S+)(?:\s+(\S+))?\s*$", re.IGNORECASE | re.MULTILINE)
 # RFC 6895 §3.1 private-use type: marks a name that exists with no records of the asked type.
 EXISTS_MARKER = dns.rdatatype.RdataType.make(65280)
 MAX_CHAIN = 16
