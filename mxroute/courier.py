@@ -22,6 +22,7 @@ import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import aiosmtplib
 from aiosmtplib.protocol import COMMAND_INJECTION_REGEX, MAX_RESPONSE_LENGTH, SMTPProtocol
@@ -423,9 +424,10 @@ class Courier:
                     pending = await self._transactions(session, attempt, pending)
                 except _Stale:  # a pooled connection the server had closed: a new one (SESS-17)
                     self.stats["reused"] -= 1
-                    session, _ = await self._open(target, attempt, pending, pool=False)
-                    if session is None:
+                    fresh, _ = await self._open(target, attempt, pending, pool=False)
+                    if fresh is None:
                         continue
+                    session = fresh
                     pending = await self._transactions(session, attempt, pending)
             except _HostFailure as exc:
                 attempt.soft(pending, exc.status, exc.reply, target)
@@ -617,7 +619,9 @@ class Courier:
         target = session.target
         if policy.verify and not target.exchange:  # an address literal: no name to verify
             raise _HostFailure(tlspolicy.STATUS, tlspolicy.no_name(str(target)))
-        plain = session.client.transport  # kept to abort it if the handshake fails half-way
+        # Kept to abort it if the handshake fails half-way. aiosmtplib types it BaseTransport but casts it to
+        # Transport itself; no isinstance(): uvloop's transports are no asyncio.Transport subclasses.
+        plain = cast("asyncio.Transport | None", session.client.transport)
         context = self._context(TlsPolicy("verify") if audit is not None else policy)
         try:
             await session.client.starttls(tls_context=context, server_hostname=target.exchange or None,

@@ -98,7 +98,9 @@ class _Collector:
         cumulative, buckets = 0, []
         for bound, count in zip((*ATTEMPT_BUCKETS, float("inf")), attempts["counts"], strict=False):
             cumulative += count
-            buckets.append(("+Inf" if bound == float("inf") else floatToGoString(bound), cumulative))
+            # prometheus_client leaves floatToGoString unannotated
+            label = "+Inf" if bound == float("inf") else floatToGoString(bound)  # type: ignore[no-untyped-call]
+            buckets.append((label, cumulative))
         yield HistogramMetricFamily("mxroute_delivery_attempt_seconds",
                                     "Duration of one delivery attempt to one destination domain (SMTP)",
                                     buckets=buckets, sum_value=attempts["sum"])

@@ -283,8 +283,7 @@ class _Planner:
                            "an MX exchange must be a host name, never dialled as an address (RFC 5321 §5.1, MX-12)")
             else:
                 usable.append(record)
-        ordered = self.sort(usable)
-        ordered = self.drop_self(ordered)
+        ordered = self.drop_self(self.sort(usable))
         if ordered is None:
             reason = f"mail for {domain} loops back to myself"
             return self.result(Verdict.PERMANENT, reason, "5.4.6", mx=shown_mx, implicit_mx=implicit)

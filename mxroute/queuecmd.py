@@ -89,7 +89,7 @@ def _list(metas: list[MessageMeta], as_json: bool) -> int:
     if not metas:
         print("queue is empty")
         return EX_OK
-    rows = [("ID", "ARRIVED", "SIZE", "SENDER", "PENDING", "NEXT TRY")]
+    rows: list[tuple[str, ...]] = [("ID", "ARRIVED", "SIZE", "SENDER", "PENDING", "NEXT TRY")]
     for meta in metas:
         due = meta.next_due()
         rows.append((

@@ -81,7 +81,7 @@ def check_level(value: object, what: str = "TLS policy level") -> Level:
     text = str(value).strip().lower() if isinstance(value, str) else value
     if text not in LEVELS:
         raise ValueError(f"unknown {what} {value!r} (one of {', '.join(LEVELS)})")
-    return text  # type: ignore[return-value]
+    return text
 
 
 def normalize_key(key: str) -> str:
