@@ -22,7 +22,6 @@ import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import cast
 
 import aiosmtplib
 from aiosmtplib.protocol import COMMAND_INJECTION_REGEX, MAX_RESPONSE_LENGTH, SMTPProtocol
@@ -621,7 +620,7 @@ class Courier:
             raise _HostFailure(tlspolicy.STATUS, tlspolicy.no_name(str(target)))
         # Kept to abort it if the handshake fails half-way. aiosmtplib types it BaseTransport but casts it to
         # Transport itself; no isinstance(): uvloop's transports are no asyncio.Transport subclasses.
-        plain = cast("asyncio.Transport | None", session.client.transport)
+        plain: asyncio.Transport | None = session.client.transport  # type: ignore[assignment, unused-ignore]
         context = self._context(TlsPolicy("verify") if audit is not None else policy)
         try:
             await session.client.starttls(tls_context=context, server_hostname=target.exchange or None,

@@ -99,7 +99,7 @@ class _Collector:
         for bound, count in zip((*ATTEMPT_BUCKETS, float("inf")), attempts["counts"], strict=False):
             cumulative += count
             # prometheus_client leaves floatToGoString unannotated
-            label = "+Inf" if bound == float("inf") else floatToGoString(bound)  # type: ignore[no-untyped-call]
+            label = "+Inf" if bound == float("inf") else floatToGoString(bound)  # type: ignore[no-untyped-call, unused-ignore]
             buckets.append((label, cumulative))
         yield HistogramMetricFamily("mxroute_delivery_attempt_seconds",
                                     "Duration of one delivery attempt to one destination domain (SMTP)",

@@ -412,7 +412,7 @@ class NetworkTransport:
         request.flags |= dns.flags.RD
         if self.authenticated_data:
             request.flags |= dns.flags.AD
-        last: Exception = dns.exception.Timeout()  # type: ignore[no-untyped-call]  # dnspython: DNSException.__init__ is unannotated
+        last: Exception = dns.exception.Timeout()  # type: ignore[no-untyped-call, unused-ignore]  # dnspython: DNSException.__init__ is unannotated
         for _ in range(self.attempts):
             for server in self.servers:
                 try:

@@ -291,7 +291,7 @@ class RelaySMTP(SMTP):
                 transport.write(f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n".encode())  # type: ignore[attr-defined]
             except (OSError, RuntimeError):
                 pass
-        super()._timeout_cb()  # type: ignore[no-untyped-call]  # aiosmtpd leaves it unannotated
+        super()._timeout_cb()  # type: ignore[no-untyped-call, unused-ignore]  # aiosmtpd leaves it unannotated
 
     # -- replies --
     async def push(self, status: Any) -> None:

@@ -65,9 +65,9 @@ class ZoneData:
     def load_text(self, text: str, source: str = "<zone>") -> None:
         """Add the records of one zone file (absolute names, or relative to its $ORIGIN)."""
         for rrset in parse_zone_text(text, source):
-            node = self.nodes.setdefault(rrset.name, dns.node.Node())  # type: ignore[no-untyped-call]  # dnspython: unannotated
+            node = self.nodes.setdefault(rrset.name, dns.node.Node())  # type: ignore[no-untyped-call, unused-ignore]  # dnspython: unannotated
             existing = node.find_rdataset(rrset.rdclass, rrset.rdtype, create=True)
-            existing.update(rrset)  # type: ignore[no-untyped-call]  # dnspython: Rdataset.update is unannotated
+            existing.update(rrset)  # type: ignore[no-untyped-call, unused-ignore]  # dnspython: Rdataset.update is unannotated
         for kind, name, rdtype in _DIRECTIVE.findall(text):
             if kind.upper() == "SECURE":
                 self.mark_secure(name, rdtype or None)
@@ -86,7 +86,7 @@ class ZoneData:
         base = dns.name.from_text(origin)
         owner = dns.name.from_text(name)
         kind = dns.rdatatype.from_text(rdtype)
-        node = self.nodes.setdefault(owner, dns.node.Node())  # type: ignore[no-untyped-call]  # dnspython: unannotated
+        node = self.nodes.setdefault(owner, dns.node.Node())  # type: ignore[no-untyped-call, unused-ignore]  # dnspython: unannotated
         rdataset = node.find_rdataset(dns.rdataclass.IN, kind, create=True)
         for text in rdatas:
             rdataset.add(dns.rdata.from_text(dns.rdataclass.IN, kind, text, origin=base, relativize=False), ttl)
@@ -198,7 +198,7 @@ def parse_zone_text(text: str, source: str = "<zone>") -> list[dns.rrset.RRset]:
     """
     manager = _AnyOriginManager(dns.name.root, False, dns.rdataclass.IN)
     try:
-        with manager.writer(True) as txn:  # type: ignore[no-untyped-call]  # dnspython: RRSetsReaderManager.writer is unannotated
+        with manager.writer(True) as txn:  # type: ignore[no-untyped-call, unused-ignore]  # dnspython: RRSetsReaderManager.writer is unannotated
             tokenizer = dns.tokenizer.Tokenizer(text, source)
             dns.zonefile.Reader(tokenizer, dns.rdataclass.IN, txn, allow_include=False, allow_directives=True).read()
     except dns.exception.DNSException as exc:
@@ -225,7 +225,7 @@ class _AnyOriginManager(dns.zonefile.RRSetsReaderManager):
 
 def _rrset(name: dns.name.Name, rdataset: dns.rdataset.Rdataset) -> dns.rrset.RRset:
     rrset = dns.rrset.RRset(name, rdataset.rdclass, rdataset.rdtype)
-    rrset.update(rdataset)  # type: ignore[no-untyped-call]  # dnspython: Rdataset.update is unannotated
+    rrset.update(rdataset)  # type: ignore[no-untyped-call, unused-ignore]  # dnspython: Rdataset.update is unannotated
     return rrset
 
 
@@ -248,7 +248,7 @@ class ZoneTransport:
             query.flags |= dns.flags.AD
         response = self.data.answer(query)
         if response is None:
-            raise dns.exception.Timeout()  # type: ignore[no-untyped-call]  # dnspython: DNSException.__init__ is unannotated
+            raise dns.exception.Timeout()  # type: ignore[no-untyped-call, unused-ignore]  # dnspython: DNSException.__init__ is unannotated
         return response
 
 
