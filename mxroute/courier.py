@@ -618,9 +618,7 @@ class Courier:
         target = session.target
         if policy.verify and not target.exchange:  # an address literal: no name to verify
             raise _HostFailure(tlspolicy.STATUS, tlspolicy.no_name(str(target)))
-        # Kept to abort it if the handshake fails half-way. aiosmtplib types it BaseTransport but casts it to
-        # Transport itself; no isinstance(): uvloop's transports are no asyncio.Transport subclasses.
-        plain: asyncio.Transport | None = session.client.transport  # type: ignore[assignment, unused-ignore]
+        plain = session.client.transport  # kept to abort it if the handshake fails half-way
         context = self._context(TlsPolicy("verify") if audit is not None else policy)
         try:
             await session.client.starttls(tls_context=context, server_hostname=target.exchange or None,
@@ -642,7 +640,10 @@ class Courier:
         except (*_WIRE_ERRORS, ssl.SSLError) as exc:
             session.client.close()
             if plain is not None:
-                plain.abort()  # asyncio leaves it "closing" with the socket open after a failed start_tls
+                # asyncio leaves it "closing" with the socket open after a failed start_tls. The ignore:
+                # aiosmtplib types it BaseTransport though it is a Transport (it casts it so itself), and
+                # no isinstance() as uvloop's transports are no asyncio.Transport subclasses
+                plain.abort()  # type: ignore[attr-defined, unused-ignore]
                 await asyncio.sleep(0)
             if policy.required:  # TLS-3: never plain text
                 verification = isinstance(exc, ssl.SSLCertVerificationError)
