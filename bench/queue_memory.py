@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mxroute.spool import MessageMeta, RecipientState, encode, new_queue_id  # noqa: E402
+from mxroute.spool import MessageMeta, RecipientState, encode, new_queue_id
 
 BODY = (b"From: bench@sender.test\r\nTo: someone@unreachable.test\r\nSubject: queued\r\n\r\n"
         + b"".join(b"%05d " % i + b"x" * 64 + b"\r\n" for i in range(31)))  # ~2.3 KB

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from mxroute.errors import EX_CONFIG, EX_USAGE, EX_OK, MxrouteError, ConfigError, AddressError
+from mxroute.errors import EX_CONFIG, EX_OK, EX_USAGE, AddressError, ConfigError, MxrouteError
 
 PROG = "mxroute"
 
@@ -34,7 +34,7 @@ def _ip_argument(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
 
 
-def _common() -> argparse.ArgumentParser:
+def _common() -> _Parser:
     common = _Parser(add_help=False)
     common.add_argument("--config", metavar="FILE", help="TOML settings file (default: $MXROUTE_CONFIG, else /etc/mxroute/mxroute.toml)")
     common.add_argument("--dns", metavar="SERVER[:PORT]", action="append", default=[], type=_dns_server,

@@ -146,7 +146,7 @@ class _PipeliningProtocol(SMTPProtocol):
         while True:
             try:
                 response = self._read_response_from_buffer()
-            except Exception as exc:  # malformed reply: the session is over
+            except Exception as exc:  # noqa: BLE001 -- any malformed reply ends the session
                 del self._buffer[:]
                 self._hand(exc)
                 return
@@ -387,7 +387,7 @@ class Courier:
             await self._walk(plan, attempt, valid)
         out = [attempt.results[r.address] for r in recipients]
         delay = time.monotonic() - started
-        for result in dict((r.recipient, r) for r in out).values():
+        for result in {r.recipient: r for r in out}.values():
             _log_result(queue_id, result, delay)
         return out
 
@@ -438,9 +438,10 @@ class Courier:
                     pending = await self._transactions(session, attempt, pending)
                 except _Stale:  # a pooled connection the server had closed: a new one (SESS-17)
                     self.stats["reused"] -= 1
-                    session, _ = await self._open(target, attempt, pending, pool=False)
-                    if session is None:
+                    fresh, _ = await self._open(target, attempt, pending, pool=False)
+                    if fresh is None:
                         continue
+                    session = fresh
                     pending = await self._transactions(session, attempt, pending)
             except _HostFailure as exc:
                 attempt.soft(pending, exc.status, exc.reply, target, remote=exc.remote)
@@ -664,7 +665,10 @@ class Courier:
         except (*_WIRE_ERRORS, ssl.SSLError) as exc:
             session.client.close()
             if plain is not None:
-                plain.abort()  # asyncio leaves it "closing" with the socket open after a failed start_tls
+                # asyncio leaves it "closing" with the socket open after a failed start_tls. The ignore:
+                # aiosmtplib types it BaseTransport though it is a Transport (it casts it so itself), and
+                # no isinstance() as uvloop's transports are no asyncio.Transport subclasses
+                plain.abort()  # type: ignore[attr-defined, unused-ignore]
                 await asyncio.sleep(0)
             if policy.required:  # TLS-3: never plain text
                 verification = isinstance(exc, ssl.SSLCertVerificationError)

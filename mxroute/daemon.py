@@ -240,7 +240,8 @@ async def _main(settings: Settings, loader: Loader) -> int:
         log.info("removed stale temporary file %s (an intake that never got its 250)", name)
     link = link_for(settings, spool)
     resolver = resolver_from_settings(settings)  # intake's (sender check, identity self-check); delivery has its own
-    from mxroute.selfcheck import watch  # the identity self-check: warnings only, off the hot path (SPF-10, SPF-12)
+    # the identity self-check: warnings only, off the hot path (SPF-10, SPF-12)
+    from mxroute.selfcheck import watch
 
     intake = Intake(settings, spool, watch(settings, resolver, link.queued), resolver=resolver)
     servers: list[asyncio.base_events.Server] = []

@@ -254,8 +254,9 @@ class ChildLink:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = {k: v for k, v in os.environ.items() if k not in _CHILD_ENV_DROP}
         try:
-            # From the loop's (main) thread: PR_SET_PDEATHSIG follows the thread that forked.
-            self._proc = subprocess.Popen(
+            # From the loop's (main) thread: PR_SET_PDEATHSIG follows the thread that forked, so this
+            # brief fork/exec stays on the loop (once per child start) instead of going to an executor.
+            self._proc = subprocess.Popen(  # noqa: ASYNC220
                 [sys.executable, "-c", "from mxroute.delivery import child_main; child_main()",
                  str(theirs.fileno()), str(os.getpid())],
                 pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
@@ -278,8 +279,9 @@ class ChildLink:
     async def _wait_ready(self) -> None:
         assert self._ready is not None and self._lines is not None
         lost = asyncio.ensure_future(self._lines.lost.wait())
+        waiters: list[asyncio.Future[Any]] = [self._ready, lost]
         try:
-            await asyncio.wait([self._ready, lost], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
             lost.cancel()
         if not self._ready.done():
@@ -365,7 +367,7 @@ class ChildLink:
         self._flushing = False
         lines = self._lines
         transport = lines.transport if lines is not None else None
-        if transport is None or transport.is_closing():
+        if lines is None or transport is None or transport.is_closing():
             self._ids.clear()  # the child is gone: the next one recovers them from the spool
             return
         # A child still recovering reads them when done (its scan may have listed the spool before).
@@ -510,7 +512,12 @@ async def _child(settings: Settings, sock: socket.socket, rest: bytes) -> int:
     _, lines = await loop.create_unix_connection(lambda: _Lines(on_line), sock=sock)
     if rest:
         lines.data_received(rest)
-    loop.add_signal_handler(signal.SIGTERM, lambda: (grace.__setitem__(0, 4.0), stop.set()))
+
+    def on_sigterm() -> None:
+        grace[0] = 4.0
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     delivery.start()
     lines.send({"op": "ready"})
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime
 
 from mxroute.envelope import Envelope, Recipient, RecipientResult
@@ -61,10 +61,10 @@ def dsn_recipient(sender: str) -> str | None:
 
 def _date(value: datetime | float | None) -> datetime:
     if value is None:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    return datetime.fromtimestamp(float(value), timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromtimestamp(float(value), UTC)
 
 
 def _field(name: str, value: str) -> str:
@@ -250,4 +250,4 @@ def _human_text(mta: str, action: str, results: list[RecipientResult], until: da
     return "\r\n".join(lines) + "\r\n"
 
 
-__all__ = ["build_dsn", "dsn_recipient", "safe_text", "MAX_RETURN_SIZE"]
+__all__ = ["MAX_RETURN_SIZE", "build_dsn", "dsn_recipient", "safe_text"]

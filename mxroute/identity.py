@@ -280,7 +280,7 @@ def render_identity(reports: list[IdentityReport]) -> str:
         rows.append(("HELO", report.helo, helo_state, why))
         widths = [max(len(str(row[i])) for row in rows) for i in range(3)]
         for row in rows:
-            cells = [f"{str(row[i]):<{widths[i]}}" for i in range(3)]
+            cells = [f"{row[i]!s:<{widths[i]}}" for i in range(3)]
             out.append(f"  {'  '.join(cells)}  {row[3]}".rstrip())
         for finding in report.findings:
             out.append(f"  warning {finding.code}: {finding.message}")

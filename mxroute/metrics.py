@@ -29,7 +29,6 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
 from mxroute.delivery import ATTEMPT_BUCKETS
-
 from mxroute.errors import EX_OSERR, MxrouteError
 from mxroute.settings import parse_hostport
 
@@ -108,7 +107,9 @@ class _Collector:
         cumulative, buckets = 0, []
         for bound, count in zip((*ATTEMPT_BUCKETS, float("inf")), attempts["counts"], strict=False):
             cumulative += count
-            buckets.append(("+Inf" if bound == float("inf") else floatToGoString(bound), cumulative))
+            # prometheus_client leaves floatToGoString unannotated
+            label = "+Inf" if bound == float("inf") else floatToGoString(bound)  # type: ignore[no-untyped-call, unused-ignore]
+            buckets.append((label, cumulative))
         yield HistogramMetricFamily("mxroute_delivery_attempt_seconds",
                                     "Duration of one delivery attempt to one destination domain (SMTP)",
                                     buckets=buckets, sum_value=attempts["sum"])

@@ -283,8 +283,7 @@ class _Planner:
                            "an MX exchange must be a host name, never dialled as an address (RFC 5321 §5.1, MX-12)")
             else:
                 usable.append(record)
-        ordered = self.sort(usable)
-        ordered = self.drop_self(ordered)
+        ordered = self.drop_self(self.sort(usable))
         if ordered is None:
             reason = f"mail for {domain} loops back to myself"
             return self.result(Verdict.PERMANENT, reason, "5.4.6", mx=shown_mx, implicit_mx=implicit)
@@ -405,10 +404,9 @@ class _Planner:
                     found += 1
             if found == 0 and not any(
                 (a := host.answer(f)) is not None and a.outcome.temporary for f in self.policy.families
-            ):
-                if not any(p.exchange == record.exchange for p in self.pruned):
-                    families = "/".join("AAAA" if f == 6 else "A" for f in self.policy.families)
-                    self.prune(record.exchange, None, "no-address", f"{record.exchange} has no {families} record")
+            ) and not any(p.exchange == record.exchange for p in self.pruned):
+                families = "/".join("AAAA" if f == 6 else "A" for f in self.policy.families)
+                self.prune(record.exchange, None, "no-address", f"{record.exchange} has no {families} record")
         if len(self.policy.families) == 2:
             first, second = self.policy.families
             self.decide("MX-15", "RFC 3974 §3", f"each host's IPv{first} addresses before its IPv{second} addresses (address_family={self.policy.family})")

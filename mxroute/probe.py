@@ -36,11 +36,11 @@ async def probe(
     skipped: list[str] = []  # hosts delivery would skip: MTA-STS enforce (TLS-6), a failed TLSA lookup (TLS-7)
     candidates: list[tuple[Target, TlsPolicy | None]] = []
     for target in plan.targets:
-        host_tls, refusal, _ = hosttls.for_host(tls or TlsPolicy(), plan.dane, sts, target)
+        policy, refusal, _ = hosttls.for_host(tls or TlsPolicy(), plan.dane, sts, target)
         if refusal is not None:
             skipped.append(f"{target}: {refusal}")
         else:
-            candidates.append((target, host_tls if tls is not None else None))
+            candidates.append((target, policy if tls is not None else None))
     for target, host_tls in candidates[:limit]:
         started = time.perf_counter()
         client = aiosmtplib.SMTP(

@@ -11,6 +11,7 @@ never bounce a bounce), RFC 3461/3464 (DSN), checklist RTY-1..5, DSN-1..3/7/8/10
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import logging
 import random
@@ -247,7 +248,7 @@ class QueueManager:
                 self._forced.discard(queue_id)
                 task = asyncio.create_task(self._process(queue_id, force), name=f"deliver-{queue_id}")
                 self._inflight[queue_id] = task
-                task.add_done_callback(lambda _t, q=queue_id: self._done(q))
+                task.add_done_callback(functools.partial(self._done, queue_id))
             self._wake.clear()
             timeout = POLL_SECONDS
             if self._heap and len(self._inflight) < self._max_inflight:
@@ -268,7 +269,7 @@ class QueueManager:
         await asyncio.gather(*(self._process(q, q in forced) for q in due))
         return len(due)
 
-    def _done(self, queue_id: str) -> None:
+    def _done(self, queue_id: str, _task: asyncio.Task[None]) -> None:
         self._inflight.pop(queue_id, None)
         again = self._again.pop(queue_id, None)
         if again is not None:

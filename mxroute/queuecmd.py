@@ -14,10 +14,10 @@ import sys
 import time
 from typing import Any
 
-from mxroute.errors import EX_NOINPUT, EX_OK, EX_USAGE, EX_CANTCREAT, SpoolError
+from mxroute.errors import EX_CANTCREAT, EX_NOINPUT, EX_OK, EX_USAGE, SpoolError
 from mxroute.queue import safe_text
 from mxroute.settings import Settings
-from mxroute.spool import PENDING, CorruptFile, MessageMeta, QUEUE_ID, Spool
+from mxroute.spool import PENDING, QUEUE_ID, CorruptFile, MessageMeta, Spool
 
 
 def queue_command(settings: Settings, action: str, queue_id: str | None, as_json: bool) -> int:
@@ -89,7 +89,7 @@ def _list(metas: list[MessageMeta], as_json: bool) -> int:
     if not metas:
         print("queue is empty")
         return EX_OK
-    rows = [("ID", "ARRIVED", "SIZE", "SENDER", "PENDING", "NEXT TRY")]
+    rows: list[tuple[str, ...]] = [("ID", "ARRIVED", "SIZE", "SENDER", "PENDING", "NEXT TRY")]
     for meta in metas:
         due = meta.next_due()
         rows.append((

@@ -28,6 +28,7 @@ import dns.name
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
+import dns.rdtypes.ANY.SOA
 import dns.rrset
 
 MAX_CNAME_CHAIN = 16  # as mox; RFC 5321 §5.1 only says "process as if it were the initial name"
@@ -338,8 +339,9 @@ def _find(section: list[dns.rrset.RRset], name: dns.name.Name, rdtype: dns.rdata
 def _negative_ttl(response: dns.message.Message) -> int:
     """RFC 2308 §5: min(SOA TTL, SOA MINIMUM) of the authority section's SOA."""
     for rrset in response.authority:
-        if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
-            return min(rrset.ttl, rrset[0].minimum, MAX_TTL)
+        soa = rrset[0] if len(rrset) else None
+        if isinstance(soa, dns.rdtypes.ANY.SOA.SOA):
+            return min(rrset.ttl, soa.minimum, MAX_TTL)
     return DEFAULT_NEGATIVE_TTL
 
 
@@ -410,7 +412,7 @@ class NetworkTransport:
         request.flags |= dns.flags.RD
         if self.authenticated_data:
             request.flags |= dns.flags.AD
-        last: Exception = dns.exception.Timeout()
+        last: Exception = dns.exception.Timeout()  # type: ignore[no-untyped-call, unused-ignore]  # dnspython: DNSException.__init__ is unannotated
         for _ in range(self.attempts):
             for server in self.servers:
                 try:

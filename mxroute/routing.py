@@ -13,8 +13,18 @@ import random
 
 from mxroute import dane
 from mxroute.address import parse_literal
-from mxroute.plan import DomainFacts, HostFacts, Plan, RoutingPolicy, build_plan, is_ip_name, mx_records, MAX_MX_NAMES
-from mxroute.plan import Decision, Verdict
+from mxroute.plan import (
+    MAX_MX_NAMES,
+    Decision,
+    DomainFacts,
+    HostFacts,
+    Plan,
+    RoutingPolicy,
+    Verdict,
+    build_plan,
+    is_ip_name,
+    mx_records,
+)
 from mxroute.resolver import Answer, Outcome, Resolver
 from mxroute.settings import Settings, parse_hostport
 from mxroute.tlspolicy import STATUS, policy_for

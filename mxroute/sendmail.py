@@ -76,11 +76,11 @@ def parse_args(argv: Sequence[str]) -> tuple[bool, bool, str | None, list[str]]:
             extract = True
         elif arg in ("-i", "-oi"):
             dot_ok = True
-        elif arg.startswith("-f") or arg.startswith("-r"):
+        elif arg.startswith(("-f", "-r")):
             sender = arg[2:] or (args.pop(0) if args else None)
             if sender is None:
                 raise Usage(f"{arg} needs an address")
-        elif arg.startswith("-F") or arg.startswith("-B") or arg.startswith("-N") or arg.startswith("-R") or arg.startswith("-V") or arg.startswith("-X"):
+        elif arg.startswith(("-F", "-B", "-N", "-R", "-V", "-X")):
             if len(arg) == 2 and args:
                 args.pop(0)
         elif arg in _IGNORED or arg.startswith("-o"):

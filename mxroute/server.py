@@ -36,7 +36,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope as SMTPEnvelope, LoginPassword, Session
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
+from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
 from mxroute.address import Address, parse_path
 from mxroute.envelope import Recipient
@@ -52,7 +53,7 @@ log = logging.getLogger("mxroute.server")
 BARE_CR = re.compile(rb"\r(?!\n)")
 BARE_LF = re.compile(rb"(?<!\r)\n")
 MAX_LINE = 998  # RFC 5321 §4.5.3.1.6: 1000 octets with the CRLF
-RECEIVED = re.compile(rb"^Received[ \t]*:", re.I | re.M)
+RECEIVED = re.compile(rb"^Received[ \t]*:", re.IGNORECASE | re.MULTILINE)
 XTEXT = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-Fa-f]{2})*\Z")  # RFC 3461 §4: xchar / "+" 2HEXCHAR
 ENHANCED = re.compile(r"\d\.\d{1,3}\.\d{1,3}( |\Z)")
 MAX_AUTH_FAILURES = 3  # SEC-8: then the connection is closed
@@ -290,7 +291,7 @@ class RelaySMTP(SMTP):
                 transport.write(f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n".encode())  # type: ignore[attr-defined]
             except (OSError, RuntimeError):
                 pass
-        super()._timeout_cb()
+        super()._timeout_cb()  # type: ignore[no-untyped-call, unused-ignore]  # aiosmtpd leaves it unannotated
 
     # -- replies --
     async def push(self, status: Any) -> None:
@@ -396,6 +397,8 @@ class Intake:
         self.storing = 0
         self.closing = False
         self._free_checked = (0.0, True)
+        self._relay_nets: object = None  # the networks _relay_seen was computed for
+        self._relay_seen: dict[str, bool] = {}  # client address -> may relay
         self.stats = {"accepted": 0, "rejected": 0}
         self._tls: ssl.SSLContext | None = None
 
@@ -559,9 +562,6 @@ class Intake:
         return ok
 
     # -- RCPT --
-    _relay_nets: Any = None  # the networks _relay_seen was computed for
-    _relay_seen: dict[str, bool] = {}  # client address -> may relay (replaced per instance on first use)
-
     def relay_allowed(self, session: Session) -> bool:
         """SEC-3: a client in relay_networks, or authenticated (SEC-8)."""
         if session.authenticated:

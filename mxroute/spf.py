@@ -52,7 +52,7 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9\-_.]*")  # §4.6.1 name
 _TOPLABEL = re.compile(r"(?:[A-Za-z0-9]*[A-Za-z][A-Za-z0-9]*|[A-Za-z0-9]+-[A-Za-z0-9-]*[A-Za-z0-9])\Z")
 _CIDR4 = re.compile(r"(?:0|[1-9][0-9]?)\Z")  # §5.6 ip4-cidr-length digits
 _CIDR6 = re.compile(r"(?:0|[1-9][0-9]{0,2})\Z")
-_DUAL = re.compile(r"(?::(?P<spec>.*?))?(?:/(?P<c4>[0-9]+))?(?://(?P<c6>[0-9]+))?", re.S)
+_DUAL = re.compile(r"(?::(?P<spec>.*?))?(?:/(?P<c4>[0-9]+))?(?://(?P<c6>[0-9]+))?", re.DOTALL)
 _QNUM_QUAD = re.compile(r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}\Z")
 
 
@@ -161,7 +161,7 @@ def parse_macro_string(text: str, *, exp: bool = False) -> tuple[MacroToken, ...
         if close < 0:
             raise PermError(f"unterminated macro in {text!r} (§7.1)")
         body = text[i + 2 : close]
-        m = re.fullmatch(r"([A-Za-z])([0-9]*)([rR]?)(.*)", body, re.S)
+        m = re.fullmatch(r"([A-Za-z])([0-9]*)([rR]?)(.*)", body, re.DOTALL)
         if not m or m.group(1).lower() not in MACRO_LETTERS:
             raise PermError(f"unknown macro %{{{body}}} (§7.2)")
         letter, digits, rev, delims = m.groups()
@@ -194,7 +194,7 @@ def parse_domain_spec(text: str) -> tuple[MacroToken, ...]:
     if isinstance(last, Macro):
         return tokens  # domain-end = macro-expand
     # domain-end = "." toplabel [ "." ] inside the final literal run
-    tail = last[:-1] if last.endswith(".") else last
+    tail = last.removesuffix(".")
     dot = tail.rfind(".")
     if dot < 0 or not _TOPLABEL.match(tail[dot + 1 :]):
         raise PermError(f"domain-spec {text!r} does not end in '.' toplabel or a macro (§7.1)")
@@ -307,7 +307,7 @@ def parse_record(text: str) -> Record:
 
 def domain_problem(domain: str) -> str | None:
     """Why ``domain`` cannot be looked up (§4.3: label > 63, empty label, too long), or None."""
-    name = domain[:-1] if domain.endswith(".") else domain
+    name = domain.removesuffix(".")
     if not name:
         return "empty domain"
     if len(name.encode("utf-8", "surrogateescape")) > MAX_DOMAIN:
@@ -325,7 +325,7 @@ _PLAIN_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\Z")
 
 def qname(domain: str) -> str:
     """A lookup name the resolver parses back exactly: every odd octet written as \\DDD."""
-    name = domain[:-1] if domain.endswith(".") else domain
+    name = domain.removesuffix(".")
     if _PLAIN_NAME.match(name):
         return name  # the common case: nothing to escape
     labels = [label.encode("utf-8", "surrogateescape") for label in name.split(".")]

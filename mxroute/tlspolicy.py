@@ -81,7 +81,7 @@ def check_level(value: object, what: str = "TLS policy level") -> Level:
     text = str(value).strip().lower() if isinstance(value, str) else value
     if text not in LEVELS:
         raise ValueError(f"unknown {what} {value!r} (one of {', '.join(LEVELS)})")
-    return text  # type: ignore[return-value]
+    return text
 
 
 def normalize_key(key: str) -> str:
@@ -236,7 +236,7 @@ def check_ca_file(path: Path) -> Path:
 
 
 __all__ = [
-    "LEVELS", "Level", "STATUS", "TlsPolicy", "check_ca_file", "check_level", "handshake_failed",
+    "LEVELS", "STATUS", "Level", "TlsPolicy", "check_ca_file", "check_level", "handshake_failed",
     "no_name", "normalize_table", "not_offered", "opportunistic_context", "policy_for", "probe_verdict", "refused",
     "satisfied", "verify_context",
 ]

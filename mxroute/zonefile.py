@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.name
@@ -35,11 +36,10 @@ import dns.rdatatype
 import dns.rrset
 import dns.tokenizer
 import dns.zonefile
-import dns.exception
 
 from mxroute.resolver import Outcome
 
-_DIRECTIVE = re.compile(r"^\s*;\s*mxroute:\s*(SERVFAIL|TIMEOUT|SECURE)\s+(\S+)(?:\s+(\S+))?\s*$", re.I | re.M)
+_DIRECTIVE = re.compile(r"^\s*;\s*mxroute:\s*(SERVFAIL|TIMEOUT|SECURE)\s+(\S+)(?:\s+(\S+))?\s*$", re.IGNORECASE | re.MULTILINE)
 # RFC 6895 §3.1 private-use type: marks a name that exists with no records of the asked type.
 EXISTS_MARKER = dns.rdatatype.RdataType.make(65280)
 MAX_CHAIN = 16
@@ -65,9 +65,9 @@ class ZoneData:
     def load_text(self, text: str, source: str = "<zone>") -> None:
         """Add the records of one zone file (absolute names, or relative to its $ORIGIN)."""
         for rrset in parse_zone_text(text, source):
-            node = self.nodes.setdefault(rrset.name, dns.node.Node())
+            node = self.nodes.setdefault(rrset.name, dns.node.Node())  # type: ignore[no-untyped-call, unused-ignore]  # dnspython: unannotated
             existing = node.find_rdataset(rrset.rdclass, rrset.rdtype, create=True)
-            existing.update(rrset)
+            existing.update(rrset)  # type: ignore[no-untyped-call, unused-ignore]  # dnspython: Rdataset.update is unannotated
         for kind, name, rdtype in _DIRECTIVE.findall(text):
             if kind.upper() == "SECURE":
                 self.mark_secure(name, rdtype or None)
@@ -86,7 +86,7 @@ class ZoneData:
         base = dns.name.from_text(origin)
         owner = dns.name.from_text(name)
         kind = dns.rdatatype.from_text(rdtype)
-        node = self.nodes.setdefault(owner, dns.node.Node())
+        node = self.nodes.setdefault(owner, dns.node.Node())  # type: ignore[no-untyped-call, unused-ignore]  # dnspython: unannotated
         rdataset = node.find_rdataset(dns.rdataclass.IN, kind, create=True)
         for text in rdatas:
             rdataset.add(dns.rdata.from_text(dns.rdataclass.IN, kind, text, origin=base, relativize=False), ttl)
@@ -198,7 +198,7 @@ def parse_zone_text(text: str, source: str = "<zone>") -> list[dns.rrset.RRset]:
     """
     manager = _AnyOriginManager(dns.name.root, False, dns.rdataclass.IN)
     try:
-        with manager.writer(True) as txn:
+        with manager.writer(True) as txn:  # type: ignore[no-untyped-call, unused-ignore]  # dnspython: RRSetsReaderManager.writer is unannotated
             tokenizer = dns.tokenizer.Tokenizer(text, source)
             dns.zonefile.Reader(tokenizer, dns.rdataclass.IN, txn, allow_include=False, allow_directives=True).read()
     except dns.exception.DNSException as exc:
@@ -225,7 +225,7 @@ class _AnyOriginManager(dns.zonefile.RRSetsReaderManager):
 
 def _rrset(name: dns.name.Name, rdataset: dns.rdataset.Rdataset) -> dns.rrset.RRset:
     rrset = dns.rrset.RRset(name, rdataset.rdclass, rdataset.rdtype)
-    rrset.update(rdataset)
+    rrset.update(rdataset)  # type: ignore[no-untyped-call, unused-ignore]  # dnspython: Rdataset.update is unannotated
     return rrset
 
 
@@ -248,7 +248,7 @@ class ZoneTransport:
             query.flags |= dns.flags.AD
         response = self.data.answer(query)
         if response is None:
-            raise dns.exception.Timeout()
+            raise dns.exception.Timeout()  # type: ignore[no-untyped-call, unused-ignore]  # dnspython: DNSException.__init__ is unannotated
         return response
 
 

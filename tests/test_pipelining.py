@@ -51,7 +51,7 @@ def _send(runner: Callable[[Coroutine[Any, Any, Any]], Any], sink: Sink,
 def test_sess16_pipelined_rcpts_each_reply_checked_in_order(runner: Any) -> None:
     replies = {"RCPT": {"b@dest.test": "550 5.1.1 no such user", "c@dest.test": "450 4.2.1 busy"}}
     with Sink("127.0.1.1", replies=replies) as sink:
-        courier, [results] = _send(runner, sink, [["a@dest.test", "b@dest.test", "c@dest.test", "d@dest.test"]])
+        _, [results] = _send(runner, sink, [["a@dest.test", "b@dest.test", "c@dest.test", "d@dest.test"]])
         r = by(results)
         assert r["a@dest.test"].disposition is Disposition.DELIVERED
         assert (r["b@dest.test"].disposition, r["b@dest.test"].status) == (Disposition.BOUNCED, "5.1.1")

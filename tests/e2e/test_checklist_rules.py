@@ -23,7 +23,7 @@ from tests.support.relay import MSG, ROOT, World, wait_for
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "mxroute", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=30)
+                          capture_output=True, text=True, timeout=30, check=False)
 
 
 def test_sec4_open_relay_configuration_refused_at_start(tmp_path: Path) -> None:
@@ -75,7 +75,7 @@ def test_tls4_starttls_discards_pipelined_plaintext(world: World) -> None:
             tls.settimeout(1.0)
             try:
                 early = tls.recv(1000)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 early = b""
             assert early == b"", f"plaintext injected before the handshake was answered inside TLS: {early!r}"
             tls.settimeout(10)

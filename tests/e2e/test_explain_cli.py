@@ -61,7 +61,7 @@ def explain(args: list[str], env: dict[str, str] | None = None) -> subprocess.Co
     full_env.update({"MXROUTE_HELO_NAME": "me.t", "PYTHONPATH": str(ROOT)})
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "mxroute", "explain", *args], capture_output=True, text=True, env=full_env, timeout=60, cwd=ROOT
+        [sys.executable, "-m", "mxroute", "explain", *args], capture_output=True, text=True, env=full_env, timeout=60, cwd=ROOT, check=False
     )
 
 
@@ -184,7 +184,7 @@ def test_exp1_probe_reports_banner_and_extensions_and_sends_no_mail(dns_server: 
     from tests.support.smtpsink import Sink
 
     with Sink("127.0.1.41") as sink:  # nothing listens on 127.0.1.40: refused
-        dns_server.set_zone(f"""
+        dns_server.set_zone("""
 $ORIGIN p.
 $TTL 300
 @ IN SOA ns.p. h.p. 1 3600 600 86400 60

@@ -34,7 +34,7 @@ def explain(dns: DNSServer, args: list[str], **settings: Any) -> subprocess.Comp
                 "MXROUTE_CONNECT_TIMEOUT": "2"})
     env.update({f"MXROUTE_{k.upper()}": v if isinstance(v, str) else json.dumps(v) for k, v in settings.items()})
     return subprocess.run([sys.executable, "-m", "mxroute", "explain", "--dns", dns.address, *args],
-                          capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
+                          capture_output=True, text=True, env=env, timeout=60, cwd=ROOT, check=False)
 
 
 @pytest.fixture

@@ -217,7 +217,7 @@ def test_watchdog_pings_and_journald_priorities(world: World, notify: NotifySock
         assert client.rcpt("u@dest.test")[0] == 554
     assert relay.terminate() == 0
     lines = relay.log().splitlines()
-    assert "<6>mxroute.daemon: listening on 127.0.0.1:%d" % relay.port in lines
+    assert f"<6>mxroute.daemon: listening on 127.0.0.1:{relay.port}" in lines
     assert any(line.startswith("<6>mxroute.server: reject: RCPT from 127.0.0.9") for line in lines)
     assert all(re.match(r"<[2-7]>[\w.]+: ", line) for line in lines), lines
 

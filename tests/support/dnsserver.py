@@ -16,6 +16,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Self
 
 import dns.flags
 import dns.message
@@ -94,7 +95,7 @@ class DNSServer:
     def respond(self, wire: bytes, transport: str) -> bytes | None:
         try:
             request = dns.message.from_wire(wire)
-        except Exception:
+        except Exception:  # noqa: BLE001 -- any garbage on the wire is dropped, as a server would
             return None
         question = request.question[0]
         qname = question.name.to_text(omit_final_dot=True).lower()
@@ -112,7 +113,7 @@ class DNSServer:
             response.flags |= dns.flags.TC
         return response.to_wire(max_size=65535)
 
-    def start(self) -> DNSServer:
+    def start(self) -> Self:
         owner = self
 
         class UDPHandler(socketserver.BaseRequestHandler):
@@ -168,7 +169,7 @@ class DNSServer:
         self._servers.clear()
         self._threads.clear()
 
-    def __enter__(self) -> DNSServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

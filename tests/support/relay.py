@@ -88,10 +88,9 @@ class Relay:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Relay:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "mxroute", "serve"], cwd=ROOT, env=self.env,
-                                     stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen([sys.executable, "-m", "mxroute", "serve"], cwd=ROOT, env=self.env,
+                                         stdout=log, stderr=subprocess.STDOUT)
         if not wait_for(self._ready, timeout=20):
             self.kill()
             pytest.fail(f"relay did not start:\n{self.log()}")
@@ -122,7 +121,7 @@ class Relay:
 
     def queue(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "mxroute", "queue", *args], cwd=ROOT, env=self.env,
-                              capture_output=True, text=True, timeout=30)
+                              capture_output=True, text=True, timeout=30, check=False)
 
     def queued(self) -> list[str]:
         queue_dir = self.spool / "queue"

@@ -59,7 +59,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -121,7 +121,7 @@ def _tls_files() -> tuple[Path, Path]:
 
             key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
             name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sink.test")])
-            now = datetime.datetime.now(datetime.timezone.utc)
+            now = datetime.datetime.now(datetime.UTC)
             cert = (
                 x509.CertificateBuilder()
                 .subject_name(name)
@@ -178,7 +178,7 @@ class _Threaded(abc.ABC):
                 self._server = self._loop.run_until_complete(
                     self._loop.create_server(self._protocol, host=self.host, port=self.port, reuse_address=True))
                 self.port = self._server.sockets[0].getsockname()[1]
-            except BaseException as exc:  # e.g. the address is in use: reported by start()
+            except BaseException as exc:  # noqa: BLE001 -- e.g. the address is in use: reported by start()
                 self._error = exc
                 ready.set()
                 return
@@ -673,7 +673,7 @@ class ClosedPort:
         self._socket.bind((host, 0))
         self.port: int = self._socket.getsockname()[1]
 
-    def __enter__(self) -> ClosedPort:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

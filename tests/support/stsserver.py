@@ -17,7 +17,7 @@ from __future__ import annotations
 import http.server
 import ssl
 import threading
-from typing import Any
+from typing import Any, Self
 
 
 class PolicyServer:
@@ -42,7 +42,7 @@ class PolicyServer:
     def _sni(self, _sock: Any, name: str | None, _context: Any) -> None:
         self.sni.append(name)
 
-    def start(self) -> PolicyServer:
+    def start(self) -> Self:
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -87,7 +87,7 @@ class PolicyServer:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> PolicyServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.message import Message
 
 import pytest
@@ -12,8 +12,8 @@ import pytest
 from mxroute.dsn import MAX_RETURN_SIZE, build_dsn, dsn_recipient, safe_text
 from mxroute.envelope import Disposition, Envelope, Recipient, RecipientResult
 
-ARRIVAL = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
-NOW = datetime(2026, 3, 1, 12, 5, 0, tzinfo=timezone.utc)
+ARRIVAL = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+NOW = datetime(2026, 3, 1, 12, 5, 0, tzinfo=UTC)
 ORIGINAL = (b"From: Sender <s@src.test>\r\nTo: a@dest.test\r\nSubject: quarterly numbers\r\n"
             b"Message-ID: <orig-1@src.test>\r\n\r\nThe body, which is private.\r\n")
 
@@ -96,7 +96,7 @@ def test_dsn5_no_envid_no_field() -> None:
 def test_dsn10_delayed_has_will_retry_until_and_4xx_status() -> None:
     result = RecipientResult("a@dest.test", Disposition.DEFERRED, "4.4.1", "451 4.4.1 connect to mx: refused",
                              "mx1.dest.test[192.0.2.1]:25")
-    until = datetime(2026, 3, 6, 12, 0, 0, tzinfo=timezone.utc)
+    until = datetime(2026, 3, 6, 12, 0, 0, tzinfo=UTC)
     msg = parse(build([result], action="delayed", will_retry_until=until))
     assert msg["Subject"] == "Delayed Mail (still being retried)"
     group = status_groups(msg)[1]

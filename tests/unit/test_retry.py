@@ -378,10 +378,10 @@ def test_dur7_random_crashes_never_lose_mail_and_notify_once(tmp_path_factory: p
         if point is not None:
             real = getattr(h.spool, point)
 
-            async def faulty(*args: Any, _real: Any = real) -> Any:
-                if countdown[0] == 0:
+            async def faulty(*args: Any, _real: Any = real, _countdown: list[int] = countdown) -> Any:
+                if _countdown[0] == 0:
                     raise Crash()
-                countdown[0] -= 1
+                _countdown[0] -= 1
                 return await _real(*args)
 
             setattr(h.spool, point, faulty)

@@ -61,8 +61,8 @@ MATRIX = [
      ["ptr-missing"], "set PTR of 198.51.100.7 to relay.example.com"),
     (("IN PTR relay.example.com.", "IN PTR mail.example.net."), "user@example.com", "relay.example.com",
      ["ptr-unconfirmed"], "set PTR of 198.51.100.7 to relay.example.com"),
-    (("relay.example.com.         IN A 198.51.100.7", "relay.example.com.         IN A 198.51.100.8\n"
-      "other.example.com. IN A 198.51.100.7\n7.100.51.198.in-addr.arpa. IN PTR other.example.com."),
+    (("relay.example.com.         IN A 198.51.100.7", ("relay.example.com.         IN A 198.51.100.8\n"
+      "other.example.com. IN A 198.51.100.7\n7.100.51.198.in-addr.arpa. IN PTR other.example.com.")),
      "user@example.com", "relay.example.com",
      ["helo-spf-fail", "helo-no-address", "helo-ptr-mismatch"], "set PTR of 198.51.100.7 to relay.example.com"),
     (("relay.example.com.         IN TXT \"v=spf1 a -all\"", ""), "user@example.com", "relay.example.com",
