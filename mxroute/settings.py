@@ -290,12 +290,14 @@ def load_settings(config: str | None = None, **overrides: Any) -> Settings:
 
 def _one_line(exc: ValidationError, path: Path | None) -> str:
     error = exc.errors()[0]
-    name = ".".join(str(part) for part in error["loc"] if not isinstance(part, int)) or "settings"
+    name = ".".join(str(part) for part in error["loc"] if not isinstance(part, int))
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         where = f" in {path}" if path else ""
         return f"unknown setting {name!r}{where}"
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    if not name:  # a rule across settings (the model validator): no one setting to name
+        return f"invalid settings{f' (from {path})' if path else ''}: {message}{more}"
     env = f"MXROUTE_{name.upper()}"
     source = f" (from {env})" if env in os.environ else (f" (from {path})" if path else "")
-    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     return f"setting {name}{source}: {message}{more}"

@@ -88,3 +88,17 @@ def test_check_config_piped_to_head() -> None:
                           text=True, env=env, cwd=ROOT, timeout=60, check=False)
     assert done.returncode == 0 and done.stderr == ""
     assert done.stdout.startswith("listen = ")
+
+
+def test_check_config_a_rule_across_settings_names_no_bogus_setting(tmp_path: Path) -> None:
+    """A check that spans settings (not one field) reads "invalid settings: ...", with where it came from."""
+    done = run(MXROUTE_RETRY_MIN_SECONDS="4000", MXROUTE_RETRY_MAX_SECONDS="100")
+    assert done.returncode == 78
+    assert done.stderr == ("mxroute: configuration error: invalid settings: "
+                           "retry_min_seconds must not exceed retry_max_seconds\n")
+    config = tmp_path / "mxroute.toml"
+    config.write_text('tls_cert_file = "/etc/ssl/x.pem"\n')
+    done = run("--config", str(config))
+    assert done.returncode == 78
+    assert done.stderr == (f"mxroute: configuration error: invalid settings (from {config}): "
+                           "tls_cert_file and tls_key_file go together\n")

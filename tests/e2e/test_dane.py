@@ -163,7 +163,7 @@ def test_tls7_dane_without_dns_trust_ad_is_a_config_error(world: World) -> None:
     proc = subprocess.run([sys.executable, "-m", "mxroute", "serve"], cwd=ROOT, env=relay.env,
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 78
-    assert proc.stderr.strip() == ("mxroute: configuration error: setting settings: the TLS level dane needs "
+    assert proc.stderr.strip() == ("mxroute: configuration error: invalid settings: the TLS level dane needs "
                                    "dns_trust_ad = true (dns_servers must be a DNSSEC-validating resolver; TLS-7)")
 
 
