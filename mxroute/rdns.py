@@ -22,7 +22,7 @@ from typing import Any
 
 import dns.name
 
-from mxroute.resolver import Answer, Resolver
+from mxroute.resolver import Answer, Lookups
 from mxroute.spf import IPAddress, normalize_ip, reverse_name
 
 MAX_PTR_NAMES = 10
@@ -78,7 +78,7 @@ def _contains(answer: Answer, ip: IPAddress) -> bool:
     return any(ipaddress.ip_address(rr.address) == ip for rr in answer.rrs)
 
 
-async def iprev(resolver: Resolver, ip: str | IPAddress, helo: str | None = None) -> IprevResult:
+async def iprev(resolver: Lookups, ip: str | IPAddress, helo: str | None = None) -> IprevResult:
     """RFC 8601 §3 iprev for ``ip``, plus the HELO name check; never raises for DNS failures.
 
     ``ip`` must be an IP address (ValueError otherwise). An IPv4-mapped IPv6

@@ -105,6 +105,12 @@ class QueryRecord:
         }
 
 
+class Lookups(Protocol):
+    """What SPF and iprev ask of a resolver: ``lookup`` alone (``Resolver`` is one; so is a wrapper)."""
+
+    async def lookup(self, name: str, qtype: str) -> Answer: ...
+
+
 class Transport(Protocol):
     """Asks one question and returns the raw response; raises dns.exception.Timeout on no answer."""
 

@@ -147,7 +147,7 @@ class SelfCheck:
         warnings: list[str] = []
         notes: list[str] = []
         for ip in self.egress_ips:
-            result = await check_host(tracker, ip, domain, sender, helo=self.helo)  # type: ignore[arg-type]
+            result = await check_host(tracker, ip, domain, sender, helo=self.helo)
             for finding in spf_findings(result):
                 (warnings if finding.code in WARN_SPF else notes).append(_line(ip, finding))
         warnings += await self._ptr_problems()
@@ -169,7 +169,7 @@ class SelfCheck:
                     from mxroute.rdns import iprev
 
                     tracker = _TTLTracker(self.resolver)
-                    findings = tuple(ptr_findings(await iprev(tracker, ip, self.helo), self.helo))  # type: ignore[arg-type]
+                    findings = tuple(ptr_findings(await iprev(tracker, ip, self.helo), self.helo))
                     self._ptr[ip] = (self.clock() + tracker.lifetime(), findings)
                 codes = tuple(finding.code for finding in findings)
                 if codes != self._ptr_said.get(ip, ()):

@@ -29,7 +29,7 @@ from typing import Any
 
 import dns.name
 
-from mxroute.resolver import Answer, Outcome, Resolver
+from mxroute.resolver import Answer, Lookups, Outcome
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -467,7 +467,7 @@ class SPFResult:
 class _Evaluation:
     """State of one check_host() call: counters shared across include/redirect (§4.6.4)."""
 
-    def __init__(self, resolver: Resolver, ip: IPAddress, sender: str, helo: str, options: SPFOptions) -> None:
+    def __init__(self, resolver: Lookups, ip: IPAddress, sender: str, helo: str, options: SPFOptions) -> None:
         self.resolver = resolver
         self.ip = ip
         self.sender = sender
@@ -775,7 +775,7 @@ class _Evaluation:
 
 
 async def check_host(
-    resolver: Resolver,
+    resolver: Lookups,
     ip: str | IPAddress,
     domain: str,
     sender: str,
@@ -832,7 +832,7 @@ def identity(sender: str, helo: str) -> tuple[str, str]:
 
 
 async def check_sender(
-    resolver: Resolver,
+    resolver: Lookups,
     ip: str | IPAddress,
     sender: str,
     helo: str,
@@ -845,7 +845,7 @@ async def check_sender(
 
 
 async def expand_macros(
-    resolver: Resolver,
+    resolver: Lookups,
     text: str,
     *,
     ip: str | IPAddress,
