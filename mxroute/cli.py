@@ -228,9 +228,9 @@ def _explain(args: argparse.Namespace) -> int:
     policy = policy_from_settings(settings)
     rng = random.Random(args.seed)
     report = asyncio.run(explain(address, resolver, policy, rng))
-    from mxroute.tlspolicy import policy_for
+    from mxroute.tlspolicy import of_settings
 
-    report.tls = policy_for(report.plan.domain, settings.tls_policy, settings.tls_policy_domains)  # EXP-3
+    report.tls = of_settings(report.plan.domain, settings)  # EXP-3: the lookup delivery makes
     from mxroute.explain import add_mta_sts
 
     asyncio.run(add_mta_sts(report, settings, resolver))  # EXP-3: MTA-STS (TLS-5/6)

@@ -393,8 +393,7 @@ class Courier:
 
     def tls_policy(self, domain: str) -> TlsPolicy:
         """The TLS policy for mail to ``domain`` (TLS-3; ``explain`` shows the same lookup)."""
-        s = self.settings
-        return tlspolicy.policy_for(domain, s.tls_policy, s.tls_policy_domains)
+        return tlspolicy.of_settings(domain, self.settings)
 
     async def close(self) -> None:
         """Close every idle connection (QUIT, bounded) and wait for closings in progress."""

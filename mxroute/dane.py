@@ -245,13 +245,6 @@ def host_policy(policy: TlsPolicy, dane: DanePosture | None, exchange: str) -> T
     return TlsPolicy("encrypt", "dane", host.tlsa_name)
 
 
-def decides(dane: DanePosture | None, exchange: str) -> bool:
-    """DANE governs this MX host's TLS (usable or only unusable TLSA records, or a failed TLSA
-    lookup), so no other policy is consulted for it: DANE over MTA-STS (RFC 8461 §2)."""
-    host = dane.host(exchange) if dane is not None and exchange else None
-    return host is not None and host.need is not Need.MAY
-
-
 def deferral(dane: DanePosture | None, exchange: str, target: str) -> str | None:
     """The reply for a host delivery must skip because its TLSA lookup failed, or None."""
     host = dane.host(exchange) if dane is not None and exchange else None

@@ -23,10 +23,11 @@ class HostTls(NamedTuple):
 def for_host(tls: TlsPolicy, posture: dane.DanePosture | None, sts: mtasts.Lookup | None, target: Target) -> HostTls:
     """The policy delivery applies to ``target`` given the domain's ``tls``, the plan's DANE
     ``posture`` and the destination's MTA-STS lookup ``sts`` (None: not consulted)."""
-    refusal = dane.deferral(posture, target.exchange, str(target))  # the TLSA lookup failed
-    if refusal is not None:
-        return HostTls(tls, refusal, "TLS-7")
-    if dane.decides(posture, target.exchange):
+    host = posture.host(target.exchange) if posture is not None and target.exchange else None
+    if host is not None and host.need is not dane.Need.MAY:  # DNSSEC-secure TLSA records (or their failure)
+        refusal = dane.deferral(posture, target.exchange, str(target))  # the TLSA lookup failed
+        if refusal is not None:
+            return HostTls(tls, refusal, "TLS-7")
         return HostTls(dane.host_policy(tls, posture, target.exchange), None, "TLS-7")
     policy, refusal = mtasts.host_policy(sts, target.exchange, tls)
     return HostTls(policy, refusal, "TLS-6")

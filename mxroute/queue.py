@@ -20,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from mxroute import dsn
 from mxroute.address import parse_address
 from mxroute.envelope import Disposition, Envelope, Recipient, RecipientResult
 from mxroute.errors import MxrouteError
@@ -74,11 +75,8 @@ def retry_delay(attempts: int, minimum: float, maximum: float, rng: random.Rando
 
 
 def safe_text(text: str, limit: int = 400) -> str:
-    """Peer-supplied text made safe for a log line or header: no controls, one line, bounded (SEC-6)."""
-    if text.isascii() and text.isprintable():  # the common case, " " to "~" only: nothing to replace
-        return text if len(text) <= limit else text[: limit - 3] + "..."
-    out = "".join(ch if (" " <= ch <= "~" or ch > "\x9f") and not ("\ud800" <= ch <= "\udfff") else "?" for ch in text)
-    return out if len(out) <= limit else out[: limit - 3] + "..."
+    """``dsn.safe_text`` with the bound of a log line or a queue listing (SEC-6)."""
+    return dsn.safe_text(text, limit)
 
 
 class QueueManager:
@@ -475,16 +473,14 @@ class QueueManager:
     def _build(self, **kwargs: Any) -> bytes:
         if self._dsn_builder is not None:
             return self._dsn_builder(**kwargs)
-        from mxroute.dsn import build_dsn
-
-        return build_dsn(**kwargs)
+        return dsn.build_dsn(**kwargs)
 
     async def _bounce(self, meta: MessageMeta, message: bytes, failed: list[tuple[RecipientState, RecipientResult]]) -> None:
         """One DSN for everything that failed in this attempt (DSN-7), enqueued before marking (DSN-12)."""
         batch = meta.bounces
         addresses = {r.address for r, _ in failed}
         wanted = [(r, res) for r, res in failed if r.recipient().wants("FAILURE")]
-        to = _dsn_recipient(meta.sender)
+        to = dsn.dsn_recipient(meta.sender)
         if to is None:  # DSN-3: never bounce a bounce
             log.info("%s: from=<>, failed recipient(s) %s: no bounce for a bounce, discarded",
                      meta.queue_id, ", ".join(f"<{safe_text(a)}>" for a in sorted(addresses)))
@@ -514,16 +510,16 @@ class QueueManager:
             results=[res for _, res in items], action=action, arrival=meta.arrival,
             recipients=[r.recipient() for r, _ in items], will_retry_until=until,
         )
-        dsn = MessageMeta(
+        notice = MessageMeta(
             queue_id=dsn_id, sender="", arrival=self.clock(), size=len(body), client="local",
             recipients=[RecipientState(address=to, notify=("NEVER",))],
             bounce_of={"queue_id": meta.queue_id, "batch": batch, "recipients": sorted(marks), "action": action},
         )
-        await self.spool.store(dsn, body)
+        await self.spool.store(notice, body)
         self.stats["dsn"] += 1
         kind = {"failed": "non-delivery", "delayed": "delay"}.get(action, "delivery status")  # DSN-9: relayed
         log.info("%s: sender %s notification: %s", meta.queue_id, kind, dsn_id)  # as Postfix's bounce(8)
-        self.add(dsn)
+        self.add(notice)
         return dsn_id
 
     def _warn_due(self, meta: MessageMeta, rcpt: RecipientState, now: float) -> bool:
@@ -533,7 +529,7 @@ class QueueManager:
                     and rcpt.recipient().wants("DELAY"))
 
     async def _warn(self, meta: MessageMeta, message: bytes, delayed: list[tuple[RecipientState, RecipientResult]]) -> None:
-        to = _dsn_recipient(meta.sender)
+        to = dsn.dsn_recipient(meta.sender)
         if to is None:
             return
         await self._enqueue_dsn(meta, message, delayed, to, "delayed", meta.bounces, set())
@@ -549,7 +545,7 @@ class QueueManager:
         A DSN-capable hop got NOTIFY/ORCPT and is responsible instead (§5.2.2): no local notice.
         Enqueued before the recipients are recorded as delivered (DSN-12).
         """
-        to = _dsn_recipient(meta.sender)
+        to = dsn.dsn_recipient(meta.sender)
         if to is None:  # DSN-3: nothing about a bounce
             return
         await self._enqueue_dsn(meta, message, items, to, "relayed", meta.bounces, set())
@@ -561,15 +557,6 @@ def _domain(address: str) -> str:
         return parse_address(address).domain
     except MxrouteError:
         return address.rpartition("@")[2].lower()
-
-
-def _dsn_recipient(sender: str) -> str | None:
-    """Where a DSN goes: the reverse-path's final hop, None for ``<>`` (DSN-2, DSN-3)."""
-    try:
-        from mxroute.dsn import dsn_recipient
-    except ImportError:
-        return sender or None
-    return dsn_recipient(sender)
 
 
 def _log_decision(meta: MessageMeta, rcpt: RecipientState, decision: str) -> None:

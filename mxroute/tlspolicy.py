@@ -137,6 +137,12 @@ def policy_for(domain: str, default: str, table: Mapping[str, str]) -> TlsPolicy
     return TlsPolicy(check_level(default), DEFAULT_SOURCE, None)
 
 
+def of_settings(domain: str, settings: Any) -> TlsPolicy:
+    """``policy_for`` with the settings' ``tls_policy`` and ``tls_policy_domains``: what delivery
+    applies to ``domain`` and what ``explain`` shows (TLS-3, EXP-3)."""
+    return policy_for(domain, settings.tls_policy, settings.tls_policy_domains)
+
+
 def satisfied(policy: TlsPolicy, *, tls: bool, verified_name: str | None, exchange: str,
               dane_name: str | None = None) -> bool:
     """Does a session (pooled or new) meet ``policy`` for a host named ``exchange``?
