@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mxroute.resolver import NetworkTransport, Resolver, Server
+from mxroute.dns.resolver import NetworkTransport, Resolver, Server
 from tests.support.dnsserver import DNSServer
 
 ZONE = """

@@ -32,11 +32,11 @@ import dns.message
 import dns.name
 import dns.rcode
 import dns.rdatatype
-
-from mxroute.resolver import Resolver
-from mxroute.spf import SPFOptions, check_sender, parse_record
-from mxroute.zonefile import ZoneData, ZoneTransport
 from tests.test_spf_conformance import SUITE_DIR, Case, load_suite
+
+from mxroute.dns.resolver import Resolver
+from mxroute.dns.zonefile import ZoneData, ZoneTransport
+from mxroute.identity.spf import SPFOptions, check_sender, parse_record
 
 
 class AnswerMemo(ZoneData):

@@ -1,5 +1,5 @@
 """`python -m mxroute` is the `mxroute` command."""
 
-from mxroute.cli import main
+from mxroute.cli.main import main
 
 raise SystemExit(main())

@@ -22,8 +22,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from mxroute.dns.resolver import Server
 from mxroute.errors import ConfigError
-from mxroute.resolver import Server
 
 DEFAULT_CONFIG = Path("/etc/mxroute/mxroute.toml")
 
@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     bare_newline: Literal["normalize", "reject"] = "normalize"
     allow_address_literals: bool = False
     # SPF-13: a MAIL FROM domain with a null MX → 550 5.7.27; "strict" also refuses on DNS trouble
-    # (451 4.4.3) and NXDOMAIN (550 5.1.8); "off" asks nothing (see mxroute/sendercheck.py)
+    # (451 4.4.3) and NXDOMAIN (550 5.1.8); "off" asks nothing (see mxroute/relay/intake/sendercheck.py)
     null_mx_sender: Literal["off", "reject", "strict"] = "reject"
     max_clients: int = Field(200, ge=1)
     max_clients_per_ip: int = Field(50, ge=1)  # SEC-10; relay_networks exempt (Postfix smtpd_client_connection_count_limit)
@@ -116,11 +116,11 @@ class Settings(BaseSettings):
     data_init_timeout: float = Field(120.0, gt=0)  # §4.5.3.2.4: 2 min
     data_block_timeout: float = Field(180.0, gt=0)  # §4.5.3.2.5: 3 min
     data_done_timeout: float = Field(600.0, gt=0)  # §4.5.3.2.6: 10 min
-    # TLS-3: Postfix smtp_tls_security_level / smtp_tls_policy_maps (see mxroute/tlspolicy.py)
+    # TLS-3: Postfix smtp_tls_security_level / smtp_tls_policy_maps (see mxroute/tls/policy.py)
     tls_policy: str = "may"  # none | may | encrypt | verify | dane (TLS-7, needs dns_trust_ad)
     tls_policy_domains: dict[str, str] = {}  # "example.com" or ".example.com" (subdomains) -> level
     tls_ca_file: Path | None = None  # CA bundle for "verify" and MTA-STS; unset = the system store
-    # TLS-5/6: MTA-STS (RFC 8461, mxroute/mtasts.py); a tls_policy_domains entry wins over it
+    # TLS-5/6: MTA-STS (RFC 8461, mxroute/tls/mtasts.py); a tls_policy_domains entry wins over it
     mta_sts: bool = True
     mta_sts_port: int = Field(443, ge=1, le=65535)  # HTTPS port of mta-sts.<domain>: for testing only
 
@@ -169,21 +169,21 @@ class Settings(BaseSettings):
     @field_validator("tls_policy")
     @classmethod
     def _tls_policy(cls, value: str) -> str:
-        from mxroute.tlspolicy import check_level
+        from mxroute.tls.policy import check_level
 
         return check_level(value)
 
     @field_validator("tls_policy_domains")
     @classmethod
     def _tls_policy_domains(cls, value: dict[str, str]) -> dict[str, str]:
-        from mxroute.tlspolicy import normalize_table
+        from mxroute.tls.policy import normalize_table
 
         return dict(normalize_table(value))
 
     @field_validator("tls_ca_file")
     @classmethod
     def _tls_ca_file(cls, value: Path | None) -> Path | None:
-        from mxroute.tlspolicy import check_ca_file
+        from mxroute.tls.policy import check_ca_file
 
         return None if value is None else check_ca_file(value)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mxroute.resolver import NetworkTransport, Resolver, Server
+from mxroute.dns.resolver import NetworkTransport, Resolver, Server
 from tests.support.dnsserver import DNSServer
 from tests.support.relay import World
 

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from tests.support.dnsserver import DNSServer
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 ZONE = """
 $ORIGIN .
 $TTL 300

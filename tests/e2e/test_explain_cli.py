@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from tests.support.dnsserver import DNSServer
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 ZONE = """
 $ORIGIN t.
 $TTL 300

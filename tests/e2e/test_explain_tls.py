@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from tests.support.dnsserver import DNSServer
+from tests.support.paths import ROOT
 from tests.support.smtpsink import Sink, tls_available
 
-ROOT = Path(__file__).resolve().parents[2]
 ZONE = """
 $ORIGIN t.
 $TTL 300

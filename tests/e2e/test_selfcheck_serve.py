@@ -25,7 +25,7 @@ def _zone(world: World, egress: str, *, ptr: bool = True) -> None:
 
 
 def _warnings(log: str) -> list[str]:
-    return [line for line in log.splitlines() if " WARNING mxroute.selfcheck:" in line]
+    return [line for line in log.splitlines() if " WARNING mxroute.identity.selfcheck:" in line]
 
 
 def test_spf10_serve_warns_once_per_sender_domain_and_delivers(world: World) -> None:
@@ -75,5 +75,5 @@ def test_serve_without_egress_ips_says_so_once_and_checks_nothing(world: World) 
     assert wait_for(lambda: sink.messages)
     log = relay.log()
     assert log.count("identity: self-check off: egress_ips is empty") == 1
-    assert " INFO mxroute.selfcheck: identity: self-check off" in log
+    assert " INFO mxroute.identity.selfcheck: identity: self-check off" in log
     assert "identity: mail from" not in log and not _warnings(log)

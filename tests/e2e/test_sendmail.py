@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mxroute.sendmail import Usage, split_common
+from mxroute.cli.sendmail import Usage, split_common
 from tests.support.relay import ROOT, World, free_port, wait_for
 
 

@@ -167,7 +167,7 @@ def test_sighup_reloads_relay_networks_and_limits_with_mail_flowing(world: World
     notify.wait("READY", "1")
     log = relay.log()
     assert "reload done: applied relay_networks, max_recipients, dns_attempts" in log, log  # a fresh resolver
-    assert ("WARNING mxroute.daemon: reload: metrics_listen changed but needs a restart (systemctl restart mxroute)"
+    assert ("WARNING mxroute.service.daemon: reload: metrics_listen changed but needs a restart (systemctl restart mxroute)"
             in log), log
     with pytest.raises(OSError):
         banner(metrics_port)  # kept: no endpoint until a restart
@@ -217,8 +217,8 @@ def test_watchdog_pings_and_journald_priorities(world: World, notify: NotifySock
         assert client.rcpt("u@dest.test")[0] == 554
     assert relay.terminate() == 0
     lines = relay.log().splitlines()
-    assert f"<6>mxroute.daemon: listening on 127.0.0.1:{relay.port}" in lines
-    assert any(line.startswith("<6>mxroute.server: reject: RCPT from 127.0.0.9") for line in lines)
+    assert f"<6>mxroute.service.daemon: listening on 127.0.0.1:{relay.port}" in lines
+    assert any(line.startswith("<6>mxroute.relay.intake.server: reject: RCPT from 127.0.0.9") for line in lines)
     assert all(re.match(r"<[2-7]>[\w.]+: ", line) for line in lines), lines
 
 
@@ -330,7 +330,7 @@ def test_one_log_line_per_event_with_the_queue_id_and_no_password(world: World, 
         pytest.skip("the cryptography package is needed to make a test certificate")
     import ssl
 
-    from mxroute.server import hash_password
+    from mxroute.relay.intake.server import hash_password
 
     password, wrong = "Corr3ct-Horse-Pw", "Wr0ng-Battery-Pw"
     cert, key = _tls_files()
@@ -362,20 +362,20 @@ def test_one_log_line_per_event_with_the_queue_id_and_no_password(world: World, 
     log = relay.log()
     mine = [line for line in log.splitlines() if f"{qid}" in line]
     events = {
-        "accepted": rf"INFO mxroute.server: {qid}: from=<a@sender.test>, size=\d+, nrcpt=3, "
+        "accepted": rf"INFO mxroute.relay.intake.server: {qid}: from=<a@sender.test>, size=\d+, nrcpt=3, "
                     r"client=client.test\[127.0.0.1\], status=accepted$",
-        "sent": rf"INFO mxroute.delivery: {qid}: to=<u@dest.test>, relay=mx1.dest.test\[[\d.]+\]:\d+, "
+        "sent": rf"INFO mxroute.relay.courier.courier: {qid}: to=<u@dest.test>, relay=mx1.dest.test\[[\d.]+\]:\d+, "
                 r"delay=[\d.]+, dsn=2.0.0, status=sent \(250 .*\)$",
-        "bounced": rf"INFO mxroute.delivery: {qid}: to=<bad@dest.test>, relay=\S+, delay=[\d.]+, dsn=5.1.1, "
+        "bounced": rf"INFO mxroute.relay.courier.courier: {qid}: to=<bad@dest.test>, relay=\S+, delay=[\d.]+, dsn=5.1.1, "
                    r"status=bounced \(host \S+ said: 550 5.1.1 no such user\)$",  # DSN-6: the host's words
-        "deferred": rf"INFO mxroute.delivery: {qid}: to=<later@dest.test>, relay=\S+, delay=[\d.]+, dsn=4.3.0, "
+        "deferred": rf"INFO mxroute.relay.courier.courier: {qid}: to=<later@dest.test>, relay=\S+, delay=[\d.]+, dsn=4.3.0, "
                     r"status=deferred \(host \S+ said: 451 4.3.0 greylisted\)$",
-        "retry": rf"INFO mxroute.queue: {qid}: to=<later@dest.test>, attempts=1, next_try=\+\d+s \(retry scheduled\)$",
-        "expired": rf"INFO mxroute.queue: {qid}: to=<later@dest.test>, delay=\d+, attempts=\d+, status=expired "
+        "retry": rf"INFO mxroute.relay.queue.manager: {qid}: to=<later@dest.test>, attempts=1, next_try=\+\d+s \(retry scheduled\)$",
+        "expired": rf"INFO mxroute.relay.queue.manager: {qid}: to=<later@dest.test>, delay=\d+, attempts=\d+, status=expired "
                    r"\(gave up after \d+s in the queue; last: 451 4.3.0 greylisted\)$",
-        "bounce notice": rf"INFO mxroute.queue: {qid}: sender non-delivery notification: {qid}B0$",
-        "expiry notice": rf"INFO mxroute.queue: {qid}: sender non-delivery notification: {qid}B1$",
-        "removed": rf"INFO mxroute.queue: {qid}: removed$",
+        "bounce notice": rf"INFO mxroute.relay.queue.manager: {qid}: sender non-delivery notification: {qid}B0$",
+        "expiry notice": rf"INFO mxroute.relay.queue.manager: {qid}: sender non-delivery notification: {qid}B1$",
+        "removed": rf"INFO mxroute.relay.queue.manager: {qid}: removed$",
     }
     for event, pattern in events.items():
         found = [line for line in mine if re.search(pattern, line)]
@@ -440,7 +440,7 @@ def test_metrics_listen_without_prometheus_client_is_a_config_error(world: World
     """metrics_listen set but the package missing: one line naming the setting, exit 78, no traceback."""
     relay = Relay(world.tmp, world.dns, world.sink_port, metrics_listen="127.0.0.1:9")
     hide = ("import sys; sys.modules['prometheus_client'] = None; "
-            "from mxroute.cli import main; sys.exit(main(['serve']))")
+            "from mxroute.cli.main import main; sys.exit(main(['serve']))")
     result = subprocess.run([sys.executable, "-c", hide], cwd=ROOT, env=relay.env, capture_output=True,
                             text=True, timeout=30, check=False)
     assert result.returncode == 78, result.stderr
@@ -486,7 +486,7 @@ def test_bsd_mailx_submits_through_mxroute_sendmail(world: World, tmp_path: Path
 def test_config_file_documents_every_setting_and_what_needs_a_restart() -> None:
     """config/mxroute.toml names every setting (as `# name = default`) and marks the ones a reload
     cannot change, which are exactly the daemon's RESTART_ONLY; the file as shipped loads."""
-    from mxroute.daemon import RESTART_ONLY
+    from mxroute.service.daemon import RESTART_ONLY
     from mxroute.settings import Settings, load_settings
 
     text = (ROOT / "config" / "mxroute.toml").read_text()

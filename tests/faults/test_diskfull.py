@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mxroute.spool import Spool
+from mxroute.relay.spool.store import Spool
 from tests.faults.conftest import mount_tmpfs, unmount
 from tests.support.relay import Relay, World, wait_for
 

@@ -28,9 +28,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mxroute.address import parse_address, parse_literal, parse_path
+from mxroute.dns.resolver import Resolver
+from mxroute.dns.zonefile import ZoneData, ZoneTransport
 from mxroute.errors import AddressError
-from mxroute.resolver import Resolver
-from mxroute.server import (
+from mxroute.identity.spf import (
+    PermError,
+    check_host,
+    parse_domain_spec,
+    parse_macro_string,
+    parse_record,
+)
+from mxroute.relay.intake.server import (
     Intake,
     Reply,
     _enhance,
@@ -42,12 +50,10 @@ from mxroute.server import (
     split_path,
     xtext_decode,
 )
+from mxroute.relay.spool.store import Spool
 from mxroute.settings import Settings
-from mxroute.spf import PermError, check_host, parse_domain_spec, parse_macro_string, parse_record
-from mxroute.spool import Spool
-from mxroute.zonefile import ZoneData, ZoneTransport
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 TRIED: Counter[str] = Counter()  # inputs tried per target
 ERRORS: Counter[str] = Counter()  # documented errors returned per target
 
@@ -307,8 +313,8 @@ import sys, atheris
 with atheris.instrument_imports():
     from mxroute.address import parse_path
     from mxroute.errors import AddressError
-    from mxroute.server import Reply, split_path, parse_params, check_content
-    from mxroute.spf import PermError, parse_record
+    from mxroute.relay.intake.server import Reply, split_path, parse_params, check_content
+    from mxroute.identity.spf import PermError, parse_record
 
 def one(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)

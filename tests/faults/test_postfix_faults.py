@@ -1,5 +1,5 @@
 """Interop under faults (RTY-1, DUR-6, DUR-7): the real relay delivering to a private Postfix smtpd
-instance (as tests/test_interop_postfix.py: own config and queue, every message put on hold so it
+instance (as tests/integration/test_interop_postfix.py: own config and queue, every message put on hold so it
 can be counted) that is stopped in the middle of a burst and started again. Deferred mail drains
 once it is back (``mxroute queue flush``); every acknowledged message reaches Postfix; duplicates
 are counted (only a stop between Postfix's 250 and the relay's state append may duplicate).
@@ -25,8 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.conftest import skip_or_fail
-from tests.support.relay import Relay, World, wait_for
-from tests.test_interop_postfix import (
+from tests.integration.test_interop_postfix import (
     MAIN_CF,
     MASTER_CF,
     POSTFIX,
@@ -35,10 +34,11 @@ from tests.test_interop_postfix import (
     _unavailable,
     stop_postfix,
 )
+from tests.support.relay import Relay, World, wait_for
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
-HOST = "127.0.3.2"  # not tests/test_interop_postfix.py's 127.0.3.1
+HOST = "127.0.3.2"  # not tests/integration/test_interop_postfix.py's 127.0.3.1
 
 
 def _postfix(instance: PostfixInstance, action: str) -> None:

@@ -23,7 +23,7 @@ import dns.message
 import dns.name
 import dns.rdatatype
 
-from mxroute.zonefile import ZoneData
+from mxroute.dns.zonefile import ZoneData
 
 
 @dataclass

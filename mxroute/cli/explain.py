@@ -1,0 +1,95 @@
+"""`mxroute explain`: how mail to an address would be routed, by the delivery code itself.
+
+It gathers facts through the shared resolver, calls the same ``routing.route``
+that delivery calls, and turns the plan into the contract's report (EXP-1..5).
+It never touches the queue.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from mxroute.address import Address
+from mxroute.dns.resolver import Resolver
+from mxroute.errors import EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
+from mxroute.routing.plan import Plan, RoutingPolicy, Verdict, plan_to_json
+from mxroute.routing.route import route
+from mxroute.tls import host as hosttls
+from mxroute.tls.mtasts import Lookup
+from mxroute.tls.policy import TlsPolicy
+
+EXIT_CODES = {Verdict.DELIVERABLE: EX_OK, Verdict.TEMPORARY: EX_TEMPFAIL, Verdict.PERMANENT: EX_UNAVAILABLE}
+
+
+@dataclass
+class Report:
+    """Everything ``explain`` shows, in the contract's JSON shape via ``to_json``."""
+
+    address: Address
+    plan: Plan
+    dns: list[dict[str, Any]]
+    identity: list[dict[str, Any]] = field(default_factory=list)  # one per egress IP (SPF + PTR)
+    probe: dict[str, Any] | None = None
+    identity_text: str = ""
+    tls: TlsPolicy | None = None  # the destination's TLS policy, as delivery looks it up (TLS-3, EXP-3)
+    mta_sts: Lookup | None = None  # the MTA-STS state delivery would apply (TLS-5/6, EXP-3)
+    mta_sts_skipped: str | None = None  # or why delivery would not consult MTA-STS
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.plan.verdict]
+
+    def to_json(self) -> dict[str, Any]:
+        first = self.identity[0] if self.identity else {}
+        body: dict[str, Any] = {"address": str(self.address), "domain": self.address.domain}
+        body.update(plan_to_json(self.plan))
+        body["spf"] = first.get("spf")
+        body["ptr"] = first.get("ptr")
+        body["identity"] = self.identity
+        body["tls"] = self.tls.to_json() if self.tls else None
+        body["dane"] = self.plan.dane.to_json() if self.plan.dane else None  # TLS-7 / EXP-3
+        body["mta_sts"] = self.mta_sts_json()
+        body["probe"] = self.probe
+        body["dns"] = self.dns
+        return body
+
+    def mta_sts_json(self) -> dict[str, Any] | None:
+        """``mta_sts`` (EXP-3): the lookup and each MX host's eligibility, or why it was not consulted."""
+        if self.mta_sts is not None:
+            base = self.tls or TlsPolicy()
+            targets = list({t.exchange: t for t in self.plan.targets if t.exchange}.values())
+            body = self.mta_sts.to_json([t.exchange for t in targets], base)
+            for row, target in zip(body["hosts"], targets):  # DANE's hosts are not MTA-STS's (RFC 8461 §2)
+                policy, refusal, rule = hosttls.for_host(base, self.plan.dane, self.mta_sts, target)
+                if rule == "TLS-7":
+                    row.update(eligible=refusal is None, tls=None if refusal else policy.level,
+                               reason=refusal or "DANE decides this host's TLS (TLS-7): MTA-STS not applied")
+            return body
+        if self.mta_sts_skipped is not None:
+            return {"applied": False, "reason": self.mta_sts_skipped}
+        return None
+
+
+async def add_mta_sts(report: Report, settings: Any, resolver: Resolver) -> None:
+    """EXP-3: what delivery's MTA-STS step would decide, by the same code (mxroute/tls/mtasts.py).
+
+    Reads the delivery process's policy store under ``spool_dir`` (never writes it) and
+    fetches live when that is what delivery would do.
+    """
+    from mxroute.tls.mtasts import STORE_NAME, MtaSts, skip_reason
+
+    if report.tls is None:
+        return
+    report.mta_sts_skipped = skip_reason(settings.mta_sts, report.plan, report.tls)
+    if report.mta_sts_skipped is None:
+        sts = MtaSts(settings, resolver, store=settings.spool_dir / STORE_NAME, persist=False)
+        report.mta_sts = await sts.lookup(report.plan.domain)
+        report.dns = [record.to_json() for record in resolver.trace]
+
+
+async def explain(address: Address, resolver: Resolver, policy: RoutingPolicy, rng: random.Random) -> Report:
+    """Route ``address`` exactly as delivery would, and keep the DNS trace."""
+    plan = await route(resolver, address.domain, policy, rng)
+    return Report(address, plan, [record.to_json() for record in resolver.trace])

@@ -1,0 +1,310 @@
+"""The `mxroute` command: parse arguments, call, render. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from mxroute.errors import EX_CONFIG, EX_OK, EX_USAGE, AddressError, ConfigError, MxrouteError
+
+PROG = "mxroute"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits 64 (EX_USAGE) on bad arguments, as mail tools do."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EX_USAGE)
+
+
+def _ip_argument(text: str) -> str:
+    """An IP address argument (argparse turns the ValueError into a usage error: exit 64)."""
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+
+
+def _common() -> _Parser:
+    common = _Parser(add_help=False)
+    common.add_argument("--config", metavar="FILE", help="TOML settings file (default: $MXROUTE_CONFIG, else /etc/mxroute/mxroute.toml)")
+    common.add_argument("--dns", metavar="SERVER[:PORT]", action="append", default=[], type=_dns_server,
+                        help="DNS server to ask (repeatable; overrides dns_servers)")
+    common.add_argument("--zone", metavar="FILE", action="append", default=[], help="answer DNS from this RFC 1035 zone file instead (repeatable)")
+    return common
+
+
+def _dns_server(text: str) -> str:
+    """``--dns`` checked as an argument (exit 64), by the parser the ``dns_servers`` setting uses."""
+    from mxroute.dns.resolver import Server
+
+    try:
+        Server.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = _Parser(prog=PROG, description="Mail routing resolver and SMTP smarthost relay.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("explain", parents=[common], help="show how mail to ADDRESS would be routed")
+    p.add_argument("address")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--sender", help="envelope sender for the SPF check (default: postmaster@sender_domain)")
+    p.add_argument("--egress-ip", action="append", default=[], metavar="IP", type=_ip_argument,
+                   help="the relay's sending address (repeatable; default: egress_ips)")
+    p.add_argument("--helo", help="HELO name to check (default: helo_name)")
+    p.add_argument("--probe", action="store_true", help="connect to the first address: banner, EHLO, STARTTLS")
+    p.add_argument("--record", metavar="FILE", help="write every DNS answer seen as a zone file that --zone replays")
+    p.add_argument("--seed", type=int, help="seed the shuffle of equal preferences (deterministic output)")
+
+    p = sub.add_parser("spf", parents=[common], help="RFC 7208 check_host() with a trace")
+    p.add_argument("ip")
+    p.add_argument("sender")
+    p.add_argument("--helo")
+    p.add_argument("--json", action="store_true")
+
+    sub.add_parser("serve", parents=[common], help="run the smarthost relay")
+
+    p = sub.add_parser("queue", parents=[common], help="inspect and act on the spool")
+    p.add_argument("action", choices=["list", "show", "flush", "delete"])
+    p.add_argument("queue_id", nargs="?")
+    p.add_argument("--json", action="store_true")
+
+    sub.add_parser("sendmail", help="sendmail-compatible submission to the local relay: mxroute sendmail [-t] [-i] [-f SENDER] [RCPT...]")
+
+    p = sub.add_parser("check-config", parents=[common], help="validate the settings and print the effective values")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    invoked_as = os.path.basename(sys.argv[0]) if sys.argv else ""
+    if invoked_as == "sendmail" or (argv and argv[0] == "sendmail"):
+        # sendmail's own flags (-f, -t, -i, ...) are not ours to parse: hand them over whole.
+        return _guarded(lambda: _sendmail(argv[1:] if argv and argv[0] == "sendmail" else argv))
+    args = build_parser().parse_args(argv)
+    return _guarded(lambda: _dispatch(args), stdout=True)
+
+
+EX_SIGPIPE = 128 + 13  # what a shell reports for a tool killed by SIGPIPE (`yes | head -1`)
+
+
+def _guarded(run: Callable[[], int], *, stdout: bool = False) -> int:
+    """Every command's errors become one readable line and a sysexits code, never a traceback.
+
+    With ``stdout``, a reader that went away (``mxroute check-config | head -1``)
+    ends the command quietly, as standard Unix tools do: no traceback, no
+    "Exception ignored" at exit, status 141.
+    """
+    try:
+        code = run()
+        if stdout:
+            sys.stdout.flush()  # inside the try: a pipe closed early fails here, not at exit
+        return code
+    except BrokenPipeError:
+        if not stdout:
+            raise
+        _silence_stdout()
+        return EX_SIGPIPE
+    except ConfigError as exc:
+        print(f"{PROG}: configuration error: {exc.message}", file=sys.stderr)
+        return EX_CONFIG
+    except AddressError as exc:
+        print(f"{PROG}: {exc.message}", file=sys.stderr)
+        return EX_USAGE
+    except MxrouteError as exc:
+        print(f"{PROG}: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def _sendmail(argv: list[str]) -> int:
+    from mxroute.cli.sendmail import Usage, sendmail, split_common
+    from mxroute.settings import load_settings
+
+    try:
+        config, argv = split_common(argv)
+    except Usage as exc:
+        print(f"sendmail: {exc}", file=sys.stderr)
+        return EX_USAGE
+    return sendmail(load_settings(config), argv, sys.stdin.buffer)
+
+
+def _usage(message: str) -> MxrouteError:
+    """A bad argument the parser could not see (a missing zone file): one line, exit 64."""
+    error = MxrouteError(message)
+    error.exit_code = EX_USAGE
+    return error
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from mxroute.settings import load_settings
+
+    overrides: dict[str, Any] = {}
+    if args.dns:
+        overrides["dns_servers"] = args.dns
+    settings = load_settings(args.config, **overrides)
+    for zone in args.zone:
+        import os
+
+        if not os.path.isfile(zone):
+            raise _usage(f"zone file {zone} does not exist")
+    return settings
+
+
+def _resolver(args: argparse.Namespace, settings: Any, trace: bool) -> Any:
+    from mxroute.routing.route import resolver_from_settings
+
+    try:
+        return resolver_from_settings(settings, args.zone, trace_size=None if trace else 0)
+    except (ValueError, OSError) as exc:
+        raise _usage(f"cannot load zone file: {exc}") from None
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "explain":
+        return _explain(args)
+    if args.command == "spf":
+        return _spf(args)
+    if args.command == "check-config":
+        return _check_config(args)
+    if args.command == "serve":
+        from mxroute.service.daemon import serve
+
+        return serve(_settings(args), reload=lambda: _settings(args))  # SIGHUP: same --config, --dns
+    if args.command == "queue":
+        from mxroute.cli.queue import queue_command
+
+        if args.action in ("show", "delete") and not args.queue_id:
+            print(f"{PROG}: queue {args.action} needs a queue ID", file=sys.stderr)
+            return EX_USAGE
+        return queue_command(_settings(args), args.action, args.queue_id, args.json)
+    raise AssertionError(args.command)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import random
+
+    from mxroute.address import parse_address
+    from mxroute.cli.explain import explain
+    from mxroute.routing.route import policy_from_settings
+
+    address = parse_address(args.address)
+    if args.sender and args.sender not in ("<>", ""):
+        parse_address(args.sender.removeprefix("<").removesuffix(">"))  # malformed: exit 64, before any DNS
+    settings = _settings(args)
+    resolver = _resolver(args, settings, trace=True)
+    recorder = None
+    if args.record:
+        from mxroute.dns.zonefile import Recorder
+
+        recorder = Recorder()
+        resolver.observers.append(recorder)
+    policy = policy_from_settings(settings)
+    rng = random.Random(args.seed)
+    report = asyncio.run(explain(address, resolver, policy, rng))
+    from mxroute.tls.policy import of_settings
+
+    report.tls = of_settings(report.plan.domain, settings)  # EXP-3: the lookup delivery makes
+    from mxroute.cli.explain import add_mta_sts
+
+    asyncio.run(add_mta_sts(report, settings, resolver))  # EXP-3: MTA-STS (TLS-5/6)
+    _add_identity(args, settings, resolver, report)
+    if args.probe:
+        from mxroute.cli.probe import probe
+
+        report.probe = asyncio.run(probe(report.plan, settings, tls=report.tls, sts=report.mta_sts))
+        report.dns = [record.to_json() for record in resolver.trace]
+    if recorder is not None:
+        try:
+            with open(args.record, "w", encoding="utf-8") as handle:
+                handle.write(recorder.zone_text(f"explain {report.address}"))
+        except OSError as exc:
+            print(f"{PROG}: cannot write {args.record}: {exc.strerror or exc}", file=sys.stderr)
+            return EX_USAGE
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
+    else:
+        from mxroute.cli.render import Style, render_explain
+
+        sys.stdout.write(render_explain(report, Style(sys.stdout.isatty())))
+    return report.exit_code
+
+
+def _add_identity(args: argparse.Namespace, settings: Any, resolver: Any, report: Any) -> None:
+    """SPF and reverse-DNS verdicts for the relay's own sending identity (EXP-4)."""
+    egress = args.egress_ip or settings.egress_ips
+    sender = args.sender or (f"postmaster@{settings.sender_domain}" if settings.sender_domain else None)
+    if not egress:
+        return
+    from mxroute.identity.findings import check_identity, render_identity
+
+    helo = args.helo or settings.helo_name
+    reports = asyncio.run(check_identity(resolver, sender=sender, egress_ips=egress, helo=helo))
+    report.identity = [r.to_json() for r in reports]
+    report.identity_text = render_identity(reports)
+    report.dns = [record.to_json() for record in resolver.trace]
+
+
+def _spf(args: argparse.Namespace) -> int:
+    from mxroute.cli.spf import spf_command
+
+    settings = _settings(args)
+    resolver = _resolver(args, settings, trace=True)
+    return asyncio.run(spf_command(resolver, args.ip, args.sender, args.helo, args.json))
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    """The effective settings, then the PTR/HELO self-check of each egress IP (SPF-11, SPF-12).
+
+    Identity warnings are advice, not configuration errors: the exit code stays 0.
+    In text form they follow the ``name = value`` lines as ``#`` comments.
+    """
+    settings = _settings(args)
+    values = json.loads(settings.model_dump_json())
+    reports = None
+    if settings.egress_ips:
+        from mxroute.identity.findings import check_ptr
+
+        resolver = _resolver(args, settings, trace=False)
+        reports = asyncio.run(check_ptr(resolver, egress_ips=settings.egress_ips, helo=settings.helo_name))
+    if args.json:
+        values["identity_check"] = [report.to_json() for report in reports] if reports is not None else None
+        print(json.dumps(values, indent=2))
+        return EX_OK
+    for name, value in values.items():
+        print(f"{name} = {json.dumps(value)}")
+    print()
+    if reports is None:
+        print("# sending identity: not checked (egress_ips is empty)")
+    else:
+        from mxroute.identity.findings import render_ptr
+
+        print("# sending identity: PTR (iprev, RFC 8601 §3) and HELO name of each egress IP")
+        sys.stdout.write(render_ptr(reports, prefix="# "))
+    return EX_OK

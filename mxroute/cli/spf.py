@@ -1,0 +1,67 @@
+"""`mxroute spf IP SENDER [--helo NAME] [--json]`: RFC 7208 check_host() with its trace.
+
+SENDER is a MAIL FROM address; ``<>`` or ``""`` is the null reverse-path, for
+which the HELO identity ``postmaster@HELO`` is checked (RFC 7208 §2.4) and
+``--helo`` is required. A bare domain means ``postmaster@domain`` (§4.3).
+Without ``--helo``, ``%{h}`` expands to the sender's domain.
+
+Exit codes (CONTRACT.md, "Exit codes of explain and spf"): 0 when the check ran
+and produced a verdict (pass, fail, softfail, neutral, none, permerror — a broken
+record is an answer about the domain); 75 for temperror, the contract's
+"temporary failure (SERVFAIL, timeout)": the same command may answer later;
+64 for a malformed IP, sender or HELO name.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import sys
+
+from mxroute.address import normalize_domain
+from mxroute.dns.resolver import Resolver
+from mxroute.errors import EX_OK, EX_TEMPFAIL, EX_USAGE, AddressError
+from mxroute.identity.findings import render_spf
+from mxroute.identity.spf import TEMPERROR, SPFOptions, check_host
+
+EXIT_CODES = {TEMPERROR: EX_TEMPFAIL}
+
+
+def parse_sender(sender: str, helo: str | None) -> tuple[str, str, str]:
+    """(domain, sender, helo) to check; raise AddressError for bad input."""
+    text = sender.strip()
+    if text in ("", "<>"):
+        if not helo:
+            raise AddressError("a null sender needs --helo: the HELO identity is checked (RFC 7208 §2.4)")
+        domain = normalize_domain(helo.rstrip("."))
+        return domain, f"postmaster@{domain}", helo
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1]
+    local, at, domain_text = text.rpartition("@")
+    if not at:
+        local, domain_text = "postmaster", text
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in local):
+        raise AddressError("control character in the sender's local part")
+    domain = normalize_domain(domain_text)
+    return domain, f"{local or 'postmaster'}@{domain}", helo if helo else domain
+
+
+async def spf_command(resolver: Resolver, ip: str, sender: str, helo: str | None, as_json: bool,
+                      options: SPFOptions | None = None) -> int:
+    """Run check_host() and print the result (text with trace, or one JSON object); return the exit code."""
+    try:
+        address = ipaddress.ip_address(ip.strip())
+    except ValueError:
+        print(f"mxroute spf: {ip!r} is not an IP address", file=sys.stderr)
+        return EX_USAGE
+    try:
+        domain, full_sender, helo_name = parse_sender(sender, helo)
+    except AddressError as exc:
+        print(f"mxroute spf: bad sender {sender!r}: {exc.message}", file=sys.stderr)
+        return EX_USAGE
+    result = await check_host(resolver, address, domain, full_sender, helo=helo_name, options=options)
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
+    else:
+        sys.stdout.write(render_spf(result))
+    return EXIT_CODES.get(result.result, EX_OK)

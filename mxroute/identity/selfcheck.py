@@ -1,0 +1,196 @@
+"""The sending-identity self-check while ``serve`` runs (SPF-10, SPF-12): warn, never refuse.
+
+For each new sender domain seen in MAIL FROM, after its message is queued, a
+background task asks what receivers will ask (``identity.py``): does the
+domain's SPF pass each egress IP (RFC 7208 ``check_host``), and does each
+egress IP have a forward-confirmed PTR matching ``helo_name`` (iprev, RFC 8601
+§3)? Problems become ONE warning line per check, each with its stable code and
+its fix. Nothing is ever refused or delayed (RFC 5321 §4.1.4 forbids refusing on
+an EHLO mismatch; SPF-10's default action is warn and log).
+
+Costs on the intake path: one dict lookup and one clock read per message while
+the domain's verdict is cached, for the smallest TTL of the DNS answers the
+check used (clamped to ``MIN_TTL`` .. ``MAX_TTL``), in a cache of at most
+``MAX_DOMAINS`` domains (oldest dropped first). The PTR/HELO verdict belongs to
+the egress IP, not to a domain: it is checked at start-up, re-checked when its
+TTL runs out, and reported again only when it changes.
+
+The SPF verdict is cached per domain although macros (``%{l}``) may make it
+depend on the local part: a self-check is advice, and the first sender of a
+domain stands for the rest. Log lines (stable, for log filters):
+
+- ``WARNING mxroute.identity.selfcheck: identity: mail from DOMAIN: egress IP CODE: what; fix: how | ...``
+- ``INFO mxroute.identity.selfcheck: identity: mail from DOMAIN: egress IP spf-none|spf-neutral|spf-temperror: ...``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mxroute.dns.resolver import Answer, Resolver
+from mxroute.identity.findings import Finding, ptr_findings, spf_findings
+
+log = logging.getLogger(__name__)
+
+MIN_TTL = 60  # a verdict is kept at least this long, even when DNS says 0 or a lookup failed
+MAX_TTL = 86400
+DEFAULT_TTL = 3600  # when the check asked DNS nothing (the domain is not a host name)
+MAX_DOMAINS = 4096
+# What receivers act on: SPF fail/softfail/permerror (RFC 7208 §8.4, §8.5, §8.7) and a missing
+# or mismatching FCrDNS. spf-none / spf-neutral / spf-temperror are logged at INFO.
+WARN_SPF = frozenset({"spf-fail", "spf-softfail", "spf-permerror"})
+_CHECKING = float("inf")  # cache mark while a domain's check runs: later messages start no second one
+
+
+class _TTLTracker:
+    """The resolver as the SPF and iprev code see it, noting the smallest TTL of the answers."""
+
+    def __init__(self, resolver: Resolver) -> None:
+        self.resolver = resolver
+        self.ttl: int | None = None
+
+    async def lookup(self, name: str, qtype: str) -> Answer:
+        answer = await self.resolver.lookup(name, qtype)
+        self.ttl = answer.ttl if self.ttl is None else min(self.ttl, answer.ttl)
+        return answer
+
+    def lifetime(self) -> int:
+        return max(MIN_TTL, min(MAX_TTL, DEFAULT_TTL if self.ttl is None else self.ttl))
+
+
+class SelfCheck:
+    """Per-domain SPF and per-IP PTR/HELO checks for ``serve``, cached, in the background."""
+
+    def __init__(
+        self, resolver: Resolver, egress_ips: list[str], helo: str, *,
+        clock: Callable[[], float] = time.monotonic, max_domains: int = MAX_DOMAINS,
+    ) -> None:
+        self.resolver = resolver
+        self.egress_ips = list(egress_ips)
+        self.helo = helo
+        self.clock = clock
+        self.max_domains = max_domains
+        self._domains: dict[str, float] = {}  # domain -> when its verdict expires (_CHECKING while it runs)
+        self._ptr: dict[str, tuple[float, tuple[Finding, ...]]] = {}  # ip -> (expires, findings)
+        self._ptr_said: dict[str, tuple[str, ...]] = {}  # ip -> the codes last logged
+        self._ptr_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.checks = 0  # domain checks run (tests and metrics)
+
+    def wrap(self, on_queued: Callable[[Any], None]) -> Callable[[Any], None]:
+        """``on_queued`` (the queue's ``add``) followed by ``observe(meta.sender)``."""
+        observe = self.observe
+
+        def queued(meta: Any) -> None:
+            on_queued(meta)
+            observe(meta.sender)
+
+        return queued
+
+    def observe(self, sender: str) -> None:
+        """Called for each queued message: the hot path, one lookup when the domain is known."""
+        if not sender:  # null reverse-path (bounces): no sender domain to check
+            return
+        domain = sender[sender.rfind("@") + 1:]
+        expires = self._domains.get(domain)
+        if expires is not None and expires > self.clock():
+            return
+        self._start(domain, sender)
+
+    def start(self) -> None:
+        """The PTR/HELO part at start-up (SPF-12), in the background."""
+        self._spawn(self._startup(), "selfcheck-startup")
+
+    def _start(self, domain: str, sender: str) -> None:
+        self._domains.pop(domain, None)  # re-insert at the end: the dict's order is the eviction order
+        while len(self._domains) >= self.max_domains:
+            del self._domains[next(iter(self._domains))]
+        self._domains[domain] = _CHECKING
+        self._spawn(self._run(domain, sender), f"selfcheck-{domain[:64]}")
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, domain: str, sender: str) -> None:
+        lifetime = MIN_TTL
+        try:
+            lifetime = await self.check(domain, sender)
+        except Exception as exc:  # noqa: BLE001  (a bug here must never touch mail: note it, retry after MIN_TTL)
+            log.error("identity: self-check for %s failed: %r", domain, exc)
+        if self._domains.get(domain) == _CHECKING:
+            self._domains[domain] = self.clock() + lifetime
+
+    async def _startup(self) -> None:
+        try:
+            problems = await self._ptr_problems()
+        except Exception as exc:  # noqa: BLE001  (advice only: never let it touch mail)
+            log.error("identity: PTR/HELO self-check failed: %r", exc)
+            return
+        if problems:
+            log.warning("identity: at start-up: %s", " | ".join(problems))
+        else:
+            log.info("identity: PTR and HELO name of %s check out (%s)", ", ".join(self.egress_ips), self.helo)
+
+    async def check(self, domain: str, sender: str) -> int:
+        """Check ``domain`` for every egress IP, log what is wrong; return how long the verdict holds."""
+        from mxroute.identity.spf import check_host
+
+        self.checks += 1
+        log.debug("identity: checking mail from %s", domain)
+        tracker = _TTLTracker(self.resolver)
+        warnings: list[str] = []
+        notes: list[str] = []
+        for ip in self.egress_ips:
+            result = await check_host(tracker, ip, domain, sender, helo=self.helo)
+            for finding in spf_findings(result):
+                (warnings if finding.code in WARN_SPF else notes).append(_line(ip, finding))
+        warnings += await self._ptr_problems()
+        if warnings:
+            log.warning("identity: mail from %s: %s", domain, " | ".join(warnings))
+        elif notes:
+            log.info("identity: mail from %s: %s", domain, " | ".join(notes))
+        else:
+            log.debug("identity: mail from %s: SPF passes for %s", domain, ", ".join(self.egress_ips))
+        return tracker.lifetime()
+
+    async def _ptr_problems(self) -> list[str]:
+        """PTR/HELO findings not yet reported (re-checked when their TTL has run out)."""
+        out: list[str] = []
+        async with self._ptr_lock:  # one check at a time: the first message's, not one per domain
+            for ip in self.egress_ips:
+                expires, findings = self._ptr.get(ip, (0.0, ()))
+                if expires <= self.clock():
+                    from mxroute.identity.rdns import iprev
+
+                    tracker = _TTLTracker(self.resolver)
+                    findings = tuple(ptr_findings(await iprev(tracker, ip, self.helo), self.helo))
+                    self._ptr[ip] = (self.clock() + tracker.lifetime(), findings)
+                codes = tuple(finding.code for finding in findings)
+                if codes != self._ptr_said.get(ip, ()):
+                    self._ptr_said[ip] = codes
+                    out += [_line(ip, finding) for finding in findings]
+        return out
+
+
+def _line(ip: str, finding: Finding) -> str:
+    return f"egress {ip} {finding.code}: {finding.message}; fix: {finding.fix}"
+
+
+def watch(settings: Any, resolver: Resolver, on_queued: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``on_queued`` with the self-check behind it, or unchanged when ``egress_ips`` is empty.
+
+    Call inside the running event loop (``serve`` start-up): it schedules the PTR/HELO check.
+    """
+    if not settings.egress_ips:
+        log.info("identity: self-check off: egress_ips is empty (set it to be warned about SPF and PTR problems)")
+        return on_queued
+    check = SelfCheck(resolver, settings.egress_ips, settings.helo_name)
+    log.info("identity: self-check on for egress %s, HELO %s", ", ".join(settings.egress_ips), settings.helo_name)
+    check.start()
+    return check.wrap(on_queued)

@@ -1,0 +1,33 @@
+"""The TLS policy for one MX host: DANE where it governs the host, else MTA-STS, else the domain's.
+
+One function, so that delivery (``courier``) and ``explain --probe`` make the same choice.
+RFC 8461 §2: a host with DNSSEC-authenticated TLSA records is DANE's (TLS-7), and MTA-STS
+(TLS-6) is consulted only for the others. Pure: the DNS and HTTPS work is done before.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from mxroute.routing.plan import Target
+from mxroute.tls import dane, mtasts
+from mxroute.tls.policy import TlsPolicy
+
+
+class HostTls(NamedTuple):
+    policy: TlsPolicy  # what a session with this host must satisfy
+    refusal: str | None  # "451 4.7.5 ...": do not deliver to this host now
+    rule: str  # "TLS-7" (DANE decided), "TLS-6" (MTA-STS or the domain's policy)
+
+
+def for_host(tls: TlsPolicy, posture: dane.DanePosture | None, sts: mtasts.Lookup | None, target: Target) -> HostTls:
+    """The policy delivery applies to ``target`` given the domain's ``tls``, the plan's DANE
+    ``posture`` and the destination's MTA-STS lookup ``sts`` (None: not consulted)."""
+    host = posture.host(target.exchange) if posture is not None and target.exchange else None
+    if host is not None and host.need is not dane.Need.MAY:  # DNSSEC-secure TLSA records (or their failure)
+        refusal = dane.deferral(posture, target.exchange, str(target))  # the TLSA lookup failed
+        if refusal is not None:
+            return HostTls(tls, refusal, "TLS-7")
+        return HostTls(dane.host_policy(tls, posture, target.exchange), None, "TLS-7")
+    policy, refusal = mtasts.host_policy(sts, target.exchange, tls)
+    return HostTls(policy, refusal, "TLS-6")

@@ -1,0 +1,248 @@
+"""TLS policy per destination (TLS-3): which security level applies, and what it demands.
+
+The levels are Postfix's ``smtp_tls_security_level`` and ``smtp_tls_policy_maps``:
+
+``none``
+    never send STARTTLS, even when offered.
+``may``
+    opportunistic (RFC 7435, TLS-1, the default): STARTTLS when offered, no
+    certificate check; a refused STARTTLS or a failed handshake falls back to
+    plain text.
+``encrypt``
+    TLS is mandatory, the certificate is not checked. No STARTTLS, a refused
+    STARTTLS or a failed handshake defers that host (4.7.5) and delivery moves
+    on to the next one; never plain text (RFC 3207 §6: a stripped STARTTLS is
+    the attack this level exists for).
+``verify``
+    as ``encrypt``, and the certificate must chain to a trusted CA (``tls_ca_file``
+    or the system store) and name the MX host (RFC 6125, RFC 7672 §3.2.3 style
+    reference identifier = the MX name, as Postfix's ``verify`` level does).
+``dane``
+    opportunistic DANE (RFC 7672, TLS-7; Postfix's ``dane``): for each MX host whose
+    MX RRset, addresses and TLSA records DNSSEC says are secure, what ``mxroute/tls/dane.py``
+    decides (authenticated TLS, or mandatory unauthenticated TLS); for every other host
+    ``may``. Needs ``dns_trust_ad``. The courier turns it into a per-host policy that
+    carries the TLSA records (``TlsPolicy.tlsa``).
+
+Lookup (as Postfix's policy table with ``parent_domain_matches_subdomains``): the
+recipient domain exactly, then ``.parent`` entries for each parent domain, then
+the default ``tls_policy``. Pure: no I/O beyond building an SSL context.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from mxroute.tls.dane import Tlsa
+
+Level = Literal["none", "may", "encrypt", "verify", "dane"]
+LEVELS: tuple[Level, ...] = ("none", "may", "encrypt", "verify", "dane")
+DEFAULT_SOURCE = "tls_policy"
+TABLE_SOURCE = "tls_policy_domains"
+STATUS = "4.7.5"  # RFC 3463 X.7.5 "cryptographic failure", as Postfix defers TLS policy failures
+
+
+@dataclass(frozen=True, slots=True)
+class TlsPolicy:
+    """The effective TLS level for one destination domain, and where it came from."""
+
+    level: Level = "may"
+    source: str = DEFAULT_SOURCE  # "tls_policy" (the default) or "tls_policy_domains"
+    match: str | None = None  # the table key that matched ("example.com" or ".example.com")
+    tlsa: tuple[Tlsa, ...] = ()  # TLS-7, one MX host's usable TLSA records: its certificate must match one
+
+    @property
+    def required(self) -> bool:
+        """TLS is mandatory: no plain-text fallback, failures defer the host (TLS-3, TLS-7)."""
+        return self.level in ("encrypt", "verify") or bool(self.tlsa)
+
+    @property
+    def verify(self) -> bool:
+        return self.level == "verify"
+
+    def describe(self) -> str:
+        where = f"{self.source}: {self.match}" if self.match else self.source
+        return f"{self.level} (from {where})"
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"policy": self.level, "source": self.source}
+        if self.match:
+            body["match"] = self.match
+        return body
+
+
+def check_level(value: object, what: str = "TLS policy level") -> Level:
+    """``value`` as a level, or ValueError naming the allowed ones."""
+    text = str(value).strip().lower() if isinstance(value, str) else value
+    if text not in LEVELS:
+        raise ValueError(f"unknown {what} {value!r} (one of {', '.join(LEVELS)})")
+    return text
+
+
+def normalize_key(key: str) -> str:
+    """A table key: lower-case A-labels, no trailing dot; a leading dot (subdomains) is kept.
+
+    An address literal (``[192.0.2.1]``, ``[IPv6:2001:db8::1]``) is kept in its canonical form.
+    """
+    from mxroute.address import normalize_domain, parse_address
+    from mxroute.errors import AddressError
+
+    text = key.strip().rstrip(".")
+    if text.startswith("["):
+        try:
+            return parse_address(f"postmaster@{text}").domain.lower()
+        except AddressError as exc:
+            raise ValueError(f"{key!r} is not an address literal: {exc.message}") from None
+    dot = text.startswith(".")
+    name = text[1:] if dot else text
+    if not name:
+        raise ValueError(f"{key!r} is not a domain")
+    try:
+        name = normalize_domain(name)
+    except AddressError as exc:
+        raise ValueError(f"{key!r} is not a domain: {exc.message}") from None
+    return ("." if dot else "") + name
+
+
+def normalize_table(table: Mapping[str, object]) -> dict[str, Level]:
+    """Validate ``tls_policy_domains``: domain keys, known levels (ValueError names the culprit)."""
+    out: dict[str, Level] = {}
+    for key, value in table.items():
+        out[normalize_key(str(key))] = check_level(value, f"TLS policy level for {key}:")
+    return out
+
+
+def policy_for(domain: str, default: str, table: Mapping[str, str]) -> TlsPolicy:
+    """The effective policy for ``domain`` (an A-label name, or an address literal).
+
+    Exact entry first, then ``.parent`` entries from the nearest parent up, then
+    the default level.
+    """
+    name = domain.strip().rstrip(".").lower()
+    level = table.get(name)
+    if level is not None:
+        return TlsPolicy(check_level(level), TABLE_SOURCE, name)
+    if not name.startswith("["):
+        labels = name.split(".")
+        for i in range(1, len(labels)):
+            key = "." + ".".join(labels[i:])
+            level = table.get(key)
+            if level is not None:
+                return TlsPolicy(check_level(level), TABLE_SOURCE, key)
+    return TlsPolicy(check_level(default), DEFAULT_SOURCE, None)
+
+
+def of_settings(domain: str, settings: Any) -> TlsPolicy:
+    """``policy_for`` with the settings' ``tls_policy`` and ``tls_policy_domains``: what delivery
+    applies to ``domain`` and what ``explain`` shows (TLS-3, EXP-3)."""
+    return policy_for(domain, settings.tls_policy, settings.tls_policy_domains)
+
+
+def satisfied(policy: TlsPolicy, *, tls: bool, verified_name: str | None, exchange: str,
+              dane_name: str | None = None) -> bool:
+    """Does a session (pooled or new) meet ``policy`` for a host named ``exchange``?
+
+    ``verified_name``: the name PKIX verification checked (TLS-3); ``dane_name``: the name whose
+    TLSA records the certificate matched (TLS-7). Neither stands in for the other.
+    """
+    if policy.tlsa:
+        return bool(exchange) and dane_name is not None and dane_name.lower() == exchange.lower()
+    if policy.level == "verify":
+        return bool(exchange) and verified_name is not None and verified_name.lower() == exchange.lower()
+    if policy.level == "encrypt":
+        return tls
+    return True
+
+
+# --- the replies a policy failure leaves (each a "451 4.7.5 ..." line, TLS-3) -----------------
+
+def not_offered(host: str, policy: TlsPolicy) -> str:
+    return f"451 {STATUS} TLS required ({policy.level}) but not offered by {host}"
+
+
+def refused(host: str, policy: TlsPolicy, reply: str) -> str:
+    return f"451 {STATUS} TLS required ({policy.level}) but {host} refused STARTTLS: {reply}"
+
+
+def handshake_failed(host: str, policy: TlsPolicy, why: str, *, verification: bool) -> str:
+    if verification:
+        return f"451 {STATUS} TLS certificate verification failed for {host} (policy {policy.level}): {why}"
+    return f"451 {STATUS} TLS required ({policy.level}) but the handshake with {host} failed: {why}"
+
+
+def no_name(host: str) -> str:
+    return f"451 {STATUS} TLS policy verify needs an MX host name to check; {host} has none"
+
+
+def probe_verdict(
+    policy: TlsPolicy, host: str, exchange: str, *, offered: bool, error: str | None = None,
+    verification: bool = False,
+) -> tuple[bool, str]:
+    """Would delivery accept this host under ``policy``, given what ``explain --probe`` saw (EXP-3)?
+
+    ``offered``: STARTTLS was in the EHLO reply; ``error``: why STARTTLS or the handshake
+    failed (None: TLS came up, verified when the policy is ``verify``); ``verification``:
+    that failure was the certificate check. The text is the deferral delivery would log.
+    """
+    if policy.level == "none":
+        return True, "none: delivery never sends STARTTLS to this host"
+    if policy.level in ("may", "dane") and not policy.required:  # "dane" without TLSA for this host: as may
+        if not offered:
+            return True, "may: STARTTLS not offered; delivery goes on in plain text"
+        if error:
+            return True, "may: TLS failed; delivery retries this host in plain text"
+        return True, "may: delivery uses TLS with this host (certificate not checked)"
+    if policy.verify and not exchange:
+        return False, no_name(host)
+    if not offered:
+        return False, not_offered(host, policy)
+    if error:
+        return False, handshake_failed(host, policy, error, verification=verification)
+    if policy.tlsa:
+        return True, f"dane: certificate matched a TLSA record of {exchange}"
+    if policy.verify:
+        return True, f"verify: certificate verified for {exchange}"
+    return True, "encrypt: TLS established (certificate not checked)"
+
+
+# --- SSL contexts -----------------------------------------------------------------------------
+
+def opportunistic_context() -> ssl.SSLContext:
+    """TLS without verification: better than plain text when no policy says more (RFC 7435, TLS-1)."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def verify_context(ca_file: Path | str | None = None) -> ssl.SSLContext:
+    """PKIX and host-name checking (level ``verify``): ``ca_file`` if given, else the system store."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file) if ca_file else None)
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def check_ca_file(path: Path) -> Path:
+    """ValueError unless ``path`` is a readable PEM bundle with at least one certificate."""
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist")
+    try:
+        context = verify_context(path)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"{path} is not a PEM CA bundle: {exc}") from None
+    if not context.get_ca_certs():
+        raise ValueError(f"{path} holds no CA certificate")
+    return path
+
+
+__all__ = [
+    "LEVELS", "STATUS", "Level", "TlsPolicy", "check_ca_file", "check_level", "handshake_failed",
+    "no_name", "normalize_table", "not_offered", "opportunistic_context", "policy_for", "probe_verdict", "refused",
+    "satisfied", "verify_context",
+]

@@ -1,0 +1,100 @@
+"""SelfCheck (serve's identity self-check) in-process over the loopback DNS server:
+cached per domain for the answers' TTL, bounded, one check per domain at a time (SPF-10, SPF-12).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from mxroute.identity import selfcheck
+from mxroute.identity.selfcheck import SelfCheck
+from tests.conftest import resolver_for
+from tests.support.dnsserver import DNSServer
+
+ZONE = """
+$ORIGIN .
+t.                        300 IN SOA ns.t. h.t. 1 3600 600 86400 60
+a.t.                      120 IN TXT "v=spf1 -all"
+b.t.                     7200 IN TXT "v=spf1 ip4:127.0.0.2 -all"
+relay.t.                 7200 IN A 127.0.0.2
+2.0.0.127.in-addr.arpa.  7200 IN PTR relay.t.
+"""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def settle(check: SelfCheck) -> None:
+    for _ in range(200):  # bounded: the checks talk to a loopback server
+        if not check._tasks:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("self-check tasks did not finish")
+
+
+def test_cached_for_the_smallest_ttl_then_checked_again(dns_server: DNSServer, caplog: pytest.LogCaptureFixture) -> None:
+    dns_server.set_zone(ZONE)
+    clock = Clock()
+
+    async def scenario() -> list[int]:
+        check = SelfCheck(resolver_for(dns_server), ["127.0.0.2"], "relay.t", clock=clock)
+        counts = []
+        for step in (0, 0, 119, 2):  # seconds later; a.t's TXT has TTL 120
+            clock.now += step
+            check.observe("x@a.t")
+            check.observe("x@a.t")  # while the first check runs: no second one
+            await settle(check)
+            counts.append(check.checks)
+        return counts
+
+    with caplog.at_level(logging.INFO, logger="mxroute.identity.selfcheck"):
+        assert asyncio.run(scenario()) == [1, 1, 1, 2]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and all("mail from a.t: egress 127.0.0.2 spf-fail" in w for w in warnings)
+
+
+def test_ttl_is_clamped_and_the_cache_bounded(dns_server: DNSServer) -> None:
+    dns_server.set_zone(ZONE)
+    clock = Clock()
+
+    async def scenario() -> SelfCheck:
+        check = SelfCheck(resolver_for(dns_server), ["127.0.0.2"], "relay.t", clock=clock, max_domains=2)
+        for sender in ("x@b.t", "x@a.t", "x@nx.t"):
+            check.observe(sender)
+            await settle(check)
+        return check
+
+    check = asyncio.run(scenario())
+    assert list(check._domains) == ["a.t", "nx.t"]  # b.t, the oldest, was dropped
+    assert check._domains["a.t"] == clock.now + 120
+    assert check._domains["nx.t"] == clock.now + 60  # NXDOMAIN's negative TTL (SOA minimum 60)
+
+
+def test_null_sender_and_failures_never_raise(dns_server: DNSServer, monkeypatch: pytest.MonkeyPatch,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    dns_server.set_zone(ZONE)
+
+    async def broken(self: SelfCheck, domain: str, sender: str) -> int:
+        raise RuntimeError("boom")
+
+    async def scenario() -> SelfCheck:
+        check = SelfCheck(resolver_for(dns_server), ["127.0.0.2"], "relay.t")
+        check.observe("")
+        monkeypatch.setattr(SelfCheck, "check", broken)
+        check.observe("x@b.t")
+        await settle(check)
+        return check
+
+    with caplog.at_level(logging.INFO, logger="mxroute.identity.selfcheck"):
+        check = asyncio.run(scenario())
+    assert list(check._domains) == ["b.t"] and check._domains["b.t"] < float("inf")
+    assert any("self-check for b.t failed" in r.getMessage() for r in caplog.records)
+    assert selfcheck.MIN_TTL == 60

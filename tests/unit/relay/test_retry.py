@@ -1,0 +1,427 @@
+"""Retry schedule, expiry and bounces of the queue manager (checklist D: RTY, E: DSN, H: DUR-6/7).
+
+The courier, the routing step and the DSN builder are replaced by recorders and
+the clock by a number: the queue's decisions are tested without sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult
+from mxroute.relay.queue.manager import JITTER, QueueManager, retry_delay
+from mxroute.relay.spool.store import (
+    DELIVERED,
+    PENDING,
+    MessageMeta,
+    RecipientState,
+    Spool,
+    new_queue_id,
+)
+from mxroute.routing.plan import Plan, Verdict
+from mxroute.settings import Settings
+from mxroute.text import safe_text
+
+# --- the pure schedule (RTY-2) ----------------------------------------------------------
+
+
+@given(st.integers(min_value=0, max_value=10_000), st.integers(1, 10_000), st.integers(0, 100_000), st.randoms())
+def test_rty2_delay_always_within_min_and_max(attempts: int, minimum: int, extra: int, rng: random.Random) -> None:
+    maximum = minimum + extra
+    delay = retry_delay(attempts, minimum, maximum, rng)
+    assert minimum <= delay <= maximum
+
+
+def test_rty2_backoff_doubles_then_caps_with_bounded_jitter() -> None:
+    rng = random.Random(7)
+    delays = [retry_delay(n, 300, 3600, rng) for n in range(1, 8)]
+    for n, delay in enumerate(delays, 1):
+        base = min(3600, 300 * 2 ** (n - 1))
+        assert max(300, base * (1 - JITTER)) <= delay <= base
+    assert delays[-1] > 3600 * (1 - JITTER) - 1e-9  # capped at retry_max_seconds
+
+
+def test_rty2_jitter_spreads_retries_but_is_reproducible_with_a_seed() -> None:
+    spread = {round(retry_delay(4, 300, 3600, random.Random(seed)), 3) for seed in range(50)}
+    assert len(spread) > 40
+    assert retry_delay(4, 300, 3600, random.Random(1)) == retry_delay(4, 300, 3600, random.Random(1))
+
+
+def test_sec6_safe_text_neutralises_controls() -> None:
+    assert safe_text("550 no\r\nRCPT TO:<x>\x1b[2J") == "550 no??RCPT TO:<x>?[2J"
+    assert len(safe_text("x" * 1000, 50)) == 50
+
+
+# --- the queue manager with a scripted courier --------------------------------------------
+
+
+class FakeCourier:
+    """Replies per recipient address from a script; records every call."""
+
+    def __init__(self) -> None:
+        self.script: dict[str, list[tuple[Disposition, str, str]]] = {}
+        self.calls: list[tuple[str, list[str]]] = []
+        self.sent: dict[str, bytes] = {}  # queue id -> message, for every delivered transaction
+        self.forgotten = 0  # flushes that told the courier to try every host again (RTY-4)
+
+    def will(self, address: str, *replies: tuple[Disposition, str, str]) -> None:
+        self.script[address] = list(replies)
+
+    async def deliver(self, plan: Plan, envelope: Envelope, recipients: list[Recipient], message_bytes: bytes,
+                      *, queue_id: str) -> list[RecipientResult]:
+        self.calls.append((plan.domain, [r.address for r in recipients]))
+        results = []
+        for r in recipients:
+            script = self.script.get(r.address) or [(Disposition.DELIVERED, "2.0.0", "250 2.0.0 ok")]
+            disposition, status, reply = script.pop(0) if len(script) > 1 else script[0]
+            results.append(RecipientResult(r.address, disposition, status, reply, f"mx.{plan.domain}[127.0.0.2]:25",
+                                           remote_reply=True))  # scripted as the host's own replies
+        if any(r.disposition is Disposition.DELIVERED for r in results):
+            self.sent[queue_id] = message_bytes
+        return results
+
+    def forget_unreachable(self) -> None:
+        self.forgotten += 1
+
+    async def close(self) -> None:
+        return None
+
+
+async def fake_route(resolver: Any, domain: str, policy: Any, rng: random.Random) -> Plan:
+    return Plan(domain, Verdict.DELIVERABLE, "test", "2.0.0")
+
+
+DEFER = (Disposition.DEFERRED, "4.4.1", "451 4.4.1 try later")
+REJECT = (Disposition.BOUNCED, "5.1.1", "550 5.1.1 no such user")
+
+
+class RecordingSpool(Spool):
+    """The real spool, noting every message it made durable (to count DSNs actually enqueued)."""
+
+    stored: list[tuple[MessageMeta, bytes]]
+
+    async def store(self, meta: MessageMeta, message: bytes) -> None:
+        await super().store(meta, message)
+        self.stored.append((meta, message))
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, **overrides: Any) -> None:
+        values = {"spool_dir": tmp_path / "spool", "retry_min_seconds": 60, "retry_max_seconds": 600,
+                  "queue_lifetime_seconds": 3600, "helo_name": "relay.test", **overrides}
+        self.settings = Settings(**values)
+        self.now = 1_000_000.0
+        self.spool = RecordingSpool(self.settings.spool_dir, clock=lambda: self.now)
+        self.spool.stored = []
+        self.spool.prepare()
+        self.courier = FakeCourier()
+        self.dsns: list[dict[str, Any]] = []
+        self.qm = self.manager()
+
+    def manager(self) -> QueueManager:
+        return QueueManager(self.settings, self.spool, None, self.courier, clock=lambda: self.now,  # type: ignore[arg-type]
+                            rng=random.Random(1), route_fn=fake_route, dsn_builder=self.build)
+
+    def build(self, **kwargs: Any) -> bytes:
+        self.dsns.append(kwargs)
+        names = "".join(f"Final-Recipient: rfc822;{r.recipient}\r\n" for r in kwargs["results"])
+        return f"Subject: Undelivered Mail\r\n\r\n{names}".encode()
+
+    def submit(self, sender: str, *rcpts: str | RecipientState) -> str:
+        states = [r if isinstance(r, RecipientState) else RecipientState(r) for r in rcpts]
+        meta = MessageMeta(new_queue_id(lambda: self.now), sender, self.now, states, size=10)
+        asyncio.run(self.spool.store(meta, b"Subject: t\r\n\r\nhi\r\n"))
+        self.qm.add(meta)
+        return meta.queue_id
+
+    def run(self) -> int:
+        return asyncio.run(self.qm.run_once())
+
+    def queued(self) -> list[MessageMeta]:
+        return [self.spool.load_meta(q) for q in self.spool.ids()]
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Harness:
+    harness = Harness(tmp_path)
+    yield harness
+    harness.spool.close()
+
+
+def test_rty1_deferred_then_retried_after_backoff_and_delivered(h: Harness) -> None:
+    """RTY-1/RTY-2: a 4xx keeps the recipient queued with a next try ≥ retry_min_seconds; then delivered."""
+    h.courier.will("a@x.test", DEFER, (Disposition.DELIVERED, "2.0.0", "250 ok"))
+    qid = h.submit("s@y.test", "a@x.test")
+    h.run()
+    (meta,) = h.queued()
+    rcpt = meta.recipients[0]
+    assert rcpt.state == PENDING and rcpt.attempts == 1 and rcpt.reply == "451 4.4.1 try later"
+    assert h.now + 60 <= rcpt.next_try <= h.now + 600
+    assert rcpt.hosts == {"mx.x.test[127.0.0.2]:25": "451 4.4.1 try later"}
+    assert h.run() == 0  # not due yet
+    h.now = rcpt.next_try
+    assert h.run() == 1
+    assert h.spool.ids() == [] and not h.dsns and len(h.courier.calls) == 2
+    assert not h.spool.exists(qid)
+
+
+def test_rty3_expiry_bounces_once_with_the_last_transient_reason(h: Harness) -> None:
+    """RTY-3: past queue_lifetime_seconds the recipient fails with its last 4xx reason; exactly one DSN."""
+    h.courier.will("a@x.test", DEFER)
+    qid = h.submit("s@y.test", "a@x.test")
+    tries = 0
+    while h.spool.exists(qid) and tries < 30:
+        tries += 1
+        h.run()
+        if h.spool.exists(qid):
+            h.now = h.spool.load_meta(qid).recipients[0].next_try
+    assert 3 <= tries < 30 and h.now - 1_000_000.0 >= 3600 - 600
+    assert len(h.dsns) == 1
+    (dsn,) = h.dsns
+    assert dsn["action"] == "failed" and dsn["results"][0].status == "4.4.1"
+    assert dsn["results"][0].reply == "451 4.4.1 try later"
+    (queued,) = h.queued()
+    assert queued.sender == "" and queued.recipients[0].address == "s@y.test"  # DSN-2: MAIL FROM:<>
+
+
+def test_dsn1_dsn7_one_dsn_names_only_the_failed_recipients_across_domains(h: Harness) -> None:
+    """DSN-1/DSN-7: a partial failure gives one DSN for the failed ones only; grouped per domain (one call each)."""
+    h.courier.will("b@x.test", REJECT)
+    h.courier.will("c@z.test", REJECT)
+    qid = h.submit("s@y.test", "a@x.test", "b@x.test", "c@z.test")
+    h.run()
+    assert sorted(h.courier.calls) == [("x.test", ["a@x.test", "b@x.test"]), ("z.test", ["c@z.test"])]
+    assert len(h.dsns) == 1
+    assert sorted(r.recipient for r in h.dsns[0]["results"]) == ["b@x.test", "c@z.test"]
+    assert not h.spool.exists(qid)
+    (dsn,) = h.queued()
+    assert dsn.bounce_of == {"queue_id": qid, "batch": 0, "recipients": ["b@x.test", "c@z.test"], "action": "failed"}
+
+
+def test_dsn3_null_sender_failure_is_never_bounced(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    """DSN-3: a failed bounce is logged and removed, never bounced."""
+    caplog.set_level("INFO", logger="mxroute.relay.queue.manager")
+    h.courier.will("a@x.test", REJECT)
+    h.submit("", "a@x.test")
+    h.run()
+    assert h.dsns == [] and h.spool.ids() == []
+    assert any("no bounce for a bounce" in r.getMessage() for r in caplog.records)
+
+
+def test_dsn8_notify_never_suppresses_the_dsn_but_not_the_failure(h: Harness) -> None:
+    """DSN-8: NOTIFY=NEVER → no DSN; NOTIFY=SUCCESS only → no failure DSN either."""
+    h.courier.will("a@x.test", REJECT)
+    h.courier.will("b@x.test", REJECT)
+    h.submit("s@y.test", RecipientState("a@x.test", ("NEVER",)), RecipientState("b@x.test", ("SUCCESS",)))
+    h.run()
+    assert h.dsns == [] and h.spool.ids() == []
+
+
+def test_dur6_delivered_recipients_are_never_retried(h: Harness) -> None:
+    """DUR-6: only pending recipients are retried; delivered ones are persisted as such."""
+    h.courier.will("b@x.test", DEFER)
+    qid = h.submit("s@y.test", "a@x.test", "b@x.test")
+    h.run()
+    meta = h.spool.load_meta(qid)
+    assert [r.state for r in meta.recipients] == [DELIVERED, PENDING]
+    h.now = meta.recipients[1].next_try
+    h.qm = h.manager()  # a restart: the new manager knows only the spool
+    h.qm.recover()
+    h.run()
+    assert h.courier.calls[-1] == ("x.test", ["b@x.test"])
+
+
+def test_dsn12_crash_between_dsn_enqueue_and_marking_gives_exactly_one_dsn(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DSN-12/DUR-7: the DSN is durable before the recipient is marked; recovery finishes the marking."""
+    h.courier.will("a@x.test", REJECT)
+    qid = h.submit("s@y.test", "a@x.test")
+
+    async def crash(meta: MessageMeta) -> None:
+        raise SystemExit("kill -9")  # the fault point: after the DSN's fsync, before the state append
+
+    monkeypatch.setattr(h.spool, "remove", crash)
+    with pytest.raises(SystemExit):
+        h.run()
+    monkeypatch.undo()
+    assert len(h.dsns) == 1 and len(h.spool.ids()) == 2  # original still pending + the DSN
+    h.qm = h.manager()
+    h.qm.recover()
+    assert not h.spool.exists(qid)  # marked bounced by recovery: no second attempt, no second DSN
+    h.run()
+    assert len(h.dsns) == 1 and h.courier.calls.count(("x.test", ["a@x.test"])) == 1
+
+
+def test_flush_makes_deferred_mail_due_now(h: Harness) -> None:
+    """`mxroute queue flush`: the marker file makes everything due at the next poll."""
+    h.courier.will("a@x.test", DEFER, (Disposition.DELIVERED, "2.0.0", "250 ok"))
+    h.submit("s@y.test", "a@x.test")
+    h.run()
+    assert h.run() == 0
+    h.spool.request_flush()
+    asyncio.run(h.qm._poll_flush())
+    assert h.courier.forgotten == 1  # RTY-4: hosts skipped as unreachable are worth a try again
+    assert h.run() == 1 and h.spool.ids() == []
+    assert not h.spool.flush_marker.exists()
+
+
+def test_deleted_while_queued_is_dropped_quietly(h: Harness) -> None:
+    """`mxroute queue delete`: the daemon notices when the message comes due."""
+    qid = h.submit("s@y.test", "a@x.test")
+    assert h.spool.remove_sync(qid)
+    h.run()
+    assert h.courier.calls == [] and h.spool.ids() == []
+
+
+def test_dsn10_one_delay_warning_when_enabled(tmp_path: Path) -> None:
+    """DSN-10: one `delayed` DSN after delay_warning_seconds, not a second one."""
+    h = Harness(tmp_path, delay_warning_seconds=100)
+    h.courier.will("a@x.test", DEFER)
+    h.submit("s@y.test", "a@x.test")
+    for _ in range(5):
+        h.now += 700
+        h.run()
+    assert [d["action"] for d in h.dsns] == ["delayed"]
+    assert h.dsns[0]["will_retry_until"] == pytest.approx(1_000_000.0 + 3600)
+    h.spool.close()
+
+
+def test_internal_courier_error_defers_not_loses(h: Harness) -> None:
+    """A courier crash never loses a recipient: deferred with 4.3.0."""
+    async def boom(*args: Any, **kwargs: Any) -> list[RecipientResult]:
+        raise RuntimeError("bug")
+
+    h.courier.deliver = boom  # type: ignore[method-assign]
+    qid = h.submit("s@y.test", "a@x.test")
+    h.run()
+    rcpt = h.spool.load_meta(qid).recipients[0]
+    assert rcpt.state == PENDING and rcpt.status == "4.3.0"
+
+
+def test_dur4_state_write_failure_keeps_the_message_and_retries(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DUR-4/DUR-6: the disk fails while recording a deferral: the message stays queued and comes due again."""
+    h.courier.will("a@x.test", DEFER)
+    qid = h.submit("s@y.test", "a@x.test")
+
+    async def broken(meta: MessageMeta) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(h.spool, "update", broken)
+    h.run()
+    assert h.spool.exists(qid) and h.run() == 0
+    monkeypatch.undo()
+    h.now += h.settings.retry_min_seconds
+    assert h.run() == 1
+    # the first attempt's outcome was kept in memory while the disk refused it, then written with the second
+    assert h.spool.load_meta(qid).recipients[0].attempts == 2
+
+
+def test_dur4_dur6_state_write_failure_does_not_redeliver_the_delivered(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DUR-4/DUR-6: one recipient delivered, one deferred, and the state cannot be written (ENOSPC): the
+    retries while the disk stays full send only to the deferred one (found by tests/faults/test_diskfull.py)."""
+    h.courier.will("b@z.test", DEFER)
+    qid = h.submit("s@y.test", "a@x.test", "b@z.test")
+
+    async def broken(meta: MessageMeta) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(h.spool, "update", broken)
+    for _ in range(3):
+        h.run()
+        h.now += h.settings.retry_max_seconds
+    monkeypatch.undo()
+    h.run()
+    assert [c for c in h.courier.calls if c[0] == "x.test"] == [("x.test", ["a@x.test"])]
+    states = {r.address: r.state for r in h.spool.load_meta(qid).recipients}
+    assert states == {"a@x.test": DELIVERED, "b@z.test": PENDING}
+
+
+def test_rty5_destination_concurrency_is_capped_and_idle_destinations_forgotten(tmp_path: Path) -> None:
+    """RTY-5: 10 messages to one domain never run more than destination_concurrency transactions at once."""
+    h = Harness(tmp_path, destination_concurrency=2, delivery_concurrency=10)
+    active, peak = [0], [0]
+    real = h.courier.deliver
+
+    async def slow(*args: Any, **kwargs: Any) -> list[RecipientResult]:
+        active[0] += 1
+        peak[0] = max(peak[0], active[0])
+        await asyncio.sleep(0.02)
+        active[0] -= 1
+        return await real(*args, **kwargs)
+
+    h.courier.deliver = slow  # type: ignore[method-assign]
+    for n in range(10):
+        h.submit("s@y.test", f"r{n}@x.test")
+    assert h.run() == 10
+    assert peak[0] == 2 and h.spool.ids() == []
+    assert not h.qm._per_dest and not h.qm._dest_users
+    h.spool.close()
+
+
+class Crash(BaseException):
+    """kill -9 at a fault point: nothing after it runs, only the disk survives."""
+
+
+@hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_dur7_random_crashes_never_lose_mail_and_notify_once(tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
+    """DUR-7/DSN-12: random replies and kill points during delivery and bounce; after recovery and
+    enough retries every recipient was delivered (at least once) or named in exactly one DSN."""
+    h = Harness(tmp_path_factory.mktemp("dur7"), queue_lifetime_seconds=10**6)
+    outcomes = [(Disposition.DELIVERED, "2.0.0", "250 ok"), DEFER, REJECT]
+    rcpts = {f"r{i}@{dom}.test" for i, dom in enumerate(data.draw(st.lists(st.sampled_from("abc"), min_size=1, max_size=4)))}
+    for address in rcpts:
+        h.courier.will(address, *data.draw(st.lists(st.sampled_from(outcomes), min_size=1, max_size=3)))
+    h.submit("s@y.test", *sorted(rcpts))
+    for _ in range(12):
+        point = data.draw(st.sampled_from([None, "update", "remove", "store"]))
+        countdown = [data.draw(st.integers(0, 2))]
+        if point is not None:
+            real = getattr(h.spool, point)
+
+            async def faulty(*args: Any, _real: Any = real, _countdown: list[int] = countdown) -> Any:
+                if _countdown[0] == 0:
+                    raise Crash()
+                _countdown[0] -= 1
+                return await _real(*args)
+
+            setattr(h.spool, point, faulty)
+        try:
+            h.run()
+        except Crash:
+            pass
+        if point is not None:
+            delattr(h.spool, point)  # back to the real method (an instance attribute shadowed it)
+        h.qm = h.manager()  # restart: only the disk is known
+        h.qm.recover()
+        h.now += 10_000
+        for address in rcpts:  # later attempts succeed, so the run ends
+            if data.draw(st.booleans()):
+                h.courier.will(address, (Disposition.DELIVERED, "2.0.0", "250 ok"))
+    for address in rcpts:
+        h.courier.will(address, (Disposition.DELIVERED, "2.0.0", "250 ok"))
+    for _ in range(5):
+        h.run()
+        h.now += 10_000
+    delivered = {a for _, batch in h.courier.calls for a in batch}
+    originals = [m for m in h.queued() if m.sender]
+    assert originals == []  # nothing stuck once every destination accepts
+    named: dict[str, int] = {}  # over DSNs enqueued (a DSN file re-sent after a crash is one notification)
+    for meta, message in h.spool.stored:
+        if meta.sender:
+            continue
+        assert meta.queue_id in h.courier.sent  # every DSN enqueued went out
+        for line in message.decode().splitlines():
+            if line.startswith("Final-Recipient: rfc822;"):
+                named[line.split(";", 1)[1]] = named.get(line.split(";", 1)[1], 0) + 1
+    for address in rcpts:
+        assert named.get(address, 0) <= 1, f"{address} notified twice"
+        assert address in delivered or named.get(address) == 1, f"{address} lost"
+    h.spool.close()
