@@ -36,7 +36,8 @@ from tests.test_spf_conformance import SUITE_DIR, Case, load_suite
 
 from mxroute.dns.resolver import Resolver
 from mxroute.dns.zonefile import ZoneData, ZoneTransport
-from mxroute.identity.spf import SPFOptions, check_sender, parse_record
+from mxroute.identity.spf.evaluate import SPFOptions, check_sender
+from mxroute.identity.spf.parse import parse_record
 
 
 class AnswerMemo(ZoneData):

@@ -262,7 +262,8 @@ def _add_identity(args: argparse.Namespace, settings: Any, resolver: Any, report
     sender = args.sender or (f"postmaster@{settings.sender_domain}" if settings.sender_domain else None)
     if not egress:
         return
-    from mxroute.identity.findings import check_identity, render_identity
+    from mxroute.cli.identity import render_identity
+    from mxroute.identity.findings import check_identity
 
     helo = args.helo or settings.helo_name
     reports = asyncio.run(check_identity(resolver, sender=sender, egress_ips=egress, helo=helo))
@@ -303,7 +304,7 @@ def _check_config(args: argparse.Namespace) -> int:
     if reports is None:
         print("# sending identity: not checked (egress_ips is empty)")
     else:
-        from mxroute.identity.findings import render_ptr
+        from mxroute.cli.identity import render_ptr
 
         print("# sending identity: PTR (iprev, RFC 8601 §3) and HELO name of each egress IP")
         sys.stdout.write(render_ptr(reports, prefix="# "))

@@ -19,10 +19,11 @@ import json
 import sys
 
 from mxroute.address import normalize_domain
+from mxroute.cli.identity import render_spf
 from mxroute.dns.resolver import Resolver
 from mxroute.errors import EX_OK, EX_TEMPFAIL, EX_USAGE, AddressError
-from mxroute.identity.findings import render_spf
-from mxroute.identity.spf import TEMPERROR, SPFOptions, check_host
+from mxroute.identity.spf.evaluate import SPFOptions, check_host
+from mxroute.identity.spf.results import TEMPERROR
 
 EXIT_CODES = {TEMPERROR: EX_TEMPFAIL}
 

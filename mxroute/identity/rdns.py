@@ -22,8 +22,9 @@ from typing import Any
 
 import dns.name
 
+from mxroute.address import IPAddress
 from mxroute.dns.resolver import Answer, Lookups
-from mxroute.identity.spf import IPAddress, normalize_ip, reverse_name
+from mxroute.identity.ip import normalize_ip, reverse_name
 
 MAX_PTR_NAMES = 10
 PASS, FAIL, PERMERROR, TEMPERROR = "pass", "fail", "permerror", "temperror"
@@ -38,7 +39,7 @@ class IprevResult:
     names: list[str] = field(default_factory=list)  # PTR names looked at (≤ 10)
     confirmed: list[str] = field(default_factory=list)  # names whose A/AAAA contains the IP
     helo: str | None = None
-    helo_resolves: bool | None = None  # the HELO name's A/AAAA contains the IP (None: not checked)
+    helo_resolves: bool | None = None  # the HELO name's A/AAAA has the IP (None: not checked)
     helo_error: str = ""  # a temporary failure while resolving the HELO name
     reason: str = ""
 
@@ -94,7 +95,8 @@ async def iprev(resolver: Lookups, ip: str | IPAddress, helo: str | None = None)
     elif not ptr.rrs:
         result.reason = f"no PTR record for {address} ({ptr.outcome.value})"
     else:
-        result.names = [rr.target.to_text(omit_final_dot=True) for rr in ptr.rrs if rr.target != dns.name.root][:MAX_PTR_NAMES]
+        names = [rr.target for rr in ptr.rrs if rr.target != dns.name.root]
+        result.names = [name.to_text(omit_final_dot=True) for name in names][:MAX_PTR_NAMES]
         temporary: list[str] = []
         for name in result.names:
             forward = await resolver.lookup(name, qtype)
@@ -111,7 +113,8 @@ async def iprev(resolver: Lookups, ip: str | IPAddress, helo: str | None = None)
             result.reason = "; ".join(temporary)
         else:
             result.result = FAIL
-            result.reason = f"no PTR name of {address} ({', '.join(result.names)}) resolves back to it"
+            listed = ", ".join(result.names)
+            result.reason = f"no PTR name of {address} ({listed}) resolves back to it"
     if helo:
         forward = await resolver.lookup(helo, qtype)
         if forward.outcome.temporary:

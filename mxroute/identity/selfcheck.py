@@ -1,7 +1,7 @@
 """The sending-identity self-check while ``serve`` runs (SPF-10, SPF-12): warn, never refuse.
 
 For each new sender domain seen in MAIL FROM, after its message is queued, a
-background task asks what receivers will ask (``identity.py``): does the
+background task asks what receivers will ask (``findings.py``): does the
 domain's SPF pass each egress IP (RFC 7208 ``check_host``), and does each
 egress IP have a forward-confirmed PTR matching ``helo_name`` (iprev, RFC 8601
 §3)? Problems become ONE warning line per check, each with its stable code and
@@ -17,10 +17,11 @@ TTL runs out, and reported again only when it changes.
 
 The SPF verdict is cached per domain although macros (``%{l}``) may make it
 depend on the local part: a self-check is advice, and the first sender of a
-domain stands for the rest. Log lines (stable, for log filters):
+domain stands for the rest. Log lines (stable, for log filters), from the logger
+``mxroute.identity.selfcheck``:
 
-- ``WARNING mxroute.identity.selfcheck: identity: mail from DOMAIN: egress IP CODE: what; fix: how | ...``
-- ``INFO mxroute.identity.selfcheck: identity: mail from DOMAIN: egress IP spf-none|spf-neutral|spf-temperror: ...``
+- ``WARNING ...: identity: mail from DOMAIN: egress IP CODE: what; fix: how | ...``
+- ``INFO ...: identity: mail from DOMAIN: egress IP spf-none|spf-neutral|spf-temperror: ...``
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, TypeVar
 
 from mxroute.dns.resolver import Answer, Resolver
 from mxroute.identity.findings import Finding, ptr_findings, spf_findings
+from mxroute.identity.rdns import iprev
+from mxroute.identity.spf.evaluate import check_host
+from mxroute.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +47,17 @@ MAX_DOMAINS = 4096
 # What receivers act on: SPF fail/softfail/permerror (RFC 7208 §8.4, §8.5, §8.7) and a missing
 # or mismatching FCrDNS. spf-none / spf-neutral / spf-temperror are logged at INFO.
 WARN_SPF = frozenset({"spf-fail", "spf-softfail", "spf-permerror"})
-_CHECKING = float("inf")  # cache mark while a domain's check runs: later messages start no second one
+_CHECKING = float("inf")  # marks a domain whose check runs: later messages start no second one
+
+
+class Queued(Protocol):
+    """A message the intake has queued, as the self-check sees it: its sender."""
+
+    @property
+    def sender(self) -> str: ...
+
+
+MessageT = TypeVar("MessageT", bound=Queued)
 
 
 class _TTLTracker:
@@ -74,18 +88,19 @@ class SelfCheck:
         self.helo = helo
         self.clock = clock
         self.max_domains = max_domains
-        self._domains: dict[str, float] = {}  # domain -> when its verdict expires (_CHECKING while it runs)
+        # domain -> when its verdict expires (_CHECKING while it runs)
+        self._domains: dict[str, float] = {}
         self._ptr: dict[str, tuple[float, tuple[Finding, ...]]] = {}  # ip -> (expires, findings)
         self._ptr_said: dict[str, tuple[str, ...]] = {}  # ip -> the codes last logged
         self._ptr_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self.checks = 0  # domain checks run (tests and metrics)
 
-    def wrap(self, on_queued: Callable[[Any], None]) -> Callable[[Any], None]:
+    def wrap(self, on_queued: Callable[[MessageT], None]) -> Callable[[MessageT], None]:
         """``on_queued`` (the queue's ``add``) followed by ``observe(meta.sender)``."""
         observe = self.observe
 
-        def queued(meta: Any) -> None:
+        def queued(meta: MessageT) -> None:
             on_queued(meta)
             observe(meta.sender)
 
@@ -106,13 +121,14 @@ class SelfCheck:
         self._spawn(self._startup(), "selfcheck-startup")
 
     def _start(self, domain: str, sender: str) -> None:
-        self._domains.pop(domain, None)  # re-insert at the end: the dict's order is the eviction order
+        # re-insert at the end: the dict's order is the eviction order
+        self._domains.pop(domain, None)
         while len(self._domains) >= self.max_domains:
             del self._domains[next(iter(self._domains))]
         self._domains[domain] = _CHECKING
         self._spawn(self._run(domain, sender), f"selfcheck-{domain[:64]}")
 
-    def _spawn(self, coro: Any, name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -135,12 +151,14 @@ class SelfCheck:
         if problems:
             log.warning("identity: at start-up: %s", " | ".join(problems))
         else:
-            log.info("identity: PTR and HELO name of %s check out (%s)", ", ".join(self.egress_ips), self.helo)
+            log.info("identity: PTR and HELO name of %s check out (%s)",
+                     ", ".join(self.egress_ips), self.helo)
 
     async def check(self, domain: str, sender: str) -> int:
-        """Check ``domain`` for every egress IP, log what is wrong; return how long the verdict holds."""
-        from mxroute.identity.spf import check_host
+        """Check ``domain`` for every egress IP and log what is wrong.
 
+        Returns how long the verdict holds, in seconds.
+        """
         self.checks += 1
         log.debug("identity: checking mail from %s", domain)
         tracker = _TTLTracker(self.resolver)
@@ -156,7 +174,8 @@ class SelfCheck:
         elif notes:
             log.info("identity: mail from %s: %s", domain, " | ".join(notes))
         else:
-            log.debug("identity: mail from %s: SPF passes for %s", domain, ", ".join(self.egress_ips))
+            log.debug("identity: mail from %s: SPF passes for %s",
+                      domain, ", ".join(self.egress_ips))
         return tracker.lifetime()
 
     async def _ptr_problems(self) -> list[str]:
@@ -166,8 +185,6 @@ class SelfCheck:
             for ip in self.egress_ips:
                 expires, findings = self._ptr.get(ip, (0.0, ()))
                 if expires <= self.clock():
-                    from mxroute.identity.rdns import iprev
-
                     tracker = _TTLTracker(self.resolver)
                     findings = tuple(ptr_findings(await iprev(tracker, ip, self.helo), self.helo))
                     self._ptr[ip] = (self.clock() + tracker.lifetime(), findings)
@@ -182,15 +199,19 @@ def _line(ip: str, finding: Finding) -> str:
     return f"egress {ip} {finding.code}: {finding.message}; fix: {finding.fix}"
 
 
-def watch(settings: Any, resolver: Resolver, on_queued: Callable[[Any], None]) -> Callable[[Any], None]:
+def watch(
+    settings: Settings, resolver: Resolver, on_queued: Callable[[MessageT], None]
+) -> Callable[[MessageT], None]:
     """``on_queued`` with the self-check behind it, or unchanged when ``egress_ips`` is empty.
 
     Call inside the running event loop (``serve`` start-up): it schedules the PTR/HELO check.
     """
     if not settings.egress_ips:
-        log.info("identity: self-check off: egress_ips is empty (set it to be warned about SPF and PTR problems)")
+        log.info("identity: self-check off: egress_ips is empty "
+                 "(set it to be warned about SPF and PTR problems)")
         return on_queued
     check = SelfCheck(resolver, settings.egress_ips, settings.helo_name)
-    log.info("identity: self-check on for egress %s, HELO %s", ", ".join(settings.egress_ips), settings.helo_name)
+    log.info("identity: self-check on for egress %s, HELO %s",
+             ", ".join(settings.egress_ips), settings.helo_name)
     check.start()
     return check.wrap(on_queued)

@@ -30,7 +30,7 @@ import yaml
 
 from mxroute.dns.resolver import NetworkTransport, Resolver, Server
 from mxroute.dns.zonefile import ZoneData
-from mxroute.identity.spf import SPFOptions, check_sender
+from mxroute.identity.spf.evaluate import SPFOptions, check_sender
 from tests.support.dnsserver import DNSServer
 from tests.support.paths import ROOT
 

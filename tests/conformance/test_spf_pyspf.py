@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mxroute.identity.spf import check_host
+from mxroute.identity.spf.evaluate import check_host
 from tests.conftest import resolver_for
 from tests.support.dnsserver import DNSServer
 

@@ -31,13 +31,10 @@ from mxroute.address import parse_address, parse_literal, parse_path
 from mxroute.dns.resolver import Resolver
 from mxroute.dns.zonefile import ZoneData, ZoneTransport
 from mxroute.errors import AddressError
-from mxroute.identity.spf import (
-    PermError,
-    check_host,
-    parse_domain_spec,
-    parse_macro_string,
-    parse_record,
-)
+from mxroute.identity.spf.evaluate import check_host
+from mxroute.identity.spf.macros import parse_domain_spec, parse_macro_string
+from mxroute.identity.spf.parse import parse_record
+from mxroute.identity.spf.results import PermError
 from mxroute.relay.intake.server import (
     Intake,
     Reply,
@@ -314,7 +311,8 @@ with atheris.instrument_imports():
     from mxroute.address import parse_path
     from mxroute.errors import AddressError
     from mxroute.relay.intake.server import Reply, split_path, parse_params, check_content
-    from mxroute.identity.spf import PermError, parse_record
+    from mxroute.identity.spf.parse import parse_record
+    from mxroute.identity.spf.results import PermError
 
 def one(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from mxroute.dns.resolver import Resolver
 from mxroute.dns.zonefile import ZoneData, ZoneTransport
-from mxroute.identity.spf import RESULTS, SPFOptions, SPFResult, check_host, check_sender
+from mxroute.identity.spf.evaluate import SPFOptions, check_host, check_sender
+from mxroute.identity.spf.results import RESULTS, SPFResult
 
 HEAD = "$ORIGIN t.\n$TTL 300\n@ IN SOA ns.t. h.t. 1 3600 600 86400 60\n"
 

@@ -7,12 +7,13 @@ import json
 
 import pytest
 
+from mxroute.cli.identity import render_identity, render_spf
 from mxroute.cli.spf import spf_command
 from mxroute.dns.resolver import Resolver
 from mxroute.dns.zonefile import ZoneData, ZoneTransport
 from mxroute.errors import EX_OK, EX_TEMPFAIL, EX_USAGE
-from mxroute.identity.findings import IdentityReport, check_identity, render_identity, render_spf
-from mxroute.identity.spf import check_host
+from mxroute.identity.findings import IdentityReport, check_identity
+from mxroute.identity.spf.evaluate import check_host
 
 IP = "198.51.100.7"
 GOOD = """$ORIGIN .

@@ -8,7 +8,9 @@ import pytest
 
 from mxroute.dns.resolver import Resolver
 from mxroute.dns.zonefile import ZoneData, ZoneTransport
-from mxroute.identity.spf import PermError, SPFOptions, expand_macros, parse_macro_string
+from mxroute.identity.spf.evaluate import SPFOptions, expand_macros
+from mxroute.identity.spf.macros import parse_macro_string
+from mxroute.identity.spf.results import PermError
 
 SENDER = "strong-bad@email.example.com"
 DOMAIN = "email.example.com"

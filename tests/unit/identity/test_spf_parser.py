@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mxroute.identity.spf import Macro, PermError, is_spf_record, parse_record
+from mxroute.identity.spf.macros import Macro
+from mxroute.identity.spf.parse import is_spf_record, parse_record
+from mxroute.identity.spf.results import PermError
 
 
 def test_spf2_version_selection_is_exact_and_case_insensitive() -> None:
