@@ -96,6 +96,15 @@ class SelfCheck:
         self._tasks: set[asyncio.Task[None]] = set()
         self.checks = 0  # domain checks run (tests and metrics)
 
+    @property
+    def running(self) -> int:
+        """How many checks run in the background now."""
+        return len(self._tasks)
+
+    def expiries(self) -> dict[str, float]:
+        """The cached domains, oldest first, and when each verdict expires (inf: still checking)."""
+        return dict(self._domains)
+
     def wrap(self, on_queued: Callable[[MessageT], None]) -> Callable[[MessageT], None]:
         """``on_queued`` (the queue's ``add``) followed by ``observe(meta.sender)``."""
         observe = self.observe

@@ -34,7 +34,9 @@ from mxroute.identity.spf.evaluate import SPFOptions, check_sender
 from tests.support.dnsserver import DNSServer
 from tests.support.paths import ROOT
 
-SUITE_DIR = Path(os.environ.get("MXROUTE_SPF_SUITE", ROOT.parent / "shared" / "conformance" / "spf"))
+SUITE_DIR = Path(
+    os.environ.get("MXROUTE_SPF_SUITE", ROOT.parent / "shared" / "conformance" / "spf")
+)
 FILES = ("rfc7208-tests.yml", "rfc4408-tests.yml")
 QTYPES = ("A", "AAAA", "MX", "PTR", "TXT", "SPF", "CNAME")
 
@@ -57,7 +59,10 @@ class Case:
 
 
 def _txt_presentation(strings: list[str]) -> str:
-    """One TXT RR as zone text; characters become UTF-8 octets, odd octets \\DDD (README: Non-ASCII)."""
+    """One TXT RR as zone text: characters become UTF-8 octets, odd octets \\DDD.
+
+    See the suite README, "Non-ASCII".
+    """
     if not strings:
         strings = [""]  # see module docstring: a zero-string TXT RR cannot be served
     parts = []
@@ -65,7 +70,10 @@ def _txt_presentation(strings: list[str]) -> str:
         raw = text.encode("utf-8")
         chunks = [raw[i : i + 255] for i in range(0, len(raw), 255)] or [b""]
         for chunk in chunks:
-            body = "".join(chr(b) if 0x20 <= b < 0x7F and b not in (0x22, 0x5C) else f"\\{b:03d}" for b in chunk)
+            body = "".join(
+                chr(b) if 0x20 <= b < 0x7F and b not in (0x22, 0x5C) else f"\\{b:03d}"
+                for b in chunk
+            )
             parts.append(f'"{body}"')
     return " ".join(parts)
 
@@ -95,7 +103,8 @@ def build_zone(zonedata: dict[str, list[Any]]) -> ZoneData:
                 continue
             ((rtype, value),) = entry.items()
             if rtype == "TXT" and value == "NONE":
-                continue  # suppresses SPF-to-TXT only; it answers nothing, so a later TIMEOUT still applies
+                # suppresses SPF-to-TXT only; it answers nothing, so a later TIMEOUT still applies
+                continue
             seen.add(rtype)
             if rtype in ("TXT", "SPF"):
                 text = _txt_presentation([value] if isinstance(value, str) else list(value))
@@ -148,7 +157,8 @@ def _collect() -> tuple[list[Any], dict[tuple[str, int], ZoneData]]:
                 reason = KNOWN_DEVIATIONS.get((case.file, case.name))
                 if reason:
                     marks.append(pytest.mark.xfail(reason=reason, strict=True))
-                params.append(pytest.param(case, id=f"{filename.split('-')[0]}-{case.name}", marks=marks))
+                case_id = f"{filename.split('-')[0]}-{case.name}"
+                params.append(pytest.param(case, id=case_id, marks=marks))
     return params, zones
 
 
@@ -162,12 +172,17 @@ def suite_server() -> Iterator[DNSServer]:
 
 
 def run_case(resolver: Resolver, case: Case) -> tuple[str, str | None]:
-    """check_host() as the suite's runner does: mailfrom or postmaster@helo, default exp "DEFAULT"."""
+    """check_host() as the suite's runner does.
+
+    MAIL FROM, or postmaster@HELO for a null sender; the default explanation is "DEFAULT".
+    """
     test = case.test
     options = SPFOptions(default_explanation="DEFAULT", timeout=20.0)
 
     async def go() -> tuple[str, str | None]:
-        result = await check_sender(resolver, test["host"], test["mailfrom"], test["helo"], options=options)
+        result = await check_sender(
+            resolver, test["host"], test["mailfrom"], test["helo"], options=options
+        )
         return result.result, result.explanation
 
     return asyncio.run(go())
@@ -182,8 +197,12 @@ def test_rfc7208_suite(case: Case | None, suite_server: DNSServer) -> None:
             pytest.fail(message)
         pytest.skip(message)
     suite_server.data = ZONES[(case.file, case.scenario)]
-    resolver = Resolver(NetworkTransport([Server(suite_server.host, suite_server.port)], timeout=0.3, attempts=1), trace_size=0)
+    server = Server(suite_server.host, suite_server.port)
+    resolver = Resolver(NetworkTransport([server], timeout=0.3, attempts=1), trace_size=0)
     result, explanation = run_case(resolver, case)
-    assert result in case.expected, f"{case.name}: got {result}, expected {case.expected} ({case.test.get('description', '')})"
+    description = case.test.get("description", "")
+    assert result in case.expected, (
+        f"{case.name}: got {result}, expected {case.expected} ({description})"
+    )
     if "explanation" in case.test:
         assert explanation == case.test["explanation"], case.name

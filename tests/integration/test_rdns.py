@@ -1,4 +1,5 @@
-"""SPF-11: iprev (RFC 8601 §3) over the wire, with in-addr.arpa / ip6.arpa zones for 127.0.0.x and ::1.
+"""SPF-11: iprev (RFC 8601 §3) over the wire, with in-addr.arpa / ip6.arpa zones
+for 127.0.0.x and ::1.
 
 The four outcomes of RFC 8601 §2.7.3, plus the HELO agreement the self-check uses.
 """
@@ -56,7 +57,9 @@ def test_spf11_pass_when_a_ptr_name_maps_back(server: DNSServer) -> None:
     assert (result.result, result.names, result.confirmed) == ("pass", ["relay.t"], ["relay.t"])
     assert result.forward_confirmed and result.helo_matches and result.helo_resolves
     body = result.to_json()
-    assert body == body | {"ip": "127.0.0.2", "names": ["relay.t"], "forward_confirmed": True, "helo_matches": True}
+    expected = {"ip": "127.0.0.2", "names": ["relay.t"], "forward_confirmed": True,
+                "helo_matches": True}
+    assert body == body | expected
 
 
 def test_spf11_pass_for_ipv6_loopback(server: DNSServer) -> None:

@@ -34,13 +34,15 @@ class Clock:
 
 async def settle(check: SelfCheck) -> None:
     for _ in range(200):  # bounded: the checks talk to a loopback server
-        if not check._tasks:
+        if not check.running:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("self-check tasks did not finish")
 
 
-def test_cached_for_the_smallest_ttl_then_checked_again(dns_server: DNSServer, caplog: pytest.LogCaptureFixture) -> None:
+def test_cached_for_the_smallest_ttl_then_checked_again(
+    dns_server: DNSServer, caplog: pytest.LogCaptureFixture
+) -> None:
     dns_server.set_zone(ZONE)
     clock = Clock()
 
@@ -58,7 +60,8 @@ def test_cached_for_the_smallest_ttl_then_checked_again(dns_server: DNSServer, c
     with caplog.at_level(logging.INFO, logger="mxroute.identity.selfcheck"):
         assert asyncio.run(scenario()) == [1, 1, 1, 2]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 2 and all("mail from a.t: egress 127.0.0.2 spf-fail" in w for w in warnings)
+    assert len(warnings) == 2
+    assert all("mail from a.t: egress 127.0.0.2 spf-fail" in w for w in warnings)
 
 
 def test_ttl_is_clamped_and_the_cache_bounded(dns_server: DNSServer) -> None:
@@ -66,20 +69,23 @@ def test_ttl_is_clamped_and_the_cache_bounded(dns_server: DNSServer) -> None:
     clock = Clock()
 
     async def scenario() -> SelfCheck:
-        check = SelfCheck(resolver_for(dns_server), ["127.0.0.2"], "relay.t", clock=clock, max_domains=2)
+        resolver = resolver_for(dns_server)
+        check = SelfCheck(resolver, ["127.0.0.2"], "relay.t", clock=clock, max_domains=2)
         for sender in ("x@b.t", "x@a.t", "x@nx.t"):
             check.observe(sender)
             await settle(check)
         return check
 
     check = asyncio.run(scenario())
-    assert list(check._domains) == ["a.t", "nx.t"]  # b.t, the oldest, was dropped
-    assert check._domains["a.t"] == clock.now + 120
-    assert check._domains["nx.t"] == clock.now + 60  # NXDOMAIN's negative TTL (SOA minimum 60)
+    expiries = check.expiries()
+    assert list(expiries) == ["a.t", "nx.t"]  # b.t, the oldest, was dropped
+    assert expiries["a.t"] == clock.now + 120
+    assert expiries["nx.t"] == clock.now + 60  # NXDOMAIN's negative TTL (SOA minimum 60)
 
 
-def test_null_sender_and_failures_never_raise(dns_server: DNSServer, monkeypatch: pytest.MonkeyPatch,
-                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_null_sender_and_failures_never_raise(
+    dns_server: DNSServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     dns_server.set_zone(ZONE)
 
     async def broken(self: SelfCheck, domain: str, sender: str) -> int:
@@ -95,6 +101,7 @@ def test_null_sender_and_failures_never_raise(dns_server: DNSServer, monkeypatch
 
     with caplog.at_level(logging.INFO, logger="mxroute.identity.selfcheck"):
         check = asyncio.run(scenario())
-    assert list(check._domains) == ["b.t"] and check._domains["b.t"] < float("inf")
+    expiries = check.expiries()
+    assert list(expiries) == ["b.t"] and expiries["b.t"] < float("inf")
     assert any("self-check for b.t failed" in r.getMessage() for r in caplog.records)
     assert selfcheck.MIN_TTL == 60

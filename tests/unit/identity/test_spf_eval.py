@@ -1,4 +1,7 @@
-"""check_host() semantics (RFC 7208 §4–§6) over an in-process zone (ZoneTransport): SPF-2..7, SPF-9."""
+"""check_host() semantics (RFC 7208 §4–§6) over an in-process zone (ZoneTransport).
+
+SPF-2..7, SPF-9.
+"""
 
 from __future__ import annotations
 
@@ -64,7 +67,8 @@ def test_spf2_malformed_or_single_label_domain_is_none_without_dns() -> None:
     data = zone('d IN TXT "v=spf1 -all"\n')
     resolver = Resolver(ZoneTransport(data))
     for domain in ("t", "a..t", ("x" * 64) + ".t", "[192.0.2.1]", ""):
-        assert spf(data, domain=domain, sender=f"u@{domain}", resolver=resolver).result == "none", domain
+        outcome = spf(data, domain=domain, sender=f"u@{domain}", resolver=resolver)
+        assert outcome.result == "none", domain
     assert resolver.stats.queries == 0
 
 
@@ -78,7 +82,9 @@ def test_spf10_null_sender_checks_helo_identity() -> None:
     """§2.4: MAIL FROM <> means check_host(ip, helo, postmaster@helo)."""
     data = zone('helo IN TXT "v=spf1 ip4:192.0.2.1 -all"\n')
     outcome = asyncio.run(check_sender(Resolver(ZoneTransport(data)), "192.0.2.1", "", "helo.t"))
-    assert (outcome.result, outcome.domain, outcome.sender) == ("pass", "helo.t", "postmaster@helo.t")
+    assert (outcome.result, outcome.domain, outcome.sender) == (
+        "pass", "helo.t", "postmaster@helo.t"
+    )
 
 
 # --- SPF-3, SPF-4, SPF-5: processing limits (§4.6.4) --------------------------------------
@@ -100,15 +106,20 @@ def test_spf3_ten_includes_evaluate_eleven_are_permerror() -> None:
 def test_spf3_all_ip4_ip6_do_not_count_but_a_and_redirect_do() -> None:
     many_ip = " ".join(f"ip4:198.51.100.{i} ip6:2001:db8::{i}" for i in range(6))
     ten_a = " ".join(["a"] * 10)
-    assert result(f'd IN TXT "v=spf1 {many_ip} " "{ten_a} ip4:192.0.2.1 -all"\nd IN A 10.0.0.1\n') == "pass"
-    assert result(f'd IN TXT "v=spf1 {many_ip} " "{ten_a} a ip4:192.0.2.1 -all"\nd IN A 10.0.0.1\n') == "permerror"
+    d_a = "d IN A 10.0.0.1\n"
+    assert result(f'd IN TXT "v=spf1 {many_ip} " "{ten_a} ip4:192.0.2.1 -all"\n{d_a}') == "pass"
+    assert result(
+        f'd IN TXT "v=spf1 {many_ip} " "{ten_a} a ip4:192.0.2.1 -all"\n{d_a}'
+    ) == "permerror"
     ten = " ".join(["a"] * 9)
-    assert result(f'd IN TXT "v=spf1 {ten} redirect=r.t"\nd IN A 10.0.0.1\nr IN TXT "v=spf1 +all"\n') == "pass"
-    assert result(f'd IN TXT "v=spf1 {ten} a redirect=r.t"\nd IN A 10.0.0.1\nr IN TXT "v=spf1 +all"\n') == "permerror"
+    r_all = 'r IN TXT "v=spf1 +all"\n'
+    assert result(f'd IN TXT "v=spf1 {ten} redirect=r.t"\n{d_a}{r_all}') == "pass"
+    assert result(f'd IN TXT "v=spf1 {ten} a redirect=r.t"\n{d_a}{r_all}') == "permerror"
 
 
 def test_spf3_include_loop_and_redirect_loop_are_permerror() -> None:
-    assert result('d IN TXT "v=spf1 include:e.t -all"\ne IN TXT "v=spf1 include:d.t -all"\n') == "permerror"
+    loop = 'd IN TXT "v=spf1 include:e.t -all"\ne IN TXT "v=spf1 include:d.t -all"\n'
+    assert result(loop) == "permerror"
     assert result('d IN TXT "v=spf1 redirect=d.t"\n') == "permerror"
 
 
@@ -128,7 +139,8 @@ def test_spf4_ptr_names_beyond_ten_are_ignored() -> None:
     data = zone(text)
     outcome = spf(data)
     assert outcome.result == "fail"
-    forward = [lookup for entry in outcome.trace for lookup in entry.lookups if lookup.startswith("A ")]
+    lookups = [lookup for entry in outcome.trace for lookup in entry.lookups]
+    forward = [lookup for lookup in lookups if lookup.startswith("A ")]
     assert len(forward) == 10
 
 
@@ -147,7 +159,9 @@ class SlowTransport(ZoneTransport):
         super().__init__(data)
         self.delay = delay
 
-    async def query(self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> dns.message.Message:
+    async def query(
+        self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType
+    ) -> dns.message.Message:
         await asyncio.sleep(self.delay)
         return await super().query(qname, rdtype)
 
@@ -213,9 +227,11 @@ def test_spf7_terms_after_all_and_redirect_with_all_are_ignored() -> None:
 
 
 def test_spf7_redirect_semantics() -> None:
-    assert result('d IN TXT "v=spf1 redirect=r.t"\nr IN TXT "v=spf1 ip4:192.0.2.1 -all"\n') == "pass"
-    assert result('d IN TXT "v=spf1 redirect=r.t"\nr IN A 10.0.0.1\n') == "permerror"  # §6.1: none -> permerror
-    assert result('d IN TXT "v=spf1 redirect=r.t redirect=r.t"\nr IN TXT "v=spf1 +all"\n') == "permerror"
+    redirect = 'd IN TXT "v=spf1 redirect=r.t"\n'
+    assert result(redirect + 'r IN TXT "v=spf1 ip4:192.0.2.1 -all"\n') == "pass"
+    assert result(redirect + "r IN A 10.0.0.1\n") == "permerror"  # §6.1: none -> permerror
+    twice = 'd IN TXT "v=spf1 redirect=r.t redirect=r.t"\nr IN TXT "v=spf1 +all"\n'
+    assert result(twice) == "permerror"
 
 
 def test_spf7_unknown_modifier_ignored_and_default_neutral() -> None:
@@ -272,10 +288,14 @@ def test_spf9_exp_fetched_only_on_fail() -> None:
 
 
 def test_trace_and_json_shape() -> None:
-    outcome = spf(zone('d IN TXT "v=spf1 a:h.t include:i.t -all"\nh IN A 10.0.0.1\ni IN TXT "v=spf1 ?all"\n'))
+    outcome = spf(zone(
+        'd IN TXT "v=spf1 a:h.t include:i.t -all"\nh IN A 10.0.0.1\ni IN TXT "v=spf1 ?all"\n'
+    ))
     body = json.loads(json.dumps(outcome.to_json()))
     assert {"result", "sender", "ip", "trace"} <= set(body)
-    assert (body["result"], body["sender"], body["ip"], body["dns_terms"]) == ("fail", "u@d.t", "192.0.2.1", 2)
+    assert (body["result"], body["sender"], body["ip"], body["dns_terms"]) == (
+        "fail", "u@d.t", "192.0.2.1", 2
+    )
     terms = [(e["depth"], e["term"], e["result"]) for e in body["trace"]]
     assert (0, "a:h.t", "no match") in terms and (1, "?all", "match -> neutral") in terms
     a_entry = next(e for e in body["trace"] if e["term"] == "a:h.t")
@@ -289,7 +309,8 @@ def test_hostile_records_end_in_errors_not_exceptions() -> None:
     long_record = " ".join(f"ip4:10.{i // 256}.{i % 256}.1" for i in range(700))
     cases = {
         'd IN TXT "v=spf1 include:d.t"\n': "permerror",  # self include
-        'd IN TXT "v=spf1 a:%{l}%{l}%{l}%{l}%{l}%{l}.%{s}%{s}%{s}.t -all"\n': "fail",  # truncated, no match
+        # truncated, no match
+        'd IN TXT "v=spf1 a:%{l}%{l}%{l}%{l}%{l}%{l}.%{s}%{s}%{s}.t -all"\n': "fail",
         'd IN TXT "v=spf1 ip4:10.0.0.1/99"\n': "permerror",
         'd IN TXT "v=spf1 a:\\195\\169.t"\n': "permerror",
         'd IN TXT "v=spf1 a:x.t/"\n': "permerror",
@@ -297,20 +318,22 @@ def test_hostile_records_end_in_errors_not_exceptions() -> None:
     for text, expected in cases.items():
         assert result(text, sender=("x" * 60) + "@d.t") == expected, text
     # A 10,000-character record over many strings of one TXT RR.
-    chunks = ["v=spf1 "] + [long_record[i : i + 250] for i in range(0, len(long_record), 250)] + [" -all"]
+    pieces = [long_record[i : i + 250] for i in range(0, len(long_record), 250)]
+    chunks = ["v=spf1 ", *pieces, " -all"]
     big = "d IN TXT " + " ".join(f'"{c}"' for c in chunks) + "\n"
     assert len(long_record) > 10000
     assert result(big) == "fail" and result(big, "10.2.187.1") == "pass"
 
 
 def _strings(record: str) -> str:
-    """``record`` as TXT character-strings under 255 bytes each (120 characters of at most 2 bytes here),
-    which RFC 7208 §3.3 joins back together."""
+    """``record`` as TXT character-strings under 255 bytes each (120 characters of at most
+    2 bytes here), which RFC 7208 §3.3 joins back together."""
     return " ".join(f'"{record[i : i + 120]}"' for i in range(0, len(record), 120))
 
 
 RECORD_TERMS = st.sampled_from([
-    "a", "mx", "ptr", "-all", "~all", "?all", "+all", "include:i.t", "include:d.t", "exists:%{i}.e.t",
+    "a", "mx", "ptr", "-all", "~all", "?all", "+all", "include:i.t", "include:d.t",
+    "exists:%{i}.e.t",
     "a:h.t/24", "mx:m.t//64", "redirect=r.t", "exp=x.t", "ip4:192.0.2.0/25", "ip6:2001:db8::/33",
     "%{", "a:%{p}.t", "moo=%{d}", "ip4:300.1.1.1", "a:\u00e9.t", "exists:%{l}%{l}%{l}%{l}.%{o}",
 ])
@@ -319,8 +342,12 @@ RECORD_TERMS = st.sampled_from([
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(RECORD_TERMS, max_size=12), st.lists(RECORD_TERMS, max_size=6),
        st.sampled_from(["192.0.2.1", "2001:db8::1", "::ffff:192.0.2.77", "10.0.0.1"]))
-def test_hostile_random_records_always_give_a_result(outer: list[str], inner: list[str], ip: str) -> None:
-    text = (f'd IN TXT {_strings("v=spf1 " + " ".join(outer))}\ni IN TXT {_strings("v=spf1 " + " ".join(inner))}\n'
-            'r IN TXT "v=spf1 include:i.t"\nh IN A 192.0.2.9\nm IN MX 1 h.t.\nx IN TXT "%{c} %{r}"\n'
+def test_hostile_random_records_always_give_a_result(
+    outer: list[str], inner: list[str], ip: str
+) -> None:
+    text = (f'd IN TXT {_strings("v=spf1 " + " ".join(outer))}\n'
+            f'i IN TXT {_strings("v=spf1 " + " ".join(inner))}\n'
+            'r IN TXT "v=spf1 include:i.t"\nh IN A 192.0.2.9\nm IN MX 1 h.t.\n'
+            'x IN TXT "%{c} %{r}"\n'
             "1.2.0.192.in-addr.arpa. IN PTR h.t.\n")
     assert spf(zone(text), ip).result in RESULTS

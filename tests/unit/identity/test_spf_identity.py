@@ -1,4 +1,4 @@
-"""SPF-10, SPF-12: the sending-identity self-check (warning codes, fixes, text) and `mxroute spf`."""
+"""SPF-10, SPF-12: the sending-identity self-check (warning codes, fixes, text), `mxroute spf`."""
 
 from __future__ import annotations
 
@@ -33,15 +33,19 @@ def resolver(text: str = GOOD, *, fail: tuple[str, str, str | None] | None = Non
     return Resolver(ZoneTransport(data))
 
 
-def report(text: str = GOOD, sender: str | None = "user@example.com", helo: str = "relay.example.com",
+def report(text: str = GOOD, sender: str | None = "user@example.com",
+           helo: str = "relay.example.com",
            fail: tuple[str, str, str | None] | None = None) -> IdentityReport:
-    (first,) = asyncio.run(check_identity(resolver(text, fail=fail), sender=sender, egress_ips=[IP], helo=helo))
+    (first,) = asyncio.run(
+        check_identity(resolver(text, fail=fail), sender=sender, egress_ips=[IP], helo=helo)
+    )
     return first
 
 
 def test_spf12_clean_identity_has_no_warnings() -> None:
     result = report()
-    assert result.ok and result.spf.result == "pass" and result.ptr.forward_confirmed and result.ptr.helo_matches
+    assert result.ok and result.spf.result == "pass"
+    assert result.ptr.forward_confirmed and result.ptr.helo_matches
     assert result.helo_spf is not None and result.helo_spf.result == "pass"
     assert "ok:" in render_identity([result])
 
@@ -54,26 +58,36 @@ MATRIX = [
      ["spf-softfail"], "add ip4:198.51.100.7 to example.com's SPF record"),
     (("ip4:198.51.100.0/24 -all", "ip4:192.0.2.0/24"), "user@example.com", "relay.example.com",
      ["spf-neutral"], "add ip4:198.51.100.7"),
-    (('example.com.               IN TXT "v=spf1 ip4:198.51.100.0/24 -all"', ""), "user@example.com", "relay.example.com",
+    (('example.com.               IN TXT "v=spf1 ip4:198.51.100.0/24 -all"', ""),
+     "user@example.com", "relay.example.com",
      ["spf-none"], 'publish TXT "v=spf1 ip4:198.51.100.7 ~all" at example.com'),
     (("ip4:198.51.100.0/24 -all", "ip4:198.51.100.0/33"), "user@example.com", "relay.example.com",
      ["spf-permerror"], "fix example.com's SPF record"),
-    (("7.100.51.198.in-addr.arpa. IN PTR relay.example.com.", ""), "user@example.com", "relay.example.com",
-     ["ptr-missing"], "set PTR of 198.51.100.7 to relay.example.com"),
-    (("IN PTR relay.example.com.", "IN PTR mail.example.net."), "user@example.com", "relay.example.com",
-     ["ptr-unconfirmed"], "set PTR of 198.51.100.7 to relay.example.com"),
-    (("relay.example.com.         IN A 198.51.100.7", ("relay.example.com.         IN A 198.51.100.8\n"
-      "other.example.com. IN A 198.51.100.7\n7.100.51.198.in-addr.arpa. IN PTR other.example.com.")),
+    (("7.100.51.198.in-addr.arpa. IN PTR relay.example.com.", ""),
      "user@example.com", "relay.example.com",
-     ["helo-spf-fail", "helo-no-address", "helo-ptr-mismatch"], "set PTR of 198.51.100.7 to relay.example.com"),
-    (("relay.example.com.         IN TXT \"v=spf1 a -all\"", ""), "user@example.com", "relay.example.com",
+     ["ptr-missing"], "set PTR of 198.51.100.7 to relay.example.com"),
+    (("IN PTR relay.example.com.", "IN PTR mail.example.net."),
+     "user@example.com", "relay.example.com",
+     ["ptr-unconfirmed"], "set PTR of 198.51.100.7 to relay.example.com"),
+    (("relay.example.com.         IN A 198.51.100.7",
+      ("relay.example.com.         IN A 198.51.100.8\n"
+       "other.example.com. IN A 198.51.100.7\n"
+       "7.100.51.198.in-addr.arpa. IN PTR other.example.com.")),
+     "user@example.com", "relay.example.com",
+     ["helo-spf-fail", "helo-no-address", "helo-ptr-mismatch"],
+     "set PTR of 198.51.100.7 to relay.example.com"),
+    (("relay.example.com.         IN TXT \"v=spf1 a -all\"", ""),
+     "user@example.com", "relay.example.com",
      ["helo-spf-none"], 'publish TXT "v=spf1 ip4:198.51.100.7 ~all" at relay.example.com'),
 ]
 
 
-@pytest.mark.parametrize(("edit", "sender", "helo", "codes", "fix"), MATRIX, ids=[",".join(m[3]) for m in MATRIX])
-def test_spf12_each_misconfiguration_has_its_warning_code(edit: tuple[str, str], sender: str, helo: str,
-                                                         codes: list[str], fix: str) -> None:
+@pytest.mark.parametrize(
+    ("edit", "sender", "helo", "codes", "fix"), MATRIX, ids=[",".join(m[3]) for m in MATRIX]
+)
+def test_spf12_each_misconfiguration_has_its_warning_code(
+    edit: tuple[str, str], sender: str, helo: str, codes: list[str], fix: str
+) -> None:
     text = GOOD.replace(*edit)
     assert text != GOOD
     result = report(text, sender, helo)
@@ -109,7 +123,9 @@ def test_identity_json_carries_contract_objects() -> None:
 
 
 def test_render_spf_shows_result_reason_and_every_lookup() -> None:
-    outcome = asyncio.run(check_host(resolver(), IP, "example.com", "user@example.com", helo="relay.example.com"))
+    outcome = asyncio.run(
+        check_host(resolver(), IP, "example.com", "user@example.com", helo="relay.example.com")
+    )
     text = render_spf(outcome)
     assert text.splitlines()[0].split() == ["result", "pass"]
     assert "TXT example.com -> " in text and "ip4:198.51.100.0/24" in text
@@ -118,7 +134,9 @@ def test_render_spf_shows_result_reason_and_every_lookup() -> None:
 # --- mxroute spf ---------------------------------------------------------------------------
 
 
-def run_cmd(ip: str, sender: str, helo: str | None = None, as_json: bool = False, **kw: object) -> int:
+def run_cmd(
+    ip: str, sender: str, helo: str | None = None, as_json: bool = False, **kw: object
+) -> int:
     return asyncio.run(spf_command(resolver(**kw), ip, sender, helo, as_json))  # type: ignore[arg-type]
 
 

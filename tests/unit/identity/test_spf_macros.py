@@ -16,8 +16,9 @@ SENDER = "strong-bad@email.example.com"
 DOMAIN = "email.example.com"
 
 
-def expand(text: str, ip: str = "192.0.2.3", *, explanation: bool = False, zone: ZoneData | None = None,
-           sender: str = SENDER, domain: str = DOMAIN, helo: str = "mx.example.org") -> str:
+def expand(text: str, ip: str = "192.0.2.3", *, explanation: bool = False,
+           zone: ZoneData | None = None, sender: str = SENDER, domain: str = DOMAIN,
+           helo: str = "mx.example.org") -> str:
     resolver = Resolver(ZoneTransport(zone or ZoneData()))
     options = SPFOptions(receiver="mx.example.net", clock=lambda: 1234567890.5)
     return asyncio.run(expand_macros(resolver, text, ip=ip, sender=sender, domain=domain, helo=helo,
@@ -63,8 +64,12 @@ def test_spf8_rfc7208_section_7_4_example_ipv6() -> None:
 def test_spf8_escapes_and_url_escaping() -> None:
     """§7.1 %% %_ %-; §7.3 an upper-case letter URL-escapes (RFC 3986 unreserved kept)."""
     assert expand("a%%b%_c%-d", explanation=True) == "a%b c%20d"
-    assert expand("%{S}", sender="a b+c@example.com", domain="example.com", explanation=True) == "a%20b%2Bc%40example.com"
-    assert expand("%{L}.example.com", sender="~x._-@example.com", domain="example.com") == "~x._-.example.com"
+    assert expand(
+        "%{S}", sender="a b+c@example.com", domain="example.com", explanation=True
+    ) == "a%20b%2Bc%40example.com"
+    assert expand(
+        "%{L}.example.com", sender="~x._-@example.com", domain="example.com"
+    ) == "~x._-.example.com"
 
 
 def test_spf8_custom_delimiters_and_transformers() -> None:
@@ -77,7 +82,9 @@ def test_spf8_custom_delimiters_and_transformers() -> None:
 
 def test_spf8_exp_only_letters_and_values() -> None:
     """§7.2: c, r and t only in exp text; c is the readable IP, v is in-addr / ip6."""
-    assert expand("%{c} %{r} %{t} %{v} %{h}", explanation=True) == "192.0.2.3 mx.example.net 1234567890 in-addr mx.example.org"
+    assert expand("%{c} %{r} %{t} %{v} %{h}", explanation=True) == (
+        "192.0.2.3 mx.example.net 1234567890 in-addr mx.example.org"
+    )
     assert expand("%{c} %{v}", "2001:db8::cb01", explanation=True) == "2001:db8::cb01 ip6"
     for letter in "crt":
         with pytest.raises(PermError):
@@ -93,8 +100,9 @@ def test_spf8_ipv4_mapped_client_is_ipv4() -> None:
     assert expand("%{i} %{v}", "::ffff:192.0.2.3", explanation=True) == "192.0.2.3 in-addr"
 
 
-@pytest.mark.parametrize("bad", ["%{x}", "%{d0}", "%{", "%{d", "%x", "%", "%{d*}", "a b.example.com", "%{ }",
-                                 "caf\u00e9.example.com", "x\x00.example.com"])
+@pytest.mark.parametrize("bad", ["%{x}", "%{d0}", "%{", "%{d", "%x", "%", "%{d*}",
+                                 "a b.example.com", "%{ }", "caf\u00e9.example.com",
+                                 "x\x00.example.com"])
 def test_spf8_bad_macro_is_permerror(bad: str) -> None:
     with pytest.raises(PermError):
         parse_macro_string(bad)

@@ -24,11 +24,11 @@ def test_spf2_version_selection_is_exact_and_case_insensitive() -> None:
 
 
 def test_spf7_mechanisms_qualifiers_and_cidr() -> None:
-    record = parse_record("v=spf1 +a -mx:example.org/24//64 ~ptr ?include:_spf.example.com ip4:192.0.2.0/24 "
-                          "ip6:2001:db8::/32 exists:%{ir}.x.example.com -all")
+    record = parse_record("v=spf1 +a -mx:example.org/24//64 ~ptr ?include:_spf.example.com "
+                          "ip4:192.0.2.0/24 ip6:2001:db8::/32 exists:%{ir}.x.example.com -all")
     names = [(m.qualifier, m.name) for m in record.mechanisms]
-    assert names == [("+", "a"), ("-", "mx"), ("~", "ptr"), ("?", "include"), ("+", "ip4"), ("+", "ip6"),
-                     ("+", "exists"), ("-", "all")]
+    assert names == [("+", "a"), ("-", "mx"), ("~", "ptr"), ("?", "include"), ("+", "ip4"),
+                     ("+", "ip6"), ("+", "exists"), ("-", "all")]
     mx = record.mechanisms[1]
     assert (mx.cidr4, mx.cidr6, mx.spec) == (24, 64, ("example.org",))
     assert record.mechanisms[4].network == ipaddress.ip_network("192.0.2.0/24")
@@ -39,19 +39,24 @@ def test_spf7_mechanisms_qualifiers_and_cidr() -> None:
 
 def test_spf7_dual_cidr_forms() -> None:
     """§5.6 dual-cidr-length: /n, //n, /n//m, on a and mx with or without a domain."""
-    cases = {"a/24": (24, 128), "a//64": (32, 64), "a/0//0": (0, 0), "mx:x.example.com//128": (32, 128)}
+    cases = {
+        "a/24": (24, 128), "a//64": (32, 64), "a/0//0": (0, 0), "mx:x.example.com//128": (32, 128)
+    }
     for term, cidrs in cases.items():
         m = parse_record(f"v=spf1 {term}").mechanisms[0]
         assert (m.cidr4, m.cidr6) == cidrs, term
 
 
 def test_spf7_host_bits_in_ip4_are_masked() -> None:
-    assert parse_record("v=spf1 ip4:192.0.2.77/24").mechanisms[0].network == ipaddress.ip_network("192.0.2.0/24")
+    network = parse_record("v=spf1 ip4:192.0.2.77/24").mechanisms[0].network
+    assert network == ipaddress.ip_network("192.0.2.0/24")
 
 
 def test_spf7_modifiers_redirect_exp_unknown() -> None:
     """§6: redirect and exp are kept; unknown modifiers are ignored if they parse."""
-    record = parse_record("v=spf1 redirect=_spf.example.com exp=why.%{d} moo.cow-far_out=man:dog/cat")
+    record = parse_record(
+        "v=spf1 redirect=_spf.example.com exp=why.%{d} moo.cow-far_out=man:dog/cat"
+    )
     assert record.redirect == ("_spf.example.com",)
     assert record.exp is not None and record.mechanisms == ()
 
