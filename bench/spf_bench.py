@@ -32,12 +32,12 @@ import dns.message
 import dns.name
 import dns.rcode
 import dns.rdatatype
-from tests.test_spf_conformance import SUITE_DIR, Case, load_suite
 
 from mxroute.dns.resolver import Resolver
 from mxroute.dns.zonefile import ZoneData, ZoneTransport
 from mxroute.identity.spf.evaluate import SPFOptions, check_sender
 from mxroute.identity.spf.parse import parse_record
+from tests.conformance.test_spf_conformance import SUITE_DIR, Case, load_suite
 
 
 class AnswerMemo(ZoneData):
