@@ -44,7 +44,8 @@ from mxroute.dns.resolver import Resolver
 from mxroute.errors import AddressError, SpoolError
 from mxroute.relay.envelope import Recipient
 from mxroute.relay.intake.sendercheck import SenderCheck
-from mxroute.relay.spool.store import MessageMeta, RecipientState, Spool, new_queue_id
+from mxroute.relay.spool.format import MessageMeta, RecipientState, new_queue_id
+from mxroute.relay.spool.store import Spool
 from mxroute.settings import Settings
 from mxroute.text import LISTING, safe_text
 

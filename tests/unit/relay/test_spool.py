@@ -15,19 +15,20 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from mxroute.errors import SpoolError
-from mxroute.relay.spool import store as spool_module
-from mxroute.relay.spool.store import (
+from mxroute.relay.spool.format import (
     BOUNCED,
     DELIVERED,
     MAGIC,
+    QUEUE_ID,
     CorruptFile,
     MessageMeta,
     RecipientState,
-    Spool,
     decode,
     encode,
+    frame,
     new_queue_id,
 )
+from mxroute.relay.spool.store import Spool
 
 MESSAGE = b"Subject: hi\r\n\r\nbody\r\n.leading dot\r\n"
 
@@ -91,7 +92,7 @@ def test_dsn6_remote_reply_flag_persists_and_old_state_records_load(spool: Spool
         "why": "deferred", "hosts": {"mx1[127.0.0.2]:25": "451 4.4.1 try later"}, "warned": False,
     }
     with spool.path(meta.queue_id).open("ab") as f:
-        f.write(spool_module._frame(b"S", json.dumps({"recipients": [old], "bounces": 0}).encode()))
+        f.write(frame(b"S", json.dumps({"recipients": [old], "bounces": 0}).encode()))
     [rcpt] = spool.load_meta(meta.queue_id).recipients
     assert (rcpt.attempts, rcpt.status, rcpt.remote_reply) == (2, "4.4.1", False)
     assert rcpt.hosts == {"mx1[127.0.0.2]:25": "451 4.4.1 try later"}
@@ -192,7 +193,7 @@ def test_spool_that_cannot_be_made_private_is_refused(tmp_path: Path, monkeypatc
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     foreign.chmod(0o755)
-    monkeypatch.setattr(spool_module.os, "geteuid", lambda: 123456)  # not the owner
+    monkeypatch.setattr(os, "geteuid", lambda: 123456)  # not the owner
     with pytest.raises(SpoolError, match="accessible to others"):
         Spool(foreign).prepare()
 
@@ -201,7 +202,7 @@ def test_queue_ids_are_unique_and_sortable_even_with_a_stuck_clock() -> None:
     """DUR-3: 10k IDs from one instant never collide."""
     ids = [new_queue_id(lambda: 1234.5) for _ in range(10000)]
     assert len(set(ids)) == len(ids)
-    assert all(spool_module.QUEUE_ID.match(i) for i in ids)
+    assert all(QUEUE_ID.match(i) for i in ids)
     assert new_queue_id(lambda: 1.0) < new_queue_id(lambda: 2.0)
 
 
@@ -212,10 +213,10 @@ def test_disk_full_gives_452_and_leaves_no_file(spool: Spool, monkeypatch: pytes
     def full(fd: int, data: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(spool_module.os, "write", full)
+    monkeypatch.setattr(os, "write", full)
     with pytest.raises(SpoolError) as info:
         asyncio.run(spool.store(_meta(), MESSAGE))
-    monkeypatch.setattr(spool_module.os, "write", real_write)
+    monkeypatch.setattr(os, "write", real_write)
     assert info.value.smtp_reply().startswith("452 4.3.1")
     assert list(spool.tmp_dir.iterdir()) == [] and spool.ids() == []
     asyncio.run(spool.store(_meta(), MESSAGE))  # space back: intake resumes without a restart
@@ -227,7 +228,7 @@ def test_eio_on_fsync_gives_451(spool: Spool, monkeypatch: pytest.MonkeyPatch) -
     def broken(fd: int) -> None:
         raise OSError(errno.EIO, "I/O error")
 
-    monkeypatch.setattr(spool_module.os, "fsync", broken)
+    monkeypatch.setattr(os, "fsync", broken)
     with pytest.raises(SpoolError) as info:
         asyncio.run(spool.store(_meta(), MESSAGE))
     assert info.value.smtp_reply().startswith("451 4.3.0")
@@ -248,8 +249,8 @@ def test_fsync_file_then_rename_then_fsync_dir(spool: Spool, monkeypatch: pytest
         real_replace(src, dst)  # type: ignore[arg-type]
         events.append("replace")
 
-    monkeypatch.setattr(spool_module.os, "fsync", fsync)
-    monkeypatch.setattr(spool_module.os, "replace", replace)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
     asyncio.run(spool.store(_meta(), MESSAGE))
     events.append("returned")
     assert events == ["fsync-file", "replace", "fsync-dir", "returned"]
@@ -265,7 +266,7 @@ def test_concurrent_stores_share_directory_fsyncs(spool: Spool, monkeypatch: pyt
             dir_syncs[0] += 1
         real_fsync(fd)
 
-    monkeypatch.setattr(spool_module.os, "fsync", fsync)
+    monkeypatch.setattr(os, "fsync", fsync)
 
     async def many() -> None:
         await asyncio.gather(*(spool.store(_meta(), MESSAGE) for _ in range(50)))
@@ -323,11 +324,11 @@ def test_failed_state_append_leaves_no_torn_record(spool: Spool, monkeypatch: py
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(spool_module.os, "fsync", full)
+    monkeypatch.setattr(os, "fsync", full)
     meta.recipients[0].state = DELIVERED
     with pytest.raises(OSError):
         spool.update_sync(meta)
-    monkeypatch.setattr(spool_module.os, "fsync", real_fsync)
+    monkeypatch.setattr(os, "fsync", real_fsync)
     assert spool.path(meta.queue_id).stat().st_size == size
     spool.update_sync(meta)
     assert spool.load_meta(meta.queue_id).recipients[0].state == DELIVERED
