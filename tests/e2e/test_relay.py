@@ -369,7 +369,7 @@ def test_sec8_auth_only_after_starttls_and_then_relays(world: World, tmp_path: P
 
     if not tls_available():
         pytest.skip("the cryptography package is needed to make a test certificate")
-    from mxroute.relay.intake.server import hash_password
+    from mxroute.relay.intake.auth import hash_password
 
     cert, key = _tls_files()
     creds = tmp_path / "credentials"

@@ -1,6 +1,6 @@
 """Fuzzing, in process (SEC-5, SEC-6, SEC-7, SEC-12; the "never a traceback" promise): hypothesis over
 the address parser, the SPF record parser and check_host() evaluator, the SMTP command parsers of
-server.py and the live RelaySMTP protocol. Only the documented error types may escape (AddressError,
+intake.params and the live RelaySMTP protocol. Only the documented error types may escape (AddressError,
 PermError, Reply); every call is bounded in time (hypothesis deadline); the SMTP session answers
 every input with a well-formed reply and never with aiosmtpd's "500 Error: (Exception)" fallback.
 
@@ -38,10 +38,9 @@ from mxroute.identity.spf import (
     parse_macro_string,
     parse_record,
 )
-from mxroute.relay.intake.server import (
-    Intake,
+from mxroute.relay.intake.handler import Intake
+from mxroute.relay.intake.params import (
     Reply,
-    _enhance,
     check_content,
     parse_notify,
     parse_orcpt,
@@ -50,6 +49,7 @@ from mxroute.relay.intake.server import (
     split_path,
     xtext_decode,
 )
+from mxroute.relay.intake.protocol import enhance
 from mxroute.relay.spool.store import Spool
 from mxroute.settings import Settings
 from tests.support.paths import ROOT
@@ -158,7 +158,7 @@ def test_fuzz_spf_check_host_always_returns_a_result(record: str, other: str, ip
         ERRORS["SPF check_host()"] += 1
 
 
-# --- SMTP command parsing in server.py -------------------------------------------------------------
+# --- SMTP command parsing in intake.params -------------------------------------------------------
 
 PARAM_WORDS = st.lists(st.one_of(ANY, st.tuples(st.sampled_from(["SIZE", "BODY", "RET", "ENVID", "NOTIFY", "ORCPT",
                                                                    "AUTH", "size", "X-Y", "", "+"]),
@@ -213,7 +213,7 @@ def test_fuzz_received_header_and_reply_enhancement_stay_single_line(helo: str, 
     lines = header.split(b"\r\n")
     assert lines[-1] == b"" and lines[0].startswith(b"Received: from ")
     assert all(line[:1] == b"\t" and b"\r" not in line and b"\n" not in line for line in lines[1:-1])
-    reply = _enhance("550 " + helo.replace("\r", "").replace("\n", ""))
+    reply = enhance("550 " + helo.replace("\r", "").replace("\n", ""))
     assert reply.startswith("550")
 
 
@@ -313,7 +313,7 @@ import sys, atheris
 with atheris.instrument_imports():
     from mxroute.address import parse_path
     from mxroute.errors import AddressError
-    from mxroute.relay.intake.server import Reply, split_path, parse_params, check_content
+    from mxroute.relay.intake.params import Reply, split_path, parse_params, check_content
     from mxroute.identity.spf import PermError, parse_record
 
 def one(data: bytes) -> None:

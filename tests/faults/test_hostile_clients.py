@@ -205,7 +205,7 @@ def test_sec3_relay_tricks_from_outside_relay_networks_all_refused(
 def test_sec8_auth_without_tls_is_refused(fworld: World, tmp_path: Path, figures: Callable[..., None]) -> None:
     """SEC-8: with valid credentials but no TLS, every AUTH form is refused (538 5.7.11 / 504), AUTH is
     not advertised, and the client stays unable to relay."""
-    from mxroute.relay.intake.server import hash_password
+    from mxroute.relay.intake.auth import hash_password
     from tests.support.smtpsink import _tls_files, tls_available
 
     creds = tmp_path / "credentials"
