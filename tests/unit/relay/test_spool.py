@@ -35,9 +35,18 @@ MESSAGE = b"Subject: hi\r\n\r\nbody\r\n.leading dot\r\n"
 
 def _meta(queue_id: str | None = None, n: int = 2) -> MessageMeta:
     return MessageMeta(
-        queue_id=queue_id or new_queue_id(), sender="a@example.com", arrival=1000.0,
-        recipients=[RecipientState(f"r{i}@example.net", ("FAILURE",), f"rfc822;R{i}@example.net") for i in range(n)],
-        ret="HDRS", envid="ENV+1", body="8BITMIME", client="helo [127.0.0.1]", size=len(MESSAGE),
+        queue_id=queue_id or new_queue_id(),
+        sender="a@example.com",
+        arrival=1000.0,
+        recipients=[
+            RecipientState(f"r{i}@example.net", ("FAILURE",), f"rfc822;R{i}@example.net")
+            for i in range(n)
+        ],
+        ret="HDRS",
+        envid="ENV+1",
+        body="8BITMIME",
+        client="helo [127.0.0.1]",
+        size=len(MESSAGE),
     )
 
 
@@ -85,10 +94,14 @@ def test_dsn6_remote_reply_flag_persists_and_old_state_records_load(spool: Spool
     spool.update_sync(meta)
     loaded = spool.load_meta(meta.queue_id)
     assert [(r.reply, r.remote_reply) for r in loaded.recipients] == [
-        ("550 5.1.1 no such user", True), ("451 4.4.1 connect to mx1[127.0.0.2]:25: Connection refused", False)]
+        ("550 5.1.1 no such user", True),
+        ("451 4.4.1 connect to mx1[127.0.0.2]:25: Connection refused", False),
+    ]
     old = {  # a recipient's state exactly as the spool wrote it before remote_reply existed
-        "address": "r0@example.net", "notify": ["FAILURE"], "orcpt": None, "state": "pending", "attempts": 2,
-        "next_try": 2000.0, "status": "4.4.1", "reply": "451 4.4.1 connect to mx1[127.0.0.2]:25: Connection refused",
+        "address": "r0@example.net", "notify": ["FAILURE"], "orcpt": None, "state": "pending",
+        "attempts": 2,
+        "next_try": 2000.0, "status": "4.4.1",
+        "reply": "451 4.4.1 connect to mx1[127.0.0.2]:25: Connection refused",
         "why": "deferred", "hosts": {"mx1[127.0.0.2]:25": "451 4.4.1 try later"}, "warned": False,
     }
     with spool.path(meta.queue_id).open("ab") as f:
@@ -131,7 +144,8 @@ def test_truncation_at_every_offset_never_yields_a_message() -> None:
 @hsettings(max_examples=300, deadline=None)
 @given(st.integers(min_value=0), st.integers(min_value=1, max_value=255))
 def test_any_flipped_byte_is_detected_or_harmless(position: int, xor: int) -> None:
-    """DUR-2: checksums catch a flipped byte in E/M/Z; a flip in the trailing S record only drops that record."""
+    """DUR-2: checksums catch a flipped byte in E/M/Z; a flip in the trailing S record only drops
+    that record."""
     meta = _meta("ABCDEF0123456789")
     data = bytearray(encode(meta, MESSAGE))
     position %= len(data)
@@ -144,7 +158,9 @@ def test_any_flipped_byte_is_detected_or_harmless(position: int, xor: int) -> No
     assert [r.address for r in loaded.recipients] == [r.address for r in meta.recipients]
 
 
-def test_recovery_moves_corrupt_files_aside_with_a_log_line(spool: Spool, caplog: pytest.LogCaptureFixture) -> None:
+def test_recovery_moves_corrupt_files_aside_with_a_log_line(
+    spool: Spool, caplog: pytest.LogCaptureFixture
+) -> None:
     """DUR-2/DUR-7: recovery keeps good messages and moves bad ones to corrupt/."""
     good, bad = _meta(), _meta()
     asyncio.run(spool.store(good, MESSAGE))
@@ -156,7 +172,9 @@ def test_recovery_moves_corrupt_files_aside_with_a_log_line(spool: Spool, caplog
     assert [m.queue_id for m in metas] == [good.queue_id]
     assert corrupt == [bad.queue_id]
     assert (spool.corrupt_dir / bad.queue_id).exists() and not path.exists()
-    assert any("corrupt" in r.getMessage() and bad.queue_id in r.getMessage() for r in caplog.records)
+    assert any(
+        "corrupt" in r.getMessage() and bad.queue_id in r.getMessage() for r in caplog.records
+    )
 
 
 def test_old_temp_files_are_cleaned_young_ones_kept(tmp_path: Path) -> None:
@@ -188,7 +206,9 @@ def test_spool_dirs_are_private_and_open_spool_is_refused(tmp_path: Path, spool:
     assert stat.S_IMODE(open_root.stat().st_mode) == 0o700
 
 
-def test_spool_that_cannot_be_made_private_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_spool_that_cannot_be_made_private_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """DUR-3: a world-readable spool owned by someone else is refused at start-up."""
     foreign = tmp_path / "foreign"
     foreign.mkdir()
@@ -206,7 +226,9 @@ def test_queue_ids_are_unique_and_sortable_even_with_a_stuck_clock() -> None:
     assert new_queue_id(lambda: 1.0) < new_queue_id(lambda: 2.0)
 
 
-def test_disk_full_gives_452_and_leaves_no_file(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disk_full_gives_452_and_leaves_no_file(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """DUR-4: ENOSPC during write → 452 4.3.1, no temp and no queue file."""
     real_write = os.write
 
@@ -235,7 +257,9 @@ def test_eio_on_fsync_gives_451(spool: Spool, monkeypatch: pytest.MonkeyPatch) -
     assert spool.ids() == [] and list(spool.tmp_dir.iterdir()) == []
 
 
-def test_fsync_file_then_rename_then_fsync_dir(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fsync_file_then_rename_then_fsync_dir(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """DUR-1: fsync(file) < os.replace < fsync(queue dir) < store() returns (and so < the 250)."""
     events: list[str] = []
     real_fsync, real_replace = os.fsync, os.replace
@@ -256,8 +280,11 @@ def test_fsync_file_then_rename_then_fsync_dir(spool: Spool, monkeypatch: pytest
     assert events == ["fsync-file", "replace", "fsync-dir", "returned"]
 
 
-def test_concurrent_stores_share_directory_fsyncs(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Group commit: 50 concurrent stores, every one covered by a dir fsync, fewer dir fsyncs than stores."""
+def test_concurrent_stores_share_directory_fsyncs(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: 50 concurrent stores, every one covered by a dir fsync, fewer dir fsyncs than
+    stores."""
     dir_syncs = [0]
     real_fsync = os.fsync
 
@@ -301,7 +328,8 @@ def test_queue_id_paths_cannot_escape_the_spool(spool: Spool) -> None:
 
 
 def test_recovery_cuts_a_torn_state_record_so_later_appends_count(spool: Spool) -> None:
-    """DUR-6/DUR-7: after a crash mid-append, the torn bytes are cut at start-up; the next state append is read."""
+    """DUR-6/DUR-7: after a crash mid-append, the torn bytes are cut at start-up; the next state
+    append is read."""
     meta = _meta()
     asyncio.run(spool.store(meta, MESSAGE))
     path = spool.path(meta.queue_id)
@@ -314,7 +342,9 @@ def test_recovery_cuts_a_torn_state_record_so_later_appends_count(spool: Spool) 
     assert spool.load_meta(meta.queue_id).recipients[0].state == DELIVERED
 
 
-def test_failed_state_append_leaves_no_torn_record(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_state_append_leaves_no_torn_record(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """DUR-4/DUR-6: ENOSPC while appending state: the file is cut back, the old state stands."""
     meta = _meta()
     asyncio.run(spool.store(meta, MESSAGE))
