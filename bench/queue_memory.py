@@ -11,7 +11,7 @@ deferred for an hour: the steady state of a destination that is down), then star
 * RSS: VmRSS of the daemon and its delivery process 2 s after it is ready, and VmHWM (their peaks), summed;
 * base: the same for an empty spool; per message = (RSS - base) / N.
 
-The files are written with the spool's own encoder (`mxroute.relay.spool.store.encode`), without an
+The files are written with the spool's own encoder (`mxroute.relay.spool.format.encode`), without an
 fsync each (one `sync` at the end): building is not what is measured. Traffic: none
 leaves the machine (DNS points at 127.0.0.1:1, nothing is due). Needs no root.
 
@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mxroute.relay.spool.store import MessageMeta, RecipientState, encode, new_queue_id
+from mxroute.relay.spool.format import MessageMeta, RecipientState, encode, new_queue_id
 
 BODY = (b"From: bench@sender.test\r\nTo: someone@unreachable.test\r\nSubject: queued\r\n\r\n"
         + b"".join(b"%05d " % i + b"x" * 64 + b"\r\n" for i in range(31)))  # ~2.3 KB

@@ -15,7 +15,8 @@ import time
 from typing import Any
 
 from mxroute.errors import EX_CANTCREAT, EX_NOINPUT, EX_OK, EX_USAGE, SpoolError
-from mxroute.relay.spool.store import PENDING, QUEUE_ID, CorruptFile, MessageMeta, Spool
+from mxroute.relay.spool.format import PENDING, QUEUE_ID, CorruptFile, MessageMeta
+from mxroute.relay.spool.store import Spool
 from mxroute.settings import Settings
 from mxroute.text import LISTING, safe_text
 

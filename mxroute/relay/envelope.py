@@ -15,7 +15,8 @@ class Recipient:
     """One forward-path with its RFC 3461 parameters."""
 
     address: str
-    notify: tuple[str, ...] = ()  # () = not given (FAILURE by default); ("NEVER",) or some of SUCCESS/FAILURE/DELAY
+    # () = not given (FAILURE by default); ("NEVER",) or some of SUCCESS/FAILURE/DELAY
+    notify: tuple[str, ...] = ()
     orcpt: str | None = None  # "rfc822;user@example.com" as given (xtext-decoded)
 
     def wants(self, kind: str) -> bool:
@@ -55,6 +56,7 @@ class RecipientResult:
     # DSN-9: the host that took the message advertised DSN and was given NOTIFY/ORCPT, so it
     # (not this relay) sends any success notice; False → a "relayed" DSN is due (RFC 3461 §5.2.3)
     next_hop_dsn: bool = False
-    # RFC 3464 §2.3.5/§2.3.6: ``reply`` is the reply ``remote_mta`` sent (a DSN says "Remote-MTA" and
-    # "smtp;"), not a reason this relay made itself (connect, TLS policy, timeouts...: "X-mxroute;")
+    # RFC 3464 §2.3.5/§2.3.6: ``reply`` is the reply ``remote_mta`` sent (a DSN says "Remote-MTA"
+    # and "smtp;"), not a reason this relay made itself (connect, TLS policy, timeouts...:
+    # "X-mxroute;")
     remote_reply: bool = False

@@ -43,7 +43,7 @@ from typing import Any
 
 from mxroute.dns.resolver import Resolver
 from mxroute.errors import EX_OK, EX_OSERR, EX_SOFTWARE, ConfigError, MxrouteError
-from mxroute.relay.intake.server import Intake
+from mxroute.relay.intake.handler import Intake
 from mxroute.relay.spool.store import Spool
 from mxroute.routing.route import resolver_from_settings
 from mxroute.service import sdnotify

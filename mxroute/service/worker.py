@@ -46,7 +46,8 @@ from collections.abc import Callable
 from typing import Any
 
 from mxroute.relay.queue.manager import QueueManager
-from mxroute.relay.spool.store import QUEUE_ID, MessageMeta, Spool
+from mxroute.relay.spool.format import QUEUE_ID, MessageMeta
+from mxroute.relay.spool.store import Spool
 from mxroute.routing.route import resolver_from_settings
 from mxroute.settings import Settings
 

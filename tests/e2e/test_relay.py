@@ -21,7 +21,8 @@ from tests.support.relay import MSG, World, rcpt_script, wait_for
 # --- delivery ------------------------------------------------------------------------------------
 
 def test_delivery_with_received_header_first_and_content_intact(world: World) -> None:
-    """RTY-1 path of success; SESS-19: one Received: on top, the rest byte-identical; DUR-1: 250 means queued."""
+    """RTY-1 path of success; SESS-19: one Received: on top, the rest byte-identical; DUR-1: 250
+    means queued."""
     sink = world.sink(1)
     relay = world.relay()
     with relay.client() as client:
@@ -64,7 +65,8 @@ def test_rty1_deferred_then_retried_and_delivered(world: World) -> None:
 
 
 def test_dsn1_dsn2_bounce_goes_to_the_sender_with_null_reverse_path(world: World) -> None:
-    """DSN-1/DSN-2/DSN-7: a 550 for one of two recipients gives one DSN, MAIL FROM:<>, to the sender."""
+    """DSN-1/DSN-2/DSN-7: a 550 for one of two recipients gives one DSN, MAIL FROM:<>, to the
+    sender."""
     sink = world.sink(1)
     sender_mx = world.sink(9)
     rcpt_script(sink, "bad@dest.test", "550 5.1.1 no such user")
@@ -74,11 +76,17 @@ def test_dsn1_dsn2_bounce_goes_to_the_sender_with_null_reverse_path(world: World
     (dsn,) = sender_mx.messages
     assert dsn.mail_from == "" and dsn.rcpt_to == ["a@sender.test"]
     text = dsn.data.decode(errors="replace")
-    finals = [line.split(";", 1)[1].strip().lower() for line in text.splitlines() if line.lower().startswith("final-recipient:")]
+    finals = [
+        line.split(";", 1)[1].strip().lower()
+        for line in text.splitlines()
+        if line.lower().startswith("final-recipient:")
+    ]
     assert finals == ["bad@dest.test"]  # DSN-1: only the failed recipient is reported
     # DSN-6 (RFC 3464 §2.3.5/§2.3.6): the remote's own reply, with the host that gave it
     assert "\r\nRemote-MTA: dns; mx1.dest.test\r\n" in text
-    assert "\r\nDiagnostic-Code: smtp; 550 5.1.1 no such user\r\n" in text and "X-mxroute" not in text
+    assert (
+        "\r\nDiagnostic-Code: smtp; 550 5.1.1 no such user\r\n" in text and "X-mxroute" not in text
+    )
     assert [m.rcpt_to for m in sink.messages] == [["u@dest.test"]]
     assert wait_for(lambda: relay.queued() == [])
 
@@ -97,7 +105,8 @@ def test_dsn3_null_sender_failure_is_logged_not_bounced(world: World) -> None:
 
 
 def test_dsn8_parameters_kept_and_malformed_xtext_refused(world: World) -> None:
-    """DSN-8: NOTIFY/ORCPT/RET/ENVID accepted and kept; malformed xtext → 501; NOTIFY=NEVER → no DSN."""
+    """DSN-8: NOTIFY/ORCPT/RET/ENVID accepted and kept; malformed xtext → 501; NOTIFY=NEVER → no
+    DSN."""
     rcpt_script(world.sink(1), "bad@dest.test", "550 5.1.1 no such user")
     sender_mx = world.sink(9)
     relay = world.relay()
@@ -105,9 +114,11 @@ def test_dsn8_parameters_kept_and_malformed_xtext_refused(world: World) -> None:
         assert client.docmd("MAIL FROM:<a@sender.test> RET=HDRS ENVID=x+2By")[0] == 250
         assert client.docmd("RCPT TO:<u@dest.test> ORCPT=rfc822;u+ZZ")[0] == 501
         assert client.docmd("RCPT TO:<u@dest.test> NOTIFY=NEVER,SUCCESS")[0] == 501
-        long_orcpt = "rfc822;" + "x+2B" * 60 + "@dest.test"  # a 600-octet RCPT line: RFC 3461 allows +500
+        # a 600-octet RCPT line: RFC 3461 allows +500
+        long_orcpt = "rfc822;" + "x+2B" * 60 + "@dest.test"
         assert client.docmd(f"RCPT TO:<bad@dest.test> NOTIFY=NEVER ORCPT={long_orcpt}")[0] == 250
-        assert client.docmd("RCPT TO:<bad@dest.test> ORCPT=rfc822;" + "x" * 1100)[0] == 500  # SEC-7: too long
+        # SEC-7: too long
+        assert client.docmd("RCPT TO:<bad@dest.test> ORCPT=rfc822;" + "x" * 1100)[0] == 500
         assert client.data(MSG)[0] == 250
     assert wait_for(lambda: "status=bounced" in relay.log())
     assert wait_for(lambda: relay.queued() == [])
@@ -115,7 +126,7 @@ def test_dsn8_parameters_kept_and_malformed_xtext_refused(world: World) -> None:
     assert sender_mx.messages == []
 
 
-# --- policy at intake ------------------------------------------------------------------------------
+# --- policy at intake -----------------------------------------------------------------------------
 
 RELAY_TRICKS = [
     "u@ext.test", "u%ext.test@relay.test", '"u@ext.test"@relay.test', "u@ext.test@relay.test",
@@ -125,7 +136,8 @@ RELAY_TRICKS = [
 
 
 def test_sec3_relay_denied_from_outside_relay_networks(world: World) -> None:
-    """SEC-3: from 127.0.0.9 (not in relay_networks) every relay trick is refused, nothing queued."""
+    """SEC-3: from 127.0.0.9 (not in relay_networks) every relay trick is refused, nothing
+    queued."""
     relay = world.relay(relay_networks=["127.0.0.1/32"])
     with relay.client(source="127.0.0.9") as client:
         client.command_encoding = "utf-8"
@@ -150,12 +162,21 @@ def test_address_literals_refused_unless_allowed(world: World) -> None:
     assert (code, reply[:5]) == (550, b"5.1.2")
 
 
-SMUGGLE_VARIANTS = [b"\n.\n", b"\n.\r\n", b"\r.\r", b"\r\n.\n", b"\r\r\n.\r\r\n", b"\r\n.\r\r\n", b"\n.\r"]
+SMUGGLE_VARIANTS = [
+    b"\n.\n",
+    b"\n.\r\n",
+    b"\r.\r",
+    b"\r\n.\n",
+    b"\r\r\n.\r\r\n",
+    b"\r\n.\r\r\n",
+    b"\n.\r",
+]
 
 
 @pytest.mark.parametrize("bare_newline", ["normalize", "reject"])
 def test_sec1_smuggling_variants_never_end_data(world: World, bare_newline: str) -> None:
-    """SEC-1: only <CRLF>.<CRLF> ends DATA; a smuggled second transaction never becomes a message."""
+    """SEC-1: only <CRLF>.<CRLF> ends DATA; a smuggled second transaction never becomes a
+    message."""
     sink = world.sink(1)
     relay = world.relay(bare_newline=bare_newline)
     accepted = 0
@@ -166,12 +187,15 @@ def test_sec1_smuggling_variants_never_end_data(world: World, bare_newline: str)
         with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as sock:
             stream = sock.makefile("rb")
             assert stream.readline().startswith(b"220")
-            sock.sendall(b"EHLO c.test\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<u@dest.test>\r\nDATA\r\n")
+            sock.sendall(
+                b"EHLO c.test\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<u@dest.test>\r\nDATA\r\n"
+            )
             replies = [stream.readline() for _ in range(10)]
             assert replies[-1].startswith(b"354"), replies
             sock.sendall(smuggled)
             reply = stream.readline()
-            # the smuggled MAIL/RCPT/DATA were message content: exactly one reply for the whole thing
+            # the smuggled MAIL/RCPT/DATA were message content: exactly one reply for the whole
+            # thing
             assert reply[:3] in (b"250", b"550"), (variant, reply)
             if reply.startswith(b"550"):
                 assert reply.startswith(b"550 5.5.2")
@@ -185,7 +209,9 @@ def test_sec1_smuggling_variants_never_end_data(world: World, bare_newline: str)
     assert len(sink.messages) == accepted
     assert all(m.mail_from == "a@sender.test" for m in sink.messages)
     for m in sink.messages:  # normalised: only CRLF line ends reach the next hop (SESS-11)
-        assert b"\r\n" in m.data and not any(ch for ch in m.data.replace(b"\r\n", b"") if ch in b"\r\n")
+        assert b"\r\n" in m.data and not any(
+            ch for ch in m.data.replace(b"\r\n", b"") if ch in b"\r\n"
+        )
 
 
 def test_sec7_size_limit_at_mail_and_in_data(world: World) -> None:
@@ -216,7 +242,8 @@ def test_sec9_recipient_limit(world: World) -> None:
 
 
 def test_sess12_line_length_and_sess18_loop_detection(world: World) -> None:
-    """SESS-12: a 999-octet line is refused, 998 accepted; SESS-18: 101 Received: → 554 5.4.6, 99 relayed."""
+    """SESS-12: a 999-octet line is refused, 998 accepted; SESS-18: 101 Received: → 554 5.4.6, 99
+    relayed."""
     sink = world.sink(1)
     relay = world.relay()
     with relay.client() as client:
@@ -241,15 +268,20 @@ def test_sec13_banner_and_vrfy_disclose_nothing(world: World) -> None:
         assert sock.recv(200) == b"220 relay.test ESMTP\r\n"
     with relay.client() as client:
         assert client.verify("root")[0] == 252
-        assert client.has_extn("pipelining") and client.has_extn("dsn") and client.has_extn("enhancedstatuscodes")
+        assert (
+            client.has_extn("pipelining")
+            and client.has_extn("dsn")
+            and client.has_extn("enhancedstatuscodes")
+        )
         assert not client.has_extn("auth")  # no credentials file, no TLS
 
 
-# --- durability and operations ---------------------------------------------------------------------
+# --- durability and operations --------------------------------------------------------------------
 
 def test_dur1_kill9_right_after_250_then_restart_delivers_exactly_once(world: World) -> None:
     """DUR-1/DUR-7: kill -9 right after the 250; restart; delivered exactly once."""
-    relay = world.relay(retry_min_seconds=60, retry_max_seconds=120)  # MX not up yet: first try fails
+    # MX not up yet: first try fails
+    relay = world.relay(retry_min_seconds=60, retry_max_seconds=120)
     relay.send("a@sender.test", ["u@dest.test"], MSG)
     relay.kill()
     assert len(relay.queued()) == 1
@@ -263,7 +295,8 @@ def test_dur1_kill9_right_after_250_then_restart_delivers_exactly_once(world: Wo
 
 
 def test_queue_list_show_flush_delete_while_running(world: World) -> None:
-    """`mxroute queue`: list and show explain a deferral (each host's reply, next try); flush and delete act."""
+    """`mxroute queue`: list and show explain a deferral (each host's reply, next try); flush and
+    delete act."""
     sink = world.sink(1)
     rcpt_script(sink, "u@dest.test", "451 4.3.0 greylisted")
     rcpt_script(sink, "v@dest.test", "451 4.3.0 greylisted")
@@ -272,14 +305,22 @@ def test_queue_list_show_flush_delete_while_running(world: World) -> None:
     relay.send("a@sender.test", ["v@dest.test"], MSG)
     assert wait_for(lambda: relay.log().count("status=deferred") >= 2)
     listing = relay.queue("list")
-    assert listing.returncode == 0 and "PENDING" in listing.stdout and "<a@sender.test>" in listing.stdout
+    assert (
+        listing.returncode == 0
+        and "PENDING" in listing.stdout
+        and "<a@sender.test>" in listing.stdout
+    )
     ids = [m["queue_id"] for m in json.loads(relay.queue("list", "--json").stdout)]
     assert sorted(ids) == relay.queued() and len(ids) == 2
     shown = {i: json.loads(relay.queue("show", i, "--json").stdout) for i in ids}
     u_id = next(i for i, m in shown.items() if m["recipients"][0]["address"] == "u@dest.test")
     v_id = next(i for i in ids if i != u_id)
     text = relay.queue("show", u_id).stdout
-    assert "451 4.3.0 greylisted" in text and "next try:" in text and f"mx1.dest.test[{world.ip(1)}]" in text
+    assert (
+        "451 4.3.0 greylisted" in text
+        and "next try:" in text
+        and f"mx1.dest.test[{world.ip(1)}]" in text
+    )
     assert relay.queue("delete", v_id).returncode == 0
     assert relay.queue("show", v_id).returncode != 0
     assert relay.queue("show", "../etc").returncode == 64
@@ -291,7 +332,8 @@ def test_queue_list_show_flush_delete_while_running(world: World) -> None:
 
 
 def test_dur8_sigterm_exits_0_with_mail_intact(world: World) -> None:
-    """DUR-8: SIGTERM → exit 0 promptly; deferred mail stays in the spool, valid; a restart continues."""
+    """DUR-8: SIGTERM → exit 0 promptly; deferred mail stays in the spool, valid; a restart
+    continues."""
     sink = world.sink(1)
     rcpt_script(sink, "u@dest.test", "451 4.3.0 later")
     relay = world.relay(retry_min_seconds=300, retry_max_seconds=600)
@@ -306,8 +348,8 @@ def test_dur8_sigterm_exits_0_with_mail_intact(world: World) -> None:
 
 
 def test_dur8_sigterm_during_parallel_sessions_every_client_sees_250_or_4xx(world: World) -> None:
-    """DUR-8: SIGTERM while 20 clients are mid-transaction: each sees 250 or a 4xx/closed connection,
-    and every 250 is in the spool or delivered (never lost)."""
+    """DUR-8: SIGTERM while 20 clients are mid-transaction: each sees 250 or a 4xx/closed
+    connection, and every 250 is in the spool or delivered (never lost)."""
     import threading
 
     sink = world.sink(1)
@@ -342,7 +384,9 @@ def test_dur8_sigterm_during_parallel_sessions_every_client_sees_250_or_4xx(worl
     assert len(outcomes) == 20
     assert all(kind in ("ok", "dropped") or kind.startswith("4") for kind, _ in outcomes), outcomes
     accepted = {reply.split()[-1] for kind, reply in outcomes if kind == "ok"}
-    delivered = {m.data.split(b" id ", 1)[1].split(b";", 1)[0].split()[0].decode() for m in sink.messages}
+    delivered = {
+        m.data.split(b" id ", 1)[1].split(b";", 1)[0].split()[0].decode() for m in sink.messages
+    }
     assert accepted <= delivered | set(relay.queued())
 
 
@@ -369,14 +413,18 @@ def test_sec8_auth_only_after_starttls_and_then_relays(world: World, tmp_path: P
 
     if not tls_available():
         pytest.skip("the cryptography package is needed to make a test certificate")
-    from mxroute.relay.intake.server import hash_password
+    from mxroute.relay.intake.auth import hash_password
 
     cert, key = _tls_files()
     creds = tmp_path / "credentials"
     creds.write_text(f"# test users\nalice:{hash_password('s3cret')}\n")
     sink = world.sink(1)
-    relay = world.relay(relay_networks=["127.0.0.1/32"], tls_cert_file=str(cert), tls_key_file=str(key),
-                        auth_credentials_file=str(creds))
+    relay = world.relay(
+        relay_networks=["127.0.0.1/32"],
+        tls_cert_file=str(cert),
+        tls_key_file=str(key),
+        auth_credentials_file=str(creds),
+    )
     import ssl
 
     context = ssl.create_default_context()

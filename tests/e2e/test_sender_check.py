@@ -33,7 +33,8 @@ def test_spf13_null_mx_sender_refused_at_mail_nothing_queued_no_dsn(world: World
         assert b"nullmx.test" in text
         assert client.rcpt("x@dest.test")[0] == 503
         assert client.docmd("DATA")[0] == 503
-        client.sendmail("a@cached.test", ["x@dest.test"], MSG)  # the same session: a good sender is served
+        # the same session: a good sender is served
+        client.sendmail("a@cached.test", ["x@dest.test"], MSG)
     assert wait_for(lambda: dest.messages)
     assert [m.mail_from for m in dest.messages] == ["a@cached.test"]
     assert wait_for(lambda: relay.queued() == [])
@@ -42,9 +43,11 @@ def test_spf13_null_mx_sender_refused_at_mail_nothing_queued_no_dsn(world: World
     assert "non-delivery notification" not in log and "status=bounced" not in log
 
 
-def test_spf13_strict_dns_trouble_451_nxdomain_550_default_accepts_and_delivers(world: World) -> None:
-    """SPF-13: SERVFAIL for the sender's MX → 451 4.4.3 under "strict", NXDOMAIN → 550 5.1.8; under the
-    default ("reject") both are accepted, logged, and delivered."""
+def test_spf13_strict_dns_trouble_451_nxdomain_550_default_accepts_and_delivers(
+    world: World,
+) -> None:
+    """SPF-13: SERVFAIL for the sender's MX → 451 4.4.3 under "strict", NXDOMAIN → 550 5.1.8; under
+    the default ("reject") both are accepted, logged, and delivered."""
     world.zone(f"dest IN MX 10 mx1.dest.test.\nmx1.dest IN A {world.ip(1)}\n{SENDERS}")
     world.dns.fail("sick.test", "SERVFAIL")
     dest = world.sink(1)
@@ -67,7 +70,9 @@ def test_spf13_strict_dns_trouble_451_nxdomain_550_default_accepts_and_delivers(
     assert "sender check: sick.test" in log and "sender check: nowhere.test" in log
 
 
-def test_spf13_null_sender_and_literals_never_looked_up_normal_sender_asks_once(world: World) -> None:
+def test_spf13_null_sender_and_literals_never_looked_up_normal_sender_asks_once(
+    world: World,
+) -> None:
     """SPF-13 costs: `<>` and an address literal ask DNS nothing; a known domain asks nothing more
     within its TTL (two messages, two sessions: one MX query for cached.test)."""
     world.zone(f"dest IN MX 10 mx1.dest.test.\nmx1.dest IN A {world.ip(1)}\n{SENDERS}")
@@ -139,7 +144,9 @@ def test_spf13_sighup_switches_null_mx_sender_and_the_resolver(world: World) -> 
     assert mx_queries(world, "cached.test") == 2  # the fresh resolver kept nothing of the old one
 
 
-def test_dsn13_every_intake_knowable_failure_is_refused_in_session_never_bounced(world: World) -> None:
+def test_dsn13_every_intake_knowable_failure_is_refused_in_session_never_bounced(
+    world: World,
+) -> None:
     """DSN-13: bad syntax, relay denied, null-MX sender, too many Received:, oversize, bare CR, long
     line, address literal, non-ASCII without SMTPUTF8, an IP address written as a domain: each an
     in-session 5xx; afterwards a good message is delivered (a barrier) and no DSN reached the
@@ -147,14 +154,19 @@ def test_dsn13_every_intake_knowable_failure_is_refused_in_session_never_bounced
     world.zone(f"dest IN MX 10 mx1.dest.test.\nmx1.dest IN A {world.ip(1)}\n"
                f"sender IN MX 10 mx.sender.test.\nmx.sender IN A {world.ip(9)}\n{SENDERS}")
     dest, sender_mx = world.sink(1), world.sink(9)
-    relay = world.relay(relay_networks=["127.0.0.1/32"], max_received_headers=3, max_message_size=4096)
+    relay = world.relay(
+        relay_networks=["127.0.0.1/32"], max_received_headers=3, max_message_size=4096
+    )
     loop = b"".join(b"Received: from hop%d.test by hop.test; Mon, 1 Jan 2024 00:00:00 +0000\r\n" % n
                     for n in range(4)) + MSG
     big = MSG + (b"y" * 76 + b"\r\n") * 60
     seen: dict[str, tuple[int, bytes]] = {}
 
-    def session(name: str, steps: list[bytes | tuple[str, bytes]], source: str | None = None) -> None:
-        """Run ``steps`` (command lines, or ("DATA", content)) up to the first refusal; keep that reply."""
+    def session(
+        name: str, steps: list[bytes | tuple[str, bytes]], source: str | None = None
+    ) -> None:
+        """Run ``steps`` (command lines, or ("DATA", content)) up to the first refusal; keep that
+        reply."""
         with relay.client(source) as client:
             reply: tuple[int, bytes] = (0, b"")
             for step in steps:
@@ -186,8 +198,14 @@ def test_dsn13_every_intake_knowable_failure_is_refused_in_session_never_bounced
     assert len(big) > 4096
     refused = {name: reply for name, reply in seen.items() if 500 <= reply[0] < 600}
     assert refused == seen, {name: reply for name, reply in seen.items() if name not in refused}
-    print("DSN-13:", "; ".join(f"{name} -> {code} {text.split()[0].decode()}" for name, (code, text) in seen.items()))
-    relay.send("a@sender.test", ["x@dest.test"], MSG)  # the barrier: delivered after anything queued before
+    print(
+        "DSN-13:",
+        "; ".join(
+            f"{name} -> {code} {text.split()[0].decode()}" for name, (code, text) in seen.items()
+        ),
+    )
+    # the barrier: delivered after anything queued before
+    relay.send("a@sender.test", ["x@dest.test"], MSG)
     assert wait_for(lambda: dest.messages)
     assert wait_for(lambda: relay.queued() == [])
     time.sleep(0.3)

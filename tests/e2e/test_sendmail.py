@@ -18,12 +18,15 @@ from mxroute.cli.sendmail import Usage, split_common
 from tests.support.relay import ROOT, World, free_port, wait_for
 
 
-def sendmail(args: list[str], stdin: bytes, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+def sendmail(
+    args: list[str], stdin: bytes, env: dict[str, str]
+) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([sys.executable, "-m", "mxroute", "sendmail", *args], cwd=ROOT, env=env,
                           input=stdin, capture_output=True, timeout=60, check=False)
 
 
-MESSAGE = b"To: u@dest.test\nCc: c@dest.test\nBcc: hidden@dest.test\nSubject: cron\n\nline\n.\nafter the dot\n"
+MESSAGE = (b"To: u@dest.test\nCc: c@dest.test\nBcc: hidden@dest.test\nSubject: cron\n\n"
+           b"line\n.\nafter the dot\n")
 
 
 def test_t_and_i_deliver_with_completed_headers_and_no_bcc(world: World) -> None:
@@ -58,7 +61,8 @@ def test_relay_down_is_75_so_the_caller_keeps_the_message(tmp_path: Path) -> Non
 
 
 def test_usage_bad_address_and_refusal_codes(world: World) -> None:
-    relay = world.relay(relay_networks=["127.0.0.9/32"])  # sendmail connects from 127.0.0.1: not allowed to relay
+    # sendmail connects from 127.0.0.1: not allowed to relay
+    relay = world.relay(relay_networks=["127.0.0.9/32"])
     assert sendmail(["-q1h", "u@dest.test"], b"x\n", relay.env).returncode == 64
     assert sendmail([], b"Subject: x\n\nbody\n", relay.env).returncode == 64  # no recipient, no -t
     assert sendmail(["not an address"], b"Subject: x\n\nbody\n", relay.env).returncode == 65
@@ -67,13 +71,20 @@ def test_usage_bad_address_and_refusal_codes(world: World) -> None:
 
 
 def test_config_option_finds_the_relay_named_in_the_file(world: World) -> None:
-    """The contract's common options: --config (and sendmail's -C) pick the relay; --dns/--zone are accepted."""
+    """The contract's common options: --config (and sendmail's -C) pick the relay; --dns/--zone are
+    accepted."""
     sink = world.sink(1)
     relay = world.relay()
     config = world.tmp / "sendmail.toml"
     config.write_text(f'listen = ["127.0.0.1:{relay.port}"]\n')
-    env = {k: v for k, v in relay.env.items() if k != "MXROUTE_LISTEN"}  # env would win over the file
-    for args in (["--config", str(config)], [f"--config={config}"], ["-C", str(config)], [f"-C{config}"]):
+    # env would win over the file
+    env = {k: v for k, v in relay.env.items() if k != "MXROUTE_LISTEN"}
+    for args in (
+        ["--config", str(config)],
+        [f"--config={config}"],
+        ["-C", str(config)],
+        [f"-C{config}"],
+    ):
         done = sendmail([*args, "--dns", "127.0.0.1", "-f", "a@sender.test", "u@dest.test"],
                         b"Subject: x\n\nbody\n", env)
         assert done.returncode == 0, (args, done.stderr)
@@ -82,6 +93,9 @@ def test_config_option_finds_the_relay_named_in_the_file(world: World) -> None:
 
 def test_split_common_options() -> None:
     assert split_common(["-C", "a.toml", "-t", "--zone", "z", "x@y"]) == ("a.toml", ["-t", "x@y"])
-    assert split_common(["--config=b.toml", "-i", "--", "--config"]) == ("b.toml", ["-i", "--", "--config"])
+    assert split_common(["--config=b.toml", "-i", "--", "--config"]) == (
+        "b.toml",
+        ["-i", "--", "--config"],
+    )
     with pytest.raises(Usage):
         split_common(["--config"])

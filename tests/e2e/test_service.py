@@ -218,7 +218,7 @@ def test_watchdog_pings_and_journald_priorities(world: World, notify: NotifySock
     assert relay.terminate() == 0
     lines = relay.log().splitlines()
     assert f"<6>mxroute.service.daemon: listening on 127.0.0.1:{relay.port}" in lines
-    assert any(line.startswith("<6>mxroute.relay.intake.server: reject: RCPT from 127.0.0.9") for line in lines)
+    assert any(line.startswith("<6>mxroute.relay.intake.handler: reject: RCPT from 127.0.0.9") for line in lines)
     assert all(re.match(r"<[2-7]>[\w.]+: ", line) for line in lines), lines
 
 
@@ -330,7 +330,7 @@ def test_one_log_line_per_event_with_the_queue_id_and_no_password(world: World, 
         pytest.skip("the cryptography package is needed to make a test certificate")
     import ssl
 
-    from mxroute.relay.intake.server import hash_password
+    from mxroute.relay.intake.auth import hash_password
 
     password, wrong = "Corr3ct-Horse-Pw", "Wr0ng-Battery-Pw"
     cert, key = _tls_files()
@@ -362,7 +362,7 @@ def test_one_log_line_per_event_with_the_queue_id_and_no_password(world: World, 
     log = relay.log()
     mine = [line for line in log.splitlines() if f"{qid}" in line]
     events = {
-        "accepted": rf"INFO mxroute.relay.intake.server: {qid}: from=<a@sender.test>, size=\d+, nrcpt=3, "
+        "accepted": rf"INFO mxroute.relay.intake.handler: {qid}: from=<a@sender.test>, size=\d+, nrcpt=3, "
                     r"client=client.test\[127.0.0.1\], status=accepted$",
         "sent": rf"INFO mxroute.relay.courier.courier: {qid}: to=<u@dest.test>, relay=mx1.dest.test\[[\d.]+\]:\d+, "
                 r"delay=[\d.]+, dsn=2.0.0, status=sent \(250 .*\)$",

@@ -1,7 +1,8 @@
 """Crash consistency (DUR-1, DUR-5, DUR-6, DUR-7, DUR-10): SIGKILL the real relay at random moments
 while a load generator submits mail and two sinks accept it; restart; at the end every recipient of
 every message acknowledged with 250 was delivered (lost must be 0); duplicates are counted and
-reported (at-least-once: only a kill between the remote 250 and the local state append may duplicate).
+reported (at-least-once: only a kill between the remote 250 and the local state append may
+duplicate).
 
 Bounded: FAULTS_CRASH_ITERATIONS kills (default 30), each after 0.05-0.7 s of load; the seed is
 FAULTS_SEED (default: random, printed with the figures so a failure can be replayed).
@@ -24,6 +25,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.support.relay import ROOT, Relay, World, wait_for
+from tests.support.smtpsink import Sink
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +46,9 @@ class LoadGenerator:
         self.refused = 0  # 4xx/5xx replies
         self.dropped = 0  # connection refused or dropped (the relay was down or killed)
         self.rng = random.Random(seed)
-        self.threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(CLIENTS)]
+        self.threads = [
+            threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(CLIENTS)
+        ]
 
     def start(self) -> None:
         for thread in self.threads:
@@ -63,11 +67,16 @@ class LoadGenerator:
             rcpts = [f"{token}@dest.test"]
             with self.lock:
                 if self.rng.random() < 0.4:
-                    rcpts.append(f"{token}@other.test")  # two destinations: per-recipient state (DUR-6)
+                    # two destinations: per-recipient state (DUR-6)
+                    rcpts.append(f"{token}@other.test")
                 if self.rng.random() < 0.15:
-                    rcpts.append(f"{token}@bad.test")  # refused with 550: a DSN to the sender (DSN-12)
-            body = (f"From: a@sender.test\r\nSubject: {token}\r\nMessage-ID: <{token}@sender.test>\r\n\r\n"
-                    f"crash test {token}\r\n" + "x" * 200 + "\r\n").encode()
+                    # refused with 550: a DSN to the sender (DSN-12)
+                    rcpts.append(f"{token}@bad.test")
+            body = (
+                f"From: a@sender.test\r\nSubject: {token}\r\n"
+                f"Message-ID: <{token}@sender.test>\r\n\r\n"
+                f"crash test {token}\r\n" + "x" * 200 + "\r\n"
+            ).encode()
             try:
                 with smtplib.SMTP("127.0.0.1", self.port, timeout=5) as client:
                     client.ehlo("load.test")
@@ -88,18 +97,48 @@ class LoadGenerator:
 def _start_and_kill(relay: Relay, after: float) -> None:
     """Spawn ``mxroute serve`` and SIGKILL it ``after`` seconds later, ready or not."""
     with open(relay.log_path, "ab") as log:
-        relay.proc = subprocess.Popen([sys.executable, "-m", "mxroute", "serve"], cwd=ROOT, env=relay.env,
-                                      stdout=log, stderr=subprocess.STDOUT)
+        relay.proc = subprocess.Popen(
+            [sys.executable, "-m", "mxroute", "serve"],
+            cwd=ROOT,
+            env=relay.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     time.sleep(after)
     relay.kill()
 
 
+FINAL = rb"(?im)^Final-Recipient:\s*rfc822;\s*(\S+)"
+
+
+def _delivered(sinks: tuple[Sink, ...]) -> Counter[str]:
+    return Counter(r.lower() for sink in sinks for m in sink.messages for r in m.rcpt_to)
+
+
+def _notified(bounces: Sink) -> Counter[str]:
+    """Final-Recipient of every DSN the sender received (RFC 3464)."""
+    return Counter(f.decode().lower() for m in bounces.messages
+                   for f in re.findall(FINAL, m.data or b""))
+
+
+def _notifications(bounces: Sink) -> dict[str, set[bytes]]:
+    """recipient -> the distinct DSNs (by Message-ID) about it."""
+    found: dict[str, set[bytes]] = {}
+    for m in bounces.messages:
+        msgid = re.search(rb"(?im)^Message-ID:\s*(\S+)", m.data or b"")
+        for f in re.findall(FINAL, m.data or b""):
+            found.setdefault(f.decode().lower(), set()).add(msgid.group(1) if msgid else b"?")
+    return found
+
+
 def test_dur_crash_loop_sigkill_at_random_moments_nothing_acknowledged_is_lost(
         fworld: World, figures: Callable[..., None]) -> None:
-    """DUR-1/5/6/7/10: ~30 SIGKILLs under load; every acknowledged recipient delivered; duplicates counted."""
+    """DUR-1/5/6/7/10: ~30 SIGKILLs under load; every acknowledged recipient delivered; duplicates
+    counted."""
     seed = int(os.environ.get("FAULTS_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
-    dest = fworld.sink(1, delays={".": 0.01})  # a little time between the remote 250 and our state append
+    # a little time between the remote 250 and our state append
+    dest = fworld.sink(1, delays={".": 0.01})
     other = fworld.sink(2)
     fworld.sink(3, replies={"RCPT": {"*": "550 5.1.1 no such user"}})
     bounces = fworld.sink(9)
@@ -117,7 +156,8 @@ def test_dur_crash_loop_sigkill_at_random_moments_nothing_acknowledged_is_lost(
             time.sleep(rng.uniform(0.05, 0.7))
             relay.kill()  # SIGKILL, no warning
             kills += 1
-            if rng.random() < 0.25:  # also during start-up recovery (DUR-7: recovery itself crash-safe)
+            # also during start-up recovery (DUR-7: recovery itself crash-safe)
+            if rng.random() < 0.25:
                 _start_and_kill(relay, rng.uniform(0.0, 0.6))
                 early_kills += 1
             relay.start()
@@ -127,63 +167,56 @@ def test_dur_crash_loop_sigkill_at_random_moments_nothing_acknowledged_is_lost(
         load.finish()
     assert relay.queue("flush").returncode == 0
 
-    def delivered() -> Counter[str]:
-        return Counter(r.lower() for sink in (dest, other) for m in sink.messages for r in m.rcpt_to)
-
-    def notified() -> Counter[str]:  # Final-Recipient of every DSN the sender received (RFC 3464)
-        return Counter(f.decode().lower() for m in bounces.messages
-                       for f in re.findall(rb"(?im)^Final-Recipient:\s*rfc822;\s*(\S+)", m.data or b""))
-
-    def notifications() -> dict[str, set[bytes]]:  # recipient -> the distinct DSNs (by Message-ID) about it
-        found: dict[str, set[bytes]] = {}
-        for m in bounces.messages:
-            msgid = re.search(rb"(?im)^Message-ID:\s*(\S+)", m.data or b"")
-            for f in re.findall(rb"(?im)^Final-Recipient:\s*rfc822;\s*(\S+)", m.data or b""):
-                found.setdefault(f.decode().lower(), set()).add(msgid.group(1) if msgid else b"?")
-        return found
-
     wanted = {r for rcpts in load.acked.values() for r in rcpts if not r.endswith("@bad.test")}
     failing = {r for rcpts in load.acked.values() for r in rcpts if r.endswith("@bad.test")}
-    wait_for(lambda: wanted <= set(delivered()) and failing <= set(notified()) and not relay.queued(), timeout=40)
-    got = delivered()
-    dsn = notified()
-    distinct = notifications()
+    sinks = (dest, other)
+    wait_for(lambda: wanted <= set(_delivered(sinks)) and failing <= set(_notified(bounces))
+             and not relay.queued(), timeout=40)
+    got = _delivered(sinks)
+    dsn = _notified(bounces)
+    distinct = _notifications(bounces)
     notified_twice = sorted(r for r, ids in distinct.items() if len(ids) > 1)
     lost = sorted(wanted - set(got)) + sorted(failing - set(dsn))
     duplicated = sum(count - 1 for count in got.values() if count > 1)
     corrupt = list((relay.spool / "corrupt").iterdir())
     temp_left = list((relay.spool / "tmp").iterdir())
-    figures("crash consistency (SIGKILL loop, DUR-1/5/6/7)", seed=seed, kills=kills, kills_during_startup=early_kills,
-            messages_sent=load.sent, acknowledged=len(load.acked), acknowledged_recipients=len(wanted),
-            delivered_recipients=len(set(got) & wanted), lost=len(lost), duplicated=duplicated,
-            refused=load.refused, dropped_connections=load.dropped, still_queued=len(relay.queued()),
-            corrupt_files=len(corrupt), temp_files_left=len(temp_left), failing_recipients=len(failing),
-            notified=len(set(dsn) & failing), dsn_redelivered=sum(c - len(distinct[r]) for r, c in dsn.items()),
-            notified_twice=len(notified_twice),
-            seconds=round(time.monotonic() - started, 1))
+    figures("crash consistency (SIGKILL loop, DUR-1/5/6/7)", seed=seed, kills=kills,
+            kills_during_startup=early_kills, messages_sent=load.sent, acknowledged=len(load.acked),
+            acknowledged_recipients=len(wanted), delivered_recipients=len(set(got) & wanted),
+            lost=len(lost), duplicated=duplicated, refused=load.refused,
+            dropped_connections=load.dropped, still_queued=len(relay.queued()),
+            corrupt_files=len(corrupt), temp_files_left=len(temp_left),
+            failing_recipients=len(failing), notified=len(set(dsn) & failing),
+            dsn_redelivered=sum(c - len(distinct[r]) for r, c in dsn.items()),
+            notified_twice=len(notified_twice), seconds=round(time.monotonic() - started, 1))
     assert kills >= min(ITERATIONS, 10)
     assert len(load.acked) > kills, "the load generator must get mail through between kills"
     assert lost == [], f"seed {seed}: acknowledged but never delivered: {lost[:20]}"
     assert corrupt == [], f"seed {seed}: kill -9 left corrupt queue files: {corrupt}"
     assert all(r.endswith("@bad.test") for r in dsn), "a DSN for a recipient that did not fail"
-    assert notified_twice == [], f"seed {seed}: two different DSNs for one failure (DSN-12): {notified_twice[:10]}"
-    assert set(got) <= wanted | {r for sink in (dest, other) for m in sink.messages for r in m.rcpt_to}
-    # a message whose 250 was lost to the kill may still be delivered (the client keeps responsibility
-    # and would resend: DUR-5); but nothing that was never submitted can appear
+    assert notified_twice == [], (
+        f"seed {seed}: two different DSNs for one failure (DSN-12): {notified_twice[:10]}"
+    )
+    assert set(got) <= wanted | {r for sink in sinks for m in sink.messages for r in m.rcpt_to}
+    # a message whose 250 was lost to the kill may still be delivered (the client keeps
+    # responsibility and would resend: DUR-5); but nothing that was never submitted can appear
     tokens = {r.split("@")[0] for r in got}
     assert all(t.startswith("c") and "m" in t for t in tokens)
 
 
 def test_dur5_kill_mid_data_nothing_queued_and_the_clients_retry_is_delivered_once(
         fworld: World, figures: Callable[..., None]) -> None:
-    """DUR-5: SIGKILL while a client is in the middle of DATA: no 250 was given, nothing is queued after
-    the restart, no temp file is taken for a message; the client's retry is delivered exactly once."""
+    """DUR-5: SIGKILL while a client is in the middle of DATA: no 250 was given, nothing is queued
+    after the restart, no temp file is taken for a message; the client's retry is delivered exactly
+    once."""
     sink = fworld.sink(1)
     relay = fworld.relay()
     with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as sock:
         stream = sock.makefile("rb")
         assert stream.readline().startswith(b"220")
-        sock.sendall(b"EHLO c.test\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<mid@dest.test>\r\nDATA\r\n")
+        sock.sendall(
+            b"EHLO c.test\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<mid@dest.test>\r\nDATA\r\n"
+        )
         replies = [stream.readline() for _ in range(10)]
         assert replies[-1].startswith(b"354"), replies
         sock.sendall(b"Subject: half\r\n\r\n" + b"half a message\r\n" * 100)

@@ -20,7 +20,8 @@ from tests.support.relay import Relay, World, wait_for
 
 pytestmark = pytest.mark.slow
 
-MAX_SIZE = 64 * 1024  # the relay refuses at MAIL below 1.5 x this much free space (as Postfix queue_minfree)
+# the relay refuses at MAIL below 1.5 x this much free space (as Postfix queue_minfree)
+MAX_SIZE = 64 * 1024
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
 
 def _message(token: str, size: int) -> bytes:
     line = (token + " ").encode() * 10 + b"\r\n"
-    return (f"From: a@sender.test\r\nSubject: {token}\r\n\r\n".encode() + line * (size // len(line)))
+    return f"From: a@sender.test\r\nSubject: {token}\r\n\r\n".encode() + line * (size // len(line))
 
 
 def _submit(relay: Relay, token: str, size: int) -> tuple[int, str, str]:
@@ -54,7 +55,8 @@ def _submit(relay: Relay, token: str, size: int) -> tuple[int, str, str]:
 
 def test_dur4_disk_full_gives_452_loses_nothing_and_recovers(
         fworld: World, small_fs: Path, figures: Callable[..., None]) -> None:
-    """DUR-4: ENOSPC → 452 4.3.1, no partial file, every 250 intact; space back → intake resumes, all drain."""
+    """DUR-4: ENOSPC → 452 4.3.1, no partial file, every 250 intact; space back → intake resumes,
+    all drain."""
     relay = Relay(fworld.tmp, fworld.dns, fworld.sink_port, spool_dir=str(small_fs / "spool"),
                   max_message_size=MAX_SIZE, retry_min_seconds=300, retry_max_seconds=600)
     relay.spool = small_fs / "spool"
@@ -92,7 +94,11 @@ def test_dur4_disk_full_gives_452_loses_nothing_and_recovers(
     assert sorted(acked.values()) == relay.queued()
     # space returns: intake resumes without a restart (the free-space check is re-read within ~1 s)
     filler.unlink()
-    resumed = wait_for(lambda: _submit(relay, f"after{time.monotonic_ns()}", 40_000)[0] == 250, timeout=10, step=0.5)
+    resumed = wait_for(
+        lambda: _submit(relay, f"after{time.monotonic_ns()}", 40_000)[0] == 250,
+        timeout=10,
+        step=0.5,
+    )
     assert resumed, "intake did not resume after space was freed"
     assert relay.proc is not None and relay.proc.poll() is None
     acked_after = len(relay.queued()) - len(acked)
@@ -103,10 +109,17 @@ def test_dur4_disk_full_gives_452_loses_nothing_and_recovers(
     wait_for(lambda: len(sink.messages) >= total and not relay.queued(), timeout=30)
     got = {m.rcpt_to[0].split("@")[0] for m in sink.messages}
     lost = sorted(set(acked) - got)
-    figures("disk full (2 MiB tmpfs, DUR-4)", messages_sent=sent + acked_after, acknowledged=len(acked) + acked_after,
-            refused_452=len(refusals), refused_at=",".join(stages), delivered=len(sink.messages), lost=len(lost),
-            duplicated=len(sink.messages) - len({m.rcpt_to[0] for m in sink.messages}),
-            log_tracebacks=relay.log().count("Traceback"))
+    figures(
+        "disk full (2 MiB tmpfs, DUR-4)",
+        messages_sent=sent + acked_after,
+        acknowledged=len(acked) + acked_after,
+        refused_452=len(refusals),
+        refused_at=",".join(stages),
+        delivered=len(sink.messages),
+        lost=len(lost),
+        duplicated=len(sink.messages) - len({m.rcpt_to[0] for m in sink.messages}),
+        log_tracebacks=relay.log().count("Traceback"),
+    )
     assert lost == []
     assert not relay.queued()
 
@@ -127,8 +140,9 @@ def _fill(path: Path) -> Path:
 
 def test_dur4_dur6_full_disk_during_delivery_does_not_redeliver_on_every_retry(
         fworld: World, small_fs: Path, figures: Callable[..., None]) -> None:
-    """DUR-4/DUR-6: one recipient delivered, another deferred, and the state cannot be appended (ENOSPC):
-    the retries while the disk stays full must not send the delivered recipient's copy again and again."""
+    """DUR-4/DUR-6: one recipient delivered, another deferred, and the state cannot be appended
+    (ENOSPC): the retries while the disk stays full must not send the delivered recipient's copy
+    again and again."""
     dest = fworld.sink(1)
     other = fworld.sink(2, replies={"RCPT": ["451 4.3.0 later"] * 100}, delays={"RCPT": 0.3})
     relay = Relay(fworld.tmp, fworld.dns, fworld.sink_port, spool_dir=str(small_fs / "spool"),
@@ -139,7 +153,8 @@ def test_dur4_dur6_full_disk_during_delivery_does_not_redeliver_on_every_retry(
     with open(small_fs / "filler", "wb") as f:
         f.write(b"\0" * (2 * 1024 * 1024 - 64 * 1024))
     relay.send("a@sender.test", ["u@dest.test", "v@other.test"],
-               b"From: a@sender.test\r\nSubject: two\r\n\r\n" + b"body line\r\n" * 250)  # ~2.5 KB of a 4 KB page
+               # ~2.5 KB of a 4 KB page
+               b"From: a@sender.test\r\nSubject: two\r\n\r\n" + b"body line\r\n" * 250)
     _fill(small_fs / "filler2")  # while the first attempt waits on the deferring host
     time.sleep(8)  # several retries with a full disk: the state appends soon need a new page
     copies_while_full = len(dest.messages)
@@ -149,9 +164,13 @@ def test_dur4_dur6_full_disk_during_delivery_does_not_redeliver_on_every_retry(
     other.delays.clear()
     assert relay.queue("flush").returncode == 0
     assert wait_for(lambda: other.messages and not relay.queued(), timeout=20)
-    figures("disk full during delivery (DUR-4/6)", retries_while_full=relay.log().count("v@other.test") // 2,
-            copies_to_delivered_recipient=len(dest.messages), copies_while_full=copies_while_full,
-            deferred_recipient_delivered=len(other.messages))
+    figures(
+        "disk full during delivery (DUR-4/6)",
+        retries_while_full=relay.log().count("v@other.test") // 2,
+        copies_to_delivered_recipient=len(dest.messages),
+        copies_while_full=copies_while_full,
+        deferred_recipient_delivered=len(other.messages),
+    )
     assert len(other.messages) == 1
     assert len(dest.messages) == 1, f"{len(dest.messages)} copies to the recipient delivered first"
     assert "cannot record the attempt: No space left on device" in relay.log()  # one clear line,

@@ -1,8 +1,9 @@
-"""Fuzzing, in process (SEC-5, SEC-6, SEC-7, SEC-12; the "never a traceback" promise): hypothesis over
-the address parser, the SPF record parser and check_host() evaluator, the SMTP command parsers of
-server.py and the live RelaySMTP protocol. Only the documented error types may escape (AddressError,
-PermError, Reply); every call is bounded in time (hypothesis deadline); the SMTP session answers
-every input with a well-formed reply and never with aiosmtpd's "500 Error: (Exception)" fallback.
+"""Fuzzing, in process (SEC-5, SEC-6, SEC-7, SEC-12; the "never a traceback" promise): hypothesis
+over the address parser, the SPF record parser and check_host() evaluator, the SMTP command parsers
+of intake.params and the live RelaySMTP protocol. Only the documented error types may escape
+(AddressError, PermError, Reply); every call is bounded in time (hypothesis deadline); the SMTP
+session answers every input with a well-formed reply and never with aiosmtpd's "500 Error:
+(Exception)" fallback.
 
 atheris (coverage-guided) runs too when it is installed (a wheel exists for CPython 3.11 on x86-64
 Linux), in a subprocess with a bounded number of runs; otherwise that one test is skipped.
@@ -35,10 +36,9 @@ from mxroute.identity.spf.evaluate import check_host
 from mxroute.identity.spf.macros import parse_domain_spec, parse_macro_string
 from mxroute.identity.spf.parse import parse_record
 from mxroute.identity.spf.results import PermError
-from mxroute.relay.intake.server import (
-    Intake,
+from mxroute.relay.intake.handler import Intake
+from mxroute.relay.intake.params import (
     Reply,
-    _enhance,
     check_content,
     parse_notify,
     parse_orcpt,
@@ -47,6 +47,7 @@ from mxroute.relay.intake.server import (
     split_path,
     xtext_decode,
 )
+from mxroute.relay.intake.protocol import enhance
 from mxroute.relay.spool.store import Spool
 from mxroute.settings import Settings
 from tests.support.paths import ROOT
@@ -57,15 +58,25 @@ ERRORS: Counter[str] = Counter()  # documented errors returned per target
 FAST = settings(max_examples=int(os.environ.get("FAULTS_FUZZ_EXAMPLES", "1500")), deadline=2000,
                 suppress_health_check=[HealthCheck.too_slow])
 # deadlines generous enough for a loaded CI machine, still a bound on every single call
-SLOW = settings(max_examples=int(os.environ.get("FAULTS_FUZZ_SLOW_EXAMPLES", "250")), deadline=10000,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+SLOW = settings(
+    max_examples=int(os.environ.get("FAULTS_FUZZ_SLOW_EXAMPLES", "250")),
+    deadline=10000,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 # text that looks like what the parsers see, plus anything at all
-MAILISH = st.lists(st.sampled_from(list('abcXYZ09.-_@%!:,<>[]"\\ +=;/()\r\n\t\x00\x7fü€ÿ')
-                                   + ["IPv6:", "::1", "192.0.2.1", "xn--", "@a.test", "<u@b.test>"]),
-                   max_size=60).map("".join)
-ANY = st.one_of(MAILISH, st.text(max_size=300), st.binary(max_size=200).map(lambda b: b.decode("latin-1")))
-ADDRESSY = st.one_of(ANY, st.from_regex(  # near-valid paths: source routes, quoted parts, IDN, literals, dots
+MAILISH = st.lists(
+    st.sampled_from(
+        list('abcXYZ09.-_@%!:,<>[]"\\ +=;/()\r\n\t\x00\x7fü€ÿ')
+        + ["IPv6:", "::1", "192.0.2.1", "xn--", "@a.test", "<u@b.test>"]
+    ),
+    max_size=60,
+).map("".join)
+ANY = st.one_of(
+    MAILISH, st.text(max_size=300), st.binary(max_size=200).map(lambda b: b.decode("latin-1"))
+)
+# near-valid paths: source routes, quoted parts, IDN, literals, dots
+ADDRESSY = st.one_of(ANY, st.from_regex(
     r'\A<?(@[a-z0-9.]{1,20}(,@[a-z.]{1,9})*:)?("[ a-z@%!\\.]{0,20}"|[a-zA-Z0-9.!#%+_=ü-]{1,70})'
     r'@(([a-zA-Z0-9ü-]{1,64}\.){0,4}[a-z0-9-]{1,64}\.?|\[(IPv6:)?[0-9a-f.:]{1,40}\])>?\Z'))
 
@@ -76,8 +87,16 @@ def _report(request: pytest.FixtureRequest) -> Iterator[None]:
     from tests.faults.conftest import FIGURES
 
     for target in sorted(TRIED):
-        FIGURES.append((f"fuzz {target}", {"inputs_tried": TRIED[target], "documented_errors": ERRORS[target],
-                                           "escaped_exceptions": 0}))
+        FIGURES.append(
+            (
+                f"fuzz {target}",
+                {
+                    "inputs_tried": TRIED[target],
+                    "documented_errors": ERRORS[target],
+                    "escaped_exceptions": 0,
+                },
+            )
+        )
 
 
 # --- addresses (SEC-5) ----------------------------------------------------------------------------
@@ -85,7 +104,11 @@ def _report(request: pytest.FixtureRequest) -> Iterator[None]:
 @FAST
 @given(ADDRESSY)
 def test_fuzz_address_parser_raises_only_address_error(text: str) -> None:
-    for name, parse in (("address", parse_address), ("path", parse_path), ("literal", parse_literal)):
+    for name, parse in (
+        ("address", parse_address),
+        ("path", parse_path),
+        ("literal", parse_literal),
+    ):
         TRIED[f"address parser ({name})"] += 1
         try:
             result = parse(text)
@@ -100,19 +123,26 @@ def test_fuzz_address_parser_raises_only_address_error(text: str) -> None:
         assert len(result.local.encode()) <= 64 and parse_address(shown) == result  # idempotent
 
 
-# --- SPF (RFC 7208) ------------------------------------------------------------------------------------
+# --- SPF (RFC 7208) -------------------------------------------------------------------------------
 
 TERMS = st.sampled_from([
-    "all", "-all", "~all", "?all", "+all", "a", "mx", "ptr", "a/24", "mx/24//64", "a:a.fuzz.test", "mx:b.fuzz.test",
-    "include:a.fuzz.test", "include:loop.fuzz.test", "include:%{d}", "exists:%{i}.x.fuzz.test", "exists:%{l1r+-}.fuzz.test",
-    "ip4:127.0.0.1", "ip4:10.0.0.0/8", "ip6:::1", "ip6:2001:db8::/32", "redirect=b.fuzz.test", "redirect=%{d2}",
-    "exp=e.fuzz.test", "ptr:fuzz.test", "a:%{ir}.%{v}._spf.%{d}", "include:nx.fuzz.test", "a:servfail.fuzz.test",
-    "ip4:1.2.3.4/33", "foo=bar", "unknown:x", "%{z}", "a:", "include:", "exists:%{", "ip6:", "v=spf1",
+    "all", "-all", "~all", "?all", "+all", "a", "mx", "ptr", "a/24", "mx/24//64", "a:a.fuzz.test",
+    "mx:b.fuzz.test",
+    "include:a.fuzz.test", "include:loop.fuzz.test", "include:%{d}", "exists:%{i}.x.fuzz.test",
+    "exists:%{l1r+-}.fuzz.test",
+    "ip4:127.0.0.1", "ip4:10.0.0.0/8", "ip6:::1", "ip6:2001:db8::/32", "redirect=b.fuzz.test",
+    "redirect=%{d2}",
+    "exp=e.fuzz.test", "ptr:fuzz.test", "a:%{ir}.%{v}._spf.%{d}", "include:nx.fuzz.test",
+    "a:servfail.fuzz.test",
+    "ip4:1.2.3.4/33", "foo=bar", "unknown:x", "%{z}", "a:", "include:", "exists:%{", "ip6:",
+    "v=spf1",
 ])
 RECORDS = st.one_of(
     st.lists(TERMS, max_size=12).map(lambda terms: " ".join(["v=spf1", *terms])),
-    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126, blacklist_characters='"\\'), max_size=120)
-    .map(lambda t: "v=spf1 " + t),
+    st.text(
+        alphabet=st.characters(min_codepoint=32, max_codepoint=126, blacklist_characters='"\\'),
+        max_size=120,
+    ).map(lambda t: "v=spf1 " + t),
 )
 
 
@@ -130,9 +160,12 @@ def test_fuzz_spf_record_and_macro_parsers_raise_only_permerror(text: str) -> No
 
 def _spf_zone(record: str, other: str) -> ZoneData:
     data = ZoneData()
-    data.load_text('$ORIGIN fuzz.test.\n$TTL 60\n@ IN SOA ns.fuzz.test. h.fuzz.test. 1 3600 600 86400 60\n'
-                   'a IN A 127.0.0.1\nb IN MX 10 a.fuzz.test.\nloop IN TXT "v=spf1 include:loop.fuzz.test -all"\n'
-                   'e IN TXT "denied for %{s} from %{i}"\n')
+    data.load_text(
+        "$ORIGIN fuzz.test.\n$TTL 60\n@ IN SOA ns.fuzz.test. h.fuzz.test. 1 3600 600 86400 60\n"
+        "a IN A 127.0.0.1\nb IN MX 10 a.fuzz.test.\n"
+        'loop IN TXT "v=spf1 include:loop.fuzz.test -all"\n'
+        'e IN TXT "denied for %{s} from %{i}"\n'
+    )
     data.add("fuzz.test", "TXT", 60, '"' + record + '"')
     data.add("b.fuzz.test", "TXT", 60, '"' + other + '"')
     data.add("a.fuzz.test", "TXT", 60, '"v=spf1 a mx include:fuzz.test ?all"')
@@ -141,28 +174,56 @@ def _spf_zone(record: str, other: str) -> ZoneData:
 
 
 @SLOW
-@given(record=RECORDS, other=RECORDS, ip=st.sampled_from(["127.0.0.1", "10.1.2.3", "::1", "2001:db8::5", "192.0.2.9"]),
-       local=st.sampled_from(["s", "a.b", "x-y+z", '"q q"']))
-def test_fuzz_spf_check_host_always_returns_a_result(record: str, other: str, ip: str, local: str) -> None:
-    """check_host() over hypothesis-made records (includes, redirects, macros, loops, SERVFAIL): one of the
-    seven results, never an exception, within the deadline (RFC 7208 §4.6.4 limits)."""
+@given(
+    record=RECORDS,
+    other=RECORDS,
+    ip=st.sampled_from(["127.0.0.1", "10.1.2.3", "::1", "2001:db8::5", "192.0.2.9"]),
+    local=st.sampled_from(["s", "a.b", "x-y+z", '"q q"']),
+)
+def test_fuzz_spf_check_host_always_returns_a_result(
+    record: str, other: str, ip: str, local: str
+) -> None:
+    """check_host() over hypothesis-made records (includes, redirects, macros, loops, SERVFAIL): one
+    of the seven results, never an exception, within the deadline (RFC 7208 §4.6.4 limits)."""
     TRIED["SPF check_host()"] += 1
     resolver = Resolver(ZoneTransport(_spf_zone(record, other)))
     result = asyncio.run(asyncio.wait_for(
         check_host(resolver, ip, "fuzz.test", f"{local}@fuzz.test", helo="h.fuzz.test"), 5))
-    assert result.result in ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror")
+    assert result.result in (
+        "pass",
+        "fail",
+        "softfail",
+        "neutral",
+        "none",
+        "temperror",
+        "permerror",
+    )
     if result.result in ("temperror", "permerror"):
         ERRORS["SPF check_host()"] += 1
 
 
-# --- SMTP command parsing in server.py -------------------------------------------------------------
+# --- SMTP command parsing in intake.params -------------------------------------------------------
 
-PARAM_WORDS = st.lists(st.one_of(ANY, st.tuples(st.sampled_from(["SIZE", "BODY", "RET", "ENVID", "NOTIFY", "ORCPT",
-                                                                   "AUTH", "size", "X-Y", "", "+"]),
-                                                  st.sampled_from(["=", "", "=="]), MAILISH).map("".join)), max_size=5)
-PARAM_ARG = st.one_of(ADDRESSY, MAILISH.map(lambda t: "rfc822;" + t),
-                      st.lists(st.sampled_from(["NEVER", "SUCCESS", "FAILURE", "DELAY", "success", "x", ""]),
-                               max_size=4).map(",".join))
+PARAM_WORDS = st.lists(
+    st.one_of(
+        ANY,
+        st.tuples(
+            st.sampled_from(
+                ["SIZE", "BODY", "RET", "ENVID", "NOTIFY", "ORCPT", "AUTH", "size", "X-Y", "", "+"]
+            ),
+            st.sampled_from(["=", "", "=="]),
+            MAILISH,
+        ).map("".join),
+    ),
+    max_size=5,
+)
+PARAM_ARG = st.one_of(
+    ADDRESSY,
+    MAILISH.map(lambda t: "rfc822;" + t),
+    st.lists(
+        st.sampled_from(["NEVER", "SUCCESS", "FAILURE", "DELAY", "success", "x", ""]), max_size=4
+    ).map(",".join),
+)
 
 
 @FAST
@@ -171,8 +232,14 @@ def test_fuzz_smtp_parameter_parsers_raise_only_reply(arg: str, words: list[str]
     """split_path, parse_params, NOTIFY/ORCPT/xtext: only Reply (a finished SMTP reply) escapes."""
     calls: list[tuple[str, Callable[[], object]]] = [
         ("split_path", lambda: split_path(arg)),
-        ("parse_params", lambda: parse_params(words, {"SIZE", "BODY", "RET", "ENVID", "NOTIFY", "ORCPT", "AUTH"})),
-        ("parse_notify", lambda: parse_notify(arg)), ("parse_orcpt", lambda: parse_orcpt(arg)),
+        (
+            "parse_params",
+            lambda: parse_params(
+                words, {"SIZE", "BODY", "RET", "ENVID", "NOTIFY", "ORCPT", "AUTH"}
+            ),
+        ),
+        ("parse_notify", lambda: parse_notify(arg)),
+        ("parse_orcpt", lambda: parse_orcpt(arg)),
         ("xtext_decode", lambda: xtext_decode(arg)),
     ]
     for name, call in calls:
@@ -184,13 +251,17 @@ def test_fuzz_smtp_parameter_parsers_raise_only_reply(arg: str, words: list[str]
             assert re.fullmatch(r"[45]\d\d [45]\.\d{1,3}\.\d{1,3} [^\r\n]*", exc.text), exc.text
             continue
         if name == "parse_orcpt":
-            assert not re.search(r"[\x00-\x1f\x7f]", str(value))  # SEC-6: no control in a kept ORCPT
+            # SEC-6: no control in a kept ORCPT
+            assert not re.search(r"[\x00-\x1f\x7f]", str(value))
 
 
 @FAST
 @given(st.binary(max_size=3000), st.sampled_from(["normalize", "reject"]))
-def test_fuzz_content_checks_never_raise_and_never_leave_a_bare_newline(content: bytes, mode: str) -> None:
-    """SEC-1: whatever DATA holds, the canonical content has only CRLF line ends, or it is refused."""
+def test_fuzz_content_checks_never_raise_and_never_leave_a_bare_newline(
+    content: bytes, mode: str
+) -> None:
+    """SEC-1: whatever DATA holds, the canonical content has only CRLF line ends, or it is
+    refused."""
     TRIED["DATA content checks"] += 1
     canonical, problem = check_content(content, mode, 100)
     if problem is not None:
@@ -205,16 +276,25 @@ def test_fuzz_content_checks_never_raise_and_never_leave_a_bare_newline(content:
 def test_fuzz_received_header_and_reply_enhancement_stay_single_line(helo: str, rcpt: str) -> None:
     """SEC-6: a hostile EHLO name or recipient never adds a header line; replies keep one line."""
     TRIED["Received: header / reply codes"] += 1
-    header = received_header(helo=helo, ip="127.0.0.1", by="relay.test", proto="ESMTP", queue_id="ABC",
-                             rcpt=rcpt, now=0.0)
+    header = received_header(
+        helo=helo,
+        ip="127.0.0.1",
+        by="relay.test",
+        proto="ESMTP",
+        queue_id="ABC",
+        rcpt=rcpt,
+        now=0.0,
+    )
     lines = header.split(b"\r\n")
     assert lines[-1] == b"" and lines[0].startswith(b"Received: from ")
-    assert all(line[:1] == b"\t" and b"\r" not in line and b"\n" not in line for line in lines[1:-1])
-    reply = _enhance("550 " + helo.replace("\r", "").replace("\n", ""))
+    assert all(
+        line[:1] == b"\t" and b"\r" not in line and b"\n" not in line for line in lines[1:-1]
+    )
+    reply = enhance("550 " + helo.replace("\r", "").replace("\n", ""))
     assert reply.startswith("550")
 
 
-# --- the live protocol: RelaySMTP on loopback, in process ------------------------------------------
+# --- the live protocol: RelaySMTP on loopback, in process -----------------------------------------
 
 class InProcessRelay:
     """Intake + RelaySMTP on 127.0.0.1 in a background event loop (stopped by the fixture)."""
@@ -232,7 +312,8 @@ class InProcessRelay:
         def on_queued(_meta: object) -> None:
             self.queued += 1
 
-        # DNS from an empty zone: every MAIL FROM domain is NXDOMAIN at once (accepted by the default check)
+        # DNS from an empty zone: every MAIL FROM domain is NXDOMAIN at once (accepted by the
+        # default check)
         resolver = Resolver(ZoneTransport(ZoneData()))
         self.intake = Intake(self.settings, self.spool, on_queued, resolver=resolver)
         self.server = asyncio.run_coroutine_threadsafe(
@@ -261,24 +342,67 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessRelay]:
         relay.stop()
 
 
-VERBS = st.sampled_from(["EHLO", "HELO", "MAIL FROM:", "RCPT TO:", "DATA", "RSET", "NOOP", "VRFY", "EXPN", "HELP",
-                         "AUTH", "STARTTLS", "BDAT", "QUIT", "XCLIENT", "mail from:", "rcpt to:", ""])
+VERBS = st.sampled_from(
+    [
+        "EHLO",
+        "HELO",
+        "MAIL FROM:",
+        "RCPT TO:",
+        "DATA",
+        "RSET",
+        "NOOP",
+        "VRFY",
+        "EXPN",
+        "HELP",
+        "AUTH",
+        "STARTTLS",
+        "BDAT",
+        "QUIT",
+        "XCLIENT",
+        "mail from:",
+        "rcpt to:",
+        "",
+    ]
+)
 LINE = st.one_of(
     st.tuples(VERBS, MAILISH).map(lambda t: (t[0] + t[1]).encode("utf-8", "surrogateescape")),
-    st.tuples(st.sampled_from(["MAIL FROM:<a@x.test>", "RCPT TO:<u@dest.test>"]),
-              st.lists(st.sampled_from(["SIZE=", "BODY=", "RET=", "ENVID=", "NOTIFY=", "ORCPT=", "SMTPUTF8", "AUTH=",
-                                        "X=", "+", "rfc822;", "+0D+0A", "8BITMIME", "FULL", "99999999999"]), max_size=6))
-    .map(lambda t: (t[0] + " " + "".join(t[1])).encode()),
+    st.tuples(
+        st.sampled_from(["MAIL FROM:<a@x.test>", "RCPT TO:<u@dest.test>"]),
+        st.lists(
+            st.sampled_from(
+                [
+                    "SIZE=",
+                    "BODY=",
+                    "RET=",
+                    "ENVID=",
+                    "NOTIFY=",
+                    "ORCPT=",
+                    "SMTPUTF8",
+                    "AUTH=",
+                    "X=",
+                    "+",
+                    "rfc822;",
+                    "+0D+0A",
+                    "8BITMIME",
+                    "FULL",
+                    "99999999999",
+                ]
+            ),
+            max_size=6,
+        ),
+    ).map(lambda t: (t[0] + " " + "".join(t[1])).encode()),
     st.binary(max_size=120),
 )
 
 
 @SLOW
 @given(st.lists(LINE, min_size=1, max_size=10))
-def test_fuzz_live_smtp_session_answers_every_input_with_a_clear_reply(live: InProcessRelay, lines: list[bytes]) -> None:
-    """Any sequence of command lines (valid verbs with hostile arguments, DSN parameters, raw bytes):
-    every reply line is ``NNN[ -]text``, none is aiosmtpd's internal-exception fallback, the session
-    ends on QUIT within the bound, and the server keeps serving."""
+def test_fuzz_live_smtp_session_answers_every_input_with_a_clear_reply(
+    live: InProcessRelay, lines: list[bytes]
+) -> None:
+    """Any sequence of command lines (valid verbs with hostile arguments, DSN parameters, raw
+    bytes): every reply line is ``NNN[ -]text``, none is aiosmtpd's internal-exception fallback, the
+    session ends on QUIT within the bound, and the server keeps serving."""
     TRIED["live SMTP session (RelaySMTP)"] += 1
     with socket.create_connection(("127.0.0.1", live.port), timeout=10) as sock:
         wire = b"".join(line.replace(b"\n", b" ").replace(b"\r", b" ") + b"\r\n" for line in lines)
@@ -303,14 +427,14 @@ def test_fuzz_live_smtp_session_answers_every_input_with_a_clear_reply(live: InP
         assert probe.recv(100).startswith(b"220")
 
 
-# --- atheris (coverage-guided), when installed ---------------------------------------------------------
+# --- atheris (coverage-guided), when installed ----------------------------------------------------
 
 ATHERIS_HARNESS = r'''
 import sys, atheris
 with atheris.instrument_imports():
     from mxroute.address import parse_path
     from mxroute.errors import AddressError
-    from mxroute.relay.intake.server import Reply, split_path, parse_params, check_content
+    from mxroute.relay.intake.params import Reply, split_path, parse_params, check_content
     from mxroute.identity.spf.parse import parse_record
     from mxroute.identity.spf.results import PermError
 
@@ -339,15 +463,28 @@ atheris.Fuzz()
 
 @pytest.mark.slow
 def test_fuzz_atheris_coverage_guided(tmp_path: Path, figures: Callable[..., None]) -> None:
-    pytest.importorskip("atheris", reason="atheris is not installed (it has wheels for CPython 3.11 on x86-64 Linux)")
+    pytest.importorskip(
+        "atheris",
+        reason="atheris is not installed (it has wheels for CPython 3.11 on x86-64 Linux)",
+    )
     harness = tmp_path / "harness.py"
     harness.write_text(ATHERIS_HARNESS)
     runs = int(os.environ.get("FAULTS_ATHERIS_RUNS", "20000"))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, str(harness), f"-runs={runs}", "-max_total_time=40", "-rss_limit_mb=2048"],
-                          cwd=tmp_path, env=env, check=False, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(harness), f"-runs={runs}", "-max_total_time=40", "-rss_limit_mb=2048"],
+        cwd=tmp_path,
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     tail = done.stderr[-3000:]
     executed = re.findall(r"Done (\d+) runs", done.stderr)
-    figures("fuzz atheris (address, SPF record, SMTP params, DATA)", runs=executed[-1] if executed else "?",
-            crashes=0 if done.returncode == 0 else 1)
+    figures(
+        "fuzz atheris (address, SPF record, SMTP params, DATA)",
+        runs=executed[-1] if executed else "?",
+        crashes=0 if done.returncode == 0 else 1,
+    )
     assert done.returncode == 0, tail

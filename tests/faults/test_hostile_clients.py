@@ -97,14 +97,16 @@ ENDS = [b"\n", b"\r", b"\r\n", b"\r\r\n", b"\n\r", b"\r\n\r", b"\n\n", b"\x00\r\
 CORPUS = sorted({pre + b"." + post for pre, post in itertools.product(ENDS, ENDS)
                  if b"\r\n.\r\n" not in b"\r\n" + pre + b"." + post + b"\r\n"[: 0]}
                 | {b"\r\n\x00.\r\n", b"\r\n.\x00\r\n", b"\n..\n", b"\r\n.\n.\r\n", b"\r\n .\r\n"})
-CORPUS = [v for v in CORPUS if b"\r\n.\r\n" not in v]  # the real terminator is not a smuggling vector
+# the real terminator is not a smuggling vector
+CORPUS = [v for v in CORPUS if b"\r\n.\r\n" not in v]
 
 
 @pytest.mark.parametrize("bare_newline", ["normalize", "reject"])
 def test_sec1_sec2_smuggling_corpus_never_splits_a_message(
         fworld: World, bare_newline: str, figures: Callable[..., None]) -> None:
-    """SEC-1/SEC-2: each variant, followed by a complete spoofed transaction in the same write, is one
-    message (or a 550 5.5.2); a destination that honours <LF>.<CRLF> still records one message each."""
+    """SEC-1/SEC-2: each variant, followed by a complete spoofed transaction in the same write, is
+    one message (or a 550 5.5.2); a destination that honours <LF>.<CRLF> still records one message
+    each."""
     raw_sink = RawSink(fworld.ip(1), fworld.sink_port, end="vulnerable")
     raw_sink.start()
     try:
@@ -116,7 +118,9 @@ def test_sec1_sec2_smuggling_corpus_never_splits_a_message(
                        b"Subject: smuggled\r\n\r\nevil\r\n.\r\n")
             client = Raw(relay.port)
             try:
-                client.sock.sendall(b"EHLO c.test\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<u@dest.test>\r\nDATA\r\n")
+                client.sock.sendall(
+                    b"EHLO c.test\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<u@dest.test>\r\nDATA\r\n"
+                )
                 codes = [client.reply()[0] for _ in range(4)]
                 assert codes == [250, 250, 250, 354], (variant, codes)
                 client.sock.sendall(payload)
@@ -127,17 +131,31 @@ def test_sec1_sec2_smuggling_corpus_never_splits_a_message(
                     rejected += 1
                 else:
                     accepted += 1
-                assert client.cmd(b"QUIT")[0] == 221, variant  # the smuggled commands were never commands
+                # the smuggled commands were never commands
+                assert client.cmd(b"QUIT")[0] == 221, variant
             finally:
                 client.close()
         if bare_newline == "reject":
-            assert accepted == len([v for v in CORPUS if b"\r" not in v.replace(b"\r\n", b"") and b"\n" not in v.replace(b"\r\n", b"")])
+            assert accepted == len(
+                [
+                    v
+                    for v in CORPUS
+                    if b"\r" not in v.replace(b"\r\n", b"") and b"\n" not in v.replace(b"\r\n", b"")
+                ]
+            )
         wait_for(lambda: len(raw_sink.messages) >= accepted and not relay.queued(), timeout=20)
         time.sleep(0.3)
-        spoofed = [c for c in raw_sink.commands if "spoof@evil.test" in c or "victim@dest.test" in c]
-        figures(f"SEC-1/2 smuggling corpus ({bare_newline})", variants=len(CORPUS), accepted_250=accepted,
-                rejected_550=rejected, messages_at_vulnerable_sink=len(raw_sink.messages),
-                smuggled_transactions=len(spoofed))
+        spoofed = [
+            c for c in raw_sink.commands if "spoof@evil.test" in c or "victim@dest.test" in c
+        ]
+        figures(
+            f"SEC-1/2 smuggling corpus ({bare_newline})",
+            variants=len(CORPUS),
+            accepted_250=accepted,
+            rejected_550=rejected,
+            messages_at_vulnerable_sink=len(raw_sink.messages),
+            smuggled_transactions=len(spoofed),
+        )
         assert len(raw_sink.messages) == accepted, relay.log()[-3000:]
         assert spoofed == []
         assert not relay.queued()
@@ -148,26 +166,37 @@ def test_sec1_sec2_smuggling_corpus_never_splits_a_message(
 # --- SEC-3: open relay ----------------------------------------------------------------------------
 
 TRICKS = [
-    "u@ext.test", "U@EXT.TEST", "u@ext.test.", "u@EXT.test.", "u%ext.test@relay.test", "u%ext.test@dest.test",
-    '"u@ext.test"@relay.test', '"u%ext.test"@relay.test', '"u"@ext.test', '"u@ext.test"', "u@ext.test@relay.test",
-    "u@dest.test@ext.test", "@relay.test:u@ext.test", "@relay.test,@other.test:u@ext.test", "@[127.0.0.1]:u@ext.test",
-    "ext.test!u@relay.test", "ext.test!u", "u@[192.0.2.1]", "u@[127.0.0.1]", "u@[IPv6:::1]", "u@[IPv6:2001:db8::1]",
-    "u@bücher.test", "u@xn--bcher-kva.test", "postmaster@ext.test", "u@localhost", "u@relay.test", "u@127.0.0.1",
+    "u@ext.test", "U@EXT.TEST", "u@ext.test.", "u@EXT.test.", "u%ext.test@relay.test",
+    "u%ext.test@dest.test",
+    '"u@ext.test"@relay.test', '"u%ext.test"@relay.test', '"u"@ext.test', '"u@ext.test"',
+    "u@ext.test@relay.test",
+    "u@dest.test@ext.test", "@relay.test:u@ext.test", "@relay.test,@other.test:u@ext.test",
+    "@[127.0.0.1]:u@ext.test",
+    "ext.test!u@relay.test", "ext.test!u", "u@[192.0.2.1]", "u@[127.0.0.1]", "u@[IPv6:::1]",
+    "u@[IPv6:2001:db8::1]",
+    "u@bücher.test", "u@xn--bcher-kva.test", "postmaster@ext.test", "u@localhost", "u@relay.test",
+    "u@127.0.0.1",
     "u+tag@ext.test", "u@sub.dest.test", "u@dest.test",
 ]
 
 
 def test_sec3_relay_tricks_from_outside_relay_networks_all_refused(
         fworld: World, figures: Callable[..., None]) -> None:
-    """SEC-3: a client on 127.0.0.9 (relay_networks=127.0.0.1/32): every RCPT of the relay-trick corpus,
-    plain and through PIPELINING, HELO or EHLO, angle brackets or not, is refused; nothing is queued."""
+    """SEC-3: a client on 127.0.0.9 (relay_networks=127.0.0.1/32): every RCPT of the relay-trick
+    corpus, plain and through PIPELINING, HELO or EHLO, angle brackets or not, is refused; nothing
+    is queued."""
     sink = fworld.sink(1)
     relay = fworld.relay(relay_networks=["127.0.0.1/32"])
     refused = accepted = 0
     codes: set[int] = set()
     for hello in (b"EHLO outside.test", b"HELO outside.test", b"EHLO relay.test"):
-        mail = b"MAIL FROM:<a@relay.test> SMTPUTF8" if hello.startswith(b"EHLO") else b"MAIL FROM:<a@relay.test>"
-        for start in range(0, len(TRICKS), 5):  # a new session every 15 refusals: 20 end one (SEC-10)
+        mail = (
+            b"MAIL FROM:<a@relay.test> SMTPUTF8"
+            if hello.startswith(b"EHLO")
+            else b"MAIL FROM:<a@relay.test>"
+        )
+        # a new session every 15 refusals: 20 end one (SEC-10)
+        for start in range(0, len(TRICKS), 5):
             client = Raw(relay.port, source="127.0.0.9")
             try:
                 assert client.cmd(hello)[0] == 250
@@ -187,25 +216,41 @@ def test_sec3_relay_tricks_from_outside_relay_networks_all_refused(
         try:
             assert client.cmd(hello)[0] == 250
             assert client.cmd(mail)[0] == 250
-            pipelined = b"".join(f"RCPT TO:<{t}>\r\n".encode() for t in TRICKS[:12]) + b"DATA\r\n" + MSG + b".\r\n"
+            pipelined = (
+                b"".join(f"RCPT TO:<{t}>\r\n".encode() for t in TRICKS[:12])
+                + b"DATA\r\n"
+                + MSG
+                + b".\r\n"
+            )
             client.sock.sendall(pipelined)
             replies = [client.reply() for _ in range(13)]
             assert all(code >= 500 for code, _ in replies), replies
-            assert client.cmd(b"QUIT")[0] in (221, 500, 502, 421, 0)  # the message lines were bad commands
+            # the message lines were bad commands
+            assert client.cmd(b"QUIT")[0] in (221, 500, 502, 421, 0)
         finally:
             client.close()
     time.sleep(0.5)
-    figures("SEC-3 relay tricks from 127.0.0.9", tricks=len(TRICKS), attempts=refused + accepted, refused=refused,
-            accepted=accepted, reply_codes=sorted(codes), queued=len(relay.queued()), delivered=len(sink.messages))
+    figures(
+        "SEC-3 relay tricks from 127.0.0.9",
+        tricks=len(TRICKS),
+        attempts=refused + accepted,
+        refused=refused,
+        accepted=accepted,
+        reply_codes=sorted(codes),
+        queued=len(relay.queued()),
+        delivered=len(sink.messages),
+    )
     assert relay.queued() == [] and sink.messages == []
     assert accepted == 0
     _alive(relay)  # from 127.0.0.1 the same relay relays
 
 
-def test_sec8_auth_without_tls_is_refused(fworld: World, tmp_path: Path, figures: Callable[..., None]) -> None:
-    """SEC-8: with valid credentials but no TLS, every AUTH form is refused (538 5.7.11 / 504), AUTH is
-    not advertised, and the client stays unable to relay."""
-    from mxroute.relay.intake.server import hash_password
+def test_sec8_auth_without_tls_is_refused(
+    fworld: World, tmp_path: Path, figures: Callable[..., None]
+) -> None:
+    """SEC-8: with valid credentials but no TLS, every AUTH form is refused (538 5.7.11 / 504), AUTH
+    is not advertised, and the client stays unable to relay."""
+    from mxroute.relay.intake.auth import hash_password
     from tests.support.smtpsink import _tls_files, tls_available
 
     creds = tmp_path / "credentials"
@@ -219,7 +264,8 @@ def test_sec8_auth_without_tls_is_refused(fworld: World, tmp_path: Path, figures
     attempts = {
         b"AUTH PLAIN AGFsaWNlAHMzY3JldA==": (538,),  # valid credentials, in plain text
         b"AUTH PLAIN": (538,), b"AUTH LOGIN YWxpY2U=": (538,), b"AUTH LOGIN": (538,),
-        b"AUTH CRAM-MD5": (504, 538), b"AUTH XOAUTH2 dXNlcj1hbGljZQ==": (504, 538), b"AUTH": (501, 538),
+        b"AUTH CRAM-MD5": (504, 538), b"AUTH XOAUTH2 dXNlcj1hbGljZQ==": (504, 538),
+        b"AUTH": (501, 538),
         b"AUTH PLAIN =": (538,),
     }
     try:
@@ -240,22 +286,39 @@ def test_sec8_auth_without_tls_is_refused(fworld: World, tmp_path: Path, figures
         assert client.cmd(b"RCPT TO:<u@dest.test>")[0] == 554
     finally:
         client.close()
-    figures("SEC-8 AUTH before TLS", attempts=len(attempts), refused=len(attempts), replies=sorted(set(got.values())))
+    figures(
+        "SEC-8 AUTH before TLS",
+        attempts=len(attempts),
+        refused=len(attempts),
+        replies=sorted(set(got.values())),
+    )
     assert relay.queued() == []
 
 
-# --- SEC-7 / SEC-9: sizes ------------------------------------------------------------------------------
+# --- SEC-7 / SEC-9: sizes -------------------------------------------------------------------------
 
-def test_sec7_long_command_lines_and_oversized_messages(fworld: World, figures: Callable[..., None]) -> None:
-    """SEC-7: 2,000-octet command lines (and a 2 MB one) → 500 5.5.2, the session survives; SIZE= over the
-    limit → 552; DATA over the limit (and a 5 MB flood) → 552 5.3.4 with nothing spooled."""
+def test_sec7_long_command_lines_and_oversized_messages(
+    fworld: World, figures: Callable[..., None]
+) -> None:
+    """SEC-7: 2,000-octet command lines (and a 2 MB one) → 500 5.5.2, the session survives; SIZE=
+    over the limit → 552; DATA over the limit (and a 5 MB flood) → 552 5.3.4 with nothing
+    spooled."""
     sink = fworld.sink(1)
     relay = fworld.relay(max_message_size=65536)
     client = Raw(relay.port)
     replies: list[int] = []
     try:
         assert client.cmd(b"EHLO c.test")[0] == 250
-        for verb in (b"EHLO ", b"HELO ", b"MAIL FROM:<", b"RCPT TO:<", b"NOOP ", b"VRFY ", b"XYZZY ", b"RSET "):
+        for verb in (
+            b"EHLO ",
+            b"HELO ",
+            b"MAIL FROM:<",
+            b"RCPT TO:<",
+            b"NOOP ",
+            b"VRFY ",
+            b"XYZZY ",
+            b"RSET ",
+        ):
             code, text = client.cmd(verb + b"a" * (2000 - len(verb)))
             replies.append(code)
             assert code == 500 and text.startswith("5.5.2"), (verb, code, text)
@@ -289,8 +352,8 @@ def test_sec7_long_command_lines_and_oversized_messages(fworld: World, figures: 
 
 
 def test_sec9_ten_thousand_recipients(fworld: World, figures: Callable[..., None]) -> None:
-    """SEC-9: 10,000 RCPT (pipelined, in chunks) with max_recipients=100: 100 × 250, 9,900 × 452 4.5.3;
-    the message goes to exactly those 100."""
+    """SEC-9: 10,000 RCPT (pipelined, in chunks) with max_recipients=100: 100 × 250, 9,900 × 452
+    4.5.3; the message goes to exactly those 100."""
     sink = fworld.sink(1)
     relay = fworld.relay()
     client = Raw(relay.port)
@@ -299,7 +362,11 @@ def test_sec9_ten_thousand_recipients(fworld: World, figures: Callable[..., None
         assert client.cmd(b"EHLO c.test")[0] == 250
         assert client.cmd(b"MAIL FROM:<a@sender.test>")[0] == 250
         for start in range(0, 10_000, 500):
-            client.sock.sendall(b"".join(f"RCPT TO:<r{n}@dest.test>\r\n".encode() for n in range(start, start + 500)))
+            client.sock.sendall(
+                b"".join(
+                    f"RCPT TO:<r{n}@dest.test>\r\n".encode() for n in range(start, start + 500)
+                )
+            )
             for n in range(start, start + 500):
                 code, text = client.reply()
                 codes[code] = codes.get(code, 0) + 1
@@ -318,7 +385,7 @@ def test_sec9_ten_thousand_recipients(fworld: World, figures: Callable[..., None
     assert sorted(rcpts) == sorted(f"r{n}@dest.test" for n in range(100))
 
 
-# --- SEC-5 / SEC-6: injection through parameters ------------------------------------------------------
+# --- SEC-5 / SEC-6: injection through parameters --------------------------------------------------
 
 INJECTIONS = [
     b"MAIL FROM:<a@sender.test> ENVID=x+0D+0AX-Injected:+20yes",
@@ -346,9 +413,9 @@ RCPT_INJECTIONS = [
 
 def test_sec5_sec6_crlf_through_mail_and_rcpt_parameters_never_reaches_a_header(
         fworld: World, figures: Callable[..., None]) -> None:
-    """SEC-5/6: CR, LF, NUL and controls in ENVID/ORCPT/NOTIFY/paths (raw or xtext-encoded) are refused with
-    501/553; a hostile EHLO name is neutralised in Received:; what reaches the next hop has no injected
-    header or command, and the DSN parameters that were valid arrive intact."""
+    """SEC-5/6: CR, LF, NUL and controls in ENVID/ORCPT/NOTIFY/paths (raw or xtext-encoded) are
+    refused with 501/553; a hostile EHLO name is neutralised in Received:; what reaches the next hop
+    has no injected header or command, and the DSN parameters that were valid arrive intact."""
     sink = fworld.sink(1)
     relay = fworld.relay()
     client = Raw(relay.port)
@@ -374,7 +441,10 @@ def test_sec5_sec6_crlf_through_mail_and_rcpt_parameters_never_reaches_a_header(
             code, text = client.cmd(line)
             errors.append(code)
             assert code in (501, 553), (line, code, text)
-        assert client.cmd(b"RCPT TO:<u@dest.test> NOTIFY=FAILURE ORCPT=rfc822;u+2Bx@dest.test")[0] == 250
+        assert (
+            client.cmd(b"RCPT TO:<u@dest.test> NOTIFY=FAILURE ORCPT=rfc822;u+2Bx@dest.test")[0]
+            == 250
+        )
         assert client.cmd(b"DATA")[0] == 354
         client.sock.sendall(MSG + b".\r\n")
         assert client.reply()[0] == 250
@@ -383,22 +453,29 @@ def test_sec5_sec6_crlf_through_mail_and_rcpt_parameters_never_reaches_a_header(
     assert wait_for(lambda: sink.messages, timeout=15)
     (got,) = sink.messages
     assert got.rcpt_to == ["u@dest.test"]
-    assert "ENVID=ok+2Bid" in got.mail_args and "\r" not in got.mail_args and "\n" not in got.mail_args
+    assert (
+        "ENVID=ok+2Bid" in got.mail_args and "\r" not in got.mail_args and "\n" not in got.mail_args
+    )
     assert all("\r" not in a and "\n" not in a and "Injected" not in a for a in got.rcpt_args)
     parsed = email.message_from_bytes(got.data, policy=email.policy.compat32)
-    assert parsed["X-Injected"] is None and b"X-Injected" not in got.data.split(b"\r\n\r\n")[0].replace(
-        b"?X-Injected", b"")
+    assert parsed["X-Injected"] is None and b"X-Injected" not in got.data.split(b"\r\n\r\n")[
+        0
+    ].replace(b"?X-Injected", b"")
     received = got.data.split(b"\r\n")[0]
-    assert received.startswith(b"Received: from evil.test?X-Injected:_ehlo ")  # one line, controls replaced
+    # one line, controls replaced
+    assert received.startswith(b"Received: from evil.test?X-Injected:_ehlo ")
     figures("SEC-5/6 parameter injection", inputs=len(INJECTIONS) + len(RCPT_INJECTIONS) + 1,
             errors_returned=len(errors), codes=sorted(set(errors)), injected_headers=0)
 
 
-# --- SEC-10: timeouts and connection floods -----------------------------------------------------------
+# --- SEC-10: timeouts and connection floods -------------------------------------------------------
 
 
-def _drip(sock: socket.socket, payload: bytes, interval: float, limit: int = 40) -> tuple[bool, bytes]:
-    """Send ``payload`` cyclically one byte per ``interval`` (at most ``limit`` bytes); (closed, what the relay said)."""
+def _drip(
+    sock: socket.socket, payload: bytes, interval: float, limit: int = 40
+) -> tuple[bool, bytes]:
+    """Send ``payload`` cyclically one byte per ``interval`` (at most ``limit`` bytes); (closed,
+    what the relay said)."""
     sock.settimeout(interval)
     said = b""
     for ch in itertools.islice(itertools.cycle(payload), limit):
@@ -416,8 +493,9 @@ def _drip(sock: socket.socket, payload: bytes, interval: float, limit: int = 40)
 
 def test_sec10_idle_and_slow_drip_clients_are_cut_off_with_a_reply(
         fworld: World, figures: Callable[..., None]) -> None:
-    """SEC-10: an idle client, a client dripping one command byte at a time and one dripping DATA are
-    closed at command_timeout / data_timeout with 421 4.4.2; nothing is queued; others are served."""
+    """SEC-10: an idle client, a client dripping one command byte at a time and one dripping DATA
+    are closed at command_timeout / data_timeout with 421 4.4.2; nothing is queued; others are
+    served."""
     relay = fworld.relay(command_timeout=1.5, data_timeout=2.5)
     fworld.sink(1)
     outcomes: dict[str, tuple[bool, float, bytes]] = {}
@@ -442,7 +520,10 @@ def test_sec10_idle_and_slow_drip_clients_are_cut_off_with_a_reply(
     closed, said = _drip(data.sock, b"Subject: slow\r\n\r\nbody\r\n", 0.4)
     outcomes["drip-data"] = (closed, time.monotonic() - started, said)
     data.close()
-    figures("SEC-10 idle / slow-drip", **{k: f"closed={c} after {t:.1f}s reply={s[:40]!r}" for k, (c, t, s) in outcomes.items()})
+    figures(
+        "SEC-10 idle / slow-drip",
+        **{k: f"closed={c} after {t:.1f}s reply={s[:40]!r}" for k, (c, t, s) in outcomes.items()},
+    )
     for name, (closed, took, said) in outcomes.items():
         assert closed, (name, took, said)
         assert took < 8, (name, took)
@@ -453,8 +534,8 @@ def test_sec10_idle_and_slow_drip_clients_are_cut_off_with_a_reply(
 
 def test_sec10_500_concurrent_connections_get_220_or_421_and_the_relay_survives(
         fworld: World, figures: Callable[..., None]) -> None:
-    """SEC-10: 500 simultaneous connections with max_clients=50: 50 greeted, 450 get 421 4.7.0 at once;
-    the relay stays up, and serves a normal client as soon as the flood is gone."""
+    """SEC-10: 500 simultaneous connections with max_clients=50: 50 greeted, 450 get 421 4.7.0 at
+    once; the relay stays up, and serves a normal client as soon as the flood is gone."""
     fworld.sink(1)
     relay = fworld.relay(max_clients=50, command_timeout=20)
     socks: list[socket.socket] = []
@@ -462,7 +543,9 @@ def test_sec10_500_concurrent_connections_get_220_or_421_and_the_relay_survives(
     try:
         for n in range(500):
             source = f"127.0.{n // 250 + 10}.{n % 250 + 1}"
-            sock = socket.create_connection(("127.0.0.1", relay.port), timeout=10, source_address=(source, 0))
+            sock = socket.create_connection(
+                ("127.0.0.1", relay.port), timeout=10, source_address=(source, 0)
+            )
             socks.append(sock)
         selector = selectors.DefaultSelector()
         for index, sock in enumerate(socks):
@@ -488,8 +571,15 @@ def test_sec10_500_concurrent_connections_get_220_or_421_and_the_relay_survives(
         for sock in socks:
             sock.close()
     alive_after = wait_for(lambda: _try_alive(relay), timeout=10, step=0.2)
-    figures("SEC-10 500 concurrent connections (max_clients=50)", connections=len(socks), answered=len(first),
-            greeted_220=greeted, refused_421=refused, unclear=len(other), served_afterwards=bool(alive_after))
+    figures(
+        "SEC-10 500 concurrent connections (max_clients=50)",
+        connections=len(socks),
+        answered=len(first),
+        greeted_220=greeted,
+        refused_421=refused,
+        unclear=len(other),
+        served_afterwards=bool(alive_after),
+    )
     assert len(first) == 500 and other == []
     assert greeted == 50 and refused == 450
     assert alive_after
@@ -505,15 +595,20 @@ def _try_alive(relay: Relay) -> bool:
 
 def test_sec10_flood_from_one_address_is_capped_per_ip_while_others_are_served(
         fworld: World, figures: Callable[..., None]) -> None:
-    """SEC-10: 500 connections from one address outside relay_networks with max_clients_per_ip=10: 10 greeted,
-    490 get 421 4.7.0 at once, and *during* the flood a client from relay_networks relays a message."""
+    """SEC-10: 500 connections from one address outside relay_networks with max_clients_per_ip=10:
+    10 greeted, 490 get 421 4.7.0 at once, and *during* the flood a client from relay_networks
+    relays a message."""
     sink = fworld.sink(1)
-    relay = fworld.relay(relay_networks=["127.0.0.1/32"], max_clients=100, max_clients_per_ip=10, command_timeout=20)
+    relay = fworld.relay(
+        relay_networks=["127.0.0.1/32"], max_clients=100, max_clients_per_ip=10, command_timeout=20
+    )
     socks: list[socket.socket] = []
     first: list[bytes] = []
     try:
         for _ in range(500):
-            sock = socket.create_connection(("127.0.0.1", relay.port), timeout=10, source_address=("127.0.0.9", 0))
+            sock = socket.create_connection(
+                ("127.0.0.1", relay.port), timeout=10, source_address=("127.0.0.9", 0)
+            )
             socks.append(sock)
         for sock in socks:
             try:
@@ -521,7 +616,8 @@ def test_sec10_flood_from_one_address_is_capped_per_ip_while_others_are_served(
             except OSError:
                 first.append(b"")
         started = time.monotonic()
-        queue_id = _alive(relay, "during-flood@dest.test")  # from 127.0.0.1, exempt from the per-address cap
+        # from 127.0.0.1, exempt from the per-address cap
+        queue_id = _alive(relay, "during-flood@dest.test")
         served_in = time.monotonic() - started
     finally:
         for sock in socks:
@@ -529,8 +625,14 @@ def test_sec10_flood_from_one_address_is_capped_per_ip_while_others_are_served(
     greeted = sum(1 for data in first if data.startswith(b"220"))
     refused = sum(1 for data in first if data.startswith(b"421 4.7.0"))
     assert wait_for(lambda: sink.messages, timeout=15)
-    figures("SEC-10 500 connections from one address (max_clients_per_ip=10)", connections=500, greeted_220=greeted,
-            refused_421=refused, legit_client_served_during_flood=bool(queue_id), served_in_s=round(served_in, 2))
+    figures(
+        "SEC-10 500 connections from one address (max_clients_per_ip=10)",
+        connections=500,
+        greeted_220=greeted,
+        refused_421=refused,
+        legit_client_served_during_flood=bool(queue_id),
+        served_in_s=round(served_in, 2),
+    )
     assert greeted == 10 and refused == 490
     assert served_in < 5
     # the flood's slots are given back: the same address is greeted again
@@ -538,13 +640,18 @@ def test_sec10_flood_from_one_address_is_capped_per_ip_while_others_are_served(
 
 
 def _banner_from(relay: Relay, source: str) -> bytes:
-    with socket.create_connection(("127.0.0.1", relay.port), timeout=5, source_address=(source, 0)) as sock:
+    with socket.create_connection(
+        ("127.0.0.1", relay.port), timeout=5, source_address=(source, 0)
+    ) as sock:
         return sock.recv(200)
 
 
-def test_sec10_twenty_errors_end_the_session_with_421(fworld: World, figures: Callable[..., None]) -> None:
-    """SEC-10 (Postfix smtpd_hard_error_limit): the 20th 5xx reply without a message accepted is followed by
-    421 4.7.0 and the close; an accepted message resets the count; a new session is served."""
+def test_sec10_twenty_errors_end_the_session_with_421(
+    fworld: World, figures: Callable[..., None]
+) -> None:
+    """SEC-10 (Postfix smtpd_hard_error_limit): the 20th 5xx reply without a message accepted is
+    followed by 421 4.7.0 and the close; an accepted message resets the count; a new session is
+    served."""
     fworld.sink(1)
     relay = fworld.relay()
     client = Raw(relay.port)

@@ -1,5 +1,9 @@
 """SMTP intake: the aiosmtpd server that validates, spools and replies.
 
+``params`` (pure parsers: MAIL/RCPT arguments, DSN parameters, content checks, the
+Received: field), ``auth`` (the credentials file and AUTH), ``protocol`` (``RelaySMTP``:
+aiosmtpd's protocol with what 1.4.6 lacks), ``handler`` (``Intake``: validate, spool,
+reply) and ``sendercheck`` (the MAIL FROM null MX check).
 May import: ``relay.spool``, ``relay.envelope``, ``dns``, ``routing.plan`` and the ground;
 never ``relay.courier`` or ``relay.queue``.
 """

@@ -60,7 +60,8 @@ MAX_NOTED = 4096
 
 @dataclass(frozen=True, slots=True)
 class Judgement:
-    """``reply``: the refusal for MAIL, or None to go on; ``note``: what to log when going on anyway."""
+    """``reply``: the refusal for MAIL, or None to go on; ``note``: what to log when going on
+    anyway."""
 
     reply: str | None = None
     note: str | None = None
@@ -75,8 +76,8 @@ def judge(domain: str, answer: Answer | None, mode: str) -> Judgement:
                          "so no bounce could reach the sender (RFC 7505 section 4.2)")
     if answer is not None and answer.outcome is Outcome.NXDOMAIN:
         if mode == "strict":
-            return Judgement(f"550 5.1.8 Sender address rejected: domain {domain} does not exist (NXDOMAIN), "
-                             "so no bounce could reach the sender")
+            return Judgement(f"550 5.1.8 Sender address rejected: domain {domain} does not exist "
+                             "(NXDOMAIN), so no bounce could reach the sender")
         return Judgement(note=f"sender check: {domain} does not exist (NXDOMAIN); accepted "
                               f"(null_mx_sender = {mode}), a bounce to it would fail")
     if answer is None or answer.outcome.temporary:
@@ -84,11 +85,12 @@ def judge(domain: str, answer: Answer | None, mode: str) -> Judgement:
         if answer is not None and answer.detail:
             what += f": {answer.detail}"
         if mode == "strict":
-            return Judgement(f"451 4.4.3 Sender address rejected: cannot look up the MX records of {domain} "
-                             f"now ({what}); try again later")
-        return Judgement(note=f"sender check: {domain}: MX lookup failed ({what}); accepted without the null MX "
-                              f"check (null_mx_sender = {mode})")
-    return Judgement()  # MX records, or none (implicit MX: RFC 5321 §5.1): the domain can take a bounce
+            return Judgement(f"451 4.4.3 Sender address rejected: cannot look up the MX records "
+                             f"of {domain} now ({what}); try again later")
+        return Judgement(note=f"sender check: {domain}: MX lookup failed ({what}); accepted "
+                              f"without the null MX check (null_mx_sender = {mode})")
+    # MX records, or none (implicit MX: RFC 5321 §5.1): the domain can take a bounce
+    return Judgement()
 
 
 class SenderCheck:
@@ -98,7 +100,8 @@ class SenderCheck:
         self.resolver = resolver
         self.clock = clock
         self._noted: dict[str, float] = {}  # domain -> when its note may be logged again
-        self._lookups: set[asyncio.Task[Answer]] = set()  # outlived MAIL_WAIT: kept until they finish
+        # outlived MAIL_WAIT: kept until they finish
+        self._lookups: set[asyncio.Task[Answer]] = set()
 
     async def refusal(self, sender: Address, mode: str, client: str) -> str | None:
         """The reply refusing MAIL FROM ``sender`` (logged with ``client``), or None to go on."""
@@ -106,7 +109,8 @@ class SenderCheck:
             return None
         verdict = judge(sender.domain, await self._lookup(sender.domain), mode)
         if verdict.reply is not None:
-            log.info("reject: MAIL from %s: %s; from=<%s>", client, verdict.reply, safe_text(str(sender), LISTING))
+            log.info("reject: MAIL from %s: %s; from=<%s>", client, verdict.reply,
+                     safe_text(str(sender), LISTING))
         elif verdict.note is not None:
             self._note(sender.domain, verdict.note)
         return verdict.reply

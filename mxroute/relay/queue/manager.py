@@ -25,15 +25,15 @@ from mxroute.dns.resolver import Resolver
 from mxroute.errors import MxrouteError
 from mxroute.relay import dsn
 from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult
-from mxroute.relay.spool.store import (
+from mxroute.relay.spool.format import (
     BOUNCED,
     DELIVERED,
     PENDING,
     CorruptFile,
     MessageMeta,
     RecipientState,
-    Spool,
 )
+from mxroute.relay.spool.store import Spool
 from mxroute.routing.plan import Plan
 from mxroute.routing.route import policy_from_settings, route
 from mxroute.settings import Settings

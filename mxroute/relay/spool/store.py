@@ -7,20 +7,10 @@ Layout under ``spool_dir`` (0700; files 0600)::
     corrupt/<ID>  files that failed validation, moved aside with a log line
     flush         touched by ``mxroute queue flush``: the daemon makes deferred mail due
 
-Queue file format, version 1 (all integers big-endian)::
-
-    b"MXQ1\\n"                                magic and version
-    frame*                                    type(1) length(4) payload crc32(4)
-                                              (crc32 over type, length and payload)
-      E  envelope JSON (sender, recipients, DSN parameters, arrival, client)
-      M  the message bytes (CRLF lines, our Received: header first)
-      Z  END marker (empty payload)            -- the file is a message only with it
-      S  state JSON, appended after Z           -- snapshot of per-recipient state;
-         zero or more                              the last valid one wins
-
-A file is created complete (E, M, Z and a first S) under ``tmp/``, fsync'd,
-renamed into ``queue/`` and the directory fsync'd: only then is it a message
-(RFC 5321 §6.1; Postfix ``mail_stream_finish_file``). State changes are
+The bytes of a queue file (E, M, Z records and appended S state snapshots) are
+encoded and decoded by ``format``. A file is created complete (E, M, Z and a first S)
+under ``tmp/``, fsync'd, renamed into ``queue/`` and the directory fsync'd: only then
+is it a message (RFC 5321 §6.1; Postfix ``mail_stream_finish_file``). State changes are
 appended S frames, each fsync'd before the change is acted on (DUR-6, as
 Postfix ``deliver_completed`` rewrites a record in place). A torn trailing S
 frame (a crash mid-append) is ignored: that change never happened. A file whose
@@ -33,216 +23,29 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
-import itertools
-import json
 import logging
 import os
-import re
-import secrets
-import struct
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from mxroute.relay.envelope import Envelope, Recipient
 from mxroute.errors import SpoolError
+from mxroute.relay.spool.format import (
+    QUEUE_ID,
+    CorruptFile,
+    MessageMeta,
+    decode,
+    encode,
+    encode_state,
+)
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"MXQ1\n"
-_HEAD = struct.Struct(">cI")
-_CRC = struct.Struct(">I")
-MAX_FRAME = 1 << 31
-QUEUE_ID = re.compile(r"[0-9A-Za-z]{8,64}\Z")
 FRESH_BYTES = 32 << 20  # message bytes kept in memory between intake and the first delivery attempt
 FRESH_COUNT = 20000
 TEMP_MAX_AGE = 86400.0  # DUR-5: temp files older than a day are removed (qmail: 36 h)
 
-PENDING, DELIVERED, BOUNCED = "pending", "delivered", "bounced"
-
-
-_ID_PREFIX = secrets.token_hex(3).upper()  # per process: IDs differ across restarts even if the clock jumps back
-_ID_COUNTER = itertools.count()
-
-
-def new_queue_id(clock: Callable[[], float] = time.time) -> str:
-    """A queue ID unique across restarts and clock jumps: microseconds (sortable), a random
-    per-process prefix and a per-process counter (no system call per ID on the hot path)."""
-    return f"{int(clock() * 1_000_000) & (2**56 - 1):014X}{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFF:05X}"
-
-
-@dataclass(slots=True)
-class RecipientState:
-    """Everything the queue remembers about one recipient (DUR-6)."""
-
-    address: str
-    notify: tuple[str, ...] = ()
-    orcpt: str | None = None
-    state: str = PENDING
-    attempts: int = 0
-    next_try: float = 0.0
-    status: str | None = None  # last enhanced status code
-    reply: str | None = None  # last reply or local reason
-    remote_reply: bool = False  # ``reply`` is the remote's own reply, not a local reason (DSN-6)
-    why: str | None = None  # why it is retried next (or why it ended)
-    hosts: dict[str, str] = field(default_factory=dict)  # remote MTA -> last reply it sent
-    warned: bool = False  # a delay warning was sent (DSN-10: at most one)
-
-    def recipient(self) -> Recipient:
-        return Recipient(self.address, self.notify, self.orcpt)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "address": self.address, "notify": list(self.notify), "orcpt": self.orcpt, "state": self.state,
-            "attempts": self.attempts, "next_try": self.next_try, "status": self.status, "reply": self.reply,
-            "remote_reply": self.remote_reply, "why": self.why, "hosts": self.hosts, "warned": self.warned,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RecipientState:
-        return cls(
-            address=str(data["address"]), notify=tuple(data.get("notify") or ()), orcpt=data.get("orcpt"),
-            state=str(data.get("state", PENDING)), attempts=int(data.get("attempts", 0)),
-            next_try=float(data.get("next_try", 0.0)), status=data.get("status"), reply=data.get("reply"),
-            remote_reply=bool(data.get("remote_reply", False)), why=data.get("why"), hosts=dict(data.get("hosts") or {}), warned=bool(data.get("warned")),
-        )
-
-
-@dataclass(slots=True)
-class MessageMeta:
-    """A queue file without its message bytes: envelope, intake facts and recipient state."""
-
-    queue_id: str
-    sender: str
-    arrival: float
-    recipients: list[RecipientState]
-    ret: str | None = None
-    envid: str | None = None
-    body: str | None = None
-    smtputf8: bool = False
-    client: str = ""  # "helo [ip]" of the submitting client, sanitised
-    size: int = 0
-    bounce_of: dict[str, Any] | None = None  # for a DSN: {"queue_id": ..., "recipients": [...]} (DSN-12)
-    bounces: int = 0  # DSNs enqueued so far for this message (names the next one)
-
-    def envelope(self) -> Envelope:
-        return Envelope(
-            sender=self.sender, recipients=[r.recipient() for r in self.recipients], ret=self.ret,
-            envid=self.envid, body=self.body, smtputf8=self.smtputf8,
-        )
-
-    @property
-    def pending(self) -> list[RecipientState]:
-        return [r for r in self.recipients if r.state == PENDING]
-
-    @property
-    def done(self) -> bool:
-        return not self.pending
-
-    def next_due(self) -> float | None:
-        times = [r.next_try for r in self.pending]
-        return min(times) if times else None
-
-    def envelope_json(self) -> dict[str, Any]:
-        return {
-            "queue_id": self.queue_id, "sender": self.sender, "arrival": self.arrival,
-            "recipients": [{"address": r.address, "notify": list(r.notify), "orcpt": r.orcpt} for r in self.recipients],
-            "ret": self.ret, "envid": self.envid, "body": self.body, "smtputf8": self.smtputf8,
-            "client": self.client, "size": self.size, "bounce_of": self.bounce_of,
-        }
-
-    def state_json(self) -> dict[str, Any]:
-        return {"bounces": self.bounces, "recipients": [r.to_json() for r in self.recipients]}
-
-    def to_json(self) -> dict[str, Any]:
-        return {**self.envelope_json(), **self.state_json()}
-
-
-class CorruptFile(Exception):
-    """A queue file that does not validate (DUR-2)."""
-
-
-# --- encoding ------------------------------------------------------------------------
-
-def _frame(kind: bytes, payload: bytes) -> bytes:
-    head = _HEAD.pack(kind, len(payload))
-    return head + payload + _CRC.pack(zlib.crc32(payload, zlib.crc32(head)))
-
-
-def encode(meta: MessageMeta, message: bytes) -> bytes:
-    """The complete bytes of a new queue file."""
-    env = json.dumps(meta.envelope_json(), separators=(",", ":")).encode()
-    state = json.dumps(meta.state_json(), separators=(",", ":")).encode()
-    return b"".join((MAGIC, _frame(b"E", env), _frame(b"M", message), _frame(b"Z", b""), _frame(b"S", state)))
-
-
-def _frames(data: bytes, offset: int) -> Iterator[tuple[bytes, bytes, int]]:
-    """Yield (type, payload, end offset) for each complete, checksummed frame; stop at the first bad one."""
-    while offset + _HEAD.size <= len(data):
-        kind, length = _HEAD.unpack_from(data, offset)
-        end = offset + _HEAD.size + length + _CRC.size
-        if length > MAX_FRAME or end > len(data):
-            return
-        payload = data[offset + _HEAD.size : offset + _HEAD.size + length]
-        (crc,) = _CRC.unpack_from(data, end - _CRC.size)
-        if crc != zlib.crc32(payload, zlib.crc32(data[offset : offset + _HEAD.size])):
-            return
-        yield kind, payload, end
-        offset = end
-
-
-def decode(data: bytes, queue_id: str) -> tuple[MessageMeta, bytes, int]:
-    """Parse a queue file: (meta with the latest state, message bytes, offset of the valid end).
-
-    Raises CorruptFile unless magic, E, M and Z are all present, in order, with good checksums.
-    """
-    if not data.startswith(MAGIC):
-        raise CorruptFile("bad magic or unknown version")
-    frames = _frames(data, len(MAGIC))
-    try:
-        parts = [next(frames) for _ in range(3)]
-    except StopIteration:
-        raise CorruptFile("truncated or bad checksum before END") from None
-    if [p[0] for p in parts] != [b"E", b"M", b"Z"] or parts[2][1]:
-        raise CorruptFile("records out of order or END missing")
-    try:
-        env = json.loads(parts[0][1])
-        listed = env["recipients"]
-        if not isinstance(listed, list):
-            raise TypeError("recipients is not a list")
-        meta = MessageMeta(
-            queue_id=queue_id, sender=str(env["sender"]), arrival=float(env["arrival"]), recipients=[],
-            ret=env.get("ret"), envid=env.get("envid"), body=env.get("body"), smtputf8=bool(env.get("smtputf8")),
-            client=str(env.get("client", "")), size=int(env.get("size", 0)), bounce_of=env.get("bounce_of"),
-        )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CorruptFile(f"bad envelope record: {exc}") from None
-    end = parts[2][2]
-    last = None  # the state that wins: recipient objects are built for it only (start-up speed)
-    for kind, payload, stop in frames:
-        if kind != b"S":
-            break
-        try:
-            state = json.loads(payload)
-            last = (state["recipients"], int(state.get("bounces", 0)))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise CorruptFile(f"bad state record: {exc}") from None
-        end = stop
-    try:
-        if last is None:
-            meta.recipients = [RecipientState.from_json(r) for r in listed]
-        else:
-            meta.recipients, meta.bounces = [RecipientState.from_json(r) for r in last[0]], last[1]
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CorruptFile(f"bad {'envelope' if last is None else 'state'} record: {exc}") from None
-    return meta, parts[1][1], end
-
-
-# --- the spool -----------------------------------------------------------------------
 
 class _GroupSync:
     """fsync of one directory, shared by everyone who asks while one is running (group commit).
@@ -251,7 +54,8 @@ class _GroupSync:
     rename or unlink is covered; requests that arrive during a sync share the next one.
     """
 
-    def __init__(self, path: Path, executor: ThreadPoolExecutor, before: Callable[[], None] | None = None) -> None:
+    def __init__(self, path: Path, executor: ThreadPoolExecutor,
+                 before: Callable[[], None] | None = None) -> None:
         self._path = path
         self._executor = executor
         self._before = before  # run in the same job just before the fsync (batched unlinks)
@@ -307,13 +111,15 @@ class Spool:
         self.flush_marker = self.root / "flush"
         self.clock = clock
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="spool")
-        self._unlinks: collections.deque[str] = collections.deque()  # removals for the next directory sync
+        # removals for the next directory sync
+        self._unlinks: collections.deque[str] = collections.deque()
         self._dirsync = _GroupSync(self.queue_dir, self._executor, self._unlink_batch)
         # Just stored: (meta, message) handed to the first aload() without reading the file
         # back (bounded; the oldest are dropped and read from disk when their turn comes).
         self._fresh: dict[str, tuple[MessageMeta, bytes]] = {}
         self._fresh_bytes = 0
-        self._keep_fresh = keep_fresh  # False where nothing in this process delivers (the intake process)
+        # False where nothing in this process delivers (the intake process)
+        self._keep_fresh = keep_fresh
 
     # --- set-up and recovery ---
     def prepare(self) -> None:
@@ -334,10 +140,12 @@ class Spool:
             except OSError as exc:
                 raise SpoolError(f"cannot prepare spool directory {path}: {exc.strerror}") from None
             if mode & 0o077:
-                raise SpoolError(f"spool directory {path} is accessible to others (mode {mode:o}); chmod 700 it")
+                raise SpoolError(f"spool directory {path} is accessible to others "
+                                 f"(mode {mode:o}); chmod 700 it")
 
     def clean_temp(self, max_age: float = TEMP_MAX_AGE) -> list[str]:
-        """Remove temp files older than ``max_age`` seconds: intakes that never got a 250 (DUR-5)."""
+        """Remove temp files older than ``max_age`` seconds: intakes that never got a 250
+        (DUR-5)."""
         removed = []
         now = self.clock()
         for entry in os.scandir(self.tmp_dir):
@@ -380,7 +188,8 @@ class Spool:
         return good, bad
 
     def recover_iter(self, bad: list[str]) -> Iterator[MessageMeta]:
-        """``recover()`` one message at a time (a large spool is never all in memory); corrupt IDs go to ``bad``."""
+        """``recover()`` one message at a time (a large spool is never all in memory);
+        corrupt IDs go to ``bad``."""
         queue_dir = str(self.queue_dir)
         for queue_id, data in _read_ahead(queue_dir, self.ids()):
             path = os.path.join(queue_dir, queue_id)
@@ -391,7 +200,8 @@ class Spool:
                     raise data
                 meta, _, end = decode(data, queue_id)
                 if end < len(data):
-                    log.warning("%s: cut %d bytes of a torn state record", queue_id, len(data) - end)
+                    log.warning("%s: cut %d bytes of a torn state record",
+                                queue_id, len(data) - end)
                     _truncate(Path(path), end)
             except FileNotFoundError:
                 continue
@@ -483,8 +293,9 @@ class Spool:
         self._remember(meta, message)
 
     def _append_state(self, meta: MessageMeta) -> None:
-        record = _frame(b"S", json.dumps(meta.state_json(), separators=(",", ":")).encode())
-        fd = os.open(self.path(meta.queue_id), os.O_WRONLY | os.O_APPEND)  # never O_CREAT: deleted stays deleted
+        record = encode_state(meta)
+        # never O_CREAT: deleted stays deleted
+        fd = os.open(self.path(meta.queue_id), os.O_WRONLY | os.O_APPEND)
         try:
             size = os.fstat(fd).st_size
             try:
@@ -498,7 +309,10 @@ class Spool:
             os.close(fd)
 
     def update_sync(self, meta: MessageMeta) -> None:
-        """Persist ``meta``'s recipient state (append an S frame, fsync). FileNotFoundError if deleted."""
+        """Persist ``meta``'s recipient state (append an S frame, fsync).
+
+        FileNotFoundError if deleted.
+        """
         self._forget(meta.queue_id)
         self._append_state(meta)
 
@@ -515,7 +329,8 @@ class Spool:
     async def remove(self, queue_id: str) -> None:
         """Remove a finished message; the directory fsync makes it stay removed after a crash."""
         self._forget(queue_id)
-        self._unlinks.append(queue_id)  # unlinked by the next directory sync's job, before its fsync
+        # unlinked by the next directory sync's job, before its fsync
+        self._unlinks.append(queue_id)
         await self._dirsync()
 
     def _unlink_batch(self) -> None:
@@ -525,7 +340,8 @@ class Spool:
                 os.unlink(self.queue_dir / queue_id)
             except FileNotFoundError:
                 pass
-            except OSError as exc:  # stays queued; delivered already, so at worst sent again after a restart
+            except OSError as exc:
+                # stays queued; delivered already, so at worst sent again after a restart
                 log.error("%s: cannot remove the delivered message: %s", queue_id, exc.strerror)
 
     def remove_sync(self, queue_id: str) -> bool:
@@ -613,4 +429,5 @@ def _storage_error(exc: OSError) -> SpoolError:
     """DUR-4: a full disk is 452 4.3.1 (RFC 3463 X.3.1), anything else 451 4.3.0."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return SpoolError("Insufficient system storage", code=452, status="4.3.1")
-    return SpoolError("Local error in processing: cannot store the message", code=451, status="4.3.0")
+    return SpoolError("Local error in processing: cannot store the message",
+                      code=451, status="4.3.0")

@@ -18,14 +18,14 @@ from hypothesis import strategies as st
 
 from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult
 from mxroute.relay.queue.manager import JITTER, QueueManager, retry_delay
-from mxroute.relay.spool.store import (
+from mxroute.relay.spool.format import (
     DELIVERED,
     PENDING,
     MessageMeta,
     RecipientState,
-    Spool,
     new_queue_id,
 )
+from mxroute.relay.spool.store import Spool
 from mxroute.routing.plan import Plan, Verdict
 from mxroute.settings import Settings
 from mxroute.text import safe_text

@@ -1,4 +1,5 @@
-"""The MAIL FROM domain check as a pure function of the MX answer (SPF-13, DSN-13; RFC 7505 §4.2)."""
+"""The MAIL FROM domain check as a pure function of the MX answer (SPF-13, DSN-13; RFC 7505
+§4.2)."""
 
 from __future__ import annotations
 
@@ -18,20 +19,27 @@ def mx(*records: str, outcome: Outcome = Outcome.RECORDS, detail: str = "") -> A
 
 
 NULL_MX = mx("0 .")
-TEMPORARY = [mx(outcome=Outcome.SERVFAIL, detail="server answered SERVFAIL"), mx(outcome=Outcome.TIMEOUT),
-             mx(outcome=Outcome.CNAME_LOOP), None]  # None: no answer within the wait
+TEMPORARY = [
+    mx(outcome=Outcome.SERVFAIL, detail="server answered SERVFAIL"),
+    mx(outcome=Outcome.TIMEOUT),
+    mx(outcome=Outcome.CNAME_LOOP),
+    None,
+]  # None: no answer within the wait
 
 
 @pytest.mark.parametrize("mode", ["reject", "strict"])
 def test_spf13_null_mx_sender_is_550_5727_in_both_modes(mode: str) -> None:
     """SPF-13: RFC 7505 §4.2 — 550 with enhanced status 5.7.27 ("Sender address has null MX")."""
     verdict = judge("s.test", NULL_MX, mode)
-    assert verdict.reply is not None and verdict.reply.startswith("550 5.7.27 Sender address has null MX")
+    assert verdict.reply is not None and verdict.reply.startswith(
+        "550 5.7.27 Sender address has null MX"
+    )
     assert "s.test" in verdict.reply and "\r" not in verdict.reply and "\n" not in verdict.reply
 
 
 def test_spf13_null_mx_recognised_as_plan_does() -> None:
-    """The same rule as delivery (MX-10): one MX record whose exchange is "."; beside others it is ignored."""
+    """The same rule as delivery (MX-10): one MX record whose exchange is "."; beside others it is
+    ignored."""
     assert is_null_mx(mx_records(mx("0 .")))
     assert not is_null_mx(mx_records(mx("0 .", "10 mx.s.test.")))
     assert not is_null_mx(mx_records(mx("10 mx.s.test.")))
@@ -56,14 +64,16 @@ def test_spf13_dns_trouble_default_accepts_and_notes_it(answer: Answer | None) -
 
 @pytest.mark.parametrize("answer", TEMPORARY)
 def test_spf13_dns_trouble_strict_is_451_443(answer: Answer | None) -> None:
-    """strict: the check must be able to run; a temporary DNS failure is 451 4.4.3 (the client retries)."""
+    """strict: the check must be able to run; a temporary DNS failure is 451 4.4.3 (the client
+    retries)."""
     verdict = judge("s.test", answer, "strict")
     assert verdict.reply is not None and verdict.reply.startswith("451 4.4.3 ")
     assert "s.test" in verdict.reply
 
 
 def test_spf13_nxdomain_default_accepts_with_a_note_strict_refuses_518() -> None:
-    """NXDOMAIN: accepted by default (local programs send as user@host.internal); strict: 550 5.1.8."""
+    """NXDOMAIN: accepted by default (local programs send as user@host.internal); strict: 550
+    5.1.8."""
     nxdomain = mx(outcome=Outcome.NXDOMAIN)
     lenient = judge("s.test", nxdomain, "reject")
     assert lenient.reply is None and lenient.note is not None and "NXDOMAIN" in lenient.note
@@ -79,9 +89,9 @@ def test_spf13_off_judges_nothing() -> None:
 
 def test_spf13_accepted_anyway_notes_once_a_minute_per_domain_refusals_every_time(
         caplog: pytest.LogCaptureFixture) -> None:
-    """The benchmark's sender (REFUSED) must not cost a log line per message: one note per domain per
-    NOTE_INTERVAL; every refusal is logged with the client and the sender. DNS here is the zone-file
-    backend in process (the same ``Transport`` the ``--zone`` option uses)."""
+    """The benchmark's sender (REFUSED) must not cost a log line per message: one note per domain
+    per NOTE_INTERVAL; every refusal is logged with the client and the sender. DNS here is the
+    zone-file backend in process (the same ``Transport`` the ``--zone`` option uses)."""
     import asyncio
 
     from mxroute.address import parse_path
@@ -90,7 +100,9 @@ def test_spf13_accepted_anyway_notes_once_a_minute_per_domain_refusals_every_tim
     from mxroute.relay.intake.sendercheck import NOTE_INTERVAL, SenderCheck
 
     data = ZoneData()
-    data.load_text("$ORIGIN test.\n$TTL 300\n@ IN SOA ns.test. h.test. 1 3600 600 86400 60\nnull IN MX 0 .\n")
+    data.load_text(
+        "$ORIGIN test.\n$TTL 300\n@ IN SOA ns.test. h.test. 1 3600 600 86400 60\nnull IN MX 0 .\n"
+    )
     data.fail("sick.test", "SERVFAIL")
     now = [0.0]
     check = SenderCheck(Resolver(ZoneTransport(data), clock=lambda: now[0]), clock=lambda: now[0])
@@ -109,7 +121,12 @@ def test_spf13_accepted_anyway_notes_once_a_minute_per_domain_refusals_every_tim
     assert asyncio.run(mail("<a@sick.test>")) is None
     assert len([r for r in caplog.records if "sender check: sick.test" in r.getMessage()]) == 2
     for _ in range(2):
-        assert asyncio.run(mail("<u@null.test>")).startswith("550 5.7.27")  # type: ignore[union-attr]
-    refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("reject: MAIL from 192.0.2.7")]
+        # type: ignore[union-attr]
+        assert asyncio.run(mail("<u@null.test>")).startswith("550 5.7.27")
+    refusals = [
+        r.getMessage()
+        for r in caplog.records
+        if r.getMessage().startswith("reject: MAIL from 192.0.2.7")
+    ]
     assert len(refusals) == 2 and all("from=<u@null.test>" in line for line in refusals)
     assert asyncio.run(mail("<a@[192.0.2.1]>")) is None  # a literal is not looked up

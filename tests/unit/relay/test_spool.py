@@ -15,28 +15,38 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from mxroute.errors import SpoolError
-from mxroute.relay.spool import store as spool_module
-from mxroute.relay.spool.store import (
+from mxroute.relay.spool.format import (
     BOUNCED,
     DELIVERED,
     MAGIC,
+    QUEUE_ID,
     CorruptFile,
     MessageMeta,
     RecipientState,
-    Spool,
     decode,
     encode,
+    frame,
     new_queue_id,
 )
+from mxroute.relay.spool.store import Spool
 
 MESSAGE = b"Subject: hi\r\n\r\nbody\r\n.leading dot\r\n"
 
 
 def _meta(queue_id: str | None = None, n: int = 2) -> MessageMeta:
     return MessageMeta(
-        queue_id=queue_id or new_queue_id(), sender="a@example.com", arrival=1000.0,
-        recipients=[RecipientState(f"r{i}@example.net", ("FAILURE",), f"rfc822;R{i}@example.net") for i in range(n)],
-        ret="HDRS", envid="ENV+1", body="8BITMIME", client="helo [127.0.0.1]", size=len(MESSAGE),
+        queue_id=queue_id or new_queue_id(),
+        sender="a@example.com",
+        arrival=1000.0,
+        recipients=[
+            RecipientState(f"r{i}@example.net", ("FAILURE",), f"rfc822;R{i}@example.net")
+            for i in range(n)
+        ],
+        ret="HDRS",
+        envid="ENV+1",
+        body="8BITMIME",
+        client="helo [127.0.0.1]",
+        size=len(MESSAGE),
     )
 
 
@@ -84,14 +94,18 @@ def test_dsn6_remote_reply_flag_persists_and_old_state_records_load(spool: Spool
     spool.update_sync(meta)
     loaded = spool.load_meta(meta.queue_id)
     assert [(r.reply, r.remote_reply) for r in loaded.recipients] == [
-        ("550 5.1.1 no such user", True), ("451 4.4.1 connect to mx1[127.0.0.2]:25: Connection refused", False)]
+        ("550 5.1.1 no such user", True),
+        ("451 4.4.1 connect to mx1[127.0.0.2]:25: Connection refused", False),
+    ]
     old = {  # a recipient's state exactly as the spool wrote it before remote_reply existed
-        "address": "r0@example.net", "notify": ["FAILURE"], "orcpt": None, "state": "pending", "attempts": 2,
-        "next_try": 2000.0, "status": "4.4.1", "reply": "451 4.4.1 connect to mx1[127.0.0.2]:25: Connection refused",
+        "address": "r0@example.net", "notify": ["FAILURE"], "orcpt": None, "state": "pending",
+        "attempts": 2,
+        "next_try": 2000.0, "status": "4.4.1",
+        "reply": "451 4.4.1 connect to mx1[127.0.0.2]:25: Connection refused",
         "why": "deferred", "hosts": {"mx1[127.0.0.2]:25": "451 4.4.1 try later"}, "warned": False,
     }
     with spool.path(meta.queue_id).open("ab") as f:
-        f.write(spool_module._frame(b"S", json.dumps({"recipients": [old], "bounces": 0}).encode()))
+        f.write(frame(b"S", json.dumps({"recipients": [old], "bounces": 0}).encode()))
     [rcpt] = spool.load_meta(meta.queue_id).recipients
     assert (rcpt.attempts, rcpt.status, rcpt.remote_reply) == (2, "4.4.1", False)
     assert rcpt.hosts == {"mx1[127.0.0.2]:25": "451 4.4.1 try later"}
@@ -130,7 +144,8 @@ def test_truncation_at_every_offset_never_yields_a_message() -> None:
 @hsettings(max_examples=300, deadline=None)
 @given(st.integers(min_value=0), st.integers(min_value=1, max_value=255))
 def test_any_flipped_byte_is_detected_or_harmless(position: int, xor: int) -> None:
-    """DUR-2: checksums catch a flipped byte in E/M/Z; a flip in the trailing S record only drops that record."""
+    """DUR-2: checksums catch a flipped byte in E/M/Z; a flip in the trailing S record only drops
+    that record."""
     meta = _meta("ABCDEF0123456789")
     data = bytearray(encode(meta, MESSAGE))
     position %= len(data)
@@ -143,7 +158,9 @@ def test_any_flipped_byte_is_detected_or_harmless(position: int, xor: int) -> No
     assert [r.address for r in loaded.recipients] == [r.address for r in meta.recipients]
 
 
-def test_recovery_moves_corrupt_files_aside_with_a_log_line(spool: Spool, caplog: pytest.LogCaptureFixture) -> None:
+def test_recovery_moves_corrupt_files_aside_with_a_log_line(
+    spool: Spool, caplog: pytest.LogCaptureFixture
+) -> None:
     """DUR-2/DUR-7: recovery keeps good messages and moves bad ones to corrupt/."""
     good, bad = _meta(), _meta()
     asyncio.run(spool.store(good, MESSAGE))
@@ -155,7 +172,9 @@ def test_recovery_moves_corrupt_files_aside_with_a_log_line(spool: Spool, caplog
     assert [m.queue_id for m in metas] == [good.queue_id]
     assert corrupt == [bad.queue_id]
     assert (spool.corrupt_dir / bad.queue_id).exists() and not path.exists()
-    assert any("corrupt" in r.getMessage() and bad.queue_id in r.getMessage() for r in caplog.records)
+    assert any(
+        "corrupt" in r.getMessage() and bad.queue_id in r.getMessage() for r in caplog.records
+    )
 
 
 def test_old_temp_files_are_cleaned_young_ones_kept(tmp_path: Path) -> None:
@@ -187,12 +206,14 @@ def test_spool_dirs_are_private_and_open_spool_is_refused(tmp_path: Path, spool:
     assert stat.S_IMODE(open_root.stat().st_mode) == 0o700
 
 
-def test_spool_that_cannot_be_made_private_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_spool_that_cannot_be_made_private_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """DUR-3: a world-readable spool owned by someone else is refused at start-up."""
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     foreign.chmod(0o755)
-    monkeypatch.setattr(spool_module.os, "geteuid", lambda: 123456)  # not the owner
+    monkeypatch.setattr(os, "geteuid", lambda: 123456)  # not the owner
     with pytest.raises(SpoolError, match="accessible to others"):
         Spool(foreign).prepare()
 
@@ -201,21 +222,23 @@ def test_queue_ids_are_unique_and_sortable_even_with_a_stuck_clock() -> None:
     """DUR-3: 10k IDs from one instant never collide."""
     ids = [new_queue_id(lambda: 1234.5) for _ in range(10000)]
     assert len(set(ids)) == len(ids)
-    assert all(spool_module.QUEUE_ID.match(i) for i in ids)
+    assert all(QUEUE_ID.match(i) for i in ids)
     assert new_queue_id(lambda: 1.0) < new_queue_id(lambda: 2.0)
 
 
-def test_disk_full_gives_452_and_leaves_no_file(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disk_full_gives_452_and_leaves_no_file(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """DUR-4: ENOSPC during write → 452 4.3.1, no temp and no queue file."""
     real_write = os.write
 
     def full(fd: int, data: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(spool_module.os, "write", full)
+    monkeypatch.setattr(os, "write", full)
     with pytest.raises(SpoolError) as info:
         asyncio.run(spool.store(_meta(), MESSAGE))
-    monkeypatch.setattr(spool_module.os, "write", real_write)
+    monkeypatch.setattr(os, "write", real_write)
     assert info.value.smtp_reply().startswith("452 4.3.1")
     assert list(spool.tmp_dir.iterdir()) == [] and spool.ids() == []
     asyncio.run(spool.store(_meta(), MESSAGE))  # space back: intake resumes without a restart
@@ -227,14 +250,16 @@ def test_eio_on_fsync_gives_451(spool: Spool, monkeypatch: pytest.MonkeyPatch) -
     def broken(fd: int) -> None:
         raise OSError(errno.EIO, "I/O error")
 
-    monkeypatch.setattr(spool_module.os, "fsync", broken)
+    monkeypatch.setattr(os, "fsync", broken)
     with pytest.raises(SpoolError) as info:
         asyncio.run(spool.store(_meta(), MESSAGE))
     assert info.value.smtp_reply().startswith("451 4.3.0")
     assert spool.ids() == [] and list(spool.tmp_dir.iterdir()) == []
 
 
-def test_fsync_file_then_rename_then_fsync_dir(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fsync_file_then_rename_then_fsync_dir(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """DUR-1: fsync(file) < os.replace < fsync(queue dir) < store() returns (and so < the 250)."""
     events: list[str] = []
     real_fsync, real_replace = os.fsync, os.replace
@@ -248,15 +273,18 @@ def test_fsync_file_then_rename_then_fsync_dir(spool: Spool, monkeypatch: pytest
         real_replace(src, dst)  # type: ignore[arg-type]
         events.append("replace")
 
-    monkeypatch.setattr(spool_module.os, "fsync", fsync)
-    monkeypatch.setattr(spool_module.os, "replace", replace)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
     asyncio.run(spool.store(_meta(), MESSAGE))
     events.append("returned")
     assert events == ["fsync-file", "replace", "fsync-dir", "returned"]
 
 
-def test_concurrent_stores_share_directory_fsyncs(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Group commit: 50 concurrent stores, every one covered by a dir fsync, fewer dir fsyncs than stores."""
+def test_concurrent_stores_share_directory_fsyncs(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: 50 concurrent stores, every one covered by a dir fsync, fewer dir fsyncs than
+    stores."""
     dir_syncs = [0]
     real_fsync = os.fsync
 
@@ -265,7 +293,7 @@ def test_concurrent_stores_share_directory_fsyncs(spool: Spool, monkeypatch: pyt
             dir_syncs[0] += 1
         real_fsync(fd)
 
-    monkeypatch.setattr(spool_module.os, "fsync", fsync)
+    monkeypatch.setattr(os, "fsync", fsync)
 
     async def many() -> None:
         await asyncio.gather(*(spool.store(_meta(), MESSAGE) for _ in range(50)))
@@ -300,7 +328,8 @@ def test_queue_id_paths_cannot_escape_the_spool(spool: Spool) -> None:
 
 
 def test_recovery_cuts_a_torn_state_record_so_later_appends_count(spool: Spool) -> None:
-    """DUR-6/DUR-7: after a crash mid-append, the torn bytes are cut at start-up; the next state append is read."""
+    """DUR-6/DUR-7: after a crash mid-append, the torn bytes are cut at start-up; the next state
+    append is read."""
     meta = _meta()
     asyncio.run(spool.store(meta, MESSAGE))
     path = spool.path(meta.queue_id)
@@ -313,7 +342,9 @@ def test_recovery_cuts_a_torn_state_record_so_later_appends_count(spool: Spool) 
     assert spool.load_meta(meta.queue_id).recipients[0].state == DELIVERED
 
 
-def test_failed_state_append_leaves_no_torn_record(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_state_append_leaves_no_torn_record(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """DUR-4/DUR-6: ENOSPC while appending state: the file is cut back, the old state stands."""
     meta = _meta()
     asyncio.run(spool.store(meta, MESSAGE))
@@ -323,11 +354,11 @@ def test_failed_state_append_leaves_no_torn_record(spool: Spool, monkeypatch: py
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(spool_module.os, "fsync", full)
+    monkeypatch.setattr(os, "fsync", full)
     meta.recipients[0].state = DELIVERED
     with pytest.raises(OSError):
         spool.update_sync(meta)
-    monkeypatch.setattr(spool_module.os, "fsync", real_fsync)
+    monkeypatch.setattr(os, "fsync", real_fsync)
     assert spool.path(meta.queue_id).stat().st_size == size
     spool.update_sync(meta)
     assert spool.load_meta(meta.queue_id).recipients[0].state == DELIVERED

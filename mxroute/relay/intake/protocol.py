@@ -1,0 +1,227 @@
+"""``RelaySMTP``: aiosmtpd's SMTP protocol with what 1.4.6 lacks.
+
+MAIL/RCPT parameters parsed case-preserving with the DSN extension (RFC 3461 §4),
+enhanced status codes on every reply (RFC 2034), PIPELINING/DSN advertised (by the
+handler's EHLO hook), a client cap, a DATA timeout, AUTH refused inside a transaction
+and checked off the event loop (aiosmtpd's authenticator is synchronous: ``defer_auth``
+keeps the login for the handler's credentials to check). The policy itself (what is
+accepted, where it is stored) is the handler's: ``handler.Intake``.
+
+What aiosmtpd 1.4.6 already does for SEC-1: DATA lines are read with
+``readuntil(b"\\r\\n")``, so only ``<CRLF>.<CRLF>`` ends a message; a bare LF or
+CR stays inside a line. ``Intake`` rejects any bare CR and normalises (or
+rejects, per ``bare_newline``) every bare LF, as Postfix 3.9's
+``smtpd_forbid_bare_newline``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import re
+from typing import TYPE_CHECKING, Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
+from aiosmtpd.smtp import Envelope as SMTPEnvelope
+
+from mxroute.address import Address
+from mxroute.relay.envelope import Recipient
+from mxroute.relay.intake.params import Reply, split_path
+
+if TYPE_CHECKING:
+    from mxroute.relay.intake.handler import Intake
+
+ENHANCED = re.compile(r"\d\.\d{1,3}\.\d{1,3}( |\Z)")
+# SEC-10: 5xx replies without a message accepted, then 421 and close
+# (Postfix smtpd_hard_error_limit)
+HARD_ERROR_LIMIT = 20
+PENDING_AUTH = AuthResult(success=False, handled=False,
+                          message="454 4.7.0 Temporary authentication failure")
+
+# RFC 2034 §3: enhanced codes on every reply; these are the defaults for aiosmtpd's own replies.
+DEFAULT_ENHANCED = {
+    "2": "2.0.0", "4": "4.0.0", "5": "5.5.0", "421": "4.3.2", "450": "4.2.0", "451": "4.3.0",
+    "452": "4.3.1", "500": "5.5.2", "501": "5.5.4", "502": "5.5.1", "503": "5.5.1", "504": "5.5.4",
+    "530": "5.7.0", "535": "5.7.8", "538": "5.7.11", "550": "5.1.1", "552": "5.3.4", "553": "5.1.3",
+    "554": "5.0.0", "555": "5.5.4",
+}
+
+
+def enhance(status: str) -> str:
+    """Prefix an enhanced status code where aiosmtpd's own reply lacks one (RFC 2034 §3)."""
+    code, sep, text = status[:3], status[3:4], status[4:]
+    if not code.isdigit() or code in ("220", "334", "354") or ENHANCED.match(text):
+        return status
+    enhanced = DEFAULT_ENHANCED.get(code) or DEFAULT_ENHANCED[code[0]]
+    return f"{code}{sep or ' '}{enhanced} {text}".rstrip()
+
+
+def peer_ip(session: Session) -> str:
+    """The client's address as text, or ``unknown``."""
+    peer = session.peer
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return "unknown"
+
+
+def defer_auth(
+    server: SMTP, session: Session, envelope: Any, mechanism: str, auth_data: Any,
+) -> AuthResult:
+    """aiosmtpd's synchronous authenticator: only defers the check
+    (RelaySMTP finishes it off the loop)."""
+    if isinstance(server, RelaySMTP) and isinstance(auth_data, LoginPassword):
+        server.auth_pending = auth_data
+        return PENDING_AUTH
+    return AuthResult(success=False, handled=False,
+                      message="535 5.7.8 Authentication credentials invalid")
+
+
+class RelayEnvelope(SMTPEnvelope):
+    """aiosmtpd's envelope plus what we parsed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.has_mail = False
+        self.sender: Address | None = None
+        self.recipients: list[Recipient] = []
+        self.ret: str | None = None
+        self.envid: str | None = None
+        self.body: str | None = None
+
+
+class RelaySMTP(SMTP):
+    """aiosmtpd's SMTP with DSN parameters, enhanced codes, a client cap and bounded DATA."""
+
+    # lines are checked after DATA (bare-LF lines may share one CRLF line)
+    line_length_limit = 1 << 20
+
+    def __init__(self, intake: Intake, **kwargs: Any) -> None:
+        super().__init__(intake, **kwargs)
+        # Per session, not aiosmtpd's class-wide dict: RFC 3461 §4 adds 110 octets to MAIL
+        # (RET, ENVID) and 500 to RCPT (NOTIFY, ORCPT); RFC 4954 §5 adds 500 to MAIL (AUTH=).
+        # aiosmtpd's EHLO adds SIZE's 26 and SMTPUTF8's 10 itself.
+        self.command_size_limits = collections.defaultdict(
+            lambda: self.command_size_limit, {"MAIL": 512 + 110 + 500, "RCPT": 512 + 500}
+        )
+        self.intake = intake
+        self.auth_pending: LoginPassword | None = None
+        self._in_ehlo = False
+        self._refused = False
+        self.client_ip = ""
+        self.auth_failures = 0
+        self.errors = 0  # 5xx replies since the last accepted message (SEC-10)
+
+    def _create_envelope(self) -> RelayEnvelope:
+        return RelayEnvelope()
+
+    def env(self) -> RelayEnvelope:
+        assert isinstance(self.envelope, RelayEnvelope)
+        return self.envelope
+
+    # -- connections --
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is None:
+            peer = transport.get_extra_info("peername")
+            ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+            refusal = self.intake.admit(self, ip)
+            if refusal is not None:
+                self._refused = True
+                transport.write(refusal.encode() + b"\r\n")  # type: ignore[attr-defined]
+                transport.close()
+                return
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        self.intake.release(self)
+        super().connection_lost(error)
+
+    def _timeout_cb(self) -> None:
+        """SEC-10: an idle or dripping client is told why before the close
+        (as Postfix: 421 4.4.2)."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            try:
+                reply = f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n"
+                transport.write(reply.encode())  # type: ignore[attr-defined]
+            except (OSError, RuntimeError):
+                pass
+        # aiosmtpd leaves it unannotated
+        super()._timeout_cb()  # type: ignore[no-untyped-call, unused-ignore]
+
+    # -- replies --
+    async def push(self, status: Any) -> None:
+        if isinstance(status, str) and not self._in_ehlo:
+            status = enhance(status)
+        await super().push(status)
+        if isinstance(status, str) and status[:1] == "5":
+            self.errors += 1
+            transport = self.transport
+            if (self.errors == HARD_ERROR_LIMIT and transport is not None
+                    and not transport.is_closing()):
+                await super().push("421 4.7.0 Too many errors, closing the connection")
+                transport.close()
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self._in_ehlo = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._in_ehlo = False
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        if self.envelope is not None and self.env().has_mail:
+            # RFC 4954 §4
+            await self.push("503 5.5.1 AUTH not permitted during a mail transaction")
+            return
+        await super().smtp_AUTH(arg)
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._finish_auth(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._finish_auth(await super().auth_LOGIN(_, args))
+
+    async def _finish_auth(self, result: AuthResult) -> AuthResult:
+        data, self.auth_pending = self.auth_pending, None
+        if result is not PENDING_AUTH or data is None:
+            return result
+        return await self.intake.credentials.check(self, data)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if self.envelope is not None and self.env().recipients:
+            self._reset_timeout(self.intake.settings.data_timeout)  # DATA phase bound (SEC-10)
+        await super().smtp_DATA(arg)
+
+    # -- envelope commands (RFC 5321 §4.1.1.2-3, RFC 3461 §4, RFC 1870, RFC 6152, RFC 6531) --
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if await self.check_helo_needed() or await self.check_auth_needed("MAIL"):
+            return
+        if self.env().has_mail:
+            await self.push("503 5.5.1 Nested MAIL command")
+            return
+        rest = self._strip_command_keyword("FROM:", arg or "")
+        try:
+            if rest is None:
+                raise Reply("501 5.5.4 Syntax: MAIL FROM:<address>")
+            reply = await self.intake.mail(self, *split_path(rest))
+        except Reply as exc:
+            reply = exc.text
+        await self.push(reply)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if await self.check_helo_needed() or await self.check_auth_needed("RCPT"):
+            return
+        if not self.env().has_mail:
+            await self.push("503 5.5.1 Need MAIL command")
+            return
+        rest = self._strip_command_keyword("TO:", arg or "")
+        try:
+            if rest is None:
+                raise Reply("501 5.5.4 Syntax: RCPT TO:<address>")
+            reply = self.intake.rcpt(self, *split_path(rest))
+        except Reply as exc:
+            reply = exc.text
+        await self.push(reply)
+
