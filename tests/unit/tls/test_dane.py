@@ -14,8 +14,9 @@ import pytest
 from mxroute.dns.resolver import Answer, Outcome
 from mxroute.errors import ConfigError
 from mxroute.settings import load_settings
-from mxroute.tls import dane
-from mxroute.tls.dane import Need, Tlsa
+from mxroute.tls import dane, tlsa
+from mxroute.tls.dane import Need
+from mxroute.tls.tlsa import Tlsa
 from mxroute.tls.policy import TlsPolicy, check_level, policy_for, probe_verdict, satisfied
 
 cryptography = pytest.importorskip("cryptography")
@@ -53,13 +54,13 @@ def a_secure(secure: bool = True) -> list[Answer | None]:
 
 def test_tls7_spki_is_the_subject_public_key_info_of_the_certificate() -> None:
     der, spki = make_cert()
-    assert dane.spki(der) == spki
+    assert tlsa.spki(der) == spki
 
 
 @pytest.mark.parametrize("bad", [b"", b"\x30", b"\x30\x05\x02\x01\x01", b"\x04\x03abc", b"\x30\x84\xff\xff\xff\xff"])
 def test_tls7_spki_of_garbage_is_a_value_error(bad: bytes) -> None:
     with pytest.raises(ValueError):
-        dane.spki(bad)
+        tlsa.spki(bad)
 
 
 @pytest.mark.parametrize("selector", [0, 1])
@@ -106,6 +107,11 @@ def test_tls7_any_matching_dane_ee_record_authenticates() -> None:
 def test_tls7_unusable_records_say_why(record: Tlsa, problem: str) -> None:
     assert record.problem is not None and record.problem.startswith(problem)
     assert record.to_json()["usable"] is False
+
+
+def test_tls7_usage_names_for_explain() -> None:
+    names = [Tlsa(usage, 1, 1, b"").usage_name for usage in (0, 1, 2, 3, 4)]
+    assert names == ["PKIX-TA", "PKIX-EE", "DANE-TA", "DANE-EE", "4"]
 
 
 def test_tls7_dane_ta_full_certificate_is_usable_and_gives_a_trust_anchor_context() -> None:
