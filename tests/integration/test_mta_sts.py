@@ -19,7 +19,9 @@ import pytest
 from mxroute.relay.courier.courier import Courier
 from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult
 from mxroute.routing.plan import Plan, Target, Verdict
-from mxroute.tls.mtasts import Lookup, MtaSts
+from mxroute.routing.route import mta_sts_reach
+from mxroute.tls.mtasts.policy import Lookup
+from mxroute.tls.mtasts.store import MtaSts
 from tests.conftest import resolver_for
 from tests.support.courierkit import MESSAGE, courier_settings
 from tests.support.dnsserver import DNSServer
@@ -65,7 +67,8 @@ class Env:
         return courier_settings(**values)
 
     def mta_sts(self, web: PolicyServer, **overrides: Any) -> MtaSts:
-        return MtaSts(self.settings(web, **overrides), resolver_for(self.dns), store=self.store)
+        return MtaSts(mta_sts_reach(self.settings(web, **overrides)), resolver_for(self.dns),
+                      store=self.store)
 
 
 @pytest.fixture
@@ -178,7 +181,8 @@ def test_tls5_policies_survive_a_restart(env: Env) -> None:
         assert lookup(env.mta_sts(web)).source == "fetched"
         assert env.store.exists()
         port = web.port
-    again = MtaSts(env.settings(type("W", (), {"port": port})()), resolver_for(env.dns), store=env.store)
+    settings = env.settings(type("W", (), {"port": port})())
+    again = MtaSts(mta_sts_reach(settings), resolver_for(env.dns), store=env.store)
     result = lookup(again)  # a new process: the policy comes from the store, the server is down
     assert result.source == "cache" and result.policy is not None and result.policy.mx == ("mx1.dest.test",)
 
@@ -282,7 +286,7 @@ def test_tls6_testing_mode_delivers_and_logs_what_enforce_would_refuse(
 def test_tls6_a_tls_policy_domains_entry_wins_over_mta_sts(env: Env) -> None:
     with env.web() as web, Sink(env.ip(2)) as mx2:
         settings = env.settings(web, tls_policy_domains={"dest.test": "may"})
-        courier = Courier(settings, mta_sts=MtaSts(settings, resolver_for(env.dns)))
+        courier = Courier(settings, mta_sts=MtaSts(mta_sts_reach(settings), resolver_for(env.dns)))
         r = deliver(courier, plan(target(2, mx2)))
         assert r.disposition is Disposition.DELIVERED and web.requests == []
 
@@ -290,7 +294,7 @@ def test_tls6_a_tls_policy_domains_entry_wins_over_mta_sts(env: Env) -> None:
 def test_tls6_mta_sts_off_asks_nothing(env: Env) -> None:
     with env.web() as web, Sink(env.ip(2)) as mx2:
         settings = env.settings(web, mta_sts=False)
-        courier = Courier(settings, mta_sts=MtaSts(settings, resolver_for(env.dns)))
+        courier = Courier(settings, mta_sts=MtaSts(mta_sts_reach(settings), resolver_for(env.dns)))
         r = deliver(courier, plan(target(2, mx2)))
         assert r.disposition is Disposition.DELIVERED and web.requests == []
         assert ("_mta-sts.dest.test", "TXT") not in env.dns.queries()

@@ -1,4 +1,4 @@
-"""TLS-5/TLS-6: the pure parts of MTA-STS (mxroute/tls/mtasts.py), RFC 8461.
+"""TLS-5/TLS-6: the pure parts of MTA-STS (mxroute/tls/mtasts/policy.py), RFC 8461.
 
 The `_mta-sts` TXT record (§3.1), the policy file (§3.2), MX pattern matching (§4.1),
 the cache decision (§5.1) and which hosts a policy lets delivery use (§5).
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from mxroute.tls import mtasts
-from mxroute.tls.mtasts import (
+from mxroute.tls.mtasts import policy as mtasts
+from mxroute.tls.mtasts.policy import (
     Cached,
     PolicyError,
     StsPolicy,
@@ -191,18 +191,18 @@ def test_tls6_testing_audits_matching_hosts_and_notes_the_others() -> None:
 
 
 def test_tls6_skip_reason_admin_table_literal_undeliverable_and_switch() -> None:
-    from mxroute.routing.plan import Plan, Verdict
     from mxroute.tls.policy import TlsPolicy
 
-    ok = Plan("example.com", Verdict.DELIVERABLE, "", "2.0.0")
-    assert mtasts.skip_reason(True, ok, TlsPolicy()) is None
-    assert mtasts.skip_reason(False, ok, TlsPolicy()) == "mta_sts = false"
-    assert mtasts.skip_reason(True, ok, TlsPolicy("may", "tls_policy_domains", ".example.com")) == (
-        "tls_policy_domains entry .example.com takes precedence")
-    literal = Plan("[192.0.2.1]", Verdict.DELIVERABLE, "", "2.0.0")
-    assert mtasts.skip_reason(True, literal, TlsPolicy()) == "an address literal has no MTA-STS policy"
-    failed = Plan("example.com", Verdict.TEMPORARY, "", "4.4.3")
-    assert mtasts.skip_reason(True, failed, TlsPolicy()) == "the route is not deliverable"
+    def skip(enabled: bool, domain: str, tls: TlsPolicy, deliverable: bool = True) -> str | None:
+        return mtasts.skip_reason(enabled, domain, tls, deliverable=deliverable)
+
+    assert skip(True, "example.com", TlsPolicy()) is None
+    assert skip(False, "example.com", TlsPolicy()) == "mta_sts = false"
+    table = TlsPolicy("may", "tls_policy_domains", ".example.com")
+    assert skip(True, "example.com", table) == "tls_policy_domains entry .example.com takes precedence"
+    literal = skip(True, "[192.0.2.1]", TlsPolicy())
+    assert literal == "an address literal has no MTA-STS policy"
+    assert skip(True, "example.com", TlsPolicy(), False) == "the route is not deliverable"
 
 
 def test_exp3_lookup_json_shape() -> None:
