@@ -15,9 +15,9 @@ from mxroute.address import Address
 from mxroute.dns.resolver import Resolver
 from mxroute.errors import EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
 from mxroute.routing.plan import Plan, RoutingPolicy, Verdict, plan_to_json
-from mxroute.routing.route import route
+from mxroute.routing.route import mta_sts_reach, route
 from mxroute.tls import host as hosttls
-from mxroute.tls.mtasts import Lookup
+from mxroute.tls.mtasts.policy import Lookup, skip_reason
 from mxroute.tls.policy import TlsPolicy
 
 EXIT_CODES = {Verdict.DELIVERABLE: EX_OK, Verdict.TEMPORARY: EX_TEMPFAIL, Verdict.PERMANENT: EX_UNAVAILABLE}
@@ -62,7 +62,7 @@ class Report:
             targets = list({t.exchange: t for t in self.plan.targets if t.exchange}.values())
             body = self.mta_sts.to_json([t.exchange for t in targets], base)
             for row, target in zip(body["hosts"], targets):  # DANE's hosts are not MTA-STS's (RFC 8461 §2)
-                policy, refusal, rule = hosttls.for_host(base, self.plan.dane, self.mta_sts, target)
+                policy, refusal, rule = hosttls.for_host(base, self.plan.dane, self.mta_sts, target.exchange, str(target))
                 if rule == "TLS-7":
                     row.update(eligible=refusal is None, tls=None if refusal else policy.level,
                                reason=refusal or "DANE decides this host's TLS (TLS-7): MTA-STS not applied")
@@ -73,18 +73,18 @@ class Report:
 
 
 async def add_mta_sts(report: Report, settings: Any, resolver: Resolver) -> None:
-    """EXP-3: what delivery's MTA-STS step would decide, by the same code (mxroute/tls/mtasts.py).
+    """EXP-3: what delivery's MTA-STS step would decide, by the same code (mxroute/tls/mtasts/).
 
     Reads the delivery process's policy store under ``spool_dir`` (never writes it) and
     fetches live when that is what delivery would do.
     """
-    from mxroute.tls.mtasts import STORE_NAME, MtaSts, skip_reason
+    from mxroute.tls.mtasts.store import STORE_NAME, MtaSts
 
     if report.tls is None:
         return
-    report.mta_sts_skipped = skip_reason(settings.mta_sts, report.plan, report.tls)
+    report.mta_sts_skipped = skip_reason(settings.mta_sts, report.plan.domain, report.tls, deliverable=report.plan.deliverable)
     if report.mta_sts_skipped is None:
-        sts = MtaSts(settings, resolver, store=settings.spool_dir / STORE_NAME, persist=False)
+        sts = MtaSts(mta_sts_reach(settings), resolver, store=settings.spool_dir / STORE_NAME, persist=False)
         report.mta_sts = await sts.lookup(report.plan.domain)
         report.dns = [record.to_json() for record in resolver.trace]
 

@@ -15,9 +15,10 @@ from typing import Any
 
 from mxroute.routing.plan import Plan, Target
 from mxroute.settings import Settings
-from mxroute.tls import dane, mtasts
+from mxroute.tls import dane
 from mxroute.tls import host as hosttls
 from mxroute.tls import policy as tlspolicy
+from mxroute.tls.mtasts import policy as mtasts
 from mxroute.tls.policy import TlsPolicy
 
 
@@ -38,7 +39,7 @@ async def probe(
     skipped: list[str] = []  # hosts delivery would skip: MTA-STS enforce (TLS-6), a failed TLSA lookup (TLS-7)
     candidates: list[tuple[Target, TlsPolicy | None]] = []
     for target in plan.targets:
-        policy, refusal, _ = hosttls.for_host(tls or TlsPolicy(), plan.dane, sts, target)
+        policy, refusal, _ = hosttls.for_host(tls or TlsPolicy(), plan.dane, sts, target.exchange, str(target))
         if refusal is not None:
             skipped.append(f"{target}: {refusal}")
         else:

@@ -12,7 +12,7 @@ from typing import Any
 from mxroute.cli.explain import Report
 from mxroute.routing.plan import Verdict
 from mxroute.text import terminal_safe
-from mxroute.tls.dane import USAGES, DanePosture
+from mxroute.tls.dane import DanePosture
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], indent: str = "  ") -> str:
@@ -120,7 +120,7 @@ def render_dane(posture: DanePosture, style: Style) -> str:
         rows.append([host.exchange, secure[host.addresses_secure], lookup, host.need.value, host.reason])
     if rows:
         out.append(table(["EXCHANGE", "ADDRESSES", "TLSA", "NEEDS", "WHY"], rows))
-    records = [[h.tlsa_name, _short(r.text), USAGES.get(r.usage, str(r.usage)), "usable" if r.problem is None else r.problem]
+    records = [[h.tlsa_name, _short(r.text), r.usage_name, "usable" if r.problem is None else r.problem]
                for h in posture.hosts for r in h.records]
     if records:
         out.append(table(["TLSA NAME", "RECORD", "USAGE", "USABLE"], records))

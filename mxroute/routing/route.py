@@ -21,12 +21,14 @@ from mxroute.routing.plan import (
     Plan,
     RoutingPolicy,
     Verdict,
+    blocked,
     build_plan,
     is_ip_name,
     mx_records,
 )
 from mxroute.settings import Settings, parse_hostport
 from mxroute.tls import dane
+from mxroute.tls.mtasts.fetch import Reach
 from mxroute.tls.policy import STATUS, policy_for
 
 
@@ -106,6 +108,14 @@ def policy_from_settings(settings: Settings) -> RoutingPolicy:
         tls_policy=settings.tls_policy,
         tls_policy_domains=tuple(sorted(settings.tls_policy_domains.items())),
     )
+
+
+def mta_sts_reach(settings: Settings) -> Reach:
+    """Where an MTA-STS policy fetch may connect (TLS-5): the settings' port and CA bundle, and
+    routing's address family order and SEC-11 screen, as for delivery."""
+    policy = policy_from_settings(settings)
+    screen = None if policy.allow_private else blocked
+    return Reach(settings.mta_sts_port, settings.tls_ca_file, policy.families, screen)
 
 
 def resolver_from_settings(settings: Settings, zones: list[str] | None = None, trace_size: int | None = 0) -> Resolver:

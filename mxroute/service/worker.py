@@ -48,7 +48,7 @@ from typing import Any
 from mxroute.relay.queue.manager import QueueManager
 from mxroute.relay.spool.format import QUEUE_ID, MessageMeta
 from mxroute.relay.spool.store import Spool
-from mxroute.routing.route import resolver_from_settings
+from mxroute.routing.route import mta_sts_reach, resolver_from_settings
 from mxroute.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -107,12 +107,12 @@ class Delivery:
 
     def __init__(self, settings: Settings, spool: Spool) -> None:
         from mxroute.relay.courier.courier import Courier
-        from mxroute.tls.mtasts import STORE_NAME, MtaSts
+        from mxroute.tls.mtasts.store import STORE_NAME, MtaSts
 
         self.settings = settings
         self.spool = spool
         self.resolver = resolver_from_settings(settings)
-        self.mta_sts = MtaSts(settings, self.resolver, store=spool.root / STORE_NAME)  # TLS-5: kept across restarts
+        self.mta_sts = MtaSts(mta_sts_reach(settings), self.resolver, store=spool.root / STORE_NAME)  # TLS-5: kept across restarts
         self.courier = Courier(settings, mta_sts=self.mta_sts)
         self.timer = AttemptTimer()
         courier: Any = TimedCourier(self.courier, self.timer.observe) if settings.metrics_listen else self.courier
@@ -135,7 +135,7 @@ class Delivery:
     def reconfigure(self, new: Settings) -> None:
         old = self.settings
         self.queue.reconfigure(new)
-        self.courier.settings = self.mta_sts.settings = new
+        self.courier.settings, self.mta_sts.reach = new, mta_sts_reach(new)
         if any(getattr(new, name) != getattr(old, name) for name in _DNS):  # no answer of the old servers kept
             fresh = resolver_from_settings(new)
             fresh.stats = self.resolver.stats  # the counters go on (metrics)

@@ -1,4 +1,4 @@
-"""DANE for outbound SMTP (RFC 7672; TLS-7): what each MX host needs, and does its certificate match.
+"""DANE for outbound SMTP (RFC 7672; TLS-7): what each MX host needs, does its certificate match.
 
 The TLS level ``dane`` (Postfix's ``smtp_tls_security_level = dane`` with
 ``smtp_dns_support_level = dnssec``) asks, per MX host of the plan:
@@ -31,13 +31,12 @@ Not done: for an MX host name that is a CNAME (itself against RFC 2181 §10.3, M
 TLSA records are looked up at the MX name only, not first at the expanded name (§2.2.2).
 
 Pure apart from building an SSL context; the TLSA lookups are in ``routing.route``,
-the handshake in the courier.
+the handshake in the courier. The records themselves are ``tls.tlsa``'s.
 """
 
 from __future__ import annotations
 
 import enum
-import hashlib
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -45,10 +44,7 @@ from typing import Any
 
 from mxroute.dns.resolver import Answer, Outcome
 from mxroute.tls.policy import STATUS, TlsPolicy
-
-USAGES = {0: "PKIX-TA", 1: "PKIX-EE", 2: "DANE-TA", 3: "DANE-EE"}
-DANE_TA, DANE_EE = 2, 3
-_DIGEST_SIZES = {1: 32, 2: 64}  # matching type -> digest length (SHA-256, SHA-512)
+from mxroute.tls.tlsa import DANE_EE, Tlsa
 
 
 class Need(enum.Enum):
@@ -58,61 +54,6 @@ class Need(enum.Enum):
     DANE = "dane"  # authenticated TLS: the certificate must match a usable TLSA record
     ENCRYPT = "encrypt"  # only unusable TLSA records: TLS mandatory, certificate not checked
     DEFER = "defer"  # the TLSA lookup failed: do not deliver to this host now
-
-
-@dataclass(frozen=True, slots=True)
-class Tlsa:
-    """One TLSA record (RFC 6698 §2.1)."""
-
-    usage: int
-    selector: int
-    mtype: int
-    data: bytes
-
-    @classmethod
-    def from_rdata(cls, rr: Any) -> Tlsa:
-        return cls(int(rr.usage), int(rr.selector), int(rr.mtype), bytes(rr.cert))
-
-    @property
-    def text(self) -> str:
-        return f"{self.usage} {self.selector} {self.mtype} {self.data.hex()}"
-
-    @property
-    def problem(self) -> str | None:
-        """Why this record cannot authenticate an SMTP server here, or None (usable)."""
-        if self.usage in (0, 1):
-            return f"{USAGES[self.usage]}({self.usage}) is not used for SMTP (RFC 7672 §3.1.3)"
-        if self.usage not in (DANE_TA, DANE_EE):
-            return f"unknown certificate usage {self.usage}"
-        if self.selector not in (0, 1):
-            return f"unknown selector {self.selector}"
-        if self.mtype not in (0, 1, 2):
-            return f"unknown matching type {self.mtype}"
-        if self.mtype in _DIGEST_SIZES and len(self.data) != _DIGEST_SIZES[self.mtype]:
-            return f"a matching type {self.mtype} digest has {_DIGEST_SIZES[self.mtype]} bytes, not {len(self.data)}"
-        if self.usage == DANE_TA:
-            if (self.selector, self.mtype) != (0, 0):
-                return "DANE-TA other than 2 0 0 needs the peer's certificate chain, which Python 3.11's ssl does not show"
-            try:
-                spki(self.data)
-            except ValueError as exc:
-                return f"not a DER certificate: {exc}"
-        return None
-
-    def matches(self, der: bytes) -> bool:
-        """Does the leaf certificate ``der`` match this record (RFC 6698 §2.1.2-2.1.4)?"""
-        try:
-            selected = der if self.selector == 0 else spki(der)
-        except ValueError:
-            return False
-        if self.mtype == 0:
-            return selected == self.data
-        digest = hashlib.sha256 if self.mtype == 1 else hashlib.sha512
-        return digest(selected).digest() == self.data
-
-    def to_json(self) -> dict[str, Any]:
-        return {"record": self.text, "usage": USAGES.get(self.usage, str(self.usage)),
-                "usable": self.problem is None, "problem": self.problem}
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +95,8 @@ class DanePosture:
 
     @property
     def unreachable(self) -> str | None:
-        """When the TLSA lookup of every planned host failed, why nothing can be tried now (else None)."""
+        """When the TLSA lookup of every planned host failed, why nothing can be tried now
+        (else None)."""
         if not self.hosts or any(h.need is not Need.DEFER for h in self.hosts):
             return None
         failed = ", ".join(f"{h.tlsa_name} ({h.tlsa_outcome})" for h in self.hosts)
@@ -163,8 +105,10 @@ class DanePosture:
     def decisions(self) -> tuple[tuple[str, str, str], ...]:
         """The reasoning lines ``explain`` shows: (rule, reference, text)."""
         mx = "secure" if self.mx_secure else "not DNSSEC-validated"
-        lines = [("TLS-7", "RFC 7672 §2.2.1", f"TLS level dane: the MX RRset of {self.domain} is {mx}")]
-        lines += [("TLS-7", "RFC 7672 §2.2", f"{h.exchange}: {h.need.value}: {h.reason}") for h in self.hosts]
+        lines = [("TLS-7", "RFC 7672 §2.2.1",
+                  f"TLS level dane: the MX RRset of {self.domain} is {mx}")]
+        lines += [("TLS-7", "RFC 7672 §2.2", f"{h.exchange}: {h.need.value}: {h.reason}")
+                  for h in self.hosts]
         return tuple(lines)
 
     def to_json(self) -> dict[str, Any]:
@@ -177,7 +121,8 @@ def tlsa_name(exchange: str, port: int) -> str:
 
 
 def addresses_secure(answers: Sequence[Answer | None]) -> bool:
-    """The host's address lookups are secure: every one that found records was validated (§2.2.2)."""
+    """The host's address lookups are secure: every one that found records was validated
+    (§2.2.2)."""
     found = [a for a in answers if a is not None and a.outcome is Outcome.RECORDS]
     return bool(found) and all(a.secure for a in found)
 
@@ -187,32 +132,34 @@ def decide_host(exchange: str, *, mx_secure: bool, addresses: Sequence[Answer | 
     """What delivery to ``exchange`` needs, from its DNS facts alone (see the module docstring)."""
     secure = addresses_secure(addresses)
     if not mx_secure:
-        return HostDane(exchange, Need.MAY, "the MX RRset is not DNSSEC-validated: no DANE, as may (RFC 7672 §2.2.1)",
-                        secure)
+        return HostDane(exchange, Need.MAY, "the MX RRset is not DNSSEC-validated: no DANE, as may "
+                        "(RFC 7672 §2.2.1)", secure)
     if not secure:
-        return HostDane(exchange, Need.MAY, "its address records are not DNSSEC-validated: no DANE, as may "
-                        "(RFC 7672 §2.2.2)", secure)
+        return HostDane(exchange, Need.MAY, "its address records are not DNSSEC-validated: "
+                        "no DANE, as may (RFC 7672 §2.2.2)", secure)
     if tlsa is None:
         return HostDane(exchange, Need.MAY, "no TLSA lookup was made: as may", secure)
 
     def verdict(need: Need, why: str, records: tuple[Tlsa, ...] = ()) -> HostDane:
-        return HostDane(exchange, need, why, secure, tlsa.qname, tlsa.outcome.value, tlsa.secure, records)
+        return HostDane(exchange, need, why, secure, tlsa.qname, tlsa.outcome.value, tlsa.secure,
+                        records)
 
     if tlsa.outcome.temporary:
-        return verdict(Need.DEFER, f"TLSA lookup failed ({tlsa.outcome.value}): not delivering to this host now "
-                                   "(RFC 7672 §2.2)")
+        return verdict(Need.DEFER, f"TLSA lookup failed ({tlsa.outcome.value}): not delivering to "
+                                   "this host now (RFC 7672 §2.2)")
     if tlsa.outcome is not Outcome.RECORDS or not tlsa.rrs:
         kind = "secure denial" if tlsa.secure else "not DNSSEC-validated"
         return verdict(Need.MAY, f"no TLSA records ({kind}): as may (RFC 7672 §2.2)")
     records = tuple(Tlsa.from_rdata(rr) for rr in tlsa.rrs)
     if not tlsa.secure:
-        return verdict(Need.MAY, "TLSA records not DNSSEC-validated are ignored: as may (RFC 7672 §2.2)", records)
+        return verdict(Need.MAY, "TLSA records not DNSSEC-validated are ignored: as may "
+                                 "(RFC 7672 §2.2)", records)
     usable = [r for r in records if r.problem is None]
     if usable:
-        return verdict(Need.DANE, f"{len(usable)} usable TLSA record(s): TLS with a matching certificate required "
-                                  "(RFC 7672 §3.1)", records)
-    return verdict(Need.ENCRYPT, "only unusable TLSA records: TLS required, certificate not authenticated "
-                                 "(RFC 7672 §3.1.3, §2.2)", records)
+        return verdict(Need.DANE, f"{len(usable)} usable TLSA record(s): TLS with a matching "
+                                  "certificate required (RFC 7672 §3.1)", records)
+    return verdict(Need.ENCRYPT, "only unusable TLSA records: TLS required, certificate not "
+                                 "authenticated (RFC 7672 §3.1.3, §2.2)", records)
 
 
 def posture(domain: str, mx: Answer | None, hosts: Mapping[str, Sequence[Answer | None]],
@@ -226,7 +173,8 @@ def posture(domain: str, mx: Answer | None, hosts: Mapping[str, Sequence[Answer 
 
 
 def wants_tlsa(mx: Answer | None, addresses: Sequence[Answer | None]) -> bool:
-    """Is a TLSA lookup due for a host with these address answers (MX and addresses secure, §2.2)?"""
+    """Is a TLSA lookup due for a host with these address answers (MX and addresses secure,
+    §2.2)?"""
     return mx is not None and mx.secure and addresses_secure(addresses)
 
 
@@ -250,7 +198,8 @@ def deferral(dane: DanePosture | None, exchange: str, target: str) -> str | None
     host = dane.host(exchange) if dane is not None and exchange else None
     if host is None or host.need is not Need.DEFER:
         return None
-    return f"451 {STATUS} DANE: TLSA lookup {host.tlsa_name} failed ({host.tlsa_outcome}): not delivering to {target}"
+    return (f"451 {STATUS} DANE: TLSA lookup {host.tlsa_name} failed ({host.tlsa_outcome}): "
+            f"not delivering to {target}")
 
 
 def ta_context(records: Sequence[Tlsa]) -> ssl.SSLContext | None:
@@ -260,15 +209,18 @@ def ta_context(records: Sequence[Tlsa]) -> ssl.SSLContext | None:
     usable = [r for r in records if r.problem is None]
     if not usable or any(r.usage == DANE_EE for r in usable):
         return None
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=b"".join(r.data for r in usable))
-    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # a DANE-TA may be an intermediate (RFC 7671 §5.2)
+    anchors = b"".join(r.data for r in usable)
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=anchors)
+    # a DANE-TA may be an intermediate (RFC 7671 §5.2)
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     context.check_hostname = True
     context.verify_mode = ssl.CERT_REQUIRED
     return context
 
 
 def peer_problem(records: Sequence[Tlsa], der: bytes | None) -> str | None:
-    """Why the leaf ``der`` fails the host's DANE check after the handshake, or None (authenticated).
+    """Why the leaf ``der`` fails the host's DANE check after the handshake, or None
+    (authenticated).
 
     With DANE-EE records, one must match the leaf (RFC 7672 §3.1.1). Without, the handshake
     itself was verified against the DANE-TA anchors (``ta_context``).
@@ -287,44 +239,7 @@ def mismatch(target: str, why: str) -> str:
     return f"451 {STATUS} DANE: TLS authentication of {target} failed: {why}"
 
 
-# --- certificates -----------------------------------------------------------------------------
-
-def spki(der: bytes) -> bytes:
-    """The DER SubjectPublicKeyInfo of a DER X.509 certificate (RFC 5280 §4.1); ValueError if malformed."""
-    tag, start, end = _tlv(der, 0)
-    if tag != 0x30 or end != len(der):
-        raise ValueError("a certificate is one DER SEQUENCE")
-    tag, pos, tbs_end = _tlv(der, start)  # tbsCertificate
-    if tag != 0x30:
-        raise ValueError("no tbsCertificate")
-    if pos < tbs_end and der[pos] == 0xA0:  # [0] EXPLICIT version
-        pos = _tlv(der, pos)[2]
-    for _ in range(5):  # serialNumber, signature, issuer, validity, subject
-        pos = _tlv(der, pos)[2]
-    tag, _, key_end = _tlv(der, pos)
-    if tag != 0x30 or key_end > tbs_end:
-        raise ValueError("no subjectPublicKeyInfo")
-    return der[pos:key_end]
-
-
-def _tlv(data: bytes, pos: int) -> tuple[int, int, int]:
-    """(tag, content start, end) of the DER element at ``pos`` (definite lengths only)."""
-    if pos + 2 > len(data):
-        raise ValueError("truncated")
-    tag, first = data[pos], data[pos + 1]
-    if first < 0x80:
-        start, length = pos + 2, first
-    else:
-        count = first & 0x7F
-        if not 1 <= count <= 4 or pos + 2 + count > len(data):
-            raise ValueError("bad length")
-        start, length = pos + 2 + count, int.from_bytes(data[pos + 2:pos + 2 + count], "big")
-    if start + length > len(data):
-        raise ValueError("truncated")
-    return tag, start, start + length
-
-
 __all__ = [
-    "DanePosture", "HostDane", "Need", "Tlsa", "addresses_secure", "decide_host", "deferral", "host_policy",
-    "mismatch", "peer_problem", "posture", "spki", "ta_context", "tlsa_name", "wants_tlsa",
+    "DanePosture", "HostDane", "Need", "addresses_secure", "decide_host", "deferral", "host_policy",
+    "mismatch", "peer_problem", "posture", "ta_context", "tlsa_name", "wants_tlsa",
 ]

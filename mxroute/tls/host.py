@@ -1,16 +1,18 @@
-"""The TLS policy for one MX host: DANE where it governs the host, else MTA-STS, else the domain's.
+"""The TLS policy for one MX host: DANE where it governs the host, else MTA-STS, else the
+domain's.
 
-One function, so that delivery (``courier``) and ``explain --probe`` make the same choice.
+One function, so that delivery (the courier) and ``explain --probe`` make the same choice.
 RFC 8461 §2: a host with DNSSEC-authenticated TLSA records is DANE's (TLS-7), and MTA-STS
-(TLS-6) is consulted only for the others. Pure: the DNS and HTTPS work is done before.
+(TLS-6) is consulted only for the others. Pure: the DNS and HTTPS work is done before. It
+takes the MX host's name, not routing's types.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from mxroute.routing.plan import Target
-from mxroute.tls import dane, mtasts
+from mxroute.tls import dane
+from mxroute.tls.mtasts import policy as mtasts
 from mxroute.tls.policy import TlsPolicy
 
 
@@ -20,14 +22,19 @@ class HostTls(NamedTuple):
     rule: str  # "TLS-7" (DANE decided), "TLS-6" (MTA-STS or the domain's policy)
 
 
-def for_host(tls: TlsPolicy, posture: dane.DanePosture | None, sts: mtasts.Lookup | None, target: Target) -> HostTls:
-    """The policy delivery applies to ``target`` given the domain's ``tls``, the plan's DANE
-    ``posture`` and the destination's MTA-STS lookup ``sts`` (None: not consulted)."""
-    host = posture.host(target.exchange) if posture is not None and target.exchange else None
-    if host is not None and host.need is not dane.Need.MAY:  # DNSSEC-secure TLSA records (or their failure)
-        refusal = dane.deferral(posture, target.exchange, str(target))  # the TLSA lookup failed
+def for_host(
+    tls: TlsPolicy, posture: dane.DanePosture | None, sts: mtasts.Lookup | None, exchange: str,
+    target: str,
+) -> HostTls:
+    """The policy delivery applies to MX host ``exchange`` (empty: none, as for an address
+    literal) given the domain's ``tls``, the plan's DANE ``posture`` and the destination's
+    MTA-STS lookup ``sts`` (None: not consulted). ``target`` names the host and address in a
+    refusal (``mx1.example.com[192.0.2.1]:25``)."""
+    host = posture.host(exchange) if posture is not None and exchange else None
+    if host is not None and host.need is not dane.Need.MAY:  # DNSSEC-secure TLSA (or its failure)
+        refusal = dane.deferral(posture, exchange, target)  # the TLSA lookup failed
         if refusal is not None:
             return HostTls(tls, refusal, "TLS-7")
-        return HostTls(dane.host_policy(tls, posture, target.exchange), None, "TLS-7")
-    policy, refusal = mtasts.host_policy(sts, target.exchange, tls)
+        return HostTls(dane.host_policy(tls, posture, exchange), None, "TLS-7")
+    policy, refusal = mtasts.host_policy(sts, exchange, tls)
     return HostTls(policy, refusal, "TLS-6")

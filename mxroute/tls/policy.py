@@ -35,10 +35,9 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-if TYPE_CHECKING:
-    from mxroute.tls.dane import Tlsa
+from mxroute.tls.tlsa import Tlsa
 
 Level = Literal["none", "may", "encrypt", "verify", "dane"]
 LEVELS: tuple[Level, ...] = ("none", "may", "encrypt", "verify", "dane")
@@ -54,7 +53,8 @@ class TlsPolicy:
     level: Level = "may"
     source: str = DEFAULT_SOURCE  # "tls_policy" (the default) or "tls_policy_domains"
     match: str | None = None  # the table key that matched ("example.com" or ".example.com")
-    tlsa: tuple[Tlsa, ...] = ()  # TLS-7, one MX host's usable TLSA records: its certificate must match one
+    # TLS-7, one MX host's usable TLSA records: its certificate must match one
+    tlsa: tuple[Tlsa, ...] = ()
 
     @property
     def required(self) -> bool:
@@ -171,7 +171,8 @@ def refused(host: str, policy: TlsPolicy, reply: str) -> str:
 
 def handshake_failed(host: str, policy: TlsPolicy, why: str, *, verification: bool) -> str:
     if verification:
-        return f"451 {STATUS} TLS certificate verification failed for {host} (policy {policy.level}): {why}"
+        return (f"451 {STATUS} TLS certificate verification failed for {host} "
+                f"(policy {policy.level}): {why}")
     return f"451 {STATUS} TLS required ({policy.level}) but the handshake with {host} failed: {why}"
 
 
@@ -213,7 +214,8 @@ def probe_verdict(
 # --- SSL contexts -----------------------------------------------------------------------------
 
 def opportunistic_context() -> ssl.SSLContext:
-    """TLS without verification: better than plain text when no policy says more (RFC 7435, TLS-1)."""
+    """TLS without verification: better than plain text when no policy says more (RFC 7435,
+    TLS-1)."""
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -221,8 +223,10 @@ def opportunistic_context() -> ssl.SSLContext:
 
 
 def verify_context(ca_file: Path | str | None = None) -> ssl.SSLContext:
-    """PKIX and host-name checking (level ``verify``): ``ca_file`` if given, else the system store."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file) if ca_file else None)
+    """PKIX and host-name checking (level ``verify``): ``ca_file`` if given, else the system
+    store."""
+    cafile = str(ca_file) if ca_file else None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
     context.check_hostname = True
     context.verify_mode = ssl.CERT_REQUIRED
     return context
@@ -243,6 +247,6 @@ def check_ca_file(path: Path) -> Path:
 
 __all__ = [
     "LEVELS", "STATUS", "Level", "TlsPolicy", "check_ca_file", "check_level", "handshake_failed",
-    "no_name", "normalize_table", "not_offered", "opportunistic_context", "policy_for", "probe_verdict", "refused",
-    "satisfied", "verify_context",
+    "no_name", "normalize_table", "not_offered", "opportunistic_context", "policy_for",
+    "probe_verdict", "refused", "satisfied", "verify_context",
 ]

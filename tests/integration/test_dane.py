@@ -26,11 +26,13 @@ from tests.support.dnsserver import DNSServer
 from tests.support.relay import free_port, next_net
 from tests.support.smtpsink import Sink, tls_available
 
-pytestmark = pytest.mark.skipif(not tls_available(), reason="the cryptography package is needed for certificates")
+pytestmark = pytest.mark.skipif(not tls_available(),
+                                reason="the cryptography package is needed for certificates")
 
 
 def leaf(tmp_path: Path, name: str, ca: Any = None) -> tuple[ssl.SSLContext, bytes, bytes]:
-    """A server context for ``name`` (signed by ``ca``, else by a fresh CA): (context, DER cert, DER SPKI)."""
+    """A server context for ``name`` (signed by ``ca``, else by a fresh CA): (context, DER cert,
+    DER SPKI)."""
     from tests.support.tlsca import TestCA
 
     return (ca or TestCA(tmp_path / f"ca-{name}")).server_leaf(name)
@@ -58,7 +60,8 @@ class Site:
     def zone(self, *tlsa: tuple[int, str], mx2: bool = False) -> None:
         """MX records and addresses, plus TLSA records given as (host number, "3 1 1 hex")."""
         lines = ["$ORIGIN test.", "$TTL 300", "@ IN SOA ns.test. host.test. 1 3600 600 86400 60",
-                 "dest IN MX 10 mx1.dest.test.", f"mx1.dest IN A {self.ip(1)}", f"mx2.dest IN A {self.ip(2)}"]
+                 "dest IN MX 10 mx1.dest.test.", f"mx1.dest IN A {self.ip(1)}",
+                 f"mx2.dest IN A {self.ip(2)}"]
         if mx2:
             lines.append("dest IN MX 20 mx2.dest.test.")
         lines += [f"{self.tlsa_name(n)}. IN TLSA {text}" for n, text in tlsa]
@@ -73,13 +76,15 @@ class Site:
         return sink
 
     def settings(self, **overrides: Any) -> Any:
-        values: dict[str, Any] = {"dns_servers": [self.dns.address], "dns_timeout": 0.5, "dns_attempts": 1,
-                                  "dns_trust_ad": True, "tls_policy": "dane", "smtp_port": self.port,
-                                  "allow_private_destinations": True}
+        values: dict[str, Any] = {"dns_servers": [self.dns.address], "dns_timeout": 0.5,
+                                  "dns_attempts": 1, "dns_trust_ad": True, "tls_policy": "dane",
+                                  "smtp_port": self.port, "allow_private_destinations": True}
         values.update(overrides)
         return courier_settings(**values)
 
-    def deliver(self, settings: Any, courier: Courier | None = None, count: int = 1) -> tuple[list[RecipientResult], Plan]:
+    def deliver(
+        self, settings: Any, courier: Courier | None = None, count: int = 1,
+    ) -> tuple[list[RecipientResult], Plan]:
         """Route dest.test and deliver ``count`` messages, one after the other, on one courier."""
         resolver = resolver_from_settings(settings)
         courier = courier or Courier(settings)
@@ -88,9 +93,11 @@ class Site:
             out: list[RecipientResult] = []
             try:
                 for i in range(count):
-                    plan = await route(resolver, "dest.test", policy_from_settings(settings), random.Random(1))
+                    policy = policy_from_settings(settings)
+                    plan = await route(resolver, "dest.test", policy, random.Random(1))
                     rcpt = Recipient(f"u{i}@dest.test")
-                    out += await courier.deliver(plan, Envelope("s@src.test", [rcpt]), [rcpt], MESSAGE, queue_id="Q1")
+                    envelope = Envelope("s@src.test", [rcpt])
+                    out += await courier.deliver(plan, envelope, [rcpt], MESSAGE, queue_id="Q1")
                 return out, plan
             finally:
                 await courier.close()
@@ -116,7 +123,7 @@ def no_mail(sink: Sink) -> bool:
                                            for conn in sink.connections for c in conn.commands)
 
 
-# --- the resolver's AD handling --------------------------------------------------------------------------
+# --- the resolver's AD handling ------------------------------------------------------------
 
 def test_tls7_trusted_ad_marks_answers_secure_and_the_cache_keeps_it(dns_server: DNSServer) -> None:
     dns_server.set_zone("$ORIGIN test.\n@ 300 IN SOA ns.test. h.test. 1 3600 600 86400 60\n"
@@ -125,7 +132,8 @@ def test_tls7_trusted_ad_marks_answers_secure_and_the_cache_keeps_it(dns_server:
     server = [Server(dns_server.host, dns_server.port)]
 
     async def go(trust: bool) -> list[bool]:
-        resolver = Resolver(NetworkTransport(server, timeout=0.5, attempts=1, authenticated_data=trust), trust_ad=trust)
+        transport = NetworkTransport(server, timeout=0.5, attempts=1, authenticated_data=trust)
+        resolver = Resolver(transport, trust_ad=trust)
         answers = [await resolver.lookup(n, "A") for n in ("a.test", "b.test", "a.test")]
         assert all(a.outcome is Outcome.RECORDS for a in answers)
         assert resolver.stats.queries == 2 and resolver.stats.hits == 1  # the third from the cache
@@ -134,14 +142,16 @@ def test_tls7_trusted_ad_marks_answers_secure_and_the_cache_keeps_it(dns_server:
     assert asyncio.run(go(True)) == [True, False, True]
     assert all(q.ad for q in dns_server.log)  # RFC 6840 §5.7: the query asks for AD
     dns_server.log.clear()
-    assert asyncio.run(go(False)) == [False, False, False]  # the server would have set AD: not asked, not believed
+    # the server would have set AD: not asked, not believed
+    assert asyncio.run(go(False)) == [False, False, False]
     assert not any(q.ad for q in dns_server.log)
 
 
-# --- TLS-7 through routing and the courier --------------------------------------------------------------
+# --- TLS-7 through routing and the courier ------------------------------------------------
 
 def test_tls7_matching_dane_ee_delivers_over_tls(site: Site, tmp_path: Path) -> None:
-    context, _, spki = leaf(tmp_path, "whatever.example")  # DANE-EE: no name check (RFC 7672 §3.1.1)
+    # DANE-EE: no name check (RFC 7672 §3.1.1)
+    context, _, spki = leaf(tmp_path, "whatever.example")
     site.zone((1, f"3 1 1 {sha256(spki)}"))
     site.dns.secure = {".dest.test"}
     sink = site.sink(1, context)
@@ -165,9 +175,11 @@ def test_tls7_mismatched_tlsa_defers_4_7_5_and_sends_nothing(site: Site, tmp_pat
     courier = Courier(site.settings())
     [result], _ = site.deliver(site.settings(), courier)
     assert (result.disposition, result.status) == (Disposition.DEFERRED, "4.7.5")
-    assert result.reply == (f"451 4.7.5 DANE: TLS authentication of mx1.dest.test[{site.ip(1)}]:{site.port} failed: "
-                            "the certificate matches none of 1 DANE-EE record(s)")
-    assert result.remote_mta is not None and result.remote_reply is False  # DSN-6: our TLS-7 verdict, not the host's
+    assert result.reply == (f"451 4.7.5 DANE: TLS authentication of mx1.dest.test[{site.ip(1)}]:"
+                            f"{site.port} failed: the certificate matches none of 1 DANE-EE "
+                            "record(s)")
+    # DSN-6: our TLS-7 verdict, not the host's
+    assert result.remote_mta is not None and result.remote_reply is False
     assert no_mail(sink) and len(sink.connections) == 1  # never plain text, never a second try
     assert courier.stats["tls_fallbacks"] == 0
     assert (courier.stats["dane"], courier.stats["dane_failures"]) == (0, 1)
@@ -181,7 +193,8 @@ def test_tls7_insecure_dns_stays_opportunistic(site: Site, tmp_path: Path) -> No
     [result], plan = site.deliver(site.settings())
     assert result.disposition is Disposition.DELIVERED and sink.connections[0].tls
     assert site.dns.queries("TLSA") == []
-    assert plan.dane is not None and not plan.dane.mx_secure and plan.dane.hosts[0].need.value == "may"
+    assert plan.dane is not None and not plan.dane.mx_secure
+    assert plan.dane.hosts[0].need.value == "may"
 
 
 def test_tls7_insecure_addresses_mean_no_tlsa_lookup(site: Site, tmp_path: Path) -> None:
@@ -195,11 +208,14 @@ def test_tls7_insecure_addresses_mean_no_tlsa_lookup(site: Site, tmp_path: Path)
     assert not plan.dane.hosts[0].addresses_secure
 
 
-def test_tls7_tlsa_servfail_defers_that_host_and_the_next_mx_delivers(site: Site, tmp_path: Path) -> None:
+def test_tls7_tlsa_servfail_defers_that_host_and_the_next_mx_delivers(
+    site: Site, tmp_path: Path,
+) -> None:
     context, _, _ = leaf(tmp_path, "mx2.dest.test")
     site.zone(mx2=True)
     site.dns.secure = {".dest.test"}
-    site.dns.fail(site.tlsa_name(1), "SERVFAIL", "TLSA")  # bogus data: a validating resolver says SERVFAIL
+    # bogus data: a validating resolver says SERVFAIL
+    site.dns.fail(site.tlsa_name(1), "SERVFAIL", "TLSA")
     first = site.sink(1, context)
     second = site.sink(2, context)
     [result], plan = site.deliver(site.settings())
@@ -218,14 +234,17 @@ def test_tls7_tlsa_servfail_on_the_only_mx_defers_4_7_5(site: Site, tmp_path: Pa
     sink = site.sink(1, context)
     [result], plan = site.deliver(site.settings())
     assert (result.disposition, result.status) == (Disposition.DEFERRED, "4.7.5")
-    assert result.reply == (f"451 4.7.5 DANE: the TLSA lookup of every MX host of dest.test failed: "
-                            f"{site.tlsa_name(1)} (SERVFAIL)")
+    assert result.reply == ("451 4.7.5 DANE: the TLSA lookup of every MX host of dest.test "
+                            f"failed: {site.tlsa_name(1)} (SERVFAIL)")
     assert sink.connections == []
     # explain shows what delivery does: a temporary failure (exit 75), not "deliverable"
-    assert (plan.verdict.value, plan.dsn_status) == ("temporary-failure", "4.7.5") and len(plan.targets) == 1
+    assert (plan.verdict.value, plan.dsn_status) == ("temporary-failure", "4.7.5")
+    assert len(plan.targets) == 1
 
 
-def test_tls7_only_unusable_records_need_tls_but_no_authentication(site: Site, tmp_path: Path) -> None:
+def test_tls7_only_unusable_records_need_tls_but_no_authentication(
+    site: Site, tmp_path: Path,
+) -> None:
     context, _, _ = leaf(tmp_path, "other.example")
     site.zone((1, "1 1 1 " + "00" * 32), (2, "0 0 1 " + "00" * 32), mx2=True)
     site.dns.secure = {".dest.test"}
@@ -274,8 +293,8 @@ def test_tls7_dane_ta_name_mismatch_reason(site: Site, tmp_path: Path) -> None:
     sink = site.sink(1, wrong_name)
     [result], _ = site.deliver(site.settings())
     assert (result.disposition, result.status) == (Disposition.DEFERRED, "4.7.5")
-    assert result.reply.startswith(f"451 4.7.5 TLS certificate verification failed for mx1.dest.test[{site.ip(1)}]"
-                                   f":{site.port} (policy dane): ")
+    assert result.reply.startswith("451 4.7.5 TLS certificate verification failed for "
+                                   f"mx1.dest.test[{site.ip(1)}]:{site.port} (policy dane): ")
     assert "mismatch" in result.reply.lower() or "hostname" in result.reply.lower()
     assert no_mail(sink)
 

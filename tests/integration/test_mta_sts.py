@@ -19,7 +19,9 @@ import pytest
 from mxroute.relay.courier.courier import Courier
 from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult
 from mxroute.routing.plan import Plan, Target, Verdict
-from mxroute.tls.mtasts import Lookup, MtaSts
+from mxroute.routing.route import mta_sts_reach
+from mxroute.tls.mtasts.policy import Lookup
+from mxroute.tls.mtasts.store import MtaSts
 from tests.conftest import resolver_for
 from tests.support.courierkit import MESSAGE, courier_settings
 from tests.support.dnsserver import DNSServer
@@ -27,7 +29,8 @@ from tests.support.smtpsink import Sink, tls_available
 from tests.support.stsserver import PolicyServer
 from tests.support.tlsca import TestCA
 
-pytestmark = pytest.mark.skipif(not tls_available(), reason="the cryptography package is needed for certificates")
+pytestmark = pytest.mark.skipif(not tls_available(),
+                                reason="the cryptography package is needed for certificates")
 
 _nets = itertools.cycle(range(10, 250))
 ENFORCE = "version: STSv1\r\nmode: enforce\r\nmx: mx1.dest.test\r\nmax_age: 86400\r\n"
@@ -53,9 +56,11 @@ class Env:
         self.dns.set_zone(
             "$ORIGIN test.\n$TTL 1\n@ IN SOA ns.test. host.test. 1 3600 600 86400 1\n"
             f"dest IN MX 10 mx1.dest.test.\ndest IN MX 20 mx2.dest.test.\n"
-            f"mx1.dest IN A {self.ip(1)}\nmx2.dest IN A {self.ip(2)}\nmta-sts.dest IN A {self.web_host}\n{record}")
+            f"mx1.dest IN A {self.ip(1)}\nmx2.dest IN A {self.ip(2)}\n"
+            f"mta-sts.dest IN A {self.web_host}\n{record}")
 
-    def web(self, body: str = ENFORCE, names: tuple[str, ...] = ("mta-sts.dest.test",), port: int = 0) -> PolicyServer:
+    def web(self, body: str = ENFORCE, names: tuple[str, ...] = ("mta-sts.dest.test",),
+            port: int = 0) -> PolicyServer:
         return PolicyServer(self.web_host, self.ca.server_context(*names), body, port=port)
 
     def settings(self, web: PolicyServer, **overrides: Any) -> Any:
@@ -65,7 +70,8 @@ class Env:
         return courier_settings(**values)
 
     def mta_sts(self, web: PolicyServer, **overrides: Any) -> MtaSts:
-        return MtaSts(self.settings(web, **overrides), resolver_for(self.dns), store=self.store)
+        return MtaSts(mta_sts_reach(self.settings(web, **overrides)), resolver_for(self.dns),
+                      store=self.store)
 
 
 @pytest.fixture
@@ -93,7 +99,8 @@ def test_tls5_policy_fetched_over_https_with_sni_and_pkix(env: Env) -> None:
     with env.web() as web:
         result = lookup(env.mta_sts(web))
         assert result.source == "fetched" and result.txt == "found" and result.txt_id == "one"
-        assert result.policy is not None and (result.policy.mode, result.policy.mx) == ("enforce", ("mx1.dest.test",))
+        assert result.policy is not None
+        assert (result.policy.mode, result.policy.mx) == ("enforce", ("mx1.dest.test",))
         assert web.requests == [("/.well-known/mta-sts.txt", "mta-sts.dest.test")]
         assert web.sni == ["mta-sts.dest.test"]
 
@@ -114,7 +121,8 @@ def test_tls5_two_txt_records_mean_no_policy(env: Env) -> None:
 
 
 @pytest.mark.parametrize(("change", "error"), [
-    ({"status": 301, "headers": {"Location": "https://elsewhere.test/"}}, "HTTP status 301"),  # no redirects
+    # no redirects
+    ({"status": 301, "headers": {"Location": "https://elsewhere.test/"}}, "HTTP status 301"),
     ({"status": 404}, "HTTP status 404"),
     ({"content_type": "text/html"}, "is not text/plain"),
     ({"body": "version: STSv1\nmode: enforce\nmx: " + "a" * 63 + "\n" * 70000}, "byte limit"),
@@ -133,20 +141,25 @@ def test_tls5_bad_response_means_no_policy(env: Env, change: dict[str, Any], err
 def test_tls5_certificate_not_for_mta_sts_name_means_no_policy(env: Env) -> None:
     with env.web(names=("www.dest.test",)) as web:
         result = lookup(env.mta_sts(web))
-        assert result.policy is None and result.error is not None and "mta-sts.dest.test" in result.error
+        assert result.policy is None and result.error is not None
+        assert "mta-sts.dest.test" in result.error
         assert web.requests == []  # nothing was asked over an unverified connection
 
 
-def test_tls5_cached_policy_applies_when_the_server_is_down_and_id_change_refetches(env: Env) -> None:
+def test_tls5_cached_policy_applies_when_the_server_is_down_and_id_change_refetches(
+    env: Env,
+) -> None:
     with env.web() as web:
         sts = env.mta_sts(web)
         assert lookup(sts).source == "fetched"
         assert lookup(sts).source == "cache" and len(web.requests) == 1  # same id, fresh: no fetch
         port = web.port
     env.zone(txt='"v=STSv1; id=two"')  # a new id, and the HTTPS server is gone
-    sts.resolver = resolver_for(env.dns)  # the TXT answer is not taken from the old resolver's cache
+    # the TXT answer is not taken from the old resolver's cache
+    sts.resolver = resolver_for(env.dns)
     result = lookup(sts)
-    assert result.source == "cache" and result.policy is not None and result.policy.mode == "enforce"
+    assert result.source == "cache" and result.policy is not None
+    assert result.policy.mode == "enforce"
     assert result.entry is not None and result.entry.id == "one"
     assert result.error is not None and "cannot reach mta-sts.dest.test" in result.error
     with env.web(body=ENFORCE.replace("mx1.dest.test", "*.dest.test"), port=port) as web2:
@@ -159,7 +172,8 @@ def test_tls5_cached_policy_applies_when_the_server_is_down_and_id_change_refetc
 
 def test_tls5_queue_flush_fetches_again_without_the_pause_after_a_failure(env: Env) -> None:
     """A failed fetch is not repeated for 60 s, except after ``mxroute queue flush`` (the operator
-    fixed the policy server and wants delivery now): the courier's forget_unreachable() clears it."""
+    fixed the policy server and wants delivery now): the courier's forget_unreachable() clears
+    it."""
     from mxroute.relay.courier.courier import Courier
 
     with env.web() as web:
@@ -178,16 +192,19 @@ def test_tls5_policies_survive_a_restart(env: Env) -> None:
         assert lookup(env.mta_sts(web)).source == "fetched"
         assert env.store.exists()
         port = web.port
-    again = MtaSts(env.settings(type("W", (), {"port": port})()), resolver_for(env.dns), store=env.store)
+    settings = env.settings(type("W", (), {"port": port})())
+    again = MtaSts(mta_sts_reach(settings), resolver_for(env.dns), store=env.store)
     result = lookup(again)  # a new process: the policy comes from the store, the server is down
-    assert result.source == "cache" and result.policy is not None and result.policy.mx == ("mx1.dest.test",)
+    assert result.source == "cache" and result.policy is not None
+    assert result.policy.mx == ("mx1.dest.test",)
 
 
 def test_tls5_corrupt_store_is_ignored(env: Env, caplog: pytest.LogCaptureFixture) -> None:
     env.store.write_text("{not json")
     with env.web() as web:
         assert lookup(env.mta_sts(web)).source == "fetched"
-    assert any("MTA-STS cache" in r.getMessage() and "ignored" in r.getMessage() for r in caplog.records)
+    assert any("MTA-STS cache" in r.getMessage() and "ignored" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_tls5_concurrent_lookups_share_one_fetch(env: Env) -> None:
@@ -216,7 +233,8 @@ def deliver(courier: Courier, the_plan: Plan) -> RecipientResult:
 
     async def go() -> RecipientResult:
         try:
-            [result] = await courier.deliver(the_plan, Envelope("s@src.test", [rcpt]), [rcpt], MESSAGE, queue_id="Q1")
+            envelope = Envelope("s@src.test", [rcpt])
+            [result] = await courier.deliver(the_plan, envelope, [rcpt], MESSAGE, queue_id="Q1")
             return result
         finally:
             await courier.close()
@@ -231,7 +249,9 @@ def sink(host: str, context: Any) -> Sink:
     return s
 
 
-def test_tls6_enforce_only_the_matching_mx_is_contacted(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+def test_tls6_enforce_only_the_matching_mx_is_contacted(
+    env: Env, caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.INFO)
     context = env.ca.server_context("mx1.dest.test")
     sni: list[str | None] = []
@@ -243,7 +263,8 @@ def test_tls6_enforce_only_the_matching_mx_is_contacted(env: Env, caplog: pytest
         assert r.disposition is Disposition.DELIVERED, r.reply
         assert mx2.connections == [] and len(mx1.messages) == 1 and mx1.connections[0].tls
         assert sni == ["mx1.dest.test"]
-    assert any("mx2.dest.test matches no mx pattern" in rec.getMessage() and "TLS-6" in rec.getMessage()
+    assert any("mx2.dest.test matches no mx pattern" in rec.getMessage()
+               and "TLS-6" in rec.getMessage()
                for rec in caplog.records if rec.name == "mxroute.relay.courier.courier.hosts")
 
 
@@ -253,10 +274,13 @@ def test_tls6_enforce_invalid_certificate_defers_never_plain_text(env: Env) -> N
         courier = Courier(env.settings(web), mta_sts=env.mta_sts(web))
         r = deliver(courier, plan(target(1, mx1), target(2, mx2)))
         assert (r.disposition, r.status) == (Disposition.DEFERRED, "4.7.5")
-        assert "451 4.7.5 MTA-STS policy of dest.test (enforce)" in r.reply  # the last host tried: mx2, skipped
-        assert r.remote_mta is not None and r.remote_reply is False  # DSN-6: mx2 never said it (never contacted)
+        # the last host tried: mx2, skipped
+        assert "451 4.7.5 MTA-STS policy of dest.test (enforce)" in r.reply
+        # DSN-6: mx2 never said it (never contacted)
+        assert r.remote_mta is not None and r.remote_reply is False
         assert mx1.messages == [] and mx2.connections == []
-        assert [c.commands for c in mx1.connections] == [["EHLO relay.test", "STARTTLS"]]  # no plain-text retry
+        # no plain-text retry
+        assert [c.commands for c in mx1.connections] == [["EHLO relay.test", "STARTTLS"]]
         assert courier.stats["tls_fallbacks"] == 0
 
 
@@ -264,7 +288,8 @@ def test_tls6_enforce_without_starttls_defers(env: Env) -> None:
     with env.web() as web, Sink(env.ip(1)) as mx1:
         courier = Courier(env.settings(web), mta_sts=env.mta_sts(web))
         r = deliver(courier, plan(target(1, mx1)))
-        assert (r.disposition, r.status) == (Disposition.DEFERRED, "4.7.5") and "not offered" in r.reply
+        assert (r.disposition, r.status) == (Disposition.DEFERRED, "4.7.5")
+        assert "not offered" in r.reply
         assert mx1.messages == []
 
 
@@ -275,14 +300,14 @@ def test_tls6_testing_mode_delivers_and_logs_what_enforce_would_refuse(
         courier = Courier(env.settings(web), mta_sts=env.mta_sts(web))
         r = deliver(courier, plan(target(2, mx2)))
         assert r.disposition is Disposition.DELIVERED and len(mx2.messages) == 1
-    assert any("(testing): mx2.dest.test matches no mx pattern; enforce would skip it" in rec.getMessage()
-               for rec in caplog.records)
+    note = "(testing): mx2.dest.test matches no mx pattern; enforce would skip it"
+    assert any(note in rec.getMessage() for rec in caplog.records)
 
 
 def test_tls6_a_tls_policy_domains_entry_wins_over_mta_sts(env: Env) -> None:
     with env.web() as web, Sink(env.ip(2)) as mx2:
         settings = env.settings(web, tls_policy_domains={"dest.test": "may"})
-        courier = Courier(settings, mta_sts=MtaSts(settings, resolver_for(env.dns)))
+        courier = Courier(settings, mta_sts=MtaSts(mta_sts_reach(settings), resolver_for(env.dns)))
         r = deliver(courier, plan(target(2, mx2)))
         assert r.disposition is Disposition.DELIVERED and web.requests == []
 
@@ -290,7 +315,7 @@ def test_tls6_a_tls_policy_domains_entry_wins_over_mta_sts(env: Env) -> None:
 def test_tls6_mta_sts_off_asks_nothing(env: Env) -> None:
     with env.web() as web, Sink(env.ip(2)) as mx2:
         settings = env.settings(web, mta_sts=False)
-        courier = Courier(settings, mta_sts=MtaSts(settings, resolver_for(env.dns)))
+        courier = Courier(settings, mta_sts=MtaSts(mta_sts_reach(settings), resolver_for(env.dns)))
         r = deliver(courier, plan(target(2, mx2)))
         assert r.disposition is Disposition.DELIVERED and web.requests == []
         assert ("_mta-sts.dest.test", "TXT") not in env.dns.queries()
@@ -306,7 +331,8 @@ def audit_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
 def test_tls6_testing_mode_bad_certificate_is_logged_and_delivered_over_unverified_tls(
         env: Env, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    with env.web(body=TESTING) as web, sink(env.ip(1), env.ca.server_context("wrong.dest.test")) as mx1:
+    wrong = env.ca.server_context("wrong.dest.test")
+    with env.web(body=TESTING) as web, sink(env.ip(1), wrong) as mx1:
         courier = Courier(env.settings(web), mta_sts=env.mta_sts(web))
         r = deliver(courier, plan(target(1, mx1)))
         assert r.disposition is Disposition.DELIVERED, r.reply
@@ -316,7 +342,8 @@ def test_tls6_testing_mode_bad_certificate_is_logged_and_delivered_over_unverifi
         assert second.tls and second.transactions  # never plain text
         assert courier.stats["tls_fallbacks"] == 0
     [line] = audit_lines(caplog)
-    assert "certificate verification failed for mx1.dest.test" in line and "enforce would refuse it" in line
+    assert "certificate verification failed for mx1.dest.test" in line
+    assert "enforce would refuse it" in line
 
 
 def test_tls6_testing_mode_without_starttls_is_logged_and_delivered(
@@ -330,45 +357,57 @@ def test_tls6_testing_mode_without_starttls_is_logged_and_delivered(
     assert "STARTTLS not offered" in line and "enforce would refuse it" in line
 
 
-def test_tls6_testing_mode_valid_certificate_logs_nothing(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+def test_tls6_testing_mode_valid_certificate_logs_nothing(
+    env: Env, caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.INFO)
-    with env.web(body=TESTING) as web, sink(env.ip(1), env.ca.server_context("mx1.dest.test")) as mx1:
+    valid = env.ca.server_context("mx1.dest.test")
+    with env.web(body=TESTING) as web, sink(env.ip(1), valid) as mx1:
         courier = Courier(env.settings(web), mta_sts=env.mta_sts(web))
         r = deliver(courier, plan(target(1, mx1)))
-        assert r.disposition is Disposition.DELIVERED and len(mx1.connections) == 1 and mx1.connections[0].tls
+        assert r.disposition is Disposition.DELIVERED
+        assert len(mx1.connections) == 1 and mx1.connections[0].tls
     assert audit_lines(caplog) == []
 
 
 def test_tls5_policy_host_on_a_private_address_is_not_fetched_sec11(env: Env) -> None:
     with env.web() as web:
         result = lookup(env.mta_sts(web, allow_private_destinations=False))
-        assert result.policy is None and result.error is not None and "loopback/private" in result.error
+        assert result.policy is None and result.error is not None
+        assert "loopback/private" in result.error
         assert web.requests == [] and web.sni == []
 
 
-CHUNKED = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nTransfer-Encoding: chunked\r\n\r\n"
-           b"10\r\nversion: STSv1\r\n\r\n" + f"{len(ENFORCE) - 16:x}".encode() + b"\r\n" + ENFORCE[16:].encode()
+CHUNKED = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n"
+           b"Transfer-Encoding: chunked\r\n\r\n"
+           b"10\r\nversion: STSv1\r\n\r\n" + f"{len(ENFORCE) - 16:x}".encode() + b"\r\n"
+           + ENFORCE[16:].encode()
            + b"\r\n0\r\n\r\n")
 
 
 @pytest.mark.parametrize("raw", [
     CHUNKED,
-    b"HTTP/1.0 200 OK\r\nContent-Type: TEXT/PLAIN\r\n\r\n" + ENFORCE.encode(),  # no length: read to the end
+    # no length: read to the end
+    b"HTTP/1.0 200 OK\r\nContent-Type: TEXT/PLAIN\r\n\r\n" + ENFORCE.encode(),
 ])
 def test_tls5_chunked_and_unsized_responses_are_read(env: Env, raw: bytes) -> None:
     with env.web() as web:
         web.raw = raw
         result = lookup(env.mta_sts(web))
-        assert result.source == "fetched" and result.policy is not None and result.policy.mx == ("mx1.dest.test",)
+        assert result.source == "fetched" and result.policy is not None
+        assert result.policy.mx == ("mx1.dest.test",)
 
 
 @pytest.mark.parametrize(("raw", "error"), [
     (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
      b"20000\r\n" + b"a" * 100, "byte limit"),  # a chunk over 64 KiB is refused before it is read
-    (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n" + b"mx: a.test\r\n" * 6000, "byte limit"),
+    (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n" + b"mx: a.test\r\n" * 6000,
+     "byte limit"),
     (b"SMTP/1.0 220 hello\r\n\r\n", "not an HTTP/1.x response"),
 ])
-def test_tls5_oversized_or_malformed_responses_give_no_policy(env: Env, raw: bytes, error: str) -> None:
+def test_tls5_oversized_or_malformed_responses_give_no_policy(
+    env: Env, raw: bytes, error: str,
+) -> None:
     with env.web() as web:
         web.raw = raw
         result = lookup(env.mta_sts(web))

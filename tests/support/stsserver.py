@@ -8,8 +8,9 @@
 
 ``status``, ``body``, ``content_type`` and ``headers`` may be changed between requests
 (``web.status = 301; web.headers = {"Location": ...}``); ``raw`` (bytes) replaces the whole
-response, written as is before the connection is closed (chunked bodies, no Content-Length). ``stop()`` closes the listener,
-so a later connection is refused. Runs in a daemon thread; a context manager.
+response, written as is before the connection is closed (chunked bodies, no Content-Length).
+``stop()`` closes the listener, so a later connection is refused. Runs in a daemon thread; a
+context manager.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Any, Self
 
 
 class PolicyServer:
-    """HTTPS on ``host:port`` (port 0: ephemeral) answering every GET with the configured response."""
+    """HTTPS on ``host:port`` (port 0: ephemeral) answering every GET with the configured
+    response."""
 
     def __init__(self, host: str, context: ssl.SSLContext, body: str = "", *, port: int = 0,
                  status: int = 200, content_type: str = "text/plain") -> None:
@@ -74,7 +76,8 @@ class PolicyServer:
         server.socket = self.context.wrap_socket(server.socket, server_side=True)
         self.port = server.server_address[1]
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(target=server.serve_forever,
+                                        kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
 

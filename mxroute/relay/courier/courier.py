@@ -33,9 +33,11 @@ from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientRe
 from mxroute.routing.plan import Plan, Target, Verdict
 from mxroute.settings import Settings
 from mxroute.text import safe_text, xtext
-from mxroute.tls import dane, mtasts
+from mxroute.tls import dane
 from mxroute.tls import host as hosttls
 from mxroute.tls import policy as tlspolicy
+from mxroute.tls.mtasts import policy as mtasts
+from mxroute.tls.mtasts.store import MtaSts
 from mxroute.tls.policy import TlsPolicy
 
 log = logging.getLogger(__name__)  # one line per recipient per attempt, Postfix-style
@@ -298,7 +300,7 @@ class Courier:
         idle_timeout: float = 30.0,
         max_idle_per_destination: int | None = None,
         starttls: bool = True,
-        mta_sts: mtasts.MtaSts | None = None,
+        mta_sts: MtaSts | None = None,
     ) -> None:
         self.settings = settings
         self.mta_sts = mta_sts  # TLS-5/6: consulted per destination when settings.mta_sts is on
@@ -376,7 +378,7 @@ class Courier:
                 attempt.finish(rcpt, Disposition.BOUNCED, plan.dsn_status, f"{code} {plan.dsn_status} {safe_text(plan.reason)}", None,
                                remote=False)
         elif valid:
-            if self.mta_sts is not None and mtasts.skip_reason(self.settings.mta_sts, plan, attempt.tls) is None:
+            if self.mta_sts is not None and mtasts.skip_reason(self.settings.mta_sts, plan.domain, attempt.tls, deliverable=plan.deliverable) is None:
                 attempt.sts = await self.mta_sts.lookup(plan.domain)  # MTA-STS (TLS-5/6)
             await self._walk(plan, attempt, valid)
         out = [attempt.results[r.address] for r in recipients]
@@ -459,7 +461,7 @@ class Courier:
         """
         key = (target.address, target.port, self._bind_address(target))
         # the MX host's own TLS policy: DANE where it governs the host (TLS-7), else MTA-STS (TLS-6)
-        policy, refusal, rule = hosttls.for_host(attempt.tls, attempt.dane, attempt.sts, target)
+        policy, refusal, rule = hosttls.for_host(attempt.tls, attempt.dane, attempt.sts, target.exchange, str(target))
         if refusal is not None:
             self.stats["policy_skips"] += 1
             hostlog.warning("%s: %s: skipped (%s)", target, refusal, rule)

@@ -1,4 +1,5 @@
-"""TLS-7 (DANE, RFC 7672): the pure decision per MX host, TLSA record usability and certificate matching."""
+"""TLS-7 (DANE, RFC 7672): the pure decision per MX host, TLSA record usability and certificate
+matching."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import pytest
 from mxroute.dns.resolver import Answer, Outcome
 from mxroute.errors import ConfigError
 from mxroute.settings import load_settings
-from mxroute.tls import dane
-from mxroute.tls.dane import Need, Tlsa
+from mxroute.tls import dane, tlsa
+from mxroute.tls.dane import Need
 from mxroute.tls.policy import TlsPolicy, check_level, policy_for, probe_verdict, satisfied
+from mxroute.tls.tlsa import Tlsa
 
 cryptography = pytest.importorskip("cryptography")
 from cryptography import x509
@@ -30,10 +32,12 @@ def make_cert(name: str = "mx.dest.test", days: int = 1) -> tuple[bytes, bytes]:
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=2))
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=2))
             .not_valid_after(now + datetime.timedelta(days=days)).sign(key, hashes.SHA256()))
-    spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    spki = key.public_key().public_bytes(serialization.Encoding.DER,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)
     return cert.public_bytes(serialization.Encoding.DER), spki
 
 
@@ -41,25 +45,30 @@ def rr(text: str) -> object:
     return dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.TLSA, text)
 
 
-def answer(qname: str, qtype: str, outcome: Outcome = Outcome.RECORDS, *rrs: object, secure: bool = True) -> Answer:
+def answer(
+    qname: str, qtype: str, outcome: Outcome = Outcome.RECORDS, *rrs: object, secure: bool = True,
+) -> Answer:
     return Answer(qname, qtype, outcome, tuple(rrs), 300, secure=secure)
 
 
 def a_secure(secure: bool = True) -> list[Answer | None]:
-    return [answer("mx.dest.test", "A", Outcome.RECORDS, dns.rdata.from_text(1, 1, "192.0.2.1"), secure=secure), None]
+    a = dns.rdata.from_text(1, 1, "192.0.2.1")
+    return [answer("mx.dest.test", "A", Outcome.RECORDS, a, secure=secure), None]
 
 
 # --- certificates ------------------------------------------------------------------------------
 
 def test_tls7_spki_is_the_subject_public_key_info_of_the_certificate() -> None:
     der, spki = make_cert()
-    assert dane.spki(der) == spki
+    assert tlsa.spki(der) == spki
 
 
-@pytest.mark.parametrize("bad", [b"", b"\x30", b"\x30\x05\x02\x01\x01", b"\x04\x03abc", b"\x30\x84\xff\xff\xff\xff"])
+@pytest.mark.parametrize("bad", [
+    b"", b"\x30", b"\x30\x05\x02\x01\x01", b"\x04\x03abc", b"\x30\x84\xff\xff\xff\xff",
+])
 def test_tls7_spki_of_garbage_is_a_value_error(bad: bytes) -> None:
     with pytest.raises(ValueError):
-        dane.spki(bad)
+        tlsa.spki(bad)
 
 
 @pytest.mark.parametrize("selector", [0, 1])
@@ -68,16 +77,19 @@ def test_tls7_dane_ee_matches_every_selector_and_matching_type(selector: int, mt
     der, spki = make_cert()
     other, _ = make_cert()
     selected = der if selector == 0 else spki
-    data = {0: selected, 1: hashlib.sha256(selected).digest(), 2: hashlib.sha512(selected).digest()}[mtype]
+    digests = {1: hashlib.sha256, 2: hashlib.sha512}
+    data = selected if mtype == 0 else digests[mtype](selected).digest()
     record = Tlsa(3, selector, mtype, data)
     assert record.problem is None
     assert record.matches(der) and not record.matches(other)
     assert dane.peer_problem([record], der) is None
-    assert dane.peer_problem([record], other) == "the certificate matches none of 1 DANE-EE record(s)"
+    assert dane.peer_problem([record], other) == (
+        "the certificate matches none of 1 DANE-EE record(s)")
 
 
 def test_tls7_dane_ee_ignores_name_and_expiry() -> None:
-    """RFC 7672 §3.1.1: a DANE-EE match is the whole check: any name, even an expired certificate."""
+    """RFC 7672 §3.1.1: a DANE-EE match is the whole check: any name, even an expired
+    certificate."""
     der, spki = make_cert("not-the-mx.example", days=-1)
     assert dane.peer_problem([Tlsa(3, 1, 1, hashlib.sha256(spki).digest())], der) is None
 
@@ -90,7 +102,7 @@ def test_tls7_any_matching_dane_ee_record_authenticates() -> None:
     assert dane.peer_problem(records, None) == "the server sent no certificate"
 
 
-# --- record usability (RFC 7672 §3.1) --------------------------------------------------------------
+# --- record usability (RFC 7672 §3.1) -----------------------------------------------------
 
 @pytest.mark.parametrize("record, problem", [
     (Tlsa(0, 0, 1, b"\x01" * 32), "PKIX-TA(0) is not used for SMTP"),
@@ -108,18 +120,24 @@ def test_tls7_unusable_records_say_why(record: Tlsa, problem: str) -> None:
     assert record.to_json()["usable"] is False
 
 
+def test_tls7_usage_names_for_explain() -> None:
+    names = [Tlsa(usage, 1, 1, b"").usage_name for usage in (0, 1, 2, 3, 4)]
+    assert names == ["PKIX-TA", "PKIX-EE", "DANE-TA", "DANE-EE", "4"]
+
+
 def test_tls7_dane_ta_full_certificate_is_usable_and_gives_a_trust_anchor_context() -> None:
     der, _ = make_cert("Test CA")
     record = Tlsa(2, 0, 0, der)
     assert record.problem is None
     context = dane.ta_context([record])
-    assert context is not None and context.check_hostname and context.cert_store_stats()["x509"] == 1
+    assert context is not None and context.check_hostname
+    assert context.cert_store_stats()["x509"] == 1
     # DANE-EE present: one unverified handshake, the EE records decide
     assert dane.ta_context([record, Tlsa(3, 1, 1, b"\x02" * 32)]) is None
     assert dane.peer_problem([record], None) is None  # TA only: the handshake checked it
 
 
-# --- the decision per host (RFC 7672 §2.2) ---------------------------------------------------------
+# --- the decision per host (RFC 7672 §2.2) ------------------------------------------------
 
 TLSA_NAME = "_25._tcp.mx.dest.test"
 
@@ -130,16 +148,19 @@ def test_tls7_tlsa_name_uses_the_port() -> None:
 
 
 def test_tls7_usable_record_means_authenticated_tls() -> None:
-    tlsa = answer(TLSA_NAME, "TLSA", Outcome.RECORDS, rr("3 1 1 " + "ab" * 32), rr("1 1 1 " + "cd" * 32))
+    records = rr("3 1 1 " + "ab" * 32), rr("1 1 1 " + "cd" * 32)
+    tlsa = answer(TLSA_NAME, "TLSA", Outcome.RECORDS, *records)
     host = dane.decide_host("mx.dest.test", mx_secure=True, addresses=a_secure(), tlsa=tlsa)
     assert host.need is Need.DANE and [r.text for r in host.usable] == ["3 1 1 " + "ab" * 32]
     body = host.to_json()
-    assert body["requirement"] == "dane" and body["tlsa_secure"] is True and len(body["records"]) == 2
+    assert body["requirement"] == "dane" and body["tlsa_secure"] is True
+    assert len(body["records"]) == 2
     assert [r["usable"] for r in body["records"]] == [True, False]
 
 
 def test_tls7_only_unusable_records_mean_tls_without_authentication() -> None:
-    tlsa = answer(TLSA_NAME, "TLSA", Outcome.RECORDS, rr("1 1 1 " + "cd" * 32), rr("0 0 1 " + "ef" * 32))
+    records = rr("1 1 1 " + "cd" * 32), rr("0 0 1 " + "ef" * 32)
+    tlsa = answer(TLSA_NAME, "TLSA", Outcome.RECORDS, *records)
     host = dane.decide_host("mx.dest.test", mx_secure=True, addresses=a_secure(), tlsa=tlsa)
     assert host.need is Need.ENCRYPT and host.usable == ()
 
@@ -177,7 +198,8 @@ def test_tls7_tlsa_wanted_only_with_secure_mx_and_addresses() -> None:
     assert dane.wants_tlsa(mx, a_secure())
     assert not dane.wants_tlsa(answer("dest.test", "MX", secure=False), a_secure())
     assert not dane.wants_tlsa(mx, a_secure(False))
-    assert not dane.wants_tlsa(mx, [answer("mx.dest.test", "A", Outcome.NODATA), None])  # no address at all
+    # no address at all
+    assert not dane.wants_tlsa(mx, [answer("mx.dest.test", "A", Outcome.NODATA), None])
     # one insecure family spoils the host (§2.2.2)
     mixed = [a_secure()[0], answer("mx.dest.test", "AAAA", Outcome.RECORDS, secure=False)]
     assert not dane.wants_tlsa(mx, mixed)
@@ -187,10 +209,11 @@ def test_tls7_posture_implicit_mx_needs_a_secure_denial() -> None:
     mx = answer("dest.test", "MX", Outcome.NODATA)
     posture = dane.posture("dest.test", mx, {"dest.test": a_secure()}, {})
     assert posture.mx_secure and posture.to_json()["hosts"][0]["requirement"] == "may"
-    assert not dane.posture("dest.test", answer("dest.test", "MX", Outcome.SERVFAIL), {}, {}).mx_secure
+    servfail = answer("dest.test", "MX", Outcome.SERVFAIL)
+    assert not dane.posture("dest.test", servfail, {}, {}).mx_secure
 
 
-# --- what the courier does with it -------------------------------------------------------------------
+# --- what the courier does with it --------------------------------------------------------
 
 def posture_of(need_tlsa: Answer | None) -> dane.DanePosture:
     return dane.posture("dest.test", answer("dest.test", "MX"), {"mx.dest.test": a_secure()},
@@ -199,7 +222,8 @@ def posture_of(need_tlsa: Answer | None) -> dane.DanePosture:
 
 def test_tls7_host_policy_dane_overrides_the_domain_policy() -> None:
     posture = posture_of(answer(TLSA_NAME, "TLSA", Outcome.RECORDS, rr("3 1 1 " + "ab" * 32)))
-    for domain_policy in (TlsPolicy("dane"), TlsPolicy("verify"), TlsPolicy("may")):  # RFC 8461 §2: over MTA-STS
+    # RFC 8461 §2: DANE over MTA-STS
+    for domain_policy in (TlsPolicy("dane"), TlsPolicy("verify"), TlsPolicy("may")):
         policy = dane.host_policy(domain_policy, posture, "mx.dest.test")
         assert policy.level == "dane" and policy.required and len(policy.tlsa) == 1
         assert policy.source == "dane" and policy.match == TLSA_NAME
@@ -210,11 +234,13 @@ def test_tls7_host_policy_dane_overrides_the_domain_policy() -> None:
 
 def test_tls7_host_policy_unusable_only_is_encrypt_and_failed_lookup_is_a_deferral() -> None:
     posture = posture_of(answer(TLSA_NAME, "TLSA", Outcome.RECORDS, rr("1 1 1 " + "ab" * 32)))
-    assert dane.host_policy(TlsPolicy("dane"), posture, "mx.dest.test") == TlsPolicy("encrypt", "dane", TLSA_NAME)
+    assert dane.host_policy(TlsPolicy("dane"), posture, "mx.dest.test") == (
+        TlsPolicy("encrypt", "dane", TLSA_NAME))
     assert dane.deferral(posture, "mx.dest.test", "mx.dest.test[192.0.2.1]:25") is None
     posture = posture_of(answer(TLSA_NAME, "TLSA", Outcome.SERVFAIL, secure=False))
     assert dane.deferral(posture, "mx.dest.test", "mx.dest.test[192.0.2.1]:25") == (
-        f"451 4.7.5 DANE: TLSA lookup {TLSA_NAME} failed (SERVFAIL): not delivering to mx.dest.test[192.0.2.1]:25")
+        f"451 4.7.5 DANE: TLSA lookup {TLSA_NAME} failed (SERVFAIL): "
+        "not delivering to mx.dest.test[192.0.2.1]:25")
 
 
 def test_tls7_pooled_session_must_be_dane_authenticated_for_that_host() -> None:
@@ -237,7 +263,7 @@ def test_tls7_probe_verdict_for_dane_levels() -> None:
     assert probe_verdict(policy, "h", "mx", offered=True) == (True, "dane: certificate matched a TLSA record of mx")
 
 
-# --- settings -------------------------------------------------------------------------------------------
+# --- settings ---------------------------------------------------------------------------
 
 def test_tls7_dane_is_a_level_and_needs_dns_trust_ad(tmp_path: Path) -> None:
     assert check_level("DANE") == "dane"

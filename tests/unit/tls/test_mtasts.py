@@ -1,4 +1,4 @@
-"""TLS-5/TLS-6: the pure parts of MTA-STS (mxroute/tls/mtasts.py), RFC 8461.
+"""TLS-5/TLS-6: the pure parts of MTA-STS (mxroute/tls/mtasts/policy.py), RFC 8461.
 
 The `_mta-sts` TXT record (§3.1), the policy file (§3.2), MX pattern matching (§4.1),
 the cache decision (§5.1) and which hosts a policy lets delivery use (§5).
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from mxroute.tls import mtasts
-from mxroute.tls.mtasts import (
+from mxroute.tls.mtasts import policy as mtasts
+from mxroute.tls.mtasts.policy import (
     Cached,
     PolicyError,
     StsPolicy,
@@ -19,7 +19,8 @@ from mxroute.tls.mtasts import (
     parse_txt,
 )
 
-POLICY = "version: STSv1\r\nmode: enforce\r\nmx: mx1.example.com\r\nmx: *.backup.example.com\r\nmax_age: 86400\r\n"
+POLICY = ("version: STSv1\r\nmode: enforce\r\nmx: mx1.example.com\r\nmx: *.backup.example.com\r\n"
+          "max_age: 86400\r\n")
 
 
 # --- §3.1 the TXT record ------------------------------------------------------------------------
@@ -79,7 +80,8 @@ def test_tls5_policy_first_of_a_repeated_field_counts() -> None:
     "version: STSv1\nmode: enforce\nmx: a.example\nmax_age: 31557601\n",  # over a year
     "version: STSv1\nmode: enforce\nmx: a.example\nmax_age: 12345678901\n",  # 1*10 DIGIT
     "version: STSv1\nmode: enforce\nmx: a.example\nmax_age: ten\n",
-    "version: STSv1\nmode: enforce\nmx: *.*.example\nmax_age: 10\n",  # wildcard only as the leftmost label
+    # a wildcard only as the leftmost label
+    "version: STSv1\nmode: enforce\nmx: *.*.example\nmax_age: 10\n",
     "version: STSv1\nmode: enforce\nmx: a*.example\nmax_age: 10\n",
     "version: STSv1\nmode: enforce\nmx: bad_name!\nmax_age: 10\n",
     "version: STSv1\nmode enforce\nmx: a.example\nmax_age: 10\n",  # not key: value
@@ -91,7 +93,8 @@ def test_tls5_invalid_policy_is_no_policy(text: str) -> None:
 
 
 def test_tls5_max_age_upper_bound_is_accepted() -> None:
-    assert parse_policy("version: STSv1\nmode: none\nmax_age: 31557600\n").max_age == mtasts.MAX_AGE_LIMIT
+    policy = parse_policy("version: STSv1\nmode: none\nmax_age: 31557600\n")
+    assert policy.max_age == mtasts.MAX_AGE_LIMIT
 
 
 # --- §4.1 MX matching ---------------------------------------------------------------------------
@@ -128,11 +131,14 @@ def cached(txt_id: str = "id1", fetched: float = 1000.0, max_age: int = 100) -> 
     ("id1", cached(), 1050.0, "cache"),  # fresh, same id
     ("id2", cached(), 1050.0, "fetch"),  # the id changed
     ("id1", cached(), 1100.0, "fetch"),  # expired (fetched + max_age)
-    (None, cached(), 1050.0, "cache"),  # no TXT record (or a DNS failure): an unexpired policy applies
+    # no TXT record (or a DNS failure): an unexpired policy applies
+    (None, cached(), 1050.0, "cache"),
     (None, cached(), 1100.0, "none"),  # ... an expired one does not
     (None, None, 1000.0, "none"),
 ])
-def test_tls5_cache_decision(txt_id: str | None, entry: Cached | None, now: float, expected: str) -> None:
+def test_tls5_cache_decision(
+    txt_id: str | None, entry: Cached | None, now: float, expected: str,
+) -> None:
     assert decide(txt_id, entry, now) == expected
 
 
@@ -176,41 +182,48 @@ def test_tls6_host_policy_enforce_verify_for_matching_hosts_refusal_for_others()
         TlsPolicy("verify", "mta-sts", "mx1.example.com"), None)
     policy, refusal = mtasts.host_policy(sts, "mx9.example.com", TlsPolicy("encrypt"))
     assert policy == TlsPolicy("encrypt") and refusal == (
-        "451 4.7.5 MTA-STS policy of example.com (enforce): mx9.example.com matches no mx pattern of the MTA-STS policy")
+        "451 4.7.5 MTA-STS policy of example.com (enforce): mx9.example.com matches no mx pattern "
+        "of the MTA-STS policy")
     for other in (lookup_of(POLICY.replace("enforce", "testing")), lookup_of(None), None):
-        assert mtasts.host_policy(other, "mx9.example.com", TlsPolicy("may")) == (TlsPolicy("may"), None)
+        may = TlsPolicy("may")
+        assert mtasts.host_policy(other, "mx9.example.com", may) == (may, None)
 
 
 def test_tls6_testing_audits_matching_hosts_and_notes_the_others() -> None:
     sts = lookup_of(POLICY.replace("enforce", "testing"))
-    assert mtasts.audited(sts, "mx1.example.com") is sts and mtasts.testing_note(sts, "mx1.example.com") is None
+    assert mtasts.audited(sts, "mx1.example.com") is sts
+    assert mtasts.testing_note(sts, "mx1.example.com") is None
     assert mtasts.audited(sts, "mx9.example.com") is None
     assert "enforce would skip it" in (mtasts.testing_note(sts, "mx9.example.com") or "")
     enforce = lookup_of(POLICY)
-    assert mtasts.audited(enforce, "mx1.example.com") is None and mtasts.testing_note(enforce, "mx9.example.com") is None
+    assert mtasts.audited(enforce, "mx1.example.com") is None
+    assert mtasts.testing_note(enforce, "mx9.example.com") is None
 
 
 def test_tls6_skip_reason_admin_table_literal_undeliverable_and_switch() -> None:
-    from mxroute.routing.plan import Plan, Verdict
     from mxroute.tls.policy import TlsPolicy
 
-    ok = Plan("example.com", Verdict.DELIVERABLE, "", "2.0.0")
-    assert mtasts.skip_reason(True, ok, TlsPolicy()) is None
-    assert mtasts.skip_reason(False, ok, TlsPolicy()) == "mta_sts = false"
-    assert mtasts.skip_reason(True, ok, TlsPolicy("may", "tls_policy_domains", ".example.com")) == (
+    def skip(enabled: bool, domain: str, tls: TlsPolicy, deliverable: bool = True) -> str | None:
+        return mtasts.skip_reason(enabled, domain, tls, deliverable=deliverable)
+
+    assert skip(True, "example.com", TlsPolicy()) is None
+    assert skip(False, "example.com", TlsPolicy()) == "mta_sts = false"
+    table = TlsPolicy("may", "tls_policy_domains", ".example.com")
+    assert skip(True, "example.com", table) == (
         "tls_policy_domains entry .example.com takes precedence")
-    literal = Plan("[192.0.2.1]", Verdict.DELIVERABLE, "", "2.0.0")
-    assert mtasts.skip_reason(True, literal, TlsPolicy()) == "an address literal has no MTA-STS policy"
-    failed = Plan("example.com", Verdict.TEMPORARY, "", "4.4.3")
-    assert mtasts.skip_reason(True, failed, TlsPolicy()) == "the route is not deliverable"
+    assert skip(True, "[192.0.2.1]", TlsPolicy()) == "an address literal has no MTA-STS policy"
+    assert skip(True, "example.com", TlsPolicy(), False) == "the route is not deliverable"
 
 
 def test_exp3_lookup_json_shape() -> None:
     from mxroute.tls.policy import TlsPolicy
 
-    body = lookup_of(POLICY).to_json(["mx1.example.com", "mx9.example.com", "mx1.example.com"], TlsPolicy())
-    assert body["policy"] == {"mode": "enforce", "mx": ["mx1.example.com", "*.backup.example.com"], "max_age": 86400}
-    assert (body["applied"], body["txt_id"], body["policy_id"], body["age"], body["expires_in"]) == (
+    exchanges = ["mx1.example.com", "mx9.example.com", "mx1.example.com"]
+    body = lookup_of(POLICY).to_json(exchanges, TlsPolicy())
+    assert body["policy"] == {"mode": "enforce", "mx": ["mx1.example.com", "*.backup.example.com"],
+                              "max_age": 86400}
+    fields = ("applied", "txt_id", "policy_id", "age", "expires_in")
+    assert tuple(body[name] for name in fields) == (
         True, "id1", "id1", 0.0, 86400.0)
     assert [(h["exchange"], h["eligible"], h["tls"]) for h in body["hosts"]] == [
         ("mx1.example.com", True, "verify"), ("mx9.example.com", False, None)]

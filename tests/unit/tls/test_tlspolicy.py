@@ -1,4 +1,5 @@
-"""TLS-3: the pure policy lookup, validation and settings (mxroute/tls/policy.py); EXP-3's JSON shape."""
+"""TLS-3: the pure policy lookup, validation and settings (mxroute/tls/policy.py); EXP-3's JSON
+shape."""
 
 from __future__ import annotations
 
@@ -20,14 +21,18 @@ TABLE = {"bank.test": "verify", ".bank.test": "encrypt", "legacy.test": "none", 
 @pytest.mark.parametrize(("domain", "level", "source", "match"), [
     ("bank.test", "verify", "tls_policy_domains", "bank.test"),  # exact entry first
     ("BANK.test.", "verify", "tls_policy_domains", "bank.test"),
-    ("mx.bank.test", "encrypt", "tls_policy_domains", ".bank.test"),  # a parent entry covers subdomains
+    # a parent entry covers subdomains
+    ("mx.bank.test", "encrypt", "tls_policy_domains", ".bank.test"),
     ("a.b.bank.test", "encrypt", "tls_policy_domains", ".bank.test"),
     ("legacy.test", "none", "tls_policy_domains", "legacy.test"),
-    ("sub.legacy.test", "may", "tls_policy_domains", ".test"),  # "legacy.test" alone is not ".legacy.test"
+    # "legacy.test" alone is not ".legacy.test"
+    ("sub.legacy.test", "may", "tls_policy_domains", ".test"),
     ("example.com", "encrypt", "tls_policy", None),  # the default
     ("[192.0.2.1]", "encrypt", "tls_policy", None),
 ])
-def test_tls3_lookup_exact_then_parents_then_default(domain: str, level: str, source: str, match: str | None) -> None:
+def test_tls3_lookup_exact_then_parents_then_default(
+    domain: str, level: str, source: str, match: str | None,
+) -> None:
     policy = policy_for(domain, "encrypt", TABLE)
     assert (policy.level, policy.source, policy.match) == (level, source, match)
 
@@ -60,7 +65,8 @@ def test_tls3_satisfied_by_a_session() -> None:
 def test_tls3_table_normalised_and_validated() -> None:
     assert normalize_table({"Bank.TEST.": "VERIFY", ".bücher.test": "encrypt"}) == {
         "bank.test": "verify", ".xn--bcher-kva.test": "encrypt"}
-    with pytest.raises(ValueError, match=r"unknown TLS policy level for bank.test: 'secure' \(one of none, may"):
+    unknown = r"unknown TLS policy level for bank.test: 'secure' \(one of none, may"
+    with pytest.raises(ValueError, match=unknown):
         normalize_table({"bank.test": "secure"})
     with pytest.raises(ValueError, match="is not a domain"):
         normalize_table({"a b.test": "may"})
@@ -68,7 +74,8 @@ def test_tls3_table_normalised_and_validated() -> None:
         normalize_table({".": "may"})
     table = normalize_table({"[127.0.0.1]": "none", "[IPv6:2001:DB8:0::1]": "verify"})
     assert table == {"[127.0.0.1]": "none", "[ipv6:2001:db8::1]": "verify"}
-    assert policy_for("[IPv6:2001:db8::1]", "may", table).level == "verify"  # as address.py spells the domain
+    # as address.py spells the domain
+    assert policy_for("[IPv6:2001:db8::1]", "may", table).level == "verify"
     assert policy_for("[127.0.0.1]", "may", table).level == "none"
     with pytest.raises(ValueError, match="is not an address literal"):
         normalize_table({"[300.1.1.1]": "may"})
@@ -77,10 +84,11 @@ def test_tls3_table_normalised_and_validated() -> None:
 def test_tls3_failure_replies_are_4_7_5() -> None:
     policy = TlsPolicy("encrypt")
     host = "mx.example[192.0.2.1]:25"
-    assert tlspolicy.not_offered(host, policy) == "451 4.7.5 TLS required (encrypt) but not offered by " + host
+    assert tlspolicy.not_offered(host, policy) == (
+        "451 4.7.5 TLS required (encrypt) but not offered by " + host)
     assert tlspolicy.refused(host, policy, "454 4.7.0 no").startswith("451 4.7.5 ")
-    assert tlspolicy.handshake_failed(host, TlsPolicy("verify"), "bad", verification=True).startswith(
-        "451 4.7.5 TLS certificate verification failed for " + host)
+    failed = tlspolicy.handshake_failed(host, TlsPolicy("verify"), "bad", verification=True)
+    assert failed.startswith("451 4.7.5 TLS certificate verification failed for " + host)
     assert tlspolicy.no_name(host).startswith("451 4.7.5 ")
 
 
@@ -97,9 +105,11 @@ def test_tls3_contexts() -> None:
 
 def test_tls3_settings_defaults_and_values(tmp_path: Path) -> None:
     settings = load_settings(str(_toml(tmp_path, "")))
-    assert (settings.tls_policy, settings.tls_policy_domains, settings.tls_ca_file) == ("may", {}, None)
-    settings = load_settings(str(_toml(tmp_path, 'tls_policy = "verify"\n[tls_policy_domains]\n'
-                                                 '"Legacy.test" = "none"\n".bank.test" = "Encrypt"\n')))
+    tls = (settings.tls_policy, settings.tls_policy_domains, settings.tls_ca_file)
+    assert tls == ("may", {}, None)
+    text = ('tls_policy = "verify"\n[tls_policy_domains]\n'
+            '"Legacy.test" = "none"\n".bank.test" = "Encrypt"\n')
+    settings = load_settings(str(_toml(tmp_path, text)))
     assert settings.tls_policy == "verify"
     assert settings.tls_policy_domains == {"legacy.test": "none", ".bank.test": "encrypt"}
 
@@ -123,13 +133,15 @@ def test_tls3_bad_ca_file_rejected(tmp_path: Path) -> None:
 
 
 def test_tls3_unknown_level_exits_78_with_one_line(tmp_path: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "MXROUTE_TLS_POLICY_DOMAINS": '{"bank.test": "verfy"}', "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "mxroute", "check-config"], env=env, capture_output=True,
-                          text=True, timeout=60, cwd=tmp_path, check=False)
+    env = {"PATH": "/usr/bin:/bin", "MXROUTE_TLS_POLICY_DOMAINS": '{"bank.test": "verfy"}',
+           "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "mxroute", "check-config"], env=env,
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False)
     assert proc.returncode == 78
     assert proc.stderr.strip() == (
-        "mxroute: configuration error: setting tls_policy_domains (from MXROUTE_TLS_POLICY_DOMAINS): "
-        "unknown TLS policy level for bank.test: 'verfy' (one of none, may, encrypt, verify, dane)")
+        "mxroute: configuration error: setting tls_policy_domains "
+        "(from MXROUTE_TLS_POLICY_DOMAINS): unknown TLS policy level for bank.test: 'verfy' "
+        "(one of none, may, encrypt, verify, dane)")
 
 
 def _toml(tmp_path: Path, text: str) -> Path:
