@@ -16,7 +16,7 @@ from mxroute.relay.dsn import build_dsn
 from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult
 from mxroute.relay.spool.store import RecipientState
 from mxroute.routing.plan import Plan
-from tests.unit.relay.test_retry import DEFER, REJECT, FakeCourier, Harness
+from tests.support.queuekit import DEFER, REJECT, FakeCourier, Harness
 
 
 class HopCourier(FakeCourier):

@@ -16,19 +16,11 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult
-from mxroute.relay.queue.manager import JITTER, QueueManager, retry_delay
-from mxroute.relay.spool.store import (
-    DELIVERED,
-    PENDING,
-    MessageMeta,
-    RecipientState,
-    Spool,
-    new_queue_id,
-)
-from mxroute.routing.plan import Plan, Verdict
-from mxroute.settings import Settings
+from mxroute.relay.envelope import Disposition, RecipientResult
+from mxroute.relay.queue.settle import JITTER, retry_delay
+from mxroute.relay.spool.store import DELIVERED, PENDING, MessageMeta, RecipientState
 from mxroute.text import safe_text
+from tests.support.queuekit import DEFER, REJECT, Harness
 
 # --- the pure schedule (RTY-2) ----------------------------------------------------------
 
@@ -60,93 +52,7 @@ def test_sec6_safe_text_neutralises_controls() -> None:
     assert len(safe_text("x" * 1000, 50)) == 50
 
 
-# --- the queue manager with a scripted courier --------------------------------------------
-
-
-class FakeCourier:
-    """Replies per recipient address from a script; records every call."""
-
-    def __init__(self) -> None:
-        self.script: dict[str, list[tuple[Disposition, str, str]]] = {}
-        self.calls: list[tuple[str, list[str]]] = []
-        self.sent: dict[str, bytes] = {}  # queue id -> message, for every delivered transaction
-        self.forgotten = 0  # flushes that told the courier to try every host again (RTY-4)
-
-    def will(self, address: str, *replies: tuple[Disposition, str, str]) -> None:
-        self.script[address] = list(replies)
-
-    async def deliver(self, plan: Plan, envelope: Envelope, recipients: list[Recipient], message_bytes: bytes,
-                      *, queue_id: str) -> list[RecipientResult]:
-        self.calls.append((plan.domain, [r.address for r in recipients]))
-        results = []
-        for r in recipients:
-            script = self.script.get(r.address) or [(Disposition.DELIVERED, "2.0.0", "250 2.0.0 ok")]
-            disposition, status, reply = script.pop(0) if len(script) > 1 else script[0]
-            results.append(RecipientResult(r.address, disposition, status, reply, f"mx.{plan.domain}[127.0.0.2]:25",
-                                           remote_reply=True))  # scripted as the host's own replies
-        if any(r.disposition is Disposition.DELIVERED for r in results):
-            self.sent[queue_id] = message_bytes
-        return results
-
-    def forget_unreachable(self) -> None:
-        self.forgotten += 1
-
-    async def close(self) -> None:
-        return None
-
-
-async def fake_route(resolver: Any, domain: str, policy: Any, rng: random.Random) -> Plan:
-    return Plan(domain, Verdict.DELIVERABLE, "test", "2.0.0")
-
-
-DEFER = (Disposition.DEFERRED, "4.4.1", "451 4.4.1 try later")
-REJECT = (Disposition.BOUNCED, "5.1.1", "550 5.1.1 no such user")
-
-
-class RecordingSpool(Spool):
-    """The real spool, noting every message it made durable (to count DSNs actually enqueued)."""
-
-    stored: list[tuple[MessageMeta, bytes]]
-
-    async def store(self, meta: MessageMeta, message: bytes) -> None:
-        await super().store(meta, message)
-        self.stored.append((meta, message))
-
-
-class Harness:
-    def __init__(self, tmp_path: Path, **overrides: Any) -> None:
-        values = {"spool_dir": tmp_path / "spool", "retry_min_seconds": 60, "retry_max_seconds": 600,
-                  "queue_lifetime_seconds": 3600, "helo_name": "relay.test", **overrides}
-        self.settings = Settings(**values)
-        self.now = 1_000_000.0
-        self.spool = RecordingSpool(self.settings.spool_dir, clock=lambda: self.now)
-        self.spool.stored = []
-        self.spool.prepare()
-        self.courier = FakeCourier()
-        self.dsns: list[dict[str, Any]] = []
-        self.qm = self.manager()
-
-    def manager(self) -> QueueManager:
-        return QueueManager(self.settings, self.spool, None, self.courier, clock=lambda: self.now,  # type: ignore[arg-type]
-                            rng=random.Random(1), route_fn=fake_route, dsn_builder=self.build)
-
-    def build(self, **kwargs: Any) -> bytes:
-        self.dsns.append(kwargs)
-        names = "".join(f"Final-Recipient: rfc822;{r.recipient}\r\n" for r in kwargs["results"])
-        return f"Subject: Undelivered Mail\r\n\r\n{names}".encode()
-
-    def submit(self, sender: str, *rcpts: str | RecipientState) -> str:
-        states = [r if isinstance(r, RecipientState) else RecipientState(r) for r in rcpts]
-        meta = MessageMeta(new_queue_id(lambda: self.now), sender, self.now, states, size=10)
-        asyncio.run(self.spool.store(meta, b"Subject: t\r\n\r\nhi\r\n"))
-        self.qm.add(meta)
-        return meta.queue_id
-
-    def run(self) -> int:
-        return asyncio.run(self.qm.run_once())
-
-    def queued(self) -> list[MessageMeta]:
-        return [self.spool.load_meta(q) for q in self.spool.ids()]
+# --- the queue manager with a scripted courier (tests.support.queuekit) ----------------------
 
 
 @pytest.fixture
@@ -208,7 +114,7 @@ def test_dsn1_dsn7_one_dsn_names_only_the_failed_recipients_across_domains(h: Ha
 
 def test_dsn3_null_sender_failure_is_never_bounced(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
     """DSN-3: a failed bounce is logged and removed, never bounced."""
-    caplog.set_level("INFO", logger="mxroute.relay.queue.manager")
+    caplog.set_level("INFO", logger="mxroute.relay.queue.notices")
     h.courier.will("a@x.test", REJECT)
     h.submit("", "a@x.test")
     h.run()
@@ -266,7 +172,7 @@ def test_flush_makes_deferred_mail_due_now(h: Harness) -> None:
     h.run()
     assert h.run() == 0
     h.spool.request_flush()
-    asyncio.run(h.qm._poll_flush())
+    asyncio.run(h.qm.poll_flush())
     assert h.courier.forgotten == 1  # RTY-4: hosts skipped as unreachable are worth a try again
     assert h.run() == 1 and h.spool.ids() == []
     assert not h.spool.flush_marker.exists()
@@ -361,7 +267,7 @@ def test_rty5_destination_concurrency_is_capped_and_idle_destinations_forgotten(
         h.submit("s@y.test", f"r{n}@x.test")
     assert h.run() == 10
     assert peak[0] == 2 and h.spool.ids() == []
-    assert not h.qm._per_dest and not h.qm._dest_users
+    assert h.qm.slots.in_use() == 0
     h.spool.close()
 
 
