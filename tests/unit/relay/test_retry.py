@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,34 +18,12 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from mxroute.relay.envelope import Disposition, RecipientResult
-from mxroute.relay.queue.settle import JITTER, retry_delay
+from mxroute.relay.queue.manager import QueueManager
+from mxroute.relay.queue.plans import PLAN_CACHE_SECONDS, PlanCache
 from mxroute.relay.spool.store import DELIVERED, PENDING, MessageMeta, RecipientState
+from mxroute.routing.plan import Decision, MxRecord, Plan, Verdict
 from mxroute.text import safe_text
 from tests.support.queuekit import DEFER, REJECT, Harness
-
-# --- the pure schedule (RTY-2) ----------------------------------------------------------
-
-
-@given(st.integers(min_value=0, max_value=10_000), st.integers(1, 10_000), st.integers(0, 100_000), st.randoms())
-def test_rty2_delay_always_within_min_and_max(attempts: int, minimum: int, extra: int, rng: random.Random) -> None:
-    maximum = minimum + extra
-    delay = retry_delay(attempts, minimum, maximum, rng)
-    assert minimum <= delay <= maximum
-
-
-def test_rty2_backoff_doubles_then_caps_with_bounded_jitter() -> None:
-    rng = random.Random(7)
-    delays = [retry_delay(n, 300, 3600, rng) for n in range(1, 8)]
-    for n, delay in enumerate(delays, 1):
-        base = min(3600, 300 * 2 ** (n - 1))
-        assert max(300, base * (1 - JITTER)) <= delay <= base
-    assert delays[-1] > 3600 * (1 - JITTER) - 1e-9  # capped at retry_max_seconds
-
-
-def test_rty2_jitter_spreads_retries_but_is_reproducible_with_a_seed() -> None:
-    spread = {round(retry_delay(4, 300, 3600, random.Random(seed)), 3) for seed in range(50)}
-    assert len(spread) > 40
-    assert retry_delay(4, 300, 3600, random.Random(1)) == retry_delay(4, 300, 3600, random.Random(1))
 
 
 def test_sec6_safe_text_neutralises_controls() -> None:
@@ -331,3 +310,65 @@ def test_dur7_random_crashes_never_lose_mail_and_notify_once(tmp_path_factory: p
         assert named.get(address, 0) <= 1, f"{address} notified twice"
         assert address in delivered or named.get(address) == 1, f"{address} lost"
     h.spool.close()
+
+
+# --- plan caching: a PlanCache the caller hands in ----------------------------------------
+
+PLANS = {
+    "steady.test": Plan("steady.test", Verdict.DELIVERABLE, "ok", "2.0.0",
+                        mx=(MxRecord(10, "mx.steady.test", 300),)),
+    "short.test": Plan("short.test", Verdict.DELIVERABLE, "ok", "2.0.0",
+                       mx=(MxRecord(10, "mx.short.test", 0),)),  # TTL 0: never reused
+    "shuffled.test": Plan("shuffled.test", Verdict.DELIVERABLE, "ok", "2.0.0",
+                          decisions=(Decision("MX-3", "RFC 5321 §5.1", "shuffled"),)),
+    "broken.test": Plan("broken.test", Verdict.TEMPORARY, "SERVFAIL", "4.4.3"),
+}
+
+
+class CountingRoute:
+    """A route() stand-in answering from PLANS and counting what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def __call__(self, resolver: Any, domain: str, policy: Any, rng: random.Random) -> Plan:
+        self.asked.append(domain)
+        return PLANS[domain]
+
+
+def routed_twice(tmp_path: Path, domain: str, plans: PlanCache | None, *, later: float = 0.0,
+                 reconfigure: bool = False) -> list[str]:
+    """Route ``domain``, then again ``later`` seconds on: the domains route() was asked for."""
+    h = Harness(Path(tempfile.mkdtemp(dir=tmp_path)))
+    clock = [0.0]
+    if plans is not None:
+        plans.clock = lambda: clock[0]
+    ask = CountingRoute()
+    qm = QueueManager(h.settings, h.spool, None, h.courier, route_fn=ask,  # type: ignore[arg-type]
+                      plans=plans)
+    asyncio.run(qm.dispatcher.route(domain))
+    clock[0] += later
+    if reconfigure:  # SIGHUP: a new routing policy, so plans made under the old one are stale
+        qm.reconfigure(h.settings)
+    asyncio.run(qm.dispatcher.route(domain))
+    h.spool.close()
+    return ask.asked
+
+
+def test_without_a_plan_cache_every_delivery_is_routed_afresh(tmp_path: Path) -> None:
+    assert routed_twice(tmp_path, "steady.test", None) == ["steady.test"] * 2
+
+
+def test_a_plan_cache_reuses_a_steady_plan_for_its_lifetime_only(tmp_path: Path) -> None:
+    """One route() for a burst; asked again once PLAN_CACHE_SECONDS (or the MX TTL) passed."""
+    assert routed_twice(tmp_path, "steady.test", PlanCache()) == ["steady.test"]
+    assert routed_twice(tmp_path, "steady.test", PlanCache(), later=PLAN_CACHE_SECONDS) == ["steady.test"] * 2
+    assert routed_twice(tmp_path, "short.test", PlanCache()) == ["short.test"] * 2
+    assert routed_twice(tmp_path, "steady.test", PlanCache(), reconfigure=True) == ["steady.test"] * 2
+
+
+def test_mx3_mx18_shuffled_or_undeliverable_plans_are_never_reused(tmp_path: Path) -> None:
+    """MX-3: equal preferences are shuffled on every attempt; MX-18: a temporary verdict is
+    asked again each time."""
+    assert routed_twice(tmp_path, "shuffled.test", PlanCache()) == ["shuffled.test"] * 2
+    assert routed_twice(tmp_path, "broken.test", PlanCache()) == ["broken.test"] * 2
