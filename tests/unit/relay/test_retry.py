@@ -42,7 +42,8 @@ def h(tmp_path: Path) -> Harness:
 
 
 def test_rty1_deferred_then_retried_after_backoff_and_delivered(h: Harness) -> None:
-    """RTY-1/RTY-2: a 4xx keeps the recipient queued with a next try ≥ retry_min_seconds; then delivered."""
+    """RTY-1/RTY-2: a 4xx keeps the recipient queued with a next try ≥ retry_min_seconds; then
+    delivered."""
     h.courier.will("a@x.test", DEFER, (Disposition.DELIVERED, "2.0.0", "250 ok"))
     qid = h.submit("s@y.test", "a@x.test")
     h.run()
@@ -59,7 +60,8 @@ def test_rty1_deferred_then_retried_after_backoff_and_delivered(h: Harness) -> N
 
 
 def test_rty3_expiry_bounces_once_with_the_last_transient_reason(h: Harness) -> None:
-    """RTY-3: past queue_lifetime_seconds the recipient fails with its last 4xx reason; exactly one DSN."""
+    """RTY-3: past queue_lifetime_seconds the recipient fails with its last 4xx reason; exactly
+    one DSN."""
     h.courier.will("a@x.test", DEFER)
     qid = h.submit("s@y.test", "a@x.test")
     tries = 0
@@ -78,20 +80,24 @@ def test_rty3_expiry_bounces_once_with_the_last_transient_reason(h: Harness) -> 
 
 
 def test_dsn1_dsn7_one_dsn_names_only_the_failed_recipients_across_domains(h: Harness) -> None:
-    """DSN-1/DSN-7: a partial failure gives one DSN for the failed ones only; grouped per domain (one call each)."""
+    """DSN-1/DSN-7: a partial failure gives one DSN for the failed ones only; grouped per domain
+    (one call each)."""
     h.courier.will("b@x.test", REJECT)
     h.courier.will("c@z.test", REJECT)
     qid = h.submit("s@y.test", "a@x.test", "b@x.test", "c@z.test")
     h.run()
-    assert sorted(h.courier.calls) == [("x.test", ["a@x.test", "b@x.test"]), ("z.test", ["c@z.test"])]
+    assert sorted(h.courier.calls) == [("x.test", ["a@x.test", "b@x.test"]),
+                                       ("z.test", ["c@z.test"])]
     assert len(h.dsns) == 1
     assert sorted(r.recipient for r in h.dsns[0]["results"]) == ["b@x.test", "c@z.test"]
     assert not h.spool.exists(qid)
     (dsn,) = h.queued()
-    assert dsn.bounce_of == {"queue_id": qid, "batch": 0, "recipients": ["b@x.test", "c@z.test"], "action": "failed"}
+    assert dsn.bounce_of == {"queue_id": qid, "batch": 0, "recipients": ["b@x.test", "c@z.test"],
+                             "action": "failed"}
 
 
-def test_dsn3_null_sender_failure_is_never_bounced(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+def test_dsn3_null_sender_failure_is_never_bounced(h: Harness,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
     """DSN-3: a failed bounce is logged and removed, never bounced."""
     caplog.set_level("INFO", logger="mxroute.relay.queue.notices")
     h.courier.will("a@x.test", REJECT)
@@ -105,7 +111,8 @@ def test_dsn8_notify_never_suppresses_the_dsn_but_not_the_failure(h: Harness) ->
     """DSN-8: NOTIFY=NEVER → no DSN; NOTIFY=SUCCESS only → no failure DSN either."""
     h.courier.will("a@x.test", REJECT)
     h.courier.will("b@x.test", REJECT)
-    h.submit("s@y.test", RecipientState("a@x.test", ("NEVER",)), RecipientState("b@x.test", ("SUCCESS",)))
+    h.submit("s@y.test", RecipientState("a@x.test", ("NEVER",)),
+             RecipientState("b@x.test", ("SUCCESS",)))
     h.run()
     assert h.dsns == [] and h.spool.ids() == []
 
@@ -124,13 +131,16 @@ def test_dur6_delivered_recipients_are_never_retried(h: Harness) -> None:
     assert h.courier.calls[-1] == ("x.test", ["b@x.test"])
 
 
-def test_dsn12_crash_between_dsn_enqueue_and_marking_gives_exactly_one_dsn(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    """DSN-12/DUR-7: the DSN is durable before the recipient is marked; recovery finishes the marking."""
+def test_dsn12_crash_between_dsn_enqueue_and_marking_gives_exactly_one_dsn(
+        h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DSN-12/DUR-7: the DSN is durable before the recipient is marked; recovery finishes the
+    marking."""
     h.courier.will("a@x.test", REJECT)
     qid = h.submit("s@y.test", "a@x.test")
 
     async def crash(meta: MessageMeta) -> None:
-        raise SystemExit("kill -9")  # the fault point: after the DSN's fsync, before the state append
+        # the fault point: after the DSN's fsync, before the state append
+        raise SystemExit("kill -9")
 
     monkeypatch.setattr(h.spool, "remove", crash)
     with pytest.raises(SystemExit):
@@ -190,8 +200,10 @@ def test_internal_courier_error_defers_not_loses(h: Harness) -> None:
     assert rcpt.state == PENDING and rcpt.status == "4.3.0"
 
 
-def test_dur4_state_write_failure_keeps_the_message_and_retries(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    """DUR-4/DUR-6: the disk fails while recording a deferral: the message stays queued and comes due again."""
+def test_dur4_state_write_failure_keeps_the_message_and_retries(
+        h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DUR-4/DUR-6: the disk fails while recording a deferral: the message stays queued and comes
+    due again."""
     h.courier.will("a@x.test", DEFER)
     qid = h.submit("s@y.test", "a@x.test")
 
@@ -204,13 +216,16 @@ def test_dur4_state_write_failure_keeps_the_message_and_retries(h: Harness, monk
     monkeypatch.undo()
     h.now += h.settings.retry_min_seconds
     assert h.run() == 1
-    # the first attempt's outcome was kept in memory while the disk refused it, then written with the second
+    # the first attempt's outcome was kept in memory while the disk refused it, then written with
+    # the second
     assert h.spool.load_meta(qid).recipients[0].attempts == 2
 
 
-def test_dur4_dur6_state_write_failure_does_not_redeliver_the_delivered(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    """DUR-4/DUR-6: one recipient delivered, one deferred, and the state cannot be written (ENOSPC): the
-    retries while the disk stays full send only to the deferred one (found by tests/faults/test_diskfull.py)."""
+def test_dur4_dur6_state_write_failure_does_not_redeliver_the_delivered(
+        h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DUR-4/DUR-6: one recipient delivered, one deferred, and the state cannot be written
+    (ENOSPC): the retries while the disk stays full send only to the deferred one (found by
+    tests/faults/test_diskfull.py)."""
     h.courier.will("b@z.test", DEFER)
     qid = h.submit("s@y.test", "a@x.test", "b@z.test")
 
@@ -228,8 +243,10 @@ def test_dur4_dur6_state_write_failure_does_not_redeliver_the_delivered(h: Harne
     assert states == {"a@x.test": DELIVERED, "b@z.test": PENDING}
 
 
-def test_rty5_destination_concurrency_is_capped_and_idle_destinations_forgotten(tmp_path: Path) -> None:
-    """RTY-5: 10 messages to one domain never run more than destination_concurrency transactions at once."""
+def test_rty5_destination_concurrency_is_capped_and_idle_destinations_forgotten(
+        tmp_path: Path) -> None:
+    """RTY-5: 10 messages to one domain never run more than destination_concurrency transactions
+    at once."""
     h = Harness(tmp_path, destination_concurrency=2, delivery_concurrency=10)
     active, peak = [0], [0]
     real = h.courier.deliver
@@ -254,16 +271,20 @@ class Crash(BaseException):
     """kill -9 at a fault point: nothing after it runs, only the disk survives."""
 
 
-@hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hsettings(max_examples=60, deadline=None,
+           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.data())
-def test_dur7_random_crashes_never_lose_mail_and_notify_once(tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
+def test_dur7_random_crashes_never_lose_mail_and_notify_once(
+        tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
     """DUR-7/DSN-12: random replies and kill points during delivery and bounce; after recovery and
     enough retries every recipient was delivered (at least once) or named in exactly one DSN."""
     h = Harness(tmp_path_factory.mktemp("dur7"), queue_lifetime_seconds=10**6)
     outcomes = [(Disposition.DELIVERED, "2.0.0", "250 ok"), DEFER, REJECT]
-    rcpts = {f"r{i}@{dom}.test" for i, dom in enumerate(data.draw(st.lists(st.sampled_from("abc"), min_size=1, max_size=4)))}
+    domains = data.draw(st.lists(st.sampled_from("abc"), min_size=1, max_size=4))
+    rcpts = {f"r{i}@{dom}.test" for i, dom in enumerate(domains)}
     for address in rcpts:
-        h.courier.will(address, *data.draw(st.lists(st.sampled_from(outcomes), min_size=1, max_size=3)))
+        h.courier.will(address,
+                       *data.draw(st.lists(st.sampled_from(outcomes), min_size=1, max_size=3)))
     h.submit("s@y.test", *sorted(rcpts))
     for _ in range(12):
         point = data.draw(st.sampled_from([None, "update", "remove", "store"]))
@@ -271,7 +292,8 @@ def test_dur7_random_crashes_never_lose_mail_and_notify_once(tmp_path_factory: p
         if point is not None:
             real = getattr(h.spool, point)
 
-            async def faulty(*args: Any, _real: Any = real, _countdown: list[int] = countdown) -> Any:
+            async def faulty(*args: Any, _real: Any = real,
+                             _countdown: list[int] = countdown) -> Any:
                 if _countdown[0] == 0:
                     raise Crash()
                 _countdown[0] -= 1
@@ -298,7 +320,8 @@ def test_dur7_random_crashes_never_lose_mail_and_notify_once(tmp_path_factory: p
     delivered = {a for _, batch in h.courier.calls for a in batch}
     originals = [m for m in h.queued() if m.sender]
     assert originals == []  # nothing stuck once every destination accepts
-    named: dict[str, int] = {}  # over DSNs enqueued (a DSN file re-sent after a crash is one notification)
+    # over DSNs enqueued (a DSN file re-sent after a crash is one notification)
+    named: dict[str, int] = {}
     for meta, message in h.spool.stored:
         if meta.sender:
             continue
@@ -362,9 +385,10 @@ def test_without_a_plan_cache_every_delivery_is_routed_afresh(tmp_path: Path) ->
 def test_a_plan_cache_reuses_a_steady_plan_for_its_lifetime_only(tmp_path: Path) -> None:
     """One route() for a burst; asked again once PLAN_CACHE_SECONDS (or the MX TTL) passed."""
     assert routed_twice(tmp_path, "steady.test", PlanCache()) == ["steady.test"]
-    assert routed_twice(tmp_path, "steady.test", PlanCache(), later=PLAN_CACHE_SECONDS) == ["steady.test"] * 2
+    again = ["steady.test"] * 2
+    assert routed_twice(tmp_path, "steady.test", PlanCache(), later=PLAN_CACHE_SECONDS) == again
     assert routed_twice(tmp_path, "short.test", PlanCache()) == ["short.test"] * 2
-    assert routed_twice(tmp_path, "steady.test", PlanCache(), reconfigure=True) == ["steady.test"] * 2
+    assert routed_twice(tmp_path, "steady.test", PlanCache(), reconfigure=True) == again
 
 
 def test_mx3_mx18_shuffled_or_undeliverable_plans_are_never_reused(tmp_path: Path) -> None:
