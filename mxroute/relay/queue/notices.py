@@ -38,7 +38,7 @@ class Notifier:
     def __init__(
         self, spool: Spool, *, reporting_mta: str, timing: Timing, clock: Callable[[], float],
         schedule: Callable[[MessageMeta], None], stats: dict[str, int],
-        builder: Callable[..., bytes] = dsn.build_dsn,
+        builder: Callable[..., bytes],  # dsn.build_dsn, or a test's recorder
     ) -> None:
         self.spool = spool
         self.reporting_mta = reporting_mta
