@@ -22,7 +22,8 @@ from email.utils import format_datetime
 from mxroute.relay.envelope import Envelope, Recipient, RecipientResult
 from mxroute.text import safe_text
 
-MAX_RETURN_SIZE = 100_000  # octets of the original returned with RET=FULL (DSN-11; Postfix bounce_size_limit is 50000)
+# octets of the original returned with RET=FULL (DSN-11; Postfix bounce_size_limit is 50000)
+MAX_RETURN_SIZE = 100_000
 ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")
 _STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}\Z")
 _SUBJECTS = {
@@ -74,7 +75,8 @@ def _field(name: str, value: str) -> str:
 
 
 def _remote_mta(remote: str) -> str:
-    """``mx1.example.com[192.0.2.1]:25`` → ``mx1.example.com``; ``[192.0.2.1]:25`` → ``192.0.2.1``."""
+    """``mx1.example.com[192.0.2.1]:25`` → ``mx1.example.com``;
+    ``[192.0.2.1]:25`` → ``192.0.2.1``."""
     name = remote.split("[", 1)[0]
     if name:
         return name
@@ -85,7 +87,8 @@ def _remote_mta(remote: str) -> str:
 def _status(result: RecipientResult, action: str) -> str:
     """The recipient's status, with a class consistent with Action (RFC 3464 §2.3.4; DSN-6)."""
     status = result.status if _STATUS.match(result.status or "") else ""
-    wanted = {"failed": "45", "delayed": "4", "delivered": "2", "relayed": "2", "expanded": "2"}[action]
+    wanted = {"failed": "45", "delayed": "4", "delivered": "2", "relayed": "2",
+              "expanded": "2"}[action]
     if status and status[0] in wanted:
         return status
     return {"failed": "5.0.0", "delayed": "4.0.0"}.get(action, "2.0.0")
@@ -133,49 +136,84 @@ def build_dsn(
     msgid = message_id or f"<{when.strftime('%Y%m%d%H%M%S')}.{uuid.uuid4().hex[:16]}@{mta}>"
 
     # --- part 2: message/delivery-status (RFC 3464 §2.2, §2.3) ---
-    status_lines = _field("Reporting-MTA", f"dns; {mta}")
-    if envelope.envid:
-        status_lines += _field("Original-Envelope-Id", safe_text(envelope.envid, 100))
-    status_lines += _field("Arrival-Date", format_datetime(_date(arrival)))
+    status_lines = _per_message_fields(mta, envelope, arrival)
     for result in results:
-        address = safe_text(result.recipient, 300)
-        kind = "rfc822" if address.isascii() else "utf-8"  # RFC 6533 §3
-        status_lines += "\r\n"
-        if result.recipient in orcpts:
-            orcpt = safe_text(orcpts[result.recipient] or "", 300)
-            if ";" not in orcpt:
-                orcpt = f"rfc822;{orcpt}"
-            status_lines += _field("Original-Recipient", orcpt)
-        status_lines += _field("Final-Recipient", f"{kind}; {address}")
-        status_lines += _field("Action", action)
-        status_lines += _field("Status", _status(result, action))
-        if result.remote_mta and result.remote_reply:  # RFC 3464 §2.3.5/§2.3.6: the remote's own reply (DSN-6)
-            status_lines += _field("Remote-MTA", f"dns; {safe_text(_remote_mta(result.remote_mta), 255)}")
-            status_lines += _field("Diagnostic-Code", f"smtp; {safe_text(result.reply, 990)}")
-        elif result.reply:  # our own reason: no Remote-MTA, as Postfix's DSN_BY_LOCAL_MTA
-            status_lines += _field("Diagnostic-Code", f"X-mxroute; {safe_text(result.reply, 990)}")
-        status_lines += _field("Last-Attempt-Date", format_datetime(when))
-        if action == "delayed" and will_retry_until is not None:
-            status_lines += _field("Will-Retry-Until", format_datetime(_date(will_retry_until)))
-
+        status_lines += "\r\n" + _per_recipient_fields(
+            result, action, orcpts.get(result.recipient), when, will_retry_until)
     # --- part 1: for people ---
     human = _human_text(mta, action, results, will_retry_until)
-
     # --- part 3: the original, per RET (RFC 3461 §4.3) and size (DSN-11) ---
-    ret = (envelope.ret or "HDRS").upper()
-    full = ret == "FULL" and len(message) <= max_return_size
+    full = (envelope.ret or "HDRS").upper() == "FULL" and len(message) <= max_return_size
+    original = _returned(message, full)
+    eight_bit = not original.isascii()
+    boundary = _boundary(msgid, original)
+    head = _headers(mta, to, when, msgid, action, boundary, eight_bit)
     if full:
-        original = re.sub(rb"\r\n|\r|\n", b"\r\n", message)
-        if not original.endswith(b"\r\n"):
-            original += b"\r\n"
         third_type = "message/global" if utf8 else "message/rfc822"
     else:
-        original = _headers_of(message)
         third_type = "message/global-headers" if utf8 else "text/rfc822-headers"
-    eight_bit = not original.isascii()
     status_type = "message/global-delivery-status" if utf8 else "message/delivery-status"
+    parts = [
+        (f"Content-Type: text/plain; charset=utf-8\r\nContent-Description: Notification\r\n"
+         f"Content-Transfer-Encoding: {'7bit' if human.isascii() else '8bit'}\r\n\r\n").encode()
+        + human.encode("utf-8"),
+        (f"Content-Type: {status_type}\r\nContent-Description: Delivery report\r\n\r\n").encode()
+        + status_lines.encode("utf-8"),
+        (f"Content-Type: {third_type}\r\n"
+         f"Content-Description: {_noun(action)}{'' if full else ' Headers'}\r\n"
+         + ("Content-Transfer-Encoding: 8bit\r\n" if eight_bit else "") + "\r\n").encode()
+        + original,
+    ]
+    return head.encode("utf-8") + b"\r\n" + _multipart(boundary, parts)
 
-    boundary = _boundary(msgid, original)
+
+def _per_message_fields(mta: str, envelope: Envelope, arrival: datetime | float) -> str:
+    """Reporting-MTA, Original-Envelope-Id (ENVID given) and Arrival-Date (RFC 3464 §2.2)."""
+    fields = _field("Reporting-MTA", f"dns; {mta}")
+    if envelope.envid:
+        fields += _field("Original-Envelope-Id", safe_text(envelope.envid, 100))
+    return fields + _field("Arrival-Date", format_datetime(_date(arrival)))
+
+
+def _per_recipient_fields(
+    result: RecipientResult, action: str, orcpt: str | None, when: datetime,
+    will_retry_until: datetime | float | None,
+) -> str:
+    """One recipient's fields (RFC 3464 §2.3; DSN-6), ``orcpt`` its ORCPT if it gave one."""
+    address = safe_text(result.recipient, 300)
+    kind = "rfc822" if address.isascii() else "utf-8"  # RFC 6533 §3
+    fields = ""
+    if orcpt is not None:
+        original = safe_text(orcpt, 300)
+        if ";" not in original:
+            original = f"rfc822;{original}"
+        fields += _field("Original-Recipient", original)
+    fields += _field("Final-Recipient", f"{kind}; {address}")
+    fields += _field("Action", action)
+    fields += _field("Status", _status(result, action))
+    if result.remote_mta and result.remote_reply:  # §2.3.5/§2.3.6: the remote's own reply (DSN-6)
+        fields += _field("Remote-MTA", f"dns; {safe_text(_remote_mta(result.remote_mta), 255)}")
+        fields += _field("Diagnostic-Code", f"smtp; {safe_text(result.reply, 990)}")
+    elif result.reply:  # our own reason: no Remote-MTA, as Postfix's DSN_BY_LOCAL_MTA
+        fields += _field("Diagnostic-Code", f"X-mxroute; {safe_text(result.reply, 990)}")
+    fields += _field("Last-Attempt-Date", format_datetime(when))
+    if action == "delayed" and will_retry_until is not None:
+        fields += _field("Will-Retry-Until", format_datetime(_date(will_retry_until)))
+    return fields
+
+
+def _returned(message: bytes, full: bool) -> bytes:
+    """What part 3 returns of the original: all of it (CRLF, ending in one), or its headers."""
+    if not full:
+        return _headers_of(message)
+    original = re.sub(rb"\r\n|\r|\n", b"\r\n", message)
+    return original if original.endswith(b"\r\n") else original + b"\r\n"
+
+
+def _headers(
+    mta: str, to: str, when: datetime, msgid: str, action: str, boundary: str, eight_bit: bool,
+) -> str:
+    """The report's own header fields (DSN-11: From MAILER-DAEMON, Auto-Submitted)."""
     head = (
         _field("From", f"MAILER-DAEMON@{mta} (Mail Delivery System)")
         + _field("To", f"<{safe_text(to, 300)}>")
@@ -184,27 +222,23 @@ def build_dsn(
         + _field("Subject", _SUBJECTS[action])
         + _field("Auto-Submitted", "auto-replied")  # RFC 3834 §5 (DSN-11)
         + _field("MIME-Version", "1.0")
-        + _field("Content-Type", f'multipart/report; report-type=delivery-status; boundary="{boundary}"')
+        + _field("Content-Type",
+                 f'multipart/report; report-type=delivery-status; boundary="{boundary}"')
     )
     if eight_bit:
         head += _field("Content-Transfer-Encoding", "8bit")
-    parts = [
-        (f"Content-Type: text/plain; charset=utf-8\r\nContent-Description: Notification\r\n"
-         f"Content-Transfer-Encoding: {'7bit' if human.isascii() else '8bit'}\r\n\r\n").encode() + human.encode("utf-8"),
-        (f"Content-Type: {status_type}\r\nContent-Description: Delivery report\r\n\r\n").encode()
-        + status_lines.encode("utf-8"),
-        (f"Content-Type: {third_type}\r\n"
-         f"Content-Description: {_noun(action)}{'' if full else ' Headers'}\r\n"
-         + ("Content-Transfer-Encoding: 8bit\r\n" if eight_bit else "") + "\r\n").encode() + original,
-    ]
+    return head
+
+
+def _multipart(boundary: str, parts: list[bytes]) -> bytes:
+    """The body: each part after its boundary line, then the closing one (RFC 2046 §5.1.1)."""
     body = b"This is a MIME-encapsulated message.\r\n\r\n"
     for part in parts:
         body += f"--{boundary}\r\n".encode() + part
         if not part.endswith(b"\r\n"):
             body += b"\r\n"
         body += b"\r\n"
-    body += f"--{boundary}--\r\n".encode()
-    return head.encode("utf-8") + b"\r\n" + body
+    return body + f"--{boundary}--\r\n".encode()
 
 
 def _noun(action: str) -> str:
@@ -221,13 +255,17 @@ def _boundary(seed: str, content: bytes) -> str:
     raise RuntimeError("no MIME boundary found")  # 2**96 odds; unreachable in practice
 
 
-def _human_text(mta: str, action: str, results: list[RecipientResult], until: datetime | float | None) -> str:
+def _human_text(
+    mta: str, action: str, results: list[RecipientResult], until: datetime | float | None,
+) -> str:
+    """Part 1, for people: what happened, then one line per recipient with its reply."""
+    retrying = f" until {format_datetime(_date(until))}." if until is not None else "."
     intro = {
         "failed": "I'm sorry to have to inform you that your message could not\r\n"
                   "be delivered to one or more recipients. It's attached below.",
         "delayed": "This is a warning only; you do not need to resend your message.\r\n"
                    "Delivery to the following recipients has been delayed; the mail system\r\n"
-                   "will keep trying" + (f" until {format_datetime(_date(until))}." if until is not None else "."),
+                   "will keep trying" + retrying,
         "delivered": "Your message was successfully delivered to the following recipients.",
         "relayed": "Your message was relayed to a destination that does not send\r\n"
                    "delivery notifications; no further notice will be sent.",

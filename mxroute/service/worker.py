@@ -46,6 +46,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mxroute.relay.queue.manager import QueueManager
+from mxroute.relay.queue.plans import PlanCache
 from mxroute.relay.spool.format import QUEUE_ID, MessageMeta
 from mxroute.relay.spool.store import Spool
 from mxroute.routing.route import mta_sts_reach, resolver_from_settings
@@ -116,7 +117,7 @@ class Delivery:
         self.courier = Courier(settings, mta_sts=self.mta_sts)
         self.timer = AttemptTimer()
         courier: Any = TimedCourier(self.courier, self.timer.observe) if settings.metrics_listen else self.courier
-        self.queue = QueueManager(settings, spool, self.resolver, courier)
+        self.queue = QueueManager(settings, spool, self.resolver, courier, plans=PlanCache())
         self.runner: asyncio.Task[None] | None = None
 
     def recover(self) -> int:

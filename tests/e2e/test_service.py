@@ -373,8 +373,8 @@ def test_one_log_line_per_event_with_the_queue_id_and_no_password(world: World, 
         "retry": rf"INFO mxroute.relay.queue.manager: {qid}: to=<later@dest.test>, attempts=1, next_try=\+\d+s \(retry scheduled\)$",
         "expired": rf"INFO mxroute.relay.queue.manager: {qid}: to=<later@dest.test>, delay=\d+, attempts=\d+, status=expired "
                    r"\(gave up after \d+s in the queue; last: 451 4.3.0 greylisted\)$",
-        "bounce notice": rf"INFO mxroute.relay.queue.manager: {qid}: sender non-delivery notification: {qid}B0$",
-        "expiry notice": rf"INFO mxroute.relay.queue.manager: {qid}: sender non-delivery notification: {qid}B1$",
+        "bounce notice": rf"INFO mxroute.relay.queue.notices: {qid}: sender non-delivery notification: {qid}B0$",
+        "expiry notice": rf"INFO mxroute.relay.queue.notices: {qid}: sender non-delivery notification: {qid}B1$",
         "removed": rf"INFO mxroute.relay.queue.manager: {qid}: removed$",
     }
     for event, pattern in events.items():

@@ -3,6 +3,8 @@
 It owns the schedule, retries, expiry and bounces, and knows nothing of DNS or
 SMTP beyond calling ``route()`` and the courier (the chasquid split). The spool
 is the truth: every decision is persisted before it is acted on or forgotten.
+Its parts: ``timetable`` (when each message is due), ``dispatch`` (to the courier, within
+``slots``), ``settle`` (the pure decisions after an attempt), ``notices`` (the DSNs owed).
 
 RFC 5321 §4.5.4.1 (retry strategy), §6.1 (never lose, bounce to the reverse-path,
 never bounce a bounce), RFC 3461/3464 (DSN), checklist RTY-1..5, DSN-1..3/7/8/10/12, DUR-6/7.
@@ -12,71 +14,53 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import heapq
 import logging
 import random
 import time
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
-from mxroute.address import parse_address
 from mxroute.dns.resolver import Resolver
 from mxroute.errors import MxrouteError
 from mxroute.relay import dsn
-from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult
-from mxroute.relay.spool.format import (
-    BOUNCED,
-    DELIVERED,
-    PENDING,
-    CorruptFile,
-    MessageMeta,
-    RecipientState,
-)
+from mxroute.relay.envelope import RecipientResult
+from mxroute.relay.queue.dispatch import CourierLike, Dispatcher
+from mxroute.relay.queue.notices import Item, Notifier, mark_bounced
+from mxroute.relay.queue.plans import PlanCache
+from mxroute.relay.queue.settle import Next, Settlement, Timing, settle
+from mxroute.relay.queue.slots import Slots
+from mxroute.relay.queue.timetable import Timetable
+from mxroute.relay.spool.format import DELIVERED, CorruptFile, MessageMeta, RecipientState
 from mxroute.relay.spool.store import Spool
-from mxroute.routing.plan import Plan
+from mxroute.routing.plan import Plan, RoutingPolicy
 from mxroute.routing.route import policy_from_settings, route
 from mxroute.settings import Settings
 from mxroute.text import LISTING, safe_text
 
 log = logging.getLogger(__name__)
 
-PLAN_CACHE_SECONDS = 1.0  # a deliverable plan without a shuffle is reused this long (never past an MX TTL)
-JITTER = 0.25  # the fraction of a delay drawn at random, so retries of many messages spread out
 POLL_SECONDS = 1.0  # how often the spool is checked for `mxroute queue flush`
 
 
-class CourierLike(Protocol):
-    """What the queue needs of a courier (``mxroute.relay.courier.courier.Courier``; tests script their own)."""
-
-    async def deliver(
-        self, plan: Plan, envelope: Envelope, recipients: list[Recipient], message: bytes, *, queue_id: str | None = None
-    ) -> list[RecipientResult]: ...
-
-    def forget_unreachable(self) -> None: ...
-
-    async def close(self) -> None: ...
+RouteFn = Callable[[Resolver, str, RoutingPolicy, random.Random], Awaitable[Plan]]
 
 
-RouteFn = Callable[[Resolver, str, Any, random.Random], Awaitable[Plan]]
-
-
-def retry_delay(attempts: int, minimum: float, maximum: float, rng: random.Random) -> float:
-    """Seconds to wait after the ``attempts``-th failed try (RTY-2).
-
-    Exponential: ``minimum * 2**(attempts-1)``, capped at ``maximum``; the top
-    ``JITTER`` part of it is random. Never below ``minimum`` nor above ``maximum``
-    (RFC 5321 §4.5.4.1: a configurable interval, backing off).
-    """
-    if attempts < 1:
-        return minimum
-    base = min(maximum, minimum * 2.0 ** min(attempts - 1, 64))
-    delay = base * (1.0 - JITTER * rng.random())
-    return max(minimum, min(maximum, delay))
+def timing_of(settings: Settings) -> Timing:
+    """The retry, lifetime and warning numbers of ``settings``, for the decisions."""
+    return Timing(
+        retry_min=settings.retry_min_seconds, retry_max=settings.retry_max_seconds,
+        queue_lifetime=settings.queue_lifetime_seconds,
+        bounce_lifetime=settings.bounce_lifetime_seconds,
+        delay_warning=settings.delay_warning_seconds,
+    )
 
 
 class QueueManager:
-    """Schedules due messages, delivers them domain by domain, persists every outcome."""
+    """Schedules due messages, delivers them domain by domain, persists every outcome.
+
+    ``plans``: a cache of delivery plans to share between messages (the service passes one);
+    without it every delivery is routed afresh.
+    """
 
     def __init__(
         self,
@@ -88,7 +72,8 @@ class QueueManager:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         route_fn: RouteFn = route,
-        dsn_builder: Callable[..., bytes] | None = None,
+        dsn_builder: Callable[..., bytes] = dsn.build_dsn,
+        plans: PlanCache | None = None,
     ) -> None:
         self.settings = settings
         self.spool = spool
@@ -97,44 +82,41 @@ class QueueManager:
         self.clock = clock
         self.rng = rng or random.Random()
         self.route_fn = route_fn
+        self.plans = plans
         self.policy = policy_from_settings(settings)
-        self._dsn_builder = dsn_builder
-        self._due: dict[str, float] = {}  # queue id -> when it is next due (the heap may hold stale entries)
-        self._heap: list[tuple[float, str]] = []
-        self._forced: set[str] = set()
+        self.timing = timing_of(settings)
+        self.stats = {"delivered": 0, "deferred": 0, "bounced": 0, "dsn": 0}
+        self.notices = Notifier(spool, reporting_mta=settings.helo_name, timing=self.timing,
+                                clock=clock, schedule=self.add, stats=self.stats,
+                                builder=dsn_builder)
+        self.timetable = Timetable()
         self._inflight: dict[str, asyncio.Task[None]] = {}
-        self._again: dict[str, float] = {}  # came due while being delivered
-        self._unsaved: dict[str, MessageMeta] = {}  # state the disk refused to take (DUR-4): newer than the file
+        self._unsaved: dict[str, MessageMeta] = {}  # outcomes the disk refused (DUR-4): newer
         self._wake = asyncio.Event()
         self._stopping = False
-        self._global = asyncio.Semaphore(settings.delivery_concurrency)
-        self._per_dest: defaultdict[str, asyncio.Semaphore] = defaultdict(
-            lambda: asyncio.Semaphore(self.settings.destination_concurrency)
-        )
-        self._dest_users: defaultdict[str, int] = defaultdict(int)
-        self._plans: dict[str, tuple[float, Any, Plan]] = {}  # domain -> (expiry, policy, plan)
+        self.slots = Slots(settings.delivery_concurrency, settings.destination_concurrency)
+        self.dispatcher = Dispatcher(courier, self._route, self.slots)
         self._max_inflight = settings.delivery_concurrency * 4
-        self.stats = {"delivered": 0, "deferred": 0, "bounced": 0, "dsn": 0}
 
     def reconfigure(self, settings: Settings) -> None:
         """Apply reloaded settings (SIGHUP): retry, lifetime and routing from the next decision on.
 
         A changed ``delivery_concurrency`` applies to deliveries that start from now on (those in
-        flight finish under the old limit); ``destination_concurrency`` to destinations not busy now.
+        flight finish under the old limit); ``destination_concurrency`` to destinations not busy.
         """
-        if settings.delivery_concurrency != self.settings.delivery_concurrency:
-            self._global = asyncio.Semaphore(settings.delivery_concurrency)
-            self._max_inflight = settings.delivery_concurrency * 4
+        self.slots.configure(settings.delivery_concurrency, settings.destination_concurrency)
+        self._max_inflight = settings.delivery_concurrency * 4
         self.settings = settings
         self.policy = policy_from_settings(settings)
+        self.timing = self.notices.timing = timing_of(settings)
+        self.notices.reporting_mta = settings.helo_name
         self._wake.set()
 
     def sizes(self) -> dict[str, int]:
         """Messages by state, for STATUS= and metrics: active (being delivered), due (waiting for a
         delivery slot) and deferred (waiting for their retry time). O(queued): call it seldom."""
-        now = self.clock()
-        due = sum(1 for when in self._due.values() if when <= now)
-        return {"active": len(self._inflight), "due": due, "deferred": len(self._due) - due}
+        due, deferred = self.timetable.count(self.clock())
+        return {"active": len(self._inflight), "due": due, "deferred": deferred}
 
     # --- feeding the schedule ---
     def add(self, meta: MessageMeta) -> None:
@@ -151,47 +133,31 @@ class QueueManager:
         self._schedule(queue_id, self.clock())
 
     def unknown(self, ids: list[str]) -> list[str]:
-        """Those of the spooled ``ids`` this queue does not know (their notice from intake was lost, or is on its way)."""
-        return [q for q in ids if q not in self._due and q not in self._inflight and q not in self._again]
+        """Those of the spooled ``ids`` this queue does not know (their notice from intake was
+        lost, or is on its way)."""
+        return [q for q in ids if not self.timetable.knows(q) and q not in self._inflight]
 
     def rescan(self, ids: list[str]) -> int:
-        """Schedule the spooled messages this queue does not know (their notice from intake was lost)."""
+        """Schedule the spooled messages this queue does not know (their notice was lost)."""
         missed = self.unknown(ids)
         for queue_id in missed:
             self.add_id(queue_id)
         return len(missed)
 
     def _schedule(self, queue_id: str, due: float) -> None:
-        current = self._due.get(queue_id)
-        if current is None or due < current:
-            self._due[queue_id] = due
-            heapq.heappush(self._heap, (due, queue_id))
+        self.timetable.schedule(queue_id, due)
         self._wake.set()
 
     def flush(self) -> None:
         """Make every queued message due now (``mxroute queue flush``), every host worth a try."""
         self.courier.forget_unreachable()
         for queue_id in self.spool.ids():
-            self._forced.add(queue_id)
-            self._due.pop(queue_id, None)
-            self._schedule(queue_id, 0.0)
-
-    def _pop_due(self, now: float) -> str | None:
-        """The next message due by ``now`` that is not being delivered already, or None."""
-        while self._heap and self._heap[0][0] <= now:
-            due, queue_id = heapq.heappop(self._heap)
-            if self._due.get(queue_id) != due:
-                continue  # stale: rescheduled since
-            if queue_id in self._inflight:  # comes back when that delivery is done
-                self._due.pop(queue_id)
-                self._again[queue_id] = due
-                continue
-            del self._due[queue_id]
-            return queue_id
-        return None
+            self.timetable.force(queue_id)
+        self._wake.set()
 
     def recover(self) -> int:
-        """Start-up scan: schedule everything (DUR-7), finish interrupted bounces (DSN-12), drop what is done.
+        """Start-up scan: schedule everything (DUR-7), finish interrupted bounces (DSN-12), drop
+        what is done.
 
         One message at a time: only the schedule (ID and due time) stays in memory. A
         bounce's original is read again for the fix-up (bounces in flight at a crash are few).
@@ -211,19 +177,21 @@ class QueueManager:
                 original = self.spool.load_meta(str(origin["queue_id"]))
             except (FileNotFoundError, CorruptFile, MxrouteError):
                 continue
-            if original.bounces > int(origin.get("batch", 0)):
+            batch = int(origin.get("batch", 0))
+            if original.bounces > batch:
                 continue  # already marked
-            self._mark_bounced(original, set(origin.get("recipients", [])), int(origin.get("batch", 0)) + 1)
+            mark_bounced(original, set(origin.get("recipients", [])), batch + 1)
             if original.done:
                 self.spool.remove_sync(original.queue_id)
-                self._due.pop(original.queue_id, None)  # its heap entry is now stale
+                self.timetable.drop(original.queue_id)
             else:
                 self.spool.update_sync(original)
             log.info("%s: recovered an interrupted bounce (%s)", original.queue_id, dsn_id)
         for queue_id in finished:
             self.spool.remove_sync(queue_id)
-        log.info("recovery: %d message(s) queued, %d corrupt moved aside", len(self._due), len(corrupt))
-        return len(self._due)
+        queued = len(self.timetable)
+        log.info("recovery: %d message(s) queued, %d corrupt moved aside", queued, len(corrupt))
+        return queued
 
     # --- the loop ---
     async def run(self) -> None:
@@ -233,44 +201,43 @@ class QueueManager:
             now = self.clock()
             if now >= next_poll:
                 next_poll = now + POLL_SECONDS
-                await self._poll_flush()
+                await self.poll_flush()
             while len(self._inflight) < self._max_inflight:
-                queue_id = self._pop_due(now)
+                queue_id = self.timetable.pop_due(now, self._inflight)
                 if queue_id is None:
                     break
-                force = queue_id in self._forced
-                self._forced.discard(queue_id)
-                task = asyncio.create_task(self._process(queue_id, force), name=f"deliver-{queue_id}")
+                force = self.timetable.forced(queue_id)
+                task = asyncio.create_task(self._process(queue_id, force),
+                                           name=f"deliver-{queue_id}")
                 self._inflight[queue_id] = task
                 task.add_done_callback(functools.partial(self._done, queue_id))
             self._wake.clear()
             timeout = POLL_SECONDS
-            if self._heap and len(self._inflight) < self._max_inflight:
-                timeout = min(timeout, max(0.0, self._heap[0][0] - self.clock()))
+            first = self.timetable.first()
+            if first is not None and len(self._inflight) < self._max_inflight:
+                timeout = min(timeout, max(0.0, first - self.clock()))
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.005))
             except TimeoutError:
                 pass
 
     async def run_once(self) -> int:
-        """Deliver every message due now and wait for them (a single scheduling pass; tests, tools)."""
+        """Deliver every message due now and wait for them (one scheduling pass; tests, tools)."""
         now = self.clock()
         due = []
-        while (queue_id := self._pop_due(now)) is not None:
+        while (queue_id := self.timetable.pop_due(now, self._inflight)) is not None:
             due.append(queue_id)
-        forced = {q for q in due if q in self._forced}
-        self._forced -= forced
+        forced = {q for q in due if self.timetable.forced(q)}
         await asyncio.gather(*(self._process(q, q in forced) for q in due))
         return len(due)
 
     def _done(self, queue_id: str, _task: asyncio.Task[None]) -> None:
         self._inflight.pop(queue_id, None)
-        again = self._again.pop(queue_id, None)
-        if again is not None:
-            self._schedule(queue_id, again)
+        self.timetable.done(queue_id)
         self._wake.set()
 
-    async def _poll_flush(self) -> None:
+    async def poll_flush(self) -> None:
+        """Make everything due now if `mxroute queue flush` left its marker in the spool."""
         if self.spool.flush_requested_at() is None:
             return
         try:
@@ -299,19 +266,21 @@ class QueueManager:
 
     # --- one message ---
     async def _process(self, queue_id: str, force: bool) -> None:
+        retry_in = self.settings.retry_min_seconds
         try:
             await self._attempt(queue_id, force)
         except asyncio.CancelledError:
             raise
-        except OSError as exc:  # the disk failed while recording (ENOSPC, EIO): one line, not a traceback
+        except OSError as exc:  # the disk failed recording (ENOSPC, EIO): one line, no traceback
             log.error("%s: cannot record the attempt: %s; keeping the message, retrying in %ds",
-                      queue_id, exc.strerror or exc, self.settings.retry_min_seconds)
-            self._schedule(queue_id, self.clock() + self.settings.retry_min_seconds)
+                      queue_id, exc.strerror or exc, retry_in)
+            self._schedule(queue_id, self.clock() + retry_in)
         except Exception:  # a bug: keep the message, try again later, say where
-            log.exception("%s: delivery attempt failed; retrying in %ds", queue_id, self.settings.retry_min_seconds)
-            self._schedule(queue_id, self.clock() + self.settings.retry_min_seconds)
+            log.exception("%s: delivery attempt failed; retrying in %ds", queue_id, retry_in)
+            self._schedule(queue_id, self.clock() + retry_in)
 
     async def _attempt(self, queue_id: str, force: bool) -> None:
+        """Deliver what is due of ``queue_id`` (every pending recipient when ``force``d)."""
         try:
             meta, message = await self.spool.aload(queue_id)
         except FileNotFoundError:
@@ -322,29 +291,25 @@ class QueueManager:
             self.spool.quarantine(queue_id, str(exc))
             return
         unsaved = self._unsaved.get(queue_id)
-        if unsaved is not None:  # outcomes the disk could not record: delivered stays delivered (DUR-6)
+        if unsaved is not None:  # outcomes the disk could not record: delivered stays so (DUR-6)
             meta.recipients, meta.bounces = unsaved.recipients, unsaved.bounces
         now = self.clock()
         due = [r for r in meta.pending if force or r.next_try <= now]
         if not due:
-            if unsaved is not None:  # nothing to send, only the state to write (or the file to remove)
+            if unsaved is not None:  # nothing to send, only the state to write (or file to remove)
                 await self._apply(meta, message, [])
                 self._unsaved.pop(queue_id, None)
             self.add(meta)
             return
-        groups: dict[str, list[RecipientState]] = defaultdict(list)
-        for rcpt in due:
-            groups[_domain(rcpt.address)].append(rcpt)
-        envelope = meta.envelope()
-        if len(groups) == 1:  # the common case: no gather (a task per group) needed
-            [(domain, rcpts)] = groups.items()
-            batches = [await self._deliver_group(meta, envelope, message, domain, rcpts)]
-        else:
-            batches = await asyncio.gather(
-                *(self._deliver_group(meta, envelope, message, domain, rcpts) for domain, rcpts in groups.items())
-            )
+        await self._settle(meta, message, await self.dispatcher.deliver(meta, message, due))
+
+    async def _settle(
+        self, meta: MessageMeta, message: bytes, results: list[RecipientResult],
+    ) -> None:
+        """Apply and record the attempt's ``results``; keep in memory what the disk refused."""
+        queue_id = meta.queue_id
         try:
-            await self._apply(meta, message, [r for batch in batches for r in batch])
+            await self._apply(meta, message, results)
         except FileNotFoundError:
             log.info("%s: deleted while being delivered", queue_id)
             self._unsaved.pop(queue_id, None)
@@ -354,205 +319,81 @@ class QueueManager:
             self._unsaved[queue_id] = meta
             self._schedule(queue_id, self.clock() + self.settings.retry_min_seconds)
             return
-        except OSError:  # e.g. ENOSPC appending the state (DUR-4): remembered, so no re-delivery on the retry
+        except OSError:  # e.g. ENOSPC appending the state (DUR-4): kept, so no re-delivery on retry
             self._unsaved[queue_id] = meta
             raise
         self._unsaved.pop(queue_id, None)
         if not meta.done:
             self.add(meta)
 
-    async def _deliver_group(
-        self, meta: MessageMeta, envelope: Envelope, message: bytes, domain: str, rcpts: list[RecipientState]
-    ) -> list[RecipientResult]:
-        """One SMTP transaction's worth: every due recipient of ``domain`` (RFC 5321 §4.5.4.1 SHOULD)."""
-        recipients = [r.recipient() for r in rcpts]
-        self._dest_users[domain] += 1
-        try:
-            async with self._global, self._per_dest[domain]:
-                return await self._deliver_locked(meta, envelope, message, domain, rcpts, recipients)
-        finally:
-            self._dest_users[domain] -= 1
-            if not self._dest_users[domain]:  # forget idle destinations (bounded memory)
-                del self._dest_users[domain], self._per_dest[domain]
-
-    async def _deliver_locked(
-        self, meta: MessageMeta, envelope: Envelope, message: bytes, domain: str,
-        rcpts: list[RecipientState], recipients: list[Recipient],
-    ) -> list[RecipientResult]:
-        try:
-            plan = await self._route(domain)
-            results = await self.courier.deliver(plan, envelope, recipients, message, queue_id=meta.queue_id)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # never crash the worker (SEC-12); the recipients stay queued
-            log.exception("%s: delivery to %s failed internally", meta.queue_id, domain)
-            reason = f"451 4.3.0 internal error: {type(exc).__name__}"
-            return [RecipientResult(r.address, Disposition.DEFERRED, "4.3.0", reason) for r in rcpts]
-        seen = {r.recipient for r in results}
-        for rcpt in rcpts:  # a courier that forgot a recipient must not make it vanish
-            if rcpt.address not in seen:
-                results.append(RecipientResult(rcpt.address, Disposition.DEFERRED, "4.3.0", "451 4.3.0 no result"))
-        return results
-
     async def _route(self, domain: str) -> Plan:
-        """``route()`` for ``domain``, reused for up to ``PLAN_CACHE_SECONDS`` when that changes nothing.
+        """The plan for ``domain``: ``route()``'s, or the plan cache's when this queue has one."""
+        policy = self.policy
 
-        Only a deliverable plan whose order involved no shuffle of equal preferences (MX-3
-        shuffles on every attempt) is reused, never longer than its MX records' TTL; a
-        temporary or permanent verdict is asked again each time (MX-18).
-        """
-        now = time.monotonic()
-        hit = self._plans.get(domain)
-        if hit is not None and hit[0] > now and hit[1] is self.policy:
-            return hit[2]
-        plan = await self.route_fn(self.resolver, domain, self.policy, self.rng)
-        if self.route_fn is route and plan.deliverable and not any(d.rule == "MX-3" for d in plan.decisions):
-            lifetime = min([PLAN_CACHE_SECONDS, *(float(r.ttl) for r in plan.mx)])
-            if lifetime > 0:
-                if len(self._plans) >= 10000:
-                    self._plans.clear()
-                self._plans[domain] = (now + lifetime, self.policy, plan)
-        return plan
+        def ask() -> Awaitable[Plan]:
+            return self.route_fn(self.resolver, domain, policy, self.rng)
 
-    async def _apply(self, meta: MessageMeta, message: bytes, results: list[RecipientResult]) -> None:
-        """Record one attempt's results; bounce what failed or expired; persist (DUR-6)."""
+        return await (ask() if self.plans is None else self.plans.plan(domain, policy, ask))
+
+    async def _apply(
+        self, meta: MessageMeta, message: bytes, results: list[RecipientResult],
+    ) -> None:
+        """Record one attempt's results; notify what failed, expired or asked; persist (DUR-6)."""
         now = self.clock()
         by_address = {r.address: r for r in meta.pending}
-        failed: list[tuple[RecipientState, RecipientResult]] = []
-        delayed: list[tuple[RecipientState, RecipientResult]] = []
-        relayed: list[tuple[RecipientState, RecipientResult]] = []  # DSN-9
-        lifetime = self.settings.bounce_lifetime_seconds if not meta.sender else self.settings.queue_lifetime_seconds
+        failed: list[Item] = []
+        delayed: list[Item] = []
+        relayed: list[Item] = []  # DSN-9
         for result in results:
             rcpt = by_address.get(result.recipient)
             if rcpt is None:
                 continue
-            rcpt.attempts += 1
-            rcpt.status, rcpt.reply = result.status, safe_text(result.reply, LISTING)
-            rcpt.remote_reply = bool(result.remote_mta and result.remote_reply)  # DSN-6
-            if rcpt.remote_reply:  # hosts keeps what each host replied, never our reasons about it
-                rcpt.hosts[safe_text(result.remote_mta or "", 200)] = rcpt.reply
-            delay = now - meta.arrival
-            if result.disposition is Disposition.DELIVERED:
-                rcpt.state, rcpt.why = DELIVERED, None
-                self.stats["delivered"] += 1
-                if not result.next_hop_dsn and rcpt.recipient().wants("SUCCESS"):
-                    relayed.append((rcpt, result))
-            elif result.disposition is Disposition.BOUNCED:
-                rcpt.why = "permanent failure"
+            _record(rcpt, result)
+            decision = settle(rcpt, result, sender=meta.sender, arrival=meta.arrival, now=now,
+                              timing=self.timing, rng=self.rng)
+            self._follow(meta, rcpt, decision)
+            if decision.failed:
                 failed.append((rcpt, result))
-            elif delay >= lifetime:  # RTY-3: give up with the last transient reason
-                rcpt.why = f"expired after {delay / 86400:.1f} days in the queue"
-                failed.append((rcpt, result))
-                _log_decision(meta, rcpt, f"delay={delay:.0f}, attempts={rcpt.attempts}, status=expired "
-                                          f"(gave up after {delay:.0f}s in the queue; last: {rcpt.reply})")
-            else:
-                wait = retry_delay(rcpt.attempts, self.settings.retry_min_seconds, self.settings.retry_max_seconds, self.rng)
-                rcpt.next_try = now + wait
-                rcpt.why = f"deferred ({rcpt.reply}); attempt {rcpt.attempts + 1} in {wait:.0f}s"
-                self.stats["deferred"] += 1
-                _log_decision(meta, rcpt, f"attempts={rcpt.attempts}, next_try=+{wait:.0f}s (retry scheduled)")
-                if self._warn_due(meta, rcpt, now):
-                    delayed.append((rcpt, result))
+            elif decision.warn:
+                delayed.append((rcpt, result))
+            elif decision.relayed:
+                relayed.append((rcpt, result))
         if failed:
-            await self._bounce(meta, message, failed)
+            await self.notices.bounce(meta, message, failed)
         if delayed:
-            await self._warn(meta, message, delayed)
+            await self.notices.warn(meta, message, delayed)
         if relayed:
-            await self._relayed(meta, message, relayed)
+            await self.notices.relayed(meta, message, relayed)
         if meta.done:
             await self.spool.remove(meta.queue_id)
             log.info("%s: removed", meta.queue_id)
         else:
             await self.spool.update(meta)
 
-    # --- bounces (RFC 3464) ---
-    def _build(self, **kwargs: Any) -> bytes:
-        if self._dsn_builder is not None:
-            return self._dsn_builder(**kwargs)
-        return dsn.build_dsn(**kwargs)
-
-    async def _bounce(self, meta: MessageMeta, message: bytes, failed: list[tuple[RecipientState, RecipientResult]]) -> None:
-        """One DSN for everything that failed in this attempt (DSN-7), enqueued before marking (DSN-12)."""
-        batch = meta.bounces
-        addresses = {r.address for r, _ in failed}
-        wanted = [(r, res) for r, res in failed if r.recipient().wants("FAILURE")]
-        to = dsn.dsn_recipient(meta.sender)
-        if to is None:  # DSN-3: never bounce a bounce
-            log.info("%s: from=<>, failed recipient(s) %s: no bounce for a bounce, discarded",
-                     meta.queue_id, ", ".join(f"<{safe_text(a, LISTING)}>" for a in sorted(addresses)))
-        elif not wanted:  # DSN-8: NOTIFY=NEVER (or without FAILURE)
-            log.info("%s: no DSN requested (NOTIFY) for %d failed recipient(s)", meta.queue_id, len(failed))
-        else:
-            await self._enqueue_dsn(meta, message, wanted, to, "failed", batch, addresses)
-        self._mark_bounced(meta, addresses, batch + 1)
-        self.stats["bounced"] += len(failed)
-
-    def _mark_bounced(self, meta: MessageMeta, addresses: set[str], bounces: int) -> None:
-        for rcpt in meta.recipients:
-            if rcpt.address in addresses and rcpt.state == PENDING:
-                rcpt.state = BOUNCED
-        meta.bounces = max(meta.bounces, bounces)
-
-    async def _enqueue_dsn(
-        self, meta: MessageMeta, message: bytes, items: list[tuple[RecipientState, RecipientResult]],
-        to: str, action: str, batch: int, marks: set[str],
-    ) -> str:
-        dsn_id = f"{meta.queue_id}B{batch}"
-        if self.spool.exists(dsn_id):  # enqueued before a crash: notified once only (DSN-12)
-            return dsn_id
-        until = meta.arrival + self.settings.queue_lifetime_seconds if action == "delayed" else None
-        body = self._build(
-            reporting_mta=self.settings.helo_name, envelope=meta.envelope(), message=message,
-            results=[res for _, res in items], action=action, arrival=meta.arrival,
-            recipients=[r.recipient() for r, _ in items], will_retry_until=until,
-        )
-        notice = MessageMeta(
-            queue_id=dsn_id, sender="", arrival=self.clock(), size=len(body), client="local",
-            recipients=[RecipientState(address=to, notify=("NEVER",))],
-            bounce_of={"queue_id": meta.queue_id, "batch": batch, "recipients": sorted(marks), "action": action},
-        )
-        await self.spool.store(notice, body)
-        self.stats["dsn"] += 1
-        kind = {"failed": "non-delivery", "delayed": "delay"}.get(action, "delivery status")  # DSN-9: relayed
-        log.info("%s: sender %s notification: %s", meta.queue_id, kind, dsn_id)  # as Postfix's bounce(8)
-        self.add(notice)
-        return dsn_id
-
-    def _warn_due(self, meta: MessageMeta, rcpt: RecipientState, now: float) -> bool:
-        """DSN-10: one delay warning per recipient, when configured, requested and not for a bounce."""
-        after = self.settings.delay_warning_seconds
-        return bool(after and meta.sender and not rcpt.warned and now - meta.arrival >= after
-                    and rcpt.recipient().wants("DELAY"))
-
-    async def _warn(self, meta: MessageMeta, message: bytes, delayed: list[tuple[RecipientState, RecipientResult]]) -> None:
-        to = dsn.dsn_recipient(meta.sender)
-        if to is None:
-            return
-        await self._enqueue_dsn(meta, message, delayed, to, "delayed", meta.bounces, set())
-        meta.bounces += 1
-        for rcpt, _ in delayed:
-            rcpt.warned = True
-
-    async def _relayed(
-        self, meta: MessageMeta, message: bytes, items: list[tuple[RecipientState, RecipientResult]],
-    ) -> None:
-        """DSN-9: NOTIFY=SUCCESS, handed to a hop without DSN → one ``relayed`` DSN (RFC 3461 §5.2.3).
-
-        A DSN-capable hop got NOTIFY/ORCPT and is responsible instead (§5.2.2): no local notice.
-        Enqueued before the recipients are recorded as delivered (DSN-12).
-        """
-        to = dsn.dsn_recipient(meta.sender)
-        if to is None:  # DSN-3: nothing about a bounce
-            return
-        await self._enqueue_dsn(meta, message, items, to, "relayed", meta.bounces, set())
-        meta.bounces += 1
+    def _follow(self, meta: MessageMeta, rcpt: RecipientState, decision: Settlement) -> None:
+        """Write ``decision`` into the recipient's state (a bounce is marked once notified)."""
+        rcpt.why = decision.why
+        if decision.next is Next.DELIVERED:
+            rcpt.state = DELIVERED
+            self.stats["delivered"] += 1
+        elif decision.next is Next.EXPIRED:
+            age = f"{decision.age:.0f}"
+            _log_decision(meta, rcpt, f"delay={age}, attempts={rcpt.attempts}, status=expired "
+                                      f"(gave up after {age}s in the queue; last: {rcpt.reply})")
+        elif decision.next is Next.RETRY:
+            rcpt.next_try = decision.next_try
+            self.stats["deferred"] += 1
+            _log_decision(meta, rcpt, f"attempts={rcpt.attempts}, "
+                                      f"next_try=+{decision.wait:.0f}s (retry scheduled)")
 
 
-def _domain(address: str) -> str:
-    try:
-        return parse_address(address).domain
-    except MxrouteError:
-        return address.rpartition("@")[2].lower()
+def _record(rcpt: RecipientState, result: RecipientResult) -> None:
+    """Count the attempt and keep its reply, made safe (SEC-6), per host when a host said it."""
+    rcpt.attempts += 1
+    rcpt.status, rcpt.reply = result.status, safe_text(result.reply, LISTING)
+    rcpt.remote_reply = bool(result.remote_mta and result.remote_reply)  # DSN-6
+    if rcpt.remote_reply:  # hosts keeps what each host replied, never our reasons about it
+        rcpt.hosts[safe_text(result.remote_mta or "", 200)] = rcpt.reply
 
 
 def _log_decision(meta: MessageMeta, rcpt: RecipientState, decision: str) -> None:
@@ -564,4 +405,4 @@ def _log_decision(meta: MessageMeta, rcpt: RecipientState, decision: str) -> Non
     log.info("%s: to=<%s>, %s", meta.queue_id, safe_text(rcpt.address, LISTING), decision)
 
 
-__all__ = ["QueueManager", "retry_delay"]
+__all__ = ["QueueManager", "RouteFn", "timing_of"]

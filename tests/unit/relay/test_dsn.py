@@ -1,4 +1,5 @@
-"""RFC 3464 / RFC 6522 reports, parsed back with Python's ``email`` package (checklist E DSN-2..6/11, SEC-6)."""
+"""RFC 3464 / RFC 6522 reports, parsed back with Python's ``email`` package (checklist E
+DSN-2..6/11, SEC-6)."""
 
 from __future__ import annotations
 
@@ -19,17 +20,23 @@ ORIGINAL = (b"From: Sender <s@src.test>\r\nTo: a@dest.test\r\nSubject: quarterly
             b"Message-ID: <orig-1@src.test>\r\n\r\nThe body, which is private.\r\n")
 
 
-def bounced(address: str, status: str = "5.1.1", reply: str = "550 5.1.1 <a@dest.test>: no such user",
-            relay: str | None = "mx1.dest.test[192.0.2.1]:25") -> RecipientResult:
+MX1 = "mx1.dest.test[192.0.2.1]:25"
+NO_SUCH_USER = "550 5.1.1 <a@dest.test>: no such user"
+
+
+def bounced(address: str, status: str = "5.1.1", reply: str = NO_SUCH_USER,
+            relay: str | None = MX1) -> RecipientResult:
     """A recipient refused by the remote's own reply (RFC 3464 §2.3.6 diagnostic-type smtp)."""
-    return RecipientResult(address, Disposition.BOUNCED, status, reply, relay, remote_reply=relay is not None)
+    return RecipientResult(address, Disposition.BOUNCED, status, reply, relay,
+                           remote_reply=relay is not None)
 
 
-def build(results: list[RecipientResult], *, envelope: Envelope | None = None, action: str = "failed",
-          message: bytes = ORIGINAL, **kw: object) -> bytes:
+def build(results: list[RecipientResult], *, envelope: Envelope | None = None,
+          action: str = "failed", message: bytes = ORIGINAL, **kw: object) -> bytes:
     env = envelope or Envelope("s@src.test", [Recipient(r.recipient) for r in results])
-    return build_dsn(reporting_mta="relay.test", envelope=env, message=message, results=results, action=action,
-                     arrival=ARRIVAL, recipients=env.recipients, now=NOW, message_id="<dsn-1@relay.test>", **kw)
+    return build_dsn(reporting_mta="relay.test", envelope=env, message=message, results=results,
+                     action=action, arrival=ARRIVAL, recipients=env.recipients, now=NOW,
+                     message_id="<dsn-1@relay.test>", **kw)
 
 
 def parse(raw: bytes) -> Message:
@@ -49,7 +56,8 @@ def test_dsn4_structure_multipart_report_three_parts() -> None:
     assert msg.get_content_type() == "multipart/report"
     assert msg.get_param("report-type") == "delivery-status"
     parts = msg.get_payload()
-    assert [p.get_content_type() for p in parts] == ["text/plain", "message/delivery-status", "text/rfc822-headers"]
+    assert [p.get_content_type() for p in parts] == [
+        "text/plain", "message/delivery-status", "text/rfc822-headers"]
     assert not msg.defects and all(not p.defects for p in parts)
 
 
@@ -68,7 +76,8 @@ def test_dsn5_dsn6_every_field() -> None:
     rcpts = [Recipient("a@dest.test", orcpt="rfc822;A@Dest.test"), Recipient("b@dest.test")]
     env = Envelope("s@src.test", rcpts, envid="QQ314159")
     results = [bounced("a@dest.test"),
-               RecipientResult("b@dest.test", Disposition.BOUNCED, "5.4.4", "550 5.4.4 no usable MX host for dest.test")]
+               RecipientResult("b@dest.test", Disposition.BOUNCED, "5.4.4",
+                               "550 5.4.4 no usable MX host for dest.test")]
     per_message, first, second = status_groups(parse(build(results, envelope=env)))
     assert dict(per_message.items()) == {
         "Reporting-MTA": "dns; relay.test",
@@ -95,8 +104,8 @@ def test_dsn5_no_envid_no_field() -> None:
 
 
 def test_dsn10_delayed_has_will_retry_until_and_4xx_status() -> None:
-    result = RecipientResult("a@dest.test", Disposition.DEFERRED, "4.4.1", "451 4.4.1 connect to mx: refused",
-                             "mx1.dest.test[192.0.2.1]:25")
+    result = RecipientResult("a@dest.test", Disposition.DEFERRED, "4.4.1",
+                             "451 4.4.1 connect to mx: refused", MX1)
     until = datetime(2026, 3, 6, 12, 0, 0, tzinfo=UTC)
     msg = parse(build([result], action="delayed", will_retry_until=until))
     assert msg["Subject"] == "Delayed Mail (still being retried)"
@@ -109,50 +118,56 @@ def test_dsn10_delayed_has_will_retry_until_and_4xx_status() -> None:
 def test_dsn6_status_class_follows_action() -> None:
     odd = RecipientResult("a@dest.test", Disposition.DEFERRED, "2.0.0", "250 huh", None)
     assert status_groups(parse(build([odd], action="delayed")))[1]["Status"] == "4.0.0"
-    expired = RecipientResult("a@dest.test", Disposition.DEFERRED, "4.4.7", "451 4.4.7 expired", None)
+    expired = RecipientResult("a@dest.test", Disposition.DEFERRED, "4.4.7", "451 4.4.7 expired",
+                              None)
     assert status_groups(parse(build([expired], action="failed")))[1]["Status"] == "4.4.7"  # RTY-3
     assert status_groups(parse(build([odd], action="failed")))[1]["Status"] == "5.0.0"
 
 
 def test_relayed_and_delivered_reports() -> None:
-    ok = RecipientResult("a@dest.test", Disposition.DELIVERED, "2.0.0", "250 2.0.0 queued", "mx1.dest.test[192.0.2.1]:25",
+    ok = RecipientResult("a@dest.test", Disposition.DELIVERED, "2.0.0", "250 2.0.0 queued", MX1,
                          remote_reply=True)
     for action in ("relayed", "delivered"):
         msg = parse(build([ok], action=action))
         assert msg["Subject"] == "Successful Mail Delivery Report"
-        assert status_groups(msg)[1]["Action"] == action and status_groups(msg)[1]["Status"] == "2.0.0"
+        assert status_groups(msg)[1]["Action"] == action
+        assert status_groups(msg)[1]["Status"] == "2.0.0"
         assert "Will-Retry-Until" not in status_groups(msg)[1]
 
 
 def test_dsn6_remote_reply_is_smtp_with_remote_mta() -> None:
-    """DSN-6, RFC 3464 §2.3.5/§2.3.6: the remote's own reply → Remote-MTA and ``smtp;`` (as Postfix)."""
+    """DSN-6, RFC 3464 §2.3.5/§2.3.6: the remote's own reply → Remote-MTA and ``smtp;`` (as
+    Postfix)."""
     msg = parse(build([bounced("a@dest.test")]))
     group = status_groups(msg)[1]
     assert group["Remote-MTA"] == "dns; mx1.dest.test"
     assert group["Diagnostic-Code"] == "smtp; 550 5.1.1 <a@dest.test>: no such user"
     human = msg.get_payload()[0].get_payload()
-    assert "<a@dest.test> (host mx1.dest.test[192.0.2.1]:25 said): 550 5.1.1 <a@dest.test>: no such user" in human
+    assert f"<a@dest.test> (host {MX1} said): {NO_SUCH_USER}" in human
 
 
 LOCAL_REASONS = [  # mxroute's own reasons, each recorded against the host it concerned
-    ("4.7.5", "451 4.7.5 TLS required (encrypt) but not offered by mx1.dest.test[192.0.2.1]:25"),  # TLS-3
-    ("4.7.5", "451 4.7.5 MTA-STS policy of dest.test (enforce): mx1.dest.test matches no mx pattern"),  # TLS-6
-    ("4.7.5", ("451 4.7.5 DANE: TLSA lookup _25._tcp.mx1.dest.test failed (SERVFAIL): not delivering to "
-               "mx1.dest.test[192.0.2.1]:25")),  # TLS-7
+    ("4.7.5", f"451 4.7.5 TLS required (encrypt) but not offered by {MX1}"),  # TLS-3
+    ("4.7.5", ("451 4.7.5 MTA-STS policy of dest.test (enforce): mx1.dest.test matches no mx "
+               "pattern")),  # TLS-6
+    ("4.7.5", ("451 4.7.5 DANE: TLSA lookup _25._tcp.mx1.dest.test failed (SERVFAIL): not "
+               f"delivering to {MX1}")),  # TLS-7
     ("4.4.1", ("451 4.4.1 connect to mx1.dest.test[192.0.2.1]:25: Connection refused "
                "(host skipped until its retry time, RTY-4)")),  # RTY-4
     ("4.4.1", "451 4.4.1 connect to mx1.dest.test[192.0.2.1]:25: Connection refused"),
-    ("4.4.2", "451 4.4.2 lost connection with mx1.dest.test[192.0.2.1]:25 in reply to RCPT: TimeoutError"),
-    ("5.3.4", "552 5.3.4 message size 2000 exceeds the fixed limit 1000 of mx1.dest.test[192.0.2.1]:25"),
+    ("4.4.2", f"451 4.4.2 lost connection with {MX1} in reply to RCPT: TimeoutError"),
+    ("5.3.4", f"552 5.3.4 message size 2000 exceeds the fixed limit 1000 of {MX1}"),
 ]
 
 
 @pytest.mark.parametrize(("status", "reason"), LOCAL_REASONS)
 @pytest.mark.parametrize("action", ["failed", "delayed"])
-def test_dsn6_local_reason_is_x_mxroute_and_names_no_remote_mta(status: str, reason: str, action: str) -> None:
-    """DSN-6, RFC 3464 §2.3.5/§2.3.6: a reason mxroute made itself (TLS-3/6/7, RTY-4, connect, timeout,
-    SIZE) is ``X-mxroute;`` and no Remote-MTA, even though a host was involved (Postfix: DSN_BY_LOCAL_MTA)."""
-    result = RecipientResult("a@dest.test", Disposition.DEFERRED, status, reason, "mx1.dest.test[192.0.2.1]:25")
+def test_dsn6_local_reason_is_x_mxroute_and_names_no_remote_mta(status: str, reason: str,
+                                                                 action: str) -> None:
+    """DSN-6, RFC 3464 §2.3.5/§2.3.6: a reason mxroute made itself (TLS-3/6/7, RTY-4, connect,
+    timeout, SIZE) is ``X-mxroute;`` and no Remote-MTA, even though a host was involved (Postfix:
+    DSN_BY_LOCAL_MTA)."""
+    result = RecipientResult("a@dest.test", Disposition.DEFERRED, status, reason, MX1)
     assert result.remote_reply is False  # the default: no claim that a remote said it
     msg = parse(build([result], action=action))
     group = status_groups(msg)[1]
@@ -172,7 +187,7 @@ def test_human_part_lists_every_recipient() -> None:
     results = [bounced("a@dest.test"), bounced("b@dest.test", reply="550 5.1.1 b unknown")]
     text = parse(build(results)).get_payload()[0].get_payload()
     assert "This is the mail system at host relay.test." in text
-    assert "<a@dest.test> (host mx1.dest.test[192.0.2.1]:25 said): 550 5.1.1 <a@dest.test>: no such user" in text
+    assert f"<a@dest.test> (host {MX1} said): {NO_SUCH_USER}" in text
     assert "<b@dest.test>" in text
 
 
@@ -188,7 +203,8 @@ def test_ret_absent_returns_headers_only() -> None:
 def test_ret_hdrs_returns_headers_only() -> None:
     env = Envelope("s@src.test", [Recipient("a@dest.test")], ret="HDRS")
     third = parse(build([bounced("a@dest.test")], envelope=env)).get_payload()[2]
-    assert third.get_content_type() == "text/rfc822-headers" and "private" not in third.get_payload()
+    assert third.get_content_type() == "text/rfc822-headers"
+    assert "private" not in third.get_payload()
 
 
 def test_ret_full_returns_the_message() -> None:
@@ -226,7 +242,8 @@ def test_smtputf8_original_uses_rfc6533_types() -> None:
     raw = build([bounced("用户@dest.test")], envelope=env, message=message)
     msg = parse(raw)
     parts = msg.get_payload()
-    assert [p.get_content_type() for p in parts] == ["text/plain", "message/global-delivery-status", "message/global"]
+    assert [p.get_content_type() for p in parts] == [
+        "text/plain", "message/global-delivery-status", "message/global"]
     assert "Final-Recipient: utf-8; 用户@dest.test" in raw.decode("utf-8")
     assert msg["Content-Transfer-Encoding"] == "8bit"
 
@@ -267,7 +284,8 @@ def test_sec6_reply_text_cannot_inject_fields_or_headers() -> None:
     evil = "550 5.1.1 no\r\nX-Injected: yes\r\n\r\n--boundary\x1b[2J\x00"
     result = RecipientResult("a@dest.test", Disposition.BOUNCED, "5.1.1", evil,
                              "mx1.dest.test\r\nX-Evil: 1[192.0.2.1]:25", remote_reply=True)
-    env = Envelope("s@src.test", [Recipient("a@dest.test", orcpt="rfc822;a@dest.test\r\nX-Orcpt: 1")],
+    env = Envelope("s@src.test",
+                   [Recipient("a@dest.test", orcpt="rfc822;a@dest.test\r\nX-Orcpt: 1")],
                    envid="E\r\nX-Envid: 1")
     raw = build([result], envelope=env)
     msg = parse(raw)
@@ -275,7 +293,8 @@ def test_sec6_reply_text_cannot_inject_fields_or_headers() -> None:
     assert msg["X-Injected"] is None and msg["X-Evil"] is None
     per_message, group = status_groups(msg)
     assert "X-Envid" not in per_message and "X-Orcpt" not in group and "X-Injected" not in group
-    assert group["Diagnostic-Code"].startswith("smtp; 550 5.1.1 no??X-Injected: yes????--boundary?[2J?")
+    assert group["Diagnostic-Code"].startswith(
+        "smtp; 550 5.1.1 no??X-Injected: yes????--boundary?[2J?")
     assert len(msg.get_payload()) == 3
 
 

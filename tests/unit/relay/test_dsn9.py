@@ -16,7 +16,7 @@ from mxroute.relay.dsn import build_dsn
 from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult
 from mxroute.relay.spool.format import RecipientState
 from mxroute.routing.plan import Plan
-from tests.unit.relay.test_retry import DEFER, REJECT, FakeCourier, Harness
+from tests.support.queuekit import DEFER, REJECT, FakeCourier, Harness
 
 
 class HopCourier(FakeCourier):
@@ -26,9 +26,10 @@ class HopCourier(FakeCourier):
         super().__init__()
         self.dsn = dsn
 
-    async def deliver(self, plan: Plan, envelope: Envelope, recipients: list[Recipient], message_bytes: bytes,
-                      *, queue_id: str) -> list[RecipientResult]:
-        results = await super().deliver(plan, envelope, recipients, message_bytes, queue_id=queue_id)
+    async def deliver(self, plan: Plan, envelope: Envelope, recipients: list[Recipient],
+                      message_bytes: bytes, *, queue_id: str) -> list[RecipientResult]:
+        results = await super().deliver(plan, envelope, recipients, message_bytes,
+                                        queue_id=queue_id)
         for result in results:
             if result.disposition is Disposition.DELIVERED:
                 result.next_hop_dsn = self.dsn
@@ -63,7 +64,8 @@ def test_dsn9_success_to_a_hop_without_dsn_gives_one_relayed_dsn(plain_hop: Harn
     h.run()
     [dsn] = h.dsns
     assert dsn["action"] == "relayed"
-    assert [r.recipient for r in dsn["results"]] == ["a@x.test", "b@x.test"]  # c did not ask (default FAILURE)
+    # c did not ask (default FAILURE)
+    assert [r.recipient for r in dsn["results"]] == ["a@x.test", "b@x.test"]
     assert [r.address for r in dsn["recipients"]] == ["a@x.test", "b@x.test"]
     [(meta, _)] = [(m, b) for m, b in h.spool.stored if m.bounce_of]
     assert meta.sender == "" and [r.address for r in meta.recipients] == ["s@y.test"]
@@ -79,7 +81,8 @@ def test_dsn9_success_to_a_dsn_capable_hop_gives_no_local_dsn(dsn_hop: Harness) 
 
 def test_dsn9_no_relayed_dsn_for_a_null_sender_or_without_success(plain_hop: Harness) -> None:
     plain_hop.submit("", RecipientState("a@x.test", ("SUCCESS",)))  # DSN-3: nothing about a bounce
-    plain_hop.submit("s@y.test", RecipientState("b@x.test", ("FAILURE", "DELAY")), RecipientState("c@x.test", ("NEVER",)))
+    plain_hop.submit("s@y.test", RecipientState("b@x.test", ("FAILURE", "DELAY")),
+                     RecipientState("c@x.test", ("NEVER",)))
     plain_hop.run()
     assert plain_hop.dsns == [] and plain_hop.spool.ids() == []
 
@@ -87,7 +90,8 @@ def test_dsn9_no_relayed_dsn_for_a_null_sender_or_without_success(plain_hop: Har
 def test_dsn9_failure_and_relayed_in_one_attempt_are_two_reports(plain_hop: Harness) -> None:
     h = plain_hop
     h.courier.will("bad@x.test", REJECT)
-    qid = h.submit("s@y.test", RecipientState("ok@x.test", ("SUCCESS", "FAILURE")), RecipientState("bad@x.test"))
+    qid = h.submit("s@y.test", RecipientState("ok@x.test", ("SUCCESS", "FAILURE")),
+                   RecipientState("bad@x.test"))
     h.run()
     assert [(d["action"], [r.recipient for r in d["results"]]) for d in h.dsns] == [
         ("failed", ["bad@x.test"]), ("relayed", ["ok@x.test"])]
@@ -113,9 +117,11 @@ def test_dsn8_notify_never_no_bounce_on_failure(plain_hop: Harness) -> None:
     assert plain_hop.dsns == [] and plain_hop.spool.ids() == []
 
 
-@pytest.mark.parametrize(("notify", "warned"), [((), True), (("DELAY",), True), (("FAILURE",), False),
-                                                (("SUCCESS", "FAILURE"), False), (("NEVER",), False)])
-def test_dsn10_notify_delay_governs_delay_warnings(tmp_path: Path, notify: tuple[str, ...], warned: bool) -> None:
+@pytest.mark.parametrize(("notify", "warned"), [
+    ((), True), (("DELAY",), True), (("FAILURE",), False), (("SUCCESS", "FAILURE"), False),
+    (("NEVER",), False)])
+def test_dsn10_notify_delay_governs_delay_warnings(tmp_path: Path, notify: tuple[str, ...],
+                                                   warned: bool) -> None:
     h = harness(tmp_path, dsn=False, delay_warning_seconds=100)
     h.courier.will("a@x.test", DEFER)
     h.submit("s@y.test", RecipientState("a@x.test", notify))
@@ -127,12 +133,15 @@ def test_dsn10_notify_delay_governs_delay_warnings(tmp_path: Path, notify: tuple
 
 
 def test_dsn9_relayed_report_fields() -> None:
-    """RFC 3464 §2.3.3: Action relayed, Status 2.0.0, the hop that took it, and the original's headers."""
+    """RFC 3464 §2.3.3: Action relayed, Status 2.0.0, the hop that took it, and the original's
+    headers."""
     rcpt = Recipient("a@x.test", ("SUCCESS",), orcpt="rfc822;A@x.test")
     env = Envelope("s@y.test", [rcpt], envid="E42")
-    result = RecipientResult("a@x.test", Disposition.DELIVERED, "2.0.0", "250 2.0.0 Ok: queued as S1",
+    result = RecipientResult("a@x.test", Disposition.DELIVERED, "2.0.0",
+                             "250 2.0.0 Ok: queued as S1",
                              "mx1.x.test[192.0.2.1]:25", remote_reply=True)
-    raw = build_dsn(reporting_mta="relay.test", envelope=env, message=b"Subject: hi\r\n\r\nbody\r\n", results=[result],
+    raw = build_dsn(reporting_mta="relay.test", envelope=env,
+                    message=b"Subject: hi\r\n\r\nbody\r\n", results=[result],
                     action="relayed", arrival=0.0, recipients=[rcpt])
     msg = email.message_from_bytes(raw, policy=email.policy.compat32)
     assert msg["Subject"] == "Successful Mail Delivery Report" and msg["To"] == "<s@y.test>"
@@ -141,7 +150,9 @@ def test_dsn9_relayed_report_fields() -> None:
     per_message, per_rcpt = report.get_payload()
     assert per_message["Original-Envelope-Id"] == "E42"
     assert dict(per_rcpt.items()) | {"Last-Attempt-Date": "-"} == {
-        "Original-Recipient": "rfc822;A@x.test", "Final-Recipient": "rfc822; a@x.test", "Action": "relayed",
-        "Status": "2.0.0", "Remote-MTA": "dns; mx1.x.test", "Diagnostic-Code": "smtp; 250 2.0.0 Ok: queued as S1",
+        "Original-Recipient": "rfc822;A@x.test", "Final-Recipient": "rfc822; a@x.test",
+        "Action": "relayed", "Status": "2.0.0", "Remote-MTA": "dns; mx1.x.test",
+        "Diagnostic-Code": "smtp; 250 2.0.0 Ok: queued as S1",
         "Last-Attempt-Date": "-"}
-    assert original.get_content_type() == "text/rfc822-headers" and original["Content-Description"] == "Message Headers"
+    assert original.get_content_type() == "text/rfc822-headers"
+    assert original["Content-Description"] == "Message Headers"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,43 +17,13 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult
-from mxroute.relay.queue.manager import JITTER, QueueManager, retry_delay
-from mxroute.relay.spool.format import (
-    DELIVERED,
-    PENDING,
-    MessageMeta,
-    RecipientState,
-    new_queue_id,
-)
-from mxroute.relay.spool.store import Spool
-from mxroute.routing.plan import Plan, Verdict
-from mxroute.settings import Settings
+from mxroute.relay.envelope import Disposition, RecipientResult
+from mxroute.relay.queue.manager import QueueManager
+from mxroute.relay.queue.plans import PLAN_CACHE_SECONDS, PlanCache
+from mxroute.relay.spool.format import DELIVERED, PENDING, MessageMeta, RecipientState
+from mxroute.routing.plan import Decision, MxRecord, Plan, Verdict
 from mxroute.text import safe_text
-
-# --- the pure schedule (RTY-2) ----------------------------------------------------------
-
-
-@given(st.integers(min_value=0, max_value=10_000), st.integers(1, 10_000), st.integers(0, 100_000), st.randoms())
-def test_rty2_delay_always_within_min_and_max(attempts: int, minimum: int, extra: int, rng: random.Random) -> None:
-    maximum = minimum + extra
-    delay = retry_delay(attempts, minimum, maximum, rng)
-    assert minimum <= delay <= maximum
-
-
-def test_rty2_backoff_doubles_then_caps_with_bounded_jitter() -> None:
-    rng = random.Random(7)
-    delays = [retry_delay(n, 300, 3600, rng) for n in range(1, 8)]
-    for n, delay in enumerate(delays, 1):
-        base = min(3600, 300 * 2 ** (n - 1))
-        assert max(300, base * (1 - JITTER)) <= delay <= base
-    assert delays[-1] > 3600 * (1 - JITTER) - 1e-9  # capped at retry_max_seconds
-
-
-def test_rty2_jitter_spreads_retries_but_is_reproducible_with_a_seed() -> None:
-    spread = {round(retry_delay(4, 300, 3600, random.Random(seed)), 3) for seed in range(50)}
-    assert len(spread) > 40
-    assert retry_delay(4, 300, 3600, random.Random(1)) == retry_delay(4, 300, 3600, random.Random(1))
+from tests.support.queuekit import DEFER, REJECT, Harness
 
 
 def test_sec6_safe_text_neutralises_controls() -> None:
@@ -60,93 +31,7 @@ def test_sec6_safe_text_neutralises_controls() -> None:
     assert len(safe_text("x" * 1000, 50)) == 50
 
 
-# --- the queue manager with a scripted courier --------------------------------------------
-
-
-class FakeCourier:
-    """Replies per recipient address from a script; records every call."""
-
-    def __init__(self) -> None:
-        self.script: dict[str, list[tuple[Disposition, str, str]]] = {}
-        self.calls: list[tuple[str, list[str]]] = []
-        self.sent: dict[str, bytes] = {}  # queue id -> message, for every delivered transaction
-        self.forgotten = 0  # flushes that told the courier to try every host again (RTY-4)
-
-    def will(self, address: str, *replies: tuple[Disposition, str, str]) -> None:
-        self.script[address] = list(replies)
-
-    async def deliver(self, plan: Plan, envelope: Envelope, recipients: list[Recipient], message_bytes: bytes,
-                      *, queue_id: str) -> list[RecipientResult]:
-        self.calls.append((plan.domain, [r.address for r in recipients]))
-        results = []
-        for r in recipients:
-            script = self.script.get(r.address) or [(Disposition.DELIVERED, "2.0.0", "250 2.0.0 ok")]
-            disposition, status, reply = script.pop(0) if len(script) > 1 else script[0]
-            results.append(RecipientResult(r.address, disposition, status, reply, f"mx.{plan.domain}[127.0.0.2]:25",
-                                           remote_reply=True))  # scripted as the host's own replies
-        if any(r.disposition is Disposition.DELIVERED for r in results):
-            self.sent[queue_id] = message_bytes
-        return results
-
-    def forget_unreachable(self) -> None:
-        self.forgotten += 1
-
-    async def close(self) -> None:
-        return None
-
-
-async def fake_route(resolver: Any, domain: str, policy: Any, rng: random.Random) -> Plan:
-    return Plan(domain, Verdict.DELIVERABLE, "test", "2.0.0")
-
-
-DEFER = (Disposition.DEFERRED, "4.4.1", "451 4.4.1 try later")
-REJECT = (Disposition.BOUNCED, "5.1.1", "550 5.1.1 no such user")
-
-
-class RecordingSpool(Spool):
-    """The real spool, noting every message it made durable (to count DSNs actually enqueued)."""
-
-    stored: list[tuple[MessageMeta, bytes]]
-
-    async def store(self, meta: MessageMeta, message: bytes) -> None:
-        await super().store(meta, message)
-        self.stored.append((meta, message))
-
-
-class Harness:
-    def __init__(self, tmp_path: Path, **overrides: Any) -> None:
-        values = {"spool_dir": tmp_path / "spool", "retry_min_seconds": 60, "retry_max_seconds": 600,
-                  "queue_lifetime_seconds": 3600, "helo_name": "relay.test", **overrides}
-        self.settings = Settings(**values)
-        self.now = 1_000_000.0
-        self.spool = RecordingSpool(self.settings.spool_dir, clock=lambda: self.now)
-        self.spool.stored = []
-        self.spool.prepare()
-        self.courier = FakeCourier()
-        self.dsns: list[dict[str, Any]] = []
-        self.qm = self.manager()
-
-    def manager(self) -> QueueManager:
-        return QueueManager(self.settings, self.spool, None, self.courier, clock=lambda: self.now,  # type: ignore[arg-type]
-                            rng=random.Random(1), route_fn=fake_route, dsn_builder=self.build)
-
-    def build(self, **kwargs: Any) -> bytes:
-        self.dsns.append(kwargs)
-        names = "".join(f"Final-Recipient: rfc822;{r.recipient}\r\n" for r in kwargs["results"])
-        return f"Subject: Undelivered Mail\r\n\r\n{names}".encode()
-
-    def submit(self, sender: str, *rcpts: str | RecipientState) -> str:
-        states = [r if isinstance(r, RecipientState) else RecipientState(r) for r in rcpts]
-        meta = MessageMeta(new_queue_id(lambda: self.now), sender, self.now, states, size=10)
-        asyncio.run(self.spool.store(meta, b"Subject: t\r\n\r\nhi\r\n"))
-        self.qm.add(meta)
-        return meta.queue_id
-
-    def run(self) -> int:
-        return asyncio.run(self.qm.run_once())
-
-    def queued(self) -> list[MessageMeta]:
-        return [self.spool.load_meta(q) for q in self.spool.ids()]
+# --- the queue manager with a scripted courier (tests.support.queuekit) ----------------------
 
 
 @pytest.fixture
@@ -157,7 +42,8 @@ def h(tmp_path: Path) -> Harness:
 
 
 def test_rty1_deferred_then_retried_after_backoff_and_delivered(h: Harness) -> None:
-    """RTY-1/RTY-2: a 4xx keeps the recipient queued with a next try ≥ retry_min_seconds; then delivered."""
+    """RTY-1/RTY-2: a 4xx keeps the recipient queued with a next try ≥ retry_min_seconds; then
+    delivered."""
     h.courier.will("a@x.test", DEFER, (Disposition.DELIVERED, "2.0.0", "250 ok"))
     qid = h.submit("s@y.test", "a@x.test")
     h.run()
@@ -174,7 +60,8 @@ def test_rty1_deferred_then_retried_after_backoff_and_delivered(h: Harness) -> N
 
 
 def test_rty3_expiry_bounces_once_with_the_last_transient_reason(h: Harness) -> None:
-    """RTY-3: past queue_lifetime_seconds the recipient fails with its last 4xx reason; exactly one DSN."""
+    """RTY-3: past queue_lifetime_seconds the recipient fails with its last 4xx reason; exactly
+    one DSN."""
     h.courier.will("a@x.test", DEFER)
     qid = h.submit("s@y.test", "a@x.test")
     tries = 0
@@ -193,22 +80,26 @@ def test_rty3_expiry_bounces_once_with_the_last_transient_reason(h: Harness) -> 
 
 
 def test_dsn1_dsn7_one_dsn_names_only_the_failed_recipients_across_domains(h: Harness) -> None:
-    """DSN-1/DSN-7: a partial failure gives one DSN for the failed ones only; grouped per domain (one call each)."""
+    """DSN-1/DSN-7: a partial failure gives one DSN for the failed ones only; grouped per domain
+    (one call each)."""
     h.courier.will("b@x.test", REJECT)
     h.courier.will("c@z.test", REJECT)
     qid = h.submit("s@y.test", "a@x.test", "b@x.test", "c@z.test")
     h.run()
-    assert sorted(h.courier.calls) == [("x.test", ["a@x.test", "b@x.test"]), ("z.test", ["c@z.test"])]
+    assert sorted(h.courier.calls) == [("x.test", ["a@x.test", "b@x.test"]),
+                                       ("z.test", ["c@z.test"])]
     assert len(h.dsns) == 1
     assert sorted(r.recipient for r in h.dsns[0]["results"]) == ["b@x.test", "c@z.test"]
     assert not h.spool.exists(qid)
     (dsn,) = h.queued()
-    assert dsn.bounce_of == {"queue_id": qid, "batch": 0, "recipients": ["b@x.test", "c@z.test"], "action": "failed"}
+    assert dsn.bounce_of == {"queue_id": qid, "batch": 0, "recipients": ["b@x.test", "c@z.test"],
+                             "action": "failed"}
 
 
-def test_dsn3_null_sender_failure_is_never_bounced(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+def test_dsn3_null_sender_failure_is_never_bounced(h: Harness,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
     """DSN-3: a failed bounce is logged and removed, never bounced."""
-    caplog.set_level("INFO", logger="mxroute.relay.queue.manager")
+    caplog.set_level("INFO", logger="mxroute.relay.queue.notices")
     h.courier.will("a@x.test", REJECT)
     h.submit("", "a@x.test")
     h.run()
@@ -220,7 +111,8 @@ def test_dsn8_notify_never_suppresses_the_dsn_but_not_the_failure(h: Harness) ->
     """DSN-8: NOTIFY=NEVER → no DSN; NOTIFY=SUCCESS only → no failure DSN either."""
     h.courier.will("a@x.test", REJECT)
     h.courier.will("b@x.test", REJECT)
-    h.submit("s@y.test", RecipientState("a@x.test", ("NEVER",)), RecipientState("b@x.test", ("SUCCESS",)))
+    h.submit("s@y.test", RecipientState("a@x.test", ("NEVER",)),
+             RecipientState("b@x.test", ("SUCCESS",)))
     h.run()
     assert h.dsns == [] and h.spool.ids() == []
 
@@ -239,13 +131,16 @@ def test_dur6_delivered_recipients_are_never_retried(h: Harness) -> None:
     assert h.courier.calls[-1] == ("x.test", ["b@x.test"])
 
 
-def test_dsn12_crash_between_dsn_enqueue_and_marking_gives_exactly_one_dsn(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    """DSN-12/DUR-7: the DSN is durable before the recipient is marked; recovery finishes the marking."""
+def test_dsn12_crash_between_dsn_enqueue_and_marking_gives_exactly_one_dsn(
+        h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DSN-12/DUR-7: the DSN is durable before the recipient is marked; recovery finishes the
+    marking."""
     h.courier.will("a@x.test", REJECT)
     qid = h.submit("s@y.test", "a@x.test")
 
     async def crash(meta: MessageMeta) -> None:
-        raise SystemExit("kill -9")  # the fault point: after the DSN's fsync, before the state append
+        # the fault point: after the DSN's fsync, before the state append
+        raise SystemExit("kill -9")
 
     monkeypatch.setattr(h.spool, "remove", crash)
     with pytest.raises(SystemExit):
@@ -266,7 +161,7 @@ def test_flush_makes_deferred_mail_due_now(h: Harness) -> None:
     h.run()
     assert h.run() == 0
     h.spool.request_flush()
-    asyncio.run(h.qm._poll_flush())
+    asyncio.run(h.qm.poll_flush())
     assert h.courier.forgotten == 1  # RTY-4: hosts skipped as unreachable are worth a try again
     assert h.run() == 1 and h.spool.ids() == []
     assert not h.spool.flush_marker.exists()
@@ -305,8 +200,10 @@ def test_internal_courier_error_defers_not_loses(h: Harness) -> None:
     assert rcpt.state == PENDING and rcpt.status == "4.3.0"
 
 
-def test_dur4_state_write_failure_keeps_the_message_and_retries(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    """DUR-4/DUR-6: the disk fails while recording a deferral: the message stays queued and comes due again."""
+def test_dur4_state_write_failure_keeps_the_message_and_retries(
+        h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DUR-4/DUR-6: the disk fails while recording a deferral: the message stays queued and comes
+    due again."""
     h.courier.will("a@x.test", DEFER)
     qid = h.submit("s@y.test", "a@x.test")
 
@@ -319,13 +216,16 @@ def test_dur4_state_write_failure_keeps_the_message_and_retries(h: Harness, monk
     monkeypatch.undo()
     h.now += h.settings.retry_min_seconds
     assert h.run() == 1
-    # the first attempt's outcome was kept in memory while the disk refused it, then written with the second
+    # the first attempt's outcome was kept in memory while the disk refused it, then written with
+    # the second
     assert h.spool.load_meta(qid).recipients[0].attempts == 2
 
 
-def test_dur4_dur6_state_write_failure_does_not_redeliver_the_delivered(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    """DUR-4/DUR-6: one recipient delivered, one deferred, and the state cannot be written (ENOSPC): the
-    retries while the disk stays full send only to the deferred one (found by tests/faults/test_diskfull.py)."""
+def test_dur4_dur6_state_write_failure_does_not_redeliver_the_delivered(
+        h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DUR-4/DUR-6: one recipient delivered, one deferred, and the state cannot be written
+    (ENOSPC): the retries while the disk stays full send only to the deferred one (found by
+    tests/faults/test_diskfull.py)."""
     h.courier.will("b@z.test", DEFER)
     qid = h.submit("s@y.test", "a@x.test", "b@z.test")
 
@@ -343,8 +243,10 @@ def test_dur4_dur6_state_write_failure_does_not_redeliver_the_delivered(h: Harne
     assert states == {"a@x.test": DELIVERED, "b@z.test": PENDING}
 
 
-def test_rty5_destination_concurrency_is_capped_and_idle_destinations_forgotten(tmp_path: Path) -> None:
-    """RTY-5: 10 messages to one domain never run more than destination_concurrency transactions at once."""
+def test_rty5_destination_concurrency_is_capped_and_idle_destinations_forgotten(
+        tmp_path: Path) -> None:
+    """RTY-5: 10 messages to one domain never run more than destination_concurrency transactions
+    at once."""
     h = Harness(tmp_path, destination_concurrency=2, delivery_concurrency=10)
     active, peak = [0], [0]
     real = h.courier.deliver
@@ -361,7 +263,7 @@ def test_rty5_destination_concurrency_is_capped_and_idle_destinations_forgotten(
         h.submit("s@y.test", f"r{n}@x.test")
     assert h.run() == 10
     assert peak[0] == 2 and h.spool.ids() == []
-    assert not h.qm._per_dest and not h.qm._dest_users
+    assert h.qm.slots.in_use() == 0
     h.spool.close()
 
 
@@ -369,16 +271,20 @@ class Crash(BaseException):
     """kill -9 at a fault point: nothing after it runs, only the disk survives."""
 
 
-@hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hsettings(max_examples=60, deadline=None,
+           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.data())
-def test_dur7_random_crashes_never_lose_mail_and_notify_once(tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
+def test_dur7_random_crashes_never_lose_mail_and_notify_once(
+        tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
     """DUR-7/DSN-12: random replies and kill points during delivery and bounce; after recovery and
     enough retries every recipient was delivered (at least once) or named in exactly one DSN."""
     h = Harness(tmp_path_factory.mktemp("dur7"), queue_lifetime_seconds=10**6)
     outcomes = [(Disposition.DELIVERED, "2.0.0", "250 ok"), DEFER, REJECT]
-    rcpts = {f"r{i}@{dom}.test" for i, dom in enumerate(data.draw(st.lists(st.sampled_from("abc"), min_size=1, max_size=4)))}
+    domains = data.draw(st.lists(st.sampled_from("abc"), min_size=1, max_size=4))
+    rcpts = {f"r{i}@{dom}.test" for i, dom in enumerate(domains)}
     for address in rcpts:
-        h.courier.will(address, *data.draw(st.lists(st.sampled_from(outcomes), min_size=1, max_size=3)))
+        h.courier.will(address,
+                       *data.draw(st.lists(st.sampled_from(outcomes), min_size=1, max_size=3)))
     h.submit("s@y.test", *sorted(rcpts))
     for _ in range(12):
         point = data.draw(st.sampled_from([None, "update", "remove", "store"]))
@@ -386,7 +292,8 @@ def test_dur7_random_crashes_never_lose_mail_and_notify_once(tmp_path_factory: p
         if point is not None:
             real = getattr(h.spool, point)
 
-            async def faulty(*args: Any, _real: Any = real, _countdown: list[int] = countdown) -> Any:
+            async def faulty(*args: Any, _real: Any = real,
+                             _countdown: list[int] = countdown) -> Any:
                 if _countdown[0] == 0:
                     raise Crash()
                 _countdown[0] -= 1
@@ -413,7 +320,8 @@ def test_dur7_random_crashes_never_lose_mail_and_notify_once(tmp_path_factory: p
     delivered = {a for _, batch in h.courier.calls for a in batch}
     originals = [m for m in h.queued() if m.sender]
     assert originals == []  # nothing stuck once every destination accepts
-    named: dict[str, int] = {}  # over DSNs enqueued (a DSN file re-sent after a crash is one notification)
+    # over DSNs enqueued (a DSN file re-sent after a crash is one notification)
+    named: dict[str, int] = {}
     for meta, message in h.spool.stored:
         if meta.sender:
             continue
@@ -425,3 +333,66 @@ def test_dur7_random_crashes_never_lose_mail_and_notify_once(tmp_path_factory: p
         assert named.get(address, 0) <= 1, f"{address} notified twice"
         assert address in delivered or named.get(address) == 1, f"{address} lost"
     h.spool.close()
+
+
+# --- plan caching: a PlanCache the caller hands in ----------------------------------------
+
+PLANS = {
+    "steady.test": Plan("steady.test", Verdict.DELIVERABLE, "ok", "2.0.0",
+                        mx=(MxRecord(10, "mx.steady.test", 300),)),
+    "short.test": Plan("short.test", Verdict.DELIVERABLE, "ok", "2.0.0",
+                       mx=(MxRecord(10, "mx.short.test", 0),)),  # TTL 0: never reused
+    "shuffled.test": Plan("shuffled.test", Verdict.DELIVERABLE, "ok", "2.0.0",
+                          decisions=(Decision("MX-3", "RFC 5321 §5.1", "shuffled"),)),
+    "broken.test": Plan("broken.test", Verdict.TEMPORARY, "SERVFAIL", "4.4.3"),
+}
+
+
+class CountingRoute:
+    """A route() stand-in answering from PLANS and counting what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def __call__(self, resolver: Any, domain: str, policy: Any, rng: random.Random) -> Plan:
+        self.asked.append(domain)
+        return PLANS[domain]
+
+
+def routed_twice(tmp_path: Path, domain: str, plans: PlanCache | None, *, later: float = 0.0,
+                 reconfigure: bool = False) -> list[str]:
+    """Route ``domain``, then again ``later`` seconds on: the domains route() was asked for."""
+    h = Harness(Path(tempfile.mkdtemp(dir=tmp_path)))
+    clock = [0.0]
+    if plans is not None:
+        plans.clock = lambda: clock[0]
+    ask = CountingRoute()
+    qm = QueueManager(h.settings, h.spool, None, h.courier, route_fn=ask,  # type: ignore[arg-type]
+                      plans=plans)
+    asyncio.run(qm.dispatcher.route(domain))
+    clock[0] += later
+    if reconfigure:  # SIGHUP: a new routing policy, so plans made under the old one are stale
+        qm.reconfigure(h.settings)
+    asyncio.run(qm.dispatcher.route(domain))
+    h.spool.close()
+    return ask.asked
+
+
+def test_without_a_plan_cache_every_delivery_is_routed_afresh(tmp_path: Path) -> None:
+    assert routed_twice(tmp_path, "steady.test", None) == ["steady.test"] * 2
+
+
+def test_a_plan_cache_reuses_a_steady_plan_for_its_lifetime_only(tmp_path: Path) -> None:
+    """One route() for a burst; asked again once PLAN_CACHE_SECONDS (or the MX TTL) passed."""
+    assert routed_twice(tmp_path, "steady.test", PlanCache()) == ["steady.test"]
+    again = ["steady.test"] * 2
+    assert routed_twice(tmp_path, "steady.test", PlanCache(), later=PLAN_CACHE_SECONDS) == again
+    assert routed_twice(tmp_path, "short.test", PlanCache()) == ["short.test"] * 2
+    assert routed_twice(tmp_path, "steady.test", PlanCache(), reconfigure=True) == again
+
+
+def test_mx3_mx18_shuffled_or_undeliverable_plans_are_never_reused(tmp_path: Path) -> None:
+    """MX-3: equal preferences are shuffled on every attempt; MX-18: a temporary verdict is
+    asked again each time."""
+    assert routed_twice(tmp_path, "shuffled.test", PlanCache()) == ["shuffled.test"] * 2
+    assert routed_twice(tmp_path, "broken.test", PlanCache()) == ["broken.test"] * 2

@@ -1,0 +1,108 @@
+"""Handing a message's due recipients to the courier: one transaction per destination domain.
+
+The queue reaches the courier only through ``CourierLike`` (chasquid's split): it knows nothing
+of SMTP, and the courier nothing of retries. Recipients of one domain go in one transaction
+(RFC 5321 §4.5.4.1 SHOULD), within the delivery slots (RTY-5); the domains of one message at
+once. Whatever goes wrong here, every recipient comes back with a result (SEC-12).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from mxroute.address import parse_address
+from mxroute.errors import MxrouteError
+from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult
+from mxroute.relay.queue.slots import Slots
+from mxroute.relay.spool.format import MessageMeta, RecipientState
+from mxroute.routing.plan import Plan
+
+log = logging.getLogger(__name__)
+
+
+class CourierLike(Protocol):
+    """What the queue needs of a courier (``relay.courier``'s ``Courier``; tests script theirs)."""
+
+    async def deliver(
+        self, plan: Plan, envelope: Envelope, recipients: list[Recipient], message: bytes, *,
+        queue_id: str | None = None,
+    ) -> list[RecipientResult]: ...
+
+    def forget_unreachable(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Dispatcher:
+    """Groups due recipients by domain, routes each domain and has the courier deliver."""
+
+    def __init__(
+        self, courier: CourierLike, route: Callable[[str], Awaitable[Plan]], slots: Slots,
+    ) -> None:
+        self.courier = courier
+        self.route = route  # domain -> its delivery plan
+        self.slots = slots
+
+    async def deliver(
+        self, meta: MessageMeta, message: bytes, due: list[RecipientState],
+    ) -> list[RecipientResult]:
+        """A result for each of ``due``: one transaction per destination domain, at once."""
+        groups: dict[str, list[RecipientState]] = defaultdict(list)
+        for rcpt in due:
+            groups[_domain(rcpt.address)].append(rcpt)
+        envelope = meta.envelope()
+        if len(groups) == 1:  # the common case: no gather (a task per group) needed
+            [(domain, rcpts)] = groups.items()
+            return await self._group(meta, envelope, message, domain, rcpts)
+        batches = await asyncio.gather(*(
+            self._group(meta, envelope, message, domain, rcpts) for domain, rcpts in groups.items()
+        ))
+        return [r for batch in batches for r in batch]
+
+    async def _group(
+        self, meta: MessageMeta, envelope: Envelope, message: bytes, domain: str,
+        rcpts: list[RecipientState],
+    ) -> list[RecipientResult]:
+        """One SMTP transaction's worth: every due recipient of ``domain``, in a slot."""
+        recipients = [r.recipient() for r in rcpts]
+        async with self.slots.slot(domain):
+            return await self._transaction(meta, envelope, message, domain, rcpts, recipients)
+
+    async def _transaction(
+        self, meta: MessageMeta, envelope: Envelope, message: bytes, domain: str,
+        rcpts: list[RecipientState], recipients: list[Recipient],
+    ) -> list[RecipientResult]:
+        try:
+            plan = await self.route(domain)
+            results = await self.courier.deliver(plan, envelope, recipients, message,
+                                                 queue_id=meta.queue_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # never crash the worker (SEC-12); the recipients stay queued
+            log.exception("%s: delivery to %s failed internally", meta.queue_id, domain)
+            reason = f"451 4.3.0 internal error: {type(exc).__name__}"
+            return [_deferred(r.address, reason) for r in rcpts]
+        seen = {r.recipient for r in results}
+        for rcpt in rcpts:  # a courier that forgot a recipient must not make it vanish
+            if rcpt.address not in seen:
+                results.append(_deferred(rcpt.address, "451 4.3.0 no result"))
+        return results
+
+
+def _deferred(address: str, reason: str) -> RecipientResult:
+    """A local 4.3.0 deferral: the courier failed, or forgot ``address``."""
+    return RecipientResult(address, Disposition.DEFERRED, "4.3.0", reason)
+
+
+def _domain(address: str) -> str:
+    try:
+        return parse_address(address).domain
+    except MxrouteError:
+        return address.rpartition("@")[2].lower()
+
+
+__all__ = ["CourierLike", "Dispatcher"]

@@ -1,0 +1,60 @@
+"""Delivery plans kept for a moment, so a burst of mail to one domain asks DNS once.
+
+The caller that routes with the real ``route()`` owns a ``PlanCache`` and hands it to the queue
+manager; without one, every delivery is routed afresh. Only what reusing cannot change is kept:
+a deliverable plan whose order involved no shuffle of equal preferences (MX-3 shuffles on every
+attempt), never longer than its MX records' TTL; a temporary or permanent verdict is asked
+again each time (MX-18).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from mxroute.routing.plan import Plan, RoutingPolicy
+
+PLAN_CACHE_SECONDS = 1.0  # how long a plan is reused at most (never past an MX TTL)
+MAX_DOMAINS = 10_000  # when full, the cache starts empty again (bounded memory)
+
+
+def reuse_for(plan: Plan, seconds: float) -> float:
+    """How long ``plan`` may be reused: at most ``seconds`` and its MX records' TTL; 0 unless it
+    is deliverable and its order involved no shuffle (MX-3)."""
+    if not plan.deliverable or any(d.rule == "MX-3" for d in plan.decisions):
+        return 0.0
+    return min([seconds, *(float(r.ttl) for r in plan.mx)])
+
+
+class PlanCache:
+    """Plans by domain, each valid for the routing policy it was made under and a short time."""
+
+    def __init__(
+        self, seconds: float = PLAN_CACHE_SECONDS, *, clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.seconds = seconds
+        self.clock = clock
+        self._plans: dict[str, tuple[float, RoutingPolicy, Plan]] = {}  # domain -> (expiry, ...)
+
+    async def plan(
+        self, domain: str, policy: RoutingPolicy, route: Callable[[], Awaitable[Plan]],
+    ) -> Plan:
+        """The plan kept for ``domain`` under ``policy`` if still fresh, else ``route()``'s (kept
+        if reusing it changes nothing, for at most its MX records' TTL from when it was asked)."""
+        asked = self.clock()
+        hit = self._plans.get(domain)
+        if hit is not None and hit[0] > asked and hit[1] is policy:
+            return hit[2]
+        plan = await route()
+        lifetime = reuse_for(plan, self.seconds)
+        if lifetime > 0:
+            if len(self._plans) >= MAX_DOMAINS:
+                self._plans.clear()
+            self._plans[domain] = (asked + lifetime, policy, plan)
+        return plan
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+
+__all__ = ["PLAN_CACHE_SECONDS", "PlanCache", "reuse_for"]
