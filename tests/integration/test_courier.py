@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
-from mxroute.relay.courier.courier import Courier, canonical_data, dot_stuff, enhanced_status
+from mxroute.relay.courier.courier import Courier, canonical_data
+from mxroute.relay.courier.replies import enhanced_status
+from mxroute.relay.courier.transaction import dot_stuff
 from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult
 from mxroute.routing.plan import Plan, Target, Verdict
 from mxroute.routing.route import policy_from_settings, route
@@ -513,7 +515,7 @@ def test_tls1_failed_handshake_retries_same_host_in_plain_text(caplog: pytest.Lo
         assert raw.connections == 2 and len(raw.messages) == 1 and second.connections == []
         assert courier.stats["tls_fallbacks"] == 1
         assert any("TLS handshake failed" in rec.getMessage() and "plain text" in rec.getMessage()
-                   for rec in caplog.records if rec.name == "mxroute.relay.courier.courier.hosts")
+                   for rec in caplog.records if rec.name == "mxroute.relay.courier.hosts")
 
 
 def test_tls1_starttls_refused_continues_in_plain_text() -> None:
@@ -579,7 +581,7 @@ def test_idle_pool_size_follows_a_reload_of_destination_concurrency() -> None:
         async def burst(tag: str) -> int:
             await asyncio.gather(*(courier.deliver(plan(target(1, sink)), Envelope("s@src.test"),
                                                    [Recipient(f"{tag}{n}@dest.test")], MESSAGE) for n in range(3)))
-            return sum(len(pool) for pool in courier._idle.values())
+            return len(courier.pool)
 
         async def go() -> tuple[int, int]:
             try:

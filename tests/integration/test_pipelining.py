@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from mxroute.relay.courier.courier import Courier, _PipeliningProtocol
+from mxroute.relay.courier.courier import Courier
+from mxroute.relay.courier.pipelining import PipeliningProtocol
 from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult
 from tests.integration.test_courier import MESSAGE, by, plan, settings, target
 from tests.support.smtpsink import Sink
@@ -94,8 +95,8 @@ def test_pipelining_protocol_keeps_replies_of_one_segment() -> None:
 
     async def go() -> list[int]:
         loop = asyncio.get_running_loop()
-        protocol = _PipeliningProtocol(loop=loop)
-        protocol._replies, protocol._expect = __import__("collections").deque(), 3
+        protocol = PipeliningProtocol(loop=loop)
+        protocol.expect(3)
 
         class Transport(asyncio.Transport):
             def get_extra_info(self, name: str, default: Any = None) -> Any:

@@ -77,7 +77,7 @@ def test_tls3_encrypt_without_starttls_defers_4_7_5_and_sends_no_mail(caplog: py
         assert raw.messages == [] and not any(c.upper().startswith(("MAIL", "RCPT", "DATA")) for c in raw.commands)
         assert raw.commands[0] == "EHLO relay.test" and raw.connections == 1  # no plain-text retry
     assert any("TLS required (encrypt) but not offered" in rec.getMessage() and "TLS-3" in rec.getMessage()
-               for rec in caplog.records if rec.name == "mxroute.relay.courier.courier.hosts")
+               for rec in caplog.records if rec.name == "mxroute.relay.courier.hosts")
 
 
 def test_tls3_encrypt_moves_on_to_the_next_host_that_offers_tls() -> None:
@@ -129,7 +129,7 @@ def test_tls3_verify_self_signed_certificate_defers(caplog: pytest.LogCaptureFix
         assert r.reply.startswith("451 4.7.5 TLS certificate verification failed for mx1.dest.test[127.0.1.1]")
         assert "self-signed" in r.reply or "self signed" in r.reply
         assert sink.messages == [] and len(sink.connections) == 1  # never plain text
-    assert any("verification failed" in rec.getMessage() for rec in caplog.records if rec.name == "mxroute.relay.courier.courier.hosts")
+    assert any("verification failed" in rec.getMessage() for rec in caplog.records if rec.name == "mxroute.relay.courier.hosts")
 
 
 def test_tls3_verify_with_own_ca_and_certificate_for_the_mx_name_delivers(tmp_path: Path) -> None:

@@ -15,8 +15,9 @@ from mxroute.dns.resolver import Answer, Outcome
 from mxroute.errors import ConfigError
 from mxroute.settings import load_settings
 from mxroute.tls import dane
+from mxroute.tls.contexts import probe_verdict, satisfied
 from mxroute.tls.dane import Need, Tlsa
-from mxroute.tls.policy import TlsPolicy, check_level, policy_for, probe_verdict, satisfied
+from mxroute.tls.policy import TlsPolicy, check_level, policy_for
 
 cryptography = pytest.importorskip("cryptography")
 from cryptography import x509
