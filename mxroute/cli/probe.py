@@ -27,7 +27,10 @@ _ERRORS = (aiosmtplib.SMTPException, OSError)
 
 
 async def probe(
-    plan: Plan, settings: Settings, limit: int = 3, tls: TlsPolicy | None = None,
+    plan: Plan,
+    settings: Settings,
+    limit: int = 3,
+    tls: TlsPolicy | None = None,
     sts: mtasts.Lookup | None = None,
 ) -> dict[str, Any]:
     """Try the plan's first ``limit`` addresses delivery would use; report the first that answers.
@@ -39,7 +42,9 @@ async def probe(
     sets the others' policy as delivery does (``hosttls.for_host``).
     """
     tried: list[str] = []
-    skipped: list[str] = []  # hosts delivery would skip: MTA-STS enforce (TLS-6), failed TLSA (TLS-7)
+    skipped: list[
+        str
+    ] = []  # hosts delivery would skip: MTA-STS enforce (TLS-6), failed TLSA (TLS-7)
     candidates: list[tuple[Target, TlsPolicy | None, bool]] = []
     for target in plan.targets:
         policy, refusal, rule = hosttls.for_host(tls or TlsPolicy(), plan.dane, sts, target)
@@ -68,13 +73,21 @@ async def probe(
 
 
 async def _probe_host(
-    target: Target, host_tls: TlsPolicy | None, audited: bool, settings: Settings, contexts: Contexts,
+    target: Target,
+    host_tls: TlsPolicy | None,
+    audited: bool,
+    settings: Settings,
+    contexts: Contexts,
 ) -> dict[str, Any] | str:
     """The report on one address, or why it could not be reached."""
     started = time.perf_counter()
     client = aiosmtplib.SMTP(
-        hostname=target.address, port=target.port, timeout=min(settings.connect_timeout, 30.0),
-        local_hostname=settings.helo_name, start_tls=False, use_tls=False,
+        hostname=target.address,
+        port=target.port,
+        timeout=min(settings.connect_timeout, 30.0),
+        local_hostname=settings.helo_name,
+        start_tls=False,
+        use_tls=False,
     )
     try:
         greeting = await client.connect()
@@ -93,7 +106,9 @@ async def _probe_host(
         policy = host_tls or TlsPolicy()
         context = contexts.for_host(policy, target.exchange, settings.tls_ca_file, audited=audited)
         verifies = contexts.verifies(policy, target.exchange, audited=audited)
-        report["starttls"], seen = await _starttls(client, target, policy, context, audited, verifies)
+        report["starttls"], seen = await _starttls(
+            client, target, policy, context, audited, verifies
+        )
         if host_tls is not None:  # TLS-3, TLS-7 / EXP-3: the same rules delivery applies
             ok, why = verdict(host_tls, str(target), target.exchange, seen)
             report.update(tls_policy=host_tls.level, tls_policy_satisfied=ok, tls_policy_result=why)
@@ -108,7 +123,11 @@ async def _probe_host(
 
 
 async def _starttls(
-    client: aiosmtplib.SMTP, target: Target, policy: TlsPolicy, context: ssl.SSLContext, audited: bool,
+    client: aiosmtplib.SMTP,
+    target: Target,
+    policy: TlsPolicy,
+    context: ssl.SSLContext,
+    audited: bool,
     verifies: bool,
 ) -> tuple[str, TlsOutcome]:
     """STARTTLS as delivery would send it: what to report, and what it gave."""
@@ -118,12 +137,18 @@ async def _starttls(
         await client.starttls(tls_context=context, server_hostname=target.exchange or None)
     except (*_ERRORS, ssl.SSLError) as exc:
         return f"failed: {exc}", TlsOutcome(
-            error=str(exc) or type(exc).__name__, audited=audited,
-            verification=isinstance(exc, ssl.SSLCertVerificationError))
+            error=str(exc) or type(exc).__name__,
+            audited=audited,
+            verification=isinstance(exc, ssl.SSLCertVerificationError),
+        )
     peer = peer_of(client.transport)
     name = target.exchange.lower() if target.exchange else None
     problem = dane.peer_problem(policy.tlsa, peer.der) if policy.tlsa else None  # TLS-7
-    seen = TlsOutcome(tls=True, audited=audited, dane_problem=problem,
-                      dane_name=name if policy.tlsa and problem is None else None,
-                      verified_name=name if verifies else None)
+    seen = TlsOutcome(
+        tls=True,
+        audited=audited,
+        dane_problem=problem,
+        dane_name=name if policy.tlsa and problem is None else None,
+        verified_name=name if verifies else None,
+    )
     return f"ok: {peer.summary()}", seen

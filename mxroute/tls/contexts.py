@@ -33,8 +33,9 @@ class Contexts:
         self.opportunistic = opportunistic or tlspolicy.opportunistic_context()
         self._verifying: tuple[Path | str | None, ssl.SSLContext] | None = None
 
-    def for_host(self, policy: TlsPolicy, exchange: str, ca_file: Path | str | None, *,
-                 audited: bool = False) -> ssl.SSLContext:
+    def for_host(
+        self, policy: TlsPolicy, exchange: str, ca_file: Path | str | None, *, audited: bool = False
+    ) -> ssl.SSLContext:
         """The context for STARTTLS with MX ``exchange`` under its ``policy``.
 
         DANE-TA anchors for a DANE host without DANE-EE records (TLS-7); the verifying
@@ -80,8 +81,11 @@ def peer_of(transport: asyncio.BaseTransport | None) -> Peer:
     if ssl_object is None:
         return Peer()
     cipher = ssl_object.cipher()
-    return Peer(ssl_object.getpeercert(binary_form=True), ssl_object.version(),
-                cipher[0] if cipher else None)
+    return Peer(
+        ssl_object.getpeercert(binary_form=True),
+        ssl_object.version(),
+        cipher[0] if cipher else None,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +133,10 @@ def verdict(policy: TlsPolicy, host: str, exchange: str, seen: TlsOutcome) -> tu
         if not seen.offered:
             return True, "may: STARTTLS not offered; delivery goes on in plain text"
         if seen.error and seen.audited and seen.verification:
-            return True, ("may: certificate not valid (MTA-STS testing: logged); "
-                          "delivery uses TLS with this host unverified")
+            return True, (
+                "may: certificate not valid (MTA-STS testing: logged); "
+                "delivery uses TLS with this host unverified"
+            )
         if seen.error or seen.refused:
             return True, "may: TLS failed; delivery retries this host in plain text"
         return True, "may: delivery uses TLS with this host (certificate not checked)"
@@ -142,13 +148,18 @@ def verdict(policy: TlsPolicy, host: str, exchange: str, seen: TlsOutcome) -> tu
     if seen.refused is not None:
         return False, tlspolicy.refused(host, policy, seen.refused)
     if seen.error:
-        return False, tlspolicy.handshake_failed(host, policy, seen.error, verification=seen.verification)
+        return False, tlspolicy.handshake_failed(
+            host, policy, seen.error, verification=seen.verification
+        )
     if policy.tlsa:
         if seen.dane_problem is not None:
             return False, dane.mismatch(host, seen.dane_problem)
         if _named(seen.dane_name, exchange):
             return True, f"dane: certificate matched a TLSA record of {exchange}"
-        return False, f"451 {tlspolicy.STATUS} DANE: TLS with {host} was not authenticated for {exchange}"
+        return (
+            False,
+            f"451 {tlspolicy.STATUS} DANE: TLS with {host} was not authenticated for {exchange}",
+        )
     if policy.verify:
         if _named(seen.verified_name, exchange):
             return True, f"verify: certificate verified for {exchange}"
@@ -158,8 +169,14 @@ def verdict(policy: TlsPolicy, host: str, exchange: str, seen: TlsOutcome) -> tu
     return False, tlspolicy.not_offered(host, policy)
 
 
-def satisfied(policy: TlsPolicy, *, tls: bool, verified_name: str | None, exchange: str,
-              dane_name: str | None = None) -> bool:
+def satisfied(
+    policy: TlsPolicy,
+    *,
+    tls: bool,
+    verified_name: str | None,
+    exchange: str,
+    dane_name: str | None = None,
+) -> bool:
     """Does a session (pooled or new) meet ``policy`` for a host named ``exchange``?
 
     ``verified_name``: the name PKIX verification checked (TLS-3); ``dane_name``: the name whose
@@ -170,7 +187,12 @@ def satisfied(policy: TlsPolicy, *, tls: bool, verified_name: str | None, exchan
 
 
 def probe_verdict(
-    policy: TlsPolicy, host: str, exchange: str, *, offered: bool, error: str | None = None,
+    policy: TlsPolicy,
+    host: str,
+    exchange: str,
+    *,
+    offered: bool,
+    error: str | None = None,
     verification: bool = False,
 ) -> tuple[bool, str]:
     """``verdict`` for what ``explain --probe`` saw (EXP-3): ``offered``, STARTTLS was in the
@@ -178,11 +200,24 @@ def probe_verdict(
     when the policy is ``verify``, matching a TLSA record where the policy has them)."""
     up = offered and not error
     name = exchange if up else None
-    seen = TlsOutcome(offered=offered, error=error, verification=verification, tls=up,
-                      verified_name=name if policy.verify else None,
-                      dane_name=name if policy.tlsa else None)
+    seen = TlsOutcome(
+        offered=offered,
+        error=error,
+        verification=verification,
+        tls=up,
+        verified_name=name if policy.verify else None,
+        dane_name=name if policy.tlsa else None,
+    )
     return verdict(policy, host, exchange, seen)
 
 
-__all__ = ["Contexts", "Peer", "TlsOutcome", "peer_of", "probe_verdict", "satisfied", "unmeetable",
-           "verdict"]
+__all__ = [
+    "Contexts",
+    "Peer",
+    "TlsOutcome",
+    "peer_of",
+    "probe_verdict",
+    "satisfied",
+    "unmeetable",
+    "verdict",
+]

@@ -23,7 +23,9 @@ class LastReason(NamedTuple):
     remote: bool  # ``reply`` is what ``relay`` replied, not our own reason (DSN-6)
 
 
-NO_ADDRESS = LastReason("4.4.1", "451 4.4.1 no address of the destination could be tried", None, False)
+NO_ADDRESS = LastReason(
+    "4.4.1", "451 4.4.1 no address of the destination could be tried", None, False
+)
 
 
 @dataclass
@@ -36,31 +38,58 @@ class Attempt:
     utf8: bool  # the envelope or the header needs SMTPUTF8 (SESS-15)
     tls: TlsPolicy = field(default_factory=TlsPolicy)  # the destination's TLS policy (TLS-3)
     dane: dane.DanePosture | None = None  # the plan's DANE verdict per MX host (TLS-7)
-    sts: mtasts.Lookup | None = None  # the destination's MTA-STS state (TLS-5/6); None: not consulted
+    sts: mtasts.Lookup | None = (
+        None  # the destination's MTA-STS state (TLS-5/6); None: not consulted
+    )
     results: dict[str, RecipientResult] = field(default_factory=dict)
     last: dict[str, LastReason] = field(default_factory=dict)  # address -> last temporary reason
 
-    def finish(self, rcpt: Recipient, disposition: Disposition, status: str, reply: str,
-               target: Target | None, *, remote: bool) -> None:
+    def finish(
+        self,
+        rcpt: Recipient,
+        disposition: Disposition,
+        status: str,
+        reply: str,
+        target: Target | None,
+        *,
+        remote: bool,
+    ) -> None:
         """A final answer. ``remote``: ``reply`` is what ``target`` replied, not our own reason
         (DSN-6)."""
         relay = str(target) if target else None
-        self.results[rcpt.address] = RecipientResult(rcpt.address, disposition, status, reply, relay,
-                                                     remote_reply=remote and target is not None)
+        self.results[rcpt.address] = RecipientResult(
+            rcpt.address,
+            disposition,
+            status,
+            reply,
+            relay,
+            remote_reply=remote and target is not None,
+        )
 
-    def soft(self, recipients: Sequence[Recipient], status: str, reply: str, target: Target | None,
-             *, remote: bool) -> None:
+    def soft(
+        self,
+        recipients: Sequence[Recipient],
+        status: str,
+        reply: str,
+        target: Target | None,
+        *,
+        remote: bool,
+    ) -> None:
         """A temporary answer: the recipients stay pending; remember it as their last reason."""
         relay = str(target) if target else None
         for rcpt in recipients:
-            self.last[rcpt.address] = LastReason(status, reply, relay, remote and target is not None)
+            self.last[rcpt.address] = LastReason(
+                status, reply, relay, remote and target is not None
+            )
 
     def answered(self, recipients: Sequence[Recipient], answer: Answer, target: Target) -> None:
         """What ``target`` replied for ``recipients``: bounced when permanent, else their last
         temporary reason (an accepting answer records nothing)."""
         if answer.kind is Kind.PERMANENT:
             for rcpt in recipients:
-                self.finish(rcpt, Disposition.BOUNCED, answer.status, answer.reply, target, remote=True)
+                self.finish(
+                    rcpt, Disposition.BOUNCED, answer.status, answer.reply, target, remote=True
+                )
         elif answer.kind is not Kind.ACCEPTED:
             self.soft(recipients, answer.status, answer.reply, target, remote=True)
 
@@ -70,8 +99,9 @@ class Attempt:
         status, reply, relay, remote = self.last.get(rcpt.address, NO_ADDRESS)
         if status[0] != "4":
             status = "4" + status[1:]
-        return RecipientResult(rcpt.address, Disposition.DEFERRED, status, reply, relay,
-                               remote_reply=remote)
+        return RecipientResult(
+            rcpt.address, Disposition.DEFERRED, status, reply, relay, remote_reply=remote
+        )
 
 
 __all__ = ["NO_ADDRESS", "Attempt", "LastReason"]

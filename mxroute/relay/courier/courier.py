@@ -90,15 +90,26 @@ class Courier:
         self.mta_sts = mta_sts  # TLS-5/6: consulted per destination when settings.mta_sts is on
         self.starttls = starttls
         self.stats: dict[str, int] = {
-            "connections": 0, "sessions": 0, "reused": 0, "tls": 0, "tls_fallbacks": 0,
-            "dane": 0, "dane_failures": 0,  # TLS-7: certificates that matched / did not match TLSA records
-            "policy_skips": 0,  # hosts not contacted: MTA-STS enforce (TLS-6) or a failed TLSA lookup (TLS-7)
+            "connections": 0,
+            "sessions": 0,
+            "reused": 0,
+            "tls": 0,
+            "tls_fallbacks": 0,
+            "dane": 0,
+            "dane_failures": 0,  # TLS-7: certificates that matched / did not match TLSA records
+            # hosts not contacted: MTA-STS enforce (TLS-6) or a failed TLSA lookup (TLS-7)
+            "policy_skips": 0,
         }
         self.hosts = Hosts()
         self.dialer = Dialer(settings, self.stats, Contexts(tls_context))
         self.transactions = Transactions(settings)
-        self.pool = Pool(settings, self.stats, reuse=reuse, idle_timeout=idle_timeout,
-                         max_idle_per_destination=max_idle_per_destination)
+        self.pool = Pool(
+            settings,
+            self.stats,
+            reuse=reuse,
+            idle_timeout=idle_timeout,
+            max_idle_per_destination=max_idle_per_destination,
+        )
         self._settings = settings
 
     @property
@@ -108,7 +119,9 @@ class Courier:
     @settings.setter
     def settings(self, settings: Settings) -> None:
         """New settings (a reload): every part reads them from its next step on."""
-        self._settings = self.dialer.settings = self.transactions.settings = self.pool.settings = settings
+        self._settings = self.dialer.settings = self.transactions.settings = self.pool.settings = (
+            settings
+        )
 
     # --- the one public operation -----------------------------------------------------------
 
@@ -121,27 +134,37 @@ class Courier:
         *,
         queue_id: str | None = None,
     ) -> list[RecipientResult]:
-        """Deliver ``message`` to ``recipients`` (all of ``plan.domain``); one result per recipient."""
+        """Deliver ``message`` to ``recipients`` (all of ``plan.domain``); one result for each."""
         started = time.monotonic()
         body = canonical_data(message)
         addresses_ascii = envelope.sender.isascii() and all(r.address.isascii() for r in recipients)
         attempt = Attempt(
-            envelope=envelope, body=body, eight_bit=not body.isascii(),
+            envelope=envelope,
+            body=body,
+            eight_bit=not body.isascii(),
             utf8=not addresses_ascii or (envelope.smtputf8 and not _headers(body).isascii()),
-            tls=self.tls_policy(plan.domain), dane=plan.dane,
+            tls=self.tls_policy(plan.domain),
+            dane=plan.dane,
         )
         valid = _valid(attempt, envelope, recipients)
         if plan.verdict is Verdict.TEMPORARY:  # MX-6: DNS said "later"
             reply = f"451 {plan.dsn_status} {safe_text(plan.reason)}"
             for rcpt in valid:
-                attempt.finish(rcpt, Disposition.DEFERRED, plan.dsn_status, reply, None, remote=False)
+                attempt.finish(
+                    rcpt, Disposition.DEFERRED, plan.dsn_status, reply, None, remote=False
+                )
         elif plan.verdict is Verdict.PERMANENT:  # MX-5/9/10/11: DNS said "never"
             code = 556 if plan.dsn_status == "5.1.10" else 550
             reply = f"{code} {plan.dsn_status} {safe_text(plan.reason)}"
             for rcpt in valid:
-                attempt.finish(rcpt, Disposition.BOUNCED, plan.dsn_status, reply, None, remote=False)
+                attempt.finish(
+                    rcpt, Disposition.BOUNCED, plan.dsn_status, reply, None, remote=False
+                )
         elif valid:
-            if self.mta_sts is not None and mtasts.skip_reason(self.settings.mta_sts, plan, attempt.tls) is None:
+            if (
+                self.mta_sts is not None
+                and mtasts.skip_reason(self.settings.mta_sts, plan, attempt.tls) is None
+            ):
                 attempt.sts = await self.mta_sts.lookup(plan.domain)  # MTA-STS (TLS-5/6)
             await self._walk(plan, attempt, valid)
         out = [attempt.results[r.address] for r in recipients]
@@ -183,7 +206,9 @@ class Courier:
             if not pending:
                 break
             if sessions >= limit:
-                hosts.session_limit(plan.domain, limit, len(plan.targets) - plan.targets.index(target))
+                hosts.session_limit(
+                    plan.domain, limit, len(plan.targets) - plan.targets.index(target)
+                )
                 break
             session, greeted = await self._open(target, attempt, pending)
             if greeted:
@@ -210,7 +235,12 @@ class Courier:
             attempt.results[rcpt.address] = attempt.deferred(rcpt)
 
     async def _open(
-        self, target: Target, attempt: Attempt, pending: list[Recipient], *, pool: bool = True,
+        self,
+        target: Target,
+        attempt: Attempt,
+        pending: list[Recipient],
+        *,
+        pool: bool = True,
     ) -> tuple[Session | None, bool]:
         """A ready session with ``target`` (pooled or new): greeting, EHLO/HELO, STARTTLS.
 
@@ -222,7 +252,9 @@ class Courier:
         if refusal is not None:
             self.stats["policy_skips"] += 1
             hosts.policy_skip(target, refusal, rule)
-            attempt.soft(pending, tlspolicy.STATUS, refusal, target, remote=False)  # TLS-6/7: never contacted
+            attempt.soft(
+                pending, tlspolicy.STATUS, refusal, target, remote=False
+            )  # TLS-6/7: never contacted
             return None, False
         audit = None  # MTA-STS testing: the lookup whose "enforce" verdict is only logged (TLS-6)
         if rule == "TLS-6":
@@ -232,29 +264,45 @@ class Courier:
             audit = mtasts.audited(attempt.sts, target.exchange)
         pooled = await self.pool.checkout(key) if pool else None
         if pooled is not None:
-            if satisfied(policy, tls=pooled.tls, verified_name=pooled.verified_name,
-                         exchange=target.exchange, dane_name=pooled.dane_name):
+            if satisfied(
+                policy,
+                tls=pooled.tls,
+                verified_name=pooled.verified_name,
+                exchange=target.exchange,
+                dane_name=pooled.dane_name,
+            ):
                 return pooled, True
             self.pool.uncount()  # TLS-3: not good enough for this policy; back to the pool
             self.pool.release(pooled)
         async with self.hosts.contact(key) as known:  # RTY-4
             if known is not None:
-                attempt.soft(pending, known.status, f"{known.reply} (host skipped until its retry time, RTY-4)",
-                             target, remote=False)
+                attempt.soft(
+                    pending,
+                    known.status,
+                    f"{known.reply} (host skipped until its retry time, RTY-4)",
+                    target,
+                    remote=False,
+                )
                 return None, False
             session, greeted, problem = await self._dial(target, key, policy, audit)
             if session is not None:
                 self.hosts.answered(key)
                 return session, greeted
-            failure = problem if isinstance(problem, HostFailure) else \
-                HostFailure("4.4.1", "451 4.4.1 no session", remote=False)
+            failure = (
+                problem
+                if isinstance(problem, HostFailure)
+                else HostFailure("4.4.1", "451 4.4.1 no session", remote=False)
+            )
             attempt.soft(pending, failure.status, failure.reply, target, remote=failure.remote)
             if failure.status != tlspolicy.STATUS:  # TLS-3: a policy's failure is not the host's
-                self.hosts.failed(key, failure.status, failure.reply, self.settings.retry_min_seconds)
+                self.hosts.failed(
+                    key, failure.status, failure.reply, self.settings.retry_min_seconds
+                )
             return None, greeted
 
-    async def _dial(self, target: Target, key: Endpoint, policy: TlsPolicy,
-                    audit: mtasts.Lookup | None) -> Connected:
+    async def _dial(
+        self, target: Target, key: Endpoint, policy: TlsPolicy, audit: mtasts.Lookup | None
+    ) -> Connected:
         """A new session under ``policy``, and the TLS retries a failed handshake calls for.
 
         ``starttls=False`` turns the opportunistic default off; a required policy still applies.
@@ -262,10 +310,13 @@ class Courier:
         the handshake failed: the same host in plain text (TLS-1).
         """
         use_tls = policy.level != "none" and (self.starttls or policy.required)
-        session, greeted, problem = await self.dialer.connect(target, key, use_tls=use_tls, policy=policy,
-                                                              audit=audit)
+        session, greeted, problem = await self.dialer.connect(
+            target, key, use_tls=use_tls, policy=policy, audit=audit
+        )
         if problem is Retry.UNVERIFIED:
-            session, again, problem = await self.dialer.connect(target, key, use_tls=True, policy=policy)
+            session, again, problem = await self.dialer.connect(
+                target, key, use_tls=True, policy=policy
+            )
             greeted = greeted or again
         if problem is Retry.PLAIN:
             session, again, problem = await self.dialer.connect(target, key, use_tls=False)
@@ -273,7 +324,7 @@ class Courier:
         return Connected(session, greeted, problem)
 
     def _bind_address(self, target: Target) -> str | None:
-        """The egress address of the target's family, if configured (Postfix smtp_bind_address[6])."""
+        """The egress address of the target's family, if configured (smtp_bind_address[6])."""
         for ip in self.settings.egress_ips:
             if (":" in ip) == (target.family == 6):
                 return ip
@@ -291,11 +342,23 @@ def _valid(attempt: Attempt, envelope: Envelope, recipients: list[Recipient]) ->
         seen.add(rcpt.address)
         problem = path_problem(rcpt.address)
         if problem:
-            attempt.finish(rcpt, Disposition.BOUNCED, "5.1.3", f"553 5.1.3 bad recipient address: {problem}",
-                           None, remote=False)
+            attempt.finish(
+                rcpt,
+                Disposition.BOUNCED,
+                "5.1.3",
+                f"553 5.1.3 bad recipient address: {problem}",
+                None,
+                remote=False,
+            )
         elif sender_problem:
-            attempt.finish(rcpt, Disposition.BOUNCED, "5.1.7", f"553 5.1.7 bad sender address: {sender_problem}",
-                           None, remote=False)
+            attempt.finish(
+                rcpt,
+                Disposition.BOUNCED,
+                "5.1.7",
+                f"553 5.1.7 bad sender address: {sender_problem}",
+                None,
+                remote=False,
+            )
         else:
             valid.append(rcpt)
     return valid
@@ -307,15 +370,28 @@ def _log_result(queue_id: str | None, result: RecipientResult, delay: float) -> 
     A refusal the host sent reads "host X said: ..." and our own reasons read as themselves,
     as in Postfix's logs (DSN-6).
     """
-    word = {Disposition.DELIVERED: "sent", Disposition.DEFERRED: "deferred", Disposition.BOUNCED: "bounced"}
+    word = {
+        Disposition.DELIVERED: "sent",
+        Disposition.DEFERRED: "deferred",
+        Disposition.BOUNCED: "bounced",
+    }
     relay = safe_text(result.remote_mta or "none", 200)
     reply = safe_text(result.reply)
-    if result.remote_reply and result.remote_mta and result.disposition is not Disposition.DELIVERED:
+    if (
+        result.remote_reply
+        and result.remote_mta
+        and result.disposition is not Disposition.DELIVERED
+    ):
         reply = f"host {relay} said: {reply}"
     log.info(
         "%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)",
-        queue_id or "-", safe_text(result.recipient, 300), relay, delay, result.status,
-        word[result.disposition], reply,
+        queue_id or "-",
+        safe_text(result.recipient, 300),
+        relay,
+        delay,
+        result.status,
+        word[result.disposition],
+        reply,
     )
 
 

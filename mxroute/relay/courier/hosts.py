@@ -100,6 +100,7 @@ class Hosts:
 
 # --- per-host events --------------------------------------------------------------------------
 
+
 def moving_on(host: object, reply: str, rule: str) -> None:
     """A host ruled out for this attempt by ``rule`` (TLS-3, TLS-7): the next address is tried."""
     log.warning("%s: %s: trying the next address (%s)", host, reply, rule)
@@ -130,7 +131,9 @@ def plain_text(host: object, what: str, then: str) -> None:
 
 
 def session_limit(domain: str, limit: int, left: int) -> None:
-    log.info("%s: mx_session_limit=%d reached, %d address(es) left untried (MX-16)", domain, limit, left)
+    log.info(
+        "%s: mx_session_limit=%d reached, %d address(es) left untried (MX-16)", domain, limit, left
+    )
 
 
 __all__ = ["Endpoint", "Hosts", "Unreachable", "log"]

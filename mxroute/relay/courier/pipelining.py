@@ -26,7 +26,8 @@ class PipeliningProtocol(SMTPProtocol):
     expected: int  # replies outstanding for the group written last
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop | None = None,
+        self,
+        loop: asyncio.AbstractEventLoop | None = None,
         connection_lost_callback: Callable[[SMTPProtocol], None] | None = None,
     ) -> None:
         super().__init__(loop=loop, connection_lost_callback=connection_lost_callback)
@@ -57,7 +58,12 @@ class PipeliningProtocol(SMTPProtocol):
 
     def _hand(self, item: SMTPResponse | BaseException) -> None:
         waiter = self._response_waiter
-        if self._response_pending and not self._replies and waiter is not None and not waiter.done():
+        if (
+            self._response_pending
+            and not self._replies
+            and waiter is not None
+            and not waiter.done()
+        ):
             if isinstance(item, BaseException):
                 self._set_response_exception(waiter, item)
             else:

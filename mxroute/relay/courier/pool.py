@@ -20,8 +20,13 @@ class Pool:
     """
 
     def __init__(
-        self, settings: Settings, stats: dict[str, int], *, reuse: bool = True,
-        idle_timeout: float = 30.0, max_idle_per_destination: int | None = None,
+        self,
+        settings: Settings,
+        stats: dict[str, int],
+        *,
+        reuse: bool = True,
+        idle_timeout: float = 30.0,
+        max_idle_per_destination: int | None = None,
     ) -> None:
         self.settings = settings
         self.stats = stats
@@ -73,7 +78,9 @@ class Pool:
             self.discard(session)
             return
         idle.append(session)
-        session.idle_timer = asyncio.get_running_loop().call_later(self.idle_timeout, self._expire, session)
+        session.idle_timer = asyncio.get_running_loop().call_later(
+            self.idle_timeout, self._expire, session
+        )
 
     def _expire(self, session: Session) -> None:
         idle = self._idle.get(session.key, [])

@@ -43,7 +43,9 @@ def too_many_recipients(code: int, text: str) -> bool:
     later."""
     if code == 452:
         return True
-    return code == 552 and (text.strip().startswith("5.5.3") or "too many recipients" in text.lower())
+    return code == 552 and (
+        text.strip().startswith("5.5.3") or "too many recipients" in text.lower()
+    )
 
 
 def path_problem(address: str, *, null_ok: bool = False) -> str | None:
@@ -112,6 +114,14 @@ def final_answer(code: int, text: str, enhanced: bool) -> Answer:
 
 
 __all__ = [
-    "Answer", "Kind", "data_answer", "enhanced_status", "final_answer", "mail_answer",
-    "path_problem", "rcpt_answer", "reply_text", "too_many_recipients",
+    "Answer",
+    "Kind",
+    "data_answer",
+    "enhanced_status",
+    "final_answer",
+    "mail_answer",
+    "path_problem",
+    "rcpt_answer",
+    "reply_text",
+    "too_many_recipients",
 ]

@@ -95,28 +95,39 @@ class Session:
 
     def tls_outcome(self, dane_problem: str | None = None) -> TlsOutcome:
         """What STARTTLS gave on this session, for ``tls.contexts.verdict``."""
-        return TlsOutcome(tls=self.tls, verified_name=self.verified_name, dane_name=self.dane_name,
-                          dane_problem=dane_problem)
+        return TlsOutcome(
+            tls=self.tls,
+            verified_name=self.verified_name,
+            dane_name=self.dane_name,
+            dane_problem=dane_problem,
+        )
 
     def lost(self, what: str, exc: BaseException) -> HostFailure:
         """A drop or a timeout while waiting for the reply to ``what``: the session is over
         (SESS-4)."""
         self.client.close()
         why = safe_text(str(exc) or type(exc).__name__)
-        return HostFailure("4.4.2", f"451 4.4.2 lost connection with {self.target} in reply to {what}: "
-                                    f"{why}", remote=False)
+        return HostFailure(
+            "4.4.2",
+            f"451 4.4.2 lost connection with {self.target} in reply to {what}: {why}",
+            remote=False,
+        )
 
     def unless_closing(self, resp: SMTPResponse) -> SMTPResponse:
         """``resp``, unless it is a 421: the server is closing, so is the session (RFC 5321 §3.8,
         MX-17)."""
         if resp.code == 421:
             self.client.close()
-            raise HostFailure(enhanced_status(resp.code, resp.message, self.enhanced),
-                              reply_text(resp.code, resp.message), remote=True)
+            raise HostFailure(
+                enhanced_status(resp.code, resp.message, self.enhanced),
+                reply_text(resp.code, resp.message),
+                remote=True,
+            )
         return resp
 
     async def command(self, *args: bytes, timeout: float) -> SMTPResponse:
-        """One command and its reply; a 421, a drop or a timeout ends the session (SESS-4, MX-17)."""
+        """One command and its reply; a 421, a drop or a timeout ends the session (SESS-4,
+        MX-17)."""
         try:
             resp = await self.client.execute_command(*args, timeout=timeout)
         except (*WIRE_ERRORS, TimeoutError, ValueError) as exc:
@@ -136,8 +147,11 @@ class Session:
         resp = await self.command(b"RSET", timeout=timeout)
         if resp.code != 250:
             self.client.close()
-            raise HostFailure("4.4.2", f"451 4.4.2 {self.target} refused RSET: "
-                                       f"{reply_text(resp.code, resp.message)}", remote=False)
+            raise HostFailure(
+                "4.4.2",
+                f"451 4.4.2 {self.target} refused RSET: {reply_text(resp.code, resp.message)}",
+                remote=False,
+            )
 
     async def quit(self) -> None:
         """QUIT, bounded; the connection is closed in any case."""
@@ -177,8 +191,13 @@ class Dialer:
         self.contexts = contexts
 
     async def connect(
-        self, target: Target, key: Endpoint, *, use_tls: bool,
-        policy: TlsPolicy = TlsPolicy(), audit: mtasts.Lookup | None = None,
+        self,
+        target: Target,
+        key: Endpoint,
+        *,
+        use_tls: bool,
+        policy: TlsPolicy = TlsPolicy(),
+        audit: mtasts.Lookup | None = None,
     ) -> Connected:
         """Connect, read the greeting, EHLO (HELO fallback), STARTTLS when offered.
 
@@ -197,8 +216,12 @@ class Dialer:
                 retry = await self.starttls(session, policy, audit)
                 if retry:
                     return Connected(None, True, retry)
-            elif audit is not None and not session.has("starttls"):  # TLS-6 testing: logged, delivered
-                hosts.testing(target, mtasts.testing_refusal(audit, target.exchange, "STARTTLS not offered"))
+            elif audit is not None and not session.has(
+                "starttls"
+            ):  # TLS-6 testing: logged, delivered
+                hosts.testing(
+                    target, mtasts.testing_refusal(audit, target.exchange, "STARTTLS not offered")
+                )
             else:  # no STARTTLS: a required policy refuses the host (TLS-3, RFC 3207 §6)
                 ok, reply = verdict(policy, str(target), target.exchange, TlsOutcome(offered=False))
                 if not ok:
@@ -216,34 +239,67 @@ class Dialer:
     async def _greeting(self, target: Target, key: Endpoint) -> aiosmtplib.SMTP | Connected:
         """A connected client that was greeted with 220 (RFC 5321 §4.5.3.2.1), or why not."""
         s = self.settings
-        sock = socket.socket(socket.AF_INET6 if target.family == 6 else socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(
+            socket.AF_INET6 if target.family == 6 else socket.AF_INET, socket.SOCK_STREAM
+        )
         sock.setblocking(False)
         try:
-            if key.source:  # Postfix smtp_bind_address: leave from the egress address explain checks
+            if (
+                key.source
+            ):  # Postfix smtp_bind_address: leave from the egress address explain checks
                 sock.bind((key.source, 0))
-            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (target.address, target.port)),
-                                   s.connect_timeout)
+            await asyncio.wait_for(
+                asyncio.get_running_loop().sock_connect(sock, (target.address, target.port)),
+                s.connect_timeout,
+            )
         except (OSError, TimeoutError) as exc:
             sock.close()
-            why = "timed out" if isinstance(exc, TimeoutError) else (os.strerror(exc.errno) if exc.errno else str(exc))
+            why = (
+                "timed out"
+                if isinstance(exc, TimeoutError)
+                else (os.strerror(exc.errno) if exc.errno else str(exc))
+            )
             hosts.connect_failed(target, why)
-            return Connected(None, False, HostFailure("4.4.1", f"451 4.4.1 connect to {target}: {safe_text(why)}",
-                                                      remote=False))
+            return Connected(
+                None,
+                False,
+                HostFailure(
+                    "4.4.1", f"451 4.4.1 connect to {target}: {safe_text(why)}", remote=False
+                ),
+            )
         self.stats["connections"] += 1
-        client = aiosmtplib.SMTP(sock=sock, local_hostname=s.helo_name, timeout=s.greeting_timeout,
-                                 start_tls=False, use_tls=False)
+        client = aiosmtplib.SMTP(
+            sock=sock,
+            local_hostname=s.helo_name,
+            timeout=s.greeting_timeout,
+            start_tls=False,
+            use_tls=False,
+        )
         try:
             await client.connect(timeout=s.greeting_timeout)
-        except aiosmtplib.SMTPConnectResponseError as exc:  # 4xx/5xx greeting: skip (smtp_skip_5xx_greeting)
+        except (
+            aiosmtplib.SMTPConnectResponseError
+        ) as exc:  # 4xx/5xx greeting: skip (smtp_skip_5xx_greeting)
             client.close()
             reply = reply_text(exc.code, exc.message)
             hosts.greeted_with(target, reply)
-            return Connected(None, True, HostFailure(enhanced_status(exc.code, exc.message, False), reply, remote=True))
+            return Connected(
+                None,
+                True,
+                HostFailure(enhanced_status(exc.code, exc.message, False), reply, remote=True),
+            )
         except WIRE_ERRORS as exc:
             client.close()
             sock.close()
-            return Connected(None, False, HostFailure(
-                "4.4.2", f"451 4.4.2 no greeting from {target}: {safe_text(str(exc))}", remote=False))
+            return Connected(
+                None,
+                False,
+                HostFailure(
+                    "4.4.2",
+                    f"451 4.4.2 no greeting from {target}: {safe_text(str(exc))}",
+                    remote=False,
+                ),
+            )
         return client
 
     async def hello(self, session: Session) -> None:
@@ -262,11 +318,17 @@ class Dialer:
                 session.esmtp, session.extensions = False, {}  # HELO: no extension parameters
                 return
             resp = helo_resp
-        raise HostFailure(enhanced_status(resp.code, resp.message, False), reply_text(resp.code, resp.message),
-                          remote=True)
+        raise HostFailure(
+            enhanced_status(resp.code, resp.message, False),
+            reply_text(resp.code, resp.message),
+            remote=True,
+        )
 
     async def starttls(
-        self, session: Session, policy: TlsPolicy = TlsPolicy(), audit: mtasts.Lookup | None = None,
+        self,
+        session: Session,
+        policy: TlsPolicy = TlsPolicy(),
+        audit: mtasts.Lookup | None = None,
     ) -> Retry | None:
         """STARTTLS (RFC 3207; TLS-1/2/3). None, or the ``Retry`` due.
 
@@ -282,27 +344,35 @@ class Dialer:
         if refusal is not None:
             raise HostFailure(tlspolicy.STATUS, refusal, remote=False)
         plain = session.client.transport  # kept to abort it if the handshake fails half-way
-        context = self.contexts.for_host(policy, target.exchange, self.settings.tls_ca_file,
-                                         audited=audit is not None)
+        context = self.contexts.for_host(
+            policy, target.exchange, self.settings.tls_ca_file, audited=audit is not None
+        )
         try:
-            await session.client.starttls(tls_context=context, server_hostname=target.exchange or None,
-                                          timeout=self.settings.greeting_timeout)
+            await session.client.starttls(
+                tls_context=context,
+                server_hostname=target.exchange or None,
+                timeout=self.settings.greeting_timeout,
+            )
         except aiosmtplib.SMTPResponseException as exc:
             reply = reply_text(exc.code, exc.message)
             if exc.code == 421:
                 raise HostFailure("4.7.0", reply, remote=True) from None
             self._judge(session, policy, TlsOutcome(refused=reply))
             if audit is not None:
-                hosts.testing(target, mtasts.testing_refusal(audit, target.exchange, f"STARTTLS refused: {reply}"))
+                hosts.testing(
+                    target,
+                    mtasts.testing_refusal(audit, target.exchange, f"STARTTLS refused: {reply}"),
+                )
             self.stats["tls_fallbacks"] += 1
             hosts.plain_text(target, f"STARTTLS refused ({reply})", "continuing")
             return None
         except (*WIRE_ERRORS, ssl.SSLError) as exc:
             session.client.close()
             if plain is not None:
-                # asyncio leaves it "closing" with the socket open after a failed start_tls. The ignore:
-                # aiosmtplib types it BaseTransport though it is a Transport (it casts it so itself), and
-                # no isinstance() as uvloop's transports are no asyncio.Transport subclasses
+                # asyncio leaves it "closing" with the socket open after a failed start_tls.
+                # The ignore: aiosmtplib types it BaseTransport though it is a Transport (it
+                # casts it so itself), and no isinstance() as uvloop's transports are no
+                # asyncio.Transport subclasses
                 plain.abort()  # type: ignore[attr-defined, unused-ignore]
                 await asyncio.sleep(0)
             return self._handshake_failed(session, policy, audit, exc)
@@ -310,23 +380,37 @@ class Dialer:
         return None
 
     def _handshake_failed(
-        self, session: Session, policy: TlsPolicy, audit: mtasts.Lookup | None, exc: BaseException,
+        self,
+        session: Session,
+        policy: TlsPolicy,
+        audit: mtasts.Lookup | None,
+        exc: BaseException,
     ) -> Retry:
         """After a failed handshake: a required policy refuses the host; else the retry due."""
         target = session.target
         verification = isinstance(exc, ssl.SSLCertVerificationError)
         why = safe_text(getattr(exc, "verify_message", None) or str(exc) or type(exc).__name__)
-        self._judge(session, policy, TlsOutcome(error=why, verification=verification,
-                                                audited=audit is not None))
+        self._judge(
+            session,
+            policy,
+            TlsOutcome(error=why, verification=verification, audited=audit is not None),
+        )
         if audit is not None:
             what = "certificate verification failed" if verification else "TLS failed"
-            hosts.testing(target, mtasts.testing_refusal(audit, target.exchange,
-                                                         f"{what} for {target.exchange}: {why}"))
+            hosts.testing(
+                target,
+                mtasts.testing_refusal(
+                    audit, target.exchange, f"{what} for {target.exchange}: {why}"
+                ),
+            )
             if verification:
                 return Retry.UNVERIFIED
         self.stats["tls_fallbacks"] += 1
-        hosts.plain_text(target, f"TLS handshake failed ({safe_text(str(exc) or type(exc).__name__)})",
-                         "retrying the same host")
+        hosts.plain_text(
+            target,
+            f"TLS handshake failed ({safe_text(str(exc) or type(exc).__name__)})",
+            "retrying the same host",
+        )
         return Retry.PLAIN
 
     async def _secured(self, session: Session, policy: TlsPolicy, audited: bool) -> None:
@@ -334,13 +418,17 @@ class Dialer:
         target, name = session.target, session.target.exchange.lower()
         session.tls = True
         problem = None
-        if policy.tlsa:  # TLS-7: the certificate must match one of the host's TLSA records (RFC 7672 §3.1)
+        if (
+            policy.tlsa
+        ):  # TLS-7: the certificate must match one of the host's TLSA records (RFC 7672 §3.1)
             problem = dane.peer_problem(policy.tlsa, peer_of(session.client.transport).der)
             self.stats["dane_failures" if problem else "dane"] += 1
             session.dane_name = None if problem else name
         if self.contexts.verifies(policy, target.exchange, audited=audited):
             session.verified_name = name
-        self._judge(session, policy, session.tls_outcome(problem), rule="TLS-7" if policy.tlsa else "TLS-3")
+        self._judge(
+            session, policy, session.tls_outcome(problem), rule="TLS-7" if policy.tlsa else "TLS-3"
+        )
         self.stats["tls"] += 1
         await self.hello(session)
 

@@ -68,7 +68,9 @@ def rcpt_params(session: Session, rcpt: Recipient) -> list[bytes]:
     if not session.has("dsn"):
         return []
     params = []
-    notify = [n.upper() for n in rcpt.notify if n.upper() in ("NEVER", "SUCCESS", "FAILURE", "DELAY")]
+    notify = [
+        n.upper() for n in rcpt.notify if n.upper() in ("NEVER", "SUCCESS", "FAILURE", "DELAY")
+    ]
     if notify:
         params.append("NOTIFY=" + ",".join(notify))
     if rcpt.orcpt:
@@ -87,26 +89,36 @@ class Tally:
     leftovers: list[Recipient] = field(default_factory=list)
     soft: list[Recipient] = field(default_factory=list)
 
-    def take(self, recipients: list[Recipient], answer: Answer, attempt: Attempt, target: Target) -> None:
+    def take(
+        self, recipients: list[Recipient], answer: Answer, attempt: Attempt, target: Target
+    ) -> None:
         """Record what ``target`` answered for ``recipients``."""
         attempt.answered(recipients, answer, target)
-        bucket = {Kind.ACCEPTED: self.accepted, Kind.TOO_MANY: self.leftovers, Kind.TEMPORARY: self.soft}
+        bucket = {
+            Kind.ACCEPTED: self.accepted,
+            Kind.TOO_MANY: self.leftovers,
+            Kind.TEMPORARY: self.soft,
+        }
         bucket.get(answer.kind, []).extend(recipients)
 
     @classmethod
-    def refused_mail(cls, queue: list[Recipient], answer: Answer, attempt: Attempt, target: Target) -> Tally:
+    def refused_mail(
+        cls, queue: list[Recipient], answer: Answer, attempt: Attempt, target: Target
+    ) -> Tally:
         """MAIL was refused: every recipient bounces (5xx, MX-17) or stays pending."""
         attempt.answered(queue, answer, target)
         return cls(soft=list(queue) if answer.kind is Kind.TEMPORARY else [])
 
 
 class Transactions:
-    """Runs the transactions of one message on a session. ``settings`` may be replaced (a reload)."""
+    """Runs the transactions of one message on a session; ``settings`` may be replaced."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    async def run(self, session: Session, attempt: Attempt, pending: list[Recipient]) -> list[Recipient]:
+    async def run(
+        self, session: Session, attempt: Attempt, pending: list[Recipient]
+    ) -> list[Recipient]:
         """As many transactions as it takes on this session; return the recipients still pending.
 
         RFC 5321 §4.5.3.1.10 / SESS-9: recipients refused with "too many" go into a
@@ -116,7 +128,9 @@ class Transactions:
         if refusal is not None:
             status, reply = refusal
             for rcpt in pending:
-                attempt.finish(rcpt, Disposition.BOUNCED, status, reply, session.target, remote=False)
+                attempt.finish(
+                    rcpt, Disposition.BOUNCED, status, reply, session.target, remote=False
+                )
             return []
         queue = list(pending)
         later: list[Recipient] = []
@@ -133,7 +147,9 @@ class Transactions:
                 tally = await self._lock_step(session, attempt, queue)
             if tally.accepted:  # SESS-6: no DATA without an accepted recipient
                 await self._data(session, attempt, tally.accepted)
-            later.extend(tally.soft + [r for r in tally.accepted if r.address not in attempt.results])
+            later.extend(
+                tally.soft + [r for r in tally.accepted if r.address not in attempt.results]
+            )
             if not tally.accepted or not tally.leftovers:
                 later.extend(tally.leftovers)
                 break
@@ -144,27 +160,39 @@ class Transactions:
         """MAIL, then each RCPT after the reply to the one before."""
         s, target = self.settings, session.target
         sender = attempt.envelope.sender.encode("utf-8")
-        resp = await session.command(b"MAIL", b"FROM:<" + sender + b">", *mail_params(session, attempt),
-                                     timeout=s.mail_timeout)
+        resp = await session.command(
+            b"MAIL",
+            b"FROM:<" + sender + b">",
+            *mail_params(session, attempt),
+            timeout=s.mail_timeout,
+        )
         mail = mail_answer(resp.code, resp.message, session.enhanced)
         if mail.kind is not Kind.ACCEPTED:
             return Tally.refused_mail(queue, mail, attempt, target)
         tally = Tally()
         for index, rcpt in enumerate(queue):
             try:
-                resp = await session.command(b"RCPT", b"TO:<" + rcpt.address.encode("utf-8") + b">",
-                                             *rcpt_params(session, rcpt), timeout=s.rcpt_timeout)
+                resp = await session.command(
+                    b"RCPT",
+                    b"TO:<" + rcpt.address.encode("utf-8") + b">",
+                    *rcpt_params(session, rcpt),
+                    timeout=s.rcpt_timeout,
+                )
             except HostFailure:
                 attempt.soft(tally.accepted, "4.4.2", _LOST_BEFORE_DATA, target, remote=False)
                 raise
             answer = rcpt_answer(resp.code, resp.message, session.enhanced)
-            if answer.kind is Kind.TOO_MANY:  # SESS-9: this one and the rest in a further transaction
+            if (
+                answer.kind is Kind.TOO_MANY
+            ):  # SESS-9: this one and the rest in a further transaction
                 tally.take(queue[index:], answer, attempt, target)
                 break
             tally.take([rcpt], answer, attempt, target)
         return tally
 
-    async def _pipelined(self, session: Session, attempt: Attempt, queue: list[Recipient], rset: bool) -> Tally:
+    async def _pipelined(
+        self, session: Session, attempt: Attempt, queue: list[Recipient], rset: bool
+    ) -> Tally:
         """RFC 2920 (SESS-16): [RSET,] MAIL and RCPT×n in one write, then every reply in order.
 
         DATA is not pipelined: it is sent only once a recipient was accepted (SESS-6), and
@@ -173,13 +201,31 @@ class Transactions:
         """
         s, target = self.settings, session.target
         lines = [b"RSET"] if rset else []
-        lines.append(b" ".join([b"MAIL", b"FROM:<" + attempt.envelope.sender.encode("utf-8") + b">",
-                                *mail_params(session, attempt)]))
+        lines.append(
+            b" ".join(
+                [
+                    b"MAIL",
+                    b"FROM:<" + attempt.envelope.sender.encode("utf-8") + b">",
+                    *mail_params(session, attempt),
+                ]
+            )
+        )
         for rcpt in queue:
-            lines.append(b" ".join([b"RCPT", b"TO:<" + rcpt.address.encode("utf-8") + b">",
-                                    *rcpt_params(session, rcpt)]))
-        if any(COMMAND_INJECTION_REGEX.search(line) for line in lines):  # as aiosmtplib checks each command
-            raise HostFailure("4.4.2", f"451 4.4.2 refusing to send a control character to {target}", remote=False)
+            lines.append(
+                b" ".join(
+                    [
+                        b"RCPT",
+                        b"TO:<" + rcpt.address.encode("utf-8") + b">",
+                        *rcpt_params(session, rcpt),
+                    ]
+                )
+            )
+        if any(
+            COMMAND_INJECTION_REGEX.search(line) for line in lines
+        ):  # as aiosmtplib checks each command
+            raise HostFailure(
+                "4.4.2", f"451 4.4.2 refusing to send a control character to {target}", remote=False
+            )
         fresh, session.rset_due = session.rset_due, False
         protocol = session.pipelined
         if protocol is None:
@@ -201,7 +247,12 @@ class Transactions:
                     attempt.soft(tally.accepted, "4.4.2", _LOST_BEFORE_DATA, target, remote=False)
                     raise
                 if mail.kind is Kind.ACCEPTED:  # the RCPT replies of a refused MAIL mean nothing
-                    tally.take([rcpt], rcpt_answer(resp.code, resp.message, session.enhanced), attempt, target)
+                    tally.take(
+                        [rcpt],
+                        rcpt_answer(resp.code, resp.message, session.enhanced),
+                        attempt,
+                        target,
+                    )
         finally:
             protocol.expect(0)
         if mail.kind is not Kind.ACCEPTED:
@@ -227,10 +278,12 @@ class Transactions:
         try:
             if protocol is None:
                 raise aiosmtplib.SMTPServerDisconnected("connection lost")
-            protocol._response_pending = True  # replies arriving while we write belong to this command
+            protocol._response_pending = (
+                True  # replies arriving while we write belong to this command
+            )
             for start in range(0, len(payload), CHUNK):
                 sent_end = start + CHUNK >= len(payload)
-                protocol.write(payload[start:start + CHUNK])
+                protocol.write(payload[start : start + CHUNK])
                 if protocol._paused or protocol._connection_lost:  # else nothing to wait for
                     await asyncio.wait_for(protocol._drain_helper(), s.data_block_timeout)
             resp = await protocol.read_response(timeout=s.data_done_timeout)
@@ -241,8 +294,10 @@ class Transactions:
         attempt.answered(accepted, answer, target)
         if answer.kind is Kind.ACCEPTED:
             for rcpt in accepted:
-                attempt.finish(rcpt, Disposition.DELIVERED, answer.status, answer.reply, target, remote=True)
-                # DSN-9: a DSN-capable hop got NOTIFY/ORCPT and now owns success notices (RFC 3461 §5.2.2)
+                attempt.finish(
+                    rcpt, Disposition.DELIVERED, answer.status, answer.reply, target, remote=True
+                )
+                # DSN-9: a DSN-capable hop got NOTIFY/ORCPT, owns success notices (RFC 3461 §5.2.2)
                 attempt.results[rcpt.address].next_hop_dsn = session.esmtp and session.has("dsn")
         elif answer.kind is Kind.TEMPORARY and resp.code == 421:
             client.close()
@@ -253,9 +308,15 @@ def _unsendable(session: Session, attempt: Attempt) -> tuple[str, str] | None:
     """(status, reply) when this message cannot go to this server at all, else None."""
     target, size, limit = session.target, len(attempt.body), session.size_limit
     if attempt.utf8 and not session.has("smtputf8"):  # RFC 6531 §3.2: no downgrade (SESS-15)
-        return "5.6.7", f"553 5.6.7 {target} does not support SMTPUTF8, needed for a non-ASCII address"
+        return (
+            "5.6.7",
+            f"553 5.6.7 {target} does not support SMTPUTF8, needed for a non-ASCII address",
+        )
     if attempt.eight_bit and not session.has("8bitmime"):  # RFC 6152 §3: never raw 8-bit (SESS-14)
-        return "5.6.3", f"554 5.6.3 {target} does not support 8BITMIME and the message has 8-bit content"
+        return (
+            "5.6.3",
+            f"554 5.6.3 {target} does not support 8BITMIME and the message has 8-bit content",
+        )
     if limit is not None and size > limit:  # RFC 1870 §6: do not send it (SESS-13)
         return "5.3.4", f"552 5.3.4 message size {size} exceeds the fixed limit {limit} of {target}"
     return None
@@ -274,17 +335,24 @@ async def _pipelined_rset(session: Session, fresh: bool, timeout: float) -> None
         session.client.close()
         if fresh:
             raise Stale()
-        raise HostFailure("4.4.2", f"451 4.4.2 {session.target} refused RSET: "
-                                   f"{reply_text(resp.code, resp.message)}", remote=False)
+        raise HostFailure(
+            "4.4.2",
+            f"451 4.4.2 {session.target} refused RSET: {reply_text(resp.code, resp.message)}",
+            remote=False,
+        )
 
 
-def _lost_data(attempt: Attempt, accepted: list[Recipient], target: Target, sent_end: bool,
-               exc: BaseException) -> HostFailure:
+def _lost_data(
+    attempt: Attempt, accepted: list[Recipient], target: Target, sent_end: bool, exc: BaseException
+) -> HostFailure:
     """The connection failed during the data phase (SESS-4)."""
     why = safe_text(str(exc) or type(exc).__name__)
     if not sent_end:
-        return HostFailure("4.4.2", f"451 4.4.2 lost connection with {target} while sending data: {why}",
-                           remote=False)
+        return HostFailure(
+            "4.4.2",
+            f"451 4.4.2 lost connection with {target} while sending data: {why}",
+            remote=False,
+        )
     # No reply after "." is "not delivered, retry later". Not retried at another address in
     # this attempt, to keep the duplicate risk to one retry.
     reply = f"451 4.4.2 lost connection with {target} after end of data: {why}"
