@@ -42,9 +42,7 @@ async def probe(
     sets the others' policy as delivery does (``hosttls.for_host``).
     """
     tried: list[str] = []
-    skipped: list[
-        str
-    ] = []  # hosts delivery would skip: MTA-STS enforce (TLS-6), failed TLSA (TLS-7)
+    skipped: list[str] = []  # hosts delivery skips: MTA-STS enforce (TLS-6), failed TLSA (TLS-7)
     candidates: list[tuple[Target, TlsPolicy | None, bool]] = []
     for target in plan.targets:
         policy, refusal, rule = hosttls.for_host(tls or TlsPolicy(), plan.dane, sts, target)

@@ -93,9 +93,8 @@ def test_delivers_envelope_and_content_as_given() -> None:
         assert conn.helo == "relay.test" and conn.ehlo  # SESS-2: the configured name
         [msg] = sink.messages
         assert msg.mail_from == "s@src.test" and msg.rcpt_to == ["a@dest.test"]
-        assert (
-            msg.mail_args == f"FROM:<s@src.test> SIZE={len(MESSAGE)}"
-        )  # SESS-13: SIZE= when advertised
+        # SESS-13: SIZE= when advertised
+        assert msg.mail_args == f"FROM:<s@src.test> SIZE={len(MESSAGE)}"
         assert msg.data == MESSAGE
 
 
@@ -103,10 +102,7 @@ def test_one_result_per_recipient_in_order() -> None:
     with Sink("127.0.1.1") as sink:
         results = deliver(plan(target(1, sink)), ["b@dest.test", "a@dest.test", "b@dest.test"])
         assert [r.recipient for r in results] == ["b@dest.test", "a@dest.test", "b@dest.test"]
-        assert sink.messages[0].rcpt_to == [
-            "b@dest.test",
-            "a@dest.test",
-        ]  # a duplicate is sent once
+        assert sink.messages[0].rcpt_to == ["b@dest.test", "a@dest.test"]  # a duplicate once
 
 
 def test_plan_temporary_and_permanent_need_no_connection() -> None:
@@ -202,9 +198,8 @@ def test_all_addresses_exhausted_defers_with_last_reason() -> None:
     ):
         [r] = deliver(plan(target(1, c1), target(2, s2)), ["a@dest.test"])
         assert r.disposition is Disposition.DEFERRED
-        assert (
-            r.reply == "554 5.3.2 no service" and r.status == "4.0.0"
-        )  # a skipped 5xx greeting is not a bounce
+        # a skipped 5xx greeting is not a bounce
+        assert r.reply == "554 5.3.2 no service" and r.status == "4.0.0"
 
 
 # --- DSN-6: whose words a result carries (RFC 3464 §2.3.5/§2.3.6) ------------------------------
@@ -658,9 +653,8 @@ def test_tls1_failed_handshake_retries_same_host_in_plain_text(
         caplog.set_level(logging.INFO)
         [r] = deliver(plan(target(1, raw), target(2, second)), ["a@dest.test"], courier=courier)
         assert r.disposition is Disposition.DELIVERED
-        assert r.remote_mta is not None and r.remote_mta.startswith(
-            "mx1."
-        )  # the same host, in plain text
+        # the same host, in plain text
+        assert r.remote_mta is not None and r.remote_mta.startswith("mx1.")
         assert raw.connections == 2 and len(raw.messages) == 1 and second.connections == []
         assert courier.stats["tls_fallbacks"] == 1
         assert any(

@@ -83,9 +83,8 @@ def test_tls3_encrypt_without_starttls_defers_4_7_5_and_sends_no_mail(
         host = f"mx1.dest.test[127.0.1.1]:{raw.port}"
         assert r.reply == f"451 4.7.5 TLS required (encrypt) but not offered by {host}"
         assert r.remote_mta == f"mx1.dest.test[127.0.1.1]:{raw.port}"
-        assert (
-            r.remote_reply is False
-        )  # DSN-6: the host said no such thing; the TLS-3 reason is ours
+        # DSN-6: the host said no such thing; the TLS-3 reason is ours
+        assert r.remote_reply is False
         assert raw.messages == [] and not any(
             c.upper().startswith(("MAIL", "RCPT", "DATA")) for c in raw.commands
         )

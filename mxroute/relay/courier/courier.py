@@ -252,9 +252,8 @@ class Courier:
         if refusal is not None:
             self.stats["policy_skips"] += 1
             hosts.policy_skip(target, refusal, rule)
-            attempt.soft(
-                pending, tlspolicy.STATUS, refusal, target, remote=False
-            )  # TLS-6/7: never contacted
+            # TLS-6/7: never contacted
+            attempt.soft(pending, tlspolicy.STATUS, refusal, target, remote=False)
             return None, False
         audit = None  # MTA-STS testing: the lookup whose "enforce" verdict is only logged (TLS-6)
         if rule == "TLS-6":

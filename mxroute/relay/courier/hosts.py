@@ -136,4 +136,7 @@ def session_limit(domain: str, limit: int, left: int) -> None:
     )
 
 
-__all__ = ["Endpoint", "Hosts", "Unreachable", "log"]
+__all__ = [
+    "Endpoint", "Hosts", "Unreachable", "connect_failed", "greeted_with", "moving_on", "plain_text",
+    "policy_skip", "session_limit", "testing",
+]

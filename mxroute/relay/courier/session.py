@@ -216,9 +216,8 @@ class Dialer:
                 retry = await self.starttls(session, policy, audit)
                 if retry:
                     return Connected(None, True, retry)
-            elif audit is not None and not session.has(
-                "starttls"
-            ):  # TLS-6 testing: logged, delivered
+            elif audit is not None and not session.has("starttls"):
+                # TLS-6 testing: logged, delivered
                 hosts.testing(
                     target, mtasts.testing_refusal(audit, target.exchange, "STARTTLS not offered")
                 )
@@ -244,9 +243,7 @@ class Dialer:
         )
         sock.setblocking(False)
         try:
-            if (
-                key.source
-            ):  # Postfix smtp_bind_address: leave from the egress address explain checks
+            if key.source:  # smtp_bind_address: leave from the egress address explain checks
                 sock.bind((key.source, 0))
             await asyncio.wait_for(
                 asyncio.get_running_loop().sock_connect(sock, (target.address, target.port)),
@@ -277,9 +274,8 @@ class Dialer:
         )
         try:
             await client.connect(timeout=s.greeting_timeout)
-        except (
-            aiosmtplib.SMTPConnectResponseError
-        ) as exc:  # 4xx/5xx greeting: skip (smtp_skip_5xx_greeting)
+        except aiosmtplib.SMTPConnectResponseError as exc:
+            # a 4xx/5xx greeting: skip the host (Postfix smtp_skip_5xx_greeting)
             client.close()
             reply = reply_text(exc.code, exc.message)
             hosts.greeted_with(target, reply)
@@ -418,9 +414,8 @@ class Dialer:
         target, name = session.target, session.target.exchange.lower()
         session.tls = True
         problem = None
-        if (
-            policy.tlsa
-        ):  # TLS-7: the certificate must match one of the host's TLSA records (RFC 7672 §3.1)
+        if policy.tlsa:
+            # TLS-7: the certificate must match one of the host's TLSA records (RFC 7672 §3.1)
             problem = dane.peer_problem(policy.tlsa, peer_of(session.client.transport).der)
             self.stats["dane_failures" if problem else "dane"] += 1
             session.dane_name = None if problem else name

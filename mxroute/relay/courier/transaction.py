@@ -182,9 +182,8 @@ class Transactions:
                 attempt.soft(tally.accepted, "4.4.2", _LOST_BEFORE_DATA, target, remote=False)
                 raise
             answer = rcpt_answer(resp.code, resp.message, session.enhanced)
-            if (
-                answer.kind is Kind.TOO_MANY
-            ):  # SESS-9: this one and the rest in a further transaction
+            if answer.kind is Kind.TOO_MANY:
+                # SESS-9: this one and the rest in a further transaction
                 tally.take(queue[index:], answer, attempt, target)
                 break
             tally.take([rcpt], answer, attempt, target)
@@ -220,9 +219,8 @@ class Transactions:
                     ]
                 )
             )
-        if any(
-            COMMAND_INJECTION_REGEX.search(line) for line in lines
-        ):  # as aiosmtplib checks each command
+        # as aiosmtplib checks each command
+        if any(COMMAND_INJECTION_REGEX.search(line) for line in lines):
             raise HostFailure(
                 "4.4.2", f"451 4.4.2 refusing to send a control character to {target}", remote=False
             )
