@@ -1,10 +1,11 @@
 """`explain --probe`: connect to the first reachable address of a plan and report what it offers.
 
-Banner, EHLO extensions and the outcome of STARTTLS (unverified as opportunistic
-delivery does it, TLS-1; verified against the MX name under a ``verify`` policy; checked
-against the host's TLSA records where DANE applies, TLS-7), and whether delivery's TLS
-policy would accept the host (TLS-3, EXP-3), then QUIT. A host whose TLSA lookup failed
-is skipped, as delivery skips it. No mail is sent (EXP-1).
+Banner, EHLO extensions and the outcome of STARTTLS with the SSL context delivery would use
+(``tls.contexts``: unverified as opportunistic delivery does it, TLS-1; verified against the
+MX name under a ``verify`` policy or an MTA-STS ``testing`` one; checked against the host's
+TLSA records where DANE applies, TLS-7), and whether delivery's TLS policy would accept the
+host (TLS-3, EXP-3), then QUIT. A host whose TLSA lookup failed is skipped, as delivery skips
+it. No mail is sent (EXP-1).
 """
 
 from __future__ import annotations
@@ -13,17 +14,25 @@ import ssl
 import time
 from typing import Any
 
+import aiosmtplib
+
 from mxroute.routing.plan import Plan, Target
 from mxroute.settings import Settings
 from mxroute.tls import dane
 from mxroute.tls import host as hosttls
-from mxroute.tls import policy as tlspolicy
+from mxroute.tls.contexts import Contexts, TlsOutcome, peer_of, verdict
 from mxroute.tls.mtasts import policy as mtasts
 from mxroute.tls.policy import TlsPolicy
 
+_ERRORS = (aiosmtplib.SMTPException, OSError)
+
 
 async def probe(
-    plan: Plan, settings: Settings, limit: int = 3, tls: TlsPolicy | None = None, sts: mtasts.Lookup | None = None,
+    plan: Plan,
+    settings: Settings,
+    limit: int = 3,
+    tls: TlsPolicy | None = None,
+    sts: mtasts.Lookup | None = None,
 ) -> dict[str, Any]:
     """Try the plan's first ``limit`` addresses delivery would use; report the first that answers.
 
@@ -33,75 +42,26 @@ async def probe(
     ``enforce`` policy (``sts``, TLS-6) or with a failed TLSA lookup (TLS-7); DANE or MTA-STS
     sets the others' policy as delivery does (``hosttls.for_host``).
     """
-    import aiosmtplib
-
     tried: list[str] = []
-    skipped: list[str] = []  # hosts delivery would skip: MTA-STS enforce (TLS-6), a failed TLSA lookup (TLS-7)
-    candidates: list[tuple[Target, TlsPolicy | None]] = []
+    skipped: list[str] = []  # hosts delivery skips: MTA-STS enforce (TLS-6), failed TLSA (TLS-7)
+    candidates: list[tuple[Target, TlsPolicy | None, bool]] = []
     for target in plan.targets:
-        policy, refusal, _ = hosttls.for_host(tls or TlsPolicy(), plan.dane, sts, target.exchange, str(target))
+        policy, refusal, rule = hosttls.for_host(
+            tls or TlsPolicy(), plan.dane, sts, target.exchange, str(target)
+        )
         if refusal is not None:
             skipped.append(f"{target}: {refusal}")
+        elif tls is not None:
+            audited = rule == "TLS-6" and mtasts.audited(sts, target.exchange) is not None
+            candidates.append((target, policy, audited))
         else:
-            candidates.append((target, policy if tls is not None else None))
-    for target, host_tls in candidates[:limit]:
-        started = time.perf_counter()
-        client = aiosmtplib.SMTP(
-            hostname=target.address, port=target.port, timeout=min(settings.connect_timeout, 30.0),
-            local_hostname=settings.helo_name, start_tls=False, use_tls=False,
-        )
-        try:
-            greeting = await client.connect()
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            tried.append(f"{target}: {type(exc).__name__}: {exc}")
+            candidates.append((target, None, False))
+    contexts = Contexts()
+    for target, host_tls, audited in candidates[:limit]:
+        report = await _probe_host(target, host_tls, audited, settings, contexts)
+        if isinstance(report, str):
+            tried.append(report)
             continue
-        report: dict[str, Any] = {
-            "target": str(target),
-            "connect_ms": round((time.perf_counter() - started) * 1000, 1),
-            "banner": greeting.message.splitlines()[0] if greeting.message else "",
-            "banner_code": greeting.code,
-        }
-        try:
-            ehlo = await client.ehlo()
-            report["ehlo"] = f"{ehlo.code}"
-            report["extensions"] = sorted(client.esmtp_extensions)
-            offered = client.supports_extension("starttls")
-            error, verification, dane_failure = None, False, None
-            if offered:
-                verify = host_tls is not None and host_tls.verify and bool(target.exchange)
-                context = tlspolicy.verify_context(settings.tls_ca_file) if verify else None
-                if host_tls is not None and host_tls.tlsa:
-                    context = dane.ta_context(host_tls.tlsa)
-                context = context or tlspolicy.opportunistic_context()
-                try:
-                    await client.starttls(tls_context=context, server_hostname=target.exchange or None)
-                    transport = client.transport
-                    ssl_object = transport.get_extra_info("ssl_object") if transport else None
-                    if host_tls is not None and host_tls.tlsa:  # TLS-7: the check delivery makes
-                        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
-                        problem = dane.peer_problem(host_tls.tlsa, der)
-                        if problem is not None:
-                            error, dane_failure = problem, dane.mismatch(str(target), problem)
-                    report["starttls"] = f"ok: {ssl_object.version() if ssl_object else '?'} {ssl_object.cipher()[0] if ssl_object else ''}".strip()
-                except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
-                    report["starttls"] = f"failed: {exc}"
-                    error = str(exc) or type(exc).__name__
-                    verification = isinstance(exc, ssl.SSLCertVerificationError)
-            else:
-                report["starttls"] = "not offered"
-            if host_tls is not None:  # TLS-3, TLS-7 / EXP-3: the same rules delivery applies
-                ok, why = tlspolicy.probe_verdict(host_tls, str(target), target.exchange, offered=offered,
-                                                  error=error, verification=verification)
-                if dane_failure is not None:
-                    ok, why = False, dane_failure
-                report.update(tls_policy=host_tls.level, tls_policy_satisfied=ok, tls_policy_result=why)
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            report["error"] = f"{type(exc).__name__}: {exc}"
-        finally:
-            try:
-                await client.quit()
-            except (aiosmtplib.SMTPException, OSError):
-                client.close()
         if tried:
             report["unreachable"] = tried
         if skipped:
@@ -111,3 +71,85 @@ async def probe(
     if skipped:
         failed["skipped"] = skipped
     return failed
+
+
+async def _probe_host(
+    target: Target,
+    host_tls: TlsPolicy | None,
+    audited: bool,
+    settings: Settings,
+    contexts: Contexts,
+) -> dict[str, Any] | str:
+    """The report on one address, or why it could not be reached."""
+    started = time.perf_counter()
+    client = aiosmtplib.SMTP(
+        hostname=target.address,
+        port=target.port,
+        timeout=min(settings.connect_timeout, 30.0),
+        local_hostname=settings.helo_name,
+        start_tls=False,
+        use_tls=False,
+    )
+    try:
+        greeting = await client.connect()
+    except _ERRORS as exc:
+        return f"{target}: {type(exc).__name__}: {exc}"
+    report: dict[str, Any] = {
+        "target": str(target),
+        "connect_ms": round((time.perf_counter() - started) * 1000, 1),
+        "banner": greeting.message.splitlines()[0] if greeting.message else "",
+        "banner_code": greeting.code,
+    }
+    try:
+        ehlo = await client.ehlo()
+        report["ehlo"] = f"{ehlo.code}"
+        report["extensions"] = sorted(client.esmtp_extensions)
+        policy = host_tls or TlsPolicy()
+        context = contexts.for_host(policy, target.exchange, settings.tls_ca_file, audited=audited)
+        verifies = contexts.verifies(policy, target.exchange, audited=audited)
+        report["starttls"], seen = await _starttls(
+            client, target, policy, context, audited, verifies
+        )
+        if host_tls is not None:  # TLS-3, TLS-7 / EXP-3: the same rules delivery applies
+            ok, why = verdict(host_tls, str(target), target.exchange, seen)
+            report.update(tls_policy=host_tls.level, tls_policy_satisfied=ok, tls_policy_result=why)
+    except _ERRORS as exc:
+        report["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        try:
+            await client.quit()
+        except _ERRORS:
+            client.close()
+    return report
+
+
+async def _starttls(
+    client: aiosmtplib.SMTP,
+    target: Target,
+    policy: TlsPolicy,
+    context: ssl.SSLContext,
+    audited: bool,
+    verifies: bool,
+) -> tuple[str, TlsOutcome]:
+    """STARTTLS as delivery would send it: what to report, and what it gave."""
+    if not client.supports_extension("starttls"):
+        return "not offered", TlsOutcome(offered=False)
+    try:
+        await client.starttls(tls_context=context, server_hostname=target.exchange or None)
+    except (*_ERRORS, ssl.SSLError) as exc:
+        return f"failed: {exc}", TlsOutcome(
+            error=str(exc) or type(exc).__name__,
+            audited=audited,
+            verification=isinstance(exc, ssl.SSLCertVerificationError),
+        )
+    peer = peer_of(client.transport)
+    name = target.exchange.lower() if target.exchange else None
+    problem = dane.peer_problem(policy.tlsa, peer.der) if policy.tlsa else None  # TLS-7
+    seen = TlsOutcome(
+        tls=True,
+        audited=audited,
+        dane_problem=problem,
+        dane_name=name if policy.tlsa and problem is None else None,
+        verified_name=name if verifies else None,
+    )
+    return f"ok: {peer.summary()}", seen

@@ -143,22 +143,6 @@ def of_settings(domain: str, settings: Any) -> TlsPolicy:
     return policy_for(domain, settings.tls_policy, settings.tls_policy_domains)
 
 
-def satisfied(policy: TlsPolicy, *, tls: bool, verified_name: str | None, exchange: str,
-              dane_name: str | None = None) -> bool:
-    """Does a session (pooled or new) meet ``policy`` for a host named ``exchange``?
-
-    ``verified_name``: the name PKIX verification checked (TLS-3); ``dane_name``: the name whose
-    TLSA records the certificate matched (TLS-7). Neither stands in for the other.
-    """
-    if policy.tlsa:
-        return bool(exchange) and dane_name is not None and dane_name.lower() == exchange.lower()
-    if policy.level == "verify":
-        return bool(exchange) and verified_name is not None and verified_name.lower() == exchange.lower()
-    if policy.level == "encrypt":
-        return tls
-    return True
-
-
 # --- the replies a policy failure leaves (each a "451 4.7.5 ..." line, TLS-3) -----------------
 
 def not_offered(host: str, policy: TlsPolicy) -> str:
@@ -178,37 +162,6 @@ def handshake_failed(host: str, policy: TlsPolicy, why: str, *, verification: bo
 
 def no_name(host: str) -> str:
     return f"451 {STATUS} TLS policy verify needs an MX host name to check; {host} has none"
-
-
-def probe_verdict(
-    policy: TlsPolicy, host: str, exchange: str, *, offered: bool, error: str | None = None,
-    verification: bool = False,
-) -> tuple[bool, str]:
-    """Would delivery accept this host under ``policy``, given what ``explain --probe`` saw (EXP-3)?
-
-    ``offered``: STARTTLS was in the EHLO reply; ``error``: why STARTTLS or the handshake
-    failed (None: TLS came up, verified when the policy is ``verify``); ``verification``:
-    that failure was the certificate check. The text is the deferral delivery would log.
-    """
-    if policy.level == "none":
-        return True, "none: delivery never sends STARTTLS to this host"
-    if policy.level in ("may", "dane") and not policy.required:  # "dane" without TLSA for this host: as may
-        if not offered:
-            return True, "may: STARTTLS not offered; delivery goes on in plain text"
-        if error:
-            return True, "may: TLS failed; delivery retries this host in plain text"
-        return True, "may: delivery uses TLS with this host (certificate not checked)"
-    if policy.verify and not exchange:
-        return False, no_name(host)
-    if not offered:
-        return False, not_offered(host, policy)
-    if error:
-        return False, handshake_failed(host, policy, error, verification=verification)
-    if policy.tlsa:
-        return True, f"dane: certificate matched a TLSA record of {exchange}"
-    if policy.verify:
-        return True, f"verify: certificate verified for {exchange}"
-    return True, "encrypt: TLS established (certificate not checked)"
 
 
 # --- SSL contexts -----------------------------------------------------------------------------
@@ -247,6 +200,6 @@ def check_ca_file(path: Path) -> Path:
 
 __all__ = [
     "LEVELS", "STATUS", "Level", "TlsPolicy", "check_ca_file", "check_level", "handshake_failed",
-    "no_name", "normalize_table", "not_offered", "opportunistic_context", "policy_for",
-    "probe_verdict", "refused", "satisfied", "verify_context",
+    "no_name", "normalize_table", "not_offered", "opportunistic_context", "policy_for", "refused",
+    "verify_context",
 ]

@@ -1,4 +1,5 @@
-"""The courier through real SMTP sinks on loopback (checklist A MX-15..17, B SESS-*, C TLS-1/2, SEC-2/5/6)."""
+"""The courier through real SMTP sinks on loopback (checklist A MX-15..17, B SESS-*, C TLS-1/2,
+SEC-2/5/6)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from mxroute.relay.courier.courier import Courier, canonical_data, dot_stuff, enhanced_status
+from mxroute.relay.courier.courier import Courier, canonical_data
+from mxroute.relay.courier.replies import enhanced_status
+from mxroute.relay.courier.transaction import dot_stuff
 from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult
 from mxroute.routing.plan import Plan, Target, Verdict
 from mxroute.routing.route import policy_from_settings, route
@@ -24,11 +27,23 @@ from tests.support.smtpsink import ClosedPort, RawSink, Sink, tls_available
 
 
 def target(n: int, server: Sink | RawSink | ClosedPort, preference: int | None = None) -> Target:
-    return Target(f"mx{n}.dest.test", preference if preference is not None else 10 * n, server.host, 4, server.port)
+    return Target(
+        f"mx{n}.dest.test",
+        preference if preference is not None else 10 * n,
+        server.host,
+        4,
+        server.port,
+    )
 
 
 def plan(*targets: Target) -> Plan:
-    return Plan("dest.test", Verdict.DELIVERABLE, f"{len(targets)} address(es) to try", "2.0.0", targets=targets)
+    return Plan(
+        "dest.test",
+        Verdict.DELIVERABLE,
+        f"{len(targets)} address(es) to try",
+        "2.0.0",
+        targets=targets,
+    )
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -67,6 +82,7 @@ def by(results: list[RecipientResult]) -> dict[str, RecipientResult]:
 
 # --- the basics ---------------------------------------------------------------------------
 
+
 def test_delivers_envelope_and_content_as_given() -> None:
     with Sink("127.0.1.1") as sink:
         [result] = deliver(plan(target(1, sink)), ["a@dest.test"])
@@ -77,7 +93,8 @@ def test_delivers_envelope_and_content_as_given() -> None:
         assert conn.helo == "relay.test" and conn.ehlo  # SESS-2: the configured name
         [msg] = sink.messages
         assert msg.mail_from == "s@src.test" and msg.rcpt_to == ["a@dest.test"]
-        assert msg.mail_args == f"FROM:<s@src.test> SIZE={len(MESSAGE)}"  # SESS-13: SIZE= when advertised
+        # SESS-13: SIZE= when advertised
+        assert msg.mail_args == f"FROM:<s@src.test> SIZE={len(MESSAGE)}"
         assert msg.data == MESSAGE
 
 
@@ -85,21 +102,29 @@ def test_one_result_per_recipient_in_order() -> None:
     with Sink("127.0.1.1") as sink:
         results = deliver(plan(target(1, sink)), ["b@dest.test", "a@dest.test", "b@dest.test"])
         assert [r.recipient for r in results] == ["b@dest.test", "a@dest.test", "b@dest.test"]
-        assert sink.messages[0].rcpt_to == ["b@dest.test", "a@dest.test"]  # a duplicate is sent once
+        assert sink.messages[0].rcpt_to == ["b@dest.test", "a@dest.test"]  # a duplicate once
 
 
 def test_plan_temporary_and_permanent_need_no_connection() -> None:
-    temporary = Plan("dest.test", Verdict.TEMPORARY, "MX lookup for dest.test failed: SERVFAIL", "4.4.3")
+    temporary = Plan(
+        "dest.test", Verdict.TEMPORARY, "MX lookup for dest.test failed: SERVFAIL", "4.4.3"
+    )
     [r] = deliver(temporary, ["a@dest.test"])
     assert (r.disposition, r.status, r.remote_mta) == (Disposition.DEFERRED, "4.4.3", None)
     assert "SERVFAIL" in r.reply and r.reply.startswith("451 4.4.3")
-    null_mx = Plan("dest.test", Verdict.PERMANENT, "domain dest.test does not accept mail (null MX, RFC 7505)", "5.1.10")
+    null_mx = Plan(
+        "dest.test",
+        Verdict.PERMANENT,
+        "domain dest.test does not accept mail (null MX, RFC 7505)",
+        "5.1.10",
+    )
     [r] = deliver(null_mx, ["a@dest.test"])
     assert (r.disposition, r.status) == (Disposition.BOUNCED, "5.1.10")
     assert r.reply.startswith("556 5.1.10")
 
 
 # --- walking the plan: MX-15..17 ------------------------------------------------------------
+
 
 def test_mx15_refused_address_then_next_in_order() -> None:
     with ClosedPort("127.0.1.1") as closed, Sink("127.0.1.2") as second, Sink("127.0.1.3") as third:
@@ -118,7 +143,10 @@ def test_mx17_4xx_and_5xx_greeting_skip_to_next_address(greeting: str) -> None:
 
 
 def test_mx17_4xx_ehlo_skips_host() -> None:
-    with Sink("127.0.1.1", replies={"EHLO": "451 4.3.0 not now"}) as first, Sink("127.0.1.2") as second:
+    with (
+        Sink("127.0.1.1", replies={"EHLO": "451 4.3.0 not now"}) as first,
+        Sink("127.0.1.2") as second,
+    ):
         [r] = deliver(plan(target(1, first), target(2, second)), ["a@dest.test"])
         assert r.disposition is Disposition.DELIVERED and len(second.messages) == 1
         assert first.connections[0].commands == ["EHLO relay.test"]
@@ -135,17 +163,27 @@ def test_mx17_rcpt_5xx_is_authoritative_other_mx_never_contacted() -> None:
 
 
 def test_mx17_421_mid_session_moves_on() -> None:
-    with Sink("127.0.1.1", replies={"MAIL": "421 4.3.2 shutting down"}) as first, Sink("127.0.1.2") as second:
+    with (
+        Sink("127.0.1.1", replies={"MAIL": "421 4.3.2 shutting down"}) as first,
+        Sink("127.0.1.2") as second,
+    ):
         [r] = deliver(plan(target(1, first), target(2, second)), ["a@dest.test"])
         assert r.disposition is Disposition.DELIVERED and len(second.messages) == 1
 
 
 def test_mx16_session_limit_counts_greeted_sessions() -> None:
     busy = {"GREETING": "421 4.3.2 busy"}
-    with Sink("127.0.1.1", replies=busy) as s1, ClosedPort("127.0.1.2") as closed, \
-            Sink("127.0.1.3", replies=busy) as s3, Sink("127.0.1.4") as s4:
-        [r] = deliver(plan(target(1, s1), target(2, closed), target(3, s3), target(4, s4)), ["a@dest.test"],
-                      mx_session_limit=2)
+    with (
+        Sink("127.0.1.1", replies=busy) as s1,
+        ClosedPort("127.0.1.2") as closed,
+        Sink("127.0.1.3", replies=busy) as s3,
+        Sink("127.0.1.4") as s4,
+    ):
+        [r] = deliver(
+            plan(target(1, s1), target(2, closed), target(3, s3), target(4, s4)),
+            ["a@dest.test"],
+            mx_session_limit=2,
+        )
         # the refused address reached no greeting, so it does not count; two greeted sessions do
         assert len(s1.connections) == 1 and len(s3.connections) == 1 and s4.connections == []
         assert r.disposition is Disposition.DEFERRED
@@ -154,36 +192,57 @@ def test_mx16_session_limit_counts_greeted_sessions() -> None:
 
 
 def test_all_addresses_exhausted_defers_with_last_reason() -> None:
-    with ClosedPort("127.0.1.1") as c1, Sink("127.0.1.2", replies={"GREETING": "554 5.3.2 no service"}) as s2:
+    with (
+        ClosedPort("127.0.1.1") as c1,
+        Sink("127.0.1.2", replies={"GREETING": "554 5.3.2 no service"}) as s2,
+    ):
         [r] = deliver(plan(target(1, c1), target(2, s2)), ["a@dest.test"])
         assert r.disposition is Disposition.DEFERRED
-        assert r.reply == "554 5.3.2 no service" and r.status == "4.0.0"  # a skipped 5xx greeting is not a bounce
+        # a skipped 5xx greeting is not a bounce
+        assert r.reply == "554 5.3.2 no service" and r.status == "4.0.0"
 
 
 # --- DSN-6: whose words a result carries (RFC 3464 §2.3.5/§2.3.6) ------------------------------
 
+
 def test_dsn6_replies_the_remote_sent_are_marked_remote() -> None:
     """A 550/450 to RCPT, the reply after "." and a refused greeting are the host's own words."""
-    replies = {"RCPT": {"b@dest.test": "550 5.1.1 no such user", "c@dest.test": "450 4.2.1 mailbox busy"}}
+    replies = {
+        "RCPT": {"b@dest.test": "550 5.1.1 no such user", "c@dest.test": "450 4.2.1 mailbox busy"}
+    }
     with Sink("127.0.1.1", replies=replies) as sink:
         results = by(deliver(plan(target(1, sink)), ["a@dest.test", "b@dest.test", "c@dest.test"]))
         assert [(r.disposition, r.remote_reply) for r in results.values()] == [
-            (Disposition.DELIVERED, True), (Disposition.BOUNCED, True), (Disposition.DEFERRED, True)]
+            (Disposition.DELIVERED, True),
+            (Disposition.BOUNCED, True),
+            (Disposition.DEFERRED, True),
+        ]
         assert results["b@dest.test"].reply == "550 5.1.1 no such user"
     with Sink("127.0.1.1", replies={"GREETING": "554 5.3.2 no service"}) as refusing:
         [r] = deliver(plan(target(1, refusing)), ["a@dest.test"])
-        assert (r.disposition, r.reply, r.remote_reply) == (Disposition.DEFERRED, "554 5.3.2 no service", True)
+        assert (r.disposition, r.reply, r.remote_reply) == (
+            Disposition.DEFERRED,
+            "554 5.3.2 no service",
+            True,
+        )
 
 
-def test_dsn6_local_reasons_at_a_host_are_not_remote_replies(caplog: pytest.LogCaptureFixture) -> None:
-    """Connection refused, its RTY-4 skip, and a lost connection: mxroute's words, though a host is named."""
+def test_dsn6_local_reasons_at_a_host_are_not_remote_replies(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Connection refused, its RTY-4 skip, and a lost connection: mxroute's words, though a host
+    is named."""
     caplog.set_level(logging.INFO, logger="mxroute.relay.courier.courier")
     with ClosedPort("127.0.1.1") as closed:
         courier = Courier(settings())
 
         async def twice() -> list[RecipientResult]:
-            first = await courier.deliver(plan(target(1, closed)), Envelope("s@src.test"), [Recipient("a@dest.test")], MESSAGE)
-            again = await courier.deliver(plan(target(1, closed)), Envelope("s@src.test"), [Recipient("a@dest.test")], MESSAGE)
+            first = await courier.deliver(
+                plan(target(1, closed)), Envelope("s@src.test"), [Recipient("a@dest.test")], MESSAGE
+            )
+            again = await courier.deliver(
+                plan(target(1, closed)), Envelope("s@src.test"), [Recipient("a@dest.test")], MESSAGE
+            )
             await courier.close()
             return first + again
 
@@ -191,33 +250,59 @@ def test_dsn6_local_reasons_at_a_host_are_not_remote_replies(caplog: pytest.LogC
         assert refused.reply.startswith("451 4.4.1 connect to mx1.dest.test[127.0.1.1]")
         assert "skipped until its retry time" in skipped.reply
         for r in (refused, skipped):
-            assert r.disposition is Disposition.DEFERRED and r.remote_mta is not None and r.remote_reply is False
-        lines = [rec.getMessage() for rec in caplog.records if rec.name == "mxroute.relay.courier.courier"]
+            assert (
+                r.disposition is Disposition.DEFERRED
+                and r.remote_mta is not None
+                and r.remote_reply is False
+            )
+        lines = [
+            rec.getMessage()
+            for rec in caplog.records
+            if rec.name == "mxroute.relay.courier.courier"
+        ]
         assert len(lines) == 2 and all("said" not in line for line in lines)
         assert lines[0].endswith(f"status=deferred ({refused.reply})")
     with Sink("127.0.1.1", replies={"RCPT": "DROP"}) as dropping:
         [r] = deliver(plan(target(1, dropping)), ["a@dest.test"])
-        assert r.reply.startswith("451 4.4.2 lost connection with mx1.dest.test") and r.remote_reply is False
+        assert (
+            r.reply.startswith("451 4.4.2 lost connection with mx1.dest.test")
+            and r.remote_reply is False
+        )
 
 
 # --- per-recipient replies: SESS-5..9 ------------------------------------------------------
 
+
 def test_sess6_each_recipient_on_its_own_one_data() -> None:
-    replies = {"RCPT": {"b@dest.test": "550 5.1.1 no such user", "c@dest.test": "450 4.2.1 mailbox busy"}}
+    replies = {
+        "RCPT": {"b@dest.test": "550 5.1.1 no such user", "c@dest.test": "450 4.2.1 mailbox busy"}
+    }
     with Sink("127.0.1.1", replies=replies) as sink:
         results = by(deliver(plan(target(1, sink)), ["a@dest.test", "b@dest.test", "c@dest.test"]))
         assert results["a@dest.test"].disposition is Disposition.DELIVERED
-        assert (results["b@dest.test"].disposition, results["b@dest.test"].status) == (Disposition.BOUNCED, "5.1.1")
-        assert (results["c@dest.test"].disposition, results["c@dest.test"].status) == (Disposition.DEFERRED, "4.2.1")
+        assert (results["b@dest.test"].disposition, results["b@dest.test"].status) == (
+            Disposition.BOUNCED,
+            "5.1.1",
+        )
+        assert (results["c@dest.test"].disposition, results["c@dest.test"].status) == (
+            Disposition.DEFERRED,
+            "4.2.1",
+        )
         assert results["c@dest.test"].reply == "450 4.2.1 mailbox busy"
         assert sink.connections[0].commands.count("DATA") == 1
 
 
 def test_sess6_rcpt_4xx_tries_the_backup_mx() -> None:
-    with Sink("127.0.1.1", replies={"RCPT": {"c@dest.test": "451 4.3.0 try later"}}) as first, \
-            Sink("127.0.1.2") as backup:
-        results = by(deliver(plan(target(1, first), target(2, backup)), ["a@dest.test", "c@dest.test"]))
-        assert results["a@dest.test"].remote_mta and results["a@dest.test"].remote_mta.startswith("mx1.")
+    with (
+        Sink("127.0.1.1", replies={"RCPT": {"c@dest.test": "451 4.3.0 try later"}}) as first,
+        Sink("127.0.1.2") as backup,
+    ):
+        results = by(
+            deliver(plan(target(1, first), target(2, backup)), ["a@dest.test", "c@dest.test"])
+        )
+        assert results["a@dest.test"].remote_mta and results["a@dest.test"].remote_mta.startswith(
+            "mx1."
+        )
         assert results["c@dest.test"].disposition is Disposition.DELIVERED
         assert [m.rcpt_to for m in backup.messages] == [["c@dest.test"]]
 
@@ -229,16 +314,26 @@ def test_sess7_data_refused_no_body_sent() -> None:
         assert all(t.data is None for c in sink.connections for t in c.transactions)
 
 
-@pytest.mark.parametrize(("reply", "disposition", "status"), [
-    ("554 5.6.0 content rejected", Disposition.BOUNCED, "5.6.0"),
-    ("451 4.3.0 queue full", Disposition.DEFERRED, "4.3.0"),
-])
-def test_sess8_end_of_data_reply_covers_every_accepted_recipient(reply: str, disposition: Disposition, status: str) -> None:
-    with Sink("127.0.1.1", replies={".": reply, "RCPT": {"x@dest.test": "550 5.1.1 unknown"}}) as sink:
+@pytest.mark.parametrize(
+    ("reply", "disposition", "status"),
+    [
+        ("554 5.6.0 content rejected", Disposition.BOUNCED, "5.6.0"),
+        ("451 4.3.0 queue full", Disposition.DEFERRED, "4.3.0"),
+    ],
+)
+def test_sess8_end_of_data_reply_covers_every_accepted_recipient(
+    reply: str, disposition: Disposition, status: str
+) -> None:
+    with Sink(
+        "127.0.1.1", replies={".": reply, "RCPT": {"x@dest.test": "550 5.1.1 unknown"}}
+    ) as sink:
         results = by(deliver(plan(target(1, sink)), ["a@dest.test", "b@dest.test", "x@dest.test"]))
         for address in ("a@dest.test", "b@dest.test"):
-            assert (results[address].disposition, results[address].status, results[address].reply) == \
-                (disposition, status, reply)
+            assert (
+                results[address].disposition,
+                results[address].status,
+                results[address].reply,
+            ) == (disposition, status, reply)
         assert results["x@dest.test"].status == "5.1.1"
 
 
@@ -257,16 +352,24 @@ def test_sess9_552_too_many_recipients_is_temporary() -> None:
         results = by(deliver(plan(target(1, sink)), ["a@dest.test", "b@dest.test"]))
         assert results["a@dest.test"].disposition is Disposition.DELIVERED
         # RFC 5321 §4.5.3.1.10: b is tried in a further transaction, then deferred, never bounced
-        assert (results["b@dest.test"].disposition, results["b@dest.test"].status) == (Disposition.DEFERRED, "4.5.3")
+        assert (results["b@dest.test"].disposition, results["b@dest.test"].status) == (
+            Disposition.DEFERRED,
+            "4.5.3",
+        )
         assert sink.connections[0].commands.count("RCPT TO:<b@dest.test>") == 2
         assert len(sink.messages) == 1
 
 
 def test_sess5_multiline_reply_enhanced_code_taken_when_advertised() -> None:
-    replies = {"RCPT": {"a@dest.test": "550 5.1.1 no such user\n550 5.1.1 see https://example.test"}}
+    replies = {
+        "RCPT": {"a@dest.test": "550 5.1.1 no such user\n550 5.1.1 see https://example.test"}
+    }
     with Sink("127.0.1.1", replies=replies) as sink:
         [r] = deliver(plan(target(1, sink)), ["a@dest.test"])
-        assert r.status == "5.1.1" and r.reply == "550 5.1.1 no such user 5.1.1 see https://example.test"
+        assert (
+            r.status == "5.1.1"
+            and r.reply == "550 5.1.1 no such user 5.1.1 see https://example.test"
+        )
 
 
 def test_sess5_enhanced_code_derived_when_not_advertised() -> None:
@@ -301,13 +404,17 @@ def test_sess3_rcpt_timeout_defers() -> None:
 
 def test_sess3_greeting_timeout_moves_to_next_address() -> None:
     with Sink("127.0.1.1", replies={"GREETING": "HANG"}) as slow, Sink("127.0.1.2") as second:
-        [r] = deliver(plan(target(1, slow), target(2, second)), ["a@dest.test"], greeting_timeout=0.3)
+        [r] = deliver(
+            plan(target(1, slow), target(2, second)), ["a@dest.test"], greeting_timeout=0.3
+        )
         assert r.disposition is Disposition.DELIVERED and len(second.messages) == 1
 
 
 def test_sess3_end_of_data_timeout_defers_without_trying_elsewhere() -> None:
     with Sink("127.0.1.1", delays={".": 3.0}) as slow, Sink("127.0.1.2") as second:
-        [r] = deliver(plan(target(1, slow), target(2, second)), ["a@dest.test"], data_done_timeout=0.3)
+        [r] = deliver(
+            plan(target(1, slow), target(2, second)), ["a@dest.test"], data_done_timeout=0.3
+        )
         assert (r.disposition, r.status) == (Disposition.DEFERRED, "4.4.2")
         assert "after end of data" in r.reply and second.connections == []
 
@@ -340,8 +447,12 @@ def test_sess17_mail_5xx_bounces_every_recipient_and_is_not_cached() -> None:
         async def go() -> tuple[list[RecipientResult], list[RecipientResult]]:
             try:
                 env = Envelope("s@src.test")
-                first = await courier.deliver(plan(target(1, sink)), env, [Recipient("a@dest.test")], MESSAGE)
-                second = await courier.deliver(plan(target(1, sink)), env, [Recipient("a@dest.test")], MESSAGE)
+                first = await courier.deliver(
+                    plan(target(1, sink)), env, [Recipient("a@dest.test")], MESSAGE
+                )
+                second = await courier.deliver(
+                    plan(target(1, sink)), env, [Recipient("a@dest.test")], MESSAGE
+                )
                 return first, second
             finally:
                 await courier.close()
@@ -352,6 +463,7 @@ def test_sess17_mail_5xx_bounces_every_recipient_and_is_not_cached() -> None:
 
 
 # --- SIZE, 8BITMIME, SMTPUTF8: SESS-13..15 --------------------------------------------------
+
 
 def test_sess13_size_limit_below_message_bounces_without_mail() -> None:
     big = MESSAGE + (b"x" * 70 + b"\r\n") * 70
@@ -400,7 +512,11 @@ def test_sess15_utf8_address_to_peer_without_smtputf8_fails_5_6_7() -> None:
 
 def test_sess15_utf8_address_sent_with_smtputf8() -> None:
     with Sink("127.0.1.1") as sink:
-        [r] = deliver(plan(target(1, sink)), ["用户@dest.test"], envelope=Envelope("s@src.test", smtputf8=True))
+        [r] = deliver(
+            plan(target(1, sink)),
+            ["用户@dest.test"],
+            envelope=Envelope("s@src.test", smtputf8=True),
+        )
         assert r.disposition is Disposition.DELIVERED
         assert sink.messages[0].mail_args.endswith(" SMTPUTF8")
         assert sink.messages[0].rcpt_to == ["用户@dest.test"]
@@ -416,11 +532,17 @@ def test_sess10_11_dot_stuffing_and_crlf_on_the_wire() -> None:
         [r] = deliver(plan(target(1, raw)), ["a@dest.test"], TRICKY)
         assert r.disposition is Disposition.DELIVERED
         [wire] = raw.messages
-        assert wire == b"Subject: dots\r\n\r\n..\r\n...\r\n..x\r\nbare\r\ncr\r\nlast line without newline"
+        assert (
+            wire
+            == b"Subject: dots\r\n\r\n..\r\n...\r\n..x\r\nbare\r\ncr\r\nlast line without newline"
+        )
         stream = raw.raw
         assert b"\r\n.\r\n" in stream
         # SESS-11: no CR without LF, no LF without CR anywhere on the wire
-        assert stream.replace(b"\r\n", b"").count(b"\r") == 0 and stream.replace(b"\r\n", b"").count(b"\n") == 0
+        assert (
+            stream.replace(b"\r\n", b"").count(b"\r") == 0
+            and stream.replace(b"\r\n", b"").count(b"\n") == 0
+        )
 
 
 def test_sess10_content_arrives_identical_once_canonical() -> None:
@@ -430,14 +552,18 @@ def test_sess10_content_arrives_identical_once_canonical() -> None:
 
 
 def test_sec2_smuggling_payload_cannot_end_data_at_a_vulnerable_next_hop() -> None:
-    smuggle = (b"Subject: one\r\n\r\nbody\n.\r\nMAIL FROM:<spoof@evil.test>\r\nRCPT TO:<victim@dest.test>\r\n"
-               b"DATA\r\nSubject: two\r\n\r\nsmuggled\r\n\n.\n")
+    smuggle = (
+        b"Subject: one\r\n\r\nbody\n.\r\nMAIL FROM:<spoof@evil.test>\r\n"
+        b"RCPT TO:<victim@dest.test>\r\nDATA\r\nSubject: two\r\n\r\nsmuggled\r\n\n.\n"
+    )
     with RawSink("127.0.1.1", end="vulnerable") as raw:
         [r] = deliver(plan(target(1, raw)), ["a@dest.test"], smuggle)
         assert r.disposition is Disposition.DELIVERED
         assert raw.wait(lambda s: any(c.startswith("QUIT") for c in s.commands))
         assert len(raw.messages) == 1
-        assert [c for c in raw.commands if c.upper().startswith("MAIL")] == [f"MAIL FROM:<s@src.test> SIZE={len(canonical_data(smuggle))}"]
+        assert [c for c in raw.commands if c.upper().startswith("MAIL")] == [
+            f"MAIL FROM:<s@src.test> SIZE={len(canonical_data(smuggle))}"
+        ]
 
 
 def test_pure_helpers_canonical_and_stuffing() -> None:
@@ -447,6 +573,7 @@ def test_pure_helpers_canonical_and_stuffing() -> None:
 
 
 # --- SEC-5: nothing hostile reaches the wire ------------------------------------------------
+
 
 def test_sec5_crlf_in_recipient_never_reaches_the_server() -> None:
     evil = '"a\r\nRCPT TO:<x@evil.test>"@dest.test'
@@ -471,6 +598,7 @@ def test_sec5_overlong_local_part_refused() -> None:
 
 # --- DSN parameters: DSN-9 ------------------------------------------------------------------
 
+
 def test_dsn9_parameters_passed_through_when_advertised() -> None:
     rcpt = Recipient("a@dest.test", notify=("SUCCESS", "FAILURE"), orcpt="rfc822;A+1@dest.test")
     env = Envelope("s@src.test", [rcpt], ret="HDRS", envid="id=42 x")
@@ -478,20 +606,31 @@ def test_dsn9_parameters_passed_through_when_advertised() -> None:
         deliver(plan(target(1, sink)), [rcpt], envelope=env)
         msg = sink.messages[0]
         assert msg.mail_args.endswith(" RET=HDRS ENVID=id+3D42+20x")
-        assert msg.rcpt_args == ["TO:<a@dest.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;A+2B1@dest.test"]
+        assert msg.rcpt_args == [
+            "TO:<a@dest.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;A+2B1@dest.test"
+        ]
 
 
 def test_dsn9_no_parameters_to_a_peer_without_dsn() -> None:
     rcpt = Recipient("a@dest.test", notify=("NEVER",), orcpt="rfc822;a@dest.test")
     with Sink("127.0.1.1", dsn=False) as sink:
-        deliver(plan(target(1, sink)), [rcpt], envelope=Envelope("s@src.test", [rcpt], ret="FULL", envid="x"))
+        deliver(
+            plan(target(1, sink)),
+            [rcpt],
+            envelope=Envelope("s@src.test", [rcpt], ret="FULL", envid="x"),
+        )
         msg = sink.messages[0]
-        assert msg.mail_args == f"FROM:<s@src.test> SIZE={len(MESSAGE)}" and msg.rcpt_args == ["TO:<a@dest.test>"]
+        assert msg.mail_args == f"FROM:<s@src.test> SIZE={len(MESSAGE)}" and msg.rcpt_args == [
+            "TO:<a@dest.test>"
+        ]
 
 
 # --- TLS-1/2: opportunistic STARTTLS ---------------------------------------------------------
 
-@pytest.mark.skipif(not tls_available(), reason="the cryptography package is needed for the sink's certificate")
+
+@pytest.mark.skipif(
+    not tls_available(), reason="the cryptography package is needed for the sink's certificate"
+)
 def test_tls1_starttls_used_when_offered_and_ehlo_repeated() -> None:
     with Sink("127.0.1.1", starttls=True) as sink:
         courier = Courier(settings())
@@ -502,24 +641,35 @@ def test_tls1_starttls_used_when_offered_and_ehlo_repeated() -> None:
         assert courier.stats["tls"] == 1 and courier.stats["tls_fallbacks"] == 0
 
 
-def test_tls1_failed_handshake_retries_same_host_in_plain_text(caplog: pytest.LogCaptureFixture) -> None:
+def test_tls1_failed_handshake_retries_same_host_in_plain_text(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     # TLS-2: the server answers STARTTLS with an injected second reply, then talks nonsense.
-    with RawSink("127.0.1.1", starttls_reply="220 go\r\n250-FAKE\r\n") as raw, Sink("127.0.1.2") as second:
+    with (
+        RawSink("127.0.1.1", starttls_reply="220 go\r\n250-FAKE\r\n") as raw,
+        Sink("127.0.1.2") as second,
+    ):
         courier = Courier(settings())
         caplog.set_level(logging.INFO)
         [r] = deliver(plan(target(1, raw), target(2, second)), ["a@dest.test"], courier=courier)
         assert r.disposition is Disposition.DELIVERED
-        assert r.remote_mta is not None and r.remote_mta.startswith("mx1.")  # the same host, in plain text
+        # the same host, in plain text
+        assert r.remote_mta is not None and r.remote_mta.startswith("mx1.")
         assert raw.connections == 2 and len(raw.messages) == 1 and second.connections == []
         assert courier.stats["tls_fallbacks"] == 1
-        assert any("TLS handshake failed" in rec.getMessage() and "plain text" in rec.getMessage()
-                   for rec in caplog.records if rec.name == "mxroute.relay.courier.courier.hosts")
+        assert any(
+            "TLS handshake failed" in rec.getMessage() and "plain text" in rec.getMessage()
+            for rec in caplog.records
+            if rec.name == "mxroute.relay.courier.hosts"
+        )
 
 
 def test_tls1_starttls_refused_continues_in_plain_text() -> None:
     if not tls_available():
         pytest.skip("the cryptography package is needed for the sink's certificate")
-    with Sink("127.0.1.1", starttls=True, replies={"STARTTLS": "454 4.7.0 TLS not available"}) as sink:
+    with Sink(
+        "127.0.1.1", starttls=True, replies={"STARTTLS": "454 4.7.0 TLS not available"}
+    ) as sink:
         courier = Courier(settings())
         [r] = deliver(plan(target(1, sink)), ["a@dest.test"], courier=courier)
         assert r.disposition is Disposition.DELIVERED and not sink.connections[0].tls
@@ -527,6 +677,7 @@ def test_tls1_starttls_refused_continues_in_plain_text() -> None:
 
 
 # --- egress binding and connection reuse -----------------------------------------------------
+
 
 def test_egress_ip_is_the_source_address() -> None:
     with Sink("127.0.1.1") as sink:
@@ -543,7 +694,9 @@ def test_connection_reused_for_the_next_message_with_rset() -> None:
             try:
                 for n in range(3):
                     env = Envelope("s@src.test")
-                    await courier.deliver(plan(target(1, sink)), env, [Recipient(f"u{n}@dest.test")], MESSAGE)
+                    await courier.deliver(
+                        plan(target(1, sink)), env, [Recipient(f"u{n}@dest.test")], MESSAGE
+                    )
             finally:
                 await courier.close()
 
@@ -561,8 +714,12 @@ def test_connection_reuse_can_be_turned_off() -> None:
         async def go() -> None:
             try:
                 for n in range(2):
-                    await courier.deliver(plan(target(1, sink)), Envelope("s@src.test"),
-                                          [Recipient(f"u{n}@dest.test")], MESSAGE)
+                    await courier.deliver(
+                        plan(target(1, sink)),
+                        Envelope("s@src.test"),
+                        [Recipient(f"u{n}@dest.test")],
+                        MESSAGE,
+                    )
             finally:
                 await courier.close()
 
@@ -572,14 +729,24 @@ def test_connection_reuse_can_be_turned_off() -> None:
 
 def test_idle_pool_size_follows_a_reload_of_destination_concurrency() -> None:
     """SESS-17: the idle connections kept per destination follow ``destination_concurrency``,
-    also after a SIGHUP replaced the settings (the delivery process assigns ``courier.settings``)."""
+    also after a SIGHUP replaced the settings (the delivery process assigns
+    ``courier.settings``)."""
     with Sink("127.0.1.1") as sink:
         courier = Courier(settings(destination_concurrency=1))
 
         async def burst(tag: str) -> int:
-            await asyncio.gather(*(courier.deliver(plan(target(1, sink)), Envelope("s@src.test"),
-                                                   [Recipient(f"{tag}{n}@dest.test")], MESSAGE) for n in range(3)))
-            return sum(len(pool) for pool in courier._idle.values())
+            await asyncio.gather(
+                *(
+                    courier.deliver(
+                        plan(target(1, sink)),
+                        Envelope("s@src.test"),
+                        [Recipient(f"{tag}{n}@dest.test")],
+                        MESSAGE,
+                    )
+                    for n in range(3)
+                )
+            )
+            return len(courier.pool)
 
         async def go() -> tuple[int, int]:
             try:
@@ -600,9 +767,19 @@ def test_idle_pooled_connection_closed_after_idle_timeout() -> None:
 
         async def go() -> None:
             try:
-                await courier.deliver(plan(target(1, sink)), Envelope("s@src.test"), [Recipient("a@dest.test")], MESSAGE)
+                await courier.deliver(
+                    plan(target(1, sink)),
+                    Envelope("s@src.test"),
+                    [Recipient("a@dest.test")],
+                    MESSAGE,
+                )
                 await asyncio.sleep(0.5)
-                await courier.deliver(plan(target(1, sink)), Envelope("s@src.test"), [Recipient("b@dest.test")], MESSAGE)
+                await courier.deliver(
+                    plan(target(1, sink)),
+                    Envelope("s@src.test"),
+                    [Recipient("b@dest.test")],
+                    MESSAGE,
+                )
             finally:
                 await courier.close()
 
@@ -617,9 +794,18 @@ def test_stale_pooled_connection_is_replaced() -> None:
 
         async def go() -> list[RecipientResult]:
             try:
-                await courier.deliver(plan(target(1, sink)), Envelope("s@src.test"), [Recipient("a@dest.test")], MESSAGE)
-                return await courier.deliver(plan(target(1, sink)), Envelope("s@src.test"),
-                                             [Recipient("b@dest.test")], MESSAGE)
+                await courier.deliver(
+                    plan(target(1, sink)),
+                    Envelope("s@src.test"),
+                    [Recipient("a@dest.test")],
+                    MESSAGE,
+                )
+                return await courier.deliver(
+                    plan(target(1, sink)),
+                    Envelope("s@src.test"),
+                    [Recipient("b@dest.test")],
+                    MESSAGE,
+                )
             finally:
                 await courier.close()
 
@@ -630,22 +816,32 @@ def test_stale_pooled_connection_is_replaced() -> None:
 
 # --- logging: one line per recipient, safe (SEC-6) -------------------------------------------
 
-def test_log_line_per_recipient_postfix_style_and_sanitised(caplog: pytest.LogCaptureFixture) -> None:
+
+def test_log_line_per_recipient_postfix_style_and_sanitised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     replies = {"RCPT": {"b@dest.test": "550 5.1.1 gone \x1b[2J\x07 away"}}
     caplog.set_level(logging.INFO, logger="mxroute.relay.courier.courier")
     with Sink("127.0.1.1", replies=replies) as sink:
         deliver(plan(target(1, sink)), ["a@dest.test", "b@dest.test"])
-        lines = [rec.getMessage() for rec in caplog.records if rec.name == "mxroute.relay.courier.courier"]
+        lines = [
+            rec.getMessage()
+            for rec in caplog.records
+            if rec.name == "mxroute.relay.courier.courier"
+        ]
         assert len(lines) == 2
         relay = f"mx1.dest.test[127.0.1.1]:{sink.port}"
         assert lines[0].startswith(f"Q1: to=<a@dest.test>, relay={relay}, delay=")
         assert ", dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as " in lines[0]
         # DSN-6: a refusal is logged as the host's words, as Postfix's "host X said:"
-        assert lines[1].endswith(f"dsn=5.1.1, status=bounced (host {relay} said: 550 5.1.1 gone ?[2J? away)")
+        assert lines[1].endswith(
+            f"dsn=5.1.1, status=bounced (host {relay} said: 550 5.1.1 gone ?[2J? away)"
+        )
         assert all("\x1b" not in line and "\n" not in line for line in lines)
 
 
 # --- through the loopback DNS server: route() then deliver ------------------------------------
+
 
 def test_routed_plan_prefers_lower_preference_and_falls_back(dns_server: DNSServer) -> None:
     with ClosedPort("127.0.2.1") as closed, Sink("127.0.2.2", port=closed.port) as backup:
@@ -655,14 +851,20 @@ def test_routed_plan_prefers_lower_preference_and_falls_back(dns_server: DNSServ
             "@ IN MX 20 mx2\n@ IN MX 10 mx1\n"
             "mx1 IN A 127.0.2.1\nmx2 IN A 127.0.2.2\n"
         )
-        s = settings(smtp_port=closed.port, allow_private_destinations=True, address_family="ipv4-only")
+        s = settings(
+            smtp_port=closed.port, allow_private_destinations=True, address_family="ipv4-only"
+        )
 
         async def go() -> list[RecipientResult]:
-            the_plan = await route(resolver_for(dns_server), "dest.test", policy_from_settings(s), random.Random(1))
+            the_plan = await route(
+                resolver_for(dns_server), "dest.test", policy_from_settings(s), random.Random(1)
+            )
             assert [t.exchange for t in the_plan.targets] == ["mx1.dest.test", "mx2.dest.test"]
             courier = Courier(s)
             try:
-                return await courier.deliver(the_plan, Envelope("s@src.test"), [Recipient("a@dest.test")], MESSAGE)
+                return await courier.deliver(
+                    the_plan, Envelope("s@src.test"), [Recipient("a@dest.test")], MESSAGE
+                )
             finally:
                 await courier.close()
 

@@ -15,13 +15,20 @@ from tests.support.smtpsink import Sink
 
 def deliver(sink: Sink, rcpt: Recipient, **env: Any) -> RecipientResult:
     settings = courier_settings()
-    plan = Plan("dest.test", Verdict.DELIVERABLE, "1 address", "2.0.0",
-                targets=(Target("mx1.dest.test", 10, sink.host, 4, sink.port),))
+    plan = Plan(
+        "dest.test",
+        Verdict.DELIVERABLE,
+        "1 address",
+        "2.0.0",
+        targets=(Target("mx1.dest.test", 10, sink.host, 4, sink.port),),
+    )
 
     async def go() -> RecipientResult:
         courier = Courier(settings)
         try:
-            [result] = await courier.deliver(plan, Envelope("s@src.test", [rcpt], **env), [rcpt], MESSAGE)
+            [result] = await courier.deliver(
+                plan, Envelope("s@src.test", [rcpt], **env), [rcpt], MESSAGE
+            )
             return result
         finally:
             await courier.close()
@@ -45,7 +52,10 @@ def test_dsn9_hop_without_dsn_is_not_responsible() -> None:
     with Sink("127.0.1.1", dsn=False) as sink:
         result = deliver(sink, rcpt, envid="E1")
         assert result.disposition is Disposition.DELIVERED and not result.next_hop_dsn
-        assert sink.messages[0].rcpt_args == ["TO:<a@dest.test>"] and "ENVID" not in sink.messages[0].mail_args
+        assert (
+            sink.messages[0].rcpt_args == ["TO:<a@dest.test>"]
+            and "ENVID" not in sink.messages[0].mail_args
+        )
 
 
 def test_dsn9_helo_only_hop_is_not_responsible() -> None:

@@ -265,7 +265,7 @@ def test_tls6_enforce_only_the_matching_mx_is_contacted(
         assert sni == ["mx1.dest.test"]
     assert any("mx2.dest.test matches no mx pattern" in rec.getMessage()
                and "TLS-6" in rec.getMessage()
-               for rec in caplog.records if rec.name == "mxroute.relay.courier.courier.hosts")
+               for rec in caplog.records if rec.name == "mxroute.relay.courier.hosts")
 
 
 def test_tls6_enforce_invalid_certificate_defers_never_plain_text(env: Env) -> None:

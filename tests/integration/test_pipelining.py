@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from mxroute.relay.courier.courier import Courier, _PipeliningProtocol
+from mxroute.relay.courier.courier import Courier
+from mxroute.relay.courier.pipelining import PipeliningProtocol
 from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult
 from tests.integration.test_courier import MESSAGE, by, plan, settings, target
 from tests.support.smtpsink import Sink
@@ -30,16 +31,29 @@ def _loops() -> list[Callable[[Coroutine[Any, Any, Any]], Any]]:
     return loops
 
 
-def _send(runner: Callable[[Coroutine[Any, Any, Any]], Any], sink: Sink,
-          batches: list[list[str]], **courier_args: Any) -> tuple[Courier, list[list[RecipientResult]]]:
+def _send(
+    runner: Callable[[Coroutine[Any, Any, Any]], Any],
+    sink: Sink,
+    batches: list[list[str]],
+    **courier_args: Any,
+) -> tuple[Courier, list[list[RecipientResult]]]:
     courier = Courier(settings(), **courier_args)
 
     async def go() -> list[list[RecipientResult]]:
         try:
             out = []
             for rcpts in batches:
-                out.append(await asyncio.wait_for(courier.deliver(
-                    plan(target(1, sink)), Envelope("s@src.test"), [Recipient(r) for r in rcpts], MESSAGE), 20))
+                out.append(
+                    await asyncio.wait_for(
+                        courier.deliver(
+                            plan(target(1, sink)),
+                            Envelope("s@src.test"),
+                            [Recipient(r) for r in rcpts],
+                            MESSAGE,
+                        ),
+                        20,
+                    )
+                )
             return out
         finally:
             await courier.close()
@@ -51,11 +65,19 @@ def _send(runner: Callable[[Coroutine[Any, Any, Any]], Any], sink: Sink,
 def test_sess16_pipelined_rcpts_each_reply_checked_in_order(runner: Any) -> None:
     replies = {"RCPT": {"b@dest.test": "550 5.1.1 no such user", "c@dest.test": "450 4.2.1 busy"}}
     with Sink("127.0.1.1", replies=replies) as sink:
-        _, [results] = _send(runner, sink, [["a@dest.test", "b@dest.test", "c@dest.test", "d@dest.test"]])
+        _, [results] = _send(
+            runner, sink, [["a@dest.test", "b@dest.test", "c@dest.test", "d@dest.test"]]
+        )
         r = by(results)
         assert r["a@dest.test"].disposition is Disposition.DELIVERED
-        assert (r["b@dest.test"].disposition, r["b@dest.test"].status) == (Disposition.BOUNCED, "5.1.1")
-        assert (r["c@dest.test"].disposition, r["c@dest.test"].status) == (Disposition.DEFERRED, "4.2.1")
+        assert (r["b@dest.test"].disposition, r["b@dest.test"].status) == (
+            Disposition.BOUNCED,
+            "5.1.1",
+        )
+        assert (r["c@dest.test"].disposition, r["c@dest.test"].status) == (
+            Disposition.DEFERRED,
+            "4.2.1",
+        )
         assert r["d@dest.test"].disposition is Disposition.DELIVERED
         [message] = sink.messages
         assert sorted(message.rcpt_to) == ["a@dest.test", "d@dest.test"]
@@ -84,7 +106,9 @@ def test_sess17_reused_connection_rset_pipelined_and_replies_not_lost(runner: An
 
 def test_lock_step_without_pipelining() -> None:
     with Sink("127.0.1.1", pipelining=False) as sink:
-        courier, results = _send(asyncio.run, sink, [["a@dest.test", "b@dest.test"], ["c@dest.test"]])
+        courier, results = _send(
+            asyncio.run, sink, [["a@dest.test", "b@dest.test"], ["c@dest.test"]]
+        )
         assert all(r.disposition is Disposition.DELIVERED for batch in results for r in batch)
         assert len(sink.messages) == 2 and courier.stats["reused"] == 1
 
@@ -94,8 +118,8 @@ def test_pipelining_protocol_keeps_replies_of_one_segment() -> None:
 
     async def go() -> list[int]:
         loop = asyncio.get_running_loop()
-        protocol = _PipeliningProtocol(loop=loop)
-        protocol._replies, protocol._expect = __import__("collections").deque(), 3
+        protocol = PipeliningProtocol(loop=loop)
+        protocol.expect(3)
 
         class Transport(asyncio.Transport):
             def get_extra_info(self, name: str, default: Any = None) -> Any:

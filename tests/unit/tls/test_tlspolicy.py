@@ -12,7 +12,8 @@ import pytest
 from mxroute.errors import ConfigError
 from mxroute.settings import load_settings
 from mxroute.tls import policy as tlspolicy
-from mxroute.tls.policy import TlsPolicy, normalize_table, policy_for, satisfied
+from mxroute.tls.contexts import probe_verdict, satisfied
+from mxroute.tls.policy import TlsPolicy, normalize_table, policy_for
 from tests.support.paths import ROOT
 
 TABLE = {"bank.test": "verify", ".bank.test": "encrypt", "legacy.test": "none", ".test": "may"}
@@ -164,6 +165,6 @@ def _toml(tmp_path: Path, text: str) -> Path:
 def test_exp3_probe_verdict(level: str, exchange: str, offered: bool, error: str | None, verification: bool,
                             ok: bool, starts: str) -> None:
     """EXP-3: what --probe says is what delivery would do with the host (TLS-3)."""
-    got = tlspolicy.probe_verdict(TlsPolicy(level), "H", exchange, offered=offered, error=error,  # type: ignore[arg-type]
-                                  verification=verification)
+    got = probe_verdict(TlsPolicy(level), "H", exchange, offered=offered, error=error,  # type: ignore[arg-type]
+                        verification=verification)
     assert got[0] is ok and got[1].startswith(starts), got

@@ -1,0 +1,142 @@
+"""The hosts the courier talks to: where a connection goes (``Endpoint``), the memory of hosts
+that did not answer (RTY-4) and the log of per-host events (connect failures, skips, TLS
+fallbacks), under this module's logger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import NamedTuple
+
+log = logging.getLogger(__name__)  # per-host events: connect failures, skips, TLS fallbacks
+
+LIMIT = 10000  # entries kept of each kind: a bound, not a policy
+
+
+class Endpoint(NamedTuple):
+    """Where a session goes: the host's address and port, and the egress address it leaves from
+    (None: the system's choice). Hosts are remembered, and sessions pooled, by it."""
+
+    address: str
+    port: int
+    source: str | None
+
+
+class Unreachable(NamedTuple):
+    """A host that failed at connect, greeting or EHLO: skipped ``until`` (a clock reading)."""
+
+    until: float
+    status: str
+    reply: str
+
+
+class Hosts:
+    """Hosts that failed at connect/greeting/EHLO, skipped until their retry time (RTY-4, as
+    Exim's host retry records), so N messages for a dead host cost O(1) connections per retry
+    cycle, not O(N). Hosts that last gave a session are ``answering``; to any other, one
+    connection at a time until it answers (N messages arriving together for a dead host must
+    not open N connections first). ``clock``: monotonic seconds.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._unreachable: dict[Endpoint, Unreachable] = {}
+        self._answering: set[Endpoint] = set()
+        self._probes: dict[Endpoint, asyncio.Future[None]] = {}
+
+    def skip(self, key: Endpoint) -> Unreachable | None:
+        """The record ruling ``key`` out now, or None (an expired one is forgotten)."""
+        known = self._unreachable.get(key)
+        if known is not None and known.until <= self.clock():
+            del self._unreachable[key]
+            return None
+        return known
+
+    @asynccontextmanager
+    async def contact(self, key: Endpoint) -> AsyncIterator[Unreachable | None]:
+        """Yields the record ruling ``key`` out, or None: go ahead, and tell ``failed`` or
+        ``answered``. At first contact, while one connection finds out, the rest wait for it."""
+        known = self.skip(key)
+        probe: asyncio.Future[None] | None = None
+        if known is None and key not in self._answering:
+            waiting = self._probes.get(key)
+            if waiting is not None:
+                await asyncio.shield(waiting)
+                known = self.skip(key)
+            else:
+                probe = self._probes[key] = asyncio.get_running_loop().create_future()
+        try:
+            yield known
+        finally:
+            if probe is not None:
+                del self._probes[key]
+                probe.set_result(None)
+
+    def failed(self, key: Endpoint, status: str, reply: str, pause: float) -> None:
+        """``key`` gave no session: skip it for ``pause`` seconds."""
+        if len(self._unreachable) >= LIMIT:
+            self._unreachable.clear()
+        self._unreachable[key] = Unreachable(self.clock() + pause, status, reply)
+        self._answering.discard(key)
+
+    def answered(self, key: Endpoint) -> None:
+        """``key`` gave a session."""
+        if len(self._answering) >= LIMIT:
+            self._answering.clear()
+        self._answering.add(key)
+
+    def forget(self) -> None:
+        """Try every host again at the next delivery (``mxroute queue flush``)."""
+        self._unreachable.clear()
+
+    def __len__(self) -> int:
+        """How many hosts are remembered as unreachable."""
+        return len(self._unreachable)
+
+
+# --- per-host events --------------------------------------------------------------------------
+
+
+def moving_on(host: object, reply: str, rule: str) -> None:
+    """A host ruled out for this attempt by ``rule`` (TLS-3, TLS-7): the next address is tried."""
+    log.warning("%s: %s: trying the next address (%s)", host, reply, rule)
+
+
+def policy_skip(host: object, refusal: str, rule: str) -> None:
+    """A host not contacted at all: MTA-STS enforce (TLS-6) or a failed TLSA lookup (TLS-7)."""
+    log.warning("%s: %s: skipped (%s)", host, refusal, rule)
+
+
+def testing(host: object, note: str) -> None:
+    """What an MTA-STS ``enforce`` policy would have refused; ``testing`` only logs it (TLS-6)."""
+    log.warning("%s: %s (TLS-6 testing)", host, note)
+
+
+def connect_failed(host: object, why: str) -> None:
+    log.info("connect to %s: %s", host, why)
+
+
+def greeted_with(host: object, reply: str) -> None:
+    """A 4xx/5xx greeting: the next address is tried (MX-17)."""
+    log.info("%s greeted with %s: trying the next address (MX-17)", host, reply)
+
+
+def plain_text(host: object, what: str, then: str) -> None:
+    """Opportunistic TLS failed (``what``) and delivery goes on in plain text (TLS-1)."""
+    log.warning("%s: %s: %s in plain text (TLS-1, opportunistic)", host, what, then)
+
+
+def session_limit(domain: str, limit: int, left: int) -> None:
+    log.info(
+        "%s: mx_session_limit=%d reached, %d address(es) left untried (MX-16)", domain, limit, left
+    )
+
+
+__all__ = [
+    "Endpoint", "Hosts", "Unreachable", "connect_failed", "greeted_with", "moving_on", "plain_text",
+    "policy_skip", "session_limit", "testing",
+]
