@@ -1,26 +1,29 @@
 """`mxroute explain`: how mail to an address would be routed, by the delivery code itself.
 
-It gathers facts through the shared resolver, calls the same ``routing.route``
-that delivery calls, and turns the plan into the contract's report (EXP-1..5).
-It never touches the queue.
+``run_explain`` gathers facts through the shared resolver, calls the same
+``routing.route`` that delivery calls, adds the TLS, MTA-STS, identity and probe
+findings, and returns the contract's report (EXP-1..5). It never touches the queue.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mxroute.address import Address
 from mxroute.dns.resolver import Resolver
 from mxroute.errors import EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
-from mxroute.routing.plan import Plan, RoutingPolicy, Verdict, plan_to_json
-from mxroute.routing.route import mta_sts_reach, route
+from mxroute.routing.plan import Plan, Verdict, plan_to_json
+from mxroute.routing.route import mta_sts_reach, policy_from_settings, route
+from mxroute.settings import Settings
 from mxroute.tls import host as hosttls
 from mxroute.tls.mtasts.policy import Lookup, skip_reason
-from mxroute.tls.policy import TlsPolicy
+from mxroute.tls.policy import TlsPolicy, of_settings
 
-EXIT_CODES = {Verdict.DELIVERABLE: EX_OK, Verdict.TEMPORARY: EX_TEMPFAIL, Verdict.PERMANENT: EX_UNAVAILABLE}
+EXIT_CODES = {Verdict.DELIVERABLE: EX_OK, Verdict.TEMPORARY: EX_TEMPFAIL,
+              Verdict.PERMANENT: EX_UNAVAILABLE}
 
 
 @dataclass
@@ -33,7 +36,7 @@ class Report:
     identity: list[dict[str, Any]] = field(default_factory=list)  # one per egress IP (SPF + PTR)
     probe: dict[str, Any] | None = None
     identity_text: str = ""
-    tls: TlsPolicy | None = None  # the destination's TLS policy, as delivery looks it up (TLS-3, EXP-3)
+    tls: TlsPolicy | None = None  # the destination's TLS policy as delivery has it (TLS-3, EXP-3)
     mta_sts: Lookup | None = None  # the MTA-STS state delivery would apply (TLS-5/6, EXP-3)
     mta_sts_skipped: str | None = None  # or why delivery would not consult MTA-STS
 
@@ -56,24 +59,54 @@ class Report:
         return body
 
     def mta_sts_json(self) -> dict[str, Any] | None:
-        """``mta_sts`` (EXP-3): the lookup and each MX host's eligibility, or why it was not consulted."""
+        """``mta_sts`` (EXP-3): the lookup and each MX host's eligibility, or why not consulted."""
         if self.mta_sts is not None:
             base = self.tls or TlsPolicy()
             targets = list({t.exchange: t for t in self.plan.targets if t.exchange}.values())
             body = self.mta_sts.to_json([t.exchange for t in targets], base)
-            for row, target in zip(body["hosts"], targets):  # DANE's hosts are not MTA-STS's (RFC 8461 §2)
-                policy, refusal, rule = hosttls.for_host(base, self.plan.dane, self.mta_sts, target.exchange, str(target))
+            # DANE's hosts are not MTA-STS's (RFC 8461 §2)
+            for row, target in zip(body["hosts"], targets):
+                policy, refusal, rule = hosttls.for_host(
+                    base, self.plan.dane, self.mta_sts, target.exchange, str(target)
+                )
                 if rule == "TLS-7":
                     row.update(eligible=refusal is None, tls=None if refusal else policy.level,
-                               reason=refusal or "DANE decides this host's TLS (TLS-7): MTA-STS not applied")
+                               reason=refusal or "DANE decides this host's TLS (TLS-7): "
+                                                 "MTA-STS not applied")
             return body
         if self.mta_sts_skipped is not None:
             return {"applied": False, "reason": self.mta_sts_skipped}
         return None
 
 
-async def add_mta_sts(report: Report, settings: Any, resolver: Resolver) -> None:
-    """EXP-3: what delivery's MTA-STS step would decide, by the same code (mxroute/tls/mtasts/).
+async def run_explain(address: Address, settings: Settings, resolver: Resolver, *,
+                      seed: int | None = None, egress_ips: Sequence[str] = (),
+                      sender: str | None = None, helo: str | None = None,
+                      probe: bool = False) -> Report:
+    """The whole report for ``address``, each part by the code delivery runs.
+
+    The route (EXP-1, EXP-2; ``seed`` fixes the shuffle of equal preferences), the
+    destination's TLS policy and MTA-STS state (EXP-3), the sending identity of
+    ``egress_ips`` (default: the settings'; EXP-4), with ``probe`` the first reachable
+    host's banner, EHLO and STARTTLS, and every DNS answer seen on the way.
+    """
+    policy = policy_from_settings(settings)
+    plan = await route(resolver, address.domain, policy, random.Random(seed))
+    report = Report(address, plan, [])
+    report.tls = of_settings(plan.domain, settings)  # EXP-3: the lookup delivery makes
+    await _add_mta_sts(report, settings, resolver)
+    await _add_identity(report, settings, resolver, list(egress_ips or settings.egress_ips),
+                        sender, helo or settings.helo_name)
+    if probe:
+        from mxroute.cli.probe import probe as probe_first
+
+        report.probe = await probe_first(plan, settings, tls=report.tls, sts=report.mta_sts)
+    report.dns = [record.to_json() for record in resolver.trace]
+    return report
+
+
+async def _add_mta_sts(report: Report, settings: Settings, resolver: Resolver) -> None:
+    """EXP-3: what delivery's MTA-STS step would decide (TLS-5/6), by the same code.
 
     Reads the delivery process's policy store under ``spool_dir`` (never writes it) and
     fetches live when that is what delivery would do.
@@ -82,14 +115,26 @@ async def add_mta_sts(report: Report, settings: Any, resolver: Resolver) -> None
 
     if report.tls is None:
         return
-    report.mta_sts_skipped = skip_reason(settings.mta_sts, report.plan.domain, report.tls, deliverable=report.plan.deliverable)
+    report.mta_sts_skipped = skip_reason(settings.mta_sts, report.plan.domain, report.tls,
+                                         deliverable=report.plan.deliverable)
     if report.mta_sts_skipped is None:
-        sts = MtaSts(mta_sts_reach(settings), resolver, store=settings.spool_dir / STORE_NAME, persist=False)
+        sts = MtaSts(mta_sts_reach(settings), resolver, store=settings.spool_dir / STORE_NAME,
+                     persist=False)
         report.mta_sts = await sts.lookup(report.plan.domain)
-        report.dns = [record.to_json() for record in resolver.trace]
 
 
-async def explain(address: Address, resolver: Resolver, policy: RoutingPolicy, rng: random.Random) -> Report:
-    """Route ``address`` exactly as delivery would, and keep the DNS trace."""
-    plan = await route(resolver, address.domain, policy, rng)
-    return Report(address, plan, [record.to_json() for record in resolver.trace])
+async def _add_identity(report: Report, settings: Settings, resolver: Resolver,
+                        egress_ips: list[str], sender: str | None, helo: str) -> None:
+    """SPF and reverse-DNS verdicts for the relay's own sending identity (EXP-4)."""
+    if not egress_ips:
+        return
+    sender = sender or (f"postmaster@{settings.sender_domain}" if settings.sender_domain else None)
+    from mxroute.cli.identity import render_identity
+    from mxroute.identity.findings import check_identity
+
+    reports = await check_identity(resolver, sender=sender, egress_ips=egress_ips, helo=helo)
+    report.identity = [r.to_json() for r in reports]
+    report.identity_text = render_identity(reports)
+
+
+__all__ = ["Report", "run_explain"]

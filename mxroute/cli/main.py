@@ -36,15 +36,19 @@ def _ip_argument(text: str) -> str:
 
 def _common() -> _Parser:
     common = _Parser(add_help=False)
-    common.add_argument("--config", metavar="FILE", help="TOML settings file (default: $MXROUTE_CONFIG, else /etc/mxroute/mxroute.toml)")
-    common.add_argument("--dns", metavar="SERVER[:PORT]", action="append", default=[], type=_dns_server,
+    common.add_argument("--config", metavar="FILE",
+                        help="TOML settings file (default: $MXROUTE_CONFIG, "
+                             "else /etc/mxroute/mxroute.toml)")
+    common.add_argument("--dns", metavar="SERVER[:PORT]", action="append", default=[],
+                        type=_dns_server,
                         help="DNS server to ask (repeatable; overrides dns_servers)")
-    common.add_argument("--zone", metavar="FILE", action="append", default=[], help="answer DNS from this RFC 1035 zone file instead (repeatable)")
+    common.add_argument("--zone", metavar="FILE", action="append", default=[],
+                        help="answer DNS from this RFC 1035 zone file instead (repeatable)")
     return common
 
 
 def _dns_server(text: str) -> str:
-    """``--dns`` checked as an argument (exit 64), by the parser the ``dns_servers`` setting uses."""
+    """``--dns`` checked as an argument (exit 64) by the parser of the ``dns_servers`` setting."""
     from mxroute.dns.resolver import Server
 
     try:
@@ -62,13 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", parents=[common], help="show how mail to ADDRESS would be routed")
     p.add_argument("address")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    p.add_argument("--sender", help="envelope sender for the SPF check (default: postmaster@sender_domain)")
+    p.add_argument("--sender",
+                   help="envelope sender for the SPF check (default: postmaster@sender_domain)")
     p.add_argument("--egress-ip", action="append", default=[], metavar="IP", type=_ip_argument,
                    help="the relay's sending address (repeatable; default: egress_ips)")
     p.add_argument("--helo", help="HELO name to check (default: helo_name)")
-    p.add_argument("--probe", action="store_true", help="connect to the first address: banner, EHLO, STARTTLS")
-    p.add_argument("--record", metavar="FILE", help="write every DNS answer seen as a zone file that --zone replays")
-    p.add_argument("--seed", type=int, help="seed the shuffle of equal preferences (deterministic output)")
+    p.add_argument("--probe", action="store_true",
+                   help="connect to the first address: banner, EHLO, STARTTLS")
+    p.add_argument("--record", metavar="FILE",
+                   help="write every DNS answer seen as a zone file that --zone replays")
+    p.add_argument("--seed", type=int,
+                   help="seed the shuffle of equal preferences (deterministic output)")
 
     p = sub.add_parser("spf", parents=[common], help="RFC 7208 check_host() with a trace")
     p.add_argument("ip")
@@ -83,9 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("queue_id", nargs="?")
     p.add_argument("--json", action="store_true")
 
-    sub.add_parser("sendmail", help="sendmail-compatible submission to the local relay: mxroute sendmail [-t] [-i] [-f SENDER] [RCPT...]")
+    sub.add_parser("sendmail", help="sendmail-compatible submission to the local relay: "
+                                    "mxroute sendmail [-t] [-i] [-f SENDER] [RCPT...]")
 
-    p = sub.add_parser("check-config", parents=[common], help="validate the settings and print the effective values")
+    p = sub.add_parser("check-config", parents=[common],
+                       help="validate the settings and print the effective values")
     p.add_argument("--json", action="store_true")
     return parser
 
@@ -196,7 +206,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from mxroute.service.daemon import serve
 
-        return serve(_settings(args), reload=lambda: _settings(args))  # SIGHUP: same --config, --dns
+        # SIGHUP: the same --config, --dns
+        return serve(_settings(args), reload=lambda: _settings(args))
     if args.command == "queue":
         from mxroute.cli.queue import queue_command
 
@@ -208,15 +219,13 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    import random
-
     from mxroute.address import parse_address
-    from mxroute.cli.explain import explain
-    from mxroute.routing.route import policy_from_settings
+    from mxroute.cli.explain import run_explain
 
     address = parse_address(args.address)
     if args.sender and args.sender not in ("<>", ""):
-        parse_address(args.sender.removeprefix("<").removesuffix(">"))  # malformed: exit 64, before any DNS
+        # malformed: exit 64, before any DNS
+        parse_address(args.sender.removeprefix("<").removesuffix(">"))
     settings = _settings(args)
     resolver = _resolver(args, settings, trace=True)
     recorder = None
@@ -225,21 +234,9 @@ def _explain(args: argparse.Namespace) -> int:
 
         recorder = Recorder()
         resolver.observers.append(recorder)
-    policy = policy_from_settings(settings)
-    rng = random.Random(args.seed)
-    report = asyncio.run(explain(address, resolver, policy, rng))
-    from mxroute.tls.policy import of_settings
-
-    report.tls = of_settings(report.plan.domain, settings)  # EXP-3: the lookup delivery makes
-    from mxroute.cli.explain import add_mta_sts
-
-    asyncio.run(add_mta_sts(report, settings, resolver))  # EXP-3: MTA-STS (TLS-5/6)
-    _add_identity(args, settings, resolver, report)
-    if args.probe:
-        from mxroute.cli.probe import probe
-
-        report.probe = asyncio.run(probe(report.plan, settings, tls=report.tls, sts=report.mta_sts))
-        report.dns = [record.to_json() for record in resolver.trace]
+    report = asyncio.run(run_explain(address, settings, resolver, seed=args.seed,
+                                     egress_ips=args.egress_ip, sender=args.sender,
+                                     helo=args.helo, probe=args.probe))
     if recorder is not None:
         try:
             with open(args.record, "w", encoding="utf-8") as handle:
@@ -254,22 +251,6 @@ def _explain(args: argparse.Namespace) -> int:
 
         sys.stdout.write(render_explain(report, Style(sys.stdout.isatty())))
     return report.exit_code
-
-
-def _add_identity(args: argparse.Namespace, settings: Any, resolver: Any, report: Any) -> None:
-    """SPF and reverse-DNS verdicts for the relay's own sending identity (EXP-4)."""
-    egress = args.egress_ip or settings.egress_ips
-    sender = args.sender or (f"postmaster@{settings.sender_domain}" if settings.sender_domain else None)
-    if not egress:
-        return
-    from mxroute.cli.identity import render_identity
-    from mxroute.identity.findings import check_identity
-
-    helo = args.helo or settings.helo_name
-    reports = asyncio.run(check_identity(resolver, sender=sender, egress_ips=egress, helo=helo))
-    report.identity = [r.to_json() for r in reports]
-    report.identity_text = render_identity(reports)
-    report.dns = [record.to_json() for record in resolver.trace]
 
 
 def _spf(args: argparse.Namespace) -> int:
@@ -293,9 +274,11 @@ def _check_config(args: argparse.Namespace) -> int:
         from mxroute.identity.findings import check_ptr
 
         resolver = _resolver(args, settings, trace=False)
-        reports = asyncio.run(check_ptr(resolver, egress_ips=settings.egress_ips, helo=settings.helo_name))
+        reports = asyncio.run(check_ptr(resolver, egress_ips=settings.egress_ips,
+                                        helo=settings.helo_name))
     if args.json:
-        values["identity_check"] = [report.to_json() for report in reports] if reports is not None else None
+        values["identity_check"] = ([report.to_json() for report in reports]
+                                    if reports is not None else None)
         print(json.dumps(values, indent=2))
         return EX_OK
     for name, value in values.items():

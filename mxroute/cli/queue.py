@@ -41,14 +41,16 @@ def queue_command(settings: Settings, action: str, queue_id: str | None, as_json
         if action == "flush":
             spool.request_flush()
             count = len(spool.ids())
-            _say(as_json, {"action": "flush", "messages": count}, f"flush requested: {count} message(s) due now")
+            _say(as_json, {"action": "flush", "messages": count},
+                 f"flush requested: {count} message(s) due now")
             return EX_OK
         if action == "delete":
             assert queue_id is not None
             if not spool.remove_sync(queue_id):
                 print(f"mxroute: {queue_id}: no such message in the queue", file=sys.stderr)
                 return EX_NOINPUT
-            _say(as_json, {"action": "delete", "queue_id": queue_id, "deleted": True}, f"{queue_id}: deleted")
+            _say(as_json, {"action": "delete", "queue_id": queue_id, "deleted": True},
+                 f"{queue_id}: deleted")
             return EX_OK
         print(f"mxroute: unknown queue action {action!r}", file=sys.stderr)
         return EX_USAGE
@@ -94,8 +96,9 @@ def _list(metas: list[MessageMeta], as_json: bool) -> int:
     for meta in metas:
         due = meta.next_due()
         rows.append((
-            meta.queue_id, _when(meta.arrival), str(meta.size), f"<{safe_text(meta.sender, 60)}>",
-            f"{len(meta.pending)}/{len(meta.recipients)}", _in(due, now) if due is not None else "-",
+            meta.queue_id, _when(meta.arrival), str(meta.size),
+            f"<{safe_text(meta.sender, 60)}>", f"{len(meta.pending)}/{len(meta.recipients)}",
+            _in(due, now) if due is not None else "-",
         ))
     _table(rows)
     print(f"-- {len(metas)} message(s), {sum(len(m.pending) for m in metas)} pending recipient(s)")
@@ -104,8 +107,9 @@ def _list(metas: list[MessageMeta], as_json: bool) -> int:
 
 def _summary(meta: MessageMeta) -> dict[str, Any]:
     return {
-        "queue_id": meta.queue_id, "arrival": meta.arrival, "size": meta.size, "sender": meta.sender,
-        "recipients": len(meta.recipients), "pending": len(meta.pending), "next_try": meta.next_due(),
+        "queue_id": meta.queue_id, "arrival": meta.arrival, "size": meta.size,
+        "sender": meta.sender, "recipients": len(meta.recipients), "pending": len(meta.pending),
+        "next_try": meta.next_due(),
     }
 
 
@@ -124,9 +128,11 @@ def _show(spool: Spool, queue_id: str, as_json: bool) -> int:
     now = time.time()
     print(f"queue id:   {meta.queue_id}")
     print(f"arrived:    {_when(meta.arrival)} from {safe_text(meta.client, LISTING)}")
-    print(f"sender:     <{safe_text(meta.sender, LISTING)}>{'  (a bounce)' if not meta.sender else ''}")
+    bounce = "  (a bounce)" if not meta.sender else ""
+    print(f"sender:     <{safe_text(meta.sender, LISTING)}>{bounce}")
     print(f"size:       {meta.size} bytes")
-    extras = [f"{k}={v}" for k, v in (("RET", meta.ret), ("ENVID", meta.envid), ("BODY", meta.body)) if v]
+    extras = [f"{k}={v}" for k, v in (("RET", meta.ret), ("ENVID", meta.envid), ("BODY", meta.body))
+              if v]
     if extras:
         print(f"dsn:        {' '.join(safe_text(e, LISTING) for e in extras)}")
     print()
@@ -135,7 +141,8 @@ def _show(spool: Spool, queue_id: str, as_json: bool) -> int:
         print(f"  <{safe_text(rcpt.address, LISTING)}>  {state}, {rcpt.attempts} attempt(s)"
               + (f", NOTIFY={','.join(rcpt.notify)}" if rcpt.notify else ""))
         if rcpt.state == PENDING:
-            when = "now" if rcpt.next_try <= now else f"{_when(rcpt.next_try)} ({_in(rcpt.next_try, now)})"
+            when = ("now" if rcpt.next_try <= now
+                    else f"{_when(rcpt.next_try)} ({_in(rcpt.next_try, now)})")
             print(f"      next try:  {when}")
             print(f"      why:       {safe_text(rcpt.why or 'not tried yet', LISTING)}")
         if rcpt.reply:  # whose words (DSN-6): the remote's reply, or mxroute's own reason

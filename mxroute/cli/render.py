@@ -39,7 +39,8 @@ class Style:
         return self._wrap("1", text)
 
     def verdict(self, verdict: Verdict, text: str) -> str:
-        code = {Verdict.DELIVERABLE: "32", Verdict.TEMPORARY: "33", Verdict.PERMANENT: "31"}[verdict]
+        codes = {Verdict.DELIVERABLE: "32", Verdict.TEMPORARY: "33", Verdict.PERMANENT: "31"}
+        code = codes[verdict]
         return self._wrap(code + ";1", text)
 
 
@@ -50,7 +51,8 @@ def render_explain(report: Report, style: Style) -> str:
     domain = report.address.domain
     if plan.cnames:
         domain += f"  (alias: {' -> '.join(plan.cnames)})"
-    summary = [["domain", domain], ["verdict", f"{plan.verdict.value} ({plan.dsn_status}): {plan.reason}"]]
+    summary = [["domain", domain],
+               ["verdict", f"{plan.verdict.value} ({plan.dsn_status}): {plan.reason}"]]
     if report.tls is not None:  # TLS-3 / EXP-3
         summary.append(["tls policy", report.tls.describe()])
     if report.mta_sts is not None:  # TLS-5/6, EXP-3
@@ -68,14 +70,17 @@ def render_explain(report: Report, style: Style) -> str:
         flags.append("no MX records: implicit MX (RFC 5321 §5.1)")
     if plan.mx:
         out.append(style.bold("\nMX records") + (f"  [{'; '.join(flags)}]" if flags else ""))
-        out.append(table(["PREF", "EXCHANGE", "TTL"], [[r.preference, r.exchange, r.ttl] for r in sorted(plan.mx, key=lambda r: r.preference)]))
+        mx = sorted(plan.mx, key=lambda r: r.preference)
+        out.append(table(["PREF", "EXCHANGE", "TTL"],
+                         [[r.preference, r.exchange, r.ttl] for r in mx]))
     elif flags:
         out.append(style.bold("\nMX records") + f"  [{'; '.join(flags)}]")
     if plan.targets:
         out.append(style.bold("\nPlan") + " (the order delivery will try)")
         out.append(table(
             ["#", "EXCHANGE", "PREF", "ADDRESS", "FAMILY", "PORT"],
-            [[i, t.exchange or "(literal)", t.preference, t.address, f"IPv{t.family}", t.port] for i, t in enumerate(plan.targets, 1)],
+            [[i, t.exchange or "(literal)", t.preference, t.address, f"IPv{t.family}", t.port]
+             for i, t in enumerate(plan.targets, 1)],
         ))
     if plan.dane is not None:  # TLS-7 / EXP-3
         out.append(render_dane(plan.dane, style))
@@ -83,7 +88,8 @@ def render_explain(report: Report, style: Style) -> str:
     if report.mta_sts is not None and report.mta_sts.policy is not None and sts and sts["hosts"]:
         out.append(style.bold("\nMTA-STS") + f"  (TXT id {report.mta_sts.txt_id or '-'}; RFC 8461)")
         out.append(table(["EXCHANGE", "ELIGIBLE", "REASON"],
-                         [[h["exchange"], "yes" if h["eligible"] else "no", h["reason"]] for h in sts["hosts"]]))
+                         [[h["exchange"], "yes" if h["eligible"] else "no", h["reason"]]
+                          for h in sts["hosts"]]))
     if plan.pruned:
         out.append(style.bold("\nPruned"))
         out.append(table(
@@ -92,7 +98,8 @@ def render_explain(report: Report, style: Style) -> str:
         ))
     if plan.decisions:
         out.append(style.bold("\nReasoning"))
-        out.append(table(["RULE", "REF", "DECISION"], [[d.rule, d.ref, d.text] for d in plan.decisions]))
+        out.append(table(["RULE", "REF", "DECISION"],
+                         [[d.rule, d.ref, d.text] for d in plan.decisions]))
     if report.identity_text:
         out.append(style.bold("\nSending identity"))
         out.append(report.identity_text.rstrip("\n"))
@@ -103,8 +110,8 @@ def render_explain(report: Report, style: Style) -> str:
         out.append(style.bold("\nDNS queries"))
         out.append(table(
             ["QNAME", "TYPE", "RCODE", "TTL", "MS", "CACHED", "ANSWERS"],
-            [[q["qname"], q["qtype"], q["rcode"], q["ttl"], f"{q['ms']:.1f}", "yes" if q["cached"] else "no",
-              "; ".join(q["answers"]) or "-"] for q in report.dns],
+            [[q["qname"], q["qtype"], q["rcode"], q["ttl"], f"{q['ms']:.1f}",
+              "yes" if q["cached"] else "no", "; ".join(q["answers"]) or "-"] for q in report.dns],
         ))
     return "\n".join(out) + "\n"
 
@@ -116,11 +123,14 @@ def render_dane(posture: DanePosture, style: Style) -> str:
     out = [style.bold("\nDANE") + f" (TLS-7, RFC 7672)  MX RRset: {secure[posture.mx_secure]}"]
     rows = []
     for host in posture.hosts:
-        lookup = "not asked" if host.tlsa_name is None else f"{host.tlsa_outcome}, {secure[host.tlsa_secure]}"
-        rows.append([host.exchange, secure[host.addresses_secure], lookup, host.need.value, host.reason])
+        lookup = ("not asked" if host.tlsa_name is None
+                  else f"{host.tlsa_outcome}, {secure[host.tlsa_secure]}")
+        rows.append([host.exchange, secure[host.addresses_secure], lookup, host.need.value,
+                     host.reason])
     if rows:
         out.append(table(["EXCHANGE", "ADDRESSES", "TLSA", "NEEDS", "WHY"], rows))
-    records = [[h.tlsa_name, _short(r.text), r.usage_name, "usable" if r.problem is None else r.problem]
+    records = [[h.tlsa_name, _short(r.text), r.usage_name,
+                "usable" if r.problem is None else r.problem]
                for h in posture.hosts for r in h.records]
     if records:
         out.append(table(["TLSA NAME", "RECORD", "USAGE", "USABLE"], records))
@@ -129,9 +139,12 @@ def render_dane(posture: DanePosture, style: Style) -> str:
 
 def _short(text: str, limit: int = 80) -> str:
     """A TLSA record for one line: a full certificate (2 0 0) is shortened, with its size."""
-    return text if len(text) <= limit else f"{text[:limit - 20]}... ({(len(text.split()[-1])) // 2} bytes)"
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit - 20]}... ({(len(text.split()[-1])) // 2} bytes)"
 
 
 def render_probe(probe: dict[str, Any]) -> str:
-    rows = [[key, "; ".join(map(str, value)) if isinstance(value, list) else value] for key, value in probe.items()]
+    rows = [[key, "; ".join(map(str, value)) if isinstance(value, list) else value]
+            for key, value in probe.items()]
     return table(["WHAT", "RESULT"], rows)

@@ -24,7 +24,8 @@ from mxroute.errors import EX_DATAERR, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_US
 from mxroute.settings import Settings, parse_hostport
 
 # Flags sendmail accepts that change nothing here (queueing, delivery mode, error mode).
-_IGNORED = {"-odb", "-odi", "-odq", "-oem", "-oep", "-oeq", "-bm", "-U", "-v", "-oee", "-oew", "-om", "-m", "-Am", "-Ac"}
+_IGNORED = {"-odb", "-odi", "-odq", "-oem", "-oep", "-oeq", "-bm", "-U", "-v", "-oee", "-oew",
+            "-om", "-m", "-Am", "-Ac"}
 
 
 class Usage(Exception):
@@ -47,7 +48,8 @@ def split_common(argv: Sequence[str]) -> tuple[str | None, list[str]]:
             rest += [arg, *args]
             break
         name, eq, value = arg.partition("=")
-        if name in ("--config", "--dns", "--zone") or arg == "-C" or (arg.startswith("-C") and len(arg) > 2):
+        if (name in ("--config", "--dns", "--zone") or arg == "-C"
+                or (arg.startswith("-C") and len(arg) > 2)):
             if arg.startswith("-C") and len(arg) > 2:
                 value = arg[2:]
             elif not eq:
@@ -164,11 +166,14 @@ def sendmail(settings: Settings, argv: Sequence[str], stdin: BinaryIO) -> int:
     except smtplib.SMTPRecipientsRefused as exc:
         return _refused({r: v for r, v in exc.recipients.items()})
     except smtplib.SMTPResponseException as exc:
-        text = exc.smtp_error.decode("utf-8", "replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
-        print(f"sendmail: the relay at {host}:{port} answered {exc.smtp_code} {text}", file=sys.stderr)
+        error = exc.smtp_error
+        text = error.decode("utf-8", "replace") if isinstance(error, bytes) else str(error)
+        print(f"sendmail: the relay at {host}:{port} answered {exc.smtp_code} {text}",
+              file=sys.stderr)
         return EX_TEMPFAIL if exc.smtp_code < 500 else EX_UNAVAILABLE
     except (OSError, smtplib.SMTPException) as exc:
-        print(f"sendmail: cannot reach the relay at {host}:{port}: {exc}; try again later", file=sys.stderr)
+        print(f"sendmail: cannot reach the relay at {host}:{port}: {exc}; try again later",
+              file=sys.stderr)
         return EX_TEMPFAIL
     if refused:
         return _refused(refused)
@@ -178,6 +183,7 @@ def sendmail(settings: Settings, argv: Sequence[str], stdin: BinaryIO) -> int:
 def _refused(refused: dict[str, tuple[int, bytes]]) -> int:
     temporary = False
     for rcpt, (code, text) in refused.items():
-        print(f"sendmail: <{rcpt}> refused: {code} {text.decode('utf-8', 'replace')}", file=sys.stderr)
+        print(f"sendmail: <{rcpt}> refused: {code} {text.decode('utf-8', 'replace')}",
+              file=sys.stderr)
         temporary = temporary or code < 500
     return EX_TEMPFAIL if temporary else EX_UNAVAILABLE

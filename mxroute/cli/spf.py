@@ -33,7 +33,8 @@ def parse_sender(sender: str, helo: str | None) -> tuple[str, str, str]:
     text = sender.strip()
     if text in ("", "<>"):
         if not helo:
-            raise AddressError("a null sender needs --helo: the HELO identity is checked (RFC 7208 §2.4)")
+            raise AddressError("a null sender needs --helo: "
+                               "the HELO identity is checked (RFC 7208 §2.4)")
         domain = normalize_domain(helo.rstrip("."))
         return domain, f"postmaster@{domain}", helo
     if text.startswith("<") and text.endswith(">"):
@@ -49,7 +50,10 @@ def parse_sender(sender: str, helo: str | None) -> tuple[str, str, str]:
 
 async def spf_command(resolver: Resolver, ip: str, sender: str, helo: str | None, as_json: bool,
                       options: SPFOptions | None = None) -> int:
-    """Run check_host() and print the result (text with trace, or one JSON object); return the exit code."""
+    """Run check_host() and print the result (text with trace, or one JSON object).
+
+    Returns the exit code.
+    """
     try:
         address = ipaddress.ip_address(ip.strip())
     except ValueError:
@@ -60,7 +64,8 @@ async def spf_command(resolver: Resolver, ip: str, sender: str, helo: str | None
     except AddressError as exc:
         print(f"mxroute spf: bad sender {sender!r}: {exc.message}", file=sys.stderr)
         return EX_USAGE
-    result = await check_host(resolver, address, domain, full_sender, helo=helo_name, options=options)
+    result = await check_host(resolver, address, domain, full_sender, helo=helo_name,
+                              options=options)
     if as_json:
         print(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
     else:

@@ -1,4 +1,4 @@
-"""``mxroute serve``: wire spool, queue manager, courier and intake together, run, reload, stop cleanly.
+"""``mxroute serve``: wire spool, queue manager, courier and intake together; run, reload, stop.
 
 Two processes (``delivery_processes = 1``, the default; mxroute/service/worker.py): this
 one (what systemd runs and hears from) holds the listeners, the intake (aiosmtpd,
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import ssl
 import sys
@@ -47,51 +46,22 @@ from mxroute.relay.intake.handler import Intake
 from mxroute.relay.spool.store import Spool
 from mxroute.routing.route import resolver_from_settings
 from mxroute.service import sdnotify
-from mxroute.service.logsetup import BatchingStreamHandler
-from mxroute.service.worker import ChildLink, LocalLink, link_for
+from mxroute.service.link import ChildLink, LocalLink
+from mxroute.service.logsetup import flush_log, setup_logging
+from mxroute.service.worker import Delivery
 from mxroute.settings import Settings
 
 log = logging.getLogger(__name__)
 
 INTAKE_GRACE = 3.0  # seconds for DATA being stored to reach its fsync and reply
-DELIVERY_GRACE = 4.0  # seconds for deliveries in flight to finish before they are cancelled (left queued)
+# seconds for deliveries in flight to finish before they are cancelled (left queued)
+DELIVERY_GRACE = 4.0
 STATUS_INTERVAL = 5.0  # at most one STATUS= update per this many seconds
 # Bound or opened once at start: a reload keeps the old value and says so.
 RESTART_ONLY = ("listen", "spool_dir", "metrics_listen", "delivery_processes")
 _DNS = ("dns_servers", "dns_timeout", "dns_attempts", "dns_cache_size", "dns_trust_ad")
-# syslog priorities (sd-daemon(3) "<N>" prefixes) for journald
-_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 Loader = Callable[[], Settings]
-
-
-class _JournalFormatter(logging.Formatter):
-    """``<N>logger: message``: journald adds the time and the process and keeps the priority."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        prefix = f"<{_PRIORITY.get(record.levelno, 6)}>"
-        return prefix + text.replace("\n", "\n" + prefix)  # each line of a traceback keeps its priority
-
-
-def setup_logging(level: str) -> None:
-    """One line per event on stdout, as a foreground service under systemd/journald expects."""
-    handler = BatchingStreamHandler(sys.stdout)  # one write per 0.1 s of lines, not per line
-    if os.environ.get("JOURNAL_STREAM"):  # stdout is journald's (systemd.exec(5))
-        handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s mxroute[%(process)d] %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter (AUTH lines too)
-    logging.getLogger("asyncio").setLevel(logging.WARNING)
-
-
-def flush_log() -> None:
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, BatchingStreamHandler):
-            handler.flush_now()
 
 
 def serve(settings: Settings, reload: Loader | None = None) -> int:
@@ -131,13 +101,16 @@ async def _listen(intake: Intake, settings: Settings) -> list[asyncio.base_event
         return servers
     for host, port in settings.listen_addresses():
         try:
-            servers.append(await loop.create_server(factory, host, port, reuse_address=True, backlog=1024))
+            servers.append(await loop.create_server(factory, host, port, reuse_address=True,
+                                                    backlog=1024))
         except OSError as exc:
             for server in servers:
                 server.close()
-            raise MxrouteError(f"cannot listen on {host}:{port}: {exc.strerror}", code=421) from None
-        log.info("listening on %s", _address(servers[-1].sockets[0].getsockname()) if servers[-1].sockets
-                 else f"{host}:{port}")
+            raise MxrouteError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                               code=421) from None
+        sockets = servers[-1].sockets
+        log.info("listening on %s",
+                 _address(sockets[0].getsockname()) if sockets else f"{host}:{port}")
     return servers
 
 
@@ -150,11 +123,12 @@ def _address(name: Any) -> str:
 class Relay:
     """The running parts, and what SIGHUP and STATUS= do with them."""
 
-    def __init__(self, settings: Settings, loader: Loader, resolver: Resolver, link: LocalLink | ChildLink,
-                 intake: Intake) -> None:
+    def __init__(self, settings: Settings, loader: Loader, resolver: Resolver,
+                 link: LocalLink | ChildLink, intake: Intake) -> None:
         self.settings = settings
         self.loader = loader
-        self.resolver, self.link, self.intake = resolver, link, intake  # resolver: intake's (sender check, self-check)
+        # resolver: the intake's (sender check, self-check)
+        self.resolver, self.link, self.intake = resolver, link, intake
         self.hangup = asyncio.Event()
         self.reloads = 0
         self.sizes: dict[str, int] = {}
@@ -194,32 +168,40 @@ class Relay:
             sdnotify.notify(f"READY=1\nSTATUS={await self.status()}")
 
     async def reload(self) -> bool:
-        """Re-read the configuration and apply it to both processes; False (and nothing changed) when it is bad."""
+        """Re-read the configuration and apply it to both processes.
+
+        False (and nothing changed) when it is bad.
+        """
         log.info("reload: re-reading the configuration (SIGHUP)")
         loop = asyncio.get_running_loop()
         try:  # off the loop: the file, and helo_name's default (getfqdn) may ask DNS
             new = await loop.run_in_executor(None, self.loader)
         except ConfigError as exc:
-            log.error("reload failed: %s; still running with the previous configuration", exc.message)
+            log.error("reload failed: %s; still running with the previous configuration",
+                      exc.message)
             return False
         old = self.settings
-        changed = [name for name in type(new).model_fields if getattr(new, name) != getattr(old, name)]
+        changed = [name for name in type(new).model_fields
+                   if getattr(new, name) != getattr(old, name)]
         kept = [name for name in changed if name in RESTART_ONLY]
         if kept:
-            log.warning("reload: %s changed but %s a restart (systemctl restart mxroute); keeping the running "
-                        "value until then", ", ".join(kept), "needs" if len(kept) == 1 else "need")
+            log.warning("reload: %s changed but %s a restart (systemctl restart mxroute); "
+                        "keeping the running value until then",
+                        ", ".join(kept), "needs" if len(kept) == 1 else "need")
             new = new.model_copy(update={name: getattr(old, name) for name in kept})
         # a fresh resolver when a dns_* setting changed: no answer of the old servers is kept
         resolver = resolver_from_settings(new) if any(name in changed for name in _DNS) else None
         try:
-            self.intake.reconfigure(new, resolver)  # reads the certificate and credentials files: may fail
+            # reads the certificate and credentials files: may fail
+            self.intake.reconfigure(new, resolver)
         except (OSError, ValueError, ssl.SSLError) as exc:
             log.error("reload failed: %s; still running with the previous configuration", exc)
             return False
         await self.link.reconfigure(new)  # queue, courier, the delivery resolver
         if resolver is not None:
             self.resolver = resolver
-        if any(name in changed for name in ("egress_ips", "helo_name", *_DNS)):  # SPF-10/12: the new identity
+        # SPF-10/12: the new identity
+        if any(name in changed for name in ("egress_ips", "helo_name", *_DNS)):
             from mxroute.identity.selfcheck import watch
 
             self.intake.on_queued = watch(new, self.resolver, self.link.queued)
@@ -228,18 +210,24 @@ class Relay:
         self.settings = new
         self.reloads += 1
         applied = [name for name in changed if name not in kept]
-        log.info("reload done: %s", f"applied {', '.join(applied)}" if applied else "no setting changed")
+        log.info("reload done: %s",
+                 f"applied {', '.join(applied)}" if applied else "no setting changed")
         return True
 
 
 async def _main(settings: Settings, loader: Loader) -> int:
     loop = asyncio.get_running_loop()
-    spool = Spool(settings.spool_dir, keep_fresh=not settings.delivery_processes)  # split: the delivery process reads the file
+    # split: the delivery process reads the file
+    spool = Spool(settings.spool_dir, keep_fresh=not settings.delivery_processes)
     spool.prepare()
     for name in spool.clean_temp():
         log.info("removed stale temporary file %s (an intake that never got its 250)", name)
-    link = link_for(settings, spool)
-    resolver = resolver_from_settings(settings)  # intake's (sender check, identity self-check); delivery has its own
+    if settings.delivery_processes:  # mxroute/service/worker.py in a process of its own
+        link: LocalLink | ChildLink = ChildLink(settings)
+    else:
+        link = LocalLink(Delivery(settings, spool))
+    # the intake's (sender check, identity self-check); delivery has its own
+    resolver = resolver_from_settings(settings)
     # the identity self-check: warnings only, off the hot path (SPF-10, SPF-12)
     from mxroute.identity.selfcheck import watch
 
@@ -247,7 +235,8 @@ async def _main(settings: Settings, loader: Loader) -> int:
     servers: list[asyncio.base_events.Server] = []
     metrics: Any = None
     try:
-        await link.start()  # recovery first (DUR-7), as before the split: mail is taken once it can leave
+        # recovery first (DUR-7), as before the split: mail is taken once it can leave
+        await link.start()
         try:
             if settings.metrics_listen:  # first: scrapable once SMTP answers
                 from mxroute.service.metrics import Metrics, Sources
@@ -277,21 +266,7 @@ async def _main(settings: Settings, loader: Loader) -> int:
         helpers.append(asyncio.create_task(relay.report_status(), name="status"))
     log.info("mxroute ready: spool=%s helo=%s", settings.spool_dir, settings.helo_name)
     flush_log()  # the start-up lines now: the delivery process's lines do not wait for ours
-    watchdog = sdnotify.watchdog_interval()
-    code = EX_OK
-    failed = asyncio.ensure_future(link.failed.wait())
-    while not stop.is_set():
-        stopped = asyncio.ensure_future(stop.wait())
-        done, _ = await asyncio.wait([stopped, failed], timeout=watchdog or 3600,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
-        if failed in done or link.failure():  # delivery must never die silently, nor intake go on alone
-            log.error("delivery stopped: %s; exiting so that the service is restarted", link.failure())
-            code = EX_SOFTWARE
-            break
-        if not done:
-            sdnotify.notify("WATCHDOG=1")
-    failed.cancel()
+    code = await _run(stop, link)
     sdnotify.notify("STOPPING=1\nSTATUS=shutting down")
     log.info("shutting down: no new connections")
     loop.remove_signal_handler(signal.SIGHUP)
@@ -310,4 +285,26 @@ async def _main(settings: Settings, loader: Loader) -> int:
     return code
 
 
-__all__ = ["RESTART_ONLY", "serve", "setup_logging"]
+async def _run(stop: asyncio.Event, link: LocalLink | ChildLink) -> int:
+    """Serve until ``stop`` (EX_OK) or until delivery fails (EX_SOFTWARE), pinging the watchdog."""
+    watchdog = sdnotify.watchdog_interval()
+    code = EX_OK
+    failed = asyncio.ensure_future(link.failed.wait())
+    while not stop.is_set():
+        stopped = asyncio.ensure_future(stop.wait())
+        done, _ = await asyncio.wait([stopped, failed], timeout=watchdog or 3600,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        # delivery must never die silently, nor intake go on alone
+        if failed in done or link.failure():
+            log.error("delivery stopped: %s; exiting so that the service is restarted",
+                      link.failure())
+            code = EX_SOFTWARE
+            break
+        if not done:
+            sdnotify.notify("WATCHDOG=1")
+    failed.cancel()
+    return code
+
+
+__all__ = ["RESTART_ONLY", "serve"]

@@ -1,4 +1,4 @@
-"""The optional Prometheus endpoint (``metrics_listen``): what the relay has done, read at scrape time.
+"""The optional Prometheus endpoint (``metrics_listen``): what the relay did, read at scrape time.
 
 Off by default. prometheus-client is imported here only, and this module only when
 ``metrics_listen`` is set (``pip install 'mxroute[metrics]'``); the setting is refused
@@ -10,8 +10,8 @@ scrapes; queue sizes and open connections are computed then too. The delivery
 side's numbers (queue, courier, delivery resolver, attempt durations) come from
 the delivery process at scrape time (``Delivery.snapshot()``, one request over its
 socket). The one per-event cost is the attempt-latency histogram, one bucket
-increment per ``Courier.deliver()`` call (``delivery.TimedCourier``). The endpoint is a small HTTP/1.0
-server on the relay's own event loop (no thread reads the loop's data), serving
+increment per ``Courier.deliver()`` call (``attempts.TimedCourier``). The endpoint is a
+small HTTP/1.0 server on the relay's own event loop (no thread reads the loop's data), serving
 ``GET /metrics`` in the Prometheus text format.
 """
 
@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sized
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -29,7 +29,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
 from mxroute.errors import EX_OSERR, MxrouteError
-from mxroute.service.worker import ATTEMPT_BUCKETS
+from mxroute.service.attempts import ATTEMPT_BUCKETS
 from mxroute.settings import parse_hostport
 
 log = logging.getLogger(__name__)
@@ -38,12 +38,28 @@ REQUEST_TIMEOUT = 5.0  # seconds a scraper has to send its request
 MAX_REQUEST = 8192  # bytes of request head accepted
 
 
+class IntakeNumbers(Protocol):
+    """What the intake shows: its counters (``accepted``, ``rejected``) and open sessions."""
+
+    @property
+    def stats(self) -> Mapping[str, int]: ...
+
+    @property
+    def sessions(self) -> Sized: ...
+
+
+class DeliveryNumbers(Protocol):
+    """What the delivery side shows: its counters and sizes (``Delivery.snapshot()``'s shape)."""
+
+    async def snapshot(self) -> dict[str, Any]: ...
+
+
 @dataclass
 class Sources:
     """The running parts whose numbers are exported (read at scrape time)."""
 
-    intake: Any  # .stats {"accepted", "rejected"}, .sessions
-    delivery: Any  # async .snapshot(): the delivery side's counters and sizes (delivery.Delivery.snapshot)
+    intake: IntakeNumbers
+    delivery: DeliveryNumbers
 
 
 class _Collector:
@@ -57,62 +73,97 @@ class _Collector:
         return self.collect()
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._messages()
+        yield from self._outbound()
+        yield from self._dns()
+        yield self._attempts()
+
+    def _messages(self) -> Iterator[Metric]:
         intake, d = self.sources.intake, self.snapshot
-        stats, courier_stats, dns = d.get("stats", {}), d.get("courier", {}), d.get("dns", {})
-        yield CounterMetricFamily("mxroute_messages_accepted", "Messages accepted over SMTP (250 after DATA, fsync'd)",
+        stats = d.get("stats", {})
+        yield CounterMetricFamily("mxroute_messages_accepted",
+                                  "Messages accepted over SMTP (250 after DATA, fsync'd)",
                                   value=intake.stats.get("accepted", 0))
-        yield CounterMetricFamily("mxroute_messages_rejected", "RCPT or DATA refused by policy or content checks",
+        yield CounterMetricFamily("mxroute_messages_rejected",
+                                  "RCPT or DATA refused by policy or content checks",
                                   value=intake.stats.get("rejected", 0))
-        outcomes = CounterMetricFamily("mxroute_recipients", "Recipient delivery outcomes: delivered; deferred "
-                                       "(a temporary failure, retried later); bounced (failed for good or expired)",
+        outcomes = CounterMetricFamily("mxroute_recipients",
+                                       "Recipient delivery outcomes: delivered; deferred "
+                                       "(a temporary failure, retried later); "
+                                       "bounced (failed for good or expired)",
                                        labels=["outcome"])
         for outcome in ("delivered", "deferred", "bounced"):
             outcomes.add_metric([outcome], stats.get(outcome, 0))
         yield outcomes
-        yield CounterMetricFamily("mxroute_dsn_generated", "Delivery status notifications queued for senders (RFC 3464)",
+        yield CounterMetricFamily("mxroute_dsn_generated",
+                                  "Delivery status notifications queued for senders (RFC 3464)",
                                   value=stats.get("dsn", 0))
-        sizes = GaugeMetricFamily("mxroute_queue_messages", "Messages in the queue: active (being delivered), "
-                                  "due (waiting for a delivery slot), deferred (waiting for their retry time)",
+        sizes = GaugeMetricFamily("mxroute_queue_messages",
+                                  "Messages in the queue: active (being delivered), "
+                                  "due (waiting for a delivery slot), "
+                                  "deferred (waiting for their retry time)",
                                   labels=["state"])
         for state in ("active", "due", "deferred"):
             sizes.add_metric([state], d.get("sizes", {}).get(state, 0))
         yield sizes
-        yield GaugeMetricFamily("mxroute_smtp_connections", "Open SMTP client connections to the intake",
+        yield GaugeMetricFamily("mxroute_smtp_connections",
+                                "Open SMTP client connections to the intake",
                                 value=len(intake.sessions))
-        courier = CounterMetricFamily("mxroute_outbound_sessions", "Outbound SMTP: connections made, sessions "
-                                      "greeted, reused, with TLS, cleartext fallbacks after a failed STARTTLS, "
-                                      "certificates that matched (dane) or failed (dane_failures) TLSA records, "
-                                      "hosts skipped unconnected by MTA-STS enforce or a failed TLSA lookup "
-                                      "(policy_skips)", labels=["event"])
-        for event in ("connections", "sessions", "reused", "tls", "tls_fallbacks", "dane", "dane_failures",
-                      "policy_skips"):
+
+    def _outbound(self) -> Iterator[Metric]:
+        courier_stats, sts = self.snapshot.get("courier", {}), self.snapshot.get("mta_sts", {})
+        courier = CounterMetricFamily("mxroute_outbound_sessions",
+                                      "Outbound SMTP: connections made, sessions "
+                                      "greeted, reused, with TLS, cleartext fallbacks after a "
+                                      "failed STARTTLS, certificates that matched (dane) or failed "
+                                      "(dane_failures) TLSA records, hosts skipped unconnected by "
+                                      "MTA-STS enforce or a failed TLSA lookup (policy_skips)",
+                                      labels=["event"])
+        for event in ("connections", "sessions", "reused", "tls", "tls_fallbacks", "dane",
+                      "dane_failures", "policy_skips"):
             courier.add_metric([event], courier_stats.get(event, 0))
         yield courier
-        sts = d.get("mta_sts", {})
-        yield CounterMetricFamily("mxroute_mta_sts_fetches", "MTA-STS policy fetches over HTTPS (RFC 8461 §3.3)",
+        yield CounterMetricFamily("mxroute_mta_sts_fetches",
+                                  "MTA-STS policy fetches over HTTPS (RFC 8461 §3.3)",
                                   value=sts.get("fetches", 0))
-        yield CounterMetricFamily("mxroute_mta_sts_fetch_failures", "MTA-STS policy fetches that failed",
+        yield CounterMetricFamily("mxroute_mta_sts_fetch_failures",
+                                  "MTA-STS policy fetches that failed",
                                   value=sts.get("fetch_failures", 0))
-        yield GaugeMetricFamily("mxroute_mta_sts_policies", "MTA-STS policies held (memory and spool_dir/mta-sts.json)",
+        yield GaugeMetricFamily("mxroute_mta_sts_policies",
+                                "MTA-STS policies held (memory and spool_dir/mta-sts.json)",
                                 value=sts.get("policies", 0))
-        queries, hits, coalesced = dns.get("queries", 0), dns.get("hits", 0), dns.get("coalesced", 0)
-        yield CounterMetricFamily("mxroute_dns_queries", "DNS questions sent to a server", value=queries)
-        yield CounterMetricFamily("mxroute_dns_cache_hits", "DNS lookups answered from the cache", value=hits)
-        yield CounterMetricFamily("mxroute_dns_coalesced", "DNS lookups that joined an identical question in flight",
+
+    def _dns(self) -> Iterator[Metric]:
+        dns = self.snapshot.get("dns", {})
+        queries, hits = dns.get("queries", 0), dns.get("hits", 0)
+        coalesced = dns.get("coalesced", 0)
+        yield CounterMetricFamily("mxroute_dns_queries", "DNS questions sent to a server",
+                                  value=queries)
+        yield CounterMetricFamily("mxroute_dns_cache_hits", "DNS lookups answered from the cache",
+                                  value=hits)
+        yield CounterMetricFamily("mxroute_dns_coalesced",
+                                  "DNS lookups that joined an identical question in flight",
                                   value=coalesced)
         lookups = queries + hits + coalesced
-        yield GaugeMetricFamily("mxroute_dns_cache_hit_ratio", "Cache hits / all DNS lookups since start (0 before any)",
+        yield GaugeMetricFamily("mxroute_dns_cache_hit_ratio",
+                                "Cache hits / all DNS lookups since start (0 before any)",
                                 value=hits / lookups if lookups else 0.0)
-        attempts = d.get("attempts") or {"counts": [0] * (len(ATTEMPT_BUCKETS) + 1), "sum": 0.0}
+
+    def _attempts(self) -> Metric:
+        empty: dict[str, Any] = {"counts": [0] * (len(ATTEMPT_BUCKETS) + 1), "sum": 0.0}
+        attempts = self.snapshot.get("attempts") or empty
         cumulative, buckets = 0, []
-        for bound, count in zip((*ATTEMPT_BUCKETS, float("inf")), attempts["counts"], strict=False):
+        for bound, count in zip((*ATTEMPT_BUCKETS, float("inf")), attempts["counts"],
+                                strict=False):
             cumulative += count
             # prometheus_client leaves floatToGoString unannotated
-            label = "+Inf" if bound == float("inf") else floatToGoString(bound)  # type: ignore[no-untyped-call, unused-ignore]
+            label = ("+Inf" if bound == float("inf")
+                     else floatToGoString(bound))  # type: ignore[no-untyped-call, unused-ignore]
             buckets.append((label, cumulative))
-        yield HistogramMetricFamily("mxroute_delivery_attempt_seconds",
-                                    "Duration of one delivery attempt to one destination domain (SMTP)",
-                                    buckets=buckets, sum_value=attempts["sum"])
+        return HistogramMetricFamily("mxroute_delivery_attempt_seconds",
+                                     "Duration of one delivery attempt to one destination domain "
+                                     "(SMTP)",
+                                     buckets=buckets, sum_value=attempts["sum"])
 
 
 class Metrics:
@@ -162,12 +213,14 @@ class Metrics:
                 status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, await self.render()
             else:
                 status, ctype, body = "404 Not Found", "text/plain", b"GET /metrics\n"
-            writer.write(f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                         "Connection: close\r\n\r\n".encode("ascii"))
+            reply = (f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode("ascii")
+            writer.write(reply)
             if method != b"HEAD":
                 writer.write(body)
             await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT)
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, OSError):
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                ConnectionError, OSError):
             pass
         finally:
             writer.close()

@@ -25,39 +25,75 @@ liar.t.                  IN A 127.0.0.99
 """
 
 
-def run(*args: str, stdout: int | None = subprocess.PIPE, **env: str) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, stdout: int | None = subprocess.PIPE, **env: str
+) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if not k.startswith("MXROUTE_")}
-    full.update({"PYTHONPATH": str(ROOT), "MXROUTE_HELO_NAME": "relay.t", "MXROUTE_DNS_TIMEOUT": "0.5", **env})
-    return subprocess.run([sys.executable, "-m", "mxroute", "check-config", *args], stdout=stdout, check=False,
-                          stderr=subprocess.PIPE, text=True, env=full, cwd=ROOT, timeout=60)
+    full.update(
+        {
+            "PYTHONPATH": str(ROOT),
+            "MXROUTE_HELO_NAME": "relay.t",
+            "MXROUTE_DNS_TIMEOUT": "0.5",
+            **env,
+        }
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "mxroute", "check-config", *args],
+        stdout=stdout,
+        check=False,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full,
+        cwd=ROOT,
+        timeout=60,
+    )
 
 
 def test_spf12_check_config_reports_ptr_and_helo_per_egress_ip(dns_server: DNSServer) -> None:
     dns_server.set_zone(ZONE)
     dns_server.fail("5.0.0.127.in-addr.arpa")
-    done = run("--dns", dns_server.address, MXROUTE_EGRESS_IPS='["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]')
-    assert done.returncode == 0 and done.stderr == "", done.stderr  # warnings are advice, not a bad config
+    done = run(
+        "--dns",
+        dns_server.address,
+        MXROUTE_EGRESS_IPS='["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]',
+    )
+    assert done.returncode == 0 and done.stderr == "", (
+        done.stderr
+    )  # warnings are advice, not a bad config
     lines = done.stdout.splitlines()
     assert 'helo_name = "relay.t"' in lines
-    section = lines[lines.index("# sending identity: PTR (iprev, RFC 8601 §3) and HELO name of each egress IP"):]
-    assert all(line.startswith("# ") for line in section)  # comments: the name = value lines stay parseable
+    section = lines[
+        lines.index(
+            "# sending identity: PTR (iprev, RFC 8601 §3) and HELO name of each egress IP"
+        ) :
+    ]
+    assert all(
+        line.startswith("# ") for line in section
+    )  # comments: the name = value lines stay parseable
     text = "\n".join(section)
     assert "# egress 127.0.0.2: PTR relay.t pass" in text and "HELO relay.t matches PTR" in text
     assert "#   ok: PTR is forward-confirmed and matches the HELO name" in text
     assert "#   warning ptr-unconfirmed: PTR of 127.0.0.3 is liar.t" in text
     assert "#   warning ptr-missing: 127.0.0.4 has no PTR record" in text
     assert "#           fix: set PTR of 127.0.0.4 to relay.t" in text
-    assert "#   warning ptr-temperror:" in text and "#   warning helo-no-address: HELO name relay.t does not resolve to 127.0.0.5" in text
+    assert (
+        "#   warning ptr-temperror:" in text
+        and "#   warning helo-no-address: HELO name relay.t does not resolve to 127.0.0.5" in text
+    )
     assert 'egress_ips = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]' in lines
 
 
 def test_check_config_json_carries_the_identity_check(dns_server: DNSServer) -> None:
     dns_server.set_zone(ZONE)
-    done = run("--json", "--dns", dns_server.address, MXROUTE_EGRESS_IPS='["127.0.0.2", "127.0.0.4"]')
+    done = run(
+        "--json", "--dns", dns_server.address, MXROUTE_EGRESS_IPS='["127.0.0.2", "127.0.0.4"]'
+    )
     assert done.returncode == 0, done.stderr
     body = json.loads(done.stdout)
     good, missing = body["identity_check"]
-    assert good["ptr"]["forward_confirmed"] and good["ptr"]["helo_matches"] and good["warnings"] == []
+    assert (
+        good["ptr"]["forward_confirmed"] and good["ptr"]["helo_matches"] and good["warnings"] == []
+    )
     assert [w["code"] for w in missing["warnings"]] == ["ptr-missing", "helo-no-address"]
     assert missing["warnings"][0]["fix"] == "set PTR of 127.0.0.4 to relay.t"
 
@@ -84,14 +120,22 @@ def test_check_config_into_a_closed_pipe_exits_quietly() -> None:
 def test_check_config_piped_to_head() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MXROUTE_")}
     env.update({"PYTHONPATH": str(ROOT), "MXROUTE_HELO_NAME": "relay.t"})
-    done = subprocess.run(["sh", "-c", f"'{sys.executable}' -m mxroute check-config | head -1"], capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=60, check=False)
+    done = subprocess.run(
+        ["sh", "-c", f"'{sys.executable}' -m mxroute check-config | head -1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0 and done.stderr == ""
     assert done.stdout.startswith("listen = ")
 
 
 def test_check_config_a_rule_across_settings_names_no_bogus_setting(tmp_path: Path) -> None:
-    """A check that spans settings (not one field) reads "invalid settings: ...", with where it came from."""
+    """A check that spans settings (not one field) reads "invalid settings: ...", with where it
+    came from."""
     done = run(MXROUTE_RETRY_MIN_SECONDS="4000", MXROUTE_RETRY_MAX_SECONDS="100")
     assert done.returncode == 78
     assert done.stderr == ("mxroute: configuration error: invalid settings: "

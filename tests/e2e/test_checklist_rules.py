@@ -27,7 +27,8 @@ def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
 
 
 def test_sec4_open_relay_configuration_refused_at_start(tmp_path: Path) -> None:
-    """SEC-4: 0.0.0.0/0 or ::/0 in relay_networks → exit 78 with one line, unless allow_open_relay."""
+    """SEC-4: 0.0.0.0/0 or ::/0 in relay_networks → exit 78 with one line, unless
+    allow_open_relay."""
     import os
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MXROUTE_SPOOL_DIR": str(tmp_path / "spool"),
@@ -50,7 +51,8 @@ def test_sec4_default_listens_on_loopback_only() -> None:
 
 
 def test_tls4_starttls_discards_pipelined_plaintext(world: World) -> None:
-    """TLS-4 (CVE-2024-34083 class): `STARTTLS\\r\\nNOOP\\r\\n` in one write: no NOOP reply inside TLS."""
+    """TLS-4 (CVE-2024-34083 class): `STARTTLS\\r\\nNOOP\\r\\n` in one write: no NOOP reply
+    inside TLS."""
     from tests.support.smtpsink import _tls_files, tls_available
 
     if not tls_available():
@@ -77,7 +79,9 @@ def test_tls4_starttls_discards_pipelined_plaintext(world: World) -> None:
                 early = tls.recv(1000)
             except TimeoutError:
                 early = b""
-            assert early == b"", f"plaintext injected before the handshake was answered inside TLS: {early!r}"
+            assert early == b"", (
+                f"plaintext injected before the handshake was answered inside TLS: {early!r}"
+            )
             tls.settimeout(10)
             tls.sendall(b"EHLO client.test\r\n")
             assert tls.recv(1000).startswith(b"250")
@@ -102,7 +106,8 @@ def test_dur9_slow_dns_never_delays_the_250(world: World) -> None:
 
 
 def test_mx18_each_retry_resolves_the_mx_again(world: World) -> None:
-    """MX-18: the first attempt meets a 4xx at mx1; the zone then moves dest to mx2; the retry goes there."""
+    """MX-18: the first attempt meets a 4xx at mx1; the zone then moves dest to mx2; the retry
+    goes there."""
     first = world.sink(1, replies={"RCPT": "451 4.3.0 try later"})
     second = world.sink(2)
     relay = world.relay(retry_min_seconds=1, retry_max_seconds=1)
@@ -118,7 +123,8 @@ def test_mx18_each_retry_resolves_the_mx_again(world: World) -> None:
 
 
 def test_rty4_a_dead_host_costs_few_connections_per_cycle(world: World) -> None:
-    """RTY-4: 30 messages for a host answering 421 at the greeting: far fewer connections than messages."""
+    """RTY-4: 30 messages for a host answering 421 at the greeting: far fewer connections than
+    messages."""
     dead = world.sink(1, replies={"GREETING": "421 4.3.2 down"})
     relay = world.relay(retry_min_seconds=60, retry_max_seconds=120)
     with relay.client() as client:
@@ -128,7 +134,9 @@ def test_rty4_a_dead_host_costs_few_connections_per_cycle(world: World) -> None:
     time.sleep(0.5)
     connects = len(dead.connections)
     print(f"RTY-4: 30 messages for a dead host -> {connects} connections in the first cycle")
-    assert connects <= 2, connects  # first contact is one connection at a time until the host answers
+    assert connects <= 2, (
+        connects
+    )  # first contact is one connection at a time until the host answers
     assert len(relay.queued()) == 30
 
 
@@ -144,23 +152,35 @@ def test_spf14_no_authentication_headers_added(world: World) -> None:
 
 
 def test_sess20_dkim_signature_survives_the_relay(world: World) -> None:
-    """SESS-20: the relay changes nothing but prepending Received:, so DKIM still verifies at the MX."""
+    """SESS-20: the relay changes nothing but prepending Received:, so DKIM still verifies at the
+    MX."""
     dkim = pytest.importorskip("dkim", reason="dkimpy is a test dependency")
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     import base64
 
     txt = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
     body = (b"From: a@sender.test\r\nTo: u@dest.test\r\nSubject: signed\r\n"
             b"Message-ID: <dkim@sender.test>\r\n\r\n"
             b"line one  with  spaces \r\n.leading dot\r\n\r\n\r\ntail\t\r\n")
-    signature = dkim.sign(body, b"sel", b"sender.test", private, canonicalize=(b"simple", b"simple"),
-                          include_headers=[b"from", b"to", b"subject", b"message-id"])
+    signature = dkim.sign(
+        body,
+        b"sel",
+        b"sender.test",
+        private,
+        canonicalize=(b"simple", b"simple"),
+        include_headers=[b"from", b"to", b"subject", b"message-id"],
+    )
     signed = signature + body
     sink = world.sink(1)
     relay = world.relay()

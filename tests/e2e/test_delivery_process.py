@@ -33,7 +33,9 @@ def alive(pid: int) -> bool:
 
 
 def delivery_pid(relay_pid: int, other_than: int | None = None) -> int:
-    found = wait_for(lambda: [p for p in children(relay_pid) if p != other_than and alive(p)], timeout=15)
+    found = wait_for(
+        lambda: [p for p in children(relay_pid) if p != other_than and alive(p)], timeout=15
+    )
     assert found, "no delivery process"
     (pid,) = found
     return pid
@@ -61,7 +63,9 @@ def test_killed_delivery_process_is_restarted_and_mail_flows(world: World) -> No
     first = delivery_pid(relay.proc.pid)
     os.kill(first, signal.SIGKILL)
     second = delivery_pid(relay.proc.pid, other_than=first)
-    assert wait_for(lambda: "delivery process exited unexpectedly (code -9); restarting it (1/5" in relay.log())
+    assert wait_for(
+        lambda: "delivery process exited unexpectedly (code -9); restarting it (1/5" in relay.log()
+    )
     for n in range(5):
         relay.send(f"a{n}@sender.test", ["u@dest.test"], MSG)
     assert wait_for(lambda: len(sink.messages) == 5, timeout=20), relay.log()
@@ -71,7 +75,8 @@ def test_killed_delivery_process_is_restarted_and_mail_flows(world: World) -> No
 
 
 def test_mail_accepted_while_delivery_is_down_is_delivered_once(world: World) -> None:
-    """The spool is the truth: what intake committed while no child listened is found by the next one."""
+    """The spool is the truth: what intake committed while no child listened is found by the
+    next one."""
     sink = world.sink(1)
     relay = world.relay()
     assert relay.proc is not None

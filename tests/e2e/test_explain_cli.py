@@ -1,4 +1,5 @@
-"""`mxroute explain` through the real CLI against a real loopback DNS server (EXP-1, EXP-2, EXP-5, MX-*)."""
+"""`mxroute explain` through the real CLI against a real loopback DNS server (EXP-1, EXP-2, EXP-5,
+MX-*)."""
 
 from __future__ import annotations
 
@@ -61,7 +62,13 @@ def explain(args: list[str], env: dict[str, str] | None = None) -> subprocess.Co
     full_env.update({"MXROUTE_HELO_NAME": "me.t", "PYTHONPATH": str(ROOT)})
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "mxroute", "explain", *args], capture_output=True, text=True, env=full_env, timeout=60, cwd=ROOT, check=False
+        [sys.executable, "-m", "mxroute", "explain", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
     )
 
 
@@ -72,8 +79,13 @@ def dns(dns_server: DNSServer) -> DNSServer:
     return dns_server
 
 
-def as_json(dns: DNSServer, address: str, *extra: str, private: bool = True) -> tuple[int, dict[str, Any]]:
-    env = {"MXROUTE_ALLOW_PRIVATE_DESTINATIONS": "true" if private else "false", "MXROUTE_DNS_TIMEOUT": "0.5"}
+def as_json(
+    dns: DNSServer, address: str, *extra: str, private: bool = True
+) -> tuple[int, dict[str, Any]]:
+    env = {
+        "MXROUTE_ALLOW_PRIVATE_DESTINATIONS": "true" if private else "false",
+        "MXROUTE_DNS_TIMEOUT": "0.5",
+    }
     result = explain(["--dns", dns.address, "--json", "--seed", "1", address, *extra], env)
     assert result.stderr == "" or result.returncode != 0, result.stderr
     return result.returncode, json.loads(result.stdout)
@@ -99,8 +111,18 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("address", "code", "status", "plan", "pruned", "rule"), CASES, ids=[c[0] for c in CASES])
-def test_exp1_golden_cases(dns: DNSServer, address: str, code: int, status: str, plan: list[str], pruned: list[str], rule: str | None) -> None:
+@pytest.mark.parametrize(
+    ("address", "code", "status", "plan", "pruned", "rule"), CASES, ids=[c[0] for c in CASES]
+)
+def test_exp1_golden_cases(
+    dns: DNSServer,
+    address: str,
+    code: int,
+    status: str,
+    plan: list[str],
+    pruned: list[str],
+    rule: str | None,
+) -> None:
     returncode, body = as_json(dns, address)
     assert (returncode, body["status"]) == (code, status), body["reason"]
     assert [p["address"] for p in body["plan"]] == plan
@@ -111,24 +133,49 @@ def test_exp1_golden_cases(dns: DNSServer, address: str, code: int, status: str,
 
 def test_exp1_json_has_every_contract_key(dns: DNSServer) -> None:
     _, body = as_json(dns, "u@pref.t")
-    for key in ("address", "domain", "status", "reason", "null_mx", "implicit_mx", "mx", "plan", "pruned", "spf", "ptr", "dns"):
+    for key in (
+        "address",
+        "domain",
+        "status",
+        "reason",
+        "null_mx",
+        "implicit_mx",
+        "mx",
+        "plan",
+        "pruned",
+        "spf",
+        "ptr",
+        "dns",
+    ):
         assert key in body
     assert body["mx"][0] == {"preference": 10, "exchange": "a.t", "ttl": 300}
-    assert body["plan"][0] == {"exchange": "a.t", "preference": 10, "address": "127.0.1.1", "family": 4, "port": 25}
+    assert body["plan"][0] == {
+        "exchange": "a.t",
+        "preference": 10,
+        "address": "127.0.1.1",
+        "family": 4,
+        "port": 25,
+    }
     assert {"qname", "qtype", "rcode", "answers", "ttl", "ms", "cached"} <= set(body["dns"][0])
     assert body["dns"][0]["qname"] == "pref.t" and body["dns"][0]["qtype"] == "MX"
 
 
 def test_mx10_null_mx_reason_and_status(dns: DNSServer) -> None:
     _, body = as_json(dns, "u@nullmx.t")
-    assert body["null_mx"] is True and body["dsn_status"] == "5.1.10" and "RFC 7505" in body["reason"]
+    assert (
+        body["null_mx"] is True and body["dsn_status"] == "5.1.10" and "RFC 7505" in body["reason"]
+    )
     assert not any(q["qtype"] in ("A", "AAAA") for q in body["dns"])  # never falls back to A
 
 
 def test_sec11_private_targets_pruned_by_default(dns: DNSServer) -> None:
     code, body = as_json(dns, "u@private.t", private=False)
     assert code == 69 and body["dsn_status"] == "5.4.4"
-    assert {p["address"] for p in body["pruned"]} == {"10.1.1.1", "169.254.169.254", "::ffff:7f00:1"}
+    assert {p["address"] for p in body["pruned"]} == {
+        "10.1.1.1",
+        "169.254.169.254",
+        "::ffff:7f00:1",
+    }
     assert all(p["reason"] == "blocked-address" for p in body["pruned"])
 
 
@@ -160,12 +207,22 @@ def test_demo_zone_text_output() -> None:
 
 def test_exp5_exit_64_for_a_malformed_address() -> None:
     result = explain(["--zone", "config/demo.zone", "not an address"])
-    assert result.returncode == 64 and "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+    assert (
+        result.returncode == 64
+        and "Traceback" not in result.stderr
+        and result.stderr.count("\n") == 1
+    )
 
 
 def test_exit_78_for_a_bad_setting() -> None:
-    result = explain(["--zone", "config/demo.zone", "u@demo.example"], {"MXROUTE_SMTP_PORT": "99999"})
-    assert result.returncode == 78 and "smtp_port" in result.stderr and "Traceback" not in result.stderr
+    result = explain(
+        ["--zone", "config/demo.zone", "u@demo.example"], {"MXROUTE_SMTP_PORT": "99999"}
+    )
+    assert (
+        result.returncode == 78
+        and "smtp_port" in result.stderr
+        and "Traceback" not in result.stderr
+    )
 
 
 def test_exit_64_for_bad_arguments() -> None:
@@ -173,10 +230,12 @@ def test_exit_64_for_bad_arguments() -> None:
     assert result.returncode == 64
 
 
-def test_exp5_a_malformed_dns_argument_is_a_usage_error_but_the_same_setting_is_a_config_error() -> None:
+def test_exp5_a_malformed_dns_argument_is_a_usage_error_but_as_a_setting_a_config_error() -> None:
     result = explain(["--dns", "not an ip", "u@demo.example"])
     assert result.returncode == 64 and "--dns" in result.stderr and "Traceback" not in result.stderr
-    result = explain(["--zone", "config/demo.zone", "u@demo.example"], {"MXROUTE_DNS_SERVERS": '["not an ip"]'})
+    result = explain(
+        ["--zone", "config/demo.zone", "u@demo.example"], {"MXROUTE_DNS_SERVERS": '["not an ip"]'}
+    )
     assert result.returncode == 78 and "dns_servers" in result.stderr
 
 
@@ -193,40 +252,70 @@ $TTL 300
 down IN A 127.0.1.40
 up IN A 127.0.1.41
 """)
-        env = {"MXROUTE_ALLOW_PRIVATE_DESTINATIONS": "true", "MXROUTE_SMTP_PORT": str(sink.port), "MXROUTE_CONNECT_TIMEOUT": "2"}
+        env = {
+            "MXROUTE_ALLOW_PRIVATE_DESTINATIONS": "true",
+            "MXROUTE_SMTP_PORT": str(sink.port),
+            "MXROUTE_CONNECT_TIMEOUT": "2",
+        }
         result = explain(["--dns", dns_server.address, "--json", "--probe", "u@p"], env)
         body = json.loads(result.stdout)
         probe = body["probe"]
         assert probe["target"].startswith("up.p[127.0.1.41]"), probe
-        assert probe["banner_code"] == 220 and "PIPELINING" in [e.upper() for e in probe["extensions"]]
+        assert probe["banner_code"] == 220 and "PIPELINING" in [
+            e.upper() for e in probe["extensions"]
+        ]
         assert probe["unreachable"] and "down.p" in probe["unreachable"][0]
         assert all(not c.transactions for c in sink.connections)  # EXP-1: no mail sent
 
 
-# --- EXP-4: the sending identity (contract: "spf" and "ptr" objects) --------------------------------
+# --- EXP-4: the sending identity (contract: "spf" and "ptr" objects) ------------------------------
+
 
 def test_exp4_json_spf_and_ptr_objects_per_contract(dns: DNSServer) -> None:
-    code, body = as_json(dns, "u@pref.t", "--sender", "a@spf.t", "--egress-ip", "127.0.0.2", "--egress-ip", "127.0.0.3",
-                         "--helo", "relay.t")
+    code, body = as_json(
+        dns,
+        "u@pref.t",
+        "--sender",
+        "a@spf.t",
+        "--egress-ip",
+        "127.0.0.2",
+        "--egress-ip",
+        "127.0.0.3",
+        "--helo",
+        "relay.t",
+    )
     assert code == 0  # identity warnings never change the routing verdict
     spf, ptr = body["spf"], body["ptr"]
     assert (spf["result"], spf["sender"], spf["ip"]) == ("pass", "a@spf.t", "127.0.0.2")
-    assert spf["trace"] and spf["trace"][0]["term"] == "record" and spf["trace"][0]["domain"] == "spf.t"
-    assert (ptr["ip"], ptr["names"], ptr["forward_confirmed"], ptr["helo_matches"]) == ("127.0.0.2", ["relay.t"], True, True)
+    assert (
+        spf["trace"]
+        and spf["trace"][0]["term"] == "record"
+        and spf["trace"][0]["domain"] == "spf.t"
+    )
+    assert (ptr["ip"], ptr["names"], ptr["forward_confirmed"], ptr["helo_matches"]) == (
+        "127.0.0.2",
+        ["relay.t"],
+        True,
+        True,
+    )
     first, second = body["identity"]
     assert first["spf"] == spf and first["ptr"] == ptr and first["warnings"] == []
     assert second["spf"]["result"] == "fail" and second["ptr"]["forward_confirmed"] is False
     codes = [w["code"] for w in second["warnings"]]
     assert codes[0] == "spf-fail" and "ptr-missing" in codes and "helo-no-address" in codes
     assert second["warnings"][0]["fix"] == "add ip4:127.0.0.3 to spf.t's SPF record"
-    assert any(q["qtype"] == "TXT" and q["qname"] == "spf.t" for q in body["dns"])  # identity lookups are in the trace
+    assert any(
+        q["qtype"] == "TXT" and q["qname"] == "spf.t" for q in body["dns"]
+    )  # identity lookups are in the trace
 
 
 def test_exp4_no_egress_ip_means_no_verdicts(dns: DNSServer) -> None:
     _, body = as_json(dns, "u@pref.t", "--sender", "a@spf.t")
     assert body["spf"] is None and body["ptr"] is None and body["identity"] == []
     # no SPF or PTR lookups (the only TXT question is delivery's MTA-STS one, TLS-5)
-    assert not any(q["qtype"] in ("TXT", "PTR") and not q["qname"].startswith("_mta-sts.") for q in body["dns"])
+    assert not any(
+        q["qtype"] in ("TXT", "PTR") and not q["qname"].startswith("_mta-sts.") for q in body["dns"]
+    )
 
 
 def test_exp4_settings_supply_egress_ips_and_sender_domain(dns: DNSServer) -> None:
@@ -239,7 +328,9 @@ def test_exp4_settings_supply_egress_ips_and_sender_domain(dns: DNSServer) -> No
 
 
 def test_exp4_null_sender_checks_the_helo_identity(dns: DNSServer) -> None:
-    _, body = as_json(dns, "u@pref.t", "--sender", "<>", "--egress-ip", "127.0.0.2", "--helo", "relay.t")
+    _, body = as_json(
+        dns, "u@pref.t", "--sender", "<>", "--egress-ip", "127.0.0.2", "--helo", "relay.t"
+    )
     assert body["identity"][0]["sender"] is None
     assert body["spf"]["sender"] == "postmaster@relay.t" and body["spf"]["result"] == "pass"
     assert body["identity"][0]["helo_spf"] is None  # the HELO identity is the one checked, once
@@ -247,8 +338,22 @@ def test_exp4_null_sender_checks_the_helo_identity(dns: DNSServer) -> None:
 
 def test_exp4_text_shows_verdicts_warnings_and_fixes(dns: DNSServer) -> None:
     env = {"MXROUTE_ALLOW_PRIVATE_DESTINATIONS": "true"}
-    result = explain(["--dns", dns.address, "--seed", "1", "--sender", "a@spf.t", "--egress-ip", "127.0.0.3",
-                      "--helo", "relay.t", "u@pref.t"], env)
+    result = explain(
+        [
+            "--dns",
+            dns.address,
+            "--seed",
+            "1",
+            "--sender",
+            "a@spf.t",
+            "--egress-ip",
+            "127.0.0.3",
+            "--helo",
+            "relay.t",
+            "u@pref.t",
+        ],
+        env,
+    )
     assert result.returncode == 0, result.stderr
     section = result.stdout.split("Sending identity", 1)[1]
     assert "egress 127.0.0.3  HELO relay.t  sender a@spf.t" in section
@@ -263,16 +368,38 @@ def test_exp4_bad_egress_ip_is_a_usage_error(dns: DNSServer) -> None:
     assert "argument --egress-ip: 'not-an-ip' is not an IP address" in result.stderr
 
 
-@pytest.mark.parametrize("args", [
-    ["--zone", "/nonexistent/x.zone", "u@demo.example"],
-    ["--zone", "{bad}", "u@demo.example"],
-    ["--zone", "config/demo.zone", "--record", "/nonexistent/dir/x.zone", "u@demo.example"],
-    ["--zone", "config/demo.zone", "--sender", "x@@y", "--egress-ip", "127.0.0.2", "u@demo.example"],
-    ["--zone", "config/demo.zone", "--sender", "a@", "u@demo.example"],
-], ids=["missing-zone", "unparseable-zone", "unwritable-record", "malformed-sender", "sender-without-domain"])
-def test_exp5_bad_input_files_and_sender_exit_64_with_one_line(args: list[str], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--zone", "/nonexistent/x.zone", "u@demo.example"],
+        ["--zone", "{bad}", "u@demo.example"],
+        ["--zone", "config/demo.zone", "--record", "/nonexistent/dir/x.zone", "u@demo.example"],
+        [
+            "--zone",
+            "config/demo.zone",
+            "--sender",
+            "x@@y",
+            "--egress-ip",
+            "127.0.0.2",
+            "u@demo.example",
+        ],
+        ["--zone", "config/demo.zone", "--sender", "a@", "u@demo.example"],
+    ],
+    ids=[
+        "missing-zone",
+        "unparseable-zone",
+        "unwritable-record",
+        "malformed-sender",
+        "sender-without-domain",
+    ],
+)
+def test_exp5_bad_input_files_and_sender_exit_64_with_one_line(
+    args: list[str], tmp_path: Path
+) -> None:
     bad = tmp_path / "bad.zone"
     bad.write_text("this is not a zone file\n")
     result = explain([str(bad) if a == "{bad}" else a for a in args])
     assert result.returncode == 64, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1 and result.stdout == ""
+    assert (
+        "Traceback" not in result.stderr and result.stderr.count("\n") == 1 and result.stdout == ""
+    )

@@ -33,7 +33,9 @@ def test_spf10_serve_warns_once_per_sender_domain_and_delivers(world: World) -> 
     egress = world.ip(50)
     _zone(world, egress)
     relay = world.relay(egress_ips=[egress], log_level="DEBUG")
-    assert wait_for(lambda: "PTR and HELO name of" in relay.log())  # the start-up PTR check: fine here
+    assert wait_for(
+        lambda: "PTR and HELO name of" in relay.log()
+    )  # the start-up PTR check: fine here
     relay.send("x@a.test", ["u@dest.test"], MSG)
     assert wait_for(lambda: _warnings(relay.log()))
     relay.send("y@a.test", ["u@dest.test"], MSG)  # cached: no second check, no second warning

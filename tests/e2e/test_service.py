@@ -43,11 +43,15 @@ def need_tool(name: str) -> str:
     if path is None:
         if IN_CI:
             pytest.fail(f"{name} is not installed: .ci/run installs it")
-        pytest.skip(f"{name} is not installed here (apt-get install -y {'bsd-mailx' if name == 'mail' else 'systemd'})")
+        pytest.skip(
+            f"{name} is not installed here "
+            f"(apt-get install -y {'bsd-mailx' if name == 'mail' else 'systemd'})"
+        )
     return path
 
 
-# --- the test's side of sd_notify --------------------------------------------------------------------
+# --- the test's side of sd_notify -----------------------------------------------------------------
+
 
 class NotifySocket:
     """An AF_UNIX datagram socket standing in for systemd's notification socket."""
@@ -83,7 +87,10 @@ class NotifySocket:
             fields = self._read(left)
             if fields is not None and key in fields and (value is None or fields[key] == value):
                 return fields
-        pytest.fail(f"no {key}{'=' + value if value else ''} from the relay within {timeout} s; got {self.received}")
+        pytest.fail(
+            f"no {key}{'=' + value if value else ''} from the relay within {timeout} s; "
+            f"got {self.received}"
+        )
 
     def drain(self) -> None:
         for _ in range(1000):
@@ -99,10 +106,17 @@ def notify() -> Iterator[NotifySocket]:
 
 
 def spawn(world: World, relay: Relay, argv: list[str] | None = None, **popen: Any) -> Relay:
-    """Start the relay process without waiting for its port (the test decides what "ready" means)."""
+    """Start the relay process without waiting for its port (the test decides what "ready"
+    means)."""
     with open(relay.log_path, "ab") as log:
-        relay.proc = subprocess.Popen(argv or [sys.executable, "-m", "mxroute", "serve"], cwd=ROOT, env=relay.env,
-                                      stdout=log, stderr=subprocess.STDOUT, **popen)
+        relay.proc = subprocess.Popen(
+            argv or [sys.executable, "-m", "mxroute", "serve"],
+            cwd=ROOT,
+            env=relay.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            **popen,
+        )
     world.relays.append(relay)  # the world fixture kills it by PID if the test did not stop it
     return relay
 
@@ -116,7 +130,8 @@ def write_config(path: Path, **values: Any) -> None:
     path.write_text("".join(f"{name} = {json.dumps(value)}\n" for name, value in values.items()))
 
 
-# --- readiness, reload, stop ---------------------------------------------------------------------------
+# --- readiness, reload, stop ----------------------------------------------------------------------
+
 
 def test_ready_only_once_the_port_accepts_then_status(world: World, notify: NotifySocket) -> None:
     """READY=1 is sent after the listener is bound and the spool recovered: a connection made the
@@ -132,7 +147,9 @@ def test_ready_only_once_the_port_accepts_then_status(world: World, notify: Noti
     assert relay.terminate() == 0
 
 
-def test_sighup_reloads_relay_networks_and_limits_with_mail_flowing(world: World, notify: NotifySocket) -> None:
+def test_sighup_reloads_relay_networks_and_limits_with_mail_flowing(
+    world: World, notify: NotifySocket
+) -> None:
     """SIGHUP re-reads the configuration file: a client on 127.0.0.7 refused before (SEC-3) is
     accepted after, max_recipients (SEC-9) applies at once, an SMTP session opened before the
     reload finishes its transaction, and mail keeps flowing. systemd hears RELOADING=1 with
@@ -157,31 +174,55 @@ def test_sighup_reloads_relay_networks_and_limits_with_mail_flowing(world: World
     assert survivor.rcpt("early@dest.test")[0] == 250
 
     metrics_port = free_port()
-    write_config(config, relay_networks=["127.0.0.1/32", "127.0.0.7/32"], max_recipients=2, dns_attempts=3,
-                 metrics_listen=f"127.0.0.1:{metrics_port}")
+    write_config(
+        config,
+        relay_networks=["127.0.0.1/32", "127.0.0.7/32"],
+        max_recipients=2,
+        dns_attempts=3,
+        metrics_listen=f"127.0.0.1:{metrics_port}",
+    )
     assert relay.proc is not None
     before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
     relay.proc.send_signal(signal.SIGHUP)
     reloading = notify.wait("RELOADING", "1")
-    assert before <= int(reloading["MONOTONIC_USEC"]) <= time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    assert (
+        before
+        <= int(reloading["MONOTONIC_USEC"])
+        <= time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    )
     notify.wait("READY", "1")
     log = relay.log()
-    assert "reload done: applied relay_networks, max_recipients, dns_attempts" in log, log  # a fresh resolver
-    assert ("WARNING mxroute.service.daemon: reload: metrics_listen changed but needs a restart (systemctl restart mxroute)"
-            in log), log
+    assert "reload done: applied relay_networks, max_recipients, dns_attempts" in log, (
+        log
+    )  # a fresh resolver
+    assert (
+        "WARNING mxroute.service.daemon: reload: metrics_listen changed but needs a restart "
+        "(systemctl restart mxroute)"
+        in log
+    ), log
     with pytest.raises(OSError):
         banner(metrics_port)  # kept: no endpoint until a restart
 
-    assert survivor.rcpt("late@dest.test")[0] == 250  # the policy is checked afresh, the session lives on
+    assert (
+        survivor.rcpt("late@dest.test")[0] == 250
+    )  # the policy is checked afresh, the session lives on
     assert survivor.data(MSG)[0] == 250
     survivor.quit()
     with relay.client(source="127.0.0.7") as insider:
         insider.mail("a@sender.test")
-        assert [insider.rcpt(f"r{i}@dest.test")[0] for i in range(3)] == [250, 250, 452]  # max_recipients=2
+        assert [insider.rcpt(f"r{i}@dest.test")[0] for i in range(3)] == [
+            250,
+            250,
+            452,
+        ]  # max_recipients=2
         assert insider.data(MSG)[0] == 250
     assert wait_for(lambda: len(sink.messages) == 2)
-    assert sorted(r for m in sink.messages for r in m.rcpt_to) == ["early@dest.test", "late@dest.test",
-                                                                   "r0@dest.test", "r1@dest.test"]
+    assert sorted(r for m in sink.messages for r in m.rcpt_to) == [
+        "early@dest.test",
+        "late@dest.test",
+        "r0@dest.test",
+        "r1@dest.test",
+    ]
 
     config.write_text("relay_networks = [\n")  # not TOML
     relay.proc.send_signal(signal.SIGHUP)
@@ -189,7 +230,9 @@ def test_sighup_reloads_relay_networks_and_limits_with_mail_flowing(world: World
     notify.wait("READY", "1")
     assert wait_for(lambda: "reload failed" in relay.log(), timeout=5)
     assert "still running with the previous configuration" in relay.log()
-    write_config(config, relay_networks=["127.0.0.1/32"], max_recipients="many")  # TOML, but invalid
+    write_config(
+        config, relay_networks=["127.0.0.1/32"], max_recipients="many"
+    )  # TOML, but invalid
     relay.proc.send_signal(signal.SIGHUP)
     notify.wait("READY", "1")
     assert wait_for(lambda: "setting max_recipients" in relay.log(), timeout=5)
@@ -218,16 +261,23 @@ def test_watchdog_pings_and_journald_priorities(world: World, notify: NotifySock
     assert relay.terminate() == 0
     lines = relay.log().splitlines()
     assert f"<6>mxroute.service.daemon: listening on 127.0.0.1:{relay.port}" in lines
-    assert any(line.startswith("<6>mxroute.relay.intake.handler: reject: RCPT from 127.0.0.9") for line in lines)
+    assert any(
+        line.startswith("<6>mxroute.relay.intake.handler: reject: RCPT from 127.0.0.9")
+        for line in lines
+    )
     assert all(re.match(r"<[2-7]>[\w.]+: ", line) for line in lines), lines
 
 
-def test_sigterm_sends_stopping_exits_0_and_keeps_queued_mail(world: World, notify: NotifySocket) -> None:
+def test_sigterm_sends_stopping_exits_0_and_keeps_queued_mail(
+    world: World, notify: NotifySocket
+) -> None:
     """DUR-8: a deferred message shows in STATUS=; SIGTERM → STOPPING=1, exit 0, the message
     still in the spool, pending, and `mxroute queue list` shows it after the stop."""
     sink = world.sink(1)
     rcpt_script(sink, "u@dest.test", "451 4.3.0 try later")
-    relay = Relay(world.tmp, world.dns, world.sink_port, retry_min_seconds=300, retry_max_seconds=600)
+    relay = Relay(
+        world.tmp, world.dns, world.sink_port, retry_min_seconds=300, retry_max_seconds=600
+    )
     relay.env["NOTIFY_SOCKET"] = notify.path
     spawn(world, relay)
     notify.wait("READY", "1")
@@ -243,7 +293,7 @@ def test_sigterm_sends_stopping_exits_0_and_keeps_queued_mail(world: World, noti
     assert queue_id in relay.queue("list").stdout
 
 
-# --- socket activation ------------------------------------------------------------------------------
+# --- socket activation ----------------------------------------------------------------------------
 
 # Put the passed socket at fd 3 and exec mxroute in the same process, so LISTEN_PID is its own PID.
 EXEC_WRAPPER = (
@@ -293,7 +343,11 @@ def test_socket_activation_by_systemd_socket_activate(world: World, notify: Noti
     port = free_port()
     relay = Relay(world.tmp, world.dns, world.sink_port)
     relay.env["NOTIFY_SOCKET"] = notify.path
-    passed = [name for name in relay.env if name.startswith("MXROUTE_")] + ["PYTHONPATH", "NOTIFY_SOCKET", "PATH"]
+    passed = [name for name in relay.env if name.startswith("MXROUTE_")] + [
+        "PYTHONPATH",
+        "NOTIFY_SOCKET",
+        "PATH",
+    ]
     argv = [tool, f"--listen=127.0.0.1:{port}", *(f"--setenv={name}" for name in passed),
             sys.executable, "-m", "mxroute", "serve"]
     spawn(world, relay, argv)
@@ -314,12 +368,14 @@ def _connects(port: int) -> bool:
         return False
 
 
-# --- logs ------------------------------------------------------------------------------------------
+# --- logs -----------------------------------------------------------------------------------------
 
 QID = r"[0-9A-F]{25}"
 
 
-def test_one_log_line_per_event_with_the_queue_id_and_no_password(world: World, tmp_path: Path) -> None:
+def test_one_log_line_per_event_with_the_queue_id_and_no_password(
+    world: World, tmp_path: Path
+) -> None:
     """Accepted, each delivery attempt (sent / deferred / bounced), the retry scheduled, expiry
     (RTY-3), the sender notifications (DSN-1) and the removal: one line each, each starting with
     the queue ID, key=value, Postfix-like. At log_level DEBUG an AUTH password (SEC-8), right or
@@ -362,19 +418,27 @@ def test_one_log_line_per_event_with_the_queue_id_and_no_password(world: World, 
     log = relay.log()
     mine = [line for line in log.splitlines() if f"{qid}" in line]
     events = {
-        "accepted": rf"INFO mxroute.relay.intake.handler: {qid}: from=<a@sender.test>, size=\d+, nrcpt=3, "
-                    r"client=client.test\[127.0.0.1\], status=accepted$",
-        "sent": rf"INFO mxroute.relay.courier.courier: {qid}: to=<u@dest.test>, relay=mx1.dest.test\[[\d.]+\]:\d+, "
-                r"delay=[\d.]+, dsn=2.0.0, status=sent \(250 .*\)$",
-        "bounced": rf"INFO mxroute.relay.courier.courier: {qid}: to=<bad@dest.test>, relay=\S+, delay=[\d.]+, dsn=5.1.1, "
-                   r"status=bounced \(host \S+ said: 550 5.1.1 no such user\)$",  # DSN-6: the host's words
-        "deferred": rf"INFO mxroute.relay.courier.courier: {qid}: to=<later@dest.test>, relay=\S+, delay=[\d.]+, dsn=4.3.0, "
-                    r"status=deferred \(host \S+ said: 451 4.3.0 greylisted\)$",
-        "retry": rf"INFO mxroute.relay.queue.manager: {qid}: to=<later@dest.test>, attempts=1, next_try=\+\d+s \(retry scheduled\)$",
-        "expired": rf"INFO mxroute.relay.queue.manager: {qid}: to=<later@dest.test>, delay=\d+, attempts=\d+, status=expired "
-                   r"\(gave up after \d+s in the queue; last: 451 4.3.0 greylisted\)$",
-        "bounce notice": rf"INFO mxroute.relay.queue.notices: {qid}: sender non-delivery notification: {qid}B0$",
-        "expiry notice": rf"INFO mxroute.relay.queue.notices: {qid}: sender non-delivery notification: {qid}B1$",
+        "accepted": rf"INFO mxroute.relay.intake.handler: {qid}: from=<a@sender.test>, "
+        r"size=\d+, nrcpt=3, "
+        r"client=client.test\[127.0.0.1\], status=accepted$",
+        "sent": rf"INFO mxroute.relay.courier.courier: {qid}: to=<u@dest.test>, "
+        r"relay=mx1.dest.test\[[\d.]+\]:\d+, "
+        r"delay=[\d.]+, dsn=2.0.0, status=sent \(250 .*\)$",
+        "bounced": rf"INFO mxroute.relay.courier.courier: {qid}: to=<bad@dest.test>, relay=\S+, "
+        r"delay=[\d.]+, dsn=5.1.1, "
+        r"status=bounced \(host \S+ said: 550 5.1.1 no such user\)$",  # DSN-6: the host's words
+        "deferred": rf"INFO mxroute.relay.courier.courier: {qid}: to=<later@dest.test>, "
+        r"relay=\S+, delay=[\d.]+, dsn=4.3.0, "
+        r"status=deferred \(host \S+ said: 451 4.3.0 greylisted\)$",
+        "retry": rf"INFO mxroute.relay.queue.manager: {qid}: to=<later@dest.test>, attempts=1, "
+        r"next_try=\+\d+s \(retry scheduled\)$",
+        "expired": rf"INFO mxroute.relay.queue.manager: {qid}: to=<later@dest.test>, delay=\d+, "
+        r"attempts=\d+, status=expired "
+        r"\(gave up after \d+s in the queue; last: 451 4.3.0 greylisted\)$",
+        "bounce notice": rf"INFO mxroute.relay.queue.notices: {qid}: "
+        rf"sender non-delivery notification: {qid}B0$",
+        "expiry notice": rf"INFO mxroute.relay.queue.notices: {qid}: "
+        rf"sender non-delivery notification: {qid}B1$",
         "removed": rf"INFO mxroute.relay.queue.manager: {qid}: removed$",
     }
     for event, pattern in events.items():
@@ -382,8 +446,12 @@ def test_one_log_line_per_event_with_the_queue_id_and_no_password(world: World, 
         assert found, f"no {event!r} line for {qid}:\n" + "\n".join(mine)
         if event in ("accepted", "sent", "bounced", "expired", "removed"):
             assert len(found) == 1, (event, found)  # one line per event, never duplicated
-    attempts = [line for line in mine if "to=<later@dest.test>" in line and "status=deferred" in line]
-    retries = [line for line in mine if "to=<later@dest.test>" in line and "retry scheduled" in line]
+    attempts = [
+        line for line in mine if "to=<later@dest.test>" in line and "status=deferred" in line
+    ]
+    retries = [
+        line for line in mine if "to=<later@dest.test>" in line and "retry scheduled" in line
+    ]
     assert len(retries) == len(attempts) - 1  # the last attempt expired instead
     for line in log.splitlines():  # every recipient/sender line names its message
         if re.search(r"\b(to|from)=<", line):
@@ -395,13 +463,16 @@ def test_one_log_line_per_event_with_the_queue_id_and_no_password(world: World, 
             assert form not in log, f"{form!r} is in the log"
 
 
-# --- metrics ---------------------------------------------------------------------------------------
+# --- metrics --------------------------------------------------------------------------------------
+
 
 def test_metrics_endpoint_scraped_during_a_real_delivery(world: World) -> None:
     """metrics_listen: counters and gauges move with the traffic (accepted, delivered, deferred,
     bounced, queue by state, attempt latency, DNS queries and cache hit ratio, connections)."""
     pytest.importorskip("prometheus_client")
-    sink = world.sink(1, delays={".": 1.5})  # the end-of-data reply comes late: a delivery in flight
+    sink = world.sink(
+        1, delays={".": 1.5}
+    )  # the end-of-data reply comes late: a delivery in flight
     rcpt_script(sink, "bad@dest.test", "550 5.1.1 no such user")
     world.sink(9)
     port = free_port()
@@ -413,12 +484,16 @@ def test_metrics_endpoint_scraped_during_a_real_delivery(world: World) -> None:
     with relay.client() as client:
         assert scrape(port)["mxroute_smtp_connections"] == 1
         client.sendmail("a@sender.test", ["u@dest.test", "bad@dest.test"], MSG)
-    during = wait_for(lambda: (v := scrape(port))['mxroute_queue_messages{state="active"}'] >= 1 and v, timeout=10)
+    during = wait_for(
+        lambda: (v := scrape(port))['mxroute_queue_messages{state="active"}'] >= 1 and v, timeout=10
+    )
     assert during, "no delivery seen in flight"
     assert during["mxroute_messages_accepted_total"] == 1
     assert wait_for(lambda: sink.messages and relay.queued() == [], timeout=20)
-    after = wait_for(lambda: (v := scrape(port))['mxroute_recipients_total{outcome="delivered"}'] >= 2 and v,
-                     timeout=10)  # u@dest.test and the DSN to a@sender.test
+    after = wait_for(
+        lambda: (v := scrape(port))['mxroute_recipients_total{outcome="delivered"}'] >= 2 and v,
+        timeout=10,
+    )  # u@dest.test and the DSN to a@sender.test
     assert after, scrape(port)
     assert after['mxroute_recipients_total{outcome="bounced"}'] == 1
     assert after["mxroute_dsn_generated_total"] == 1
@@ -428,7 +503,9 @@ def test_metrics_endpoint_scraped_during_a_real_delivery(world: World) -> None:
     assert 0.0 <= after["mxroute_dns_cache_hit_ratio"] <= 1.0
     assert after['mxroute_outbound_sessions_total{event="connections"}'] >= 1
     assert after["mxroute_smtp_connections"] == 0
-    assert wait_for(lambda: scrape(port)['mxroute_queue_messages{state="active"}'] == 0, timeout=5)  # tasks done
+    assert wait_for(
+        lambda: scrape(port)['mxroute_queue_messages{state="active"}'] == 0, timeout=5
+    )  # tasks done
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     conn.request("GET", "/nothing")
     assert conn.getresponse().status == 404
@@ -437,18 +514,27 @@ def test_metrics_endpoint_scraped_during_a_real_delivery(world: World) -> None:
 
 
 def test_metrics_listen_without_prometheus_client_is_a_config_error(world: World) -> None:
-    """metrics_listen set but the package missing: one line naming the setting, exit 78, no traceback."""
+    """metrics_listen set but the package missing: one line naming the setting, exit 78, no
+    traceback."""
     relay = Relay(world.tmp, world.dns, world.sink_port, metrics_listen="127.0.0.1:9")
     hide = ("import sys; sys.modules['prometheus_client'] = None; "
             "from mxroute.cli.main import main; sys.exit(main(['serve']))")
-    result = subprocess.run([sys.executable, "-c", hide], cwd=ROOT, env=relay.env, capture_output=True,
-                            text=True, timeout=30, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", hide],
+        cwd=ROOT,
+        env=relay.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == 78, result.stderr
     assert "setting metrics_listen" in result.stderr and "mxroute[metrics]" in result.stderr
     assert "Traceback" not in result.stderr
 
 
-# --- sendmail, called by a real program --------------------------------------------------------------
+# --- sendmail, called by a real program -----------------------------------------------------------
+
 
 def test_bsd_mailx_submits_through_mxroute_sendmail(world: World, tmp_path: Path) -> None:
     """Debian's `mail` (bsd-mailx) with `set sendmail=` pointing at a `sendmail` link to mxroute,
@@ -467,10 +553,18 @@ def test_bsd_mailx_submits_through_mxroute_sendmail(world: World, tmp_path: Path
         link.chmod(0o755)
     mailrc = tmp_path / "mailrc"
     mailrc.write_text(f"set sendmail={link}\n")
-    env = dict(relay.env, MAILRC=str(mailrc), HOME=str(tmp_path), MXROUTE_HELO_NAME="app.sender.test")
-    result = subprocess.run([mail, "-s", "nightly report", "-r", "cron@sender.test", "u@dest.test"],
-                            input="all backups done\n", env=env, capture_output=True, text=True, timeout=30,
-                            check=False)
+    env = dict(
+        relay.env, MAILRC=str(mailrc), HOME=str(tmp_path), MXROUTE_HELO_NAME="app.sender.test"
+    )
+    result = subprocess.run(
+        [mail, "-s", "nightly report", "-r", "cron@sender.test", "u@dest.test"],
+        input="all backups done\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert wait_for(lambda: sink.messages, timeout=20), relay.log()
     (got,) = sink.messages
@@ -510,16 +604,37 @@ def test_unreadable_configuration_is_one_line_and_exit_78(tmp_path: Path) -> Non
     (locked / "mxroute.toml").write_text('listen = ["127.0.0.1:2525"]\n')
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     as_nobody = [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable]
-    if subprocess.run([*as_nobody, "-c", "import mxroute"], env=env, capture_output=True, timeout=30,
-                      check=False).returncode != 0:
+    if (
+        subprocess.run(
+            [*as_nobody, "-c", "import mxroute"],
+            env=env,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        ).returncode
+        != 0
+    ):
         pytest.skip("the user nobody cannot run this Python")
-    for argv in (["check-config", "--config", str(locked / "mxroute.toml")], ["sendmail", "u@dest.test"]):
-        result = subprocess.run([*as_nobody, "-m", "mxroute", *argv], cwd="/", input="x\n", capture_output=True,
-                                text=True, timeout=30, check=False,
-                                env=dict(env, MXROUTE_CONFIG=str(locked / "mxroute.toml")))
+    for argv in (
+        ["check-config", "--config", str(locked / "mxroute.toml")],
+        ["sendmail", "u@dest.test"],
+    ):
+        result = subprocess.run(
+            [*as_nobody, "-m", "mxroute", *argv],
+            cwd="/",
+            input="x\n",
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env=dict(env, MXROUTE_CONFIG=str(locked / "mxroute.toml")),
+        )
         assert result.returncode == 78, (argv, result.stderr)
-        assert result.stderr.strip() == f"mxroute: configuration error: cannot read {locked}/mxroute.toml: " \
-                                        "Permission denied", result.stderr
+        assert (
+            result.stderr.strip()
+            == f"mxroute: configuration error: cannot read {locked}/mxroute.toml: "
+            "Permission denied"
+        ), result.stderr
 
 
 @pytest.mark.parametrize("value", ["nonsense:port:x", "bad host:1", ":9125", "127.0.0.1:99999"])
@@ -532,7 +647,9 @@ def test_metrics_listen_must_be_host_port(value: str) -> None:
     assert load_settings(None, metrics_listen="[::1]:9125").metrics_listen == "[::1]:9125"
 
 
-def test_sighup_gives_the_identity_self_check_the_new_egress_ips(world: World, notify: NotifySocket) -> None:
+def test_sighup_gives_the_identity_self_check_the_new_egress_ips(
+    world: World, notify: NotifySocket
+) -> None:
     """SPF-10/12 after a reload: egress_ips added by SIGHUP turn the serve-time self-check on,
     and a sender domain whose SPF excludes the new egress IP is warned about."""
     world.zone(f"dest IN MX 10 mx1.dest.test.\nmx1.dest IN A {world.ip(1)}\n"
@@ -552,7 +669,9 @@ def test_sighup_gives_the_identity_self_check_the_new_egress_ips(world: World, n
     relay.proc.send_signal(signal.SIGHUP)
     notify.wait("RELOADING", "1")
     notify.wait("READY", "1")
-    assert wait_for(lambda: "self-check on for egress 127.0.0.1" in relay.log(), timeout=5), relay.log()
+    assert wait_for(lambda: "self-check on for egress 127.0.0.1" in relay.log(), timeout=5), (
+        relay.log()
+    )
     relay.send("a@sender.test", ["u@dest.test"], MSG)
     assert wait_for(lambda: sink.messages)
     assert wait_for(lambda: "egress 127.0.0.1 spf-fail" in relay.log(), timeout=10), relay.log()

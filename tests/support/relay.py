@@ -55,7 +55,8 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, step: float = 
     return predicate()
 
 
-# --- SMTP sinks: tests/support/smtpsink.py, all on the relay's smtp_port ---------------------------
+# --- SMTP sinks: tests/support/smtpsink.py, all on the relay's smtp_port --------------------------
+
 
 def rcpt_script(sink: Sink, address: str, reply: str | None) -> None:
     """Script the RCPT reply for ``address`` (None: back to normal)."""
@@ -77,20 +78,36 @@ class Relay:
         self.log_path = tmp / "relay.log"
         self.env = dict(os.environ)
         values: dict[str, Any] = {
-            "listen": [f"127.0.0.1:{self.port}"], "spool_dir": str(self.spool), "dns_servers": [dns.address],
-            "smtp_port": smtp_port, "allow_private_destinations": True, "helo_name": "relay.test",
-            "retry_min_seconds": 1, "retry_max_seconds": 2, "dns_timeout": 1.0, "connect_timeout": 2.0,
+            "listen": [f"127.0.0.1:{self.port}"],
+            "spool_dir": str(self.spool),
+            "dns_servers": [dns.address],
+            "smtp_port": smtp_port,
+            "allow_private_destinations": True,
+            "helo_name": "relay.test",
+            "retry_min_seconds": 1,
+            "retry_max_seconds": 2,
+            "dns_timeout": 1.0,
+            "connect_timeout": 2.0,
             **settings,
         }
         for name, value in values.items():
-            self.env[f"MXROUTE_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
-        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), self.env.get("PYTHONPATH")]))
+            self.env[f"MXROUTE_{name.upper()}"] = (
+                value if isinstance(value, str) else json.dumps(value)
+            )
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(ROOT), self.env.get("PYTHONPATH")])
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Relay:
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen([sys.executable, "-m", "mxroute", "serve"], cwd=ROOT, env=self.env,
-                                         stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mxroute", "serve"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         if not wait_for(self._ready, timeout=20):
             self.kill()
             pytest.fail(f"relay did not start:\n{self.log()}")
@@ -120,8 +137,15 @@ class Relay:
             return client.sendmail(sender, rcpts, body, **kwargs)
 
     def queue(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "mxroute", "queue", *args], cwd=ROOT, env=self.env,
-                              capture_output=True, text=True, timeout=30, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "mxroute", "queue", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
 
     def queued(self) -> list[str]:
         queue_dir = self.spool / "queue"
@@ -157,7 +181,9 @@ class World:
         return sink
 
     def zone(self, records: str) -> None:
-        self.dns.set_zone(f"$ORIGIN test.\n$TTL 1\n@ IN SOA ns.test. host.test. 1 3600 600 86400 1\n{records}\n")
+        self.dns.set_zone(
+            f"$ORIGIN test.\n$TTL 1\n@ IN SOA ns.test. host.test. 1 3600 600 86400 1\n{records}\n"
+        )
 
     def relay(self, **settings: Any) -> Relay:
         relay = Relay(self.tmp, self.dns, self.sink_port, **settings).start()
@@ -180,7 +206,8 @@ class World:
                 sink.stop()
 
 
-MSG = b"From: a@sender.test\r\nTo: u@dest.test\r\nSubject: hello\r\nMessage-ID: <1@sender.test>\r\n\r\nbody line\r\n.dot line\r\n"
+MSG = (b"From: a@sender.test\r\nTo: u@dest.test\r\nSubject: hello\r\n"
+       b"Message-ID: <1@sender.test>\r\n\r\nbody line\r\n.dot line\r\n")
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""sd_notify(3) and sd_listen_fds(3) as mxroute.service.sdnotify speaks them, over real AF_UNIX sockets."""
+"""sd_notify(3) and sd_listen_fds(3) as mxroute.service.sdnotify speaks them, over real AF_UNIX
+sockets."""
 
 from __future__ import annotations
 
@@ -25,17 +26,25 @@ def test_notify_to_an_abstract_socket_and_the_reload_pair(monkeypatch: pytest.Mo
         assert sdnotify.reloading()
         fields = dict(line.split("=", 1) for line in sock.recv(4096).decode().split("\n"))
         assert fields["RELOADING"] == "1"
-        assert before <= int(fields["MONOTONIC_USEC"]) <= time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        assert (
+            before
+            <= int(fields["MONOTONIC_USEC"])
+            <= time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        )
 
 
-def test_notify_outside_systemd_or_to_a_dead_socket_is_a_quiet_no(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_notify_outside_systemd_or_to_a_dead_socket_is_a_quiet_no(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     assert not sdnotify.enabled() and not sdnotify.notify("READY=1")
     monkeypatch.setenv("NOTIFY_SOCKET", "/nonexistent/notify")
     assert not sdnotify.notify("READY=1")
 
 
-def test_watchdog_interval_is_half_of_watchdog_usec_for_this_pid_only(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_watchdog_interval_is_half_of_watchdog_usec_for_this_pid_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("WATCHDOG_USEC", "60000000")
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
     assert sdnotify.watchdog_interval() == 30.0

@@ -1,0 +1,328 @@
+"""How the intake reaches the delivery side: one interface, two implementations.
+
+``LocalLink`` (``delivery_processes = 0``): the ``Delivery`` object on the intake's event
+loop, called directly. ``ChildLink`` (``delivery_processes = 1``, the default): the
+delivery process (mxroute/service/worker.py), started as a fresh interpreter
+(``sys.executable -c``) and spoken to over one AF_UNIX socketpair, one line per message
+(``Lines``):
+
+- parent → child: a queue ID (a message just committed to the spool, fsync'd), or a JSON
+  command: ``settings`` (start and SIGHUP), ``rescan``, ``snapshot``, ``stop``;
+- child → parent: JSON ``ready`` (recovery done), ``reloaded``, ``snapshot``, ``stopped``.
+
+The spool stays the truth: an ID that cannot be sent (the child is restarting, the pipe
+is full) is dropped, and the child finds the message anyway (its start-up recovery, a
+``rescan`` after a drop, its periodic rescan).
+
+A child that dies is restarted, at most ``MAX_RESTARTS`` per ``RESTART_WINDOW`` seconds;
+beyond that the parent stops (exit 70) so that systemd restarts the service: it never
+goes on accepting mail it does not deliver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from mxroute.errors import MxrouteError
+from mxroute.relay.spool.format import MessageMeta
+from mxroute.settings import Settings
+
+if TYPE_CHECKING:
+    from mxroute.service.worker import Delivery
+
+log = logging.getLogger(__name__)
+
+MAX_RESTARTS = 5  # delivery process restarts allowed per RESTART_WINDOW seconds
+RESTART_WINDOW = 60.0
+PIPE_LIMIT = 4 << 20  # bytes of IDs buffered for a busy child before they are dropped, rescanned
+ASK_TIMEOUT = 2.0  # seconds for a snapshot answer
+RELOAD_TIMEOUT = 10.0
+_CHILD_ENV_DROP = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
+                   "LISTEN_FDNAMES")
+_CHILD_COMMAND = "from mxroute.service.worker import child_main; child_main()"
+
+
+class LocalLink:
+    """``delivery_processes = 0``: the delivery side on this event loop, called directly."""
+
+    def __init__(self, delivery: Delivery) -> None:
+        self.delivery = delivery
+        self.failed = asyncio.Event()
+
+    async def start(self) -> None:
+        self.delivery.recover()
+        self.delivery.start()
+        assert self.delivery.runner is not None
+        self.delivery.runner.add_done_callback(lambda _t: self.failed.set())
+
+    def queued(self, meta: MessageMeta) -> None:
+        self.delivery.queue.add(meta)
+
+    def failure(self) -> str | None:
+        return self.delivery.failure()
+
+    async def reconfigure(self, settings: Settings) -> None:
+        self.delivery.reconfigure(settings)
+
+    async def snapshot(self) -> dict[str, Any]:
+        return self.delivery.snapshot()
+
+    async def stop(self, grace: float) -> dict[str, Any]:
+        self.failed = asyncio.Event()  # a runner cancelled on purpose is no failure
+        await self.delivery.stop(grace)
+        return self.delivery.snapshot()
+
+
+class Lines(asyncio.Protocol):
+    """One line per message over the socketpair, both ways."""
+
+    def __init__(self, on_line: Callable[[bytes], None]) -> None:
+        self.on_line = on_line
+        self.transport: asyncio.Transport | None = None
+        self.lost = asyncio.Event()
+        self._buffer = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        lines = (self._buffer + data).split(b"\n")
+        self._buffer = lines.pop()
+        for line in lines:
+            if line:
+                self.on_line(line)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.set()
+
+    def send(self, payload: dict[str, Any]) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(json.dumps(payload, separators=(",", ":")).encode() + b"\n")
+
+
+def encode_settings(settings: Settings) -> str:
+    """The settings as they travel in a ``settings`` command."""
+    return base64.b64encode(pickle.dumps(settings)).decode("ascii")
+
+
+def decode_settings(text: str) -> Settings:
+    """The settings of a ``settings`` command (from the parent: trusted)."""
+    settings: Settings = pickle.loads(base64.b64decode(text))
+    return settings
+
+
+class ChildLink:
+    """``delivery_processes = 1``: the delivery side in a child process, supervised, restarted."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.failed = asyncio.Event()
+        self._failure: str | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lines: Lines | None = None
+        self._ready: asyncio.Future[None] | None = None
+        self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._asked = 0
+        self._ids: list[bytes] = []
+        self._flushing = False
+        self._dropped = False
+        self._stopping = False
+        self._restarts: deque[float] = deque()
+        self._last: dict[str, Any] = {}
+        self._supervisor: asyncio.Task[None] | None = None
+
+    # --- process ---
+    async def _spawn(self) -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = {k: v for k, v in os.environ.items() if k not in _CHILD_ENV_DROP}
+        try:
+            # From the loop's (main) thread: PR_SET_PDEATHSIG follows the thread that forked, so
+            # this brief fork/exec stays on the loop (once per child start), not in an executor.
+            self._proc = subprocess.Popen(  # noqa: ASYNC220
+                [sys.executable, "-c", _CHILD_COMMAND, str(theirs.fileno()), str(os.getpid())],
+                pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        self._ready = loop.create_future()
+        ours.setblocking(False)
+        _, self._lines = await loop.create_unix_connection(lambda: Lines(self._on_line), sock=ours)
+        self._lines.send({"op": "settings", "settings": encode_settings(self.settings)})
+        self._ids.clear()  # a new child recovers from the spool: nothing older needs sending
+        self._dropped = False
+
+    async def start(self) -> None:
+        """Start the child and wait for its recovery to finish (READY=1 waits for this)."""
+        await self._spawn()
+        await self._wait_ready()
+        self._supervisor = asyncio.create_task(self._supervise(), name="delivery-supervisor")
+
+    async def _wait_ready(self) -> None:
+        assert self._ready is not None and self._lines is not None
+        lost = asyncio.ensure_future(self._lines.lost.wait())
+        waiters: list[asyncio.Future[Any]] = [self._ready, lost]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+        if not self._ready.done():
+            code = await self._reap()
+            raise MxrouteError(f"the delivery process exited during start-up (exit code {code})")
+
+    async def _reap(self, timeout: float = 5.0) -> int | None:
+        proc = self._proc
+        if proc is None:
+            return None
+        deadline = self.clock() + timeout
+        while proc.poll() is None and self.clock() < deadline:
+            await asyncio.sleep(0.02)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        return proc.returncode
+
+    async def _supervise(self) -> None:
+        while not self._stopping:
+            assert self._lines is not None
+            await self._lines.lost.wait()
+            if self._stopping:
+                return
+            code = await self._reap()
+            for future in self._replies.values():
+                if not future.done():
+                    future.set_result({})
+            now = self.clock()
+            while self._restarts and self._restarts[0] < now - RESTART_WINDOW:
+                self._restarts.popleft()
+            if len(self._restarts) >= MAX_RESTARTS:
+                self._fail(f"the delivery process exited (code {code}) {MAX_RESTARTS + 1} "
+                           f"times within {RESTART_WINDOW:.0f}s; stopping so that the service "
+                           "is restarted")
+                return
+            self._restarts.append(now)
+            log.error("delivery process exited unexpectedly (code %s); "
+                      "restarting it (%d/%d within %.0fs)",
+                      code, len(self._restarts), MAX_RESTARTS, RESTART_WINDOW)
+            try:
+                await self._spawn()
+                await self._wait_ready()
+            except Exception as exc:  # noqa: BLE001 - counted as one more failure on the next turn
+                log.error("delivery process restart failed: %s", exc)
+                if self._lines is not None:
+                    self._lines.lost.set()
+
+    def _fail(self, why: str) -> None:
+        log.error("%s", why)
+        self._failure = why
+        self.failed.set()
+
+    def failure(self) -> str | None:
+        return self._failure
+
+    # --- messages ---
+    def _on_line(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            log.error("delivery process: unreadable message %r", line[:200])
+            return
+        op = message.get("op")
+        if op == "ready":
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_result(None)
+        elif op in ("snapshot", "reloaded", "stopped"):
+            if message.get("data"):
+                self._last = message["data"]
+            future = self._replies.pop(int(message.get("n", -1)), None)
+            if future is not None and not future.done():
+                future.set_result(message.get("data") or {})
+
+    def queued(self, meta: MessageMeta) -> None:
+        """A message is committed (fsync'd): tell the child, batched per loop turn, never waits."""
+        self._ids.append(meta.queue_id.encode("ascii") + b"\n")
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flushing = False
+        lines = self._lines
+        transport = lines.transport if lines is not None else None
+        if lines is None or transport is None or transport.is_closing():
+            self._ids.clear()  # the child is gone: the next one recovers them from the spool
+            return
+        # A child still recovering reads them when done (its scan may have listed the spool before).
+        if transport.get_write_buffer_size() > PIPE_LIMIT:
+            self._ids.clear()
+            self._dropped = True
+            return
+        if self._dropped:  # room again: have the child list the spool for what it missed
+            self._dropped = False
+            lines.send({"op": "rescan"})
+        transport.write(b"".join(self._ids))
+        self._ids.clear()
+
+    async def _ask(self, payload: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        lines = self._lines
+        if lines is None or lines.transport is None or lines.transport.is_closing():
+            return None
+        self._asked += 1
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._replies[self._asked] = future
+        lines.send({**payload, "n": self._asked})
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            self._replies.pop(self._asked, None)
+            return None
+
+    async def reconfigure(self, settings: Settings) -> None:
+        self.settings = settings  # a restarted child starts with these
+        command = {"op": "settings", "settings": encode_settings(settings)}
+        if await self._ask(command, RELOAD_TIMEOUT) is None:
+            log.warning("reload: the delivery process did not confirm the new configuration")
+
+    async def snapshot(self) -> dict[str, Any]:
+        data = await self._ask({"op": "snapshot"}, ASK_TIMEOUT)
+        return data or self._last
+
+    async def stop(self, grace: float) -> dict[str, Any]:
+        """Stop the child gracefully (deliveries in flight get ``grace`` s): its last counters."""
+        self._stopping = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+        # still recovering: it has delivered nothing yet
+        if self._ready is None or not self._ready.done():
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.terminate()
+            await self._reap(timeout=3.0)
+            return self._last
+        self._flush()
+        data = await self._ask({"op": "stop", "grace": grace}, grace + 5.0)
+        if data:
+            self._last = data
+        await self._reap(timeout=3.0)
+        if self._lines is not None and self._lines.transport is not None:
+            self._lines.transport.close()
+        return self._last
+
+
+
+__all__ = ["ChildLink", "Lines", "LocalLink", "decode_settings", "encode_settings"]
