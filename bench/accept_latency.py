@@ -48,11 +48,13 @@ async def session(port: int, count: int, first: int, latencies: list[float]) -> 
     writer.write(b"EHLO client.test\r\n")
     assert (await reply()).startswith(b"250")
     for n in range(first, first + count):
-        for command in (b"MAIL FROM:<bench@sender.test>", b"RCPT TO:<u%d@[127.0.0.1]>" % n, b"DATA"):
+        for command in (b"MAIL FROM:<bench@sender.test>", b"RCPT TO:<u%d@[127.0.0.1]>" % n,
+                        b"DATA"):
             writer.write(command + b"\r\n")
             code = await reply()
             assert code[:1] in (b"2", b"3"), code
-        header = b"From: bench@sender.test\r\nTo: u%d@[127.0.0.1]\r\nSubject: latency %d\r\n\r\n" % (n, n)
+        header = (b"From: bench@sender.test\r\nTo: u%d@[127.0.0.1]\r\n"
+                  b"Subject: latency %d\r\n\r\n" % (n, n))
         writer.write(header + BODY)
         started = time.perf_counter()
         writer.write(b".\r\n")
@@ -88,13 +90,15 @@ def main() -> int:
     sink_port, relay_port = free_port(), free_port()
     sink = subprocess.Popen(["smtp-sink", "-c", f"127.0.0.1:{sink_port}", "1000"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = dict(os.environ, MXROUTE_LISTEN=json.dumps([f"127.0.0.1:{relay_port}"]), MXROUTE_SPOOL_DIR=str(work / "spool"),
+    env = dict(os.environ, MXROUTE_LISTEN=json.dumps([f"127.0.0.1:{relay_port}"]),
+               MXROUTE_SPOOL_DIR=str(work / "spool"),
                MXROUTE_DNS_SERVERS='["127.0.0.1:1"]', MXROUTE_HELO_NAME="relay.test",
                MXROUTE_ALLOW_PRIVATE_DESTINATIONS="true", MXROUTE_ALLOW_ADDRESS_LITERALS="true",
                MXROUTE_SMTP_PORT=str(sink_port), MXROUTE_RELAY_NETWORKS='["127.0.0.0/8"]')
     env.pop("MXROUTE_CONFIG", None)
     with open(work / "relay.log", "wb") as log:
-        relay = subprocess.Popen([str(ROOT / ".venv/bin/mxroute"), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        relay = subprocess.Popen([str(ROOT / ".venv/bin/mxroute"), "serve"], env=env, stdout=log,
+                                 stderr=subprocess.STDOUT)
     try:
         for _ in range(200):
             try:
@@ -106,12 +110,16 @@ def main() -> int:
         ms = [v * 1000 for v in latencies]
         result = {
             "bench": "accept_latency", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "messages": len(ms), "sessions": args.sessions, "accept_msgs_per_s": round(len(ms) / elapsed, 1),
-            "p50_ms": round(pct(ms, 50), 2), "p90_ms": round(pct(ms, 90), 2), "p99_ms": round(pct(ms, 99), 2),
+            "messages": len(ms), "sessions": args.sessions,
+            "accept_msgs_per_s": round(len(ms) / elapsed, 1),
+            "p50_ms": round(pct(ms, 50), 2), "p90_ms": round(pct(ms, 90), 2),
+            "p99_ms": round(pct(ms, 99), 2),
             "max_ms": round(max(ms), 2),
         }
-        print(f"{len(ms)} messages over {args.sessions} sessions: accept {result['accept_msgs_per_s']} msgs/s; "
-              f"DATA-end -> 250: p50 {result['p50_ms']} ms, p90 {result['p90_ms']} ms, p99 {result['p99_ms']} ms, "
+        print(f"{len(ms)} messages over {args.sessions} sessions: "
+              f"accept {result['accept_msgs_per_s']} msgs/s; "
+              f"DATA-end -> 250: p50 {result['p50_ms']} ms, p90 {result['p90_ms']} ms, "
+              f"p99 {result['p99_ms']} ms, "
               f"max {result['max_ms']} ms")
         print(json.dumps(result))
         if args.json_out:

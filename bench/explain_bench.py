@@ -1,4 +1,5 @@
-"""Benchmark (not a test): `mxroute explain --json` as a whole process, and cached lookups in-process.
+"""Benchmark (not a test): `mxroute explain --json` as a whole process, and cached lookups
+in-process.
 
 Starts the tests' loopback DNS server with a small zone, then
 1. runs `mxroute explain --json` N times as a fresh process and reports the median wall time;
@@ -49,24 +50,28 @@ mx1  IN AAAA ::1
 
 
 def explain_once(python: str, dns: str, root: Path) -> tuple[float, float]:
-    """(wall ms, CPU ms) of one `mxroute explain --json` process; CPU time is what load disturbs least."""
+    """(wall ms, CPU ms) of one `mxroute explain --json` process; CPU time is what load disturbs
+    least."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MXROUTE_")}
     env["MXROUTE_ALLOW_PRIVATE_DESTINATIONS"] = "true"
     env["PYTHONPATH"] = str(root)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    result = subprocess.run([python, "-m", "mxroute", "explain", "--dns", dns, "--json", "u@bench.test"],
+    result = subprocess.run([python, "-m", "mxroute", "explain", "--dns", dns, "--json",
+                             "u@bench.test"],
                             capture_output=True, env=env, cwd=root, timeout=30, check=False)
     elapsed = (time.perf_counter() - started) * 1000
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1000
-    assert result.returncode == 0 and json.loads(result.stdout)["status"] == "deliverable", result.stderr
+    assert (result.returncode == 0
+            and json.loads(result.stdout)["status"] == "deliverable"), result.stderr
     return elapsed, cpu
 
 
 # What explain's process must import before any mxroute code: pydantic-settings (the one settings
 # model; it imports pydantic and asyncio) and the dnspython modules the resolver sends queries with.
-FLOOR_IMPORTS = "import pydantic_settings, dns.message, dns.asyncquery, dns.rdtypes.ANY.MX, dns.rdtypes.IN.A"
+FLOOR_IMPORTS = ("import pydantic_settings, dns.message, dns.asyncquery, dns.rdtypes.ANY.MX, "
+                 "dns.rdtypes.IN.A")
 
 
 def process_ms(python: str, code: str, runs: int) -> list[float]:
@@ -79,10 +84,12 @@ def process_ms(python: str, code: str, runs: int) -> list[float]:
     return times
 
 
-def explain_wall(python: str, dns: str, runs: int, roots: list[Path]) -> dict[Path, list[tuple[float, float]]]:
+def explain_wall(python: str, dns: str, runs: int,
+                 roots: list[Path]) -> dict[Path, list[tuple[float, float]]]:
     """(wall, CPU) times per tree, the trees taking turns (ABBA order) run by run."""
     for root in roots:
-        subprocess.run([python, "-m", "compileall", "-q", str(root / "mxroute")], check=True, capture_output=True)
+        subprocess.run([python, "-m", "compileall", "-q", str(root / "mxroute")], check=True,
+                       capture_output=True)
     times: dict[Path, list[tuple[float, float]]] = {root: [] for root in roots}
     for index in range(runs):
         for root in roots if index % 2 == 0 else roots[::-1]:
@@ -91,7 +98,8 @@ def explain_wall(python: str, dns: str, runs: int, roots: list[Path]) -> dict[Pa
 
 
 async def cached_lookups(server: DNSServer, seconds: float = 2.0) -> float:
-    resolver = Resolver(NetworkTransport([Server(server.host, server.port)], timeout=1, attempts=1), trace_size=0)
+    resolver = Resolver(NetworkTransport([Server(server.host, server.port)], timeout=1, attempts=1),
+                        trace_size=0)
     await resolver.lookup("bench.test", "MX")
     count = 0
     deadline = time.perf_counter() + seconds
@@ -106,7 +114,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=21)
     parser.add_argument("--python", default=sys.executable)
-    parser.add_argument("--against", type=Path, metavar="DIR", help="another checkout to compare with, run for run")
+    parser.add_argument("--against", type=Path, metavar="DIR",
+                        help="another checkout to compare with, run for run")
     args = parser.parse_args()
     roots = [ROOT] + ([args.against.resolve()] if args.against else [])
     with DNSServer(ZONE, host="127.0.53.254") as server:
@@ -116,19 +125,25 @@ def main() -> None:
     cpu = [used for _, used in per_root[ROOT]]
     if args.against:
         other = per_root[roots[1]]
-        print(f"{args.against}: explain --json median {statistics.median(w for w, _ in other):.0f} ms wall, "
-              f"{statistics.median(c for _, c in other):.0f} ms CPU over {args.runs} runs (alternating)")
+        print(f"{args.against}: explain --json median "
+              f"{statistics.median(w for w, _ in other):.0f} ms wall, "
+              f"{statistics.median(c for _, c in other):.0f} ms CPU over {args.runs} runs "
+              "(alternating)")
     bare = statistics.median(process_ms(args.python, "pass", args.runs))
     floor = statistics.median(process_ms(args.python, FLOOR_IMPORTS, args.runs))
     explain = statistics.median(times)
-    print(f"explain --json wall time: median {explain:.0f} ms, p90 {sorted(times)[int(len(times) * 0.9)]:.0f} ms, "
+    print(f"explain --json wall time: median {explain:.0f} ms, "
+          f"p90 {sorted(times)[int(len(times) * 0.9)]:.0f} ms, "
           f"CPU median {statistics.median(cpu):.0f} ms over {args.runs} runs")
     print(f"python interpreter start alone: median {bare:.0f} ms")
-    print(f"required libraries alone (pydantic-settings, dnspython; no mxroute code): median {floor:.0f} ms, "
+    print("required libraries alone (pydantic-settings, dnspython; no mxroute code): "
+          f"median {floor:.0f} ms, "
           f"so mxroute's own imports and work: {explain - floor:.0f} ms")
     print(f"cached resolver lookups: {rate:,.0f} per second in-process")
-    print(json.dumps({"explain_ms_median": round(explain, 1), "explain_cpu_ms_median": round(statistics.median(cpu), 1),
-                      "python_start_ms_median": round(bare, 1), "library_floor_ms_median": round(floor, 1),
+    print(json.dumps({"explain_ms_median": round(explain, 1),
+                      "explain_cpu_ms_median": round(statistics.median(cpu), 1),
+                      "python_start_ms_median": round(bare, 1),
+                      "library_floor_ms_median": round(floor, 1),
                       "cached_lookups_per_s": round(rate)}))
 
 

@@ -8,7 +8,8 @@ deferred for an hour: the steady state of a destination that is down), then star
 * recovery: time from exec to the 220 banner on the listen port (the daemon scans and
   validates every queue file before it listens), and the "recovery: N message(s)
   queued" count from its log;
-* RSS: VmRSS of the daemon and its delivery process 2 s after it is ready, and VmHWM (their peaks), summed;
+* RSS: VmRSS of the daemon and its delivery process 2 s after it is ready, and VmHWM (their
+  peaks), summed;
 * base: the same for an empty spool; per message = (RSS - base) / N.
 
 The files are written with the spool's own encoder (`mxroute.relay.spool.format.encode`), without an
@@ -50,7 +51,8 @@ def build(spool: Path, count: int) -> float:
     now = time.time()
     for n in range(count):
         qid = new_queue_id()
-        received = (f"Received: from client.test ([127.0.0.1])\r\n\tby relay.test with ESMTP id {qid}\r\n"
+        received = (f"Received: from client.test ([127.0.0.1])\r\n"
+                    f"\tby relay.test with ESMTP id {qid}\r\n"
                     f"\tfor <u{n}@unreachable.test>; Mon, 30 Nov 2026 12:00:00 +0000\r\n").encode()
         message = received + BODY
         meta = MessageMeta(
@@ -59,7 +61,9 @@ def build(spool: Path, count: int) -> float:
             recipients=[RecipientState(
                 address=f"u{n}@unreachable.test", attempts=1, next_try=now + 3600, status="4.4.1",
                 reply="451 4.4.1 connect to mx.unreachable.test[127.0.0.1]:25: Connection refused",
-                why="deferred", hosts={"mx.unreachable.test[127.0.0.1]:25": "451 4.4.1 connect: Connection refused"})],
+                why="deferred",
+                hosts={"mx.unreachable.test[127.0.0.1]:25":
+                       "451 4.4.1 connect: Connection refused"})],
         )
         fd = os.open(queue / qid, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -93,13 +97,15 @@ def status(pid: int) -> dict[str, int]:
 
 def measure(spool: Path, log: Path, timeout: float = 120.0) -> dict[str, float]:
     port = free_port()
-    env = dict(os.environ, MXROUTE_LISTEN=json.dumps([f"127.0.0.1:{port}"]), MXROUTE_SPOOL_DIR=str(spool),
+    env = dict(os.environ, MXROUTE_LISTEN=json.dumps([f"127.0.0.1:{port}"]),
+               MXROUTE_SPOOL_DIR=str(spool),
                MXROUTE_DNS_SERVERS='["127.0.0.1:1"]', MXROUTE_HELO_NAME="relay.test",
                MXROUTE_RETRY_MIN_SECONDS="3600", MXROUTE_RETRY_MAX_SECONDS="3600")
     env.pop("MXROUTE_CONFIG", None)
     with open(log, "wb") as out:
         started = time.monotonic()
-        proc = subprocess.Popen([str(ROOT / ".venv/bin/mxroute"), "serve"], env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([str(ROOT / ".venv/bin/mxroute"), "serve"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
         try:
             deadline = started + timeout
             ready = None
@@ -126,16 +132,19 @@ def measure(spool: Path, log: Path, timeout: float = 120.0) -> dict[str, float]:
     for line in log.read_text(errors="replace").splitlines():
         if "recovery:" in line and "queued" in line:
             recovered = int(line.split("recovery:")[1].split()[0])
-    return {"ready_s": round(ready, 3), "rss_kb": mem["VmRSS"], "hwm_kb": mem["VmHWM"], "recovered": recovered}
+    return {"ready_s": round(ready, 3), "rss_kb": mem["VmRSS"], "hwm_kb": mem["VmHWM"],
+            "recovered": recovered}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=100_000)
-    parser.add_argument("--keep", type=Path, help="build the spool here and keep it (reused if it exists)")
+    parser.add_argument("--keep", type=Path,
+                        help="build the spool here and keep it (reused if it exists)")
     parser.add_argument("--json-out", type=Path)
     parser.add_argument("--drop-caches", action="store_true",
-                        help="drop the page cache before the loaded start (cold recovery; needs root)")
+                        help="drop the page cache before the loaded start "
+                             "(cold recovery; needs root)")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="mxroute-qmem-", dir="/var/tmp"))
     try:
@@ -153,14 +162,19 @@ def main() -> int:
         loaded = measure(full, work / "full.log")
         per_msg = (loaded["rss_kb"] - base["rss_kb"]) * 1024 / files
         result = {
-            "bench": "queue_memory", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "messages": files,
+            "bench": "queue_memory", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "messages": files,
             "base_rss_mib": round(base["rss_kb"] / 1024, 1), "base_ready_s": base["ready_s"],
-            "loaded_rss_mib": round(loaded["rss_kb"] / 1024, 1), "loaded_peak_rss_mib": round(loaded["hwm_kb"] / 1024, 1),
+            "loaded_rss_mib": round(loaded["rss_kb"] / 1024, 1),
+            "loaded_peak_rss_mib": round(loaded["hwm_kb"] / 1024, 1),
             "bytes_per_queued_message": round(per_msg), "recovery_ready_s": loaded["ready_s"],
-            "recovered": loaded["recovered"], "cold_cache": args.drop_caches, "spool_mib": round(sum(e.stat().st_size for e in os.scandir(full / "queue")) / 2**20, 1),
+            "recovered": loaded["recovered"], "cold_cache": args.drop_caches,
+            "spool_mib": round(sum(e.stat().st_size for e in os.scandir(full / "queue")) / 2**20,
+                               1),
         }
         print(f"empty spool: RSS {result['base_rss_mib']} MiB, ready in {base['ready_s']:.2f}s")
-        print(f"{files} queued: RSS {result['loaded_rss_mib']} MiB (peak {result['loaded_peak_rss_mib']} MiB), "
+        print(f"{files} queued: RSS {result['loaded_rss_mib']} MiB "
+              f"(peak {result['loaded_peak_rss_mib']} MiB), "
               f"ready in {loaded['ready_s']:.2f}s, recovered {loaded['recovered']}")
         print(f"=> {per_msg:.0f} bytes of RSS per queued message beyond the base (target < 2048)")
         print(json.dumps(result))

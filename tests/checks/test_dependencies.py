@@ -17,7 +17,8 @@ import pytest
 
 from tests.support.paths import ROOT
 
-FLOORS = {"aiosmtpd": (1, 4, 6), "aiosmtplib": (5, 1, 3), "dnspython": (2, 6), "pydantic-settings": (2, 3)}
+FLOORS = {"aiosmtpd": (1, 4, 6), "aiosmtplib": (5, 1, 3), "dnspython": (2, 6),
+          "pydantic-settings": (2, 3)}
 
 
 def _tuple(text: str) -> tuple[int, ...]:
@@ -38,7 +39,8 @@ def _declared() -> dict[str, str]:
 def test_sec14_declared_floor_excludes_vulnerable_releases(name: str) -> None:
     declared = _declared()
     assert name in declared
-    assert _tuple(declared[name]) >= FLOORS[name], f"pyproject allows {name} {declared[name]} < {FLOORS[name]}"
+    assert _tuple(declared[name]) >= FLOORS[name], (
+        f"pyproject allows {name} {declared[name]} < {FLOORS[name]}")
 
 
 @pytest.mark.parametrize("name", sorted(FLOORS))

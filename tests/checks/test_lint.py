@@ -20,12 +20,15 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_reports_nothing() -> None:
-    result = _run("ruff", "check", "--no-cache", "--output-format", "concise", "mxroute", "tests", "bench")
-    assert result.returncode == 0 and "All checks passed!" in result.stdout, result.stdout + result.stderr
+    result = _run("ruff", "check", "--no-cache", "--output-format", "concise", "mxroute", "tests",
+                  "bench")
+    assert (result.returncode == 0
+            and "All checks passed!" in result.stdout), result.stdout + result.stderr
 
 
 def test_mypy_strict_reports_nothing(tmp_path: Path) -> None:
-    result = _run("mypy", "--config-file", "pyproject.toml", "--cache-dir", str(tmp_path), "mxroute")
+    result = _run("mypy", "--config-file", "pyproject.toml", "--cache-dir", str(tmp_path),
+                  "mxroute")
     modules = len(list((ROOT / "mxroute").rglob("*.py")))
     # the summary line proves every module was checked, not an empty or mistyped target
     expected = f"Success: no issues found in {modules} source files"

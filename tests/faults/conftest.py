@@ -25,7 +25,8 @@ FIGURES: list[tuple[str, dict[str, Any]]] = []
 
 @pytest.fixture
 def figures() -> Callable[..., None]:
-    """``figures("crash consistency", sent=.., acknowledged=..)``: one line in the end-of-run summary."""
+    """``figures("crash consistency", sent=.., acknowledged=..)``: one line in the end-of-run
+    summary."""
 
     def record(suite: str, **numbers: Any) -> None:
         FIGURES.append((suite, numbers))
@@ -44,7 +45,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any)
 
 @pytest.fixture
 def fworld(tmp_path: Path, dns_server: DNSServer) -> Iterator[World]:
-    """tests/e2e's World (relays, sinks on 127.1.N.x, the zone) for one fault test; everything stopped after."""
+    """tests/e2e's World (relays, sinks on 127.1.N.x, the zone) for one fault test; everything
+    stopped after."""
     with World.running(tmp_path, dns_server) as w:
         w.zone(f"dest IN MX 10 mx1.dest.test.\nmx1.dest IN A {w.ip(1)}\n"
                f"other IN MX 10 mx1.other.test.\nmx1.other IN A {w.ip(2)}\n"
@@ -68,7 +70,8 @@ def mount_tmpfs(path: Path, size: str) -> None:
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         skip_or_fail("mounting a tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
+                           str(path)],
                           check=False, capture_output=True, text=True, timeout=30)
     if done.returncode != 0:
         skip_or_fail(f"mount -t tmpfs is not permitted here: {done.stderr.strip()}")
@@ -76,7 +79,8 @@ def mount_tmpfs(path: Path, size: str) -> None:
 
 def unmount(path: Path) -> None:
     for _ in range(20):  # bounded: a lazy unmount as the last resort
-        if subprocess.run(["umount", str(path)], check=False, capture_output=True, timeout=30).returncode == 0:
+        if subprocess.run(["umount", str(path)], check=False, capture_output=True,
+                          timeout=30).returncode == 0:
             return
         import time
 

@@ -54,7 +54,8 @@ class OversizeDNSServer(DNSServer):
                 return super().respond(wire, transport)
             except dns.exception.TooBig:
                 cached = self.oversize[key] = self._oversize(request, transport)
-        else:  # answered from the cache at once, even on a loaded machine, and logged like any other
+        else:
+            # answered from the cache at once, even on a loaded machine, and logged like any other
             self.log.append(LoggedQuery(question.name.to_text(omit_final_dot=True).lower(),
                                         dns.rdatatype.to_text(question.rdtype), transport))
         return wire[:2] + cached[2:]  # the request's ID
@@ -72,7 +73,8 @@ class OversizeDNSServer(DNSServer):
         rrset.clear()
         for item in items[:200]:
             rrset.add(item)
-        keep = min(len(items), int(200 * 62000 / len(response.to_wire())))  # from the size of 200 records
+        # from the size of 200 records
+        keep = min(len(items), int(200 * 62000 / len(response.to_wire())))
         for _ in range(50):  # bounded: shrink by 2% until it fits
             rrset.clear()
             for item in items[:keep]:
@@ -87,7 +89,8 @@ class OversizeDNSServer(DNSServer):
 @pytest.fixture
 def dworld(tmp_path: Path) -> Iterator[World]:
     net = next_net()
-    with OversizeDNSServer(host=f"127.0.54.{net}") as server, World.running(tmp_path, server, net) as w:
+    with (OversizeDNSServer(host=f"127.0.54.{net}") as server,
+          World.running(tmp_path, server, net) as w):
         yield w
 
 
@@ -124,8 +127,10 @@ def _dsn_status(messages: list[Any]) -> dict[str, str]:
     return found
 
 
-def test_dns_faults_defer_or_bounce_with_the_right_code_and_recover(dworld: World, figures: Callable[..., None]) -> None:
-    """MX-4/5/6/10/11, SEC-12: each DNS fault gives its deferral or bounce; healed, the deferred ones go out."""
+def test_dns_faults_defer_or_bounce_with_the_right_code_and_recover(
+        dworld: World, figures: Callable[..., None]) -> None:
+    """MX-4/5/6/10/11, SEC-12: each DNS fault gives its deferral or bounce; healed, the deferred
+    ones go out."""
     w = dworld
     huge = "".join(f"huge IN MX {10 + n % 50000} mx{n}.huge.test.\n" for n in range(10_000))
     many = "".join(f"many IN MX {10 + n} mx{n}.many.test.\n" for n in range(500))
@@ -148,14 +153,16 @@ mx.selfaddr IN A {w.ip(5)}
     w.dns.fail("servfail.test", "SERVFAIL")
     w.dns.truncate.update({"trunc.test", "many.test"})
     warm = dns.message.make_query("huge.test", "MX").to_wire()
-    w.dns.respond(warm, "udp"), w.dns.respond(warm, "tcp")  # the 10,000-record answer, computed once
+    # the 10,000-record answer, computed once
+    w.dns.respond(warm, "udp"), w.dns.respond(warm, "tcp")
     w.dns.log.clear()
     sink = w.sink(1)
     dsns = w.sink(9)
     relay = Relay(w.tmp, w.dns, w.sink_port, dns_timeout=1.5, dns_attempts=1, retry_min_seconds=1,
                   retry_max_seconds=2)
     # MX-11 by address: the relay also listens where an MX points, on the delivery port
-    relay.env["MXROUTE_LISTEN"] = json.dumps([f"127.0.0.1:{relay.port}", f"{w.ip(5)}:{w.sink_port}"])
+    relay.env["MXROUTE_LISTEN"] = json.dumps([f"127.0.0.1:{relay.port}",
+                                              f"{w.ip(5)}:{w.sink_port}"])
     w.relays.append(relay)
     relay.start()
     deliver = ["u@dest.test", "t@trunc.test", "m@many.test", "h@huge.test"]
@@ -168,11 +175,13 @@ mx.selfaddr IN A {w.ip(5)}
         return {r for m in sink.messages for r in m.rcpt_to}
 
     assert wait_for(lambda: set(deliver) <= delivered(), timeout=20), delivered()
-    assert wait_for(lambda: set(bounce) <= set(_dsn_status(dsns.messages)), timeout=20), _dsn_status(dsns.messages)
+    assert wait_for(lambda: set(bounce) <= set(_dsn_status(dsns.messages)),
+                    timeout=20), _dsn_status(dsns.messages)
     statuses = _dsn_status(dsns.messages)
     assert {r: statuses[r] for r in bounce} == bounce
     # deferred, with a DNS reason (4.4.3), still queued after several attempts
-    assert wait_for(lambda: all((_show(relay, ids[r]) or {}).get("recipients", [{}])[0].get("attempts", 0) >= 2
+    assert wait_for(lambda: all((_show(relay, ids[r]) or {}).get("recipients", [{}])[0]
+                                .get("attempts", 0) >= 2
                                 for r in defer), timeout=20)
     shown = {r: _show(relay, ids[r]) for r in defer}
     for rcpt, data in shown.items():
@@ -181,20 +190,24 @@ mx.selfaddr IN A {w.ip(5)}
         assert state["state"] == "pending" and state["status"] == "4.4.3", (rcpt, state)
     assert not delivered() & set(defer)
     tcp = {q.qname for q in w.dns.log if q.transport == "tcp"}
-    assert {"trunc.test", "many.test", "huge.test"} <= tcp  # TC=1 → retried over TCP (SEC-12, RFC 7766)
-    huge_hosts = {q.qname for q in w.dns.log if q.qname.endswith(".huge.test") and q.qtype in ("A", "AAAA")}
+    # TC=1 → retried over TCP (SEC-12, RFC 7766)
+    assert {"trunc.test", "many.test", "huge.test"} <= tcp
+    huge_hosts = {q.qname for q in w.dns.log
+                  if q.qname.endswith(".huge.test") and q.qtype in ("A", "AAAA")}
     assert 0 < len(huge_hosts) <= 32  # the MX RRset is processed only up to the cap (SEC-12)
     assert w.ip(5) not in {c.local[0] for c in sink.connections}
     # the faults heal: the resolver recovers, the deferred mail goes out
     w.dns.heal()
-    _zone(w, "timeout IN MX 10 mx1.dest.test.\nservfail IN MX 10 mx1.dest.test.\nloop IN MX 10 mx1.dest.test.\n")
+    _zone(w, "timeout IN MX 10 mx1.dest.test.\nservfail IN MX 10 mx1.dest.test.\n"
+             "loop IN MX 10 mx1.dest.test.\n")
     time.sleep(5.5)  # the resolver remembers a temporary failure for 5 s (RFC 2308 §7.1)
     assert relay.queue("flush").returncode == 0
     assert wait_for(lambda: set(defer) <= delivered(), timeout=20), delivered()
     # the whole server goes away and comes back on the same address
     w.dns.stop()
     gone_id = _send(relay, "g@dest.test")
-    assert wait_for(lambda: ((_show(relay, gone_id) or {}).get("recipients") or [{}])[0].get("status") == "4.4.3",
+    assert wait_for(lambda: ((_show(relay, gone_id) or {}).get("recipients") or [{}])[0]
+                    .get("status") == "4.4.3",
                     timeout=20)
     w.dns.start()
     time.sleep(5.5)
@@ -206,7 +219,8 @@ mx.selfaddr IN A {w.ip(5)}
         counts[r] = sum(r in m.rcpt_to for m in sink.messages)
     assert relay.proc is not None and relay.proc.poll() is None
     log = relay.log()
-    figures("DNS faults (MX-4..11, SEC-12)", scenarios=len(ids) + 1, delivered=len(deliver) + len(defer) + 1,
+    figures("DNS faults (MX-4..11, SEC-12)", scenarios=len(ids) + 1,
+            delivered=len(deliver) + len(defer) + 1,
             bounced_right_code=sum(statuses[r] == c for r, c in bounce.items()),
             deferred_4_4_3_then_recovered=len(defer) + 1, tcp_fallbacks=len(tcp),
             huge_mx_hosts_asked=len(huge_hosts), duplicated=sum(c - 1 for c in counts.values()),
@@ -235,12 +249,15 @@ def test_sec11_mx_to_loopback_or_private_addresses_is_never_dialled(
     sink = w.sink(1)
     relay = w.relay(allow_private_destinations=False)
     for name in PRIVATE_TARGETS:
-        _send(relay, f"u@{name}.test", sender="<>")  # a null sender: no DSN (it could not go anywhere)
+        # a null sender: no DSN (it could not go anywhere)
+        _send(relay, f"u@{name}.test", sender="<>")
     assert wait_for(lambda: not relay.queued(), timeout=20), relay.queued()
     reasons: dict[str, list[str]] = {}
     for name in PRIVATE_TARGETS:
-        done = subprocess.run([sys.executable, "-m", "mxroute", "explain", f"u@{name}.test", "--json"],
-                              cwd=ROOT, env=relay.env, check=False, capture_output=True, text=True, timeout=30)
+        done = subprocess.run([sys.executable, "-m", "mxroute", "explain", f"u@{name}.test",
+                               "--json"],
+                              cwd=ROOT, env=relay.env, check=False, capture_output=True, text=True,
+                              timeout=30)
         report = json.loads(done.stdout)
         assert done.returncode == 69 and report["dsn_status"] == "5.4.4", (name, report["reason"])
         assert report["plan"] == []
@@ -249,7 +266,8 @@ def test_sec11_mx_to_loopback_or_private_addresses_is_never_dialled(
     time.sleep(0.5)
     log = relay.log()
     bounced = [name for name in PRIVATE_TARGETS if re.search(rf"<u@{name}\.test>.*5\.4\.4", log)]
-    figures("SEC-11 forbidden MX targets", targets=len(PRIVATE_TARGETS), connections_to_sink=len(sink.connections),
+    figures("SEC-11 forbidden MX targets", targets=len(PRIVATE_TARGETS),
+            connections_to_sink=len(sink.connections),
             bounced_5_4_4=len(bounced), delivered=len(sink.messages))
     assert sink.connections == []
     assert sorted(bounced) == sorted(PRIVATE_TARGETS)

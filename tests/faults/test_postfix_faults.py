@@ -1,8 +1,9 @@
 """Interop under faults (RTY-1, DUR-6, DUR-7): the real relay delivering to a private Postfix smtpd
-instance (as tests/integration/test_interop_postfix.py: own config and queue, every message put on hold so it
-can be counted) that is stopped in the middle of a burst and started again. Deferred mail drains
-once it is back (``mxroute queue flush``); every acknowledged message reaches Postfix; duplicates
-are counted (only a stop between Postfix's 250 and the relay's state append may duplicate).
+instance (as tests/integration/test_interop_postfix.py: own config and queue, every message put on
+hold so it can be counted) that is stopped in the middle of a burst and started again. Deferred mail
+drains once it is back (``mxroute queue flush``); every acknowledged message reaches Postfix;
+duplicates are counted (only a stop between Postfix's 250 and the relay's state append may
+duplicate).
 
 Skipped with the reason when Postfix is not installed or we are not root; a failure under CI=true.
 """
@@ -42,7 +43,8 @@ HOST = "127.0.3.2"  # not tests/integration/test_interop_postfix.py's 127.0.3.1
 
 
 def _postfix(instance: PostfixInstance, action: str) -> None:
-    done = subprocess.run([str(POSTFIX), "-c", str(instance.config), action], check=False, capture_output=True, timeout=60)
+    done = subprocess.run([str(POSTFIX), "-c", str(instance.config), action], check=False,
+                          capture_output=True, timeout=60)
     assert done.returncode == 0, (action, done.stderr.decode(errors="replace"))
 
 
@@ -79,12 +81,13 @@ def postfix_mta() -> Iterator[PostfixInstance]:
 
 def test_postfix_stopped_mid_run_deferred_mail_drains_when_it_is_back(
         fworld: World, postfix_mta: PostfixInstance, figures: Callable[..., None]) -> None:
-    """RTY-1 with a real MTA: Postfix stops during a burst; mail is deferred, none lost; started again and
-    flushed, every acknowledged message is in Postfix's queue (counted by Message-ID)."""
+    """RTY-1 with a real MTA: Postfix stops during a burst; mail is deferred, none lost; started
+    again and flushed, every acknowledged message is in Postfix's queue (counted by Message-ID)."""
     pf = postfix_mta
     fworld.zone(f"pf IN MX 10 mx.pf.test.\nmx.pf IN A {pf.host}\nsender IN MX 10 mx.sender.test.\n"
                 f"mx.sender IN A {fworld.ip(9)}\n")
-    relay = Relay(fworld.tmp, fworld.dns, pf.port, retry_min_seconds=1, retry_max_seconds=2, connect_timeout=2.0)
+    relay = Relay(fworld.tmp, fworld.dns, pf.port, retry_min_seconds=1, retry_max_seconds=2,
+                  connect_timeout=2.0)
     fworld.relays.append(relay)
     relay.start()
     acked: list[str] = []
@@ -121,7 +124,8 @@ def test_postfix_stopped_mid_run_deferred_mail_drains_when_it_is_back(
     _postfix(pf, "start")
     assert wait_for(lambda: _listening(pf), timeout=20)
     assert relay.queue("flush").returncode == 0
-    assert wait_for(lambda: not relay.queued() and len(pf.held()) >= len(acked), timeout=40), relay.queued()
+    assert wait_for(lambda: not relay.queued() and len(pf.held()) >= len(acked),
+                    timeout=40), relay.queued()
     ids = Counter()
     for queue_id in pf.held():
         match = re.search(r"(?im)^Message-ID:\s*<(pf\d+)@sender.test>", pf.postcat(queue_id, "-h"))
@@ -129,7 +133,8 @@ def test_postfix_stopped_mid_run_deferred_mail_drains_when_it_is_back(
         ids[match.group(1)] += 1
     lost = sorted(set(acked) - set(ids))
     duplicated = sum(c - 1 for c in ids.values() if c > 1)
-    figures("interop: Postfix stopped and started mid-run", messages_sent=30, acknowledged=len(acked),
-            deferred_while_down=deferred, delivered=len(set(ids)), lost=len(lost), duplicated=duplicated)
+    figures("interop: Postfix stopped and started mid-run", messages_sent=30,
+            acknowledged=len(acked), deferred_while_down=deferred, delivered=len(set(ids)),
+            lost=len(lost), duplicated=duplicated)
     assert len(acked) == 30
     assert lost == []

@@ -127,7 +127,8 @@ class PostfixInstance:
 
     def body(self, queue_id: str) -> bytes:
         """The message body as Postfix stored it, with CRLF line ends."""
-        text = self.postcat(queue_id, "-h", "-b")  # headers, an empty line, the body; no record markers
+        # headers, an empty line, the body; no record markers
+        text = self.postcat(queue_id, "-h", "-b")
         lines = [line for line in text.split("\n") if not line.startswith("*** ")]
         body = lines[lines.index("") + 1:]
         if body and body[-1] == "":
@@ -142,7 +143,8 @@ class PostfixInstance:
 
 def stop_postfix(instance: PostfixInstance, root: Path) -> None:
     """``postfix stop``, wait (bounded) until its master process is gone, remove the instance."""
-    subprocess.run([str(POSTFIX), "-c", str(instance.config), "stop"], check=False, capture_output=True, timeout=60)
+    subprocess.run([str(POSTFIX), "-c", str(instance.config), "stop"], check=False,
+                   capture_output=True, timeout=60)
     pid_file = root / "queue" / "pid" / "master.pid"
     deadline = time.monotonic() + 15
     while pid_file.exists() and time.monotonic() < deadline:
@@ -183,7 +185,8 @@ def postfix() -> Iterator[PostfixInstance]:
     (root / "etc" / "main.cf").write_text(MAIN_CF.format(root=root, host=HOST, tls=tls))
     (root / "etc" / "master.cf").write_text(MASTER_CF.format(host=HOST, port=port))
     instance = PostfixInstance(root, HOST, port, bool(tls))
-    started = subprocess.run([str(POSTFIX), "-c", str(instance.config), "start"], capture_output=True, timeout=60, check=False)
+    started = subprocess.run([str(POSTFIX), "-c", str(instance.config), "start"],
+                             capture_output=True, timeout=60, check=False)
     try:
         if started.returncode != 0:
             log = (root / "maillog").read_text() if (root / "maillog").exists() else ""
@@ -209,7 +212,8 @@ def mta(postfix: PostfixInstance) -> Iterator[PostfixInstance]:
     postfix.clear()
 
 
-def _deliver(mta: PostfixInstance, recipients: list[Recipient], message: bytes, envelope: Envelope | None = None,
+def _deliver(mta: PostfixInstance, recipients: list[Recipient], message: bytes,
+             envelope: Envelope | None = None,
              **kw: Any) -> tuple[list[RecipientResult], Courier]:
     settings = Settings(helo_name="relay.test", connect_timeout=5, greeting_timeout=10)
     courier = Courier(settings, **kw)
@@ -226,7 +230,8 @@ def _deliver(mta: PostfixInstance, recipients: list[Recipient], message: bytes, 
     return asyncio.run(asyncio.wait_for(go(), 60)), courier
 
 
-MESSAGE = (b"From: s@src.test\r\nTo: a@interop.test\r\nSubject: interop\r\nDate: Sun, 1 Mar 2026 12:00:00 +0000\r\n"
+MESSAGE = (b"From: s@src.test\r\nTo: a@interop.test\r\nSubject: interop\r\n"
+           b"Date: Sun, 1 Mar 2026 12:00:00 +0000\r\n"
            b"Message-ID: <interop-1@src.test>\r\n\r\nline one\n.\n..two\n.three\nlast")
 
 
@@ -247,7 +252,8 @@ def test_interop_postfix_accepts_and_content_is_exact(mta: PostfixInstance) -> N
 
 def test_interop_postfix_per_recipient_replies_and_enhanced_codes(mta: PostfixInstance) -> None:
     """SESS-5/6: Postfix's 550 5.1.1 fails one recipient, the other is taken."""
-    results, _ = _deliver(mta, [Recipient("a@interop.test"), Recipient("nobody@interop.test")], MESSAGE)
+    results, _ = _deliver(mta, [Recipient("a@interop.test"), Recipient("nobody@interop.test")],
+                          MESSAGE)
     got = {r.recipient: r for r in results}
     assert got["a@interop.test"].disposition is Disposition.DELIVERED
     bad = got["nobody@interop.test"]
@@ -257,7 +263,8 @@ def test_interop_postfix_per_recipient_replies_and_enhanced_codes(mta: PostfixIn
     assert "recipient: nobody@interop.test" not in mta.postcat(queue_id, "-e")
 
 
-def test_interop_postfix_recipient_limit_leftovers_in_further_transactions(mta: PostfixInstance) -> None:
+def test_interop_postfix_recipient_limit_leftovers_in_further_transactions(
+        mta: PostfixInstance) -> None:
     """SESS-9: smtpd_recipient_limit=3 answers 452 4.5.3; the rest follow in new transactions."""
     rcpts = [Recipient(f"u{i}@interop.test") for i in range(7)]
     results, _ = _deliver(mta, rcpts, MESSAGE)
@@ -307,7 +314,8 @@ def test_interop_postfix_connection_reuse(mta: PostfixInstance) -> None:
         try:
             out = []
             for n in range(2):
-                out += await courier.deliver(plan, Envelope("s@src.test"), [Recipient(f"r{n}@interop.test")], MESSAGE)
+                out += await courier.deliver(plan, Envelope("s@src.test"),
+                                             [Recipient(f"r{n}@interop.test")], MESSAGE)
             return out
         finally:
             await courier.close()

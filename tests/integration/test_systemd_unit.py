@@ -15,7 +15,8 @@ from tests.support.paths import ROOT
 
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(
-    ANALYZE is None and os.environ.get("CI") != "true", reason="systemd-analyze is not installed (apt-get install systemd)"
+    ANALYZE is None and os.environ.get("CI") != "true",
+    reason="systemd-analyze is not installed (apt-get install systemd)",
 )
 
 
@@ -34,8 +35,10 @@ def unit_copy(tmp_path: Path, name: str = "mxroute.service") -> Path:
 @needs_analyze
 def test_unit_verifies_clean(tmp_path: Path) -> None:
     unit = unit_copy(tmp_path)
-    result = subprocess.run([ANALYZE or "systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False)
-    complaints = [line for line in (result.stdout + result.stderr).splitlines() if "mxroute" in line]
+    result = subprocess.run([ANALYZE or "systemd-analyze", "verify", str(unit)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    complaints = [line for line in (result.stdout + result.stderr).splitlines()
+                  if "mxroute" in line]
     assert result.returncode == 0 and not complaints, result.stdout + result.stderr
 
 
@@ -55,8 +58,10 @@ def test_security_exposure_at_most_2(tmp_path: Path) -> None:
 
 def test_unit_has_the_promised_settings() -> None:
     text = (ROOT / "systemd" / "mxroute.service").read_text()
-    for line in ("Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "Restart=on-failure", "StateDirectory=mxroute",
-                 "ConfigurationDirectory=mxroute", "AmbientCapabilities=CAP_NET_BIND_SERVICE", "NoNewPrivileges=yes",
-                 "ProtectSystem=strict", "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX", "SystemCallFilter=@system-service"):
+    for line in ("Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "Restart=on-failure",
+                 "StateDirectory=mxroute", "ConfigurationDirectory=mxroute",
+                 "AmbientCapabilities=CAP_NET_BIND_SERVICE", "NoNewPrivileges=yes",
+                 "ProtectSystem=strict", "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+                 "SystemCallFilter=@system-service"):
         assert line in text.splitlines(), line
     assert "u mxroute" in (ROOT / "systemd" / "mxroute.sysusers").read_text()

@@ -1,4 +1,5 @@
-"""Where the project's files are, for tests that read them (config/, systemd/, docs, the conformance data)."""
+"""Where the project's files are, for tests that read them (config/, systemd/, docs, the
+conformance data)."""
 
 from pathlib import Path
 

@@ -130,8 +130,9 @@ def _tls_files() -> tuple[Path, Path]:
                 .serial_number(x509.random_serial_number())
                 .not_valid_before(now - datetime.timedelta(days=1))
                 .not_valid_after(now + datetime.timedelta(days=2))
-                .add_extension(x509.SubjectAlternativeName([x509.DNSName("sink.test"),
-                                                            x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+                .add_extension(x509.SubjectAlternativeName(
+                    [x509.DNSName("sink.test"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                    False)
                 .sign(key, hashes.SHA256())
             )
             directory = Path(tempfile.mkdtemp(prefix="mxroute-sink-tls-"))
@@ -167,7 +168,8 @@ class _Threaded(abc.ABC):
 
     @abc.abstractmethod
     def _protocol(self) -> asyncio.BaseProtocol:
-        """A protocol instance for one accepted connection (Sink: aiosmtpd; RawSink: the byte recorder)."""
+        """A protocol instance for one accepted connection (Sink: aiosmtpd; RawSink: the byte
+        recorder)."""
 
     def start(self) -> None:
         ready = threading.Event()
@@ -176,7 +178,8 @@ class _Threaded(abc.ABC):
             asyncio.set_event_loop(self._loop)
             try:
                 self._server = self._loop.run_until_complete(
-                    self._loop.create_server(self._protocol, host=self.host, port=self.port, reuse_address=True))
+                    self._loop.create_server(self._protocol, host=self.host, port=self.port,
+                                             reuse_address=True))
                 self.port = self._server.sockets[0].getsockname()[1]
             except BaseException as exc:  # noqa: BLE001 -- e.g. the address is in use: reported by start()
                 self._error = exc
@@ -219,7 +222,8 @@ class _Threaded(abc.ABC):
         self.stop()
 
     def wait(self, predicate: Callable[[Any], bool], timeout: float = 5.0) -> bool:
-        """Poll ``predicate(self)`` until true or ``timeout`` seconds pass; return its last value."""
+        """Poll ``predicate(self)`` until true or ``timeout`` seconds pass; return its last
+        value."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
@@ -280,7 +284,8 @@ class Sink(_Threaded):
     def messages(self) -> list[Transaction]:
         """Transactions whose data was accepted (2xx after ".")."""
         with self._lock:
-            return [t for c in self._connections for t in c.transactions if t.data is not None and t.reply[:1] == "2"]
+            return [t for c in self._connections for t in c.transactions
+                    if t.data is not None and t.reply[:1] == "2"]
 
     @property
     def address(self) -> tuple[str, int]:
@@ -669,7 +674,8 @@ class ClosedPort:
 
     def __init__(self, host: str = "127.0.1.1") -> None:
         self.host = host
-        self._socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        self._socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                     socket.SOCK_STREAM)
         self._socket.bind((host, 0))
         self.port: int = self._socket.getsockname()[1]
 

@@ -1,9 +1,10 @@
 """A throw-away certificate authority for TLS tests (TLS-3 ``verify``), made with ``cryptography``.
 
-    ca = TestCA(tmp_path)                     # ca.ca_file: the CA certificate (PEM), for tls_ca_file
+    ca = TestCA(tmp_path)   # ca.ca_file: the CA certificate (PEM), for tls_ca_file
     context = ca.server_context("mx1.dest.test")   # an ssl server context with a leaf for that name
     sink = Sink(..., starttls=True); sink.tls_context = context   # before the first connection
-    context, der, spki = ca.server_leaf("mx1.dest.test")   # also the leaf's DER and SPKI (DANE, TLS-7)
+    # also the leaf's DER and SPKI (DANE, TLS-7):
+    context, der, spki = ca.server_leaf("mx1.dest.test")
 """
 
 from __future__ import annotations
@@ -38,9 +39,12 @@ class TestCA:
             .not_valid_after(now + datetime.timedelta(days=2))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False)
+                                         content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False,
+                                         encipher_only=False, decipher_only=False),
+                           critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()),
+                           critical=False)
             .sign(self.key, hashes.SHA256())
         )
         directory.mkdir(parents=True, exist_ok=True)
@@ -59,16 +63,19 @@ class TestCA:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
+                           critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+                           critical=False)
             .sign(self.key, hashes.SHA256())
         )
         stem = names[0].replace("*", "_")
         cert_path, key_path = self.directory / f"{stem}.crt", self.directory / f"{stem}.key"
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                               serialization.PrivateFormat.PKCS8,
                                                serialization.NoEncryption()))
         return cert_path, key_path
 
@@ -77,12 +84,14 @@ class TestCA:
         return self.server_leaf(*names)[0]
 
     def server_leaf(self, *names: str) -> tuple[ssl.SSLContext, bytes, bytes]:
-        """A TLS server context with a leaf for ``names``, and that leaf's DER certificate and DER SPKI."""
+        """A TLS server context with a leaf for ``names``, and that leaf's DER certificate and DER
+        SPKI."""
         cert_path, key_path = self.leaf_files(*names)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert_path, key_path)
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo)
         return context, cert.public_bytes(serialization.Encoding.DER), spki
 
     @property

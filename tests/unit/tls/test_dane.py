@@ -247,13 +247,17 @@ def test_tls7_host_policy_unusable_only_is_encrypt_and_failed_lookup_is_a_deferr
 def test_tls7_pooled_session_must_be_dane_authenticated_for_that_host() -> None:
     policy = TlsPolicy("dane", "dane", TLSA_NAME, tlsa=(Tlsa(3, 1, 1, b"\x01" * 32),))
     assert not satisfied(policy, tls=True, verified_name=None, exchange="mx.dest.test")
-    assert not satisfied(policy, tls=True, verified_name="mx.dest.test", exchange="mx.dest.test")  # PKIX only
-    assert satisfied(policy, tls=True, verified_name=None, exchange="mx.dest.test", dane_name="mx.dest.test")
-    assert not satisfied(policy, tls=True, verified_name=None, exchange="mx.dest.test", dane_name="mx2.dest.test")
+    # PKIX only
+    assert not satisfied(policy, tls=True, verified_name="mx.dest.test", exchange="mx.dest.test")
+    assert satisfied(policy, tls=True, verified_name=None, exchange="mx.dest.test",
+                     dane_name="mx.dest.test")
+    assert not satisfied(policy, tls=True, verified_name=None, exchange="mx.dest.test",
+                         dane_name="mx2.dest.test")
     # and a DANE-matched (perhaps self-signed) session never passes for PKIX verify (TLS-3)
     assert not satisfied(TlsPolicy("verify"), tls=True, verified_name=None, exchange="mx.dest.test",
                          dane_name="mx.dest.test")
-    assert satisfied(TlsPolicy("dane"), tls=False, verified_name=None, exchange="mx.dest.test")  # unresolved: may
+    # unresolved: may
+    assert satisfied(TlsPolicy("dane"), tls=False, verified_name=None, exchange="mx.dest.test")
 
 
 def test_tls7_probe_verdict_for_dane_levels() -> None:
@@ -261,7 +265,8 @@ def test_tls7_probe_verdict_for_dane_levels() -> None:
     policy = TlsPolicy("dane", "dane", TLSA_NAME, tlsa=(Tlsa(3, 1, 1, b"\x01" * 32),))
     assert probe_verdict(policy, "h", "mx", offered=False) == (
         False, "451 4.7.5 TLS required (dane) but not offered by h")
-    assert probe_verdict(policy, "h", "mx", offered=True) == (True, "dane: certificate matched a TLSA record of mx")
+    assert probe_verdict(policy, "h", "mx", offered=True) == (
+        True, "dane: certificate matched a TLSA record of mx")
 
 
 # --- settings ---------------------------------------------------------------------------

@@ -56,10 +56,12 @@ def test_tls3_satisfied_by_a_session() -> None:
     other = {"tls": True, "verified_name": "mx2.test", "exchange": "mx.test"}
     for level in ("none", "may"):
         assert all(satisfied(TlsPolicy(level), **s) for s in (plain, encrypted, verified))  # type: ignore[arg-type]
-    assert not satisfied(TlsPolicy("encrypt"), **plain) and satisfied(TlsPolicy("encrypt"), **encrypted)  # type: ignore[arg-type]
+    assert (not satisfied(TlsPolicy("encrypt"), **plain)  # type: ignore[arg-type]
+            and satisfied(TlsPolicy("encrypt"), **encrypted))  # type: ignore[arg-type]
     assert not satisfied(TlsPolicy("verify"), **encrypted)  # type: ignore[arg-type]
     assert satisfied(TlsPolicy("verify"), **verified)  # type: ignore[arg-type]
-    assert not satisfied(TlsPolicy("verify"), **other)  # type: ignore[arg-type]  # verified for another MX name
+    # verified for another MX name
+    assert not satisfied(TlsPolicy("verify"), **other)  # type: ignore[arg-type]
     assert not satisfied(TlsPolicy("verify"), tls=True, verified_name="", exchange="")
 
 
@@ -151,19 +153,24 @@ def _toml(tmp_path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("level", "exchange", "offered", "error", "verification", "ok", "starts"), [
+@pytest.mark.parametrize(
+    ("level", "exchange", "offered", "error", "verification", "ok", "starts"), [
     ("none", "mx.t", True, None, False, True, "none: delivery never sends STARTTLS"),
     ("may", "mx.t", False, None, False, True, "may: STARTTLS not offered"),
-    ("may", "mx.t", True, "boom", False, True, "may: TLS failed; delivery retries this host in plain text"),
-    ("encrypt", "mx.t", False, None, False, False, "451 4.7.5 TLS required (encrypt) but not offered by H"),
-    ("encrypt", "mx.t", True, "boom", False, False, "451 4.7.5 TLS required (encrypt) but the handshake with H"),
+    ("may", "mx.t", True, "boom", False, True,
+     "may: TLS failed; delivery retries this host in plain text"),
+    ("encrypt", "mx.t", False, None, False, False,
+     "451 4.7.5 TLS required (encrypt) but not offered by H"),
+    ("encrypt", "mx.t", True, "boom", False, False,
+     "451 4.7.5 TLS required (encrypt) but the handshake with H"),
     ("encrypt", "mx.t", True, None, False, True, "encrypt: TLS established"),
-    ("verify", "mx.t", True, "self-signed", True, False, "451 4.7.5 TLS certificate verification failed for H"),
+    ("verify", "mx.t", True, "self-signed", True, False,
+     "451 4.7.5 TLS certificate verification failed for H"),
     ("verify", "mx.t", True, None, False, True, "verify: certificate verified for mx.t"),
     ("verify", "", True, None, False, False, "451 4.7.5 TLS policy verify needs an MX host name"),
 ])
-def test_exp3_probe_verdict(level: str, exchange: str, offered: bool, error: str | None, verification: bool,
-                            ok: bool, starts: str) -> None:
+def test_exp3_probe_verdict(level: str, exchange: str, offered: bool, error: str | None,
+                            verification: bool, ok: bool, starts: str) -> None:
     """EXP-3: what --probe says is what delivery would do with the host (TLS-3)."""
     got = probe_verdict(TlsPolicy(level), "H", exchange, offered=offered, error=error,  # type: ignore[arg-type]
                         verification=verification)
