@@ -1,4 +1,4 @@
-"""Mail addresses: parse, validate and IDNA-normalise (RFC 5321 §4.1.2, §4.1.3, §4.5.3.1).
+"""Addresses: mail addresses (RFC 5321 §4.1.2, §4.1.3, §4.5.3.1) and ``host:port`` endpoints.
 
 Pure functions, no I/O. A domain comes out lower-case, in A-labels, without a
 trailing dot (MX-1); an address literal comes out as an ``ipaddress`` object (MX-13).
@@ -154,3 +154,34 @@ def _is_ipv4(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# --- host:port endpoints (listen, metrics_listen, dns_servers, --dns) ---------------------------
+
+def _split_hostport(text: str, default_port: int) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port``, ``v6`` or ``host`` → (host, port); ValueError on a bad port."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else default_port
+    if text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        return host, int(port_text)
+    return text, default_port
+
+
+def parse_hostport(text: str, default_port: int = 25) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or ``host`` → (host, port)."""
+    text = text.strip()
+    host, port = _split_hostport(text, default_port)
+    if not host or not 0 <= port < 65536:
+        raise ValueError(f"{text!r} is not host:port")
+    return host, port
+
+
+def parse_dns_server(text: str) -> tuple[str, int]:
+    """A DNS server: ``ip``, ``ip:port``, ``[v6]:port`` or ``v6`` → (ip, port), port 53 by default."""
+    host, port = _split_hostport(text.strip(), 53)
+    ipaddress.ip_address(host)
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} out of range")
+    return host, port

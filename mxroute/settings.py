@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,8 +23,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from mxroute.dns.resolver import Server
-from mxroute.errors import ConfigError
+from mxroute.address import normalize_domain, parse_address, parse_dns_server, parse_hostport
+from mxroute.errors import AddressError, ConfigError
 
 DEFAULT_CONFIG = Path("/etc/mxroute/mxroute.toml")
 
@@ -33,22 +34,63 @@ def _default_spool() -> Path:
     return Path(state.split(":")[0]) if state else Path("spool")
 
 
-def parse_hostport(text: str, default_port: int = 25) -> tuple[str, int]:
-    """``host:port``, ``[v6]:port`` or ``host`` → (host, port)."""
-    text = text.strip()
+# --- the TLS levels (TLS-3; what each demands: mxroute/tls/policy.py) ---------------------------
+
+Level = Literal["none", "may", "encrypt", "verify", "dane"]
+LEVELS: tuple[Level, ...] = ("none", "may", "encrypt", "verify", "dane")
+
+
+def check_level(value: object, what: str = "TLS policy level") -> Level:
+    """``value`` as a level, or ValueError naming the allowed ones."""
+    text = str(value).strip().lower() if isinstance(value, str) else value
+    if text not in LEVELS:
+        raise ValueError(f"unknown {what} {value!r} (one of {', '.join(LEVELS)})")
+    return text
+
+
+def normalize_key(key: str) -> str:
+    """A table key: lower-case A-labels, no trailing dot; a leading dot (subdomains) is kept.
+
+    An address literal (``[192.0.2.1]``, ``[IPv6:2001:db8::1]``) is kept in its canonical form.
+    """
+    text = key.strip().rstrip(".")
     if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = int(rest[1:]) if rest.startswith(":") else default_port
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-        port = int(port_text)
-    elif text.count(":") > 1:
-        host, port = text, default_port
-    else:
-        host, port = text, default_port
-    if not host or not 0 <= port < 65536:
-        raise ValueError(f"{text!r} is not host:port")
-    return host, port
+        try:
+            return parse_address(f"postmaster@{text}").domain.lower()
+        except AddressError as exc:
+            raise ValueError(f"{key!r} is not an address literal: {exc.message}") from None
+    dot = text.startswith(".")
+    name = text[1:] if dot else text
+    if not name:
+        raise ValueError(f"{key!r} is not a domain")
+    try:
+        name = normalize_domain(name)
+    except AddressError as exc:
+        raise ValueError(f"{key!r} is not a domain: {exc.message}") from None
+    return ("." if dot else "") + name
+
+
+def normalize_table(table: Mapping[str, object]) -> dict[str, Level]:
+    """Validate ``tls_policy_domains``: domain keys, known levels (ValueError names the culprit)."""
+    out: dict[str, Level] = {}
+    for key, value in table.items():
+        out[normalize_key(str(key))] = check_level(value, f"TLS policy level for {key}:")
+    return out
+
+
+def check_ca_file(path: Path) -> Path:
+    """ValueError unless ``path`` is a readable PEM bundle with at least one certificate."""
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist")
+    import ssl  # only when a bundle is configured: start-up stays lean
+
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(path))
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"{path} is not a PEM CA bundle: {exc}") from None
+    if not context.get_ca_certs():
+        raise ValueError(f"{path} holds no CA certificate")
+    return path
 
 
 class Settings(BaseSettings):
@@ -163,28 +205,22 @@ class Settings(BaseSettings):
     @classmethod
     def _servers(cls, value: list[str]) -> list[str]:
         for item in value:
-            Server.parse(item)
+            parse_dns_server(item)
         return value
 
     @field_validator("tls_policy")
     @classmethod
     def _tls_policy(cls, value: str) -> str:
-        from mxroute.tls.policy import check_level
-
         return check_level(value)
 
     @field_validator("tls_policy_domains")
     @classmethod
     def _tls_policy_domains(cls, value: dict[str, str]) -> dict[str, str]:
-        from mxroute.tls.policy import normalize_table
-
         return dict(normalize_table(value))
 
     @field_validator("tls_ca_file")
     @classmethod
     def _tls_ca_file(cls, value: Path | None) -> Path | None:
-        from mxroute.tls.policy import check_ca_file
-
         return None if value is None else check_ca_file(value)
 
     @field_validator("egress_ips")
@@ -195,8 +231,6 @@ class Settings(BaseSettings):
     @field_validator("helo_name")
     @classmethod
     def _helo(cls, value: str) -> str:
-        from mxroute.address import normalize_domain
-
         if value.startswith("["):
             return value
         return normalize_domain(value.rstrip("."))
@@ -219,9 +253,6 @@ class Settings(BaseSettings):
         return self
 
     # --- derived values ---
-    def dns_server_list(self) -> list[Server]:
-        return [Server.parse(item) for item in self.dns_servers]
-
     def listen_addresses(self) -> list[tuple[str, int]]:
         return [parse_hostport(item, 2525) for item in self.listen]
 

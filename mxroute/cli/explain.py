@@ -20,7 +20,7 @@ from mxroute.routing.route import mta_sts_reach, policy_from_settings, route
 from mxroute.settings import Settings
 from mxroute.tls import host as hosttls
 from mxroute.tls.mtasts.policy import Lookup, skip_reason
-from mxroute.tls.policy import TlsPolicy, of_settings
+from mxroute.tls.policy import TlsPolicy
 
 EXIT_CODES = {Verdict.DELIVERABLE: EX_OK, Verdict.TEMPORARY: EX_TEMPFAIL,
               Verdict.PERMANENT: EX_UNAVAILABLE}
@@ -91,9 +91,9 @@ async def run_explain(address: Address, settings: Settings, resolver: Resolver, 
     host's banner, EHLO and STARTTLS, and every DNS answer seen on the way.
     """
     policy = policy_from_settings(settings)
-    plan = await route(resolver, address.domain, policy, random.Random(seed))
-    report = Report(address, plan, [])
-    report.tls = of_settings(plan.domain, settings)  # EXP-3: the lookup delivery makes
+    routed = await route(resolver, address.domain, policy, random.Random(seed), settings)
+    plan = routed.plan
+    report = Report(address, plan, [], tls=routed.tls)  # EXP-3: the level delivery applies
     await _add_mta_sts(report, settings, resolver)
     await _add_identity(report, settings, resolver, list(egress_ips or settings.egress_ips),
                         sender, helo or settings.helo_name)

@@ -188,7 +188,7 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def _resolver(args: argparse.Namespace, settings: Any, trace: bool) -> Any:
-    from mxroute.routing.route import resolver_from_settings
+    from mxroute.dns.configured import resolver_from_settings
 
     try:
         return resolver_from_settings(settings, args.zone, trace_size=None if trace else 0)

@@ -19,9 +19,9 @@ from email.parser import BytesHeaderParser
 from email.utils import formatdate, getaddresses, make_msgid
 from typing import BinaryIO
 
-from mxroute.address import parse_address
+from mxroute.address import parse_address, parse_hostport
 from mxroute.errors import EX_DATAERR, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE, AddressError
-from mxroute.settings import Settings, parse_hostport
+from mxroute.settings import Settings
 
 # Flags sendmail accepts that change nothing here (queueing, delivery mode, error mode).
 _IGNORED = {"-odb", "-odi", "-odq", "-oem", "-oep", "-oeq", "-bm", "-U", "-v", "-oee", "-oew",

@@ -31,6 +31,8 @@ import dns.rdatatype
 import dns.rdtypes.ANY.SOA
 import dns.rrset
 
+from mxroute.address import parse_dns_server
+
 MAX_CNAME_CHAIN = 16  # as mox; RFC 5321 §5.1 only says "process as if it were the initial name"
 DEFAULT_NEGATIVE_TTL = 60  # when a negative answer carries no SOA (RFC 2308 §5: SHOULD NOT cache; we cache briefly)
 MAX_TTL = 86400  # cap, as RFC 2308 §5 suggests for negative answers and dnspython does for positive
@@ -364,22 +366,8 @@ class Server:
 
     @classmethod
     def parse(cls, text: str) -> Server:
-        """Parse ``ip``, ``ip:port``, ``[v6]:port`` or ``v6``."""
-        import ipaddress
-
-        text = text.strip()
-        if text.startswith("["):
-            host, _, rest = text[1:].partition("]")
-            port = int(rest[1:]) if rest.startswith(":") else 53
-        elif text.count(":") == 1:
-            host, _, port_text = text.partition(":")
-            port = int(port_text)
-        else:
-            host, port = text, 53
-        ipaddress.ip_address(host)
-        if not 0 < port < 65536:
-            raise ValueError(f"port {port} out of range")
-        return cls(host, port)
+        """Parse ``ip``, ``ip:port``, ``[v6]:port`` or ``v6`` (``address.parse_dns_server``)."""
+        return cls(*parse_dns_server(text))
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"

@@ -43,7 +43,7 @@ class Verdict(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class RoutingPolicy:
-    """The settings routing depends on (from Settings; see routing.policy_from_settings)."""
+    """The settings the planner depends on (from Settings: ``routing.route.policy_from_settings``)."""
 
     family: Family = "ipv6-first"
     port: int = 25
@@ -51,9 +51,6 @@ class RoutingPolicy:
     allow_private: bool = False  # SEC-11
     self_names: frozenset[str] = frozenset()  # MX-11: helo_name and other names of this relay
     self_addresses: frozenset[str] = frozenset()  # MX-11: listen and egress addresses
-    # TLS-7: the TLS levels, so routing knows which destinations want their TLSA records (level "dane")
-    tls_policy: str = "may"
-    tls_policy_domains: tuple[tuple[str, str], ...] = ()
 
     @property
     def families(self) -> tuple[int, ...]:

@@ -2,7 +2,8 @@
 
 ``route()`` is what delivery calls on every attempt (MX-18: re-resolved each
 time, the resolver's cache honouring TTLs) and what ``explain`` calls to show
-it. The DNS I/O lives here; every decision lives in ``plan.build_plan``.
+it. The DNS I/O lives here; every decision lives in ``plan.build_plan``. It returns
+the plan with the destination's TLS level (``Route``): the one place that level is looked up.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+from dataclasses import dataclass
 
-from mxroute.address import parse_literal
+from mxroute.address import parse_hostport, parse_literal
 from mxroute.dns.resolver import Answer, Outcome, Resolver
 from mxroute.routing.plan import (
     MAX_MX_NAMES,
@@ -26,10 +28,10 @@ from mxroute.routing.plan import (
     is_ip_name,
     mx_records,
 )
-from mxroute.settings import Settings, parse_hostport
+from mxroute.settings import Settings
 from mxroute.tls import dane
 from mxroute.tls.mtasts.fetch import Reach
-from mxroute.tls.policy import STATUS, policy_for
+from mxroute.tls.policy import STATUS, TlsPolicy, of_settings
 
 
 async def gather(resolver: Resolver, domain: str, policy: RoutingPolicy) -> DomainFacts:
@@ -57,24 +59,35 @@ async def _host(resolver: Resolver, name: str, policy: RoutingPolicy) -> HostFac
     return HostFacts(name, a=a, aaaa=aaaa)
 
 
-async def route(resolver: Resolver, domain: str, policy: RoutingPolicy, rng: random.Random) -> Plan:
-    """The ordered delivery plan for ``domain``: gather facts, then decide."""
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What ``route()`` found for a destination: the plan, and the TLS level delivery applies.
+
+    ``tls`` is looked up once, here, from ``tls_policy`` and ``tls_policy_domains`` (TLS-3):
+    routing needs it for DANE (TLS-7), the courier applies it and ``explain`` shows it (EXP-3).
+    Whether MTA-STS is consulted follows from both (``tls.mtasts.skip_reason``); its fetch is the
+    caller's step, made only when it is needed.
+    """
+
+    plan: Plan
+    tls: TlsPolicy
+
+
+async def route(
+    resolver: Resolver, domain: str, policy: RoutingPolicy, rng: random.Random, settings: Settings,
+) -> Route:
+    """The ordered delivery plan for ``domain`` and its TLS level: gather facts, then decide."""
+    tls = of_settings(domain, settings)
     facts = await gather(resolver, domain, policy)
     plan = build_plan(facts, policy, rng)
-    if wants_dane(policy, domain):  # TLS-7: the DANE posture of the planned hosts
+    if tls.level == "dane" and not domain.startswith("["):  # TLS-7: the planned hosts' posture
         posture = await _dane(resolver, facts, plan, policy.port)
         decisions = plan.decisions + tuple(Decision(*line) for line in posture.decisions())
         plan = dataclasses.replace(plan, dane=posture, decisions=decisions)
         if plan.deliverable and posture.unreachable:  # RFC 7672 §2.2: no host may be tried now
-            plan = dataclasses.replace(plan, verdict=Verdict.TEMPORARY, reason=posture.unreachable, dsn_status=STATUS)
-    return plan
-
-
-def wants_dane(policy: RoutingPolicy, domain: str) -> bool:
-    """Is ``domain`` at the TLS level "dane" (an MX host name to look TLSA records up for)?"""
-    if domain.startswith("["):
-        return False
-    return policy_for(domain, policy.tls_policy, dict(policy.tls_policy_domains)).level == "dane"
+            plan = dataclasses.replace(plan, verdict=Verdict.TEMPORARY, reason=posture.unreachable,
+                                       dsn_status=STATUS)
+    return Route(plan, tls)
 
 
 async def _dane(resolver: Resolver, facts: DomainFacts, plan: Plan, port: int) -> dane.DanePosture:
@@ -105,8 +118,6 @@ def policy_from_settings(settings: Settings) -> RoutingPolicy:
         allow_private=settings.allow_private_destinations,
         self_names=frozenset(names),
         self_addresses=frozenset(addresses),
-        tls_policy=settings.tls_policy,
-        tls_policy_domains=tuple(sorted(settings.tls_policy_domains.items())),
     )
 
 
@@ -116,25 +127,3 @@ def mta_sts_reach(settings: Settings) -> Reach:
     policy = policy_from_settings(settings)
     screen = None if policy.allow_private else blocked
     return Reach(settings.mta_sts_port, settings.tls_ca_file, policy.families, screen)
-
-
-def resolver_from_settings(settings: Settings, zones: list[str] | None = None, trace_size: int | None = 0) -> Resolver:
-    """The shared resolver as the settings (or ``--zone`` files) configure it.
-
-    ``trace_size`` 0 keeps no trace (the daemon); None keeps every query (``explain``).
-    """
-    from mxroute.dns.resolver import NetworkTransport, Transport
-
-    transport: Transport
-    if zones:
-        # dns.zonefile and friends only when asked for: explain's start-up stays short
-        from mxroute.dns.zonefile import ZoneData, ZoneTransport
-
-        transport = ZoneTransport(ZoneData.from_files(zones), list(zones), authenticated_data=settings.dns_trust_ad)
-    elif settings.dns_servers:
-        transport = NetworkTransport(settings.dns_server_list(), settings.dns_timeout, settings.dns_attempts,
-                                     authenticated_data=settings.dns_trust_ad)
-    else:
-        transport = NetworkTransport.system(settings.dns_timeout, settings.dns_attempts, settings.dns_trust_ad)
-    return Resolver(transport, cache_size=settings.dns_cache_size, trace_size=trace_size,
-                    trust_ad=settings.dns_trust_ad)

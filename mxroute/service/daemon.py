@@ -40,11 +40,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from mxroute.dns.configured import RESOLVER_SETTINGS, resolver_from_settings
 from mxroute.dns.resolver import Resolver
 from mxroute.errors import EX_OK, EX_OSERR, EX_SOFTWARE, ConfigError, MxrouteError
 from mxroute.relay.intake.handler import Intake
 from mxroute.relay.spool.store import Spool
-from mxroute.routing.route import resolver_from_settings
 from mxroute.service import sdnotify
 from mxroute.service.link import ChildLink, LocalLink
 from mxroute.service.logsetup import flush_log, setup_logging
@@ -59,7 +59,6 @@ DELIVERY_GRACE = 4.0
 STATUS_INTERVAL = 5.0  # at most one STATUS= update per this many seconds
 # Bound or opened once at start: a reload keeps the old value and says so.
 RESTART_ONLY = ("listen", "spool_dir", "metrics_listen", "delivery_processes")
-_DNS = ("dns_servers", "dns_timeout", "dns_attempts", "dns_cache_size", "dns_trust_ad")
 
 Loader = Callable[[], Settings]
 
@@ -190,7 +189,8 @@ class Relay:
                         ", ".join(kept), "needs" if len(kept) == 1 else "need")
             new = new.model_copy(update={name: getattr(old, name) for name in kept})
         # a fresh resolver when a dns_* setting changed: no answer of the old servers is kept
-        resolver = resolver_from_settings(new) if any(name in changed for name in _DNS) else None
+        dns_changed = any(name in changed for name in RESOLVER_SETTINGS)
+        resolver = resolver_from_settings(new) if dns_changed else None
         try:
             # reads the certificate and credentials files: may fail
             self.intake.reconfigure(new, resolver)
@@ -201,7 +201,7 @@ class Relay:
         if resolver is not None:
             self.resolver = resolver
         # SPF-10/12: the new identity
-        if any(name in changed for name in ("egress_ips", "helo_name", *_DNS)):
+        if any(name in changed for name in ("egress_ips", "helo_name", *RESOLVER_SETTINGS)):
             from mxroute.identity.selfcheck import watch
 
             self.intake.on_queued = watch(new, self.resolver, self.link.queued)

@@ -28,9 +28,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
+from mxroute.address import parse_hostport
 from mxroute.errors import EX_OSERR, MxrouteError
 from mxroute.service.attempts import ATTEMPT_BUCKETS
-from mxroute.settings import parse_hostport
 
 log = logging.getLogger(__name__)
 

@@ -32,11 +32,12 @@ import socket
 import sys
 from typing import Any
 
+from mxroute.dns.configured import RESOLVER_SETTINGS, resolver_from_settings
 from mxroute.relay.queue.manager import QueueManager
 from mxroute.relay.queue.plans import PlanCache
 from mxroute.relay.spool.format import QUEUE_ID
 from mxroute.relay.spool.store import Spool
-from mxroute.routing.route import mta_sts_reach, resolver_from_settings
+from mxroute.routing.route import mta_sts_reach
 from mxroute.service.attempts import AttemptTimer, TimedCourier
 from mxroute.service.link import Lines, decode_settings
 from mxroute.service.logsetup import setup_logging
@@ -44,7 +45,6 @@ from mxroute.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_DNS = ("dns_servers", "dns_timeout", "dns_attempts", "dns_cache_size", "dns_trust_ad")
 RESCAN_SECONDS = 30.0  # the spool is listed this often for messages whose notice never arrived
 SETTLE_SECONDS = 10.0  # a rescan leaves younger files to the next one (maybe not yet committed)
 
@@ -87,7 +87,7 @@ class Delivery:
         self.queue.reconfigure(new)
         self.courier.settings, self.mta_sts.reach = new, mta_sts_reach(new)
         # no answer of the old servers is kept
-        if any(getattr(new, name) != getattr(old, name) for name in _DNS):
+        if any(getattr(new, name) != getattr(old, name) for name in RESOLVER_SETTINGS):
             fresh = resolver_from_settings(new)
             fresh.stats = self.resolver.stats  # the counters go on (metrics)
             self.resolver = self.queue.resolver = self.mta_sts.resolver = fresh

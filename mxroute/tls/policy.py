@@ -35,12 +35,13 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from mxroute.tls.tlsa import Tlsa
 
-Level = Literal["none", "may", "encrypt", "verify", "dane"]
-LEVELS: tuple[Level, ...] = ("none", "may", "encrypt", "verify", "dane")
+if TYPE_CHECKING:
+    from mxroute.settings import Level
+
 DEFAULT_SOURCE = "tls_policy"
 TABLE_SOURCE = "tls_policy_domains"
 STATUS = "4.7.5"  # RFC 3463 X.7.5 "cryptographic failure", as Postfix defers TLS policy failures
@@ -76,65 +77,25 @@ class TlsPolicy:
         return body
 
 
-def check_level(value: object, what: str = "TLS policy level") -> Level:
-    """``value`` as a level, or ValueError naming the allowed ones."""
-    text = str(value).strip().lower() if isinstance(value, str) else value
-    if text not in LEVELS:
-        raise ValueError(f"unknown {what} {value!r} (one of {', '.join(LEVELS)})")
-    return text
-
-
-def normalize_key(key: str) -> str:
-    """A table key: lower-case A-labels, no trailing dot; a leading dot (subdomains) is kept.
-
-    An address literal (``[192.0.2.1]``, ``[IPv6:2001:db8::1]``) is kept in its canonical form.
-    """
-    from mxroute.address import normalize_domain, parse_address
-    from mxroute.errors import AddressError
-
-    text = key.strip().rstrip(".")
-    if text.startswith("["):
-        try:
-            return parse_address(f"postmaster@{text}").domain.lower()
-        except AddressError as exc:
-            raise ValueError(f"{key!r} is not an address literal: {exc.message}") from None
-    dot = text.startswith(".")
-    name = text[1:] if dot else text
-    if not name:
-        raise ValueError(f"{key!r} is not a domain")
-    try:
-        name = normalize_domain(name)
-    except AddressError as exc:
-        raise ValueError(f"{key!r} is not a domain: {exc.message}") from None
-    return ("." if dot else "") + name
-
-
-def normalize_table(table: Mapping[str, object]) -> dict[str, Level]:
-    """Validate ``tls_policy_domains``: domain keys, known levels (ValueError names the culprit)."""
-    out: dict[str, Level] = {}
-    for key, value in table.items():
-        out[normalize_key(str(key))] = check_level(value, f"TLS policy level for {key}:")
-    return out
-
-
-def policy_for(domain: str, default: str, table: Mapping[str, str]) -> TlsPolicy:
+def policy_for(domain: str, default: Level, table: Mapping[str, Level]) -> TlsPolicy:
     """The effective policy for ``domain`` (an A-label name, or an address literal).
 
     Exact entry first, then ``.parent`` entries from the nearest parent up, then
-    the default level.
+    the default level. Levels and keys as the settings validated them (``settings.check_level``,
+    ``settings.normalize_table``).
     """
     name = domain.strip().rstrip(".").lower()
     level = table.get(name)
     if level is not None:
-        return TlsPolicy(check_level(level), TABLE_SOURCE, name)
+        return TlsPolicy(level, TABLE_SOURCE, name)
     if not name.startswith("["):
         labels = name.split(".")
         for i in range(1, len(labels)):
             key = "." + ".".join(labels[i:])
             level = table.get(key)
             if level is not None:
-                return TlsPolicy(check_level(level), TABLE_SOURCE, key)
-    return TlsPolicy(check_level(default), DEFAULT_SOURCE, None)
+                return TlsPolicy(level, TABLE_SOURCE, key)
+    return TlsPolicy(default, DEFAULT_SOURCE, None)
 
 
 def of_settings(domain: str, settings: Any) -> TlsPolicy:
@@ -185,21 +146,7 @@ def verify_context(ca_file: Path | str | None = None) -> ssl.SSLContext:
     return context
 
 
-def check_ca_file(path: Path) -> Path:
-    """ValueError unless ``path`` is a readable PEM bundle with at least one certificate."""
-    if not path.is_file():
-        raise ValueError(f"{path} does not exist")
-    try:
-        context = verify_context(path)
-    except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"{path} is not a PEM CA bundle: {exc}") from None
-    if not context.get_ca_certs():
-        raise ValueError(f"{path} holds no CA certificate")
-    return path
-
-
 __all__ = [
-    "LEVELS", "STATUS", "Level", "TlsPolicy", "check_ca_file", "check_level", "handshake_failed",
-    "no_name", "normalize_table", "not_offered", "opportunistic_context", "policy_for", "refused",
-    "verify_context",
+    "STATUS", "TlsPolicy", "handshake_failed", "no_name", "not_offered", "opportunistic_context",
+    "policy_for", "refused", "verify_context",
 ]

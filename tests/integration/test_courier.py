@@ -856,14 +856,16 @@ def test_routed_plan_prefers_lower_preference_and_falls_back(dns_server: DNSServ
         )
 
         async def go() -> list[RecipientResult]:
-            the_plan = await route(
-                resolver_for(dns_server), "dest.test", policy_from_settings(s), random.Random(1)
+            routed = await route(
+                resolver_for(dns_server), "dest.test", policy_from_settings(s), random.Random(1), s
             )
+            the_plan = routed.plan
             assert [t.exchange for t in the_plan.targets] == ["mx1.dest.test", "mx2.dest.test"]
             courier = Courier(s)
             try:
                 return await courier.deliver(
-                    the_plan, Envelope("s@src.test"), [Recipient("a@dest.test")], MESSAGE
+                    the_plan, Envelope("s@src.test"), [Recipient("a@dest.test")], MESSAGE,
+                    tls=routed.tls,
                 )
             finally:
                 await courier.close()

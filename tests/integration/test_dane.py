@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
+from mxroute.dns.configured import resolver_from_settings
 from mxroute.dns.resolver import NetworkTransport, Outcome, Resolver, Server
 from mxroute.relay.courier.courier import Courier
 from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult
 from mxroute.routing.plan import Plan
-from mxroute.routing.route import policy_from_settings, resolver_from_settings, route
+from mxroute.routing.route import policy_from_settings, route
 from tests.support.courierkit import MESSAGE, courier_settings
 from tests.support.dnsserver import DNSServer
 from tests.support.relay import free_port, next_net
@@ -94,10 +95,12 @@ class Site:
             try:
                 for i in range(count):
                     policy = policy_from_settings(settings)
-                    plan = await route(resolver, "dest.test", policy, random.Random(1))
+                    routed = await route(resolver, "dest.test", policy, random.Random(1), settings)
+                    plan = routed.plan
                     rcpt = Recipient(f"u{i}@dest.test")
                     envelope = Envelope("s@src.test", [rcpt])
-                    out += await courier.deliver(plan, envelope, [rcpt], MESSAGE, queue_id="Q1")
+                    out += await courier.deliver(plan, envelope, [rcpt], MESSAGE, tls=routed.tls,
+                                                 queue_id="Q1")
                 return out, plan
             finally:
                 await courier.close()

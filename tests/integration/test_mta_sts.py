@@ -22,6 +22,7 @@ from mxroute.routing.plan import Plan, Target, Verdict
 from mxroute.routing.route import mta_sts_reach
 from mxroute.tls.mtasts.policy import Lookup
 from mxroute.tls.mtasts.store import MtaSts
+from mxroute.tls.policy import of_settings
 from tests.conftest import resolver_for
 from tests.support.courierkit import MESSAGE, courier_settings
 from tests.support.dnsserver import DNSServer
@@ -234,7 +235,9 @@ def deliver(courier: Courier, the_plan: Plan) -> RecipientResult:
     async def go() -> RecipientResult:
         try:
             envelope = Envelope("s@src.test", [rcpt])
-            [result] = await courier.deliver(the_plan, envelope, [rcpt], MESSAGE, queue_id="Q1")
+            tls = of_settings(the_plan.domain, courier.settings)  # as route() looks it up
+            [result] = await courier.deliver(the_plan, envelope, [rcpt], MESSAGE, tls=tls,
+                                             queue_id="Q1")
             return result
         finally:
             await courier.close()

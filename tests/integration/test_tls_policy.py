@@ -18,6 +18,7 @@ import pytest
 from mxroute.relay.courier.courier import Courier
 from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult
 from mxroute.routing.plan import Plan, Target, Verdict
+from mxroute.tls.policy import of_settings
 from tests.support.courierkit import MESSAGE
 from tests.support.courierkit import courier_settings as settings
 from tests.support.smtpsink import RawSink, Sink, tls_available
@@ -52,7 +53,8 @@ def deliver(the_plan: Plan, courier: Courier, rcpt: str = "a@dest.test") -> Reci
     async def go() -> RecipientResult:
         try:
             [result] = await courier.deliver(
-                the_plan, Envelope("s@src.test", [recipient]), [recipient], MESSAGE, queue_id="Q1"
+                the_plan, Envelope("s@src.test", [recipient]), [recipient], MESSAGE,
+                tls=of_settings(the_plan.domain, courier.settings), queue_id="Q1",
             )
             return result
         finally:
@@ -269,6 +271,7 @@ def test_tls3_pooled_plain_session_not_reused_for_a_stricter_domain() -> None:
                 Envelope("s@src.test", [b]),
                 [b],
                 MESSAGE,
+                tls=of_settings("secure.test", s),
             )
             return first, second
         finally:
@@ -295,7 +298,8 @@ def test_tls3_verified_session_reused_for_the_same_mx_name(tmp_path: Path) -> No
             for rcpt in ("a@dest.test", "b@dest.test"):
                 r = Recipient(rcpt)
                 out += await courier.deliver(
-                    plan(target(1, sink)), Envelope("s@src.test", [r]), [r], MESSAGE
+                    plan(target(1, sink)), Envelope("s@src.test", [r]), [r], MESSAGE,
+                    tls=of_settings("dest.test", s),
                 )
             return out
         finally:

@@ -18,7 +18,9 @@ from mxroute.relay.queue.manager import QueueManager
 from mxroute.relay.spool.format import MessageMeta, RecipientState, new_queue_id
 from mxroute.relay.spool.store import Spool
 from mxroute.routing.plan import Plan, RoutingPolicy, Verdict
+from mxroute.routing.route import Route
 from mxroute.settings import Settings
+from mxroute.tls.policy import TlsPolicy
 
 DEFER = (Disposition.DEFERRED, "4.4.1", "451 4.4.1 try later")
 REJECT = (Disposition.BOUNCED, "5.1.1", "550 5.1.1 no such user")
@@ -39,7 +41,8 @@ class FakeCourier:
         self.script[address] = list(replies)
 
     async def deliver(self, plan: Plan, envelope: Envelope, recipients: list[Recipient],
-                      message_bytes: bytes, *, queue_id: str) -> list[RecipientResult]:
+                      message_bytes: bytes, *, tls: TlsPolicy, queue_id: str,
+                      ) -> list[RecipientResult]:
         self.calls.append((plan.domain, [r.address for r in recipients]))
         results = []
         for r in recipients:
@@ -60,9 +63,9 @@ class FakeCourier:
 
 
 async def fake_route(resolver: Any, domain: str, policy: RoutingPolicy,
-                     rng: random.Random) -> Plan:
-    """Every domain deliverable, with no DNS asked."""
-    return Plan(domain, Verdict.DELIVERABLE, "test", "2.0.0")
+                     rng: random.Random, settings: Settings) -> Route:
+    """Every domain deliverable at the default TLS level, with no DNS asked."""
+    return Route(Plan(domain, Verdict.DELIVERABLE, "test", "2.0.0"), TlsPolicy())
 
 
 class RecordingSpool(Spool):

@@ -133,9 +133,13 @@ class Courier:
         recipients: list[Recipient],
         message: bytes,
         *,
+        tls: TlsPolicy = TlsPolicy(),
         queue_id: str | None = None,
     ) -> list[RecipientResult]:
-        """Deliver ``message`` to ``recipients`` (all of ``plan.domain``); one result for each."""
+        """Deliver ``message`` to ``recipients`` (all of ``plan.domain``); one result for each.
+
+        ``tls``: the destination's TLS level, as ``routing.route()`` looked it up with the plan.
+        """
         started = time.monotonic()
         body = canonical_data(message)
         addresses_ascii = envelope.sender.isascii() and all(r.address.isascii() for r in recipients)
@@ -144,7 +148,7 @@ class Courier:
             body=body,
             eight_bit=not body.isascii(),
             utf8=not addresses_ascii or (envelope.smtputf8 and not _headers(body).isascii()),
-            tls=self.tls_policy(plan.domain),
+            tls=tls,
             dane=plan.dane,
         )
         valid = _valid(attempt, envelope, recipients)
@@ -176,10 +180,6 @@ class Courier:
         for result in {r.recipient: r for r in out}.values():
             _log_result(queue_id, result, delay)
         return out
-
-    def tls_policy(self, domain: str) -> TlsPolicy:
-        """The TLS policy for mail to ``domain`` (TLS-3; ``explain`` shows the same lookup)."""
-        return tlspolicy.of_settings(domain, self.settings)
 
     def forget_unreachable(self) -> None:
         """Try every host again at the next delivery, and fetch MTA-STS policies whose last fetch

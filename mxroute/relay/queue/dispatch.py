@@ -20,6 +20,8 @@ from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientRe
 from mxroute.relay.queue.slots import Slots
 from mxroute.relay.spool.format import MessageMeta, RecipientState
 from mxroute.routing.plan import Plan
+from mxroute.routing.route import Route
+from mxroute.tls.policy import TlsPolicy
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,7 @@ class CourierLike(Protocol):
 
     async def deliver(
         self, plan: Plan, envelope: Envelope, recipients: list[Recipient], message: bytes, *,
-        queue_id: str | None = None,
+        tls: TlsPolicy, queue_id: str | None = None,
     ) -> list[RecipientResult]: ...
 
     def forget_unreachable(self) -> None: ...
@@ -41,10 +43,10 @@ class Dispatcher:
     """Groups due recipients by domain, routes each domain and has the courier deliver."""
 
     def __init__(
-        self, courier: CourierLike, route: Callable[[str], Awaitable[Plan]], slots: Slots,
+        self, courier: CourierLike, route: Callable[[str], Awaitable[Route]], slots: Slots,
     ) -> None:
         self.courier = courier
-        self.route = route  # domain -> its delivery plan
+        self.route = route  # domain -> its delivery plan and TLS level
         self.slots = slots
 
     async def deliver(
@@ -77,9 +79,9 @@ class Dispatcher:
         rcpts: list[RecipientState], recipients: list[Recipient],
     ) -> list[RecipientResult]:
         try:
-            plan = await self.route(domain)
-            results = await self.courier.deliver(plan, envelope, recipients, message,
-                                                 queue_id=meta.queue_id)
+            routed = await self.route(domain)
+            results = await self.courier.deliver(routed.plan, envelope, recipients, message,
+                                                 tls=routed.tls, queue_id=meta.queue_id)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # never crash the worker (SEC-12); the recipients stay queued

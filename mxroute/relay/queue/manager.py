@@ -32,8 +32,8 @@ from mxroute.relay.queue.slots import Slots
 from mxroute.relay.queue.timetable import Timetable
 from mxroute.relay.spool.format import DELIVERED, CorruptFile, MessageMeta, RecipientState
 from mxroute.relay.spool.store import Spool
-from mxroute.routing.plan import Plan, RoutingPolicy
-from mxroute.routing.route import policy_from_settings, route
+from mxroute.routing.plan import RoutingPolicy
+from mxroute.routing.route import Route, policy_from_settings, route
 from mxroute.settings import Settings
 from mxroute.text import LISTING, safe_text
 
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0  # how often the spool is checked for `mxroute queue flush`
 
 
-RouteFn = Callable[[Resolver, str, RoutingPolicy, random.Random], Awaitable[Plan]]
+RouteFn = Callable[[Resolver, str, RoutingPolicy, random.Random, Settings], Awaitable[Route]]
 
 
 def timing_of(settings: Settings) -> Timing:
@@ -326,12 +326,12 @@ class QueueManager:
         if not meta.done:
             self.add(meta)
 
-    async def _route(self, domain: str) -> Plan:
-        """The plan for ``domain``: ``route()``'s, or the plan cache's when this queue has one."""
-        policy = self.policy
+    async def _route(self, domain: str) -> Route:
+        """The route for ``domain``: ``route()``'s, or the plan cache's when this queue has one."""
+        policy, settings = self.policy, self.settings
 
-        def ask() -> Awaitable[Plan]:
-            return self.route_fn(self.resolver, domain, policy, self.rng)
+        def ask() -> Awaitable[Route]:
+            return self.route_fn(self.resolver, domain, policy, self.rng, settings)
 
         return await (ask() if self.plans is None else self.plans.plan(domain, policy, ask))
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from mxroute.routing.plan import Plan, RoutingPolicy
+from mxroute.routing.route import Route
 
 PLAN_CACHE_SECONDS = 1.0  # how long a plan is reused at most (never past an MX TTL)
 MAX_DOMAINS = 10_000  # when full, the cache starts empty again (bounded memory)
@@ -34,24 +35,24 @@ class PlanCache:
     ) -> None:
         self.seconds = seconds
         self.clock = clock
-        self._plans: dict[str, tuple[float, RoutingPolicy, Plan]] = {}  # domain -> (expiry, ...)
+        self._plans: dict[str, tuple[float, RoutingPolicy, Route]] = {}  # domain -> (expiry, ...)
 
     async def plan(
-        self, domain: str, policy: RoutingPolicy, route: Callable[[], Awaitable[Plan]],
-    ) -> Plan:
+        self, domain: str, policy: RoutingPolicy, route: Callable[[], Awaitable[Route]],
+    ) -> Route:
         """The plan kept for ``domain`` under ``policy`` if still fresh, else ``route()``'s (kept
         if reusing it changes nothing, for at most its MX records' TTL from when it was asked)."""
         asked = self.clock()
         hit = self._plans.get(domain)
         if hit is not None and hit[0] > asked and hit[1] is policy:
             return hit[2]
-        plan = await route()
-        lifetime = reuse_for(plan, self.seconds)
+        routed = await route()
+        lifetime = reuse_for(routed.plan, self.seconds)
         if lifetime > 0:
             if len(self._plans) >= MAX_DOMAINS:
                 self._plans.clear()
-            self._plans[domain] = (asked + lifetime, policy, plan)
-        return plan
+            self._plans[domain] = (asked + lifetime, policy, routed)
+        return routed
 
     def __len__(self) -> int:
         return len(self._plans)

@@ -16,6 +16,7 @@ from mxroute.relay.dsn import build_dsn
 from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult
 from mxroute.relay.spool.format import RecipientState
 from mxroute.routing.plan import Plan
+from mxroute.tls.policy import TlsPolicy
 from tests.support.queuekit import DEFER, REJECT, FakeCourier, Harness
 
 
@@ -27,8 +28,9 @@ class HopCourier(FakeCourier):
         self.dsn = dsn
 
     async def deliver(self, plan: Plan, envelope: Envelope, recipients: list[Recipient],
-                      message_bytes: bytes, *, queue_id: str) -> list[RecipientResult]:
-        results = await super().deliver(plan, envelope, recipients, message_bytes,
+                      message_bytes: bytes, *, tls: TlsPolicy, queue_id: str,
+                      ) -> list[RecipientResult]:
+        results = await super().deliver(plan, envelope, recipients, message_bytes, tls=tls,
                                         queue_id=queue_id)
         for result in results:
             if result.disposition is Disposition.DELIVERED:

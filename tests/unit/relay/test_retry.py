@@ -22,7 +22,9 @@ from mxroute.relay.queue.manager import QueueManager
 from mxroute.relay.queue.plans import PLAN_CACHE_SECONDS, PlanCache
 from mxroute.relay.spool.format import DELIVERED, PENDING, MessageMeta, RecipientState
 from mxroute.routing.plan import Decision, MxRecord, Plan, Verdict
+from mxroute.routing.route import Route
 from mxroute.text import safe_text
+from mxroute.tls.policy import TlsPolicy
 from tests.support.queuekit import DEFER, REJECT, Harness
 
 
@@ -354,9 +356,10 @@ class CountingRoute:
     def __init__(self) -> None:
         self.asked: list[str] = []
 
-    async def __call__(self, resolver: Any, domain: str, policy: Any, rng: random.Random) -> Plan:
+    async def __call__(self, resolver: Any, domain: str, policy: Any, rng: random.Random,
+                       settings: Any) -> Route:
         self.asked.append(domain)
-        return PLANS[domain]
+        return Route(PLANS[domain], TlsPolicy())
 
 
 def routed_twice(tmp_path: Path, domain: str, plans: PlanCache | None, *, later: float = 0.0,

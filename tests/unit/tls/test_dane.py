@@ -14,11 +14,11 @@ import pytest
 
 from mxroute.dns.resolver import Answer, Outcome
 from mxroute.errors import ConfigError
-from mxroute.settings import load_settings
+from mxroute.settings import check_level, load_settings
 from mxroute.tls import dane, tlsa
 from mxroute.tls.contexts import probe_verdict, satisfied
 from mxroute.tls.dane import Need
-from mxroute.tls.policy import TlsPolicy, check_level, policy_for
+from mxroute.tls.policy import TlsPolicy, policy_for
 from mxroute.tls.tlsa import Tlsa
 
 cryptography = pytest.importorskip("cryptography")

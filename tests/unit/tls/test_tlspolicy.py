@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from mxroute.errors import ConfigError
-from mxroute.settings import load_settings
+from mxroute.settings import load_settings, normalize_table
 from mxroute.tls import policy as tlspolicy
 from mxroute.tls.contexts import probe_verdict, satisfied
-from mxroute.tls.policy import TlsPolicy, normalize_table, policy_for
+from mxroute.tls.policy import TlsPolicy, policy_for
 from tests.support.paths import ROOT
 
 TABLE = {"bank.test": "verify", ".bank.test": "encrypt", "legacy.test": "none", ".test": "may"}

@@ -1,0 +1,33 @@
+"""The resolver as the settings configure it: the one recipe the daemon, delivery and the CLI use."""
+
+from __future__ import annotations
+
+from mxroute.dns.resolver import NetworkTransport, Resolver, Server, Transport
+from mxroute.settings import Settings
+
+# The settings a resolver is built from: a reload that changes one of them builds a new resolver.
+RESOLVER_SETTINGS = ("dns_servers", "dns_timeout", "dns_attempts", "dns_cache_size", "dns_trust_ad")
+
+
+def resolver_from_settings(
+    settings: Settings, zones: list[str] | None = None, trace_size: int | None = 0,
+) -> Resolver:
+    """The shared resolver as the settings (or ``--zone`` files) configure it.
+
+    ``trace_size`` 0 keeps no trace (the daemon); None keeps every query (``explain``).
+    """
+    transport: Transport
+    ad = settings.dns_trust_ad
+    if zones:
+        # dns.zonefile and friends only when asked for: explain's start-up stays short
+        from mxroute.dns.zonefile import ZoneData, ZoneTransport
+
+        transport = ZoneTransport(ZoneData.from_files(zones), list(zones), authenticated_data=ad)
+    elif settings.dns_servers:
+        servers = [Server.parse(item) for item in settings.dns_servers]
+        transport = NetworkTransport(servers, settings.dns_timeout, settings.dns_attempts,
+                                     authenticated_data=ad)
+    else:
+        transport = NetworkTransport.system(settings.dns_timeout, settings.dns_attempts, ad)
+    return Resolver(transport, cache_size=settings.dns_cache_size, trace_size=trace_size,
+                    trust_ad=ad)
