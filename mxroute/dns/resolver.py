@@ -14,7 +14,6 @@ records every lookup so ``explain`` can show it. ``cached()`` gives the answer
 from __future__ import annotations
 
 import asyncio
-import enum
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -32,55 +31,12 @@ import dns.rdtypes.ANY.SOA
 import dns.rrset
 
 from mxroute.address import parse_dns_server
+from mxroute.dns.answer import Answer, Outcome
 
 MAX_CNAME_CHAIN = 16  # as mox; RFC 5321 §5.1 only says "process as if it were the initial name"
 DEFAULT_NEGATIVE_TTL = 60  # when a negative answer carries no SOA (RFC 2308 §5: SHOULD NOT cache; we cache briefly)
 MAX_TTL = 86400  # cap, as RFC 2308 §5 suggests for negative answers and dnspython does for positive
 TEMPFAIL_TTL = 5  # a SERVFAIL is remembered briefly so a burst does not hammer a sick server (RFC 2308 §7.1)
-
-
-class Outcome(enum.Enum):
-    """What one lookup established about (name, type)."""
-
-    RECORDS = "NOERROR"
-    NODATA = "NODATA"
-    NXDOMAIN = "NXDOMAIN"
-    SERVFAIL = "SERVFAIL"  # also REFUSED, FORMERR, NOTIMP, malformed answers: the server failed us
-    TIMEOUT = "TIMEOUT"  # no server answered in time
-    CNAME_LOOP = "CNAME_LOOP"  # the CNAME chain loops or is longer than MAX_CNAME_CHAIN
-
-    @property
-    def temporary(self) -> bool:
-        """A failure that may go away: retry later, never treat as "no such domain" (MX-6)."""
-        return self in (Outcome.SERVFAIL, Outcome.TIMEOUT, Outcome.CNAME_LOOP)
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """The result of ``Resolver.lookup``: records of ``qtype`` at the end of any CNAME chain."""
-
-    qname: str  # as asked: lower-case, no trailing dot
-    qtype: str  # "MX", "A", ...
-    outcome: Outcome
-    rrs: tuple[Any, ...] = ()  # dnspython rdata objects of type qtype
-    ttl: int = 0
-    cnames: tuple[str, ...] = ()  # names the chain went through after qname, in order
-    detail: str = ""  # for failures: what went wrong, for humans
-    secure: bool = False  # DNSSEC-validated: the trusted resolver set AD on every response of the chain (TLS-7)
-
-    @property
-    def canonical(self) -> str:
-        """The name the records belong to (the last CNAME target, or qname)."""
-        return self.cnames[-1] if self.cnames else self.qname
-
-    @property
-    def texts(self) -> list[str]:
-        return [rr.to_text() for rr in self.rrs]
-
-    @property
-    def exists(self) -> bool:
-        """The name exists (it may have no records of this type)."""
-        return self.outcome in (Outcome.RECORDS, Outcome.NODATA)
 
 
 @dataclass(frozen=True, slots=True)

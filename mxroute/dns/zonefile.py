@@ -37,7 +37,7 @@ import dns.rrset
 import dns.tokenizer
 import dns.zonefile
 
-from mxroute.dns.resolver import Outcome
+from mxroute.dns.answer import Outcome
 
 _DIRECTIVE = re.compile(r"^\s*;\s*mxroute:\s*(SERVFAIL|TIMEOUT|SECURE)\s+(\S+)(?:\s+(\S+))?\s*$", re.IGNORECASE | re.MULTILINE)
 # RFC 6895 §3.1 private-use type: marks a name that exists with no records of the asked type.

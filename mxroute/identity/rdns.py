@@ -23,7 +23,8 @@ from typing import Any
 import dns.name
 
 from mxroute.address import IPAddress
-from mxroute.dns.resolver import Answer, Lookups
+from mxroute.dns.answer import Answer
+from mxroute.dns.resolver import Lookups
 from mxroute.identity.ip import normalize_ip, reverse_name
 
 MAX_PTR_NAMES = 10

@@ -32,7 +32,8 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
-from mxroute.dns.resolver import Answer, Resolver
+from mxroute.dns.answer import Answer
+from mxroute.dns.resolver import Resolver
 from mxroute.identity.findings import Finding, ptr_findings, spf_findings
 from mxroute.identity.rdns import iprev
 from mxroute.identity.spf.evaluate import check_host

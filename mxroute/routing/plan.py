@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from mxroute.address import IPAddress
-from mxroute.dns.resolver import Answer, Outcome
+from mxroute.dns.answer import Answer, Outcome
 
 if TYPE_CHECKING:
     from mxroute.tls.dane import DanePosture

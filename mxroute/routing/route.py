@@ -14,7 +14,8 @@ import random
 from dataclasses import dataclass
 
 from mxroute.address import parse_hostport, parse_literal
-from mxroute.dns.resolver import Answer, Outcome, Resolver
+from mxroute.dns.answer import Answer, Outcome
+from mxroute.dns.resolver import Resolver
 from mxroute.routing.plan import (
     MAX_MX_NAMES,
     Decision,

@@ -42,7 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mxroute.dns.resolver import Answer, Outcome
+from mxroute.dns.answer import Answer, Outcome
 from mxroute.tls.policy import STATUS, TlsPolicy
 from mxroute.tls.tlsa import DANE_EE, Tlsa
 

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
+from mxroute.dns.answer import Outcome
 from mxroute.dns.configured import resolver_from_settings
-from mxroute.dns.resolver import NetworkTransport, Outcome, Resolver, Server
+from mxroute.dns.resolver import NetworkTransport, Resolver, Server
 from mxroute.relay.courier.courier import Courier
 from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult
 from mxroute.routing.plan import Plan

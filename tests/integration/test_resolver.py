@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from mxroute.dns.resolver import NetworkTransport, Outcome, Resolver, Server
+from mxroute.dns.answer import Outcome
+from mxroute.dns.resolver import NetworkTransport, Resolver, Server
 from tests.conftest import resolver_for
 from tests.support.dnsserver import DNSServer
 

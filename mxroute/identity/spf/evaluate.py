@@ -19,7 +19,8 @@ from typing import Any
 import dns.name
 
 from mxroute.address import IPAddress
-from mxroute.dns.resolver import Answer, Lookups, Outcome
+from mxroute.dns.answer import Answer, Outcome
+from mxroute.dns.resolver import Lookups
 from mxroute.identity.ip import normalize_ip, reverse_name
 from mxroute.identity.spf.macros import (
     Expander,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mxroute.dns.resolver import Answer
+    from mxroute.dns.answer import Answer
 
 NONE, NEUTRAL, PASS, FAIL, SOFTFAIL, TEMPERROR, PERMERROR = (
     "none", "neutral", "pass", "fail", "softfail", "temperror", "permerror",

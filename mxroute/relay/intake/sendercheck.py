@@ -47,7 +47,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mxroute.address import Address
-from mxroute.dns.resolver import Answer, Outcome, Resolver
+from mxroute.dns.answer import Answer, Outcome
+from mxroute.dns.resolver import Resolver
 from mxroute.routing.plan import is_null_mx, mx_records
 from mxroute.text import LISTING, safe_text
 

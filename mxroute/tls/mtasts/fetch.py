@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mxroute.address import IPAddress
-from mxroute.dns.resolver import Outcome, Resolver
+from mxroute.dns.answer import Outcome
+from mxroute.dns.resolver import Resolver
 from mxroute.tls.mtasts.policy import PolicyError, StsPolicy, parse_policy
 from mxroute.tls.policy import verify_context
 

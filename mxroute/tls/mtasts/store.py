@@ -16,7 +16,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
-from mxroute.dns.resolver import Answer, Outcome, Resolver
+from mxroute.dns.answer import Answer, Outcome
+from mxroute.dns.resolver import Resolver
 from mxroute.tls.mtasts.fetch import Reach, fetch_policy
 from mxroute.tls.mtasts.policy import (
     Cached,

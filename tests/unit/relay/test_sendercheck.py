@@ -8,7 +8,7 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 
-from mxroute.dns.resolver import Answer, Outcome
+from mxroute.dns.answer import Answer, Outcome
 from mxroute.relay.intake.sendercheck import judge
 from mxroute.routing.plan import is_null_mx, mx_records
 

@@ -11,7 +11,7 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 
-from mxroute.dns.resolver import Answer, Outcome
+from mxroute.dns.answer import Answer, Outcome
 from mxroute.routing.plan import DomainFacts, HostFacts, RoutingPolicy, Verdict, blocked, build_plan
 
 

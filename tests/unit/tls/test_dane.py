@@ -12,7 +12,7 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 
-from mxroute.dns.resolver import Answer, Outcome
+from mxroute.dns.answer import Answer, Outcome
 from mxroute.errors import ConfigError
 from mxroute.settings import check_level, load_settings
 from mxroute.tls import dane, tlsa

@@ -6,7 +6,7 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 
-from mxroute.dns.resolver import Answer, Outcome
+from mxroute.dns.answer import Answer, Outcome
 from mxroute.routing.plan import Target
 from mxroute.tls import dane
 from mxroute.tls import host as hosttls
