@@ -24,7 +24,8 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # U+10FFFF costs `re` milliseconds to compile on every start of the command.
 _ATEXT = r"[^\x00-\x20\x7f\"(),.:;<>@\[\\\]]"
 _DOT_STRING = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*\Z")
-_QUOTED = re.compile(r'"(?:[^\x00-\x1f\x22\x5c\x7f]|\\[\x20-\x7e])*"\Z')  # qtextSMTP / quoted-pairSMTP, RFC 5321 §4.1.2
+# qtextSMTP / quoted-pairSMTP, RFC 5321 §4.1.2
+_QUOTED = re.compile(r'"(?:[^\x00-\x1f\x22\x5c\x7f]|\\[\x20-\x7e])*"\Z')
 _LDH_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -47,7 +48,7 @@ class Address:
 
 
 def normalize_domain(domain: str) -> str:
-    """Lower-case ``domain`` and convert it to A-labels; raise AddressError if it is not a host name."""
+    """Lower-case ``domain`` in A-labels; AddressError if it is not a host name."""
     if not domain:
         raise AddressError("empty domain")
     if _CONTROL.search(domain):
@@ -143,8 +144,9 @@ def parse_path(text: str) -> Address | None:
         # No host name ends in an all-numeric label (RFC 1123 section 2.1, RFC 3696 section 2): such
         # mail could only bounce as NXDOMAIN later, so it is refused in the session (DSN-13).
         literal = f"[{domain}]" if _is_ipv4(domain) else "[192.0.2.1]"
-        raise AddressError(f"domain {domain} is not a host name: its last label is all digits (RFC 1123 "
-                           f"section 2.1); an IP address is written as an address literal, {literal}")
+        raise AddressError(f"domain {domain} is not a host name: its last label is all digits "
+                           f"(RFC 1123 section 2.1); an IP address is written as an address "
+                           f"literal, {literal}")
     return address
 
 
@@ -179,7 +181,7 @@ def parse_hostport(text: str, default_port: int = 25) -> tuple[str, int]:
 
 
 def parse_dns_server(text: str) -> tuple[str, int]:
-    """A DNS server: ``ip``, ``ip:port``, ``[v6]:port`` or ``v6`` → (ip, port), port 53 by default."""
+    """A DNS server: ``ip``, ``ip:port``, ``[v6]:port`` or ``v6`` → (ip, port), by default :53."""
     host, port = _split_hostport(text.strip(), 53)
     ipaddress.ip_address(host)
     if not 0 < port < 65536:

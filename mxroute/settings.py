@@ -101,17 +101,20 @@ class Settings(BaseSettings):
     # --- intake ---
     listen: list[str] = ["127.0.0.1:2525"]
     relay_networks: list[str] = ["127.0.0.0/8", "::1/128"]
-    allow_open_relay: bool = False  # SEC-4: needed to start with 0.0.0.0/0 or ::/0 in relay_networks
+    # SEC-4: needed to start with 0.0.0.0/0 or ::/0 in relay_networks
+    allow_open_relay: bool = False
     max_message_size: int = Field(36700160, ge=1024)
     max_recipients: int = Field(100, ge=1)
     max_received_headers: int = Field(100, ge=1)
     bare_newline: Literal["normalize", "reject"] = "normalize"
     allow_address_literals: bool = False
     # SPF-13: a MAIL FROM domain with a null MX → 550 5.7.27; "strict" also refuses on DNS trouble
-    # (451 4.4.3) and NXDOMAIN (550 5.1.8); "off" asks nothing (see mxroute/relay/intake/sendercheck.py)
+    # (451 4.4.3) and NXDOMAIN (550 5.1.8); "off" asks nothing
+    # (see mxroute/relay/intake/sendercheck.py)
     null_mx_sender: Literal["off", "reject", "strict"] = "reject"
     max_clients: int = Field(200, ge=1)
-    max_clients_per_ip: int = Field(50, ge=1)  # SEC-10; relay_networks exempt (Postfix smtpd_client_connection_count_limit)
+    # SEC-10; relay_networks exempt (Postfix smtpd_client_connection_count_limit)
+    max_clients_per_ip: int = Field(50, ge=1)
     command_timeout: float = Field(300.0, gt=0)  # server side, RFC 5321 §4.5.3.2.7
     data_timeout: float = Field(600.0, gt=0)
     tls_cert_file: Path | None = None
@@ -128,7 +131,7 @@ class Settings(BaseSettings):
     delay_warning_seconds: int = Field(0, ge=0)  # 0 = no delay warnings (DSN-10)
     delivery_concurrency: int = Field(100, ge=1)
     destination_concurrency: int = Field(20, ge=1)
-    # 1: delivery (queue manager, courier) runs in a second process, intake in the first (two cores);
+    # 1: delivery (queue manager, courier) runs in a second process, intake in the first (2 cores);
     # 0: both on one event loop in one process (debugging, tests). Read at start only.
     delivery_processes: int = Field(1, ge=0, le=1)
 
@@ -164,11 +167,13 @@ class Settings(BaseSettings):
     tls_ca_file: Path | None = None  # CA bundle for "verify" and MTA-STS; unset = the system store
     # TLS-5/6: MTA-STS (RFC 8461, mxroute/tls/mtasts.py); a tls_policy_domains entry wins over it
     mta_sts: bool = True
-    mta_sts_port: int = Field(443, ge=1, le=65535)  # HTTPS port of mta-sts.<domain>: for testing only
+    # HTTPS port of mta-sts.<domain>: for testing only
+    mta_sts_port: int = Field(443, ge=1, le=65535)
 
     # --- operations ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    metrics_listen: str | None = None  # "host:port" of the Prometheus endpoint (needs the metrics extra)
+    # "host:port" of the Prometheus endpoint (needs the metrics extra)
+    metrics_listen: str | None = None
 
     @field_validator("listen")
     @classmethod
@@ -186,7 +191,8 @@ class Settings(BaseSettings):
         try:
             ipaddress.ip_address(host.strip("[]"))
         except ValueError:
-            if not all(part.isalnum() or part.replace("-", "").isalnum() for part in host.split(".")):
+            labels = host.split(".")
+            if not all(part.isalnum() or part.replace("-", "").isalnum() for part in labels):
                 raise ValueError(f"{value!r} is not host:port") from None
         import importlib.util
 
@@ -248,7 +254,8 @@ class Settings(BaseSettings):
             for item in self.relay_networks:
                 if ipaddress.ip_network(item, strict=False).prefixlen == 0:
                     raise ValueError(
-                        f"relay_networks contains {item}: that is an open relay (set allow_open_relay = true to insist)"
+                        f"relay_networks contains {item}: that is an open relay "
+                        "(set allow_open_relay = true to insist)"
                     )
         return self
 
@@ -278,7 +285,7 @@ _CONFIG_FILE: Path | None = None
 
 
 def config_path(explicit: str | None) -> Path | None:
-    """Which TOML file to read: ``--config``, else $MXROUTE_CONFIG, else the system file if present."""
+    """Which TOML file to read: ``--config``, else $MXROUTE_CONFIG, else the system file if any."""
     if explicit:
         return Path(explicit)
     env = os.environ.get("MXROUTE_CONFIG")

@@ -13,10 +13,12 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 def safe_text(text: str, limit: int = 500) -> str:
     """Peer-supplied text as one safe line: controls become "?", bounded length (SEC-6)."""
-    if text.isascii() and text.isprintable():  # the common case, " " to "~" only: nothing to replace
+    # the common case, " " to "~" only: nothing to replace
+    if text.isascii() and text.isprintable():
         return text if len(text) <= limit else text[: limit - 3] + "..."
     out = "".join(
-        ch if (" " <= ch <= "~" or ch > "\x9f") and not ("\ud800" <= ch <= "\udfff") else "?" for ch in text
+        ch if (" " <= ch <= "~" or ch > "\x9f") and not ("\ud800" <= ch <= "\udfff") else "?"
+        for ch in text
     )
     return out if len(out) <= limit else out[: limit - 3] + "..."
 
@@ -30,5 +32,5 @@ def xtext(value: str) -> str:
 
 
 def terminal_safe(value: object) -> str:
-    """A peer-supplied value made safe for one terminal line: controls shown as ``\\xNN`` (SEC-6)."""
+    """A peer-supplied value made safe for one terminal line: controls as ``\\xNN`` (SEC-6)."""
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))

@@ -38,7 +38,8 @@ class Answer:
     ttl: int = 0
     cnames: tuple[str, ...] = ()  # names the chain went through after qname, in order
     detail: str = ""  # for failures: what went wrong, for humans
-    secure: bool = False  # DNSSEC-validated: the trusted resolver set AD on every response of the chain (TLS-7)
+    # DNSSEC-validated: the trusted resolver set AD on every response of the chain (TLS-7)
+    secure: bool = False
 
     @property
     def canonical(self) -> str:

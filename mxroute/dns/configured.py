@@ -1,4 +1,4 @@
-"""The resolver as the settings configure it: the one recipe the daemon, delivery and the CLI use."""
+"""The resolver as the settings configure it: one recipe for the daemon, delivery and the CLI."""
 
 from __future__ import annotations
 

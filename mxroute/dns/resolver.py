@@ -34,9 +34,11 @@ from mxroute.address import parse_dns_server
 from mxroute.dns.answer import Answer, Outcome
 
 MAX_CNAME_CHAIN = 16  # as mox; RFC 5321 §5.1 only says "process as if it were the initial name"
-DEFAULT_NEGATIVE_TTL = 60  # when a negative answer carries no SOA (RFC 2308 §5: SHOULD NOT cache; we cache briefly)
+# when a negative answer carries no SOA (RFC 2308 §5: SHOULD NOT cache; we cache briefly)
+DEFAULT_NEGATIVE_TTL = 60
 MAX_TTL = 86400  # cap, as RFC 2308 §5 suggests for negative answers and dnspython does for positive
-TEMPFAIL_TTL = 5  # a SERVFAIL is remembered briefly so a burst does not hammer a sick server (RFC 2308 §7.1)
+# a SERVFAIL is remembered briefly so a burst does not hammer a sick server (RFC 2308 §7.1)
+TEMPFAIL_TTL = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +66,7 @@ class QueryRecord:
 
 
 class Lookups(Protocol):
-    """What SPF and iprev ask of a resolver: ``lookup`` alone (``Resolver`` is one; so is a wrapper)."""
+    """What SPF and iprev ask of a resolver: ``lookup`` alone (``Resolver``, or a wrapper)."""
 
     async def lookup(self, name: str, qtype: str) -> Answer: ...
 
@@ -72,7 +74,9 @@ class Lookups(Protocol):
 class Transport(Protocol):
     """Asks one question and returns the raw response; raises dns.exception.Timeout on no answer."""
 
-    async def query(self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> dns.message.Message: ...
+    async def query(
+        self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType,
+    ) -> dns.message.Message: ...
 
     def describe(self) -> str: ...
 
@@ -130,7 +134,7 @@ class Resolver:
         return chain.answer
 
     def cached(self, name: str, qtype: str) -> Answer | None:
-        """What ``lookup`` would answer from the cache alone (no I/O, no await); None when it must ask."""
+        """What ``lookup`` would answer from the cache alone (no I/O, no await), or None."""
         chain = _Chain(name, qtype)
         while chain.answer is None:
             step = self._fresh(chain.current, chain.qtype)
@@ -193,19 +197,24 @@ class Resolver:
         try:
             response = await self.transport.query(name, rdtype)
         except dns.exception.Timeout:
-            step = _Step(Outcome.TIMEOUT, (), TEMPFAIL_TTL, None, detail=f"no answer from {self.transport.describe()}")
+            step = _Step(Outcome.TIMEOUT, (), TEMPFAIL_TTL, None,
+                         detail=f"no answer from {self.transport.describe()}")
             self._notify(qname, qtype, None, step.outcome)
             return step
         except (dns.exception.DNSException, OSError, EOFError, ValueError) as exc:
-            step = _Step(Outcome.SERVFAIL, (), TEMPFAIL_TTL, None, detail=f"{type(exc).__name__}: {exc}")
+            step = _Step(Outcome.SERVFAIL, (), TEMPFAIL_TTL, None,
+                         detail=f"{type(exc).__name__}: {exc}")
             self._notify(qname, qtype, None, step.outcome)
             return step
         step = classify(name, rdtype, response)
-        step.secure = self.trust_ad and not step.outcome.temporary and bool(response.flags & dns.flags.AD)
+        authenticated = bool(response.flags & dns.flags.AD)
+        step.secure = self.trust_ad and not step.outcome.temporary and authenticated
         self._notify(qname, qtype, response, step.outcome)
         return step
 
-    def _notify(self, qname: str, qtype: str, response: dns.message.Message | None, outcome: Outcome) -> None:
+    def _notify(
+        self, qname: str, qtype: str, response: dns.message.Message | None, outcome: Outcome,
+    ) -> None:
         for observer in self.observers:
             observer(qname, qtype, response, outcome)
 
@@ -216,16 +225,19 @@ class Resolver:
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
-    def _record(self, qname: str, qtype: str, step: _Step, ttl: int, ms: float, *, cached: bool) -> None:
+    def _record(
+        self, qname: str, qtype: str, step: _Step, ttl: int, ms: float, *, cached: bool,
+    ) -> None:
         if self.trace.maxlen == 0:
             return
-        answers = tuple(f"CNAME {target}." for _, target in step.chain) + tuple(rr.to_text() for rr in step.rrs)
+        answers = (tuple(f"CNAME {target}." for _, target in step.chain)
+                   + tuple(rr.to_text() for rr in step.rrs))
         rcode = step.outcome.value
         self.trace.append(QueryRecord(qname, qtype, rcode, answers, max(ttl, 0), ms, cached))
 
 
 class _Chain:
-    """One lookup's walk along a CNAME chain (pure): the name to ask next, then the answer (MX-4)."""
+    """A lookup's walk along a CNAME chain (pure, MX-4): the name to ask next, then the answer."""
 
     __slots__ = ("answer", "cnames", "current", "qname", "qtype", "secure", "seen", "ttl")
 
@@ -244,24 +256,30 @@ class _Chain:
         self.secure = self.secure and step.secure
         for alias, target in step.chain:
             if target in self.seen or len(self.cnames) >= MAX_CNAME_CHAIN:
-                why = "CNAME loop" if target in self.seen else f"CNAME chain longer than {MAX_CNAME_CHAIN}"
-                self.answer = Answer(self.qname, self.qtype, Outcome.CNAME_LOOP, (), 0, tuple(self.cnames),
-                                     f"{why} at {alias}")
+                if target in self.seen:
+                    why = "CNAME loop"
+                else:
+                    why = f"CNAME chain longer than {MAX_CNAME_CHAIN}"
+                self.answer = Answer(self.qname, self.qtype, Outcome.CNAME_LOOP, (), 0,
+                                     tuple(self.cnames), f"{why} at {alias}")
                 return
             self.seen.add(target)
             self.cnames.append(target)
         if step.target is None:
-            self.answer = Answer(self.qname, self.qtype, step.outcome, step.rrs, self.ttl, tuple(self.cnames),
-                                 step.detail, self.secure)
+            self.answer = Answer(self.qname, self.qtype, step.outcome, step.rrs, self.ttl,
+                                 tuple(self.cnames), step.detail, self.secure)
         else:
             self.current = step.target
 
 
-def classify(qname: dns.name.Name, rdtype: dns.rdatatype.RdataType, response: dns.message.Message) -> _Step:
+def classify(
+    qname: dns.name.Name, rdtype: dns.rdatatype.RdataType, response: dns.message.Message,
+) -> _Step:
     """Turn one raw response into a classified step (pure; RFC 1034 §3.6.2, RFC 2308 §2)."""
     rcode = response.rcode()
     if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-        return _Step(Outcome.SERVFAIL, (), TEMPFAIL_TTL, None, detail=f"server answered {dns.rcode.to_text(rcode)}")
+        return _Step(Outcome.SERVFAIL, (), TEMPFAIL_TTL, None,
+                     detail=f"server answered {dns.rcode.to_text(rcode)}")
     # Walk the CNAME chain inside the answer section, answer-section data only (SEC-12).
     name = qname
     chain: list[tuple[str, str]] = []
@@ -272,14 +290,17 @@ def classify(qname: dns.name.Name, rdtype: dns.rdatatype.RdataType, response: dn
         if rrset is not None and len(rrset):
             ttl = min(ttl, rrset.ttl)
             return _Step(Outcome.RECORDS, tuple(rrset), ttl, None, chain=tuple(chain))
-        alias = _find(response.answer, name, dns.rdatatype.CNAME) if rdtype != dns.rdatatype.CNAME else None
+        alias = None
+        if rdtype != dns.rdatatype.CNAME:
+            alias = _find(response.answer, name, dns.rdatatype.CNAME)
         if alias is None or not len(alias):
             break
         target = alias[0].target
         ttl = min(ttl, alias.ttl)
         chain.append((_text(name), _text(target)))
         if target in seen or len(chain) > MAX_CNAME_CHAIN:
-            return _Step(Outcome.CNAME_LOOP, (), 0, None, chain=tuple(chain), detail=f"CNAME loop at {_text(name)}")
+            return _Step(Outcome.CNAME_LOOP, (), 0, None, chain=tuple(chain),
+                         detail=f"CNAME loop at {_text(name)}")
         seen.add(target)
         name = target
     if chain:
@@ -293,7 +314,9 @@ def classify(qname: dns.name.Name, rdtype: dns.rdatatype.RdataType, response: dn
     return _Step(Outcome.NODATA, (), negative_ttl, None)
 
 
-def _find(section: list[dns.rrset.RRset], name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> dns.rrset.RRset | None:
+def _find(
+    section: list[dns.rrset.RRset], name: dns.name.Name, rdtype: dns.rdatatype.RdataType,
+) -> dns.rrset.RRset | None:
     for rrset in section:
         if rrset.name == name and rrset.rdtype == rdtype and rrset.rdclass == dns.rdataclass.IN:
             return rrset
@@ -337,11 +360,14 @@ class NetworkTransport:
     timeout: float = 5.0  # per query and server
     attempts: int = 2  # rounds over the server list
     edns_payload: int = 1232  # the DNS Flag Day 2020 figure, safe from fragmentation
-    authenticated_data: bool = False  # set AD in queries: ask a validating resolver for its verdict (RFC 6840 §5.7)
+    # set AD in queries: ask a validating resolver for its verdict (RFC 6840 §5.7)
+    authenticated_data: bool = False
     _rotate: int = field(default=0, repr=False)
 
     @classmethod
-    def system(cls, timeout: float = 5.0, attempts: int = 2, authenticated_data: bool = False) -> NetworkTransport:
+    def system(
+        cls, timeout: float = 5.0, attempts: int = 2, authenticated_data: bool = False,
+    ) -> NetworkTransport:
         """The servers of /etc/resolv.conf (no search list is ever applied: MX-1)."""
         import dns.resolver
 
@@ -350,31 +376,39 @@ class NetworkTransport:
             servers = [Server(ns, conf.port) for ns in conf.nameservers if isinstance(ns, str)]
         except (dns.resolver.NoResolverConfiguration, OSError):
             servers = []
-        return cls(servers or [Server("127.0.0.1")], timeout, attempts, authenticated_data=authenticated_data)
+        return cls(servers or [Server("127.0.0.1")], timeout, attempts,
+                   authenticated_data=authenticated_data)
 
     def describe(self) -> str:
         return ", ".join(str(s) for s in self.servers)
 
-    async def query(self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> dns.message.Message:
+    async def query(
+        self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType,
+    ) -> dns.message.Message:
         import dns.asyncquery
 
         request = dns.message.make_query(qname, rdtype, use_edns=0, payload=self.edns_payload)
         request.flags |= dns.flags.RD
         if self.authenticated_data:
             request.flags |= dns.flags.AD
-        last: Exception = dns.exception.Timeout()  # type: ignore[no-untyped-call, unused-ignore]  # dnspython: DNSException.__init__ is unannotated
+        # dnspython: DNSException.__init__ is unannotated
+        last: Exception = dns.exception.Timeout()  # type: ignore[no-untyped-call, unused-ignore]
         for _ in range(self.attempts):
             for server in self.servers:
                 try:
                     response = await dns.asyncquery.udp(
-                        request, server.host, timeout=self.timeout, port=server.port, ignore_unexpected=True
+                        request, server.host, timeout=self.timeout, port=server.port,
+                        ignore_unexpected=True,
                     )
                     if response.flags & dns.flags.TC:
-                        response = await dns.asyncquery.tcp(request, server.host, timeout=self.timeout, port=server.port)
+                        response = await dns.asyncquery.tcp(
+                            request, server.host, timeout=self.timeout, port=server.port,
+                        )
                 except (dns.exception.Timeout, OSError, EOFError, dns.exception.FormError) as exc:
                     last = exc
                     continue
-                if response.rcode() in (dns.rcode.SERVFAIL, dns.rcode.REFUSED) and len(self.servers) > 1:
+                failed = response.rcode() in (dns.rcode.SERVFAIL, dns.rcode.REFUSED)
+                if failed and len(self.servers) > 1:
                     last_response = response
                     last = _Failed(last_response)
                     continue

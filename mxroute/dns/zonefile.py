@@ -39,7 +39,8 @@ import dns.zonefile
 
 from mxroute.dns.answer import Outcome
 
-_DIRECTIVE = re.compile(r"^\s*;\s*mxroute:\s*(SERVFAIL|TIMEOUT|SECURE)\s+(\S+)(?:\s+(\S+))?\s*$", re.IGNORECASE | re.MULTILINE)
+_DIRECTIVE = re.compile(r"^\s*;\s*mxroute:\s*(SERVFAIL|TIMEOUT|SECURE)\s+(\S+)(?:\s+(\S+))?\s*$",
+                        re.IGNORECASE | re.MULTILINE)
 # RFC 6895 §3.1 private-use type: marks a name that exists with no records of the asked type.
 EXISTS_MARKER = dns.rdatatype.RdataType.make(65280)
 MAX_CHAIN = 16
@@ -67,7 +68,8 @@ class ZoneData:
         for rrset in parse_zone_text(text, source):
             node = self.nodes.setdefault(rrset.name, dns.node.Node())  # type: ignore[no-untyped-call, unused-ignore]  # dnspython: unannotated
             existing = node.find_rdataset(rrset.rdclass, rrset.rdtype, create=True)
-            existing.update(rrset)  # type: ignore[no-untyped-call, unused-ignore]  # dnspython: Rdataset.update is unannotated
+            # dnspython: Rdataset.update is unannotated
+            existing.update(rrset)  # type: ignore[no-untyped-call, unused-ignore]
         for kind, name, rdtype in _DIRECTIVE.findall(text):
             if kind.upper() == "SECURE":
                 self.mark_secure(name, rdtype or None)
@@ -89,22 +91,28 @@ class ZoneData:
         node = self.nodes.setdefault(owner, dns.node.Node())  # type: ignore[no-untyped-call, unused-ignore]  # dnspython: unannotated
         rdataset = node.find_rdataset(dns.rdataclass.IN, kind, create=True)
         for text in rdatas:
-            rdataset.add(dns.rdata.from_text(dns.rdataclass.IN, kind, text, origin=base, relativize=False), ttl)
+            rdata = dns.rdata.from_text(dns.rdataclass.IN, kind, text, origin=base,
+                                        relativize=False)
+            rdataset.add(rdata, ttl)
 
     def fail(self, name: str, kind: str = "SERVFAIL", rdtype: str | None = None) -> None:
         """Make questions for ``name`` (of ``rdtype``, or any) answer SERVFAIL or time out."""
-        self.failures[(dns.name.from_text(name), dns.rdatatype.from_text(rdtype) if rdtype else None)] = kind.upper()
+        qtype = dns.rdatatype.from_text(rdtype) if rdtype else None
+        self.failures[(dns.name.from_text(name), qtype)] = kind.upper()
 
     def mark_secure(self, name: str, rdtype: str | None = None) -> None:
-        """Answers for ``name`` (of ``rdtype``, or any; ".name": the subtree) carry AD when asked (TLS-7)."""
-        self.secure.add((name.lower().rstrip("."), dns.rdatatype.from_text(rdtype) if rdtype else None))
+        """Answers for ``name`` (of ``rdtype``, or any; ".name": the subtree) carry AD when asked
+        (TLS-7)."""
+        qtype = dns.rdatatype.from_text(rdtype) if rdtype else None
+        self.secure.add((name.lower().rstrip("."), qtype))
 
     def is_secure(self, qname: dns.name.Name, rdtype: int) -> bool:
         name = qname.to_text(omit_final_dot=True).lower()
         for owner, kind in self.secure:
             if kind not in (None, rdtype):
                 continue
-            if owner == name or (owner.startswith(".") and (name.endswith(owner) or name == owner[1:])):
+            below = owner.startswith(".") and (name.endswith(owner) or name == owner[1:])
+            if owner == name or below:
                 return True
         return False
 
@@ -198,9 +206,12 @@ def parse_zone_text(text: str, source: str = "<zone>") -> list[dns.rrset.RRset]:
     """
     manager = _AnyOriginManager(dns.name.root, False, dns.rdataclass.IN)
     try:
-        with manager.writer(True) as txn:  # type: ignore[no-untyped-call, unused-ignore]  # dnspython: RRSetsReaderManager.writer is unannotated
+        # dnspython: RRSetsReaderManager.writer is unannotated
+        with manager.writer(True) as txn:  # type: ignore[no-untyped-call, unused-ignore]
             tokenizer = dns.tokenizer.Tokenizer(text, source)
-            dns.zonefile.Reader(tokenizer, dns.rdataclass.IN, txn, allow_include=False, allow_directives=True).read()
+            reader = dns.zonefile.Reader(tokenizer, dns.rdataclass.IN, txn, allow_include=False,
+                                         allow_directives=True)
+            reader.read()
     except dns.exception.DNSException as exc:
         raise ValueError(str(exc)) from None
     return manager.rrsets
@@ -225,22 +236,28 @@ class _AnyOriginManager(dns.zonefile.RRSetsReaderManager):
 
 def _rrset(name: dns.name.Name, rdataset: dns.rdataset.Rdataset) -> dns.rrset.RRset:
     rrset = dns.rrset.RRset(name, rdataset.rdclass, rdataset.rdtype)
-    rrset.update(rdataset)  # type: ignore[no-untyped-call, unused-ignore]  # dnspython: Rdataset.update is unannotated
+    # dnspython: Rdataset.update is unannotated
+    rrset.update(rdataset)  # type: ignore[no-untyped-call, unused-ignore]
     return rrset
 
 
 class ZoneTransport:
     """The resolver's transport answered from zone files: offline what-if routing (``--zone``)."""
 
-    def __init__(self, data: ZoneData, sources: list[str] | None = None, authenticated_data: bool = False) -> None:
+    def __init__(
+        self, data: ZoneData, sources: list[str] | None = None, authenticated_data: bool = False,
+    ) -> None:
         self.data = data
         self.sources = sources or []
-        self.authenticated_data = authenticated_data  # ask with AD, as NetworkTransport does (TLS-7)
+        # ask with AD, as NetworkTransport does (TLS-7)
+        self.authenticated_data = authenticated_data
 
     def describe(self) -> str:
         return "zone files " + ", ".join(self.sources) if self.sources else "zone data"
 
-    async def query(self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> dns.message.Message:
+    async def query(
+        self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType,
+    ) -> dns.message.Message:
         import dns.exception
 
         query = dns.message.make_query(qname, rdtype)
@@ -248,7 +265,8 @@ class ZoneTransport:
             query.flags |= dns.flags.AD
         response = self.data.answer(query)
         if response is None:
-            raise dns.exception.Timeout()  # type: ignore[no-untyped-call, unused-ignore]  # dnspython: DNSException.__init__ is unannotated
+            # dnspython: DNSException.__init__ is unannotated
+            raise dns.exception.Timeout()  # type: ignore[no-untyped-call, unused-ignore]
         return response
 
 
@@ -261,7 +279,9 @@ class Recorder:
         self.failures: dict[tuple[str, str], str] = {}
         self.secure: set[tuple[str, str]] = set()  # answers that carried AD (TLS-7)
 
-    def __call__(self, qname: str, qtype: str, response: dns.message.Message | None, outcome: Outcome) -> None:
+    def __call__(
+        self, qname: str, qtype: str, response: dns.message.Message | None, outcome: Outcome,
+    ) -> None:
         if outcome in (Outcome.SERVFAIL, Outcome.TIMEOUT):
             self.failures[(qname, qtype)] = outcome.value
             return
@@ -270,7 +290,8 @@ class Recorder:
         if response.flags & dns.flags.AD:
             self.secure.add((qname, qtype))
         for rrset in [*response.answer, *response.authority]:
-            if rrset.rdtype in (dns.rdatatype.NS, dns.rdatatype.RRSIG, dns.rdatatype.NSEC, dns.rdatatype.NSEC3):
+            if rrset.rdtype in (dns.rdatatype.NS, dns.rdatatype.RRSIG, dns.rdatatype.NSEC,
+                                dns.rdatatype.NSEC3):
                 continue
             self.rrsets.setdefault((rrset.name, rrset.rdtype), rrset)
         if outcome == Outcome.NODATA:

@@ -27,8 +27,9 @@ Family = Literal["ipv6-first", "ipv4-first", "ipv4-only", "ipv6-only"]
 BLOCKED_NETWORKS = tuple(
     ipaddress.ip_network(n)
     for n in (
-        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
-        "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4",
+        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+        "172.16.0.0/12", "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4",
+        "240.0.0.0/4",
         "::/128", "::1/128", "fe80::/10", "fc00::/7", "ff00::/8",
     )
 )
@@ -43,7 +44,7 @@ class Verdict(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class RoutingPolicy:
-    """The settings the planner depends on (from Settings: ``routing.route.policy_from_settings``)."""
+    """The settings the planner depends on (``routing.route.policy_from_settings``)."""
 
     family: Family = "ipv6-first"
     port: int = 25
@@ -55,7 +56,8 @@ class RoutingPolicy:
     @property
     def families(self) -> tuple[int, ...]:
         """Address families to look up, in preference order."""
-        return {"ipv6-first": (6, 4), "ipv4-first": (4, 6), "ipv4-only": (4,), "ipv6-only": (6,)}[self.family]
+        orders = {"ipv6-first": (6, 4), "ipv4-first": (4, 6), "ipv4-only": (4,), "ipv6-only": (6,)}
+        return orders[self.family]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +113,9 @@ class Target:
 
     def __str__(self) -> str:
         shown = f"[{self.address}]" if self.family == 6 else self.address
-        return f"{self.exchange}[{self.address}]:{self.port}" if self.exchange else f"{shown}:{self.port}"
+        if self.exchange:
+            return f"{self.exchange}[{self.address}]:{self.port}"
+        return f"{shown}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +128,8 @@ class Pruned:
     detail: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"exchange": self.exchange, "address": self.address, "reason": self.reason, "detail": self.detail}
+        return {"exchange": self.exchange, "address": self.address, "reason": self.reason,
+                "detail": self.detail}
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +159,8 @@ class Plan:
     targets: tuple[Target, ...] = ()
     pruned: tuple[Pruned, ...] = ()
     decisions: tuple[Decision, ...] = ()
-    dane: DanePosture | None = None  # TLS-7: set by routing.route() for destinations at the TLS level "dane"
+    # TLS-7: set by routing.route() for destinations at the TLS level "dane"
+    dane: DanePosture | None = None
 
     @property
     def deliverable(self) -> bool:
@@ -245,45 +251,63 @@ class _Planner:
         assert mx is not None, "gather() looks up MX for every non-literal domain"
         domain = facts.domain
         if mx.cnames:
-            self.decide("MX-4", "RFC 5321 §5.1", f"{domain} is an alias: followed CNAME chain {' -> '.join(mx.cnames)}")
+            self.decide("MX-4", "RFC 5321 §5.1",
+                        f"{domain} is an alias: followed CNAME chain {' -> '.join(mx.cnames)}")
         if mx.outcome is Outcome.NXDOMAIN:
-            self.decide("MX-5", "RFC 5321 §5.1", f"{domain} does not exist (NXDOMAIN): permanent error, no retry")
-            return self.result(Verdict.PERMANENT, f"domain {domain} does not exist (NXDOMAIN)", "5.1.2")
+            self.decide("MX-5", "RFC 5321 §5.1",
+                        f"{domain} does not exist (NXDOMAIN): permanent error, no retry")
+            return self.result(Verdict.PERMANENT, f"domain {domain} does not exist (NXDOMAIN)",
+                               "5.1.2")
         if mx.outcome.temporary:
-            self.decide("MX-6", "RFC 5321 §5.1", f"MX lookup failed temporarily ({mx.outcome.value}): queue and retry, never fall back to implicit MX")
+            self.decide("MX-6", "RFC 5321 §5.1",
+                        f"MX lookup failed temporarily ({mx.outcome.value}): queue and retry, "
+                        "never fall back to implicit MX")
             detail = f": {mx.detail}" if mx.detail else ""
-            return self.result(Verdict.TEMPORARY, f"MX lookup for {domain} failed: {mx.outcome.value}{detail}", "4.4.3")
+            reason = f"MX lookup for {domain} failed: {mx.outcome.value}{detail}"
+            return self.result(Verdict.TEMPORARY, reason, "4.4.3")
         implicit = mx.outcome is Outcome.NODATA
         if implicit:
-            self.decide("MX-7", "RFC 5321 §5.1", f"{domain} has no MX records: implicit MX, the domain itself at preference 0")
+            self.decide("MX-7", "RFC 5321 §5.1",
+                        f"{domain} has no MX records: implicit MX, the domain itself at "
+                        "preference 0")
             records = [MxRecord(0, mx.canonical, mx.ttl)]
         else:
             records = mx_records(mx)
             if len(records) > MAX_MX_NAMES:
-                self.decide("SEC-12", "RFC 1035 §4.2.1", f"{len(records)} MX records: only the {MAX_MX_NAMES} best are used")
+                self.decide("SEC-12", "RFC 1035 §4.2.1",
+                            f"{len(records)} MX records: only the {MAX_MX_NAMES} best are used")
                 records = sorted(records, key=lambda r: r.preference)[:MAX_MX_NAMES]
-        shown_mx = tuple(sorted(records, key=lambda r: (r.preference, r.exchange))) if not implicit else ()
-        null = [r for r in records if r.exchange == "."]
+        shown_mx = () if implicit else tuple(sorted(records, key=lambda r: (r.preference,
+                                                                          r.exchange)))
         if is_null_mx(records):
             self.decide("MX-10", "RFC 7505 §3", f"{domain} publishes a null MX: it accepts no mail")
             return self.result(
-                Verdict.PERMANENT, f"domain {domain} does not accept mail (null MX, RFC 7505)", "5.1.10",
-                null_mx=True, mx=shown_mx,
+                Verdict.PERMANENT, f"domain {domain} does not accept mail (null MX, RFC 7505)",
+                "5.1.10", null_mx=True, mx=shown_mx,
             )
-        for _ in null:
-            self.prune(".", None, "null-mx-mixed", "a null MX beside other MX records is invalid and ignored (RFC 7505 §3)")
-        records = [r for r in records if r.exchange != "."]
+        return self.exchanges(records, shown_mx, implicit)
+
+    def exchanges(
+        self, records: list[MxRecord], shown_mx: tuple[MxRecord, ...], implicit: bool,
+    ) -> Plan:
+        """From the MX records to the plan: prune (MX-10, MX-12), order (MX-2/3, MX-11), address."""
+        domain = self.facts.domain
+        for _ in (r for r in records if r.exchange == "."):
+            self.prune(".", None, "null-mx-mixed",
+                       "a null MX beside other MX records is invalid and ignored (RFC 7505 §3)")
         usable = []
-        for record in records:
+        for record in (r for r in records if r.exchange != "."):
             if is_ip_name(record.exchange):
                 self.prune(record.exchange, None, "numeric-mx-target",
-                           "an MX exchange must be a host name, never dialled as an address (RFC 5321 §5.1, MX-12)")
+                           "an MX exchange must be a host name, never dialled as an address "
+                           "(RFC 5321 §5.1, MX-12)")
             else:
                 usable.append(record)
         ordered = self.drop_self(self.sort(usable))
         if ordered is None:
             reason = f"mail for {domain} loops back to myself"
-            return self.result(Verdict.PERMANENT, reason, "5.4.6", mx=shown_mx, implicit_mx=implicit)
+            return self.result(Verdict.PERMANENT, reason, "5.4.6", mx=shown_mx,
+                               implicit_mx=implicit)
         targets = self.addresses(ordered)
         targets = self.cap(targets)
         if targets:
@@ -292,9 +316,11 @@ class _Planner:
                 mx=shown_mx, implicit_mx=implicit, targets=tuple(targets),
             )
         if self.temporary:
-            self.decide("MX-9", "RFC 5321 §5.1", "no usable address, but a lookup failed temporarily: retry later")
+            self.decide("MX-9", "RFC 5321 §5.1",
+                        "no usable address, but a lookup failed temporarily: retry later")
             return self.result(
-                Verdict.TEMPORARY, f"no usable address for {domain} yet: {'; '.join(self.temporary)}", "4.4.3",
+                Verdict.TEMPORARY,
+                f"no usable address for {domain} yet: {'; '.join(self.temporary)}", "4.4.3",
                 mx=shown_mx, implicit_mx=implicit,
             )
         self.decide("MX-9", "RFC 5321 §5.1", "no MX host has a usable address: permanent error")
@@ -308,16 +334,20 @@ class _Planner:
         self.decide("MX-13", "RFC 5321 §4.1.3", f"{domain} is an address literal: no DNS lookup")
         family = address.version
         if family not in self.policy.families:
-            self.prune(None, str(address), "family-disabled", f"IPv{family} is disabled (address_family={self.policy.family})")
+            self.prune(None, str(address), "family-disabled",
+                       f"IPv{family} is disabled (address_family={self.policy.family})")
         elif str(address) in self.policy.self_addresses:
-            self.prune(None, str(address), "self", f"{address} is this relay (RFC 5321 §5.1, MX-11)")
-            return self.result(Verdict.PERMANENT, f"mail for {domain} loops back to myself", "5.4.6")
+            self.prune(None, str(address), "self",
+                       f"{address} is this relay (RFC 5321 §5.1, MX-11)")
+            return self.result(Verdict.PERMANENT, f"mail for {domain} loops back to myself",
+                               "5.4.6")
         elif (why := blocked(address)) and not self.policy.allow_private:
             self.prune(None, str(address), "blocked-address", why)
         else:
             target = Target("", 0, str(address), family, self.policy.port)
             return self.result(Verdict.DELIVERABLE, "1 address to try", "2.0.0", targets=(target,))
-        return self.result(Verdict.PERMANENT, f"address literal {domain} is not a usable destination", "5.4.4")
+        return self.result(Verdict.PERMANENT,
+                           f"address literal {domain} is not a usable destination", "5.4.4")
 
     def sort(self, records: list[MxRecord]) -> list[MxRecord]:
         """MX-2: by preference, lowest first; MX-3: equal preferences in random order."""
@@ -330,10 +360,12 @@ class _Planner:
             if len(group) > 1:
                 self.rng.shuffle(group)
                 names = ", ".join(r.exchange for r in group)
-                self.decide("MX-3", "RFC 5321 §5.1", f"preference {preference}: equal preferences shuffled -> {names}")
+                self.decide("MX-3", "RFC 5321 §5.1",
+                            f"preference {preference}: equal preferences shuffled -> {names}")
             ordered.extend(group)
         if len(groups) > 1 or len(records) > 1:
-            self.decide("MX-2", "RFC 5321 §5.1", "sorted by preference: " + ", ".join(f"{r.preference} {r.exchange}" for r in ordered))
+            shown = ", ".join(f"{r.preference} {r.exchange}" for r in ordered)
+            self.decide("MX-2", "RFC 5321 §5.1", "sorted by preference: " + shown)
         return ordered
 
     def drop_self(self, records: list[MxRecord]) -> list[MxRecord] | None:
@@ -346,11 +378,14 @@ class _Planner:
             kept = [r for r in records if r.preference < cutoff]
             for dropped in records:
                 if dropped.preference >= cutoff:
-                    detail = why if dropped is record else f"preference {dropped.preference} >= {cutoff} of this relay's own MX entry"
+                    detail = why if dropped is record else (
+                        f"preference {dropped.preference} >= {cutoff} of this relay's own MX entry")
                     self.prune(dropped.exchange, None, "self", detail)
-            self.decide("MX-11", "RFC 5321 §5.1", f"{record.exchange} is this relay ({why}): kept only preferences below {cutoff}")
+            self.decide("MX-11", "RFC 5321 §5.1", f"{record.exchange} is this relay ({why}): "
+                        f"kept only preferences below {cutoff}")
             if not kept:
-                self.decide("MX-11", "RFC 5321 §5.1", "nothing remains: mail loops back to myself (5.4.6)")
+                self.decide("MX-11", "RFC 5321 §5.1",
+                            "nothing remains: mail loops back to myself (5.4.6)")
                 return None
             return kept
         return records
@@ -381,34 +416,47 @@ class _Planner:
                 answer = host.answer(family)
                 if answer is None:
                     continue
-                if answer.cnames and not any(d.rule == "MX-12" and d.text.startswith(record.exchange + " ") for d in self.decisions):
-                    self.decide("MX-12", "RFC 2181 §10.3", f"{record.exchange} is an alias ({' -> '.join(answer.cnames)}): followed, but MX targets must not be aliases")
+                told = any(d.rule == "MX-12" and d.text.startswith(record.exchange + " ")
+                           for d in self.decisions)
+                if answer.cnames and not told:
+                    self.decide("MX-12", "RFC 2181 §10.3",
+                                f"{record.exchange} is an alias ({' -> '.join(answer.cnames)}): "
+                                "followed, but MX targets must not be aliases")
                 if answer.outcome.temporary:
-                    self.temporary.append(f"{'AAAA' if family == 6 else 'A'} lookup for {record.exchange} failed: {answer.outcome.value}")
+                    kind = "AAAA" if family == 6 else "A"
+                    self.temporary.append(
+                        f"{kind} lookup for {record.exchange} failed: {answer.outcome.value}")
                     continue
                 for rr in answer.rrs:
                     address = ipaddress.ip_address(rr.address)
                     text = str(address)
                     why = blocked(address)
                     if why and not self.policy.allow_private:
-                        self.prune(record.exchange, text, "blocked-address", why + " (SEC-11; allow_private_destinations=false)")
+                        self.prune(record.exchange, text, "blocked-address",
+                                   why + " (SEC-11; allow_private_destinations=false)")
                         continue
                     if text in seen:
-                        self.prune(record.exchange, text, "duplicate-address", f"{text} is already in the plan")
+                        self.prune(record.exchange, text, "duplicate-address",
+                                   f"{text} is already in the plan")
                         continue
                     seen.add(text)
-                    targets.append(Target(record.exchange, record.preference, text, family, self.policy.port))
+                    targets.append(Target(record.exchange, record.preference, text, family,
+                                          self.policy.port))
                     found += 1
-            if found == 0 and not any(
-                (a := host.answer(f)) is not None and a.outcome.temporary for f in self.policy.families
-            ) and not any(p.exchange == record.exchange for p in self.pruned):
+            failing = any((a := host.answer(f)) is not None and a.outcome.temporary
+                          for f in self.policy.families)
+            pruned = any(p.exchange == record.exchange for p in self.pruned)
+            if found == 0 and not failing and not pruned:
                 families = "/".join("AAAA" if f == 6 else "A" for f in self.policy.families)
-                self.prune(record.exchange, None, "no-address", f"{record.exchange} has no {families} record")
+                self.prune(record.exchange, None, "no-address",
+                           f"{record.exchange} has no {families} record")
         if len(self.policy.families) == 2:
             first, second = self.policy.families
-            self.decide("MX-15", "RFC 3974 §3", f"each host's IPv{first} addresses before its IPv{second} addresses (address_family={self.policy.family})")
+            self.decide("MX-15", "RFC 3974 §3", f"each host's IPv{first} addresses before its "
+                        f"IPv{second} addresses (address_family={self.policy.family})")
         else:
-            self.decide("MX-14", "RFC 5321 §5.2", f"only IPv{self.policy.families[0]} is used (address_family={self.policy.family})")
+            self.decide("MX-14", "RFC 5321 §5.2", f"only IPv{self.policy.families[0]} is used "
+                        f"(address_family={self.policy.family})")
         return targets
 
     def cap(self, targets: list[Target]) -> list[Target]:
@@ -431,8 +479,10 @@ class _Planner:
                 kept.append(target)
                 taken[target.family] += 1
             else:
-                self.prune(target.exchange, target.address, "over-limit", f"beyond mx_address_limit={limit} (MX-16)")
-        self.decide("MX-16", "RFC 5321 §5.1", f"at most {limit} addresses per attempt, shared between IPv6 and IPv4")
+                self.prune(target.exchange, target.address, "over-limit",
+                           f"beyond mx_address_limit={limit} (MX-16)")
+        self.decide("MX-16", "RFC 5321 §5.1",
+                    f"at most {limit} addresses per attempt, shared between IPv6 and IPv4")
         return kept
 
 

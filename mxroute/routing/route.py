@@ -41,7 +41,8 @@ async def gather(resolver: Resolver, domain: str, policy: RoutingPolicy) -> Doma
         return DomainFacts(domain, literal=parse_literal(domain))
     mx = await resolver.lookup(domain, "MX")
     if mx.outcome is Outcome.RECORDS:
-        names = [r.exchange for r in sorted(mx_records(mx), key=lambda r: r.preference)[:MAX_MX_NAMES]]
+        best = sorted(mx_records(mx), key=lambda r: r.preference)[:MAX_MX_NAMES]
+        names = [r.exchange for r in best]
         names = [n for n in dict.fromkeys(names) if n != "." and not is_ip_name(n)]
     elif mx.outcome is Outcome.NODATA:
         names = [mx.canonical]  # MX-7: implicit MX
@@ -92,14 +93,15 @@ async def route(
 
 
 async def _dane(resolver: Resolver, facts: DomainFacts, plan: Plan, port: int) -> dane.DanePosture:
-    """TLSA lookups for the planned hosts whose MX RRset and addresses are secure (RFC 7672 §2.2)."""
+    """TLSA lookups for the planned hosts whose MX RRset and addresses are secure (RFC 7672 2.2)."""
     hosts: dict[str, list[Answer | None]] = {}
     for target in plan.targets:
         host = facts.hosts.get(target.exchange)
         if host is not None and target.exchange not in hosts:
             hosts[target.exchange] = [host.a, host.aaaa]
     asked = [name for name, answers in hosts.items() if dane.wants_tlsa(facts.mx, answers)]
-    answers = await asyncio.gather(*(resolver.lookup(dane.tlsa_name(name, port), "TLSA") for name in asked))
+    answers = await asyncio.gather(
+        *(resolver.lookup(dane.tlsa_name(name, port), "TLSA") for name in asked))
     return dane.posture(plan.domain, facts.mx, hosts, dict(zip(asked, answers)))
 
 
