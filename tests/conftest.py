@@ -17,19 +17,23 @@ _hosts = itertools.cycle(f"127.0.53.{n}" for n in range(1, 250))
 
 @pytest.fixture
 def dns_server() -> Iterator[DNSServer]:
-    """A real authoritative DNS server on its own 127.0.53.x address; set its zone with set_zone()."""
+    """A real authoritative DNS server on its own 127.0.53.x address; set_zone() sets its zone."""
     with DNSServer(host=next(_hosts)) as server:
         yield server
 
 
 def resolver_for(server: DNSServer, timeout: float = 0.5) -> Resolver:
     """A resolver that asks only ``server`` (one attempt, short timeout: tests stay fast)."""
-    return Resolver(NetworkTransport([Server(server.host, server.port)], timeout=timeout, attempts=1))
+    return Resolver(
+        NetworkTransport([Server(server.host, server.port)], timeout=timeout, attempts=1)
+    )
 
 
 @pytest.fixture
 def world(tmp_path: Path, dns_server: DNSServer) -> Iterator[World]:
     with World.running(tmp_path, dns_server) as w:
-        w.zone(f"dest IN MX 10 mx1.dest.test.\nmx1.dest IN A {w.ip(1)}\n"
-               f"sender IN MX 10 mx.sender.test.\nmx.sender IN A {w.ip(9)}\n")
+        w.zone(
+            f"dest IN MX 10 mx1.dest.test.\nmx1.dest IN A {w.ip(1)}\n"
+            f"sender IN MX 10 mx.sender.test.\nmx.sender IN A {w.ip(9)}\n"
+        )
         yield w

@@ -47,7 +47,13 @@ def test_four_outcomes_stay_distinct(dns_server: DNSServer) -> None:
         names = [("a.t", "MX"), ("a.t", "A"), ("nx.t", "MX"), ("sf.t", "MX"), ("to.t", "MX")]
         return [(await resolver.lookup(n, t)).outcome for n, t in names]
 
-    assert run(go()) == [Outcome.RECORDS, Outcome.NODATA, Outcome.NXDOMAIN, Outcome.SERVFAIL, Outcome.TIMEOUT]
+    assert run(go()) == [
+        Outcome.RECORDS,
+        Outcome.NODATA,
+        Outcome.NXDOMAIN,
+        Outcome.SERVFAIL,
+        Outcome.TIMEOUT,
+    ]
 
 
 def test_mx4_cname_followed_and_reported(dns_server: DNSServer) -> None:
@@ -87,7 +93,10 @@ def test_mx1_no_search_domain_is_ever_appended(dns_server: DNSServer) -> None:
 def test_positive_cache_honours_ttl(dns_server: DNSServer) -> None:
     dns_server.set_zone(ZONE)
     clock = Clock()
-    resolver = Resolver(NetworkTransport([Server(dns_server.host, dns_server.port)], timeout=0.5, attempts=1), clock=clock)
+    resolver = Resolver(
+        NetworkTransport([Server(dns_server.host, dns_server.port)], timeout=0.5, attempts=1),
+        clock=clock,
+    )
     run(resolver.lookup("a.t", "MX"))
     run(resolver.lookup("a.t", "MX"))
     assert len(dns_server.log) == 1 and resolver.stats.hits == 1
@@ -102,7 +111,10 @@ def test_cached_answers_from_the_cache_alone_as_lookup_would(dns_server: DNSServ
     then the same Answer as ``lookup`` (CNAME followed), no query sent; None again once expired."""
     dns_server.set_zone(ZONE)
     clock = Clock()
-    resolver = Resolver(NetworkTransport([Server(dns_server.host, dns_server.port)], timeout=0.5, attempts=1), clock=clock)
+    resolver = Resolver(
+        NetworkTransport([Server(dns_server.host, dns_server.port)], timeout=0.5, attempts=1),
+        clock=clock,
+    )
     assert resolver.cached("alias.t", "MX") is None
     run(resolver.lookup("a.t", "MX"))
     assert resolver.cached("alias.t", "MX") is None  # the alias itself was never asked
@@ -118,7 +130,10 @@ def test_cached_answers_from_the_cache_alone_as_lookup_would(dns_server: DNSServ
 def test_rfc2308_negative_cache_uses_soa_minimum(dns_server: DNSServer) -> None:
     dns_server.set_zone(ZONE)
     clock = Clock()
-    resolver = Resolver(NetworkTransport([Server(dns_server.host, dns_server.port)], timeout=0.5, attempts=1), clock=clock)
+    resolver = Resolver(
+        NetworkTransport([Server(dns_server.host, dns_server.port)], timeout=0.5, attempts=1),
+        clock=clock,
+    )
     first = run(resolver.lookup("nx.t", "MX"))
     assert first.ttl == 60  # min(SOA TTL 300, MINIMUM 60)
     clock.now += 59
@@ -143,9 +158,14 @@ def test_concurrent_identical_questions_are_coalesced(dns_server: DNSServer) -> 
 
 
 def test_next_server_is_asked_when_one_is_silent() -> None:
-    with DNSServer(ZONE, host="127.0.53.250") as dead, DNSServer(ZONE, host="127.0.53.251") as alive:
+    with (
+        DNSServer(ZONE, host="127.0.53.250") as dead,
+        DNSServer(ZONE, host="127.0.53.251") as alive,
+    ):
         dead.fail("a.t", "TIMEOUT")
-        transport = NetworkTransport([Server(dead.host, dead.port), Server(alive.host, alive.port)], timeout=0.3, attempts=1)
+        transport = NetworkTransport(
+            [Server(dead.host, dead.port), Server(alive.host, alive.port)], timeout=0.3, attempts=1
+        )
         answer = run(Resolver(transport).lookup("a.t", "MX"))
         assert answer.outcome is Outcome.RECORDS
         assert len(dead.log) == 1 and len(alive.log) == 1
@@ -155,7 +175,10 @@ def test_mx6_resolver_recovers_when_the_server_heals(dns_server: DNSServer) -> N
     dns_server.set_zone(ZONE)
     dns_server.fail("a.t")
     clock = Clock()
-    resolver = Resolver(NetworkTransport([Server(dns_server.host, dns_server.port)], timeout=0.5, attempts=1), clock=clock)
+    resolver = Resolver(
+        NetworkTransport([Server(dns_server.host, dns_server.port)], timeout=0.5, attempts=1),
+        clock=clock,
+    )
     assert run(resolver.lookup("a.t", "MX")).outcome is Outcome.SERVFAIL
     dns_server.heal()
     clock.now += 10  # a SERVFAIL is remembered only briefly

@@ -77,7 +77,7 @@ class DNSServer:
 
     @property
     def secure(self) -> set[str]:
-        """Names answered with AD (when the query asks); ".zone" covers every name under it (TLS-7)."""
+        """Names answered with AD (when the query asks); ".zone": every name under it (TLS-7)."""
         return {name for name, _ in self.data.secure}
 
     @secure.setter
@@ -99,7 +99,14 @@ class DNSServer:
             return None
         question = request.question[0]
         qname = question.name.to_text(omit_final_dot=True).lower()
-        self.log.append(LoggedQuery(qname, dns.rdatatype.to_text(question.rdtype), transport, bool(request.flags & dns.flags.AD)))
+        self.log.append(
+            LoggedQuery(
+                qname,
+                dns.rdatatype.to_text(question.rdtype),
+                transport,
+                bool(request.flags & dns.flags.AD),
+            )
+        )
         pause = self.delay.get(qname)
         if pause:
             time.sleep(pause)
@@ -155,7 +162,9 @@ class DNSServer:
         tcp = TCPServer((self.host, self.port), TCPHandler)
         self._servers = [udp, tcp]
         for server in self._servers:
-            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+            thread = threading.Thread(
+                target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+            )
             thread.start()
             self._threads.append(thread)
         return self

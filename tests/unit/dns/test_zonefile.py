@@ -44,7 +44,8 @@ def test_add_cname_chain_is_followed() -> None:
 def test_add_relative_names_complete_with_origin() -> None:
     data = ZoneData()
     data.add("a.test", "MX", 300, "10 mx", origin="a.test")
-    data.add("b.test", "MX", 300, "10 mx")  # no origin: relative to the root, as in a zone file at "$ORIGIN ."
+    # no origin: relative to the root, as in a zone file at "$ORIGIN ."
+    data.add("b.test", "MX", 300, "10 mx")
     assert ask(data, "a.test", "MX").answer[0][0].exchange.to_text() == "mx.a.test."
     assert ask(data, "b.test", "MX").answer[0][0].exchange.to_text() == "mx."
 
@@ -57,7 +58,8 @@ def test_add_and_load_text_agree() -> None:
 
 
 def test_tls7_secure_directive_sets_ad_only_when_asked() -> None:
-    """`; mxroute: SECURE name [type]` (".name": every name under it) answers with AD when the query has AD."""
+    """`; mxroute: SECURE name [type]` (".name": every name under it) answers with AD when the
+    query has AD."""
     import dns.flags
     import dns.message
 
@@ -76,5 +78,6 @@ def test_tls7_secure_directive_sets_ad_only_when_asked() -> None:
         assert response is not None
         return bool(response.flags & dns.flags.AD)
 
-    assert ad("a.t.") and ad("b.c.t.") and ad("nothing.c.t.")  # NXDOMAIN under a secure subtree: secure denial
+    # NXDOMAIN under a secure subtree: secure denial
+    assert ad("a.t.") and ad("b.c.t.") and ad("nothing.c.t.")
     assert not ad("a.t.", "AAAA") and not ad("d.t.") and not ad("a.t.", asked=False)

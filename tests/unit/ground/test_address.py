@@ -64,7 +64,8 @@ def test_utf8_local_part_needs_smtputf8() -> None:
 @pytest.mark.parametrize("text", ["<u@192.0.2.1>", "<u@127.0.0.1>", "<u@host.123>", "<u@1>"])
 def test_dsn13_ip_address_as_domain_refused_in_the_path(text: str) -> None:
     """DSN-13: no host name ends in an all-numeric label (RFC 1123 §2.1, RFC 3696 §2), so such a
-    path is refused at MAIL/RCPT rather than accepted and bounced as NXDOMAIN; literals use brackets."""
+    path is refused at MAIL/RCPT rather than accepted and bounced as NXDOMAIN; literals use
+    brackets."""
     with pytest.raises(AddressError, match=r"\[") as caught:
         parse_path(text)
     assert caught.value.smtp_reply().startswith("501 5.1.3 ")

@@ -10,7 +10,8 @@ from mxroute import address
 
 ATEXT = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\x80-\U0010ffff]")
 QTEXT = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e\x80-\U0010ffff]")
-POINTS = [*range(0x800), 0xD7FF, 0xD800, 0xDFFF, 0xE000, 0xFEFF, 0xFFFD, 0xFFFF, 0x10000, 0x1F600, 0x10FFFF]
+POINTS = [*range(0x800), 0xD7FF, 0xD800, 0xDFFF, 0xE000, 0xFEFF, 0xFFFD, 0xFFFF, 0x10000, 0x1F600,
+          0x10FFFF]
 
 
 def test_atext_and_qtext_sets_unchanged() -> None:
