@@ -1,5 +1,6 @@
 """The TLS decisions delivery and ``explain --probe`` share, made here once (TLS-1/3/6/7, EXP-3).
 
+* ``opportunistic_context`` and ``verify_context``: the two kinds of client context.
 * ``Contexts.for_host``: the SSL context a STARTTLS with one MX host uses.
 * ``peer_of``: what the peer of a TLS session showed (certificate, protocol, cipher).
 * ``verdict``: what a host's TLS policy level demands of what STARTTLS gave, and the
@@ -21,16 +22,35 @@ from mxroute.tls import policy as tlspolicy
 from mxroute.tls.policy import TlsPolicy
 
 
+def opportunistic_context() -> ssl.SSLContext:
+    """TLS without verification: better than plain text when no policy says more (RFC 7435,
+    TLS-1)."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def verify_context(ca_file: Path | str | None = None) -> ssl.SSLContext:
+    """PKIX and host-name checking (level ``verify``): ``ca_file`` if given, else the system
+    store."""
+    cafile = str(ca_file) if ca_file else None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 class Contexts:
     """The SSL contexts of one courier (or one probe), each made once.
 
     ``opportunistic``: the context without verification (RFC 7435, TLS-1); by default
-    ``tlspolicy.opportunistic_context()``. The verifying context is made on first use, and
+    ``opportunistic_context()``. The verifying context is made on first use, and
     again when ``tls_ca_file`` changed (a reload).
     """
 
     def __init__(self, opportunistic: ssl.SSLContext | None = None) -> None:
-        self.opportunistic = opportunistic or tlspolicy.opportunistic_context()
+        self.opportunistic = opportunistic or opportunistic_context()
         self._verifying: tuple[Path | str | None, ssl.SSLContext] | None = None
 
     def for_host(
@@ -58,7 +78,7 @@ class Contexts:
     def verifying(self, ca_file: Path | str | None) -> ssl.SSLContext:
         """PKIX and host-name checking against ``ca_file`` (or the system store), TLS-3."""
         if self._verifying is None or self._verifying[0] != ca_file:
-            self._verifying = (ca_file, tlspolicy.verify_context(ca_file))
+            self._verifying = (ca_file, verify_context(ca_file))
         return self._verifying[1]
 
 
@@ -215,9 +235,11 @@ __all__ = [
     "Contexts",
     "Peer",
     "TlsOutcome",
+    "opportunistic_context",
     "peer_of",
     "probe_verdict",
     "satisfied",
     "unmeetable",
     "verdict",
+    "verify_context",
 ]

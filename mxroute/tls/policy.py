@@ -31,10 +31,8 @@ the default ``tls_policy``. Pure: no I/O beyond building an SSL context.
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mxroute.tls.tlsa import Tlsa
@@ -127,26 +125,6 @@ def no_name(host: str) -> str:
 
 # --- SSL contexts -----------------------------------------------------------------------------
 
-def opportunistic_context() -> ssl.SSLContext:
-    """TLS without verification: better than plain text when no policy says more (RFC 7435,
-    TLS-1)."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-def verify_context(ca_file: Path | str | None = None) -> ssl.SSLContext:
-    """PKIX and host-name checking (level ``verify``): ``ca_file`` if given, else the system
-    store."""
-    cafile = str(ca_file) if ca_file else None
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
-    context.check_hostname = True
-    context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
 __all__ = [
-    "STATUS", "TlsPolicy", "handshake_failed", "no_name", "not_offered", "opportunistic_context",
-    "policy_for", "refused", "verify_context",
+    "STATUS", "TlsPolicy", "handshake_failed", "no_name", "not_offered", "policy_for", "refused",
 ]

@@ -18,8 +18,8 @@ from pathlib import Path
 from mxroute.address import IPAddress
 from mxroute.dns.answer import Outcome
 from mxroute.dns.resolver import Resolver
+from mxroute.tls.contexts import verify_context
 from mxroute.tls.mtasts.policy import PolicyError, StsPolicy, parse_policy
-from mxroute.tls.policy import verify_context
 
 MAX_POLICY_BYTES = 64 * 1024  # §3.3: "a maximum size of 64 KiB" is suggested
 MAX_HEADER_BYTES = 16 * 1024

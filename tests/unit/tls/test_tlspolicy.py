@@ -12,7 +12,7 @@ import pytest
 from mxroute.errors import ConfigError
 from mxroute.settings import load_settings, normalize_table
 from mxroute.tls import policy as tlspolicy
-from mxroute.tls.contexts import probe_verdict, satisfied
+from mxroute.tls.contexts import opportunistic_context, probe_verdict, satisfied, verify_context
 from mxroute.tls.policy import TlsPolicy, policy_for
 from tests.support.paths import ROOT
 
@@ -98,9 +98,9 @@ def test_tls3_failure_replies_are_4_7_5() -> None:
 def test_tls3_contexts() -> None:
     import ssl
 
-    loose = tlspolicy.opportunistic_context()
+    loose = opportunistic_context()
     assert loose.verify_mode == ssl.CERT_NONE and not loose.check_hostname
-    strict = tlspolicy.verify_context()
+    strict = verify_context()
     assert strict.verify_mode == ssl.CERT_REQUIRED and strict.check_hostname
 
 
