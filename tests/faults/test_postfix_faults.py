@@ -26,14 +26,14 @@ from pathlib import Path
 import pytest
 
 from tests.faults.conftest import skip_or_fail
-from tests.integration.test_interop_postfix import (
+from tests.support.postfix import (
     MAIN_CF,
     MASTER_CF,
     POSTFIX,
     PostfixInstance,
-    _free_port,
-    _unavailable,
+    free_port,
     stop_postfix,
+    unavailable,
 )
 from tests.support.relay import Relay, World, wait_for
 
@@ -58,7 +58,7 @@ def _listening(instance: PostfixInstance) -> bool:
 
 @pytest.fixture
 def postfix_mta() -> Iterator[PostfixInstance]:
-    why = _unavailable()
+    why = unavailable()
     if why:
         skip_or_fail(why)
     root = Path(tempfile.mkdtemp(prefix="mxroute-faults-postfix-"))
@@ -66,7 +66,7 @@ def postfix_mta() -> Iterator[PostfixInstance]:
     for sub in ("etc", "queue", "data"):
         (root / sub).mkdir()
     shutil.chown(root / "data", user="postfix")
-    port = _free_port(HOST)
+    port = free_port(HOST)
     (root / "etc" / "main.cf").write_text(MAIN_CF.format(root=root, host=HOST, tls=""))
     (root / "etc" / "master.cf").write_text(MASTER_CF.format(host=HOST, port=port))
     instance = PostfixInstance(root, HOST, port, False)

@@ -1,0 +1,142 @@
+"""A private Postfix instance for interop tests: its main.cf and master.cf templates, whether one
+can be started here, the instance's held queue, and stopping it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+POSTFIX = Path("/usr/sbin/postfix")
+POSTCAT = Path("/usr/sbin/postcat")
+
+MAIN_CF = """\
+compatibility_level = 3.6
+queue_directory = {root}/queue
+data_directory = {root}/data
+mail_owner = postfix
+setgid_group = postdrop
+# the loopback interface is the one configured address; master.cf binds {host} itself
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+myhostname = mx.interop.test
+mydomain = interop.test
+myorigin = interop.test
+mydestination = interop.test
+local_recipient_maps =
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+smtpd_recipient_restrictions =
+    check_recipient_access inline:{{ {{nobody@interop.test = 550 5.1.1 no such user here}} }},
+    check_client_access static:HOLD, permit
+smtpd_recipient_limit = 3
+smtpd_peername_lookup = no
+smtp_dns_support_level = disabled
+maillog_file_prefixes = {root}
+maillog_file = {root}/maillog
+biff = no
+smtpd_banner = $myhostname ESMTP
+{tls}
+"""
+
+MASTER_CF = """\
+{host}:{port} inet n - n - - smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+tlsmgr    unix  -       -       n       1000    1       tlsmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000    0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+smtp      unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+local     unix  -       n       n       -       -       local
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+"""
+
+
+def unavailable() -> str | None:
+    """Why no private Postfix instance can be started here, or None when one can."""
+    if not POSTFIX.exists() or not POSTCAT.exists():
+        return "Postfix (Debian package postfix) is not installed"
+    if os.geteuid() != 0:
+        return "starting a private Postfix instance needs root"
+    return None
+
+
+@dataclass
+class PostfixInstance:
+    """A running private Postfix: its directory, listening address and whether it offers TLS."""
+
+    root: Path
+    host: str
+    port: int
+    tls: bool
+
+    @property
+    def config(self) -> Path:
+        return self.root / "etc"
+
+    def held(self) -> list[str]:
+        hold = self.root / "queue" / "hold"
+        return sorted(p.name for p in hold.iterdir()) if hold.is_dir() else []
+
+    def wait_held(self, count: int, timeout: float = 10.0) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(self.held()) < count:
+            time.sleep(0.05)
+        return self.held()
+
+    def postcat(self, queue_id: str, *flags: str) -> str:
+        done = subprocess.run([str(POSTCAT), "-c", str(self.config), *flags, "-q", queue_id],
+                              capture_output=True, timeout=30, check=True)
+        return done.stdout.decode("utf-8", "replace")
+
+    def body(self, queue_id: str) -> bytes:
+        """The message body as Postfix stored it, with CRLF line ends."""
+        # headers, an empty line, the body; no record markers
+        text = self.postcat(queue_id, "-h", "-b")
+        lines = [line for line in text.split("\n") if not line.startswith("*** ")]
+        body = lines[lines.index("") + 1:]
+        if body and body[-1] == "":
+            body.pop()
+        return "".join(line + "\r\n" for line in body).encode("utf-8")
+
+    def clear(self) -> None:
+        for queue_id in self.held():
+            subprocess.run(["/usr/sbin/postsuper", "-c", str(self.config), "-d", queue_id, "hold"],
+                           capture_output=True, timeout=30, check=False)
+
+
+def stop_postfix(instance: PostfixInstance, root: Path) -> None:
+    """``postfix stop``, wait (bounded) until its master process is gone, remove the instance."""
+    subprocess.run([str(POSTFIX), "-c", str(instance.config), "stop"], check=False,
+                   capture_output=True, timeout=60)
+    pid_file = root / "queue" / "pid" / "master.pid"
+    deadline = time.monotonic() + 15
+    while pid_file.exists() and time.monotonic() < deadline:
+        try:
+            os.kill(int(pid_file.read_text().split()[0]), 0)
+        except (OSError, ValueError):
+            break
+        time.sleep(0.1)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def free_port(host: str) -> int:
+    """A TCP port on ``host`` that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
