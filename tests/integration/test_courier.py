@@ -20,30 +20,10 @@ from mxroute.routing.route import policy_from_settings, route
 from mxroute.settings import Settings
 from mxroute.text import xtext
 from tests.conftest import resolver_for
-from tests.support.courierkit import MESSAGE
+from tests.support.courierkit import MESSAGE, by, plan, target
 from tests.support.courierkit import courier_settings as settings
 from tests.support.dnsserver import DNSServer
 from tests.support.smtpsink import ClosedPort, RawSink, Sink, tls_available
-
-
-def target(n: int, server: Sink | RawSink | ClosedPort, preference: int | None = None) -> Target:
-    return Target(
-        f"mx{n}.dest.test",
-        preference if preference is not None else 10 * n,
-        server.host,
-        4,
-        server.port,
-    )
-
-
-def plan(*targets: Target) -> Plan:
-    return Plan(
-        "dest.test",
-        Verdict.DELIVERABLE,
-        f"{len(targets)} address(es) to try",
-        "2.0.0",
-        targets=targets,
-    )
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -74,10 +54,6 @@ def deliver(
             await c.close()  # in the same event loop that opened the connections
 
     return run(go())
-
-
-def by(results: list[RecipientResult]) -> dict[str, RecipientResult]:
-    return {r.recipient: r for r in results}
 
 
 # --- the basics ---------------------------------------------------------------------------

@@ -16,7 +16,8 @@ import pytest
 from mxroute.relay.courier.courier import Courier
 from mxroute.relay.courier.pipelining import PipeliningProtocol
 from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult
-from tests.integration.test_courier import MESSAGE, by, plan, settings, target
+from tests.support.courierkit import MESSAGE, by, plan, target
+from tests.support.courierkit import courier_settings as settings
 from tests.support.smtpsink import Sink
 
 
