@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_explain_tls import explain
 from tests.support.dnsserver import DNSServer
+from tests.support.explaincli import explain
 from tests.support.relay import MSG, ROOT, Relay, World, wait_for
 from tests.support.smtpsink import Sink, tls_available
 

@@ -6,16 +6,12 @@ implemented."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.support.dnsserver import DNSServer
-from tests.support.paths import ROOT
+from tests.support.explaincli import explain
 from tests.support.smtpsink import Sink, tls_available
 
 ZONE = """
@@ -27,33 +23,6 @@ mx.bank IN A 127.0.1.51
 shop    IN MX 10 mx.shop.t.
 mx.shop IN A 127.0.1.52
 """
-
-
-def explain(dns: DNSServer, args: list[str], **settings: Any) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MXROUTE_")}
-    env.update(
-        {
-            "MXROUTE_HELO_NAME": "me.t",
-            "PYTHONPATH": str(ROOT),
-            "MXROUTE_ALLOW_PRIVATE_DESTINATIONS": "true",
-            "MXROUTE_CONNECT_TIMEOUT": "2",
-        }
-    )
-    env.update(
-        {
-            f"MXROUTE_{k.upper()}": v if isinstance(v, str) else json.dumps(v)
-            for k, v in settings.items()
-        }
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "mxroute", "explain", "--dns", dns.address, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        cwd=ROOT,
-        check=False,
-    )
 
 
 @pytest.fixture
