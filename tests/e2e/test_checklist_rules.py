@@ -53,11 +53,11 @@ def test_sec4_default_listens_on_loopback_only() -> None:
 def test_tls4_starttls_discards_pipelined_plaintext(world: World) -> None:
     """TLS-4 (CVE-2024-34083 class): `STARTTLS\\r\\nNOOP\\r\\n` in one write: no NOOP reply
     inside TLS."""
-    from tests.support.smtpsink import _tls_files, tls_available
+    from tests.support.smtpsink import tls_available, tls_files
 
     if not tls_available():
         pytest.skip("the cryptography package is needed to make a test certificate")
-    cert, key = _tls_files()
+    cert, key = tls_files()
     relay = world.relay(tls_cert_file=str(cert), tls_key_file=str(key))
     context = ssl.create_default_context()
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE

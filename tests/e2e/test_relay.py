@@ -409,13 +409,13 @@ def _banner(port: int) -> bytes:
 def test_sec8_auth_only_after_starttls_and_then_relays(world: World, tmp_path: Path) -> None:
     """SEC-8: no AUTH before TLS (538 5.7.11); after STARTTLS bad credentials → 535 5.7.8;
     good ones let a client outside relay_networks relay (Received says ESMTPSA)."""
-    from tests.support.smtpsink import _tls_files, tls_available
+    from tests.support.smtpsink import tls_available, tls_files
 
     if not tls_available():
         pytest.skip("the cryptography package is needed to make a test certificate")
     from mxroute.relay.intake.auth import hash_password
 
-    cert, key = _tls_files()
+    cert, key = tls_files()
     creds = tmp_path / "credentials"
     creds.write_text(f"# test users\nalice:{hash_password('s3cret')}\n")
     sink = world.sink(1)

@@ -380,7 +380,7 @@ def test_one_log_line_per_event_with_the_queue_id_and_no_password(
     (RTY-3), the sender notifications (DSN-1) and the removal: one line each, each starting with
     the queue ID, key=value, Postfix-like. At log_level DEBUG an AUTH password (SEC-8), right or
     wrong, never reaches the log, neither in clear nor in base64."""
-    from tests.support.smtpsink import _tls_files, tls_available
+    from tests.support.smtpsink import tls_available, tls_files
 
     if not tls_available():
         pytest.skip("the cryptography package is needed to make a test certificate")
@@ -389,7 +389,7 @@ def test_one_log_line_per_event_with_the_queue_id_and_no_password(
     from mxroute.relay.intake.auth import hash_password
 
     password, wrong = "Corr3ct-Horse-Pw", "Wr0ng-Battery-Pw"
-    cert, key = _tls_files()
+    cert, key = tls_files()
     creds = tmp_path / "credentials"
     creds.write_text(f"alice:{hash_password(password)}\n")
     sink = world.sink(1)

@@ -251,13 +251,13 @@ def test_sec8_auth_without_tls_is_refused(
     """SEC-8: with valid credentials but no TLS, every AUTH form is refused (538 5.7.11 / 504), AUTH
     is not advertised, and the client stays unable to relay."""
     from mxroute.relay.intake.auth import hash_password
-    from tests.support.smtpsink import _tls_files, tls_available
+    from tests.support.smtpsink import tls_available, tls_files
 
     creds = tmp_path / "credentials"
     creds.write_text(f"alice:{hash_password('s3cret')}\n")
     tls = {}
     if tls_available():
-        cert, key = _tls_files()
+        cert, key = tls_files()
         tls = {"tls_cert_file": str(cert), "tls_key_file": str(key)}
     relay = fworld.relay(relay_networks=["127.0.0.1/32"], auth_credentials_file=str(creds), **tls)
     client = Raw(relay.port, source="127.0.0.9")

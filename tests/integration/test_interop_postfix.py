@@ -38,7 +38,7 @@ from tests.support.postfix import (
     stop_postfix,
     unavailable,
 )
-from tests.support.smtpsink import _tls_files, tls_available
+from tests.support.smtpsink import tls_available, tls_files
 
 pytestmark = pytest.mark.interop
 
@@ -59,7 +59,7 @@ def postfix() -> Iterator[PostfixInstance]:
     shutil.chown(root / "data", user="postfix")
     tls = ""
     if tls_available():
-        cert, key = _tls_files()
+        cert, key = tls_files()
         shutil.copy(cert, root / "etc" / "cert.pem")
         shutil.copy(key, root / "etc" / "key.pem")
         tls = (f"smtpd_tls_security_level = may\nsmtpd_tls_cert_file = {root}/etc/cert.pem\n"

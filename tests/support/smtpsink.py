@@ -109,7 +109,7 @@ def tls_available() -> bool:
     return True
 
 
-def _tls_files() -> tuple[Path, Path]:
+def tls_files() -> tuple[Path, Path]:
     """A self-signed RSA certificate for ``sink.test`` (generated once per process)."""
     global _tls_dir
     with _tls_lock:
@@ -145,7 +145,7 @@ def _tls_files() -> tuple[Path, Path]:
 
 
 def server_tls_context() -> ssl.SSLContext:
-    cert, key = _tls_files()
+    cert, key = tls_files()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     return context
