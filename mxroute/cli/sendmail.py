@@ -3,8 +3,11 @@
 Reads a message on stdin and hands it to the first ``listen`` address of the
 running ``mxroute serve``. Exit codes are sendmail's (sysexits): 0 accepted,
 64 usage, 65 bad message or address, 75 the relay cannot take it now (the
-caller keeps the message and retries), 69 refused for good. As a submission
-agent it adds Date, Message-ID and From when missing (RFC 6409 §8).
+caller keeps the message and retries), 69 refused for good. Once the relay has
+queued the message for any recipient the code is 0, so a retrying caller sends
+no duplicate; the refused recipients are named on stderr, one line each (as
+Postfix's sendmail queues and reports them by DSN). As a submission agent it
+adds Date, Message-ID and From when missing (RFC 6409 §8).
 """
 
 from __future__ import annotations
@@ -175,15 +178,19 @@ def sendmail(settings: Settings, argv: Sequence[str], stdin: BinaryIO) -> int:
         print(f"sendmail: cannot reach the relay at {host}:{port}: {exc}; try again later",
               file=sys.stderr)
         return EX_TEMPFAIL
-    if refused:
-        return _refused(refused)
+    _report(refused)  # queued for the others: retrying would duplicate their copies
     return EX_OK
 
 
 def _refused(refused: dict[str, tuple[int, bytes]]) -> int:
-    temporary = False
-    for rcpt, (code, text) in refused.items():
-        print(f"sendmail: <{rcpt}> refused: {code} {text.decode('utf-8', 'replace')}",
-              file=sys.stderr)
-        temporary = temporary or code < 500
+    """Nothing was queued: 75 if any refusal was temporary, else 69."""
+    _report(refused)
+    temporary = any(code < 500 for code, _ in refused.values())
     return EX_TEMPFAIL if temporary else EX_UNAVAILABLE
+
+
+def _report(refused: dict[str, tuple[int, bytes]]) -> None:
+    """One stderr line per refused recipient, with the relay's reply."""
+    for rcpt, (code, text) in refused.items():
+        reply = " ".join(text.decode("utf-8", "replace").split())
+        print(f"sendmail: <{rcpt}> refused: {code} {reply}", file=sys.stderr)

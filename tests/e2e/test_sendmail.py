@@ -99,3 +99,31 @@ def test_split_common_options() -> None:
     )
     with pytest.raises(Usage):
         split_common(["--config"])
+
+
+def test_partial_acceptance_exits_0_and_names_the_refused(world: World) -> None:
+    """Issue 13 item 4: once one recipient is accepted and the message queued (250 after DATA),
+    sendmail exits 0 (EX_OK), so a caller retrying on 69/75 sends no duplicate; each refused
+    recipient gets one stderr line with the relay's reply (Postfix reports them by DSN).
+    A permanent (550 5.1.2 address literal) and a temporary (452 4.5.3, SEC-9) refusal alike."""
+    sink = world.sink(1)
+    relay = world.relay(max_recipients=2)
+    done = sendmail(["-f", "a@sender.test", "bob@dest.test", "x@[127.0.0.1]", "u@dest.test",
+                     "late@dest.test"], b"Subject: x\n\nx\n", relay.env)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.decode().splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("sendmail: <x@[127.0.0.1]> refused: 550 5.1.2"), lines
+    assert lines[1].startswith("sendmail: <late@dest.test> refused: 452 4.5.3"), lines
+    assert wait_for(lambda: len(sink.messages) == 1)
+    assert sorted(sink.messages[0].rcpt_to) == ["bob@dest.test", "u@dest.test"]
+
+
+def test_no_recipient_accepted_keeps_the_refusal_codes(world: World) -> None:
+    """Issue 13 item 4: with every recipient refused nothing is queued: 69 for a permanent refusal,
+    one stderr line per recipient."""
+    relay = world.relay()
+    done = sendmail(["x@[127.0.0.1]", "y@[127.0.0.2]"], b"Subject: x\n\nx\n", relay.env)
+    assert done.returncode == 69, done.stderr
+    assert len(done.stderr.decode().splitlines()) == 2 and b"550 5.1.2" in done.stderr
+    assert relay.queued() == []
