@@ -2,9 +2,10 @@
 
 MAIL/RCPT parameters parsed case-preserving with the DSN extension (RFC 3461 §4),
 enhanced status codes on every reply (RFC 2034), PIPELINING/DSN advertised (by the
-handler's EHLO hook), a client cap, a DATA timeout, AUTH refused inside a transaction
-and checked off the event loop (aiosmtpd's authenticator is synchronous: ``defer_auth``
-keeps the login for the handler's credentials to check). The policy itself (what is
+handler's EHLO hook), a multi-line reply written in one piece, a client cap, a DATA
+timeout, AUTH refused inside a transaction and checked off the event loop (aiosmtpd's
+authenticator is synchronous: ``defer_auth`` keeps the login for the handler's
+credentials to check). The policy itself (what is
 accepted, where it is stored) is the handler's: ``handler.Intake``.
 
 What aiosmtpd 1.4.6 already does for SEC-1: DATA lines are read with
@@ -106,6 +107,7 @@ class RelaySMTP(SMTP):
         self.intake = intake
         self.auth_pending: LoginPassword | None = None
         self._in_ehlo = False
+        self._continued: list[bytes] = []  # the lines of a multi-line reply so far
         self._refused = False
         self.client_ip = ""
         self.auth_failures = 0
@@ -152,10 +154,19 @@ class RelaySMTP(SMTP):
 
     # -- replies --
     async def push(self, status: Any) -> None:
+        """Reply with enhanced codes; a multi-line reply's ``NNN-`` lines wait for its last
+        line, so the whole reply goes out in ONE write (one segment, as Postfix): a client
+        that reads once after EHLO gets every line (issue 13)."""
         if isinstance(status, str) and not self._in_ehlo:
             status = enhance(status)
-        await super().push(status)
-        if isinstance(status, str) and status[:1] == "5":
+        line = (status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+                if isinstance(status, str) else bytes(status))
+        if line[3:4] == b"-":
+            self._continued.append(line)
+            return
+        reply, self._continued = b"\r\n".join([*self._continued, line]), []
+        await super().push(reply)  # aiosmtpd adds the last CRLF, writes once and drains
+        if line[:1] == b"5":
             self.errors += 1
             transport = self.transport
             if (self.errors == HARD_ERROR_LIMIT and transport is not None
