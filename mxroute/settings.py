@@ -116,7 +116,8 @@ class Settings(BaseSettings):
     # SEC-10; relay_networks exempt (Postfix smtpd_client_connection_count_limit)
     max_clients_per_ip: int = Field(50, ge=1)
     command_timeout: float = Field(300.0, gt=0)  # server side, RFC 5321 §4.5.3.2.7
-    data_timeout: float = Field(600.0, gt=0)
+    # the whole DATA phase; 300 s as Postfix's smtpd_timeout (§4.5.3.2.6's 10 min is the CLIENT's)
+    data_timeout: float = Field(300.0, gt=0)
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     auth_credentials_file: Path | None = None
