@@ -1,9 +1,10 @@
 """The intake's multi-line replies reach the client in one write (issue 13 item 5).
 
 A client that reads once after sending EHLO (sslscan, many probes) must find the whole reply:
-every extension line, STARTTLS when TLS is configured, and the final ``250 `` line
-(RFC 5321 §4.2.1 multi-line replies; SESS-5, SEC-8, TLS-4 neighbours). Postfix writes the
-reply in one segment; so does mxroute. Segments are counted without strace: Linux's
+every extension line, STARTTLS when TLS is configured, and the final ``250 `` line. Checklist:
+TLS-4 (the intake's STARTTLS, which such a client otherwise misses), SEC-8 (AUTH only inside
+TLS), the multi-line reply form of SESS-5 (RFC 5321 §4.2.1). Postfix writes the reply in one
+segment; so does mxroute. Segments are counted without strace: Linux's
 ``TCP_INFO`` ``tcpi_data_segs_in`` on the client's socket (Linux 4.6+).
 """
 
