@@ -161,7 +161,7 @@ class RelaySMTP(SMTP):
             status = enhance(status)
         line = (status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
                 if isinstance(status, str) else bytes(status))
-        if line[3:4] == b"-":
+        if line.rpartition(b"\n")[2][3:4] == b"-":  # its (last) line is a continuation
             self._continued.append(line)
             return
         reply, self._continued = b"\r\n".join([*self._continued, line]), []
