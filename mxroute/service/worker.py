@@ -18,7 +18,8 @@ Every attempt reads the queue file again, so a message heard about twice is stil
 delivered once.
 
 The child dies with the parent: ``PR_SET_PDEATHSIG`` (SIGKILL, Linux) and, everywhere,
-end of file on the socket.
+end of file on the socket. It holds the parent's spool lock (the inherited descriptor,
+checked at start): no second ``serve`` delivers from the spool while it runs.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from mxroute.dns.configured import RESOLVER_SETTINGS, resolver_from_settings
 from mxroute.relay.queue.manager import QueueManager
 from mxroute.relay.queue.plans import PlanCache
 from mxroute.relay.spool.format import QUEUE_ID
+from mxroute.relay.spool.lock import SpoolInUse, hold_inherited
 from mxroute.relay.spool.store import Spool
 from mxroute.routing.route import mta_sts_reach
 from mxroute.service.attempts import AttemptTimer, TimedCourier
@@ -126,9 +128,17 @@ def _die_with_parent(ppid: int) -> None:
 
 
 def child_main() -> None:
-    """Entry of the delivery process: ``child_main`` FD PPID (started by ``ChildLink``)."""
-    fd, ppid = int(sys.argv[1]), int(sys.argv[2])
+    """Entry of the delivery process: ``child_main`` FD PPID LOCK_FD (started by ``ChildLink``).
+
+    LOCK_FD, the spool lock inherited from the parent, stays open until this process ends.
+    """
+    fd, ppid, lock_fd = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     _die_with_parent(ppid)
+    try:
+        hold_inherited(lock_fd)
+    except SpoolInUse as exc:
+        print(f"mxroute: {exc.message}", file=sys.stderr)
+        os._exit(exc.exit_code)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C reaches the process group: the parent decides
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reload comes over the socket
     sock = socket.socket(fileno=fd)
