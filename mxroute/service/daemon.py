@@ -192,10 +192,14 @@ class Relay:
             new = new.model_copy(update={name: getattr(old, name) for name in kept})
         # a fresh resolver when a dns_* setting changed: no answer of the old servers is kept
         dns_changed = any(name in changed for name in RESOLVER_SETTINGS)
-        resolver = resolver_from_settings(new) if dns_changed else None
         try:
-            # reads the certificate and credentials files: may fail
+            # reads the zone files (a new resolver), the certificate and credentials files
+            resolver = resolver_from_settings(new) if dns_changed else None
             self.intake.reconfigure(new, resolver)
+        except ConfigError as exc:
+            log.error("reload failed: %s; still running with the previous configuration",
+                      exc.message)
+            return False
         except (OSError, ValueError, ssl.SSLError) as exc:
             log.error("reload failed: %s; still running with the previous configuration", exc)
             return False

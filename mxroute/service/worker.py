@@ -34,6 +34,7 @@ import sys
 from typing import Any
 
 from mxroute.dns.configured import RESOLVER_SETTINGS, resolver_from_settings
+from mxroute.errors import ConfigError
 from mxroute.relay.queue.manager import QueueManager
 from mxroute.relay.queue.plans import PlanCache
 from mxroute.relay.spool.format import QUEUE_ID
@@ -90,9 +91,13 @@ class Delivery:
         self.courier.settings, self.mta_sts.reach = new, mta_sts_reach(new)
         # no answer of the old servers is kept
         if any(getattr(new, name) != getattr(old, name) for name in RESOLVER_SETTINGS):
-            fresh = resolver_from_settings(new)
-            fresh.stats = self.resolver.stats  # the counters go on (metrics)
-            self.resolver = self.queue.resolver = self.mta_sts.resolver = fresh
+            try:
+                fresh = resolver_from_settings(new)
+            except ConfigError as exc:  # a zone file changed since the parent read it
+                log.error("reload: %s; delivery keeps the previous resolver", exc.message)
+            else:
+                fresh.stats = self.resolver.stats  # the counters go on (metrics)
+                self.resolver = self.queue.resolver = self.mta_sts.resolver = fresh
         self.settings = new
 
     def snapshot(self) -> dict[str, Any]:
