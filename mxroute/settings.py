@@ -145,6 +145,9 @@ class Settings(BaseSettings):
     # trusted path, e.g. unbound on 127.0.0.1); queries then carry AD (RFC 6840 §5.7). Postfix
     # smtp_dns_support_level = dnssec. Needed by the TLS level "dane".
     dns_trust_ad: bool = False
+    # answer every query from these RFC 1035 zone files instead of any server (offline routing,
+    # labs, tests); `--zone FILE` sets it, and so it reaches the delivery process too
+    dns_zone_files: list[Path] = []
 
     # --- routing and delivery ---
     smtp_port: int = Field(25, ge=1, le=65535)
@@ -213,6 +216,14 @@ class Settings(BaseSettings):
     def _servers(cls, value: list[str]) -> list[str]:
         for item in value:
             parse_dns_server(item)
+        return value
+
+    @field_validator("dns_zone_files")
+    @classmethod
+    def _zone_files(cls, value: list[Path]) -> list[Path]:
+        for path in value:
+            if not path.is_file():
+                raise ValueError(f"zone file {path} does not exist")
         return value
 
     @field_validator("tls_policy")

@@ -175,25 +175,27 @@ def _usage(message: str) -> MxrouteError:
 def _settings(args: argparse.Namespace) -> Any:
     from mxroute.settings import load_settings
 
+    for zone in args.zone:  # a bad argument: 64, before the settings (78)
+        if not os.path.isfile(zone):
+            raise _usage(f"zone file {zone} does not exist")
+    # the command line's settings: part of Settings, so they reach every process of serve
     overrides: dict[str, Any] = {}
     if args.dns:
         overrides["dns_servers"] = args.dns
-    settings = load_settings(args.config, **overrides)
-    for zone in args.zone:
-        import os
-
-        if not os.path.isfile(zone):
-            raise _usage(f"zone file {zone} does not exist")
-    return settings
+    if args.zone:
+        overrides["dns_zone_files"] = args.zone
+    return load_settings(args.config, **overrides)
 
 
 def _resolver(args: argparse.Namespace, settings: Any, trace: bool) -> Any:
     from mxroute.dns.configured import resolver_from_settings
 
     try:
-        return resolver_from_settings(settings, args.zone, trace_size=None if trace else 0)
-    except (ValueError, OSError) as exc:
-        raise _usage(f"cannot load zone file: {exc}") from None
+        return resolver_from_settings(settings, trace_size=None if trace else 0)
+    except ConfigError as exc:
+        if args.zone:  # an unparseable --zone is a bad argument (64)
+            raise _usage(exc.message) from None
+        raise
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -206,7 +208,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from mxroute.service.daemon import serve
 
-        # SIGHUP: the same --config, --dns
+        # SIGHUP: the same --config, --dns, --zone
         return serve(_settings(args), reload=lambda: _settings(args))
     if args.command == "queue":
         from mxroute.cli.queue import queue_command

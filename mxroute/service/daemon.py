@@ -7,7 +7,8 @@ tells the delivery process each committed queue ID; the delivery process runs
 recovery, the queue manager, the courier and bounces. ``0``: the same parts on one
 event loop, the ID handed over by a direct call.
 
-Start-up: prepare the spool and remove stale temporary files (DUR-5), start the
+Start-up: prepare the spool, take its lock (``serve.lock``, mxroute/relay/spool/lock.py: a
+second ``serve`` on the spool exits 75), remove stale temporary files (DUR-5), start the
 delivery side and wait for its recovery (DUR-7), then listen (or take the sockets
 systemd passed, LISTEN_FDS), then ``READY=1``. One log line per event on stdout
 (journald; both processes write there); under journald each line carries its
@@ -44,6 +45,7 @@ from mxroute.dns.configured import RESOLVER_SETTINGS, resolver_from_settings
 from mxroute.dns.resolver import Resolver
 from mxroute.errors import EX_OK, EX_OSERR, EX_SOFTWARE, ConfigError, MxrouteError
 from mxroute.relay.intake.handler import Intake
+from mxroute.relay.spool.lock import SpoolLock
 from mxroute.relay.spool.store import Spool
 from mxroute.service import sdnotify
 from mxroute.service.link import ChildLink, LocalLink
@@ -190,10 +192,14 @@ class Relay:
             new = new.model_copy(update={name: getattr(old, name) for name in kept})
         # a fresh resolver when a dns_* setting changed: no answer of the old servers is kept
         dns_changed = any(name in changed for name in RESOLVER_SETTINGS)
-        resolver = resolver_from_settings(new) if dns_changed else None
         try:
-            # reads the certificate and credentials files: may fail
+            # reads the zone files (a new resolver), the certificate and credentials files
+            resolver = resolver_from_settings(new) if dns_changed else None
             self.intake.reconfigure(new, resolver)
+        except ConfigError as exc:
+            log.error("reload failed: %s; still running with the previous configuration",
+                      exc.message)
+            return False
         except (OSError, ValueError, ssl.SSLError) as exc:
             log.error("reload failed: %s; still running with the previous configuration", exc)
             return False
@@ -220,10 +226,14 @@ async def _main(settings: Settings, loader: Loader) -> int:
     # split: the delivery process reads the file
     spool = Spool(settings.spool_dir, keep_fresh=not settings.delivery_processes)
     spool.prepare()
+    # one owner per spool, before its temporary files or queue are touched; the delivery
+    # process inherits the descriptor (one lock for both); the kernel frees it on any death
+    owner = SpoolLock(settings.spool_dir)
+    lock_fd = owner.acquire()
     for name in spool.clean_temp():
         log.info("removed stale temporary file %s (an intake that never got its 250)", name)
     if settings.delivery_processes:  # mxroute/service/worker.py in a process of its own
-        link: LocalLink | ChildLink = ChildLink(settings)
+        link: LocalLink | ChildLink = ChildLink(settings, lock_fd)
     else:
         link = LocalLink(Delivery(settings, spool))
     # the intake's (sender check, identity self-check); delivery has its own
@@ -254,6 +264,7 @@ async def _main(settings: Settings, loader: Loader) -> int:
             await metrics.close()
         await link.stop(0.0)
         spool.close()
+        owner.release()
         raise
     relay = Relay(settings, loader, resolver, link, intake)
     stop = asyncio.Event()
@@ -279,6 +290,7 @@ async def _main(settings: Settings, loader: Loader) -> int:
     await intake.shutdown(INTAKE_GRACE)
     final = await link.stop(DELIVERY_GRACE)
     spool.close()
+    owner.release()
     stats = final.get("stats", {})
     log.info("stopped: accepted=%d delivered=%d deferred=%d bounced=%d", intake.stats["accepted"],
              stats.get("delivered", 0), stats.get("deferred", 0), stats.get("bounced", 0))

@@ -4,7 +4,8 @@
 loop, called directly. ``ChildLink`` (``delivery_processes = 1``, the default): the
 delivery process (mxroute/service/worker.py), started as a fresh interpreter
 (``sys.executable -c``) and spoken to over one AF_UNIX socketpair, one line per message
-(``Lines``):
+(``Lines``). The child inherits the spool lock's descriptor (mxroute/relay/spool/lock.py):
+one lock, held while either process lives, never refusing a restarted child.
 
 - parent → child: a queue ID (a message just committed to the spool, fsync'd), or a JSON
   command: ``settings`` (start and SIGHUP), ``rescan``, ``snapshot``, ``stop``;
@@ -129,8 +130,10 @@ def decode_settings(text: str) -> Settings:
 class ChildLink:
     """``delivery_processes = 1``: the delivery side in a child process, supervised, restarted."""
 
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, settings: Settings, lock_fd: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
+        self.lock_fd = lock_fd  # the spool lock: every child inherits it (the same lock)
         self.clock = clock
         self.failed = asyncio.Event()
         self._failure: str | None = None
@@ -156,8 +159,9 @@ class ChildLink:
             # From the loop's (main) thread: PR_SET_PDEATHSIG follows the thread that forked, so
             # this brief fork/exec stays on the loop (once per child start), not in an executor.
             self._proc = subprocess.Popen(  # noqa: ASYNC220
-                [sys.executable, "-c", _CHILD_COMMAND, str(theirs.fileno()), str(os.getpid())],
-                pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
+                [sys.executable, "-c", _CHILD_COMMAND, str(theirs.fileno()), str(os.getpid()),
+                 str(self.lock_fd)],
+                pass_fds=(theirs.fileno(), self.lock_fd), env=env, stdin=subprocess.DEVNULL,
             )
         finally:
             theirs.close()

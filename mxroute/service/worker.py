@@ -18,7 +18,8 @@ Every attempt reads the queue file again, so a message heard about twice is stil
 delivered once.
 
 The child dies with the parent: ``PR_SET_PDEATHSIG`` (SIGKILL, Linux) and, everywhere,
-end of file on the socket.
+end of file on the socket. It holds the parent's spool lock (the inherited descriptor,
+checked at start): no second ``serve`` delivers from the spool while it runs.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ import sys
 from typing import Any
 
 from mxroute.dns.configured import RESOLVER_SETTINGS, resolver_from_settings
+from mxroute.errors import ConfigError
 from mxroute.relay.queue.manager import QueueManager
 from mxroute.relay.queue.plans import PlanCache
 from mxroute.relay.spool.format import QUEUE_ID
+from mxroute.relay.spool.lock import SpoolInUse, hold_inherited
 from mxroute.relay.spool.store import Spool
 from mxroute.routing.route import mta_sts_reach
 from mxroute.service.attempts import AttemptTimer, TimedCourier
@@ -88,9 +91,13 @@ class Delivery:
         self.courier.settings, self.mta_sts.reach = new, mta_sts_reach(new)
         # no answer of the old servers is kept
         if any(getattr(new, name) != getattr(old, name) for name in RESOLVER_SETTINGS):
-            fresh = resolver_from_settings(new)
-            fresh.stats = self.resolver.stats  # the counters go on (metrics)
-            self.resolver = self.queue.resolver = self.mta_sts.resolver = fresh
+            try:
+                fresh = resolver_from_settings(new)
+            except ConfigError as exc:  # a zone file changed since the parent read it
+                log.error("reload: %s; delivery keeps the previous resolver", exc.message)
+            else:
+                fresh.stats = self.resolver.stats  # the counters go on (metrics)
+                self.resolver = self.queue.resolver = self.mta_sts.resolver = fresh
         self.settings = new
 
     def snapshot(self) -> dict[str, Any]:
@@ -126,9 +133,17 @@ def _die_with_parent(ppid: int) -> None:
 
 
 def child_main() -> None:
-    """Entry of the delivery process: ``child_main`` FD PPID (started by ``ChildLink``)."""
-    fd, ppid = int(sys.argv[1]), int(sys.argv[2])
+    """Entry of the delivery process: ``child_main`` FD PPID LOCK_FD (started by ``ChildLink``).
+
+    LOCK_FD, the spool lock inherited from the parent, stays open until this process ends.
+    """
+    fd, ppid, lock_fd = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     _die_with_parent(ppid)
+    try:
+        hold_inherited(lock_fd)
+    except SpoolInUse as exc:
+        print(f"mxroute: {exc.message}", file=sys.stderr)
+        os._exit(exc.exit_code)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C reaches the process group: the parent decides
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reload comes over the socket
     sock = socket.socket(fileno=fd)

@@ -1,0 +1,40 @@
+"""``serve.lock``: one owner per spool (issue 13 item 1; DUR-7). The e2e test with two real
+`serve` processes is tests/e2e/test_spool_owner.py; these pin the flock semantics it relies on."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mxroute.errors import EX_TEMPFAIL
+from mxroute.relay.spool.lock import SpoolInUse, SpoolLock, hold_inherited
+
+
+def test_second_lock_on_the_spool_is_refused_naming_the_spool_and_the_pid(tmp_path: Path) -> None:
+    first = SpoolLock(tmp_path)
+    fd = first.acquire()
+    assert (tmp_path / "serve.lock").read_text() == f"{os.getpid()}\n"
+    with pytest.raises(SpoolInUse) as refused:
+        SpoolLock(tmp_path).acquire()  # another open file description: flock conflicts
+    assert refused.value.exit_code == EX_TEMPFAIL
+    assert refused.value.message == (f"spool {tmp_path} is in use by another mxroute serve "
+                                     f"(PID {os.getpid()}); not starting")
+    hold_inherited(fd)  # the owner's own description (what the delivery process inherits)
+    first.release()
+    again = SpoolLock(tmp_path)
+    again.acquire()  # released: the next owner takes it, stale PID or not
+    again.release()
+
+
+def test_a_descriptor_without_the_lock_cannot_deliver(tmp_path: Path) -> None:
+    owner = SpoolLock(tmp_path)
+    owner.acquire()
+    other = os.open(tmp_path / "serve.lock", os.O_RDWR)
+    try:
+        with pytest.raises(SpoolInUse):
+            hold_inherited(other)
+    finally:
+        os.close(other)
+        owner.release()
