@@ -39,7 +39,8 @@ def test_delivery_with_received_header_first_and_content_intact(world: World) ->
     assert f"by relay.test with ESMTP id {queue_id}".encode() in rest
     assert rest.endswith(MSG) and rest.count(b"Received:") == 1
     assert wait_for(lambda: relay.queued() == [])
-    assert f"{queue_id}: to=<u@dest.test>" in relay.log() and "status=sent" in relay.log()
+    log = relay.logged(f"{queue_id}: to=<u@dest.test>", "status=sent")
+    assert f"{queue_id}: to=<u@dest.test>" in log and "status=sent" in log, log
 
 
 def test_mx_fallback_to_the_next_preference(world: World) -> None:
@@ -60,7 +61,8 @@ def test_rty1_deferred_then_retried_and_delivered(world: World) -> None:
     relay = world.relay()
     relay.send("a@sender.test", ["u@dest.test"], MSG)
     assert wait_for(lambda: sink.messages, timeout=20)
-    assert "status=deferred" in relay.log() and "status=sent" in relay.log()
+    log = relay.logged("status=deferred", "status=sent")
+    assert "status=deferred" in log and "status=sent" in log, log
     assert wait_for(lambda: relay.queued() == [])
 
 

@@ -42,6 +42,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def service_env() -> dict[str, str]:
+    """This environment without PYTHON* variables (PYTHONUNBUFFERED, PYTHONDONTWRITEBYTECODE,
+    ...) and with PYTHONPATH the checkout: what systemd or a newcomer's shell gives ``serve``,
+    whatever the shell running the tests has set (issue 13)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, step: float = 0.05) -> Any:
     """Poll ``predicate`` until truthy or ``timeout`` (bounded in time and count)."""
     deadline = time.monotonic() + timeout
@@ -53,6 +62,19 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, step: float = 
             break
         time.sleep(step)
     return predicate()
+
+
+def wait_for_text(read: Callable[[], str], texts: tuple[str, ...], timeout: float = 15.0) -> str:
+    """``read()`` once it holds every one of ``texts`` (bounded, as ``wait_for``); the last
+    text read otherwise, for the assertion's message."""
+    last = [""]
+
+    def holds() -> bool:
+        last[0] = read()
+        return all(text in last[0] for text in texts)
+
+    wait_for(holds, timeout=timeout)
+    return last[0]
 
 
 # --- SMTP sinks: tests/support/smtpsink.py, all on the relay's smtp_port --------------------------
@@ -76,7 +98,7 @@ class Relay:
         self.port = free_port()
         self.spool = tmp / "spool"
         self.log_path = tmp / "relay.log"
-        self.env = dict(os.environ)
+        self.env = service_env()
         values: dict[str, Any] = {
             "listen": [f"127.0.0.1:{self.port}"],
             "spool_dir": str(self.spool),
@@ -94,18 +116,17 @@ class Relay:
             self.env[f"MXROUTE_{name.upper()}"] = (
                 value if isinstance(value, str) else json.dumps(value)
             )
-        self.env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(ROOT), self.env.get("PYTHONPATH")])
-        )
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> Relay:
+    def start(self, stdout: int | None = None) -> Relay:
+        """Start ``serve`` with stdout and stderr to ``log_path`` (or to the descriptor
+        ``stdout``) and wait, bounded, for its banner."""
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "mxroute", "serve"],
                 cwd=ROOT,
                 env=self.env,
-                stdout=log,
+                stdout=log if stdout is None else stdout,
                 stderr=subprocess.STDOUT,
             )
         if not wait_for(self._ready, timeout=20):
@@ -124,7 +145,13 @@ class Relay:
             return False
 
     def log(self) -> str:
+        """The log so far (read once: to assert a line, wait for it with ``logged``)."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def logged(self, *texts: str, timeout: float = 15.0) -> str:
+        """The log once it holds every one of ``texts`` (bounded wait: a line comes within
+        about 0.1 s of its event, see mxroute/service/logsetup.py); the log so far otherwise."""
+        return wait_for_text(self.log, texts, timeout)
 
     def client(self, source: str | None = None) -> smtplib.SMTP:
         client = smtplib.SMTP("127.0.0.1", self.port, timeout=10,
