@@ -166,6 +166,7 @@ class Relay:
                 await self.reload()
             except Exception:  # keep serving on the old settings whatever went wrong
                 log.exception("reload failed; still running with the previous configuration")
+            flush_log()  # the reload's lines are out when `systemctl reload` returns
             sdnotify.notify(f"READY=1\nSTATUS={await self.status()}")
 
     async def reload(self) -> bool:
