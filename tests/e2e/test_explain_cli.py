@@ -4,16 +4,13 @@ MX-*)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.dnsserver import DNSServer
-from tests.support.paths import ROOT
+from tests.support.explaincli import run_explain
 
 ZONE = """
 $ORIGIN t.
@@ -57,21 +54,6 @@ relay     IN TXT "v=spf1 ip4:127.0.0.2 -all"
 """
 
 
-def explain(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MXROUTE_")}
-    full_env.update({"MXROUTE_HELO_NAME": "me.t", "PYTHONPATH": str(ROOT)})
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "mxroute", "explain", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=60,
-        cwd=ROOT,
-        check=False,
-    )
-
-
 @pytest.fixture
 def dns(dns_server: DNSServer) -> DNSServer:
     dns_server.set_zone(ZONE)
@@ -86,7 +68,7 @@ def as_json(
         "MXROUTE_ALLOW_PRIVATE_DESTINATIONS": "true" if private else "false",
         "MXROUTE_DNS_TIMEOUT": "0.5",
     }
-    result = explain(["--dns", dns.address, "--json", "--seed", "1", address, *extra], env)
+    result = run_explain(["--dns", dns.address, "--json", "--seed", "1", address, *extra], env)
     assert result.stderr == "" or result.returncode != 0, result.stderr
     return result.returncode, json.loads(result.stdout)
 
@@ -183,7 +165,7 @@ def test_family_setting_and_cap(dns: DNSServer) -> None:
     _, body = as_json(dns, "u@dual.t")
     assert [p["family"] for p in body["plan"]] == [6, 4]
     env = {"MXROUTE_ALLOW_PRIVATE_DESTINATIONS": "true", "MXROUTE_ADDRESS_FAMILY": "ipv4-only"}
-    result = explain(["--dns", dns.address, "--json", "u@dual.t"], env)
+    result = run_explain(["--dns", dns.address, "--json", "u@dual.t"], env)
     assert [p["address"] for p in json.loads(result.stdout)["plan"]] == ["127.0.1.6"]
 
 
@@ -192,21 +174,21 @@ def test_exp1_record_then_replay_offline(dns: DNSServer, tmp_path: Path) -> None
     for address in ("u@pref.t", "u@nullmx.t", "u@implicit.t", "u@nx.t", "u@halfbad.t"):
         _, live = as_json(dns, address, "--record", str(recording))
         env = {"MXROUTE_ALLOW_PRIVATE_DESTINATIONS": "true"}
-        replay = explain(["--zone", str(recording), "--json", "--seed", "1", address], env)
+        replay = run_explain(["--zone", str(recording), "--json", "--seed", "1", address], env)
         offline = json.loads(replay.stdout)
         for key in ("status", "reason", "plan", "pruned", "mx", "null_mx", "implicit_mx"):
             assert offline[key] == live[key], (address, key)
 
 
 def test_demo_zone_text_output() -> None:
-    result = explain(["--zone", "config/demo.zone", "--seed", "1", "user@demo.example"])
+    result = run_explain(["--zone", "config/demo.zone", "--seed", "1", "user@demo.example"])
     assert result.returncode == 0, result.stderr
     assert "deliverable" in result.stdout and "Plan (the order delivery will try)" in result.stdout
     assert "\x1b[" not in result.stdout  # no colour when not a terminal
 
 
 def test_exp5_exit_64_for_a_malformed_address() -> None:
-    result = explain(["--zone", "config/demo.zone", "not an address"])
+    result = run_explain(["--zone", "config/demo.zone", "not an address"])
     assert (
         result.returncode == 64
         and "Traceback" not in result.stderr
@@ -215,7 +197,7 @@ def test_exp5_exit_64_for_a_malformed_address() -> None:
 
 
 def test_exit_78_for_a_bad_setting() -> None:
-    result = explain(
+    result = run_explain(
         ["--zone", "config/demo.zone", "u@demo.example"], {"MXROUTE_SMTP_PORT": "99999"}
     )
     assert (
@@ -226,14 +208,14 @@ def test_exit_78_for_a_bad_setting() -> None:
 
 
 def test_exit_64_for_bad_arguments() -> None:
-    result = explain(["--no-such-flag", "u@demo.example"])
+    result = run_explain(["--no-such-flag", "u@demo.example"])
     assert result.returncode == 64
 
 
 def test_exp5_a_malformed_dns_argument_is_a_usage_error_but_as_a_setting_a_config_error() -> None:
-    result = explain(["--dns", "not an ip", "u@demo.example"])
+    result = run_explain(["--dns", "not an ip", "u@demo.example"])
     assert result.returncode == 64 and "--dns" in result.stderr and "Traceback" not in result.stderr
-    result = explain(
+    result = run_explain(
         ["--zone", "config/demo.zone", "u@demo.example"], {"MXROUTE_DNS_SERVERS": '["not an ip"]'}
     )
     assert result.returncode == 78 and "dns_servers" in result.stderr
@@ -257,7 +239,7 @@ up IN A 127.0.1.41
             "MXROUTE_SMTP_PORT": str(sink.port),
             "MXROUTE_CONNECT_TIMEOUT": "2",
         }
-        result = explain(["--dns", dns_server.address, "--json", "--probe", "u@p"], env)
+        result = run_explain(["--dns", dns_server.address, "--json", "--probe", "u@p"], env)
         body = json.loads(result.stdout)
         probe = body["probe"]
         assert probe["target"].startswith("up.p[127.0.1.41]"), probe
@@ -321,7 +303,7 @@ def test_exp4_no_egress_ip_means_no_verdicts(dns: DNSServer) -> None:
 def test_exp4_settings_supply_egress_ips_and_sender_domain(dns: DNSServer) -> None:
     env = {"MXROUTE_ALLOW_PRIVATE_DESTINATIONS": "true", "MXROUTE_EGRESS_IPS": '["127.0.0.2"]',
            "MXROUTE_SENDER_DOMAIN": "spf.t", "MXROUTE_HELO_NAME": "relay.t"}
-    result = explain(["--dns", dns.address, "--json", "u@pref.t"], env)
+    result = run_explain(["--dns", dns.address, "--json", "u@pref.t"], env)
     body = json.loads(result.stdout)
     assert body["spf"]["sender"] == "postmaster@spf.t" and body["spf"]["result"] == "pass"
     assert body["ptr"]["helo_matches"] is True
@@ -338,7 +320,7 @@ def test_exp4_null_sender_checks_the_helo_identity(dns: DNSServer) -> None:
 
 def test_exp4_text_shows_verdicts_warnings_and_fixes(dns: DNSServer) -> None:
     env = {"MXROUTE_ALLOW_PRIVATE_DESTINATIONS": "true"}
-    result = explain(
+    result = run_explain(
         [
             "--dns",
             dns.address,
@@ -363,7 +345,7 @@ def test_exp4_text_shows_verdicts_warnings_and_fixes(dns: DNSServer) -> None:
 
 
 def test_exp4_bad_egress_ip_is_a_usage_error(dns: DNSServer) -> None:
-    result = explain(["--dns", dns.address, "--egress-ip", "not-an-ip", "u@pref.t"])
+    result = run_explain(["--dns", dns.address, "--egress-ip", "not-an-ip", "u@pref.t"])
     assert result.returncode == 64 and "Traceback" not in result.stderr
     assert "argument --egress-ip: 'not-an-ip' is not an IP address" in result.stderr
 
@@ -398,7 +380,7 @@ def test_exp5_bad_input_files_and_sender_exit_64_with_one_line(
 ) -> None:
     bad = tmp_path / "bad.zone"
     bad.write_text("this is not a zone file\n")
-    result = explain([str(bad) if a == "{bad}" else a for a in args])
+    result = run_explain([str(bad) if a == "{bad}" else a for a in args])
     assert result.returncode == 64, (result.returncode, result.stderr)
     assert (
         "Traceback" not in result.stderr and result.stderr.count("\n") == 1 and result.stdout == ""
