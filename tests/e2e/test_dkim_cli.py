@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.support.dnsserver import DNSServer
 from tests.support.paths import ROOT
@@ -121,3 +124,42 @@ def test_check_without_keys_and_bad_settings(dns_server: DNSServer) -> None:
                                                      '"key_file": "/x"}]')
     assert bad.returncode == 78 and len(bad.stderr.splitlines()) == 1
     assert "dkim_keys" in bad.stderr and "a_b" in bad.stderr
+
+
+def test_opendkim_testkey_agrees(tmp_path: Path) -> None:
+    """An independent peer (OpenDKIM's opendkim-testkey, opendkim-tools) agrees with `dkim check`
+    on ok, mismatch and missing, for an mxroute key (PKCS#8) and an openssl one (PKCS#1).
+
+    opendkim.conf's ``Nameservers`` takes addresses only (port 53): the loopback server listens
+    on 127.0.54.1:53, which needs root (CI runs as root).
+    """
+    if shutil.which("opendkim-testkey") is None or shutil.which("openssl") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("opendkim-testkey (opendkim-tools) or openssl is missing")
+        pytest.skip("opendkim-testkey (opendkim-tools) or openssl is missing")
+    ours = keygen(tmp_path, "t", "s1")
+    foreign = tmp_path / "foreign.pem"
+    subprocess.run(["openssl", "genrsa", "-traditional", "-out", str(foreign), "2048"],
+                   check=True, capture_output=True, timeout=60)
+    foreign.chmod(0o600)
+    zone = "$ORIGIN .\n$TTL 300\n" + SOA + f"s1._domainkey.t. IN TXT {quoted(ours['txt'])}\n"
+    try:
+        server = DNSServer(host="127.0.54.1", port=53, zone=zone).start()
+    except PermissionError:
+        if os.environ.get("CI") == "true":
+            pytest.fail("cannot listen on port 53 for opendkim-testkey (CI runs as root)")
+        pytest.skip("cannot listen on port 53 (not root)")
+    try:
+        conf = tmp_path / "opendkim.conf"
+        conf.write_text("Nameservers 127.0.54.1\n")
+        cases = [("s1", ours["key_file"], "ok", 0), ("s1", str(foreign), "mismatch", 65),
+                 ("gone", ours["key_file"], "missing", 69)]
+        for selector, key_file, status, peer_code in cases:
+            peer = subprocess.run(["opendkim-testkey", "-x", str(conf), "-d", "t", "-s", selector,
+                                   "-k", key_file], capture_output=True, text=True, timeout=60)
+            assert peer.returncode == peer_code, (selector, key_file, peer.stdout, peer.stderr)
+            code, results = check(server, [{"domain": "t", "selector": selector,
+                                             "key_file": key_file}])
+            assert results[0]["status"] == status and code == (0 if status == "ok" else 69)
+    finally:
+        server.stop()
