@@ -81,11 +81,20 @@ def check(settings: Any, resolver: Any, as_json: bool) -> int:
             print("no DKIM keys configured (dkim_keys)")
         return EX_OK
     group = _mxroute_gid()
+    entries = []
+    for entry in settings.dkim_keys:
+        if entry.domain == "*":  # signs as the From domain: no DNS name of its own to check
+            print(f"mxroute: dkim check: the catch-all key (domain *, selector {entry.selector})"
+                  " has no DNS name of its own; check each domain it signs for", file=sys.stderr)
+            continue
+        key = load_or_problem(entry.key_file, group)
+        for warning in getattr(key, "warnings", ()):
+            print(f"mxroute: warning: {warning}", file=sys.stderr)
+        entries.append((entry, key))
 
     async def run() -> list[Any]:
-        return [await check_key(resolver, entry.domain, entry.selector,
-                                load_or_problem(entry.key_file, group))
-                for entry in settings.dkim_keys]
+        return [await check_key(resolver, entry.domain, entry.selector, key)
+                for entry, key in entries]
 
     results = asyncio.run(run())
     if as_json:

@@ -164,3 +164,22 @@ def test_opendkim_testkey_agrees(tmp_path: Path) -> None:
             assert results[0]["status"] == status and code == (0 if status == "ok" else 69)
     finally:
         server.stop()
+
+
+def test_check_reports_key_problems(tmp_path: Path, dns_server: DNSServer) -> None:
+    """A group/world-readable key: a warning line; an unreadable key: mismatch with the reason;
+    a catch-all key: said to have no DNS name of its own."""
+    made = keygen(tmp_path, "t", "a")
+    dns_server.set_zone("$ORIGIN .\n$TTL 300\n" + SOA
+                        + f"a._domainkey.t. IN TXT {quoted(made['txt'])}\n")
+    Path(made["key_file"]).chmod(0o644)
+    keys = [entry(made, "t", "a"),
+            {"domain": "t", "selector": "a", "key_file": str(tmp_path / "x")},
+            {"domain": "*", "selector": "a", "key_file": made["key_file"]}]
+    done = mxroute("dkim", "check", "--dns", dns_server.address,
+                   MXROUTE_DKIM_KEYS=json.dumps(keys))
+    assert done.returncode == 69, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2 and " ok " in lines[0], lines
+    assert "mismatch" in lines[1] and "cannot read" in lines[1], lines
+    assert "mode 0644 lets others read it" in done.stderr and "catch-all" in done.stderr

@@ -7,6 +7,7 @@ The status of one key: ``ok`` | ``missing`` (NXDOMAIN/NODATA) | ``mismatch`` | `
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mxroute.dns.answer import Outcome
@@ -77,7 +78,7 @@ async def check_key(
     return result("ok", "", published.testing)
 
 
-def load_or_problem(path: Any, allowed_group: int | None = None) -> DkimPrivateKey | KeyProblem:
+def load_or_problem(path: Path, allowed_group: int | None = None) -> DkimPrivateKey | KeyProblem:
     """The key, or the one-line problem that keeps it from being used."""
     try:
         return load_key(path, allowed_group=allowed_group)
