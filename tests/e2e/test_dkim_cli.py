@@ -4,6 +4,7 @@ server (issue 14 §2, opendkim-testkey parity): every status with its exit code,
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import shutil
@@ -83,6 +84,16 @@ def test_keygen_refuses_to_overwrite(tmp_path: Path) -> None:
     again = mxroute("dkim", "keygen", "t", "s1", "--dir", str(tmp_path))
     assert again.returncode == 73 and "not overwritten" in again.stderr
     assert Path(made["key_file"]).read_bytes() == before
+
+
+def test_keygen_group_writes_0640(tmp_path: Path) -> None:
+    """--group G: mode 0640, group G (the documented root:mxroute layout)."""
+    group = grp.getgrgid(os.getgid()).gr_name
+    made = keygen(tmp_path, "t", "s1", "--group", group, "--algorithm", "ed25519")
+    info = Path(made["key_file"]).stat()
+    assert info.st_mode & 0o777 == 0o640 and info.st_gid == os.getgid()
+    bad = mxroute("dkim", "keygen", "t", "s2", "--dir", str(tmp_path), "--group", "no-such-grp")
+    assert bad.returncode == 64 and not (tmp_path / "t.s2.pem").exists()
 
 
 def test_check_problems_exit_69(tmp_path: Path, dns_server: DNSServer) -> None:
