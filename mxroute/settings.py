@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -91,6 +92,38 @@ def check_ca_file(path: Path) -> Path:
     if not context.get_ca_certs():
         raise ValueError(f"{path} holds no CA certificate")
     return path
+
+
+class DkimKey(BaseModel):
+    """One ``[[dkim_keys]]`` entry: the key in ``key_file`` for ``domain`` under ``selector``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    domain: str
+    selector: str
+    key_file: Path
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        if value.strip() == "*":
+            return "*"
+        key = normalize_key(value)
+        if key.startswith((".", "[")):
+            raise ValueError(f"{value!r} is not a domain (or \"*\")")
+        return key
+
+    @field_validator("selector")
+    @classmethod
+    def _selector(cls, value: str) -> str:
+        text = value.strip().lower()
+        if not _SELECTOR.fullmatch(text) or len(text) > 253:
+            raise ValueError(f"{value!r} is not a DKIM selector (DNS labels: letters, digits, "
+                             "hyphens, separated by dots)")
+        return text
+
+
+_SELECTOR = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*")
 
 
 class Settings(BaseSettings):
@@ -173,6 +206,10 @@ class Settings(BaseSettings):
     mta_sts: bool = True
     # HTTPS port of mta-sts.<domain>: for testing only
     mta_sts_port: int = Field(443, ge=1, le=65535)
+
+    # --- DKIM keys (docs/dkim.md): `mxroute dkim keygen` makes them, `mxroute dkim check` checks
+    # them against DNS; signing in serve is not built yet
+    dkim_keys: list[DkimKey] = []
 
     # --- operations ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

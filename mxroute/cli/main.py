@@ -94,6 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("sendmail", help="sendmail-compatible submission to the local relay: "
                                     "mxroute sendmail [-t] [-i] [-f SENDER] [RCPT...]")
 
+    p = sub.add_parser("dkim", help="DKIM keys: keygen, check (docs/dkim.md)")
+    dkim = p.add_subparsers(dest="dkim_action", required=True, parser_class=_Parser)
+    p = dkim.add_parser("keygen", parents=[common],
+                        help="write a new private key and print its DNS record")
+    p.add_argument("domain")
+    p.add_argument("selector")
+    p.add_argument("--algorithm", choices=["rsa", "ed25519"], default="rsa")
+    p.add_argument("--bits", type=int, default=2048, help="RSA key size (default 2048)")
+    p.add_argument("--dir", default=".", help="where to write DOMAIN.SELECTOR.pem (default .)")
+    p.add_argument("--group", help="write mode 0640 with this group (e.g. mxroute)")
+    p.add_argument("--json", action="store_true")
+    p = dkim.add_parser("check", parents=[common],
+                        help="compare every configured key with the one published in DNS")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("check-config", parents=[common],
                        help="validate the settings and print the effective values")
     p.add_argument("--json", action="store_true")
@@ -217,7 +232,19 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"{PROG}: queue {args.action} needs a queue ID", file=sys.stderr)
             return EX_USAGE
         return queue_command(_settings(args), args.action, args.queue_id, args.json)
+    if args.command == "dkim":
+        return _dkim(args)
     raise AssertionError(args.command)
+
+
+def _dkim(args: argparse.Namespace) -> int:
+    from mxroute.cli import dkim
+
+    if args.dkim_action == "keygen":
+        return dkim.keygen(args.domain, args.selector, args.algorithm, args.bits, args.dir,
+                           args.group, args.json)
+    settings = _settings(args)
+    return dkim.check(settings, _resolver(args, settings, trace=False), args.json)
 
 
 def _explain(args: argparse.Namespace) -> int:
