@@ -66,8 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", parents=[common], help="show how mail to ADDRESS would be routed")
     p.add_argument("address")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--from", dest="author", metavar="AUTHOR",
+                   help="the From: header address: adds the DKIM and DMARC verdict for its domain")
     p.add_argument("--sender",
-                   help="envelope sender for the SPF check (default: postmaster@sender_domain)")
+                   help="envelope sender for the SPF check (default: the --from address, "
+                        "else postmaster@sender_domain)")
     p.add_argument("--egress-ip", action="append", default=[], metavar="IP", type=_ip_argument,
                    help="the relay's sending address (repeatable; default: egress_ips)")
     p.add_argument("--helo", help="HELO name to check (default: helo_name)")
@@ -255,6 +258,9 @@ def _explain(args: argparse.Namespace) -> int:
     if args.sender and args.sender not in ("<>", ""):
         # malformed: exit 64, before any DNS
         parse_address(args.sender.removeprefix("<").removesuffix(">"))
+    author = parse_address(args.author) if args.author is not None else None
+    if author is not None and author.literal is not None:
+        raise _usage(f"--from {args.author}: DMARC needs a domain, not an address literal")
     settings = _settings(args)
     resolver = _resolver(args, settings, trace=True)
     recorder = None
@@ -265,7 +271,7 @@ def _explain(args: argparse.Namespace) -> int:
         resolver.observers.append(recorder)
     report = asyncio.run(run_explain(address, settings, resolver, seed=args.seed,
                                      egress_ips=args.egress_ip, sender=args.sender,
-                                     helo=args.helo, probe=args.probe))
+                                     helo=args.helo, probe=args.probe, author=author))
     if recorder is not None:
         try:
             with open(args.record, "w", encoding="utf-8") as handle:

@@ -208,10 +208,12 @@ class Relay:
         if resolver is not None:
             self.resolver = resolver
         # SPF-10/12: the new identity
-        if any(name in changed for name in ("egress_ips", "helo_name", *RESOLVER_SETTINGS)):
+        if any(name in changed for name in ("egress_ips", "helo_name", "dkim_keys",
+                                            *RESOLVER_SETTINGS)):
             from mxroute.identity.selfcheck import watch
 
-            self.intake.on_queued = watch(new, self.resolver, self.link.queued)
+            self.intake.on_queued, self.intake.on_author = watch(new, self.resolver,
+                                                                 self.link.queued)
         if new.log_level != old.log_level:
             logging.getLogger().setLevel(new.log_level)
         self.settings = new
@@ -242,7 +244,8 @@ async def _main(settings: Settings, loader: Loader) -> int:
     # the identity self-check: warnings only, off the hot path (SPF-10, SPF-12)
     from mxroute.identity.selfcheck import watch
 
-    intake = Intake(settings, spool, watch(settings, resolver, link.queued), resolver=resolver)
+    intake = Intake(settings, spool, link.queued, resolver=resolver)
+    intake.on_queued, intake.on_author = watch(settings, resolver, link.queued)
     servers: list[asyncio.base_events.Server] = []
     metrics: Any = None
     try:
