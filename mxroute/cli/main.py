@@ -297,21 +297,29 @@ def _spf(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    """The effective settings, then the PTR/HELO self-check of each egress IP (SPF-11, SPF-12).
+    """The effective settings, the ``dkim check`` status of every DKIM key (issue 14), then the
+    PTR/HELO self-check of each egress IP (SPF-11, SPF-12).
 
-    Identity warnings are advice, not configuration errors: the exit code stays 0.
+    Key and identity warnings are advice, not configuration errors: the exit code stays 0.
     In text form they follow the ``name = value`` lines as ``#`` comments.
     """
     settings = _settings(args)
     values = json.loads(settings.model_dump_json())
     reports = None
-    if settings.egress_ips:
-        from mxroute.identity.findings import check_ptr
-
+    keys: list[Any] = []
+    if settings.egress_ips or settings.dkim_keys:
         resolver = _resolver(args, settings, trace=False)
-        reports = asyncio.run(check_ptr(resolver, egress_ips=settings.egress_ips,
-                                        helo=settings.helo_name))
+        if settings.dkim_keys:
+            from mxroute.cli.dkim import check_configured
+
+            keys = check_configured(settings, resolver)
+        if settings.egress_ips:
+            from mxroute.identity.findings import check_ptr
+
+            reports = asyncio.run(check_ptr(resolver, egress_ips=settings.egress_ips,
+                                            helo=settings.helo_name))
     if args.json:
+        values["dkim_check"] = [key.to_json() for key in keys]
         values["identity_check"] = ([report.to_json() for report in reports]
                                     if reports is not None else None)
         print(json.dumps(values, indent=2))
@@ -319,6 +327,12 @@ def _check_config(args: argparse.Namespace) -> int:
     for name, value in values.items():
         print(f"{name} = {json.dumps(value)}")
     print()
+    if keys:
+        from mxroute.cli.dkim import check_line
+
+        print("# DKIM keys (mxroute dkim check)")
+        for key in keys:
+            print(f"# {check_line(key)}")
     if reports is None:
         print("# sending identity: not checked (egress_ips is empty)")
     else:
