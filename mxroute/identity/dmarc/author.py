@@ -16,6 +16,9 @@ from mxroute.errors import AddressError
 HEAD_LIMIT = 256 * 1024
 _FIELD = re.compile(rb"^from[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 _END = re.compile(rb"\r?\n\r?\n")
+# the common From: values, read without the full RFC 5322 parser: `a@b` and `"Name" <a@b>`
+_SIMPLE = re.compile(r'(?:"[^"\\]*"[ \t]*|[^"\\()<>,;:@]*)<([^<>()",;:\s@]+@[^<>()",;:\s@]+)>'
+                     r'|([^<>()",;:\s@]+@[^<>()",;:\s@]+)')
 
 
 def header_block(message: bytes) -> bytes:
@@ -23,8 +26,11 @@ def header_block(message: bytes) -> bytes:
     head = message[:HEAD_LIMIT]
     if head.startswith((b"\r\n", b"\n")):
         return b""
-    end = _END.search(head)
-    return head if end is None else head[:end.start() + 1]
+    end = head.find(b"\r\n\r\n")  # the intake's messages: CRLF only
+    if end >= 0:
+        return head[:end + 2]
+    found = _END.search(head)
+    return head if found is None else head[:found.start() + 1]
 
 
 def from_fields(message: bytes) -> list[str]:
@@ -41,6 +47,9 @@ def author_domain(message: bytes) -> str | None:
     values = from_fields(message)
     if len(values) != 1:
         return None
+    simple = _SIMPLE.fullmatch(values[0])
+    if simple:
+        return _domain(simple.group(1) or simple.group(2))
     domains = {_domain(address) for _, address in getaddresses(values) if address}
     return domains.pop() if len(domains) == 1 else None
 

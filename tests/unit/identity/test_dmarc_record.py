@@ -3,6 +3,8 @@ the From: domain of a message (§3.1, §6.6.1): issue 14 §3."""
 
 from __future__ import annotations
 
+from email.utils import getaddresses
+
 import pytest
 
 from mxroute.identity.dmarc.author import author_domain
@@ -128,3 +130,17 @@ def test_author_domain(message: bytes, domain: str) -> None:
 ])
 def test_no_single_author_domain(message: bytes) -> None:
     assert author_domain(message) is None
+
+
+@pytest.mark.parametrize("value", [
+    "a@b.test", "<a@b.test>", "Some One <a@b.test>", '"Some One" <a@b.test>',
+    '"x@evil.test"   <a@good.test>', "=?utf-8?q?x=40evil.test?= <a@good.test>",
+    "a@b.test (comment)", '"Doe, John" <j@b.test>', "x <a@b.test>, y <c@d.test>",
+    "a@b.test <c@d.test>", "undisclosed-recipients:;", "Name\t<a@B.Test>",
+])
+def test_fast_path_agrees_with_the_full_parser(value: str) -> None:
+    """The common From: shapes are read without email.utils; the answer is the same."""
+    domains = {address.rpartition("@")[2].lower() for _, address in getaddresses([value])
+               if "@" in address}
+    expected = domains.pop() if len(domains) == 1 else None
+    assert author_domain(f"From: {value}\r\n\r\n".encode()) == expected
