@@ -21,13 +21,11 @@ async def discover(resolver: Lookups, domain: str) -> Discovery:
     domain = domain.rstrip(".").lower()
     org = org_domain(domain)
     names = [f"_dmarc.{domain}"] + ([f"_dmarc.{org}"] if org != domain else [])
-    ttl: int | None = None
     for name in names:
         answer = await resolver.lookup(name, "TXT")
-        ttl = answer.ttl if ttl is None else min(ttl, answer.ttl)
         if answer.outcome.temporary:
             detail = f" ({answer.detail})" if answer.detail else ""
-            return Discovery(domain, org, TEMPORARY, name=name, ttl=ttl,
+            return Discovery(domain, org, TEMPORARY, name=name,
                              reason=f"DNS trouble: TXT {name} {answer.outcome.value}{detail}")
         texts = [b"".join(rr.strings).decode("utf-8", "replace") for rr in answer.rrs
                  ] if answer.outcome == Outcome.RECORDS else []
@@ -35,14 +33,14 @@ async def discover(resolver: Lookups, domain: str) -> Discovery:
         if not records:
             continue
         if len(records) > 1:
-            return Discovery(domain, org, NONE, name=name, ttl=ttl,
+            return Discovery(domain, org, NONE, name=name,
                              reason=f"{len(records)} DMARC records at {name}: receivers apply "
                                     "none of them (RFC 7489 §6.6.3)")
         try:
             record = parse_record(records[0])
         except RecordError as exc:
-            return Discovery(domain, org, NONE, name=name, text=records[0], ttl=ttl,
+            return Discovery(domain, org, NONE, name=name, text=records[0],
                              reason=f"the DMARC record at {name} is not usable: {exc}")
-        return Discovery(domain, org, FOUND, record, name, records[0], ttl=ttl)
+        return Discovery(domain, org, FOUND, record, name, records[0])
     where = " or ".join(names)
-    return Discovery(domain, org, NONE, ttl=ttl, reason=f"no DMARC record at {where}")
+    return Discovery(domain, org, NONE, reason=f"no DMARC record at {where}")

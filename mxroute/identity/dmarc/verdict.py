@@ -37,7 +37,6 @@ class Discovery:
     name: str | None = None  # where the record was (``_dmarc.X``)
     text: str | None = None  # the record's text, usable or not
     reason: str = ""  # why NONE or TEMPORARY, in plain words
-    ttl: int | None = None  # the smallest TTL of the answers used
 
     @property
     def from_org(self) -> bool:
