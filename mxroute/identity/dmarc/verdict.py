@@ -126,6 +126,8 @@ def judge(facts: Facts) -> DmarcVerdict:
         reason = f"neither aligns: {dkim_why}; {spf_why}"
         if verdict == FAIL:
             reason += f"; receivers apply p={found.policy}"
+            if record.pct < 100:
+                reason += f" to {record.pct}% of it (pct={record.pct})"
     ready = verdict == PASS and spf_ok and dkim_ok
     fixes = _record_fixes(found) + _dkim_fixes(facts, record, dkim_aligned) + _spf_fixes(
         facts, record, spf_lined_up)

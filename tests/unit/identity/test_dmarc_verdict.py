@@ -58,6 +58,11 @@ def test_fail_names_every_fix() -> None:
     assert verdict.fixes == ("publish the key for s2026._domainkey.example.com", ADD_IP)
 
 
+def test_pct_is_said() -> None:
+    verdict = judge(Facts(found("v=DMARC1; p=reject; pct=25"), "example.com", SPF_FAIL, ()))
+    assert verdict.reason.endswith("receivers apply p=reject to 25% of it (pct=25)")
+
+
 def test_key_fixes_per_status() -> None:
     keys = (key("mismatch"), key("revoked"), key("invalid"), key("ok", testing=True))
     verdict = judge(Facts(found("v=DMARC1; p=reject"), "example.com", SPF_FAIL, keys))
