@@ -205,9 +205,12 @@ def _dns_for(records: dict[str, str]) -> Callable[..., bytes]:
 def test_sess20_relayed_through_serve_dkim_still_passes(dkim_peer: DkimPeer, rsa_key: Key,
                                                         ed_key: Key, tmp_path: Path) -> None:
     """SESS-20 (issue 14): a message signed by dkimpy twice (RSA simple/simple, Ed25519
-    relaxed/relaxed; every header field signed) with an 8-bit body, folded and very long headers and dot lines goes through
-    the real ``mxroute serve`` to the OpenDKIM-verifying Postfix: both signatures still pass, at
-    OpenDKIM and at dkimpy, and the content after our Received: is the signed content."""
+    relaxed/relaxed; every header field signed) with an 8-bit body, folded and very long headers
+    and dot lines goes through the real ``mxroute serve`` to the OpenDKIM-verifying Postfix: both
+    signatures still pass, at OpenDKIM and at dkimpy, and the content after the added trace
+    fields is the signed content byte for byte. (By hand: unfolding the Subject or changing the
+    X-Spaces whitespace fails the simple/simple signature; unstuffing ``..`` or turning the 8-bit
+    line into quoted-printable fails both.)"""
     dkim_peer.publish(rsa_key.zone("rsa1") + ed_key.zone("ed1")
                       + "sender IN MX 10 mx.sender.test.\nmx.sender IN A 127.0.3.9\n")
     every = [line.split(b":")[0].lower() for line in HARD.split(b"\r\n\r\n")[0].split(b"\r\n")

@@ -31,11 +31,15 @@ we are not root, which Postfix needs) and fails instead under ``CI=true``. Use i
 
 OpenDKIM runs with its own opendkim.conf in a temporary directory: ``Mode v``, an inet socket on
 127.0.0.1, ``Nameservers HOST@PORT`` (Debian builds it with libunbound, whose forwarders take a
-port), ``AlwaysAddARHeader`` (unsigned mail gets ``dkim=none``: proof the milter ran) and an
-empty ``InternalHosts`` (by default mail from 127.0.0.1 would be a signing candidate, not
-verified). Postfix calls it with ``milter_default_action = tempfail``, so a broken or absent
-milter refuses the mail instead of letting a test pass; Postfix rewrites no header
-(``local_header_rewrite_clients`` empty), so what OpenDKIM checks is what was sent.
+port, so no root and no port 53 are needed), ``ResolverConfiguration`` with
+``local-zone: "test." nodefault`` (else libunbound answers every name under the special-use
+``test.`` itself, NXDOMAIN, and never asks), ``AlwaysAddARHeader`` (unsigned mail gets
+``dkim=none``: proof the milter ran) and an empty ``InternalHosts`` (by default mail from
+127.0.0.1 would be a signing candidate, not verified). OpenDKIM removes an incoming
+Authentication-Results field that claims its authserv-id (RFC 8601 §5). Postfix calls it with
+``milter_default_action = tempfail``, so a broken or absent milter refuses the mail instead of
+letting a test pass; Postfix rewrites no header (``local_header_rewrite_clients`` empty), so
+what OpenDKIM checks is what was sent.
 """
 
 from __future__ import annotations

@@ -117,13 +117,7 @@ class PostfixInstance:
 
     def body(self, queue_id: str) -> bytes:
         """The message body as Postfix stored it, with CRLF line ends."""
-        # headers, an empty line, the body; no record markers
-        text = self.postcat(queue_id, "-h", "-b")
-        lines = [line for line in text.split("\n") if not line.startswith("*** ")]
-        body = lines[lines.index("") + 1:]
-        if body and body[-1] == "":
-            body.pop()
-        return "".join(line + "\r\n" for line in body).encode("utf-8")
+        return self.message(queue_id).split(b"\r\n\r\n", 1)[1]
 
     def message(self, queue_id: str) -> bytes:
         """The whole message (header and body) as Postfix stored it, byte for byte, with CRLF
