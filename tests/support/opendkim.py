@@ -142,17 +142,22 @@ class OpenDKIM:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM to our process (by PID), a bounded wait, then SIGKILL. libmilter notices the
-        signal when its accept loop wakes (up to 5 s), so a connection wakes it at once."""
+        signal when its accept loop wakes (up to 5 s), so connections wake it until it is gone."""
         if self.proc is None or self.proc.poll() is not None:
             return
         os.kill(self.proc.pid, signal.SIGTERM)
-        with contextlib.suppress(OSError):
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=timeout)
+        deadline = time.monotonic() + timeout
+        for _ in range(int(timeout / 0.2) + 1):
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            try:
+                self.proc.wait(timeout=0.2)
+                return
+            except subprocess.TimeoutExpired:
+                if time.monotonic() > deadline:
+                    break
+        self.proc.kill()
+        self.proc.wait(timeout=timeout)
 
 
 @dataclass
