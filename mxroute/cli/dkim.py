@@ -73,6 +73,7 @@ def _first(exc: ValueError) -> str:
 def check(settings: Any, resolver: Any, as_json: bool) -> int:
     """Check every configured key against DNS: exit 0 all ok, 69 any problem, 75 DNS trouble."""
     from mxroute.identity.dkim.check import PROBLEMS, check_key, load_or_problem
+    from mxroute.identity.dkim.keys import service_gid
 
     if not settings.dkim_keys:
         if as_json:
@@ -80,7 +81,7 @@ def check(settings: Any, resolver: Any, as_json: bool) -> int:
         else:
             print("no DKIM keys configured (dkim_keys)")
         return EX_OK
-    group = _mxroute_gid()
+    group = service_gid()
     entries = []
     for entry in settings.dkim_keys:
         if entry.domain == "*":  # signs as the From domain: no DNS name of its own to check
@@ -112,8 +113,3 @@ def check(settings: Any, resolver: Any, as_json: bool) -> int:
     return EX_OK
 
 
-def _mxroute_gid() -> int | None:
-    try:
-        return grp.getgrnam("mxroute").gr_gid
-    except KeyError:
-        return None

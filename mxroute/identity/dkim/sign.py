@@ -14,13 +14,14 @@ import hashlib
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from mxroute.identity.dkim import canon
-from mxroute.identity.dkim.keys import DkimPrivateKey, load_key
+from mxroute.identity.dkim.keys import DkimPrivateKey, KeyProblem, load_key, service_gid
 from mxroute.identity.dkim.select import signing_keys
 from mxroute.settings import DkimKey, Settings
 
@@ -40,6 +41,18 @@ class SigningKey:
         return author_domain if self.config.domain == "*" else self.config.domain
 
 
+@dataclass
+class SigningStats:
+    """What was signed (per ``d=``, ``s=``) and how often signing failed; kept across reloads."""
+
+    signed: Counter[tuple[str, str]] = field(default_factory=Counter)
+    failures: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"signed": [[d, s, n] for (d, s), n in sorted(self.signed.items())],
+                "failures": self.failures}
+
+
 class SigningError(Exception):
     """Signing failed at run time (a key OpenSSL refuses): the message must not go unsigned."""
 
@@ -49,27 +62,34 @@ class DkimSigner:
 
     def __init__(
         self, keys: Sequence[SigningKey], *, expire_seconds: int | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, stats: SigningStats | None = None,
     ) -> None:
         self.keys = tuple(keys)
         self.expire_seconds = expire_seconds
         self.clock = clock
-        self.signed: Counter[tuple[str, str]] = Counter()
-        self.failures = 0
+        self.stats = stats or SigningStats()
 
     @classmethod
-    def load(cls, settings: Settings, allowed_group: int | None = None) -> tuple[DkimSigner,
-                                                                                 list[str]]:
+    def load(cls, settings: Settings, *, stats: SigningStats | None = None,
+             tolerant: bool = False) -> tuple[DkimSigner, list[str]]:
         """Read every ``dkim_keys`` file: the signer and the warnings (one line each).
 
-        KeyProblem (one line naming the key) when one cannot be used: nothing is half-loaded.
+        KeyProblem (one line naming the key) when one cannot be used, and nothing is half-loaded;
+        ``tolerant``: that key is left out instead, its problem one more warning.
         """
         loaded, warnings = [], []
+        group = service_gid()
         for config in settings.dkim_keys:
-            private = load_key(config.key_file, allowed_group=allowed_group)
+            try:
+                private = load_key(config.key_file, allowed_group=group)
+            except KeyProblem as exc:
+                if not tolerant:
+                    raise
+                warnings.append(f"{exc.message}; mail for {config.domain} is not signed with it")
+                continue
             warnings += private.warnings
             loaded.append(SigningKey(config, private))
-        return cls(loaded, expire_seconds=settings.dkim_expire_seconds), warnings
+        return cls(loaded, expire_seconds=settings.dkim_expire_seconds, stats=stats), warnings
 
     def keys_for(self, author_domain: str) -> list[SigningKey]:
         """The keys that sign mail from ``author_domain``: RSA first, then Ed25519 (RFC 8463)."""
@@ -81,7 +101,11 @@ class DkimSigner:
         """The DKIM-Signature fields (CRLF-terminated) to put on top of ``message``, one per key,
         in ``keys``' order. canon.ParseError for a header that is not header fields; SigningError
         when a signature cannot be made (counted)."""
-        parsed = canon.split_message(message)
+        return self.sign_parsed(canon.split_message(message), keys, author_domain)
+
+    def sign_parsed(self, parsed: canon.Parsed, keys: Sequence[SigningKey],
+                    author_domain: str) -> bytes:
+        """As ``sign``, for a message already split by ``canon.split_message``."""
         names = canon.header_list(parsed)
         headers = canon.signed_headers(parsed, names)
         body_hash = base64.b64encode(hashlib.sha256(canon.relaxed_body(parsed.body)).digest())
@@ -89,16 +113,17 @@ class DkimSigner:
         out = []
         for key in keys:
             domain = key.d(author_domain)
-            field = _field(ALGORITHMS[key.private.algorithm], domain, key.config.selector, now,
+            value = _value(ALGORITHMS[key.private.algorithm], domain, key.config.selector, now,
                            self.expire_seconds, names, body_hash.decode("ascii"))
-            data = headers + canon.relaxed_header(b"DKIM-Signature", field)[:-2]
+            data = headers + canon.relaxed_header(b"DKIM-Signature", value)[:-2]
             try:
                 signature = _signature(key.private, data)
-            except Exception as exc:  # noqa: BLE001 - OpenSSL's errors are not one class
-                self.failures += 1
+            except Exception as exc:
+                self.stats.failures += 1
                 raise SigningError(f"DKIM key {key.private.path}: cannot sign: {exc}") from exc
-            out.append(b"DKIM-Signature:" + field + _fold_b64(signature) + b"\r\n")
-            self.signed[(domain, key.config.selector)] += 1
+            out.append(b"DKIM-Signature:" + value + _fold_b64(signature) + b"\r\n")
+        for key in keys:
+            self.stats.signed[(key.d(author_domain), key.config.selector)] += 1
         return b"".join(out)
 
 
@@ -108,10 +133,10 @@ def _signature(key: DkimPrivateKey, data: bytes) -> bytes:
     return key.key.sign(hashlib.sha256(data).digest())  # RFC 8463 §3: Ed25519 of the hash
 
 
-def _field(algorithm: str, domain: str, selector: str, now: int, expire: int | None,
+def _value(algorithm: str, domain: str, selector: str, now: int, expire: int | None,
            names: list[str], body_hash: str) -> bytes:
     """The field's value up to an empty ``b=``, folded (CRLF TAB) before FOLD_AT columns."""
-    tags = [f"v=1;", f"a={algorithm};", "c=relaxed/relaxed;", f"d={domain};", f"s={selector};",
+    tags = ["v=1;", f"a={algorithm};", "c=relaxed/relaxed;", f"d={domain};", f"s={selector};",
             f"t={now};"]
     if expire is not None:
         tags.append(f"x={now + expire};")
@@ -136,4 +161,4 @@ def _fold_b64(signature: bytes) -> bytes:
     return b"\r\n\t".join(text[i:i + 64] for i in range(0, len(text), 64))
 
 
-__all__ = ["ALGORITHMS", "DkimSigner", "SigningError", "SigningKey"]
+__all__ = ["ALGORITHMS", "DkimSigner", "SigningError", "SigningKey", "SigningStats"]

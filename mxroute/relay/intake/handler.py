@@ -36,6 +36,7 @@ from mxroute.relay.intake.params import (
 )
 from mxroute.relay.intake.protocol import RelayEnvelope, RelaySMTP, defer_auth, peer_ip
 from mxroute.relay.intake.sendercheck import SenderCheck
+from mxroute.relay.intake.signing import IntakeSigning
 from mxroute.relay.spool.format import MessageMeta, RecipientState, new_queue_id
 from mxroute.relay.spool.store import Spool
 from mxroute.settings import Settings
@@ -58,6 +59,7 @@ class Intake:
         self.sender_check = SenderCheck(resolver)  # SPF-13, per null_mx_sender
         self.networks = settings.networks()
         self.credentials = Credentials.from_file(settings.auth_credentials_file)
+        self.dkim = IntakeSigning.load(settings)  # DKIM keys read and checked (ConfigError)
         self.sessions: set[RelaySMTP] = set()
         # open sessions per client address
         self.per_ip: collections.Counter[str] = collections.Counter()
@@ -81,14 +83,15 @@ class Intake:
     def reconfigure(self, settings: Settings, resolver: Resolver | None = None) -> None:
         """Apply reloaded settings (SIGHUP) to new sessions and to the next command of open ones.
 
-        The certificate and credentials files are read first: if one is bad this raises
-        (OSError, ValueError, ssl.SSLError) and nothing changes. An open session keeps the
-        size limit, timeouts and TLS context it started with. ``resolver``: a new one when
-        the DNS settings changed.
+        The DKIM keys, certificate and credentials files are read first: if one is bad this
+        raises (ConfigError, OSError, ValueError, ssl.SSLError) and nothing changes. An open
+        session keeps the size limit, timeouts and TLS context it started with. ``resolver``: a
+        new one when the DNS settings changed.
         """
+        dkim = self.dkim.reloaded(settings)
         credentials = Credentials.from_file(settings.auth_credentials_file)
         context = self.tls_context(settings)
-        self.settings, self.networks = settings, settings.networks()
+        self.settings, self.networks, self.dkim = settings, settings.networks(), dkim
         self.credentials, self._tls = credentials, context
         if resolver is not None:
             self.sender_check = SenderCheck(resolver)
@@ -269,6 +272,10 @@ class Intake:
             log.info("reject: DATA from %s: %s", ip, problem)
             return problem
         queue_id = new_queue_id(self.clock)
+        content, refusal = await self.dkim.sign(session, content, queue_id)  # issue 14 §1
+        if refusal is not None:
+            self.stats["rejected"] += 1
+            return refusal
         proto = "ESMTP" if session.extended_smtp else "SMTP"
         if session.extended_smtp:
             proto += ("S" if session.ssl else "") + ("A" if session.authenticated else "")

@@ -37,9 +37,9 @@ CORPUS: list[bytes] = [
     b"From: a@example.com\r\nX-Long: " + b"y" * 990 + b"\r\n\r\nx\r\n",
     b"From: a@example.com\r\nReferences: " + b" ".join(b"<%d@x.test>" % i for i in range(300))
     .replace(b" ", b"\r\n ") + b"\r\n\r\nx\r\n",
-    b"From: a@example.com\r\nTo: one@x.test\r\nTo: two@x.test\r\nCc: c@x.test\r\n"
+    (b"From: a@example.com\r\nTo: one@x.test\r\nTo: two@x.test\r\nCc: c@x.test\r\n"
     b"List-Unsubscribe: <https://x.test/u>\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click"
-    b"\r\n\r\nx\r\n",
+    b"\r\n\r\nx\r\n"),
     b"From: a@example.com\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\n\r\n\r\nbody after empty line\r\n",
     b"From: a@example.com\r\nX-Empty:\r\nX-Spaces:   \r\n\r\nx\r\n",
 ]
@@ -126,7 +126,7 @@ def test_expiry_tag(keys: dict[str, SigningKey]) -> None:
     value = signer.sign(CORPUS[0], [keys["ed25519"]], "example.com")
     found = canon.tags(value.split(b":", 1)[1])
     assert (found["t"], found["x"]) == ("1700000000", str(1_700_000_000 + 600000))
-    assert signer.signed[("example.com", "s-ed25519")] == 1
+    assert signer.stats.signed[("example.com", "s-ed25519")] == 1
 
 
 def test_catch_all_signs_as_the_author_domain(keys: dict[str, SigningKey]) -> None:
