@@ -32,7 +32,8 @@ pytest.importorskip("nacl", reason="dkimpy verifies Ed25519 with PyNaCl")
 MSG = (b"From: Ann <a@sender.test>\r\nTo: u@dest.test\r\nSubject: hello\r\n"
        b"Date: Thu, 03 Dec 2026 03:00:00 +0000\r\nMessage-ID: <1@sender.test>\r\n"
        b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
-       b"Content-Transfer-Encoding: 8bit\r\n\r\nGr\xc3\xbc\xc3\x9fe,  world \t\r\n.dot line\r\n\r\n")
+       b"Content-Transfer-Encoding: 8bit\r\n\r\n"
+       b"Gr\xc3\xbc\xc3\x9fe,  world \t\r\n.dot line\r\n\r\n")
 
 
 def make_key(tmp: Path, name: str, algorithm: str) -> tuple[Path, str]:
