@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -47,6 +48,17 @@ class SigningStats:
 
     signed: Counter[tuple[str, str]] = field(default_factory=Counter)
     failures: int = 0
+    # large messages are signed in worker threads (the intake's executor)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def count(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """One signature more for each (d=, s=) of ``pairs``."""
+        with self._lock:
+            self.signed.update(pairs)
+
+    def failed(self) -> None:
+        with self._lock:
+            self.failures += 1
 
     def to_json(self) -> dict[str, Any]:
         return {"signed": [[d, s, n] for (d, s), n in sorted(self.signed.items())],
@@ -119,11 +131,10 @@ class DkimSigner:
             try:
                 signature = _signature(key.private, data)
             except Exception as exc:
-                self.stats.failures += 1
+                self.stats.failed()
                 raise SigningError(f"DKIM key {key.private.path}: cannot sign: {exc}") from exc
             out.append(b"DKIM-Signature:" + value + _fold_b64(signature) + b"\r\n")
-        for key in keys:
-            self.stats.signed[(key.d(author_domain), key.config.selector)] += 1
+        self.stats.count([(key.d(author_domain), key.config.selector) for key in keys])
         return b"".join(out)
 
 

@@ -105,7 +105,7 @@ class IntakeSigning:
             log.error("%s: DKIM signing failed, deferred (451): %s", queue_id, exc)
             return content, "451 4.3.0 Temporary signing failure, try again later"
         except Exception:  # a message that trips the signer is deferred, never sent unsigned
-            self.signer.stats.failures += 1
+            self.signer.stats.failed()
             log.exception("%s: DKIM signing failed, deferred (451)", queue_id)
             return content, "451 4.3.0 Temporary signing failure, try again later"
         log.info("%s: DKIM signed: %s", queue_id, ", ".join(
