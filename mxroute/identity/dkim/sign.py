@@ -105,8 +105,9 @@ class DkimSigner:
 
     def keys_for(self, author_domain: str) -> list[SigningKey]:
         """The keys that sign mail from ``author_domain``: RSA first, then Ed25519 (RFC 8463)."""
-        chosen = signing_keys([key.config for key in self.keys], author_domain)
-        keys = [key for key in self.keys if key.config in chosen]
+        chosen = {id(config) for config in signing_keys([key.config for key in self.keys],
+                                                         author_domain)}
+        keys = [key for key in self.keys if id(key.config) in chosen]
         return sorted(keys, key=lambda key: key.private.algorithm != "rsa")
 
     def sign(self, message: bytes, keys: Sequence[SigningKey], author_domain: str) -> bytes:
