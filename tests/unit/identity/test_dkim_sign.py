@@ -217,3 +217,16 @@ def test_space_before_colon_is_relaxed_away() -> None:
 def test_not_header_fields() -> None:
     with pytest.raises(canon.ParseError):
         canon.split_message(b"From: a@example.com\r\nno colon here\r\n\r\nx\r\n")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(
+    st.binary(max_size=120).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
+    st.text(alphabet='ab.@<>()",;:\\ \té\x00-[]=?', max_size=60).map(str.encode)))
+def test_author_domain_of_any_from_is_a_domain_or_a_reason(value: bytes) -> None:
+    """Hostile From: values: a normalised domain or AuthorError, never another exception."""
+    try:
+        domain = canon.author_domain(canon.split_message(b"From: " + value + b"\r\n\r\n"))
+    except canon.AuthorError:
+        return
+    assert domain == domain.lower() and domain.isascii() and "@" not in domain
