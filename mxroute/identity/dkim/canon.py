@@ -156,8 +156,10 @@ def _domain(address: str) -> str:
     local, at, domain = address.rpartition("@")
     if not at or not local:
         raise AuthorError(f"From: address {address[:80]!r} has no domain")
+    if domain.startswith("["):
+        raise AuthorError(f"From: domain {domain[:80]!r} is an address literal")
     try:
-        return normalize_domain(domain.strip().strip("[]").rstrip("."))
+        return normalize_domain(domain.strip().rstrip("."))
     except AddressError as exc:
         raise AuthorError(f"From: domain {domain[:80]!r}: {exc.message}") from None
 

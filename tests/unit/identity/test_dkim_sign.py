@@ -168,6 +168,7 @@ def test_author_domain(value: bytes, domain: str) -> None:
     (b"From: Undisclosed:;\r\n\r\n", "no address"),
     (b'From: "open <a@example.com>\r\n\r\n', "unclosed"),
     (b"From: nobody\r\n\r\n", "no domain"),
+    (b"From: a@[127.0.0.1]\r\n\r\n", "address literal"),
 ])
 def test_author_domain_refused(message: bytes, why: str) -> None:
     with pytest.raises(canon.AuthorError, match=why):
