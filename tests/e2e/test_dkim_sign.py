@@ -262,7 +262,8 @@ def test_an_existing_signature_of_the_same_key_is_not_repeated(
 
 @pytest.mark.slow
 def test_a_10_mb_message_is_signed(world: World, keys: dict[str, Path]) -> None:
-    """A 10 MB body is hashed off the event loop; the relay keeps answering; it verifies."""
+    """A 10 MB message is signed (in a worker thread: tests/unit/relay/test_intake_signing.py)
+    and verifies; a session open meanwhile is still served."""
     sink = world.sink(1)
     relay = world.relay(dkim_keys=key_settings(keys))
     line = b"0123456789 abcdefghij \t klmnopqrstuvwxyz" * 2 + b"\r\n"

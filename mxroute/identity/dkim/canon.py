@@ -83,7 +83,8 @@ def relaxed_body(body: bytes) -> bytes:
     Linear in the body's size: WSP runs become one SP first, so a line's trailing WSP is then
     exactly one SP before its CRLF. (A last line without CRLF keeps its WSP, as dkimpy.)
     """
-    text = _WSP_RUN.sub(b" ", body).replace(b" \r\n", b"\r\n")
+    text = body if b"\t" not in body and b"  " not in body else _WSP_RUN.sub(b" ", body)
+    text = text.replace(b" \r\n", b"\r\n")
     end = len(text)
     while end >= 2 and text[end - 2:end] == b"\r\n":
         end -= 2
