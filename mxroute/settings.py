@@ -28,6 +28,9 @@ from mxroute.address import normalize_domain, parse_address, parse_dns_server, p
 from mxroute.errors import AddressError, ConfigError
 
 DEFAULT_CONFIG = Path("/etc/mxroute/mxroute.toml")
+# seconds a DKIM signature must outlive the queue (dkim_expire_seconds): receivers' own queues
+# and verification after delivery (the rotation advice in docs/dkim.md)
+DKIM_EXPIRE_MARGIN = 86400
 
 
 def _default_spool() -> Path:
@@ -102,6 +105,33 @@ class DkimKey(BaseModel):
     domain: str
     selector: str
     key_file: Path
+    # client networks and/or AUTH user names allowed to have this domain signed (None: every
+    # client allowed to relay)
+    senders: tuple[str, ...] | None = None
+
+    @field_validator("senders")
+    @classmethod
+    def _senders(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        out = []
+        for item in value:
+            text = item.strip()
+            if not text:
+                raise ValueError("an empty entry in senders")
+            network = _network(text)
+            if network is None and "/" in text:
+                raise ValueError(f"senders: {item!r} is not a network")
+            out.append(text if network is None else str(network))
+        return tuple(out)
+
+    def sender_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """The networks among ``senders``."""
+        return [net for net in map(_network, self.senders or ()) if net is not None]
+
+    def sender_users(self) -> frozenset[str]:
+        """The AUTH user names among ``senders``."""
+        return frozenset(s for s in self.senders or () if _network(s) is None)
 
     @field_validator("domain")
     @classmethod
@@ -121,6 +151,13 @@ class DkimKey(BaseModel):
             raise ValueError(f"{value!r} is not a DKIM selector (DNS labels: letters, digits, "
                              "hyphens, separated by dots)")
         return text
+
+
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
 
 
 _SELECTOR = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*")
@@ -207,9 +244,14 @@ class Settings(BaseSettings):
     # HTTPS port of mta-sts.<domain>: for testing only
     mta_sts_port: int = Field(443, ge=1, le=65535)
 
-    # --- DKIM keys (docs/dkim.md): `mxroute dkim keygen` makes them, `mxroute dkim check` checks
-    # them against DNS; signing in serve is not built yet
+    # --- DKIM (docs/dkim.md): `mxroute dkim keygen` makes keys, `mxroute dkim check` checks them
+    # against DNS; serve signs relayed mail whose From: domain has a key
     dkim_keys: list[DkimKey] = []
+    # refuse (550 5.7.1) what cannot be signed: no or several From:, a client not in senders
+    dkim_required: bool = False
+    # x= (signature expiry) this many seconds after signing; None: no x=. At least
+    # queue_lifetime_seconds + DKIM_EXPIRE_MARGIN
+    dkim_expire_seconds: int | None = Field(None, ge=1)
 
     # --- operations ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -299,6 +341,13 @@ class Settings(BaseSettings):
         if not self.dns_trust_ad and "dane" in (self.tls_policy, *self.tls_policy_domains.values()):
             raise ValueError("the TLS level dane needs dns_trust_ad = true (dns_servers must be a "
                              "DNSSEC-validating resolver; TLS-7)")
+        if self.dkim_expire_seconds is not None and (
+                self.dkim_expire_seconds < self.queue_lifetime_seconds + DKIM_EXPIRE_MARGIN):
+            raise ValueError(
+                f"dkim_expire_seconds ({self.dkim_expire_seconds}) must be at least "
+                f"queue_lifetime_seconds ({self.queue_lifetime_seconds}) plus "
+                f"{DKIM_EXPIRE_MARGIN} s: a signature must outlive the message's time in the "
+                "queue and the receivers' delivery")
         if not self.allow_open_relay:
             for item in self.relay_networks:
                 if ipaddress.ip_network(item, strict=False).prefixlen == 0:

@@ -76,8 +76,9 @@ def check_configured(settings: Any, resolver: Any) -> list[Any]:
     The catch-all key has no DNS name of its own: it is said so and left out.
     """
     from mxroute.identity.dkim.check import check_key, load_or_problem
+    from mxroute.identity.dkim.keys import service_gid
 
-    group = _mxroute_gid()
+    group = service_gid()
     entries = []
     for entry in settings.dkim_keys:
         if entry.domain == "*":  # signs as the From domain: no DNS name of its own to check
@@ -126,9 +127,3 @@ def check(settings: Any, resolver: Any, as_json: bool) -> int:
         return EX_TEMPFAIL
     return EX_OK
 
-
-def _mxroute_gid() -> int | None:
-    try:
-        return grp.getgrnam("mxroute").gr_gid
-    except KeyError:
-        return None

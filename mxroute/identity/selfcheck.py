@@ -44,6 +44,7 @@ from mxroute.dns.answer import Answer
 from mxroute.dns.resolver import Resolver
 from mxroute.identity.dmarc.assess import assess
 from mxroute.identity.dmarc.orgdomain import load as load_suffixes
+from mxroute.identity.dkim import canon
 from mxroute.identity.findings import Finding, ptr_findings, spf_findings
 from mxroute.identity.rdns import iprev
 from mxroute.identity.spf.evaluate import check_host
@@ -139,6 +140,14 @@ class SelfCheck:
         if self._claim(self._domains, domain):
             self._spawn(self._run(self._domains, domain, self.check(domain, sender)),
                         f"selfcheck-{domain[:64]}")
+
+    def observe_message(self, sender: str, message: bytes) -> None:
+        """Called for each queued message: its From: domain to ``observe_author``, if one."""
+        try:
+            author = canon.author_domain(canon.split_message(message))
+        except (canon.ParseError, canon.AuthorError):
+            return
+        self.observe_author(sender, author)
 
     def observe_author(self, sender: str, author: str | None) -> None:
         """Called for each queued message with its From: domain (None: no single one)."""
@@ -255,15 +264,15 @@ def _line(ip: str, finding: Finding) -> str:
     return f"egress {ip} {finding.code}: {finding.message}; fix: {finding.fix}"
 
 
-def _unwatched(sender: str, author: str | None) -> None:
+def _unwatched(sender: str, message: bytes) -> None:
     """The intake's From: domain hook while the self-check is off."""
 
 
 def watch(
     settings: Settings, resolver: Resolver, on_queued: Callable[[MessageT], None]
-) -> tuple[Callable[[MessageT], None], Callable[[str, str | None], None]]:
+) -> tuple[Callable[[MessageT], None], Callable[[str, bytes], None]]:
     """The intake's two hooks: ``on_queued`` with the self-check behind it, and the From:
-    domain hook (``SelfCheck.observe_author``); unchanged and a no-op when ``egress_ips`` is
+    domain hook (``SelfCheck.observe_message``); unchanged and a no-op when ``egress_ips`` is
     empty.
 
     Call inside the running event loop (``serve`` start-up): it schedules the PTR/HELO check.
@@ -277,4 +286,4 @@ def watch(
     log.info("identity: self-check on for egress %s, HELO %s",
              ", ".join(settings.egress_ips), settings.helo_name)
     check.start()
-    return check.wrap(on_queued), check.observe_author
+    return check.wrap(on_queued), check.observe_message

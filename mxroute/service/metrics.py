@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -30,6 +31,7 @@ from prometheus_client.utils import floatToGoString
 
 from mxroute.address import parse_hostport
 from mxroute.errors import EX_OSERR, MxrouteError
+from mxroute.identity.dkim.sign import SigningStats
 from mxroute.service.attempts import ATTEMPT_BUCKETS
 
 log = logging.getLogger(__name__)
@@ -38,14 +40,25 @@ REQUEST_TIMEOUT = 5.0  # seconds a scraper has to send its request
 MAX_REQUEST = 8192  # bytes of request head accepted
 
 
+class SigningNumbers(Protocol):
+    """The intake's DKIM signer: what it signed per domain and selector, its failures."""
+
+    @property
+    def stats(self) -> SigningStats: ...
+
+
 class IntakeNumbers(Protocol):
-    """What the intake shows: its counters (``accepted``, ``rejected``) and open sessions."""
+    """What the intake shows: its counters (``accepted``, ``rejected``), open sessions, and its
+    DKIM signing."""
 
     @property
     def stats(self) -> Mapping[str, int]: ...
 
     @property
     def sessions(self) -> Sized: ...
+
+    @property
+    def dkim(self) -> SigningNumbers: ...
 
 
 class DeliveryNumbers(Protocol):
@@ -76,6 +89,7 @@ class _Collector:
         yield from self._messages()
         yield from self._outbound()
         yield from self._dns()
+        yield from self._dkim()
         yield self._attempts()
 
     def _messages(self) -> Iterator[Metric]:
@@ -148,6 +162,25 @@ class _Collector:
         yield GaugeMetricFamily("mxroute_dns_cache_hit_ratio",
                                 "Cache hits / all DNS lookups since start (0 before any)",
                                 value=hits / lookups if lookups else 0.0)
+
+    def _dkim(self) -> Iterator[Metric]:
+        """Signatures made at intake and on the delivery side's own notices (DSNs)."""
+        mine = self.sources.intake.dkim.stats
+        theirs = self.snapshot.get("dkim", {})
+        signed = Counter(mine.signed)
+        for domain, selector, count in theirs.get("signed", []):
+            signed[(domain, selector)] += count
+        family = CounterMetricFamily("mxroute_dkim_signatures",
+                                     "DKIM signatures made, by d= domain and selector (relayed "
+                                     "mail at intake, and mxroute's own DSNs)",
+                                     labels=["domain", "selector"])
+        for (domain, selector), count in sorted(signed.items()):
+            family.add_metric([domain, selector], count)
+        yield family
+        yield CounterMetricFamily("mxroute_dkim_signing_failures",
+                                  "DKIM signatures that could not be made (the message was "
+                                  "deferred with 451 4.3.0)",
+                                  value=mine.failures + theirs.get("failures", 0))
 
     def _attempts(self) -> Metric:
         empty: dict[str, Any] = {"counts": [0] * (len(ATTEMPT_BUCKETS) + 1), "sum": 0.0}

@@ -35,6 +35,7 @@ from typing import Any
 
 from mxroute.dns.configured import RESOLVER_SETTINGS, resolver_from_settings
 from mxroute.errors import ConfigError
+from mxroute.identity.dkim.sign import DkimSigner
 from mxroute.relay.queue.manager import QueueManager
 from mxroute.relay.queue.plans import PlanCache
 from mxroute.relay.spool.format import QUEUE_ID
@@ -69,7 +70,9 @@ class Delivery:
         courier: Any = self.courier
         if settings.metrics_listen:
             courier = TimedCourier(self.courier, self.timer.observe)
-        self.queue = QueueManager(settings, spool, self.resolver, courier, plans=PlanCache())
+        self.signer = _dsn_signer(settings, None)
+        self.queue = QueueManager(settings, spool, self.resolver, courier, plans=PlanCache(),
+                                  signer=self.signer)
         self.runner: asyncio.Task[None] | None = None
 
     def recover(self) -> int:
@@ -89,6 +92,7 @@ class Delivery:
         old = self.settings
         self.queue.reconfigure(new)
         self.courier.settings, self.mta_sts.reach = new, mta_sts_reach(new)
+        self.signer = self.queue.notices.signer = _dsn_signer(new, self.signer)
         # no answer of the old servers is kept
         if any(getattr(new, name) != getattr(old, name) for name in RESOLVER_SETTINGS):
             try:
@@ -107,7 +111,8 @@ class Delivery:
                 "courier": {k: v for k, v in self.courier.stats.items()
                             if isinstance(v, int | float)},
                 "dns": {"queries": dns.queries, "hits": dns.hits, "coalesced": dns.coalesced},
-                "mta_sts": self.mta_sts.snapshot(), "attempts": self.timer.snapshot()}
+                "mta_sts": self.mta_sts.snapshot(), "attempts": self.timer.snapshot(),
+                "dkim": self.signer.stats.to_json()}
 
     async def stop(self, grace: float) -> None:
         await self.queue.stop(grace)
@@ -117,6 +122,20 @@ class Delivery:
             await asyncio.wait_for(self.courier.close(), timeout=2.0)
         except (TimeoutError, OSError):
             pass
+
+
+def _dsn_signer(settings: Settings, old: DkimSigner | None) -> DkimSigner:
+    """The keys that sign this process's DSNs and delay notices (issue 14 §1).
+
+    The intake process has checked them (start, SIGHUP) before these settings arrive; a key that
+    cannot be read here all the same (gone since) is logged and its domain's notices go unsigned.
+    """
+    signer, warnings = DkimSigner.load(settings, stats=old.stats if old else None,
+                                       tolerant=True)
+    for warning in warnings:
+        if "is not signed with it" in warning:
+            log.error("delivery: %s", warning)
+    return signer
 
 
 def _die_with_parent(ppid: int) -> None:

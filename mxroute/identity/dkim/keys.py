@@ -7,6 +7,7 @@ an unreadable or unusable key is an error (``KeyProblem``); a weak or exposed on
 from __future__ import annotations
 
 import base64
+import grp
 import os
 import stat
 from dataclasses import dataclass, field
@@ -91,6 +92,14 @@ def load_key(path: Path, *, allowed_group: int | None = None) -> DkimPrivateKey:
                         f"{'others' if mode.st_mode & stat.S_IRWXO else 'its group'} read it "
                         "(0600, or 0640 root:mxroute)")
     return DkimPrivateKey(path, key, tuple(warnings))
+
+
+def service_gid() -> int | None:
+    """The group ``mxroute`` (the documented key-file group, 0640 root:mxroute), if it exists."""
+    try:
+        return grp.getgrnam("mxroute").gr_gid
+    except KeyError:
+        return None
 
 
 def generate(algorithm: str, bits: int = GOOD_RSA_BITS) -> PrivateKey:

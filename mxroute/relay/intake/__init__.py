@@ -3,7 +3,8 @@
 ``params`` (pure parsers: MAIL/RCPT arguments, DSN parameters, content checks, the
 Received: field), ``auth`` (the credentials file and AUTH), ``protocol`` (``RelaySMTP``:
 aiosmtpd's protocol with what 1.4.6 lacks), ``handler`` (``Intake``: validate, spool,
-reply) and ``sendercheck`` (the MAIL FROM null MX check).
-May import: ``relay.spool``, ``relay.envelope``, ``dns``, ``routing.plan`` and the ground;
+reply), ``sendercheck`` (the MAIL FROM null MX check) and ``signing`` (DKIM before the 250).
+May import: ``relay.spool``, ``relay.envelope``, ``dns``, ``routing.plan``, ``identity.dkim``
+and the ground;
 never ``relay.courier`` or ``relay.queue``.
 """

@@ -22,7 +22,6 @@ from aiosmtpd.smtp import Session
 
 from mxroute.dns.resolver import Resolver
 from mxroute.errors import SpoolError
-from mxroute.identity.dmarc.author import author_domain
 from mxroute.relay.envelope import Recipient
 from mxroute.relay.intake.auth import Credentials
 from mxroute.relay.intake.params import (
@@ -37,6 +36,7 @@ from mxroute.relay.intake.params import (
 )
 from mxroute.relay.intake.protocol import RelayEnvelope, RelaySMTP, defer_auth, peer_ip
 from mxroute.relay.intake.sendercheck import SenderCheck
+from mxroute.relay.intake.signing import IntakeSigning
 from mxroute.relay.spool.format import MessageMeta, RecipientState, new_queue_id
 from mxroute.relay.spool.store import Spool
 from mxroute.settings import Settings
@@ -56,11 +56,12 @@ class Intake:
         self.spool = spool
         self.on_queued = on_queued
         # the self-check's hook for each queued message: (envelope sender, From: domain)
-        self.on_author: Callable[[str, str | None], None] = lambda sender, author: None
+        self.on_author: Callable[[str, bytes], None] = lambda sender, message: None
         self.clock = clock
         self.sender_check = SenderCheck(resolver)  # SPF-13, per null_mx_sender
         self.networks = settings.networks()
         self.credentials = Credentials.from_file(settings.auth_credentials_file)
+        self.dkim = IntakeSigning.load(settings)  # DKIM keys read and checked (ConfigError)
         self.sessions: set[RelaySMTP] = set()
         # open sessions per client address
         self.per_ip: collections.Counter[str] = collections.Counter()
@@ -84,14 +85,15 @@ class Intake:
     def reconfigure(self, settings: Settings, resolver: Resolver | None = None) -> None:
         """Apply reloaded settings (SIGHUP) to new sessions and to the next command of open ones.
 
-        The certificate and credentials files are read first: if one is bad this raises
-        (OSError, ValueError, ssl.SSLError) and nothing changes. An open session keeps the
-        size limit, timeouts and TLS context it started with. ``resolver``: a new one when
-        the DNS settings changed.
+        The DKIM keys, certificate and credentials files are read first: if one is bad this
+        raises (ConfigError, OSError, ValueError, ssl.SSLError) and nothing changes. An open
+        session keeps the size limit, timeouts and TLS context it started with. ``resolver``: a
+        new one when the DNS settings changed.
         """
+        dkim = self.dkim.reloaded(settings)
         credentials = Credentials.from_file(settings.auth_credentials_file)
         context = self.tls_context(settings)
-        self.settings, self.networks = settings, settings.networks()
+        self.settings, self.networks, self.dkim = settings, settings.networks(), dkim
         self.credentials, self._tls = credentials, context
         if resolver is not None:
             self.sender_check = SenderCheck(resolver)
@@ -272,6 +274,10 @@ class Intake:
             log.info("reject: DATA from %s: %s", ip, problem)
             return problem
         queue_id = new_queue_id(self.clock)
+        content, refusal = await self.dkim.sign(session, content, queue_id)  # issue 14 §1
+        if refusal is not None:
+            self.stats["rejected"] += 1
+            return refusal
         proto = "ESMTP" if session.extended_smtp else "SMTP"
         if session.extended_smtp:
             proto += ("S" if session.ssl else "") + ("A" if session.authenticated else "")
@@ -300,7 +306,7 @@ class Intake:
                  safe_text(meta.sender, LISTING), meta.size, len(rcpts),
                  safe_text(session.host_name or "unknown", 100).replace(" ", "_"), ip)
         self.on_queued(meta)
-        self.on_author(meta.sender, author_domain(content))  # DMARC self-check (issue 14)
+        self.on_author(meta.sender, content)  # DMARC self-check (issue 14)
         server.errors = 0  # a client that delivers mail is not an error loop (SEC-10)
         return f"250 2.0.0 Ok: queued as {queue_id}"
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from mxroute.dns.resolver import Resolver
 from mxroute.errors import MxrouteError
+from mxroute.identity.dkim.sign import DkimSigner
 from mxroute.relay import dsn
 from mxroute.relay.envelope import RecipientResult
 from mxroute.relay.queue.dispatch import CourierLike, Dispatcher
@@ -74,6 +75,7 @@ class QueueManager:
         route_fn: RouteFn = route,
         dsn_builder: Callable[..., bytes] = dsn.build_dsn,
         plans: PlanCache | None = None,
+        signer: DkimSigner | None = None,
     ) -> None:
         self.settings = settings
         self.spool = spool
@@ -88,7 +90,7 @@ class QueueManager:
         self.stats = {"delivered": 0, "deferred": 0, "bounced": 0, "dsn": 0}
         self.notices = Notifier(spool, reporting_mta=settings.helo_name, timing=self.timing,
                                 clock=clock, schedule=self.add, stats=self.stats,
-                                builder=dsn_builder)
+                                builder=dsn_builder, signer=signer)
         self.timetable = Timetable()
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._unsaved: dict[str, MessageMeta] = {}  # outcomes the disk refused (DUR-4): newer

@@ -3,8 +3,9 @@
 Each is one RFC 3464 report (built by ``relay.dsn``) spooled as a message of its own from the
 null reverse-path, durably, *before* the recipients it names are marked (DSN-12); its queue ID
 ``<original>B<batch>`` makes a second enqueue after a crash a no-op, so each recipient is
-notified once. RFC 5321 §6.1 (never bounce a bounce), RFC 3461 §4.1 (NOTIFY), §5.2.3 (relayed);
-checklist DSN-1..3, DSN-7..10, DSN-12.
+notified once. Each is DKIM-signed with the key for its From: domain (the reporting MTA's,
+``helo_name``) when ``dkim_keys`` has one (issue 14 §1). RFC 5321 §6.1 (never bounce a
+bounce), RFC 3461 §4.1 (NOTIFY), §5.2.3 (relayed); checklist DSN-1..3, DSN-7..10, DSN-12.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from mxroute.identity.dkim import canon
+from mxroute.identity.dkim.sign import DkimSigner, SigningError
 from mxroute.relay import dsn
 from mxroute.relay.envelope import RecipientResult
 from mxroute.relay.queue.settle import Timing
@@ -40,6 +43,7 @@ class Notifier:
         self, spool: Spool, *, reporting_mta: str, timing: Timing, clock: Callable[[], float],
         schedule: Callable[[MessageMeta], None], stats: dict[str, int],
         builder: Callable[..., bytes],  # dsn.build_dsn, or a test's recorder
+        signer: DkimSigner | None = None,
     ) -> None:
         self.spool = spool
         self.reporting_mta = reporting_mta
@@ -48,6 +52,7 @@ class Notifier:
         self.schedule = schedule  # the queue's: a spooled notice is mail to deliver
         self.stats = stats
         self.builder = builder
+        self.signer = signer  # replaced on reload (the delivery process's keys)
 
     async def bounce(self, meta: MessageMeta, message: bytes, failed: list[Item]) -> None:
         """One DSN for everything that failed in this attempt (DSN-7), enqueued before marking."""
@@ -102,6 +107,7 @@ class Notifier:
             results=[res for _, res in items], action=action, arrival=meta.arrival,
             recipients=[r.recipient() for r, _ in items], will_retry_until=until,
         )
+        body = self._signed(body, dsn_id)
         notice = MessageMeta(
             queue_id=dsn_id, sender="", arrival=self.clock(), size=len(body), client="local",
             recipients=[RecipientState(address=to, notify=("NEVER",))],
@@ -113,6 +119,23 @@ class Notifier:
         kind = _KINDS.get(action, "delivery status")
         log.info("%s: sender %s notification: %s", meta.queue_id, kind, dsn_id)  # as bounce(8)
         self.schedule(notice)
+
+    def _signed(self, body: bytes, dsn_id: str) -> bytes:
+        """``body`` with the DKIM signatures of its From: domain's keys, if it has any.
+
+        A notice that cannot be signed is logged and sent unsigned: a report about the sender's
+        own mail is not held back for it.
+        """
+        if self.signer is None or not self.signer.keys:
+            return body
+        try:
+            parsed = canon.split_message(body)
+            author = canon.author_domain(parsed)
+            keys = self.signer.keys_for(author)
+            return self.signer.sign_parsed(parsed, keys, author) + body if keys else body
+        except (canon.ParseError, canon.AuthorError, SigningError) as exc:
+            log.error("%s: notification not DKIM-signed: %s", dsn_id, exc)
+            return body
 
 
 __all__ = ["Item", "Notifier", "mark_bounced"]
