@@ -42,9 +42,9 @@ from typing import Any, Protocol, TypeVar
 
 from mxroute.dns.answer import Answer
 from mxroute.dns.resolver import Resolver
+from mxroute.identity.dkim import canon
 from mxroute.identity.dmarc.assess import assess
 from mxroute.identity.dmarc.orgdomain import load as load_suffixes
-from mxroute.identity.dkim import canon
 from mxroute.identity.findings import Finding, ptr_findings, spf_findings
 from mxroute.identity.rdns import iprev
 from mxroute.identity.spf.evaluate import check_host
