@@ -16,7 +16,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -28,11 +36,29 @@ from mxroute.address import normalize_domain, parse_address, parse_dns_server, p
 from mxroute.errors import AddressError, ConfigError
 
 DEFAULT_CONFIG = Path("/etc/mxroute/mxroute.toml")
+# where systemd/mxroute.service's StateDirectory=mxroute puts the spool
+SYSTEM_SPOOL = Path("/var/lib/mxroute")
+
+
+def default_spool(
+    environ: Mapping[str, str] = os.environ, system: Path = SYSTEM_SPOOL
+) -> tuple[Path, str]:
+    """The default ``spool_dir`` and why it is that one.
+
+    systemd's ``$STATE_DIRECTORY`` (the service itself); else ``system`` when it exists (the
+    unit's ``StateDirectory=``: the CLI run by an operator finds the service's spool); else
+    ``./spool`` (a checkout), made absolute.
+    """
+    state = environ.get("STATE_DIRECTORY")
+    if state:
+        return Path(state.split(":")[0]), "$STATE_DIRECTORY, systemd's StateDirectory="
+    if system.is_dir():
+        return system, f"{system}, systemd's StateDirectory= of mxroute.service"
+    return Path("spool").absolute(), f"./spool, as there is no $STATE_DIRECTORY and no {system}"
 
 
 def _default_spool() -> Path:
-    state = os.environ.get("STATE_DIRECTORY")  # set by systemd's StateDirectory=
-    return Path(state.split(":")[0]) if state else Path("spool")
+    return default_spool()[0]
 
 
 # --- the TLS levels (TLS-3; what each demands: mxroute/tls/policy.py) ---------------------------
@@ -308,6 +334,22 @@ class Settings(BaseSettings):
                     )
         return self
 
+    # where the values came from (load_settings sets them)
+    _file: Path | None = PrivateAttr(None)
+    _given: frozenset[str] = PrivateAttr(frozenset())
+
+    def origin(self, name: str) -> str:
+        """Where setting ``name`` came from: ``"the command line"``, its ``MXROUTE_*`` variable,
+        the file's path, or ``"default"``."""
+        env = f"MXROUTE_{name.upper()}"
+        if name in self._given:
+            return "the command line"
+        if any(key.upper() == env for key in os.environ):
+            return env
+        if name in self.model_fields_set and self._file is not None:
+            return str(self._file)
+        return "default"
+
     # --- derived values ---
     def listen_addresses(self) -> list[tuple[str, int]]:
         return [parse_hostport(item, 2525) for item in self.listen]
@@ -365,14 +407,17 @@ def load_settings(config: str | None = None, **overrides: Any) -> Settings:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     _CONFIG_FILE = path
+    given = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        settings = Settings(**given)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc, path)) from None
     except ValueError as exc:  # a JSON list in the environment that is not JSON
         raise ConfigError(f"invalid setting: {exc}") from None
     finally:
         _CONFIG_FILE = None
+    settings._file, settings._given = path, frozenset(given)
+    return settings
 
 
 def _one_line(exc: ValidationError, path: Path | None) -> str:
