@@ -118,9 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     invoked_as = os.path.basename(sys.argv[0]) if sys.argv else ""
+    # sendmail's names (symlinks to mxroute, docs/operators.md): mailq = sendmail -bp,
+    # newaliases = sendmail -bi, as Postfix's and Exim's
+    mode = {"mailq": ["-bp"], "newaliases": ["-bi"]}.get(invoked_as)
+    if mode is not None:
+        return _guarded(lambda: _sendmail([*mode, *argv]), stdout=True)
     if invoked_as == "sendmail" or (argv and argv[0] == "sendmail"):
         # sendmail's own flags (-f, -t, -i, ...) are not ours to parse: hand them over whole.
-        return _guarded(lambda: _sendmail(argv[1:] if argv and argv[0] == "sendmail" else argv))
+        return _guarded(lambda: _sendmail(argv[1:] if argv and argv[0] == "sendmail" else argv),
+                        stdout=True)
     args = build_parser().parse_args(argv)
     return _guarded(lambda: _dispatch(args), stdout=True)
 
@@ -169,15 +175,24 @@ def _silence_stdout() -> None:
 
 
 def _sendmail(argv: list[str]) -> int:
-    from mxroute.cli.sendmail import Usage, sendmail, split_common
+    from mxroute.cli.sendmail import NO_ALIASES, Usage, parse_args, sendmail, split_common
     from mxroute.settings import load_settings
 
     try:
         config, argv = split_common(argv)
+        command = parse_args(argv)
     except Usage as exc:
         print(f"sendmail: {exc}", file=sys.stderr)
         return EX_USAGE
-    return sendmail(load_settings(config), argv, sys.stdin.buffer)
+    if command.mode == "newaliases":
+        print(NO_ALIASES)
+        return EX_OK
+    settings = load_settings(config)
+    if command.mode == "mailq":
+        from mxroute.cli.queue import queue_command
+
+        return queue_command(settings, "list", None, False)
+    return sendmail(settings, command, sys.stdin.buffer)
 
 
 def _usage(message: str) -> MxrouteError:
