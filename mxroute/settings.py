@@ -32,7 +32,13 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from mxroute.address import normalize_domain, parse_address, parse_dns_server, parse_hostport
+from mxroute.address import (
+    is_local_name,
+    normalize_domain,
+    parse_address,
+    parse_dns_server,
+    parse_hostport,
+)
 from mxroute.errors import AddressError, ConfigError
 
 DEFAULT_CONFIG = Path("/etc/mxroute/mxroute.toml")
@@ -59,6 +65,32 @@ def default_spool(
 
 def _default_spool() -> Path:
     return default_spool()[0]
+
+
+def pick_host_name(host: str, canonical: list[str]) -> str:
+    """``helo_name``'s default from the host name and its canonical names, as Postfix finds
+    ``myhostname``: ``host`` when it has a dot, else the first canonical name with a dot that
+    is not a localhost name, else ``host`` itself (``check-config`` and ``serve`` warn)."""
+    if "." in host:
+        return host
+    for name in canonical:
+        if "." in name and not is_local_name(name):
+            return name.rstrip(".")
+    return host
+
+
+def host_name() -> str:
+    """This host's name: ``gethostname()``, completed by its canonical name (getaddrinfo
+    ``AI_CANONNAME``, as ``hostname --fqdn``). Not ``getfqdn()``: its reverse lookup turns a
+    host whose 127.0.0.1 is named ``localhost`` in /etc/hosts into ``localhost``."""
+    host = socket.gethostname()
+    if "." in host:
+        return host
+    try:
+        infos = socket.getaddrinfo(host, None, flags=socket.AI_CANONNAME)
+    except (OSError, UnicodeError):
+        return host
+    return pick_host_name(host, [info[3] for info in infos if info[3]])
 
 
 # --- the TLS levels (TLS-3; what each demands: mxroute/tls/policy.py) ---------------------------
@@ -210,7 +242,7 @@ class Settings(BaseSettings):
 
     # --- routing and delivery ---
     smtp_port: int = Field(25, ge=1, le=65535)
-    helo_name: str = Field(default_factory=socket.getfqdn)
+    helo_name: str = Field(default_factory=host_name)
     egress_ips: list[str] = []
     sender_domain: str | None = None  # default sender domain for the SPF self-check
     allow_private_destinations: bool = False

@@ -306,21 +306,29 @@ def _spf(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    """The effective settings, then the PTR/HELO self-check of each egress IP (SPF-11, SPF-12).
+    """The effective settings, the HELO name's check (issue 15 C2), then the PTR/HELO
+    self-check of each egress IP (SPF-11, SPF-12).
 
     Identity warnings are advice, not configuration errors: the exit code stays 0.
     In text form they follow the ``name = value`` lines as ``#`` comments.
     """
+    from mxroute.identity import helo
+    from mxroute.identity.findings import check_ptr
+
     settings = _settings(args)
     values = json.loads(settings.model_dump_json())
-    reports = None
-    if settings.egress_ips:
-        from mxroute.identity.findings import check_ptr
+    resolver = _resolver(args, settings, trace=False)
 
-        resolver = _resolver(args, settings, trace=False)
-        reports = asyncio.run(check_ptr(resolver, egress_ips=settings.egress_ips,
-                                        helo=settings.helo_name))
+    async def checks() -> tuple[Any, Any]:
+        found = await helo.check_helo(resolver, settings.helo_name, settings.egress_ips)
+        if not settings.egress_ips:
+            return found, None
+        return found, await check_ptr(resolver, egress_ips=settings.egress_ips,
+                                      helo=settings.helo_name)
+
+    helo_found, reports = asyncio.run(checks())
     if args.json:
+        values["helo_check"] = [finding.to_json() for finding in helo_found]
         values["identity_check"] = ([report.to_json() for report in reports]
                                     if reports is not None else None)
         print(json.dumps(values, indent=2))
@@ -328,6 +336,10 @@ def _check_config(args: argparse.Namespace) -> int:
     for name, value in values.items():
         print(f"{name} = {json.dumps(value)}")
     print()
+    for finding in helo_found:  # issue 15 C2
+        print(f"# {helo.line(settings, finding)}")
+    if not helo_found:
+        print(f"# helo_name {settings.helo_name}: ok")
     if reports is None:
         print("# sending identity: not checked (egress_ips is empty)")
     else:
