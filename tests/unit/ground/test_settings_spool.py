@@ -21,8 +21,8 @@ def test_default_spool_is_systemds_then_the_units_then_a_checkouts(
     path, why = default_spool({}, system)
     assert path == tmp_path / "spool" and path.is_absolute() and str(system) in why
     system.mkdir()
-    assert default_spool({}, system) == (system, f"{system}, systemd's StateDirectory= of "
-                                                 "mxroute.service")
+    why = f"{system}, systemd's StateDirectory= of mxroute.service"
+    assert default_spool({}, system) == (system, why)
 
 
 def test_the_system_spool_is_the_units_state_directory() -> None:
