@@ -176,10 +176,18 @@ def complete_headers(
     if headers.get("Message-ID") is None:
         extra.append(f"Message-ID: {make_msgid(domain=domain)}".encode())
     if headers.get("From") is None:
-        named = name and sender not in ("", "<>")
-        author = formataddr((name, sender), charset="utf-8") if named else sender
+        author = f"{_display(name)} <{sender}>" if name and sender not in ("", "<>") else sender
         extra.append(f"From: {author}".encode())
     return b"\r\n".join(lines + extra) + b"\r\n\r\n" + body, recipients
+
+
+def _display(name: str) -> str:
+    """``name`` as a display name: quoted when it holds specials, RFC 2047 when not ASCII.
+
+    formataddr() does exactly that, but refuses a non-ASCII address (SMTPUTF8 senders), so it
+    formats the name with a stand-in address, which is cut off.
+    """
+    return formataddr((name, "@"), charset="utf-8").removesuffix(" <@>")
 
 
 def sendmail(settings: Settings, command: Command, stdin: BinaryIO) -> int:

@@ -126,3 +126,12 @@ def test_a_full_name_never_adds_a_header_field() -> None:
     message, _ = complete_headers(b"Subject: x\r\n\r\nbody\r\n", "eve@x.test", False, name)
     assert b"\r\nBcc:" not in message
     assert full_name(None, {"NAME": "  "}) is None and full_name(None, {}) is None
+
+
+def test_a_full_name_with_an_smtputf8_sender() -> None:
+    """issue 15 C6: an internationalized sender keeps its From: (formataddr() refuses it)."""
+    from mxroute.cli.sendmail import complete_headers
+
+    message, _ = complete_headers(b"Subject: x\r\n\r\nb\r\n", "jos\u00e9@b\u00fccher.test", False,
+                                  "Jos\u00e9")
+    assert "From: =?utf-8?b?Sm9zw6k=?= <jos\u00e9@b\u00fccher.test>\r\n".encode() in message
