@@ -109,20 +109,21 @@ def test_check_config_without_egress_ips_asks_only_the_helo_names_addresses(
     assert set(dns_server.queries()) <= {("relay.t", "A"), ("relay.t", "AAAA")}
 
 
-def test_check_config_into_a_closed_pipe_exits_quietly() -> None:
+def test_check_config_into_a_closed_pipe_exits_quietly(dns_server: DNSServer) -> None:
     """`mxroute check-config | head -1`: no BrokenPipeError traceback, status 141 as for SIGPIPE."""
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone before the first write: EPIPE, deterministically
-    try:
-        done = run(stdout=write_end)
+    try:  # the HELO name's lookup (issue 15 C2) asks the loopback server, never the system's
+        done = run("--dns", dns_server.address, stdout=write_end)
     finally:
         os.close(write_end)
     assert done.stderr == "" and done.returncode == 141
 
 
-def test_check_config_piped_to_head() -> None:
+def test_check_config_piped_to_head(dns_server: DNSServer) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MXROUTE_")}
-    env.update({"PYTHONPATH": str(ROOT), "MXROUTE_HELO_NAME": "relay.t"})
+    env.update({"PYTHONPATH": str(ROOT), "MXROUTE_HELO_NAME": "relay.t",
+                "MXROUTE_DNS_SERVERS": f'["{dns_server.address}"]'})
     done = subprocess.run(
         ["sh", "-c", f"'{sys.executable}' -m mxroute check-config | head -1"],
         capture_output=True,

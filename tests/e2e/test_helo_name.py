@@ -52,9 +52,11 @@ def canonical_names(host: str) -> set[str]:
         return set()
 
 
-def test_default_helo_name_is_the_host_name_or_its_canonical_name(tmp_path: Path) -> None:
+def test_default_helo_name_is_the_host_name_or_its_canonical_name(
+    tmp_path: Path, dns_server: DNSServer
+) -> None:
     """issue 15 C2: not getfqdn()'s `localhost` on a host whose 127.0.0.1 is `localhost`."""
-    done = check_config(tmp_path, "--json")
+    done = check_config(tmp_path, "--json", "--dns", dns_server.address)
     assert done.returncode == 0, done.stderr
     helo = json.loads(done.stdout)["helo_name"]
     host = socket.gethostname().lower()
