@@ -1,14 +1,16 @@
-"""Shared fixtures: the loopback DNS server and its resolver."""
+"""Shared fixtures: the loopback DNS server and its resolver, the relay world, the OpenDKIM peer."""
 
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from mxroute.dns.resolver import NetworkTransport, Resolver, Server
+from tests.support import opendkim
 from tests.support.dnsserver import DNSServer
 from tests.support.relay import World
 
@@ -37,3 +39,25 @@ def world(tmp_path: Path, dns_server: DNSServer) -> Iterator[World]:
             f"sender IN MX 10 mx.sender.test.\nmx.sender IN A {w.ip(9)}\n"
         )
         yield w
+
+
+@pytest.fixture(scope="module")
+def dkim_peer_running() -> Iterator[opendkim.DkimPeer]:
+    """One OpenDKIM-verifying Postfix per test module (tests/support/opendkim.py); skipped when
+    opendkim or Postfix is missing (or not root), a failure instead under CI=true."""
+    why = opendkim.unavailable()
+    if why:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"interop test cannot run in CI: {why}")
+        pytest.skip(why)
+    with opendkim.running_peer() as peer:
+        yield peer
+
+
+@pytest.fixture
+def dkim_peer(dkim_peer_running: opendkim.DkimPeer) -> Iterator[opendkim.DkimPeer]:
+    """The module's OpenDKIM peer with no held mail and only the MX of interop.test published."""
+    dkim_peer_running.clear()
+    dkim_peer_running.publish("")
+    yield dkim_peer_running
+    dkim_peer_running.clear()

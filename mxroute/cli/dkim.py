@@ -70,16 +70,13 @@ def _first(exc: ValueError) -> str:
     return str(exc)
 
 
-def check(settings: Any, resolver: Any, as_json: bool) -> int:
-    """Check every configured key against DNS: exit 0 all ok, 69 any problem, 75 DNS trouble."""
-    from mxroute.identity.dkim.check import PROBLEMS, check_key, load_or_problem
+def check_configured(settings: Any, resolver: Any) -> list[Any]:
+    """``dkim check`` of every configured key (``KeyCheck``s), its warnings on stderr.
 
-    if not settings.dkim_keys:
-        if as_json:
-            print("[]")
-        else:
-            print("no DKIM keys configured (dkim_keys)")
-        return EX_OK
+    The catch-all key has no DNS name of its own: it is said so and left out.
+    """
+    from mxroute.identity.dkim.check import check_key, load_or_problem
+
     group = _mxroute_gid()
     entries = []
     for entry in settings.dkim_keys:
@@ -96,15 +93,33 @@ def check(settings: Any, resolver: Any, as_json: bool) -> int:
         return [await check_key(resolver, entry.domain, entry.selector, key)
                 for entry, key in entries]
 
-    results = asyncio.run(run())
+    return asyncio.run(run()) if entries else []
+
+
+def check_line(result: Any) -> str:
+    """One key as ``dkim check`` prints it: name, status, algorithm-bits, testing, detail."""
+    kind = f"{result.algorithm}-{result.bits}" if result.algorithm else "-"
+    test = " testing" if result.testing else ""
+    detail = f"  {terminal_safe(result.detail)}" if result.detail else ""
+    return f"{result.dns_name:<40} {result.status:<18} {kind}{test}{detail}"
+
+
+def check(settings: Any, resolver: Any, as_json: bool) -> int:
+    """Check every configured key against DNS: exit 0 all ok, 69 any problem, 75 DNS trouble."""
+    from mxroute.identity.dkim.check import PROBLEMS
+
+    if not settings.dkim_keys:
+        if as_json:
+            print("[]")
+        else:
+            print("no DKIM keys configured (dkim_keys)")
+        return EX_OK
+    results = check_configured(settings, resolver)
     if as_json:
         print(json.dumps([r.to_json() for r in results], indent=2))
     else:
         for r in results:
-            kind = f"{r.algorithm}-{r.bits}" if r.algorithm else "-"
-            test = " testing" if r.testing else ""
-            detail = f"  {terminal_safe(r.detail)}" if r.detail else ""
-            print(f"{r.dns_name:<40} {r.status:<18} {kind}{test}{detail}")
+            print(check_line(r))
     if any(r.status in PROBLEMS for r in results):
         return EX_UNAVAILABLE
     if any(r.status == "temporary-failure" for r in results):

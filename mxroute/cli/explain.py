@@ -2,7 +2,8 @@
 
 ``run_explain`` gathers facts through the shared resolver, calls the same
 ``routing.route`` that delivery calls, adds the TLS, MTA-STS, identity and probe
-findings, and returns the contract's report (EXP-1..5). It never touches the queue.
+findings, and with ``--from`` the DKIM and DMARC verdict of the From: domain (issue 14 §3),
+and returns the contract's report (EXP-1..5). It never touches the queue.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from mxroute.address import Address
 from mxroute.dns.resolver import Resolver
 from mxroute.errors import EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
+from mxroute.identity.dmarc.assess import Assessment
 from mxroute.routing.plan import Plan, Verdict, plan_to_json
 from mxroute.routing.route import mta_sts_reach, policy_from_settings, route
 from mxroute.settings import Settings
@@ -39,6 +41,7 @@ class Report:
     tls: TlsPolicy | None = None  # the destination's TLS policy as delivery has it (TLS-3, EXP-3)
     mta_sts: Lookup | None = None  # the MTA-STS state delivery would apply (TLS-5/6, EXP-3)
     mta_sts_skipped: str | None = None  # or why delivery would not consult MTA-STS
+    author: Assessment | None = None  # --from: the From: domain's DKIM and DMARC verdict
 
     @property
     def exit_code(self) -> int:
@@ -55,6 +58,9 @@ class Report:
         body["dane"] = self.plan.dane.to_json() if self.plan.dane else None  # TLS-7 / EXP-3
         body["mta_sts"] = self.mta_sts_json()
         body["probe"] = self.probe
+        if self.author is not None:  # issue 14 §3: bulk_sender_ready and fixes inside dmarc
+            body["dkim"] = self.author.dkim_json()
+            body["dmarc"] = self.author.verdict.to_json()
         body["dns"] = self.dns
         return body
 
@@ -82,21 +88,31 @@ class Report:
 async def run_explain(address: Address, settings: Settings, resolver: Resolver, *,
                       seed: int | None = None, egress_ips: Sequence[str] = (),
                       sender: str | None = None, helo: str | None = None,
-                      probe: bool = False) -> Report:
+                      probe: bool = False, author: Address | None = None) -> Report:
     """The whole report for ``address``, each part by the code delivery runs.
 
     The route (EXP-1, EXP-2; ``seed`` fixes the shuffle of equal preferences), the
     destination's TLS policy and MTA-STS state (EXP-3), the sending identity of
     ``egress_ips`` (default: the settings'; EXP-4), with ``probe`` the first reachable
-    host's banner, EHLO and STARTTLS, and every DNS answer seen on the way.
+    host's banner, EHLO and STARTTLS, and every DNS answer seen on the way. With ``author``
+    (the From: address; also the envelope ``sender`` unless one is given) the DKIM and DMARC
+    verdict of its domain.
     """
     policy = policy_from_settings(settings)
     routed = await route(resolver, address.domain, policy, random.Random(seed), settings)
     plan = routed.plan
     report = Report(address, plan, [], tls=routed.tls)  # EXP-3: the level delivery applies
     await _add_mta_sts(report, settings, resolver)
-    await _add_identity(report, settings, resolver, list(egress_ips or settings.egress_ips),
-                        sender, helo or settings.helo_name)
+    egress = list(egress_ips or settings.egress_ips)
+    helo = helo or settings.helo_name
+    if author is not None:
+        sender = sender if sender is not None else str(author)
+    await _add_identity(report, settings, resolver, egress, sender, helo)
+    if author is not None:
+        from mxroute.identity.dmarc.assess import assess
+
+        report.author = await assess(resolver, author.domain, sender=sender, egress_ips=egress,
+                                     helo=helo, dkim_keys=settings.dkim_keys)
     if probe:
         from mxroute.cli.probe import probe as probe_first
 

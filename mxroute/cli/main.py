@@ -66,8 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", parents=[common], help="show how mail to ADDRESS would be routed")
     p.add_argument("address")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--from", dest="author", metavar="AUTHOR",
+                   help="the From: header address: adds the DKIM and DMARC verdict for its domain")
     p.add_argument("--sender",
-                   help="envelope sender for the SPF check (default: postmaster@sender_domain)")
+                   help="envelope sender for the SPF check (default: the --from address, "
+                        "else postmaster@sender_domain)")
     p.add_argument("--egress-ip", action="append", default=[], metavar="IP", type=_ip_argument,
                    help="the relay's sending address (repeatable; default: egress_ips)")
     p.add_argument("--helo", help="HELO name to check (default: helo_name)")
@@ -270,6 +273,9 @@ def _explain(args: argparse.Namespace) -> int:
     if args.sender and args.sender not in ("<>", ""):
         # malformed: exit 64, before any DNS
         parse_address(args.sender.removeprefix("<").removesuffix(">"))
+    author = parse_address(args.author) if args.author is not None else None
+    if author is not None and author.literal is not None:
+        raise _usage(f"--from {args.author}: DMARC needs a domain, not an address literal")
     settings = _settings(args)
     resolver = _resolver(args, settings, trace=True)
     recorder = None
@@ -280,7 +286,7 @@ def _explain(args: argparse.Namespace) -> int:
         resolver.observers.append(recorder)
     report = asyncio.run(run_explain(address, settings, resolver, seed=args.seed,
                                      egress_ips=args.egress_ip, sender=args.sender,
-                                     helo=args.helo, probe=args.probe))
+                                     helo=args.helo, probe=args.probe, author=author))
     if recorder is not None:
         try:
             with open(args.record, "w", encoding="utf-8") as handle:
@@ -306,10 +312,10 @@ def _spf(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    """The effective settings, the HELO name's check (issue 15 C2), then the PTR/HELO
-    self-check of each egress IP (SPF-11, SPF-12).
+    """The effective settings, the HELO name's check (issue 15 C2), the ``dkim check`` status of
+    every DKIM key (issue 14), then the PTR/HELO self-check of each egress IP (SPF-11, SPF-12).
 
-    Identity warnings are advice, not configuration errors: the exit code stays 0.
+    Key and identity warnings are advice, not configuration errors: the exit code stays 0.
     In text form they follow the ``name = value`` lines as ``#`` comments.
     """
     from mxroute.identity import helo
@@ -318,6 +324,11 @@ def _check_config(args: argparse.Namespace) -> int:
     settings = _settings(args)
     values = json.loads(settings.model_dump_json())
     resolver = _resolver(args, settings, trace=False)
+    keys: list[Any] = []
+    if settings.dkim_keys:
+        from mxroute.cli.dkim import check_configured
+
+        keys = check_configured(settings, resolver)
 
     async def checks() -> tuple[Any, Any]:
         found = await helo.check_helo(resolver, settings.helo_name, settings.egress_ips)
@@ -329,6 +340,7 @@ def _check_config(args: argparse.Namespace) -> int:
     helo_found, reports = asyncio.run(checks())
     if args.json:
         values["helo_check"] = [finding.to_json() for finding in helo_found]
+        values["dkim_check"] = [key.to_json() for key in keys]
         values["identity_check"] = ([report.to_json() for report in reports]
                                     if reports is not None else None)
         print(json.dumps(values, indent=2))
@@ -340,6 +352,12 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"# {helo.line(settings, finding)}")
     if not helo_found:
         print(f"# helo_name {settings.helo_name}: ok")
+    if keys:
+        from mxroute.cli.dkim import check_line
+
+        print("# DKIM keys (mxroute dkim check)")
+        for key in keys:
+            print(f"# {check_line(key)}")
     if reports is None:
         print("# sending identity: not checked (egress_ips is empty)")
     else:

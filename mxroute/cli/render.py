@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mxroute.cli.explain import Report
+from mxroute.identity.dmarc.assess import Assessment
 from mxroute.routing.plan import Verdict
 from mxroute.text import terminal_safe
 from mxroute.tls.dane import DanePosture
@@ -103,6 +104,8 @@ def render_explain(report: Report, style: Style) -> str:
     if report.identity_text:
         out.append(style.bold("\nSending identity"))
         out.append(report.identity_text.rstrip("\n"))
+    if report.author is not None:  # issue 14 §3
+        out.append(render_author(report.author, style))
     if report.probe is not None:
         out.append(style.bold("\nProbe"))
         out.append(render_probe(report.probe))
@@ -114,6 +117,30 @@ def render_explain(report: Report, style: Style) -> str:
               "yes" if q["cached"] else "no", "; ".join(q["answers"]) or "-"] for q in report.dns],
         ))
     return "\n".join(out) + "\n"
+
+
+def render_author(found: Assessment, style: Style) -> str:
+    """The From: domain's DKIM signing, DMARC verdict and what to fix (issue 14 §3)."""
+    verdict = found.verdict
+    yes = {True: "yes", False: "no"}
+    if found.keys:
+        signing = f"signs as d={found.keys[0].domain}: " + ", ".join(
+            f"{k.selector} ({k.algorithm or '?'}) {k.status}" for k in found.keys)
+    else:
+        signing = "signs nothing for this domain (no dkim_keys entry)"
+    policy = f", policy {verdict.policy}" if verdict.policy else ""
+    rows = [["dkim", signing],
+            ["dmarc", f"{verdict.verdict}{policy}"],
+            ["record", verdict.record if verdict.record is not None else "-"],
+            ["org domain", verdict.org_domain],
+            ["aligned", f"SPF {yes[verdict.spf_aligned]}, DKIM {yes[verdict.dkim_aligned]}"],
+            ["why", verdict.reason],
+            ["bulk sender", "ready" if verdict.bulk_sender_ready else
+             "not ready (needs SPF and DKIM to pass, a DMARC record, and DMARC to pass)"]]
+    out = [style.bold("\nDKIM and DMARC") + f"  (From: domain {terminal_safe(verdict.domain)})",
+           table(["WHAT", "RESULT"], rows), style.bold("\nTo fix")]
+    out += [f"  - {terminal_safe(fix)}" for fix in verdict.fixes] or ["  nothing to fix"]
+    return "\n".join(out)
 
 
 def render_dane(posture: DanePosture, style: Style) -> str:

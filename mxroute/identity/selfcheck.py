@@ -22,6 +22,14 @@ domain stands for the rest. Log lines (stable, for log filters), from the logger
 
 - ``WARNING ...: identity: mail from DOMAIN: egress IP CODE: what; fix: how | ...``
 - ``INFO ...: identity: mail from DOMAIN: egress IP spf-none|spf-neutral|spf-temperror: ...``
+
+From: domains (issue 14 §3): the intake hands over each queued message's From: domain
+(``observe_author``); the first message from a new one gets the DMARC verdict
+(``identity.dmarc.assess``: SPF alignment for the egress IPs, DKIM alignment of the keys that
+sign it), cached the same way in a cache of its own. Only ``fail`` warns:
+
+- ``WARNING ...: identity: From: DOMAIN: dmarc-fail (p=POLICY): why; fix: how | ...``
+- ``INFO ...: identity: From: DOMAIN: dmarc-none|dmarc-temporary-failure: why``
 """
 
 from __future__ import annotations
@@ -29,15 +37,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol, TypeVar
 
 from mxroute.dns.answer import Answer
 from mxroute.dns.resolver import Resolver
+from mxroute.identity.dmarc.assess import assess
+from mxroute.identity.dmarc.orgdomain import load as load_suffixes
 from mxroute.identity.findings import Finding, ptr_findings, spf_findings
 from mxroute.identity.rdns import iprev
 from mxroute.identity.spf.evaluate import check_host
-from mxroute.settings import Settings
+from mxroute.settings import DkimKey, Settings
+from mxroute.text import safe_text
 
 log = logging.getLogger(__name__)
 
@@ -83,19 +94,23 @@ class SelfCheck:
     def __init__(
         self, resolver: Resolver, egress_ips: list[str], helo: str, *,
         clock: Callable[[], float] = time.monotonic, max_domains: int = MAX_DOMAINS,
+        dkim_keys: Sequence[DkimKey] = (),
     ) -> None:
         self.resolver = resolver
         self.egress_ips = list(egress_ips)
         self.helo = helo
+        self.dkim_keys = list(dkim_keys)
         self.clock = clock
         self.max_domains = max_domains
         # domain -> when its verdict expires (_CHECKING while it runs)
         self._domains: dict[str, float] = {}
+        self._authors: dict[str, float] = {}  # From: domain -> when its DMARC verdict expires
         self._ptr: dict[str, tuple[float, tuple[Finding, ...]]] = {}  # ip -> (expires, findings)
         self._ptr_said: dict[str, tuple[str, ...]] = {}  # ip -> the codes last logged
         self._ptr_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self.checks = 0  # domain checks run (tests and metrics)
+        self.author_checks = 0  # From: domain checks run
 
     @property
     def running(self) -> int:
@@ -121,38 +136,49 @@ class SelfCheck:
         if not sender:  # null reverse-path (bounces): no sender domain to check
             return
         domain = sender[sender.rfind("@") + 1:]
-        expires = self._domains.get(domain)
-        if expires is not None and expires > self.clock():
-            return
-        self._start(domain, sender)
+        if self._claim(self._domains, domain):
+            self._spawn(self._run(self._domains, domain, self.check(domain, sender)),
+                        f"selfcheck-{domain[:64]}")
+
+    def observe_author(self, sender: str, author: str | None) -> None:
+        """Called for each queued message with its From: domain (None: no single one)."""
+        if author and self._claim(self._authors, author):
+            self._spawn(self._run(self._authors, author, self.check_author(author, sender)),
+                        f"selfcheck-from-{author[:64]}")
 
     def start(self) -> None:
         """The PTR/HELO part at start-up (SPF-12), in the background."""
         self._spawn(self._startup(), "selfcheck-startup")
 
-    def _start(self, domain: str, sender: str) -> None:
+    def _claim(self, cache: dict[str, float], domain: str) -> bool:
+        """True when ``domain`` needs a check now (then marked as checking), False if cached."""
+        expires = cache.get(domain)
+        if expires is not None and expires > self.clock():
+            return False
         # re-insert at the end: the dict's order is the eviction order
-        self._domains.pop(domain, None)
-        while len(self._domains) >= self.max_domains:
-            del self._domains[next(iter(self._domains))]
-        self._domains[domain] = _CHECKING
-        self._spawn(self._run(domain, sender), f"selfcheck-{domain[:64]}")
+        cache.pop(domain, None)
+        while len(cache) >= self.max_domains:
+            del cache[next(iter(cache))]
+        cache[domain] = _CHECKING
+        return True
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, domain: str, sender: str) -> None:
+    async def _run(self, cache: dict[str, float], domain: str,
+                   check: Coroutine[Any, Any, int]) -> None:
         lifetime = MIN_TTL
         try:
-            lifetime = await self.check(domain, sender)
+            lifetime = await check
         except Exception as exc:  # noqa: BLE001  (a bug here must never touch mail: note it, retry after MIN_TTL)
             log.error("identity: self-check for %s failed: %r", domain, exc)
-        if self._domains.get(domain) == _CHECKING:
-            self._domains[domain] = self.clock() + lifetime
+        if cache.get(domain) == _CHECKING:
+            cache[domain] = self.clock() + lifetime
 
     async def _startup(self) -> None:
+        await asyncio.to_thread(load_suffixes)  # the Public Suffix List, off the event loop
         try:
             problems = await self._ptr_problems()
         except Exception as exc:  # noqa: BLE001  (advice only: never let it touch mail)
@@ -188,6 +214,26 @@ class SelfCheck:
                       domain, ", ".join(self.egress_ips))
         return tracker.lifetime()
 
+    async def check_author(self, author: str, sender: str) -> int:
+        """The DMARC verdict for mail From: ``author`` sent as ``sender``; warn on ``fail``.
+
+        Returns how long the verdict holds, in seconds.
+        """
+        self.author_checks += 1
+        log.debug("identity: checking mail From: %s", author)
+        tracker = _TTLTracker(self.resolver)
+        found = (await assess(tracker, author, sender=sender, egress_ips=self.egress_ips,
+                              helo=self.helo, dkim_keys=self.dkim_keys)).verdict
+        what = safe_text(found.reason, 1000)
+        if found.verdict == "fail":
+            log.warning("identity: From: %s: dmarc-fail (p=%s): %s; fix: %s", author,
+                        found.policy, what, safe_text(" | ".join(found.fixes), 1000))
+        elif found.verdict == "pass":
+            log.debug("identity: From: %s: DMARC passes: %s", author, what)
+        else:
+            log.info("identity: From: %s: dmarc-%s: %s", author, found.verdict, what)
+        return tracker.lifetime()
+
     async def _ptr_problems(self) -> list[str]:
         """PTR/HELO findings not yet reported (re-checked when their TTL has run out)."""
         out: list[str] = []
@@ -209,19 +255,26 @@ def _line(ip: str, finding: Finding) -> str:
     return f"egress {ip} {finding.code}: {finding.message}; fix: {finding.fix}"
 
 
+def _unwatched(sender: str, author: str | None) -> None:
+    """The intake's From: domain hook while the self-check is off."""
+
+
 def watch(
     settings: Settings, resolver: Resolver, on_queued: Callable[[MessageT], None]
-) -> Callable[[MessageT], None]:
-    """``on_queued`` with the self-check behind it, or unchanged when ``egress_ips`` is empty.
+) -> tuple[Callable[[MessageT], None], Callable[[str, str | None], None]]:
+    """The intake's two hooks: ``on_queued`` with the self-check behind it, and the From:
+    domain hook (``SelfCheck.observe_author``); unchanged and a no-op when ``egress_ips`` is
+    empty.
 
     Call inside the running event loop (``serve`` start-up): it schedules the PTR/HELO check.
     """
     if not settings.egress_ips:
         log.info("identity: self-check off: egress_ips is empty "
-                 "(set it to be warned about SPF and PTR problems)")
-        return on_queued
-    check = SelfCheck(resolver, settings.egress_ips, settings.helo_name)
+                 "(set it to be warned about SPF, PTR and DMARC problems)")
+        return on_queued, _unwatched
+    check = SelfCheck(resolver, settings.egress_ips, settings.helo_name,
+                      dkim_keys=settings.dkim_keys)
     log.info("identity: self-check on for egress %s, HELO %s",
              ", ".join(settings.egress_ips), settings.helo_name)
     check.start()
-    return check.wrap(on_queued)
+    return check.wrap(on_queued), check.observe_author

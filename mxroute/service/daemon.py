@@ -208,12 +208,15 @@ class Relay:
         if resolver is not None:
             self.resolver = resolver
         # SPF-10/12: the new identity
-        if any(name in changed for name in ("egress_ips", "helo_name", *RESOLVER_SETTINGS)):
+        if any(name in changed for name in ("egress_ips", "helo_name", "dkim_keys",
+                                            *RESOLVER_SETTINGS)):
             from mxroute.identity import helo
             from mxroute.identity.selfcheck import watch
 
-            self.intake.on_queued = watch(new, self.resolver, self.link.queued)
-            helo.watch(new, self.resolver)  # issue 15 C2
+            self.intake.on_queued, self.intake.on_author = watch(new, self.resolver,
+                                                                 self.link.queued)
+            if any(name in changed for name in ("egress_ips", "helo_name", *RESOLVER_SETTINGS)):
+                helo.watch(new, self.resolver)  # issue 15 C2
         if new.log_level != old.log_level:
             logging.getLogger().setLevel(new.log_level)
         self.settings = new
@@ -245,7 +248,8 @@ async def _main(settings: Settings, loader: Loader) -> int:
     from mxroute.identity import helo
     from mxroute.identity.selfcheck import watch
 
-    intake = Intake(settings, spool, watch(settings, resolver, link.queued), resolver=resolver)
+    intake = Intake(settings, spool, link.queued, resolver=resolver)
+    intake.on_queued, intake.on_author = watch(settings, resolver, link.queued)
     helo.watch(settings, resolver)  # a HELO name receivers refuse: a warning (issue 15 C2)
     servers: list[asyncio.base_events.Server] = []
     metrics: Any = None

@@ -150,3 +150,33 @@ def test_check_config_a_rule_across_settings_names_no_bogus_setting(tmp_path: Pa
     assert done.returncode == 78
     assert done.stderr == (f"mxroute: configuration error: invalid settings (from {config}): "
                            "tls_cert_file and tls_key_file go together\n")
+
+
+def test_issue14_check_config_lists_dkim_keys_with_their_dkim_check_status(
+    dns_server: DNSServer, tmp_path: Path
+) -> None:
+    """check-config --json: every DKIM key with the status `dkim check` gives it (issue 14 §3);
+    problems are advice here (exit 0); the text form lists them as # comments."""
+    made = subprocess.run(
+        [sys.executable, "-m", "mxroute", "dkim", "keygen", "t", "s1", "--dir", str(tmp_path),
+         "--json"], capture_output=True, text=True, cwd=ROOT, timeout=60, check=True)
+    key = json.loads(made.stdout)
+    txt = " ".join(f'"{key["txt"][i:i + 200]}"' for i in range(0, len(key["txt"]), 200))
+    dns_server.set_zone(ZONE + f"s1._domainkey.t. IN TXT {txt}\n")
+    keys = json.dumps([{"domain": "t", "selector": "s1", "key_file": key["key_file"]},
+                       {"domain": "t", "selector": "gone", "key_file": key["key_file"]},
+                       {"domain": "*", "selector": "any", "key_file": key["key_file"]}])
+    done = run("--json", "--dns", dns_server.address, MXROUTE_DKIM_KEYS=keys,
+               MXROUTE_EGRESS_IPS='["127.0.0.2"]')
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)["identity_check"]) == 1
+    checks = json.loads(done.stdout)["dkim_check"]
+    assert [(c["dns_name"], c["status"], c["algorithm"], c["bits"]) for c in checks] == [
+        ("s1._domainkey.t", "ok", "rsa", 2048), ("gone._domainkey.t", "missing", "rsa", 2048)]
+    assert "catch-all" in done.stderr
+    text = run("--dns", dns_server.address, MXROUTE_DKIM_KEYS=keys)
+    assert text.returncode == 0
+    assert "# DKIM keys (mxroute dkim check)" in text.stdout
+    assert "# s1._domainkey.t" in text.stdout and "missing" in text.stdout
+    without = run("--json", "--dns", dns_server.address)
+    assert json.loads(without.stdout)["dkim_check"] == []

@@ -12,26 +12,20 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import smtplib
-import socket
 import subprocess
-import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.faults.conftest import skip_or_fail
 from tests.support.postfix import (
-    MAIN_CF,
-    MASTER_CF,
     POSTFIX,
     PostfixInstance,
-    free_port,
+    start_postfix,
     stop_postfix,
     unavailable,
 )
@@ -48,35 +42,16 @@ def _postfix(instance: PostfixInstance, action: str) -> None:
     assert done.returncode == 0, (action, done.stderr.decode(errors="replace"))
 
 
-def _listening(instance: PostfixInstance) -> bool:
-    try:
-        with socket.create_connection((instance.host, instance.port), timeout=1) as sock:
-            return sock.recv(100).startswith(b"220")
-    except OSError:
-        return False
-
-
 @pytest.fixture
 def postfix_mta() -> Iterator[PostfixInstance]:
     why = unavailable()
     if why:
         skip_or_fail(why)
-    root = Path(tempfile.mkdtemp(prefix="mxroute-faults-postfix-"))
-    root.chmod(0o755)
-    for sub in ("etc", "queue", "data"):
-        (root / sub).mkdir()
-    shutil.chown(root / "data", user="postfix")
-    port = free_port(HOST)
-    (root / "etc" / "main.cf").write_text(MAIN_CF.format(root=root, host=HOST, tls=""))
-    (root / "etc" / "master.cf").write_text(MASTER_CF.format(host=HOST, port=port))
-    instance = PostfixInstance(root, HOST, port, False)
+    instance = start_postfix(HOST, prefix="mxroute-faults-postfix-")
     try:
-        _postfix(instance, "start")
-        if not wait_for(lambda: _listening(instance), timeout=20):
-            pytest.fail("the private Postfix instance did not start listening")
         yield instance
     finally:
-        stop_postfix(instance, root)
+        stop_postfix(instance, instance.root)
 
 
 def test_postfix_stopped_mid_run_deferred_mail_drains_when_it_is_back(
@@ -112,7 +87,7 @@ def test_postfix_stopped_mid_run_deferred_mail_drains_when_it_is_back(
     stopper.start()  # Postfix goes away in the middle of the burst
     stopper.join(60)
     burst.join(60)
-    assert wait_for(lambda: not _listening(pf), timeout=20)
+    assert wait_for(lambda: not pf.answering(), timeout=20)
     for n in range(25, 30):  # Postfix down
         send(n)
     assert wait_for(lambda: relay.queued(), timeout=10)
@@ -122,7 +97,7 @@ def test_postfix_stopped_mid_run_deferred_mail_drains_when_it_is_back(
     time.sleep(2.5)  # a few retries against the closed port: still nothing lost
     assert relay.proc is not None and relay.proc.poll() is None
     _postfix(pf, "start")
-    assert wait_for(lambda: _listening(pf), timeout=20)
+    assert wait_for(pf.answering, timeout=20)
     assert relay.queue("flush").returncode == 0
     assert wait_for(lambda: not relay.queued() and len(pf.held()) >= len(acked),
                     timeout=40), relay.queued()

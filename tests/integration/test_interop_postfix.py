@@ -14,13 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,16 +23,7 @@ from mxroute.relay.courier.courier import Courier, canonical_data
 from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult
 from mxroute.routing.plan import Plan, Target, Verdict
 from mxroute.settings import Settings
-from tests.support.postfix import (
-    MAIN_CF,
-    MASTER_CF,
-    POSTFIX,
-    PostfixInstance,
-    free_port,
-    stop_postfix,
-    unavailable,
-)
-from tests.support.smtpsink import tls_available, tls_files
+from tests.support.postfix import PostfixInstance, start_postfix, stop_postfix, unavailable
 
 pytestmark = pytest.mark.interop
 
@@ -52,40 +37,11 @@ def postfix() -> Iterator[PostfixInstance]:
         if os.environ.get("CI") == "true":
             pytest.fail(f"interop test cannot run in CI: {why}")
         pytest.skip(why)
-    root = Path(tempfile.mkdtemp(prefix="mxroute-postfix-"))
-    root.chmod(0o755)  # Postfix daemons run as the postfix user and must reach the queue
-    for sub in ("etc", "queue", "data"):
-        (root / sub).mkdir()
-    shutil.chown(root / "data", user="postfix")
-    tls = ""
-    if tls_available():
-        cert, key = tls_files()
-        shutil.copy(cert, root / "etc" / "cert.pem")
-        shutil.copy(key, root / "etc" / "key.pem")
-        tls = (f"smtpd_tls_security_level = may\nsmtpd_tls_cert_file = {root}/etc/cert.pem\n"
-               f"smtpd_tls_key_file = {root}/etc/key.pem\nsmtpd_tls_received_header = yes")
-    port = free_port(HOST)
-    (root / "etc" / "main.cf").write_text(MAIN_CF.format(root=root, host=HOST, tls=tls))
-    (root / "etc" / "master.cf").write_text(MASTER_CF.format(host=HOST, port=port))
-    instance = PostfixInstance(root, HOST, port, bool(tls))
-    started = subprocess.run([str(POSTFIX), "-c", str(instance.config), "start"],
-                             capture_output=True, timeout=60, check=False)
+    instance = start_postfix(HOST, tls=True)
     try:
-        if started.returncode != 0:
-            log = (root / "maillog").read_text() if (root / "maillog").exists() else ""
-            pytest.fail(f"postfix start failed: {started.stderr.decode()} {log[-2000:]}")
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection((HOST, port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("the private Postfix instance did not start listening")
-                time.sleep(0.1)
         yield instance
     finally:
-        stop_postfix(instance, root)
+        stop_postfix(instance, instance.root)
 
 
 @pytest.fixture

@@ -105,3 +105,37 @@ def test_null_sender_and_failures_never_raise(
     assert list(expiries) == ["b.t"] and expiries["b.t"] < float("inf")
     assert any("self-check for b.t failed" in r.getMessage() for r in caplog.records)
     assert selfcheck.MIN_TTL == 60
+
+
+def test_issue14_from_domains_cached_for_the_dmarc_answers_ttl(
+    dns_server: DNSServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """issue 14 §3: one DMARC check per From: domain while it runs and while cached (the
+    smallest TTL of the answers it used), None (no single From: domain) checks nothing; a fail
+    is one warning with the fix, a missing record INFO."""
+    dns_server.set_zone(ZONE + '_dmarc.a.t. 90 IN TXT "v=DMARC1; p=reject"\n')
+    clock = Clock()
+
+    async def scenario() -> list[int]:
+        check = SelfCheck(resolver_for(dns_server), ["127.0.0.2"], "relay.t", clock=clock)
+        counts = []
+        for step in (0, 89, 2):  # seconds later; _dmarc.a.t has TTL 90
+            clock.now += step
+            check.observe_author("x@a.t", "a.t")
+            check.observe_author("y@a.t", "a.t")  # while the first runs: no second one
+            check.observe_author("x@a.t", None)
+            await settle(check)
+            counts.append(check.author_checks)
+        check.observe_author("x@b.t", "b.t")
+        await settle(check)
+        return counts
+
+    with caplog.at_level(logging.INFO, logger="mxroute.identity.selfcheck"):
+        assert asyncio.run(scenario()) == [1, 1, 2]
+    messages = [r.getMessage() for r in caplog.records]
+    fails = [m for m in messages if "dmarc-fail" in m]
+    assert len(fails) == 2 and all(m.startswith("identity: From: a.t: dmarc-fail (p=reject)")
+                                   for m in fails)
+    assert "add ip4:127.0.0.2 to a.t's SPF record" in fails[0]
+    assert any(m.startswith("identity: From: b.t: dmarc-none: no DMARC record at _dmarc.b.t")
+               for m in messages)

@@ -1,5 +1,11 @@
 """A private Postfix instance for interop tests: its main.cf and master.cf templates, whether one
-can be started here, the instance's held queue, and stopping it."""
+can be started here, starting it, the instance's held queue, and stopping it.
+
+``start_postfix(host)`` starts one on ``host`` and a fresh port with its own config, queue and
+data directories in a temporary directory; every message is put on *hold* by an access rule, so
+nothing is delivered anywhere and ``held()`` / ``message()`` show exactly what Postfix stored.
+``stop_postfix(instance, instance.root)`` stops it (bounded) and removes the directory.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,14 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
+
+from tests.support.smtpsink import tls_available, tls_files
 
 POSTFIX = Path("/usr/sbin/postfix")
 POSTCAT = Path("/usr/sbin/postcat")
@@ -40,7 +51,7 @@ maillog_file_prefixes = {root}
 maillog_file = {root}/maillog
 biff = no
 smtpd_banner = $myhostname ESMTP
-{tls}
+{extra}
 """
 
 MASTER_CF = """\
@@ -106,18 +117,68 @@ class PostfixInstance:
 
     def body(self, queue_id: str) -> bytes:
         """The message body as Postfix stored it, with CRLF line ends."""
-        # headers, an empty line, the body; no record markers
-        text = self.postcat(queue_id, "-h", "-b")
-        lines = [line for line in text.split("\n") if not line.startswith("*** ")]
-        body = lines[lines.index("") + 1:]
-        if body and body[-1] == "":
-            body.pop()
-        return "".join(line + "\r\n" for line in body).encode("utf-8")
+        return self.message(queue_id).split(b"\r\n\r\n", 1)[1]
+
+    def message(self, queue_id: str) -> bytes:
+        """The whole message (header and body) as Postfix stored it, byte for byte, with CRLF
+        line ends (8-bit content is not decoded)."""
+        done = subprocess.run([str(POSTCAT), "-c", str(self.config), "-h", "-b", "-q", queue_id],
+                              capture_output=True, timeout=30, check=True)
+        text = done.stdout
+        if text.endswith(b"\n"):
+            text = text[:-1]
+        return b"".join(line + b"\r\n" for line in text.split(b"\n"))
+
+    def answering(self) -> bool:
+        """True when the instance's smtpd answers a connection with its 220 greeting."""
+        try:
+            with socket.create_connection((self.host, self.port), timeout=1) as sock:
+                return sock.recv(100).startswith(b"220")
+        except OSError:
+            return False
 
     def clear(self) -> None:
         for queue_id in self.held():
             subprocess.run(["/usr/sbin/postsuper", "-c", str(self.config), "-d", queue_id, "hold"],
                            capture_output=True, timeout=30, check=False)
+
+
+def start_postfix(host: str, *, tls: bool = False, extra: str = "",
+                  prefix: str = "mxroute-postfix-") -> PostfixInstance:
+    """Start a private instance listening on ``host`` (a fresh port) and wait, bounded, for its
+    greeting; ``extra`` is appended to main.cf, ``tls`` offers STARTTLS with a self-signed
+    certificate (when ``cryptography`` is installed). A failure to start fails the test with
+    Postfix's log. The caller checks ``unavailable()`` first and stops it with ``stop_postfix``."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    root.chmod(0o755)  # Postfix daemons run as the postfix user and must reach the queue
+    for sub in ("etc", "queue", "data"):
+        (root / sub).mkdir()
+    shutil.chown(root / "data", user="postfix")
+    lines = [extra] if extra else []
+    if tls and tls_available():
+        cert, key = tls_files()
+        shutil.copy(cert, root / "etc" / "cert.pem")
+        shutil.copy(key, root / "etc" / "key.pem")
+        lines += ["smtpd_tls_security_level = may", f"smtpd_tls_cert_file = {root}/etc/cert.pem",
+                  f"smtpd_tls_key_file = {root}/etc/key.pem", "smtpd_tls_received_header = yes"]
+    port = free_port(host)
+    main_cf = MAIN_CF.format(root=root, host=host, extra="\n".join(lines))
+    (root / "etc" / "main.cf").write_text(main_cf)
+    (root / "etc" / "master.cf").write_text(MASTER_CF.format(host=host, port=port))
+    instance = PostfixInstance(root, host, port, tls and tls_available())
+    started = subprocess.run([str(POSTFIX), "-c", str(instance.config), "start"],
+                             capture_output=True, timeout=60, check=False)
+    deadline = time.monotonic() + 20
+    for _ in range(200):
+        if started.returncode != 0 or instance.answering() or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    if started.returncode != 0 or not instance.answering():
+        log = (root / "maillog").read_text() if (root / "maillog").exists() else ""
+        stop_postfix(instance, root)
+        pytest.fail(f"the private Postfix instance did not start: "
+                    f"{started.stderr.decode(errors='replace')} {log[-2000:]}")
+    return instance
 
 
 def stop_postfix(instance: PostfixInstance, root: Path) -> None:

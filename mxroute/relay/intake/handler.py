@@ -22,6 +22,7 @@ from aiosmtpd.smtp import Session
 
 from mxroute.dns.resolver import Resolver
 from mxroute.errors import SpoolError
+from mxroute.identity.dmarc.author import author_domain
 from mxroute.relay.envelope import Recipient
 from mxroute.relay.intake.auth import Credentials
 from mxroute.relay.intake.params import (
@@ -54,6 +55,8 @@ class Intake:
         self.settings = settings
         self.spool = spool
         self.on_queued = on_queued
+        # the self-check's hook for each queued message: (envelope sender, From: domain)
+        self.on_author: Callable[[str, str | None], None] = lambda sender, author: None
         self.clock = clock
         self.sender_check = SenderCheck(resolver)  # SPF-13, per null_mx_sender
         self.networks = settings.networks()
@@ -297,6 +300,7 @@ class Intake:
                  safe_text(meta.sender, LISTING), meta.size, len(rcpts),
                  safe_text(session.host_name or "unknown", 100).replace(" ", "_"), ip)
         self.on_queued(meta)
+        self.on_author(meta.sender, author_domain(content))  # DMARC self-check (issue 14)
         server.errors = 0  # a client that delivers mail is not an error loop (SEC-10)
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
