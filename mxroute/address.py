@@ -72,6 +72,14 @@ def normalize_domain(domain: str) -> str:
     return alabel
 
 
+def is_local_name(name: str) -> bool:
+    """``localhost`` and its kin, names only this host knows: ``localhost.*``, ``*.localhost``
+    (RFC 6761 §6.3) and ``*.localdomain`` (the placeholder of many /etc/hosts and of Postfix's
+    ``mydomain``)."""
+    labels = name.lower().rstrip(".").split(".")
+    return labels[0] == "localhost" or labels[-1] in ("localhost", "localdomain")
+
+
 def _to_alabel(domain: str) -> str:
     if domain.isascii():
         return domain.lower()

@@ -16,7 +16,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,18 +32,68 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from mxroute.address import normalize_domain, parse_address, parse_dns_server, parse_hostport
+from mxroute.address import (
+    is_local_name,
+    normalize_domain,
+    parse_address,
+    parse_dns_server,
+    parse_hostport,
+)
 from mxroute.errors import AddressError, ConfigError
 
 DEFAULT_CONFIG = Path("/etc/mxroute/mxroute.toml")
 # seconds a DKIM signature must outlive the queue (dkim_expire_seconds): receivers' own queues
 # and verification after delivery (the rotation advice in docs/dkim.md)
 DKIM_EXPIRE_MARGIN = 86400
+# where systemd/mxroute.service's StateDirectory=mxroute puts the spool
+SYSTEM_SPOOL = Path("/var/lib/mxroute")
+
+
+def default_spool(
+    environ: Mapping[str, str] = os.environ, system: Path = SYSTEM_SPOOL
+) -> tuple[Path, str]:
+    """The default ``spool_dir`` and why it is that one.
+
+    systemd's ``$STATE_DIRECTORY`` (the service itself); else ``system`` when it exists (the
+    unit's ``StateDirectory=``: the CLI run by an operator finds the service's spool); else
+    ``./spool`` (a checkout), made absolute.
+    """
+    state = environ.get("STATE_DIRECTORY")
+    if state:
+        return Path(state.split(":")[0]), "$STATE_DIRECTORY, systemd's StateDirectory="
+    if system.is_dir():
+        return system, f"{system}, systemd's StateDirectory= of mxroute.service"
+    return Path("spool").absolute(), f"./spool, as there is no $STATE_DIRECTORY and no {system}"
 
 
 def _default_spool() -> Path:
-    state = os.environ.get("STATE_DIRECTORY")  # set by systemd's StateDirectory=
-    return Path(state.split(":")[0]) if state else Path("spool")
+    return default_spool()[0]
+
+
+def pick_host_name(host: str, canonical: list[str]) -> str:
+    """``helo_name``'s default from the host name and its canonical names, as Postfix finds
+    ``myhostname``: ``host`` when it has a dot, else the first canonical name with a dot that
+    is not a localhost name, else ``host`` itself (``check-config`` and ``serve`` warn)."""
+    if "." in host:
+        return host
+    for name in canonical:
+        if "." in name and not is_local_name(name):
+            return name.rstrip(".")
+    return host
+
+
+def host_name() -> str:
+    """This host's name: ``gethostname()``, completed by its canonical name (getaddrinfo
+    ``AI_CANONNAME``, as ``hostname --fqdn``). Not ``getfqdn()``: its reverse lookup turns a
+    host whose 127.0.0.1 is named ``localhost`` in /etc/hosts into ``localhost``."""
+    host = socket.gethostname()
+    if "." in host:
+        return host
+    try:
+        infos = socket.getaddrinfo(host, None, flags=socket.AI_CANONNAME)
+    except (OSError, UnicodeError):
+        return host
+    return pick_host_name(host, [info[3] for info in infos if info[3]])
 
 
 # --- the TLS levels (TLS-3; what each demands: mxroute/tls/policy.py) ---------------------------
@@ -221,7 +279,7 @@ class Settings(BaseSettings):
 
     # --- routing and delivery ---
     smtp_port: int = Field(25, ge=1, le=65535)
-    helo_name: str = Field(default_factory=socket.getfqdn)
+    helo_name: str = Field(default_factory=host_name)
     egress_ips: list[str] = []
     sender_domain: str | None = None  # default sender domain for the SPF self-check
     allow_private_destinations: bool = False
@@ -357,6 +415,22 @@ class Settings(BaseSettings):
                     )
         return self
 
+    # where the values came from (load_settings sets them)
+    _file: Path | None = PrivateAttr(None)
+    _given: frozenset[str] = PrivateAttr(frozenset())
+
+    def origin(self, name: str) -> str:
+        """Where setting ``name`` came from: ``"the command line"``, its ``MXROUTE_*`` variable,
+        the file's path, or ``"default"``."""
+        env = f"MXROUTE_{name.upper()}"
+        if name in self._given:
+            return "the command line"
+        if any(key.upper() == env for key in os.environ):
+            return env
+        if name in self.model_fields_set and self._file is not None:
+            return str(self._file)
+        return "default"
+
     # --- derived values ---
     def listen_addresses(self) -> list[tuple[str, int]]:
         return [parse_hostport(item, 2525) for item in self.listen]
@@ -414,14 +488,17 @@ def load_settings(config: str | None = None, **overrides: Any) -> Settings:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     _CONFIG_FILE = path
+    given = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        settings = Settings(**given)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc, path)) from None
     except ValueError as exc:  # a JSON list in the environment that is not JSON
         raise ConfigError(f"invalid setting: {exc}") from None
     finally:
         _CONFIG_FILE = None
+    settings._file, settings._given = path, frozenset(given)
+    return settings
 
 
 def _one_line(exc: ValidationError, path: Path | None) -> str:

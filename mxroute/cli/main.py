@@ -121,9 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     invoked_as = os.path.basename(sys.argv[0]) if sys.argv else ""
+    # sendmail's names (symlinks to mxroute, docs/operators.md): mailq = sendmail -bp,
+    # newaliases = sendmail -bi, as Postfix's and Exim's
+    mode = {"mailq": ["-bp"], "newaliases": ["-bi"]}.get(invoked_as)
+    if mode is not None:
+        return _guarded(lambda: _sendmail([*mode, *argv]), stdout=True)
     if invoked_as == "sendmail" or (argv and argv[0] == "sendmail"):
         # sendmail's own flags (-f, -t, -i, ...) are not ours to parse: hand them over whole.
-        return _guarded(lambda: _sendmail(argv[1:] if argv and argv[0] == "sendmail" else argv))
+        return _guarded(lambda: _sendmail(argv[1:] if argv and argv[0] == "sendmail" else argv),
+                        stdout=True)
     args = build_parser().parse_args(argv)
     return _guarded(lambda: _dispatch(args), stdout=True)
 
@@ -172,15 +178,24 @@ def _silence_stdout() -> None:
 
 
 def _sendmail(argv: list[str]) -> int:
-    from mxroute.cli.sendmail import Usage, sendmail, split_common
+    from mxroute.cli.sendmail import NO_ALIASES, Usage, parse_args, sendmail, split_common
     from mxroute.settings import load_settings
 
     try:
         config, argv = split_common(argv)
+        command = parse_args(argv)
     except Usage as exc:
         print(f"sendmail: {exc}", file=sys.stderr)
         return EX_USAGE
-    return sendmail(load_settings(config), argv, sys.stdin.buffer)
+    if command.mode == "newaliases":
+        print(NO_ALIASES)
+        return EX_OK
+    settings = load_settings(config)
+    if command.mode == "mailq":
+        from mxroute.cli.queue import queue_command
+
+        return queue_command(settings, "list", None, False)
+    return sendmail(settings, command, sys.stdin.buffer)
 
 
 def _usage(message: str) -> MxrouteError:
@@ -297,28 +312,34 @@ def _spf(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    """The effective settings, the ``dkim check`` status of every DKIM key (issue 14), then the
-    PTR/HELO self-check of each egress IP (SPF-11, SPF-12).
+    """The effective settings, the HELO name's check (issue 15 C2), the ``dkim check`` status of
+    every DKIM key (issue 14), then the PTR/HELO self-check of each egress IP (SPF-11, SPF-12).
 
     Key and identity warnings are advice, not configuration errors: the exit code stays 0.
     In text form they follow the ``name = value`` lines as ``#`` comments.
     """
+    from mxroute.identity import helo
+    from mxroute.identity.findings import check_ptr
+
     settings = _settings(args)
     values = json.loads(settings.model_dump_json())
-    reports = None
+    resolver = _resolver(args, settings, trace=False)
     keys: list[Any] = []
-    if settings.egress_ips or settings.dkim_keys:
-        resolver = _resolver(args, settings, trace=False)
-        if settings.dkim_keys:
-            from mxroute.cli.dkim import check_configured
+    if settings.dkim_keys:
+        from mxroute.cli.dkim import check_configured
 
-            keys = check_configured(settings, resolver)
-        if settings.egress_ips:
-            from mxroute.identity.findings import check_ptr
+        keys = check_configured(settings, resolver)
 
-            reports = asyncio.run(check_ptr(resolver, egress_ips=settings.egress_ips,
-                                            helo=settings.helo_name))
+    async def checks() -> tuple[Any, Any]:
+        found = await helo.check_helo(resolver, settings.helo_name, settings.egress_ips)
+        if not settings.egress_ips:
+            return found, None
+        return found, await check_ptr(resolver, egress_ips=settings.egress_ips,
+                                      helo=settings.helo_name)
+
+    helo_found, reports = asyncio.run(checks())
     if args.json:
+        values["helo_check"] = [finding.to_json() for finding in helo_found]
         values["dkim_check"] = [key.to_json() for key in keys]
         values["identity_check"] = ([report.to_json() for report in reports]
                                     if reports is not None else None)
@@ -327,6 +348,10 @@ def _check_config(args: argparse.Namespace) -> int:
     for name, value in values.items():
         print(f"{name} = {json.dumps(value)}")
     print()
+    for finding in helo_found:  # issue 15 C2
+        print(f"# {helo.line(settings, finding)}")
+    if not helo_found:
+        print(f"# helo_name {settings.helo_name}: ok")
     if keys:
         from mxroute.cli.dkim import check_line
 

@@ -17,7 +17,7 @@ from typing import Any
 from mxroute.errors import EX_CANTCREAT, EX_NOINPUT, EX_OK, EX_USAGE, SpoolError
 from mxroute.relay.spool.format import PENDING, QUEUE_ID, CorruptFile, MessageMeta
 from mxroute.relay.spool.store import Spool
-from mxroute.settings import Settings
+from mxroute.settings import Settings, default_spool
 from mxroute.text import LISTING, safe_text
 
 
@@ -25,10 +25,9 @@ def queue_command(settings: Settings, action: str, queue_id: str | None, as_json
     """Run one ``mxroute queue`` action; sysexits code."""
     spool = Spool(settings.spool_dir, threads=1)
     try:
-        if not spool.queue_dir.is_dir():
-            if action == "list":
-                return _list([], as_json)
-            print(f"mxroute: no spool at {settings.spool_dir}", file=sys.stderr)
+        if not spool.queue_dir.is_dir():  # never "empty": the wrong spool looks just like that
+            print(f"mxroute: no spool at {settings.spool_dir.absolute()} "
+                  f"({spool_origin(settings)})", file=sys.stderr)
             return EX_NOINPUT
         if action in ("show", "delete") and (not queue_id or not QUEUE_ID.match(queue_id)):
             print(f"mxroute: {queue_id!r} is not a queue ID", file=sys.stderr)
@@ -55,10 +54,20 @@ def queue_command(settings: Settings, action: str, queue_id: str | None, as_json
         print(f"mxroute: unknown queue action {action!r}", file=sys.stderr)
         return EX_USAGE
     except (OSError, SpoolError) as exc:
-        print(f"mxroute: cannot read the spool: {exc}", file=sys.stderr)
+        print(f"mxroute: cannot read the spool {settings.spool_dir.absolute()} "
+              f"({spool_origin(settings)}): {exc}", file=sys.stderr)
         return EX_CANTCREAT
     finally:
         spool.close()
+
+
+def spool_origin(settings: Settings) -> str:
+    """Where ``spool_dir`` came from, for an error about it: the variable, the file, or which
+    default (issue 15 C1)."""
+    origin = settings.origin("spool_dir")
+    if origin == "default":
+        return f"spool_dir default: {default_spool()[1]}"
+    return f"spool_dir from {origin}"
 
 
 def _metas(spool: Spool) -> list[MessageMeta]:

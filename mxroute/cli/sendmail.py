@@ -7,20 +7,26 @@ caller keeps the message and retries), 69 refused for good. Once the relay has
 queued the message for any recipient the code is 0, so a retrying caller sends
 no duplicate; the refused recipients are named on stderr, one line each (as
 Postfix's sendmail queues and reports them by DSN). As a submission agent it
-adds Date, Message-ID and From when missing (RFC 6409 §8).
+adds Date, Message-ID and From when missing (RFC 6409 §8), the From: with the
+sender's full name (``-F``, else ``$NAME``) as Postfix's does. ``-bp`` (the
+``mailq`` name) lists the queue; ``-bi``/``-I`` (the ``newaliases`` name) has no
+aliases database to build and says so, exit 0 (Exim's ``-bi`` without
+``bi_command`` does nothing).
 """
 
 from __future__ import annotations
 
 import getpass
+import os
 import smtplib
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
-from email.utils import formatdate, getaddresses, make_msgid
-from typing import BinaryIO
+from email.utils import formataddr, formatdate, getaddresses, make_msgid
+from typing import BinaryIO, Literal
 
 from mxroute.address import parse_address, parse_hostport
 from mxroute.errors import EX_DATAERR, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE, AddressError
@@ -66,26 +72,50 @@ def split_common(argv: Sequence[str]) -> tuple[str | None, list[str]]:
     return config, rest
 
 
-def parse_args(argv: Sequence[str]) -> tuple[bool, bool, str | None, list[str]]:
-    """(-t, -i, -f SENDER, recipients) from sendmail's command line."""
-    extract = dot_ok = False
-    sender: str | None = None
-    recipients: list[str] = []
+@dataclass(slots=True)
+class Command:
+    """A sendmail command line: the mode and, to send, its options and recipients."""
+
+    mode: Literal["send", "mailq", "newaliases"] = "send"
+    extract: bool = False  # -t
+    dot_ok: bool = False  # -i, -oi
+    sender: str | None = None  # -f, -r
+    full_name: str | None = None  # -F
+    recipients: list[str] = field(default_factory=list)
+
+
+# The modes of sendmail(8) and Postfix's: -bp = mailq, -bi (and Postfix's -I) = newaliases.
+_MODES: dict[str, Literal["mailq", "newaliases"]] = {
+    "-bp": "mailq", "-bi": "newaliases", "-I": "newaliases"}
+NO_ALIASES = ("mxroute: no aliases database: mxroute relays mail to other hosts and delivers "
+              "none here, so there is nothing to rebuild (aliases belong to the MTA that "
+              "delivers the mail)")
+
+
+def parse_args(argv: Sequence[str]) -> Command:
+    """The command from sendmail's command line (``Usage`` for what it cannot take)."""
+    command = Command()
     args = list(argv)
     while args:
         arg = args.pop(0)
         if arg == "--":
-            recipients.extend(args)
+            command.recipients.extend(args)
             break
         if arg == "-t":
-            extract = True
+            command.extract = True
         elif arg in ("-i", "-oi"):
-            dot_ok = True
-        elif arg.startswith(("-f", "-r")):
-            sender = arg[2:] or (args.pop(0) if args else None)
-            if sender is None:
-                raise Usage(f"{arg} needs an address")
-        elif arg.startswith(("-F", "-B", "-N", "-R", "-V", "-X")):
+            command.dot_ok = True
+        elif arg in _MODES:
+            command.mode = _MODES[arg]
+        elif arg.startswith(("-f", "-r", "-F")):
+            value = arg[2:] or (args.pop(0) if args else None)
+            if value is None:
+                raise Usage(f"{arg} needs {'a name' if arg == '-F' else 'an address'}")
+            if arg.startswith("-F"):
+                command.full_name = value
+            else:
+                command.sender = value
+        elif arg.startswith(("-B", "-N", "-R", "-V", "-X")):
             if len(arg) == 2 and args:
                 args.pop(0)
         elif arg in _IGNORED or arg.startswith("-o"):
@@ -93,8 +123,15 @@ def parse_args(argv: Sequence[str]) -> tuple[bool, bool, str | None, list[str]]:
         elif arg.startswith("-"):
             raise Usage(f"unsupported option {arg}")
         else:
-            recipients.extend(r.strip() for r in arg.split(",") if r.strip())
-    return extract, dot_ok, sender, recipients
+            command.recipients.extend(r.strip() for r in arg.split(",") if r.strip())
+    return command
+
+
+def full_name(given: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The sender's full name: ``-F``, else ``$NAME`` (Postfix's sendmail), on one line."""
+    name = given if given is not None else environ.get("NAME")
+    name = " ".join((name or "").split())  # no CR/LF: a name never adds a header field
+    return name or None
 
 
 def read_message(stream: BinaryIO, dot_ok: bool) -> bytes:
@@ -107,8 +144,11 @@ def read_message(stream: BinaryIO, dot_ok: bool) -> bytes:
     return b"\r\n".join(lines) + b"\r\n"
 
 
-def complete_headers(message: bytes, sender: str, extract: bool) -> tuple[bytes, list[str]]:
-    """Add missing Date/Message-ID/From; with -t, take To/Cc/Bcc recipients and drop Bcc."""
+def complete_headers(
+    message: bytes, sender: str, extract: bool, name: str | None = None,
+) -> tuple[bytes, list[str]]:
+    """Add missing Date/Message-ID/From (``name`` its display name, RFC 2047-encoded when not
+    ASCII); with -t, take To/Cc/Bcc recipients and drop Bcc."""
     head, sep, body = message.partition(b"\r\n\r\n")
     if not sep:
         head, body = message.rstrip(b"\r\n"), b""
@@ -136,22 +176,29 @@ def complete_headers(message: bytes, sender: str, extract: bool) -> tuple[bytes,
     if headers.get("Message-ID") is None:
         extra.append(f"Message-ID: {make_msgid(domain=domain)}".encode())
     if headers.get("From") is None:
-        extra.append(f"From: {sender}".encode())
+        author = f"{_display(name)} <{sender}>" if name and sender not in ("", "<>") else sender
+        extra.append(f"From: {author}".encode())
     return b"\r\n".join(lines + extra) + b"\r\n\r\n" + body, recipients
 
 
-def sendmail(settings: Settings, argv: Sequence[str], stdin: BinaryIO) -> int:
+def _display(name: str) -> str:
+    """``name`` as a display name: quoted when it holds specials, RFC 2047 when not ASCII.
+
+    formataddr() does exactly that, but refuses a non-ASCII address (SMTPUTF8 senders), so it
+    formats the name with a stand-in address, which is cut off.
+    """
+    return formataddr((name, "@"), charset="utf-8").removesuffix(" <@>")
+
+
+def sendmail(settings: Settings, command: Command, stdin: BinaryIO) -> int:
     """Submit one message to the local relay; return sendmail's exit code."""
-    try:
-        extract, dot_ok, sender, recipients = parse_args(argv)
-    except Usage as exc:
-        print(f"sendmail: {exc}", file=sys.stderr)
-        return EX_USAGE
+    sender = command.sender
     if sender is None:
         sender = f"{getpass.getuser()}@{settings.helo_name}"
-    message = read_message(stdin, dot_ok)
-    message, found = complete_headers(message, sender, extract)
-    recipients += found
+    message = read_message(stdin, command.dot_ok)
+    message, found = complete_headers(message, sender, command.extract,
+                                      full_name(command.full_name))
+    recipients = command.recipients + found
     if not recipients:
         print("sendmail: no recipients given (name them, or use -t)", file=sys.stderr)
         return EX_USAGE

@@ -176,7 +176,7 @@ class Relay:
         """
         log.info("reload: re-reading the configuration (SIGHUP)")
         loop = asyncio.get_running_loop()
-        try:  # off the loop: the file, and helo_name's default (getfqdn) may ask DNS
+        try:  # off the loop: the file, and helo_name's default (getaddrinfo) may ask DNS
             new = await loop.run_in_executor(None, self.loader)
         except ConfigError as exc:
             log.error("reload failed: %s; still running with the previous configuration",
@@ -210,10 +210,13 @@ class Relay:
         # SPF-10/12: the new identity
         if any(name in changed for name in ("egress_ips", "helo_name", "dkim_keys",
                                             *RESOLVER_SETTINGS)):
+            from mxroute.identity import helo
             from mxroute.identity.selfcheck import watch
 
             self.intake.on_queued, self.intake.on_author = watch(new, self.resolver,
                                                                  self.link.queued)
+            if any(name in changed for name in ("egress_ips", "helo_name", *RESOLVER_SETTINGS)):
+                helo.watch(new, self.resolver)  # issue 15 C2
         if new.log_level != old.log_level:
             logging.getLogger().setLevel(new.log_level)
         self.settings = new
@@ -242,10 +245,12 @@ async def _main(settings: Settings, loader: Loader) -> int:
     # the intake's (sender check, identity self-check); delivery has its own
     resolver = resolver_from_settings(settings)
     # the identity self-check: warnings only, off the hot path (SPF-10, SPF-12)
+    from mxroute.identity import helo
     from mxroute.identity.selfcheck import watch
 
     intake = Intake(settings, spool, link.queued, resolver=resolver)
     intake.on_queued, intake.on_author = watch(settings, resolver, link.queued)
+    helo.watch(settings, resolver)  # a HELO name receivers refuse: a warning (issue 15 C2)
     servers: list[asyncio.base_events.Server] = []
     metrics: Any = None
     try:

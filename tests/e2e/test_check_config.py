@@ -98,28 +98,32 @@ def test_check_config_json_carries_the_identity_check(dns_server: DNSServer) -> 
     assert missing["warnings"][0]["fix"] == "set PTR of 127.0.0.4 to relay.t"
 
 
-def test_check_config_without_egress_ips_asks_no_dns(dns_server: DNSServer) -> None:
+def test_check_config_without_egress_ips_asks_only_the_helo_names_addresses(
+    dns_server: DNSServer,
+) -> None:
+    """No PTR check without egress_ips; the HELO name's A/AAAA only (issue 15 C2)."""
     done = run("--dns", dns_server.address)
     assert done.returncode == 0
     assert done.stdout.splitlines()[-1] == "# sending identity: not checked (egress_ips is empty)"
     assert json.loads(run("--json", "--dns", dns_server.address).stdout)["identity_check"] is None
-    assert dns_server.queries() == []
+    assert set(dns_server.queries()) <= {("relay.t", "A"), ("relay.t", "AAAA")}
 
 
-def test_check_config_into_a_closed_pipe_exits_quietly() -> None:
+def test_check_config_into_a_closed_pipe_exits_quietly(dns_server: DNSServer) -> None:
     """`mxroute check-config | head -1`: no BrokenPipeError traceback, status 141 as for SIGPIPE."""
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone before the first write: EPIPE, deterministically
-    try:
-        done = run(stdout=write_end)
+    try:  # the HELO name's lookup (issue 15 C2) asks the loopback server, never the system's
+        done = run("--dns", dns_server.address, stdout=write_end)
     finally:
         os.close(write_end)
     assert done.stderr == "" and done.returncode == 141
 
 
-def test_check_config_piped_to_head() -> None:
+def test_check_config_piped_to_head(dns_server: DNSServer) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MXROUTE_")}
-    env.update({"PYTHONPATH": str(ROOT), "MXROUTE_HELO_NAME": "relay.t"})
+    env.update({"PYTHONPATH": str(ROOT), "MXROUTE_HELO_NAME": "relay.t",
+                "MXROUTE_DNS_SERVERS": f'["{dns_server.address}"]'})
     done = subprocess.run(
         ["sh", "-c", f"'{sys.executable}' -m mxroute check-config | head -1"],
         capture_output=True,

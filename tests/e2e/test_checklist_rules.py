@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.dnsserver import DNSServer
 from tests.support.relay import MSG, ROOT, World, wait_for
 
 
@@ -26,13 +27,17 @@ def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
                           capture_output=True, text=True, timeout=30, check=False)
 
 
-def test_sec4_open_relay_configuration_refused_at_start(tmp_path: Path) -> None:
+def test_sec4_open_relay_configuration_refused_at_start(
+    tmp_path: Path, dns_server: DNSServer
+) -> None:
     """SEC-4: 0.0.0.0/0 or ::/0 in relay_networks → exit 78 with one line, unless
     allow_open_relay."""
     import os
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MXROUTE_SPOOL_DIR": str(tmp_path / "spool"),
-           "MXROUTE_LISTEN": '["127.0.0.1:0"]'}
+           "MXROUTE_LISTEN": '["127.0.0.1:0"]',
+           # check-config looks the HELO name up (issue 15 C2): on loopback only
+           "MXROUTE_DNS_SERVERS": f'["{dns_server.address}"]'}
     for network in ("0.0.0.0/0", "::/0"):
         env["MXROUTE_RELAY_NETWORKS"] = f'["{network}"]'
         for command in (["check-config"], ["serve"]):

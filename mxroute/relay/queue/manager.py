@@ -25,7 +25,7 @@ from mxroute.errors import MxrouteError
 from mxroute.identity.dkim.sign import DkimSigner
 from mxroute.relay import dsn
 from mxroute.relay.envelope import RecipientResult
-from mxroute.relay.queue.dispatch import CourierLike, Dispatcher
+from mxroute.relay.queue.dispatch import CourierLike, Dispatcher, due_recipients
 from mxroute.relay.queue.notices import Item, Notifier, mark_bounced
 from mxroute.relay.queue.plans import PlanCache
 from mxroute.relay.queue.settle import Next, Settlement, Timing, settle
@@ -296,7 +296,7 @@ class QueueManager:
         if unsaved is not None:  # outcomes the disk could not record: delivered stays so (DUR-6)
             meta.recipients, meta.bounces = unsaved.recipients, unsaved.bounces
         now = self.clock()
-        due = [r for r in meta.pending if force or r.next_try <= now]
+        due = due_recipients(meta.pending, now, force)
         if not due:
             if unsaved is not None:  # nothing to send, only the state to write (or file to remove)
                 await self._apply(meta, message, [])

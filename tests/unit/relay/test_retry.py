@@ -399,3 +399,17 @@ def test_mx3_mx18_shuffled_or_undeliverable_plans_are_never_reused(tmp_path: Pat
     asked again each time."""
     assert routed_twice(tmp_path, "shuffled.test", PlanCache()) == ["shuffled.test"] * 2
     assert routed_twice(tmp_path, "broken.test", PlanCache()) == ["broken.test"] * 2
+
+
+def test_due_recipients_bring_their_domains_other_pending_recipients() -> None:
+    """issue 15 C4: a@ due, b@ of the same domain due a moment later: both now; c@ of another
+    domain waits for its own time; a flush takes everyone."""
+    from mxroute.relay.queue.dispatch import due_recipients
+    from mxroute.relay.spool.format import RecipientState
+
+    a, b, c = (RecipientState(address=addr) for addr in ("a@d.test", "b@D.test", "c@e.test"))
+    a.next_try, b.next_try, c.next_try = 100.0, 108.0, 150.0
+    assert due_recipients([a, b, c], 100.0) == [a, b]
+    assert due_recipients([a, b, c], 99.0) == []
+    assert due_recipients([a, b, c], 99.0, force=True) == [a, b, c]
+    assert due_recipients([a, b, c], 150.0) == [a, b, c]
