@@ -9,6 +9,7 @@ next time it is due, and never recreates it: state appends do not O_CREAT).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +40,11 @@ def run_on_spool(settings: Settings, work: Callable[[Spool], int]) -> int:
     except QueueIdError as exc:
         print(f"mxroute: {safe_text(exc.message, LISTING)}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # the reader stopped early (`| head`): a quiet end
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # nothing left to flush at exit
+        os.close(devnull)
+        return EX_OK
     except (OSError, SpoolError) as exc:
         print(f"mxroute: cannot read the spool {settings.spool_dir.absolute()} "
               f"({spool_origin(settings)}): {exc}", file=sys.stderr)

@@ -265,6 +265,14 @@ def test_a_large_spool_is_streamed(tmp_path: Path) -> None:
             assert small[tuple(args)][0] == 1000 and lines == 3000
         growth = (peak - small[tuple(args)][1]) * 1024
         assert growth < 2000 * size / 4, (args, small[tuple(args)], peak)
+    # a reader that stops early (`| head`): a quiet end, no error about the spool
+    with subprocess.Popen([sys.executable, "-m", "mxroute", "queue", "list"], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as head:
+        assert head.stdout is not None and head.stderr is not None
+        assert head.stdout.readline().startswith(b"QUEUE ID")
+        head.stdout.close()
+        assert head.wait(timeout=120) == 0
+        assert head.stderr.read() == b""
 
 
 def test_serve_deferral_seen_by_list_show_cat_and_mailq(world: World, tmp_path: Path) -> None:
