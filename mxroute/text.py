@@ -34,3 +34,17 @@ def xtext(value: str) -> str:
 def terminal_safe(value: object) -> str:
     """A peer-supplied value made safe for one terminal line: controls as ``\\xNN`` (SEC-6)."""
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
+
+_CONTROL_BUT_TAB = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def printable_lines(data: bytes) -> list[str]:
+    """Message bytes as terminal-safe lines (``mxroute queue cat``): split at LF (a CR before it
+    dropped), tabs kept, other controls and invalid UTF-8 shown as ``\\xNN`` (SEC-6)."""
+    lines = data.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()  # the newline that ends the last line
+    return [_CONTROL_BUT_TAB.sub(lambda m: f"\\x{ord(m.group()):02x}",
+                                 line.removesuffix(b"\r").decode("utf-8", "backslashreplace"))
+            for line in lines]

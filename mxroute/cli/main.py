@@ -89,10 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("serve", parents=[common], help="run the smarthost relay")
 
-    p = sub.add_parser("queue", parents=[common], help="inspect and act on the spool")
-    p.add_argument("action", choices=["list", "show", "flush", "delete"])
-    p.add_argument("queue_id", nargs="?")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("queue", help="inspect and act on the spool (docs/operators.md)")
+    queue = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    from mxroute.cli.queueview import add_view_parsers
+
+    add_view_parsers(queue, common)  # list, summary, show, cat
+    for action in ("flush", "delete"):
+        p = queue.add_parser(action, parents=[common])
+        p.add_argument("queue_id", nargs="?")
+        p.add_argument("--json", action="store_true")
 
     sub.add_parser("sendmail", help="sendmail-compatible submission to the local relay: "
                                     "mxroute sendmail [-t] [-i] [-f SENDER] [RCPT...]")
@@ -192,9 +197,9 @@ def _sendmail(argv: list[str]) -> int:
         return EX_OK
     settings = load_settings(config)
     if command.mode == "mailq":
-        from mxroute.cli.queue import queue_command
+        from mxroute.cli.queueview import mailq
 
-        return queue_command(settings, "list", None, False)
+        return mailq(settings)
     return sendmail(settings, command, sys.stdin.buffer)
 
 
@@ -245,8 +250,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return serve(_settings(args), reload=lambda: _settings(args))
     if args.command == "queue":
         from mxroute.cli.queue import queue_command
+        from mxroute.cli.queueview import VIEWS, view_command
 
-        if args.action in ("show", "delete") and not args.queue_id:
+        if args.action in VIEWS:
+            return view_command(_settings(args), args)
+        if args.action == "delete" and not args.queue_id:
             print(f"{PROG}: queue {args.action} needs a queue ID", file=sys.stderr)
             return EX_USAGE
         return queue_command(_settings(args), args.action, args.queue_id, args.json)

@@ -110,7 +110,7 @@ def test_cli_and_serve_find_the_same_spool_through_the_same_file(world: World) -
     elsewhere.mkdir()
     listed = mxroute(["queue", "list", "--json"], relay.env, elsewhere)
     assert listed.returncode == 0, listed.stderr
-    (entry,) = json.loads(listed.stdout)
+    (entry,) = [json.loads(line) for line in listed.stdout.splitlines()]  # one object a line
     assert entry["queue_id"] in relay.queued()
     shown = mxroute(["check-config", "--json"], relay.env, elsewhere)
     assert json.loads(shown.stdout)["spool_dir"] == str(relay.spool)

@@ -309,10 +309,11 @@ def test_queue_list_show_flush_delete_while_running(world: World) -> None:
     listing = relay.queue("list")
     assert (
         listing.returncode == 0
-        and "PENDING" in listing.stdout
+        and "deferred" in listing.stdout
         and "<a@sender.test>" in listing.stdout
     )
-    ids = [m["queue_id"] for m in json.loads(relay.queue("list", "--json").stdout)]
+    lines = relay.queue("list", "--json").stdout.splitlines()  # one object per message and line
+    ids = [json.loads(line)["queue_id"] for line in lines]
     assert sorted(ids) == relay.queued() and len(ids) == 2
     shown = {i: json.loads(relay.queue("show", i, "--json").stdout) for i in ids}
     u_id = next(i for i, m in shown.items() if m["recipients"][0]["address"] == "u@dest.test")

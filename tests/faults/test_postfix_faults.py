@@ -92,7 +92,7 @@ def test_postfix_stopped_mid_run_deferred_mail_drains_when_it_is_back(
         send(n)
     assert wait_for(lambda: relay.queued(), timeout=10)
     deferred = len(relay.queued())
-    listing = json.loads(relay.queue("list", "--json").stdout)
+    listing = [json.loads(line) for line in relay.queue("list", "--json").stdout.splitlines()]
     assert sorted(m["queue_id"] for m in listing) == relay.queued()
     time.sleep(2.5)  # a few retries against the closed port: still nothing lost
     assert relay.proc is not None and relay.proc.poll() is None

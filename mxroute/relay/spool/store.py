@@ -39,6 +39,7 @@ from mxroute.relay.spool.format import (
     encode,
     encode_state,
 )
+from mxroute.relay.spool.lookup import resolve_id
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,29 @@ class Spool:
                 bad.append(queue_id)
                 continue
             yield meta
+
+    def scan(self, bad: list[str] | None = None) -> Iterator[MessageMeta]:
+        """The committed messages, oldest first, one at a time and read ahead as by
+        ``recover_iter``, changing nothing (the queue tools): a file gone meanwhile is
+        skipped, a corrupt one named in ``bad`` (the daemon moves it aside)."""
+        for queue_id, data in _read_ahead(str(self.queue_dir), self.ids()):
+            if data is None:
+                continue
+            if isinstance(data, OSError):
+                raise data
+            try:
+                meta, _, _ = decode(data, queue_id)
+            except CorruptFile:
+                if bad is not None:
+                    bad.append(queue_id)
+                continue
+            yield meta
+
+    def resolve(self, typed: str) -> str:
+        """The queue ID that ``typed`` is or uniquely begins (``lookup.resolve_id``: raises
+        ``QueueIdError``, or ``NoSuchMessage`` when no message matches)."""
+        return resolve_id(typed, (e.name for e in os.scandir(self.queue_dir)
+                                  if QUEUE_ID.match(e.name)))
 
     def quarantine(self, queue_id: str, reason: str) -> None:
         log.error("%s: corrupt queue file moved to corrupt/: %s", queue_id, reason)
