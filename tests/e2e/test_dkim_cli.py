@@ -145,7 +145,9 @@ def test_opendkim_testkey_agrees(tmp_path: Path) -> None:
     libunbound, whose forwarders take a port): the loopback server listens on 127.0.54.1 and an
     ephemeral port, no root needed.
     """
-    if shutil.which("opendkim-testkey") is None or shutil.which("openssl") is None:
+    # Debian installs it in /usr/sbin, which a clean environment's PATH leaves out (.ci/run)
+    testkey = shutil.which("opendkim-testkey", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
+    if testkey is None or shutil.which("openssl") is None:
         if os.environ.get("CI") == "true":
             pytest.fail("opendkim-testkey (opendkim-tools) or openssl is missing")
         pytest.skip("opendkim-testkey (opendkim-tools) or openssl is missing")
@@ -162,7 +164,7 @@ def test_opendkim_testkey_agrees(tmp_path: Path) -> None:
         cases = [("s1", ours["key_file"], "ok", 0), ("s1", str(foreign), "mismatch", 65),
                  ("gone", ours["key_file"], "missing", 69)]
         for selector, key_file, status, peer_code in cases:
-            peer = subprocess.run(["opendkim-testkey", "-x", str(conf), "-d", "t", "-s", selector,
+            peer = subprocess.run([testkey, "-x", str(conf), "-d", "t", "-s", selector,
                                    "-k", key_file], capture_output=True, text=True, timeout=60,
                                   check=False)
             assert peer.returncode == peer_code, (selector, key_file, peer.stdout, peer.stderr)
