@@ -23,8 +23,8 @@ def test_issue15_d_settings_reference_is_current() -> None:
 
 
 def test_issue15_d_settings_reference_names_every_setting() -> None:
-    from mxroute.settings import Settings
     from mxroute.service.daemon import RESTART_ONLY
+    from mxroute.settings import Settings
 
     text = REFERENCE.read_text(encoding="utf-8")
     for name in Settings.model_fields:
