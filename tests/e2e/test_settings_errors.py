@@ -17,6 +17,7 @@ import pytest
 
 from tests.support.dnsserver import DNSServer
 from tests.support.paths import ROOT
+from tests.support.relay import World
 
 
 def mxroute(*args: str, cwd: Path = ROOT, **env: str | None) -> subprocess.CompletedProcess[str]:
@@ -170,3 +171,20 @@ def test_issue15_c3_check_config_output_is_a_config_file_that_loads_the_same(
     # where the values came from differs (the file now); the values do not
     assert settings_after.pop("origins") != settings_before.pop("origins")
     assert settings_after == settings_before
+
+
+def test_issue15_c3_serve_takes_comma_lists_and_warns_of_unknown_variables(world: World) -> None:
+    """`serve` reads MXROUTE_RELAY_NETWORKS as typed (comma-separated) and logs the misspelled
+    MXROUTE_RETRY_MIN_SECOND with the setting meant; then relays as configured."""
+    relay = world.relay(relay_networks="10.0.0.0/8, 127.0.0.0/8", retry_min_second="5")
+    text = relay.logged("MXROUTE_RETRY_MIN_SECOND is not a setting "
+                        "(did you mean MXROUTE_RETRY_MIN_SECONDS?)")
+    assert "MXROUTE_RETRY_MIN_SECOND is not a setting" in text, text
+    client = relay.client()
+    try:
+        code, _ = client.mail("a@sender.test")
+        assert code == 250
+        code, reply = client.rcpt("u@dest.test")  # 127.0.0.1 is in the comma-separated list
+        assert code == 250, reply
+    finally:
+        client.close()
