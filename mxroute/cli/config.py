@@ -77,18 +77,27 @@ def _spool_problem(spool: Path) -> str | None:
     """Why ``serve`` could not make or write ``spool``: a directory is made and removed in the
     deepest one that exists (its ``tmp``, itself, or the parent it would be made in)."""
     for place in (spool / "tmp", spool, *spool.parents):
-        try:
-            if not os.path.lexists(place):
-                continue
-        except OSError as exc:
-            return exc.strerror or str(exc)
+        if not os.path.lexists(place):
+            continue
         if not place.is_dir():
             return f"{place} is not a directory"
         try:
             os.rmdir(tempfile.mkdtemp(prefix=".mxroute-check-", dir=place))
         except OSError as exc:
+            if isinstance(exc, PermissionError) and _service_owned(place):
+                return None  # the service user's directory: it can, we cannot tell
             what = "files" if place in (spool, spool / "tmp") else "it"
             return f"cannot create {what} in {place}: {exc.strerror or exc}"
         return None
     return "no directory on its path exists"
+
+
+def _service_owned(place: Path) -> bool:
+    """Whether ``place`` belongs to another user, not root, while we are not root: the service
+    user's directory (``StateDirectory=``), which an operator's check cannot judge."""
+    try:
+        owner = place.stat().st_uid
+    except OSError:
+        return False
+    return os.geteuid() != 0 and owner not in (0, os.geteuid())
 
