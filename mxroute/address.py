@@ -172,11 +172,18 @@ def _split_hostport(text: str, default_port: int) -> tuple[str, int]:
     """``host:port``, ``[v6]:port``, ``v6`` or ``host`` → (host, port); ValueError on a bad port."""
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else default_port
+        return host, _port(text, rest[1:]) if rest.startswith(":") else default_port
     if text.count(":") == 1:
         host, _, port_text = text.partition(":")
-        return host, int(port_text)
+        return host, _port(text, port_text)
     return text, default_port
+
+
+def _port(text: str, port: str) -> int:
+    """The port of ``text``, ValueError naming it when it is not a number."""
+    if not port.isascii() or not port.isdigit():
+        raise ValueError(f"{text!r} is not host:port (port {port!r} is not a number)")
+    return int(port)
 
 
 def parse_hostport(text: str, default_port: int = 25) -> tuple[str, int]:

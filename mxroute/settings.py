@@ -1,7 +1,8 @@
 """Settings: the one place configuration is read (pydantic-settings).
 
 Sources, strongest first: command-line overrides, ``MXROUTE_<NAME>`` environment
-variables (lists as JSON), the TOML file (``--config``, else ``MXROUTE_CONFIG``,
+variables (lists and tables as JSON; plain lists also comma-separated: mxroute/settingsenv.py),
+the TOML file (``--config``, else ``MXROUTE_CONFIG``,
 else ``/etc/mxroute/mxroute.toml`` when present), then the defaults below.
 A bad value becomes one ``ConfigError`` line naming the setting.
 """
@@ -9,6 +10,7 @@ A bad value becomes one ``ConfigError`` line naming the setting.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 import socket
@@ -40,6 +42,9 @@ from mxroute.address import (
     parse_hostport,
 )
 from mxroute.errors import AddressError, ConfigError
+from mxroute.settingsenv import PLAIN_LISTS, TypedEnv, env_name, split_list, unknown_variables
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path("/etc/mxroute/mxroute.toml")
 # seconds a DKIM signature must outlive the queue (dkim_expire_seconds): receivers' own queues
@@ -47,6 +52,8 @@ DEFAULT_CONFIG = Path("/etc/mxroute/mxroute.toml")
 DKIM_EXPIRE_MARGIN = 86400
 # where systemd/mxroute.service's StateDirectory=mxroute puts the spool
 SYSTEM_SPOOL = Path("/var/lib/mxroute")
+# what a reload (SIGHUP, mxroute/service/daemon.py) cannot change: kept until a restart
+RESTART_ONLY = ("listen", "spool_dir", "metrics_listen", "delivery_processes")
 
 
 def default_spool(
@@ -67,6 +74,8 @@ def default_spool(
 
 
 def _default_spool() -> Path:
+    """``$STATE_DIRECTORY`` (systemd), else ``/var/lib/mxroute`` when it exists, else ``./spool``
+    in the current directory."""
     return default_spool()[0]
 
 
@@ -316,11 +325,19 @@ class Settings(BaseSettings):
     # "host:port" of the Prometheus endpoint (needs the metrics extra)
     metrics_listen: str | None = None
 
+    @field_validator(*sorted(PLAIN_LISTS), mode="before")
+    @classmethod
+    def _typed_list(cls, value: object) -> object:
+        return split_list(value)
+
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: list[str]) -> list[str]:
-        for item in value:
-            parse_hostport(item)
+        for item in value:  # addresses, not names: no DNS decides where the relay listens
+            host, _ = parse_hostport(item, 2525)
+            if host != "localhost" and _network(host) is None:
+                raise ValueError(f"{item!r} is not an IP address with a port "
+                                 "(e.g. 127.0.0.1:2525, [::1]:2525, 0.0.0.0:25)")
         return value
 
     @field_validator("metrics_listen")
@@ -388,7 +405,10 @@ class Settings(BaseSettings):
     def _helo(cls, value: str) -> str:
         if value.startswith("["):
             return value
-        return normalize_domain(value.rstrip("."))
+        try:
+            return normalize_domain(value.rstrip("."))
+        except AddressError as exc:
+            raise ValueError(f"{value!r} is not a host name: {exc.message}") from None
 
     @model_validator(mode="after")
     def _coherent(self) -> Settings:
@@ -422,7 +442,7 @@ class Settings(BaseSettings):
     def origin(self, name: str) -> str:
         """Where setting ``name`` came from: ``"the command line"``, its ``MXROUTE_*`` variable,
         the file's path, or ``"default"``."""
-        env = f"MXROUTE_{name.upper()}"
+        env = env_name(name)
         if name in self._given:
             return "the command line"
         if any(key.upper() == env for key in os.environ):
@@ -447,7 +467,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, TypedEnv(settings_cls)]
         if _CONFIG_FILE is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=_CONFIG_FILE))
         return tuple(sources)
@@ -487,6 +507,8 @@ def load_settings(config: str | None = None, **overrides: Any) -> Settings:
             raise ConfigError(f"cannot read {path}: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for line in unknown_variables(os.environ, Settings.model_fields):
+        log.warning("%s", line)
     _CONFIG_FILE = path
     given = {k: v for k, v in overrides.items() if v is not None}
     try:
@@ -511,6 +533,6 @@ def _one_line(exc: ValidationError, path: Path | None) -> str:
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     if not name:  # a rule across settings (the model validator): no one setting to name
         return f"invalid settings{f' (from {path})' if path else ''}: {message}{more}"
-    env = f"MXROUTE_{name.upper()}"
+    env = env_name(name)
     source = f" (from {env})" if env in os.environ else (f" (from {path})" if path else "")
     return f"setting {name}{source}: {message}{more}"

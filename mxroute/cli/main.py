@@ -58,9 +58,20 @@ def _dns_server(text: str) -> str:
     return text
 
 
+def _version() -> str:
+    """This package's version, from its installed metadata."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(PROG)
+    except PackageNotFoundError:
+        return "(version unknown: not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = _Parser(prog=PROG, description="Mail routing resolver and SMTP smarthost relay.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("explain", parents=[common], help="show how mail to ADDRESS would be routed")
@@ -120,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", parents=[common],
                        help="validate the settings and print the effective values")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--non-default", action="store_true",
+                   help="only the settings set somewhere: file, environment, command line "
+                        "(postconf -n)")
     return parser
 
 
@@ -320,17 +334,22 @@ def _spf(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    """The effective settings, the HELO name's check (issue 15 C2), the ``dkim check`` status of
-    every DKIM key (issue 14), then the PTR/HELO self-check of each egress IP (SPF-11, SPF-12).
+    """The effective settings and where each came from (issue 15 D; ``--non-default``: only
+    those set somewhere), what would stop ``serve`` (issue 15 C3), the HELO name's check (issue
+    15 C2), the ``dkim check`` status of every DKIM key (issue 14), then the PTR/HELO self-check
+    of each egress IP (SPF-11, SPF-12).
 
     Key and identity warnings are advice, not configuration errors: the exit code stays 0.
-    In text form they follow the ``name = value`` lines as ``#`` comments.
+    In text form they follow the ``name = value`` lines as ``#`` comments: the text is a TOML
+    file that loads back to the same settings.
     """
+    from mxroute.cli.config import check_startup, settings_json, settings_lines
     from mxroute.identity import helo
     from mxroute.identity.findings import check_ptr
 
     settings = _settings(args)
-    values = json.loads(settings.model_dump_json())
+    check_startup(settings)
+    values = settings_json(settings, args.non_default)
     resolver = _resolver(args, settings, trace=False)
     keys: list[Any] = []
     if settings.dkim_keys:
@@ -353,8 +372,8 @@ def _check_config(args: argparse.Namespace) -> int:
                                     if reports is not None else None)
         print(json.dumps(values, indent=2))
         return EX_OK
-    for name, value in values.items():
-        print(f"{name} = {json.dumps(value)}")
+    for line in settings_lines(settings, args.non_default):
+        print(line)
     print()
     for finding in helo_found:  # issue 15 C2
         print(f"# {helo.line(settings, finding)}")

@@ -51,7 +51,7 @@ from mxroute.service import sdnotify
 from mxroute.service.link import ChildLink, LocalLink
 from mxroute.service.logsetup import flush_log, setup_logging
 from mxroute.service.worker import Delivery
-from mxroute.settings import Settings
+from mxroute.settings import RESTART_ONLY, Settings
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,6 @@ INTAKE_GRACE = 3.0  # seconds for DATA being stored to reach its fsync and reply
 DELIVERY_GRACE = 4.0
 STATUS_INTERVAL = 5.0  # at most one STATUS= update per this many seconds
 # Bound or opened once at start: a reload keeps the old value and says so.
-RESTART_ONLY = ("listen", "spool_dir", "metrics_listen", "delivery_processes")
 
 Loader = Callable[[], Settings]
 
