@@ -420,7 +420,7 @@ def test_one_log_line_per_event_with_the_queue_id_and_no_password(
     events = {
         "accepted": rf"INFO mxroute.relay.intake.handler: {qid}: from=<a@sender.test>, "
         r"size=\d+, nrcpt=3, "
-        r"client=client.test\[127.0.0.1\], status=accepted$",
+        r"client=unknown\[127.0.0.1\], helo=<client.test>, status=accepted$",  # C5
         "sent": rf"INFO mxroute.relay.courier.courier: {qid}: to=<u@dest.test>, "
         r"relay=mx1.dest.test\[[\d.]+\]:\d+, "
         r"delay=[\d.]+, dsn=2.0.0, status=sent \(250 .*\)$",
