@@ -205,6 +205,7 @@ class Intake:
                 self.stats["rejected"] += 1
                 return refusal
         env.has_mail, env.sender, env.mail_from = True, sender, str(sender) if sender else ""
+        env.mail_at = self.clock()  # delays a: from here to arrival (issue 15 D)
         env.body, env.ret, env.envid = body, ret.upper() if ret else None, envid
         env.smtp_utf8 = "SMTPUTF8" in params
         return "250 2.1.0 Ok"
@@ -295,6 +296,7 @@ class Intake:
             recipients=[RecipientState(r.address, r.notify, r.orcpt) for r in rcpts],
             ret=envelope.ret, envid=envelope.envid, body=envelope.body, smtputf8=envelope.smtp_utf8,
             client=f"{helo} ({rdns} [{ip}])", size=len(message),
+            intake=max(0.0, started - envelope.mail_at) if envelope.mail_at else 0.0,
         )
         self.storing += 1
         try:

@@ -26,8 +26,8 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
 from mxroute.address import Address
-from mxroute.relay.intake import clientname
 from mxroute.relay.envelope import Recipient
+from mxroute.relay.intake import clientname
 from mxroute.relay.intake.params import Reply, split_path
 
 if TYPE_CHECKING:
@@ -89,6 +89,7 @@ class RelayEnvelope(SMTPEnvelope):
         self.ret: str | None = None
         self.envid: str | None = None
         self.body: str | None = None
+        self.mail_at = 0.0  # when MAIL FROM was accepted (the handler's clock)
 
 
 class RelaySMTP(SMTP):
