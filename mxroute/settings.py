@@ -267,6 +267,8 @@ class Settings(BaseSettings):
     queue_lifetime_seconds: int = Field(432000, ge=0)
     bounce_lifetime_seconds: int = Field(432000, ge=0)
     delay_warning_seconds: int = Field(0, ge=0)  # 0 = no delay warnings (DSN-10)
+    # a copy of each bounce that cannot be delivered (Postfix's double bounce); unset: none
+    postmaster_address: str | None = None
     delivery_concurrency: int = Field(100, ge=1)
     destination_concurrency: int = Field(20, ge=1)
     # 1: delivery (queue manager, courier) runs in a second process, intake in the first (2 cores);
@@ -399,6 +401,16 @@ class Settings(BaseSettings):
     @classmethod
     def _egress(cls, value: list[str]) -> list[str]:
         return [str(ipaddress.ip_address(item)) for item in value]
+
+    @field_validator("postmaster_address")
+    @classmethod
+    def _postmaster(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(parse_address(value.strip()))
+        except AddressError as exc:
+            raise ValueError(f"{value!r} is not an address: {exc.message}") from None
 
     @field_validator("helo_name")
     @classmethod

@@ -60,3 +60,14 @@ class RecipientResult:
     # and "smtp;"), not a reason this relay made itself (connect, TLS policy, timeouts...:
     # "X-mxroute;")
     remote_reply: bool = False
+
+
+@dataclass(slots=True)
+class Times:
+    """When a message came and when this attempt began: the delivery line's ``delay`` and
+    ``delays`` (issue 15 D). Wall-clock times (``time.time()``)."""
+
+    arrival: float  # the end of the client's DATA
+    intake: float  # seconds from its MAIL FROM to arrival (delays a: before the queue)
+    started: float  # this attempt began (routing first)
+    routing: float = 0.0  # seconds routing took (DNS): part of the set-up (delays c)

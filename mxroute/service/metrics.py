@@ -112,6 +112,10 @@ class _Collector:
         yield CounterMetricFamily("mxroute_dsn_generated",
                                   "Delivery status notifications queued for senders (RFC 3464)",
                                   value=stats.get("dsn", 0))
+        yield CounterMetricFamily("mxroute_double_bounces",
+                                  "Recipients of null-sender mail (bounces) that failed for good: "
+                                  "logged, copied to postmaster_address when set",
+                                  value=stats.get("double_bounces", 0))
         sizes = GaugeMetricFamily("mxroute_queue_messages",
                                   "Messages in the queue: active (being delivered), "
                                   "due (waiting for a delivery slot), "

@@ -420,15 +420,18 @@ def test_one_log_line_per_event_with_the_queue_id_and_no_password(
     events = {
         "accepted": rf"INFO mxroute.relay.intake.handler: {qid}: from=<a@sender.test>, "
         r"size=\d+, nrcpt=3, "
-        r"client=client.test\[127.0.0.1\], status=accepted$",
+        r"client=unknown\[127.0.0.1\], helo=<client.test>, status=accepted$",  # C5
         "sent": rf"INFO mxroute.relay.courier.courier: {qid}: to=<u@dest.test>, "
         r"relay=mx1.dest.test\[[\d.]+\]:\d+, "
-        r"delay=[\d.]+, dsn=2.0.0, status=sent \(250 .*\)$",
+        r"delay=[\d.]+, "
+        r"delays=[\d.]+/[\d.]+/[\d.]+/[\d.]+, tls=none, dsn=2.0.0, status=sent \(250 .*\)$",
         "bounced": rf"INFO mxroute.relay.courier.courier: {qid}: to=<bad@dest.test>, relay=\S+, "
-        r"delay=[\d.]+, dsn=5.1.1, "
+        r"delay=[\d.]+, "
+        r"delays=[\d.]+/[\d.]+/[\d.]+/[\d.]+, tls=none, dsn=5.1.1, "
         r"status=bounced \(host \S+ said: 550 5.1.1 no such user\)$",  # DSN-6: the host's words
         "deferred": rf"INFO mxroute.relay.courier.courier: {qid}: to=<later@dest.test>, "
-        r"relay=\S+, delay=[\d.]+, dsn=4.3.0, "
+        r"relay=\S+, delay=[\d.]+, "
+        r"delays=[\d.]+/[\d.]+/[\d.]+/[\d.]+, tls=none, dsn=4.3.0, "
         r"status=deferred \(host \S+ said: 451 4.3.0 greylisted\)$",
         "retry": rf"INFO mxroute.relay.queue.manager: {qid}: to=<later@dest.test>, attempts=1, "
         r"next_try=\+\d+s \(retry scheduled\)$",

@@ -278,6 +278,7 @@ def test_fuzz_received_header_and_reply_enhancement_stay_single_line(helo: str, 
     TRIED["Received: header / reply codes"] += 1
     header = received_header(
         helo=helo,
+        rdns=rcpt,
         ip="127.0.0.1",
         by="relay.test",
         proto="ESMTP",

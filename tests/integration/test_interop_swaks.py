@@ -46,7 +46,7 @@ def test_swaks_pipelined_submission_with_dsn_is_relayed(world: World) -> None:
     assert wait_for(lambda: sink.messages)
     (got,) = sink.messages
     assert sorted(got.rcpt_to) == ["u@dest.test", "v@dest.test"]
-    assert got.data.startswith(b"Received: from swaks.test ([127.0.0.1])")
+    assert got.data.startswith(b"Received: from swaks.test (unknown [127.0.0.1])")  # no PTR: C5
     assert b"Subject: swaks interop" in got.data
 
 

@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult
+from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult, Times
 from mxroute.relay.queue.manager import QueueManager
 from mxroute.relay.spool.format import MessageMeta, RecipientState, new_queue_id
 from mxroute.relay.spool.store import Spool
@@ -42,7 +42,7 @@ class FakeCourier:
 
     async def deliver(self, plan: Plan, envelope: Envelope, recipients: list[Recipient],
                       message_bytes: bytes, *, tls: TlsPolicy, queue_id: str,
-                      ) -> list[RecipientResult]:
+                      times: Times | None = None) -> list[RecipientResult]:
         self.calls.append((plan.domain, [r.address for r in recipients]))
         results = []
         for r in recipients:

@@ -44,6 +44,11 @@ class Attempt:
     )
     results: dict[str, RecipientResult] = field(default_factory=dict)
     last: dict[str, LastReason] = field(default_factory=dict)  # address -> last temporary reason
+    # issue 15 D: the hosts contacted (a greeting came) -> their session's TLS ("none": plain),
+    # and the seconds spent setting sessions up (connect, greeting, EHLO, STARTTLS) and sending
+    met: dict[str, str] = field(default_factory=dict)
+    setup: float = 0.0
+    transfer: float = 0.0
 
     def finish(
         self,

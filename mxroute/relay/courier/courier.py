@@ -29,7 +29,7 @@ from mxroute.relay.courier.pool import Pool
 from mxroute.relay.courier.replies import path_problem
 from mxroute.relay.courier.session import Connected, Dialer, HostFailure, Retry, Session, Stale
 from mxroute.relay.courier.transaction import Transactions
-from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult
+from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult, Times
 from mxroute.routing.plan import Plan, Target, Verdict
 from mxroute.settings import Settings
 from mxroute.text import safe_text
@@ -135,10 +135,13 @@ class Courier:
         *,
         tls: TlsPolicy = TlsPolicy(),
         queue_id: str | None = None,
+        times: Times | None = None,
     ) -> list[RecipientResult]:
         """Deliver ``message`` to ``recipients`` (all of ``plan.domain``); one result for each.
 
         ``tls``: the destination's TLS level, as ``routing.route()`` looked it up with the plan.
+        ``times``: the message's arrival and this attempt's start, for the logged delays
+        (without them ``delay`` is this call's own duration).
         """
         started = time.monotonic()
         body = canonical_data(message)
@@ -176,9 +179,9 @@ class Courier:
                 attempt.sts = await self.mta_sts.lookup(plan.domain)  # MTA-STS (TLS-5/6)
             await self._walk(plan, attempt, valid)
         out = [attempt.results[r.address] for r in recipients]
-        delay = time.monotonic() - started
+        delays = _delays(attempt, times, time.monotonic() - started)
         for result in {r.recipient: r for r in out}.values():
-            _log_result(queue_id, result, delay)
+            _log_result(queue_id, result, delays, attempt.met)
         return out
 
     def forget_unreachable(self) -> None:
@@ -221,14 +224,14 @@ class Courier:
                 continue
             try:
                 try:
-                    pending = await self.transactions.run(session, attempt, pending)
+                    pending = await self._send(session, attempt, pending)
                 except Stale:  # a pooled connection the server had closed: a new one (SESS-17)
                     self.pool.uncount()
                     fresh, _ = await self._open(target, attempt, pending, pool=False)
                     if fresh is None:
                         continue
                     session = fresh
-                    pending = await self.transactions.run(session, attempt, pending)
+                    pending = await self._send(session, attempt, pending)
             except HostFailure as exc:
                 attempt.soft(pending, exc.status, exc.reply, target, remote=exc.remote)
                 pending = [r for r in pending if r.address not in attempt.results]
@@ -238,6 +241,17 @@ class Courier:
         for rcpt in pending:
             attempt.results[rcpt.address] = attempt.deferred(rcpt)
 
+    async def _send(
+        self, session: Session, attempt: Attempt, pending: list[Recipient],
+    ) -> list[Recipient]:
+        """The transaction on ``session``, timed (delays d) and its host's TLS noted."""
+        attempt.met[str(session.target)] = session.tls_summary()
+        begun = time.monotonic()
+        try:
+            return await self.transactions.run(session, attempt, pending)
+        finally:
+            attempt.transfer += time.monotonic() - begun
+
     async def _open(
         self,
         target: Target,
@@ -246,10 +260,28 @@ class Courier:
         *,
         pool: bool = True,
     ) -> tuple[Session | None, bool]:
-        """A ready session with ``target`` (pooled or new): greeting, EHLO/HELO, STARTTLS.
+        """A ready session with ``target`` (pooled or new), timed (delays c).
 
         Returns (session or None, whether a greeting was received).
         """
+        begun = time.monotonic()
+        try:
+            session, greeted = await self._ready(target, attempt, pending, pool=pool)
+        finally:
+            attempt.setup += time.monotonic() - begun
+        if greeted:
+            attempt.met.setdefault(str(target), "none")  # contacted: relay= names it
+        return session, greeted
+
+    async def _ready(
+        self,
+        target: Target,
+        attempt: Attempt,
+        pending: list[Recipient],
+        *,
+        pool: bool,
+    ) -> tuple[Session | None, bool]:
+        """A ready session with ``target`` (pooled or new): greeting, EHLO/HELO, STARTTLS."""
         key = Endpoint(target.address, target.port, self._bind_address(target))
         # the MX host's own TLS policy: DANE where it governs the host (TLS-7), else MTA-STS (TLS-6)
         policy, refusal, rule = hosttls.for_host(
@@ -369,18 +401,41 @@ def _valid(attempt: Attempt, envelope: Envelope, recipients: list[Recipient]) ->
     return valid
 
 
-def _log_result(queue_id: str | None, result: RecipientResult, delay: float) -> None:
+def _seconds(value: float) -> str:
+    """Postfix's way with a part of ``delays``: 0.25, 1.2, 0."""
+    return f"{max(value, 0.0):.2f}".rstrip("0").rstrip(".") or "0"
+
+
+def _delays(attempt: Attempt, times: Times | None, elapsed: float) -> str:
+    """``delay=D, delays=a/b/c/d`` (issue 15 D, as Postfix): D since the client's MAIL FROM;
+    before the queue, in the queue, connection set-up (DNS, connect, greeting, EHLO, TLS),
+    transmission. Without ``times``: D is ``elapsed`` and a, b are 0."""
+    if times is None:
+        total, parts = elapsed, [0.0, 0.0, attempt.setup]
+    else:
+        total = time.time() - times.arrival + times.intake
+        parts = [times.intake, times.started - times.arrival, times.routing + attempt.setup]
+    delays = "/".join(_seconds(part) for part in [*parts, attempt.transfer])
+    return f"delay={max(total, 0.0):.2f}, delays={delays}"
+
+
+def _log_result(
+    queue_id: str | None, result: RecipientResult, delays: str, met: dict[str, str],
+) -> None:
     """One Postfix-style line per recipient per attempt; peer text made safe (SEC-6).
 
     A refusal the host sent reads "host X said: ..." and our own reasons read as themselves,
-    as in Postfix's logs (DSN-6).
+    as in Postfix's logs (DSN-6). ``relay=none`` and ``tls=none`` when no host was contacted
+    (issue 15 D; the reason names the host that was tried).
     """
     word = {
         Disposition.DELIVERED: "sent",
         Disposition.DEFERRED: "deferred",
         Disposition.BOUNCED: "bounced",
     }
-    relay = safe_text(result.remote_mta or "none", 200)
+    contacted = result.remote_mta is not None and result.remote_mta in met
+    relay = safe_text(result.remote_mta or "none", 200) if contacted else "none"
+    tls = met.get(result.remote_mta or "", "none")
     reply = safe_text(result.reply)
     if (
         result.remote_reply
@@ -389,11 +444,12 @@ def _log_result(queue_id: str | None, result: RecipientResult, delay: float) -> 
     ):
         reply = f"host {relay} said: {reply}"
     log.info(
-        "%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)",
+        "%s: to=<%s>, relay=%s, %s, tls=%s, dsn=%s, status=%s (%s)",
         queue_id or "-",
         safe_text(result.recipient, 300),
         relay,
-        delay,
+        delays,
+        tls,
         result.status,
         word[result.disposition],
         reply,

@@ -94,6 +94,16 @@ class Session:
         value = self.extensions.get("size", "").strip()
         return int(value) if value.isdigit() and int(value) > 0 else None
 
+    def tls_summary(self) -> str:
+        """``protocol/cipher/verification`` of this session (``none`` in plain text): the
+        delivery line's ``tls=`` (issue 15 D). Verification: ``dane`` (the certificate matched
+        TLSA records), ``verified`` (the MX name), else ``unverified``."""
+        if not self.tls:
+            return "none"
+        peer = peer_of(self.client.transport)
+        check = "dane" if self.dane_name else "verified" if self.verified_name else "unverified"
+        return f"{peer.protocol or '?'}/{peer.cipher or '?'}/{check}"
+
     def tls_outcome(self, dane_problem: str | None = None) -> TlsOutcome:
         """What STARTTLS gave on this session, for ``tls.contexts.verdict``."""
         return TlsOutcome(

@@ -3,8 +3,9 @@
 ``params`` (pure parsers: MAIL/RCPT arguments, DSN parameters, content checks, the
 Received: field), ``auth`` (the credentials file and AUTH), ``protocol`` (``RelaySMTP``:
 aiosmtpd's protocol with what 1.4.6 lacks), ``handler`` (``Intake``: validate, spool,
-reply), ``sendercheck`` (the MAIL FROM null MX check) and ``signing`` (DKIM before the 250).
-May import: ``relay.spool``, ``relay.envelope``, ``dns``, ``routing.plan``, ``identity.dkim``
-and the ground;
+reply), ``sendercheck`` (the MAIL FROM null MX check), ``signing`` (DKIM before the 250) and
+``clientname`` (the client's verified reverse name, issue 15 C5).
+May import: ``relay.spool``, ``relay.envelope``, ``dns``, ``routing.plan``, ``identity.dkim``,
+``identity.rdns`` and the ground;
 never ``relay.courier`` or ``relay.queue``.
 """

@@ -23,6 +23,7 @@ from aiosmtpd.smtp import Session
 from mxroute.dns.resolver import Resolver
 from mxroute.errors import SpoolError
 from mxroute.relay.envelope import Recipient
+from mxroute.relay.intake import clientname
 from mxroute.relay.intake.auth import Credentials
 from mxroute.relay.intake.params import (
     Reply,
@@ -58,6 +59,7 @@ class Intake:
         # the self-check's hook for each queued message: (envelope sender, From: domain)
         self.on_author: Callable[[str, bytes], None] = lambda sender, message: None
         self.clock = clock
+        self.resolver = resolver  # the sender check's and the client names' (issue 15 C5)
         self.sender_check = SenderCheck(resolver)  # SPF-13, per null_mx_sender
         self.networks = settings.networks()
         self.credentials = Credentials.from_file(settings.auth_credentials_file)
@@ -96,7 +98,7 @@ class Intake:
         self.settings, self.networks, self.dkim = settings, settings.networks(), dkim
         self.credentials, self._tls = credentials, context
         if resolver is not None:
-            self.sender_check = SenderCheck(resolver)
+            self.resolver, self.sender_check = resolver, SenderCheck(resolver)
 
     def factory(self) -> Callable[[], RelaySMTP]:
         """Sessions made with the settings current when each client connects (see reconfigure())."""
@@ -203,6 +205,7 @@ class Intake:
                 self.stats["rejected"] += 1
                 return refusal
         env.has_mail, env.sender, env.mail_from = True, sender, str(sender) if sender else ""
+        env.mail_at = self.clock()  # delays a: from here to arrival (issue 15 D)
         env.body, env.ret, env.envid = body, ret.upper() if ret else None, envid
         env.smtp_utf8 = "SMTPUTF8" in params
         return "250 2.1.0 Ok"
@@ -281,9 +284,10 @@ class Intake:
         proto = "ESMTP" if session.extended_smtp else "SMTP"
         if session.extended_smtp:
             proto += ("S" if session.ssl else "") + ("A" if session.authenticated else "")
-        rcpts = envelope.recipients
+        rcpts, rdns = envelope.recipients, clientname.name_now(server.rdns)  # issue 15 C5
+        helo = safe_text(session.host_name or "", 100).replace(" ", "_") or "unknown"
         trace = received_header(
-            helo=session.host_name or "", ip=ip, by=self.settings.helo_name, proto=proto,
+            helo=session.host_name or "", rdns=rdns, ip=ip, by=self.settings.helo_name, proto=proto,
             queue_id=queue_id, rcpt=rcpts[0].address if len(rcpts) == 1 else None, now=started,
         )
         message = trace + content
@@ -291,7 +295,8 @@ class Intake:
             queue_id=queue_id, sender=envelope.mail_from or "", arrival=started,
             recipients=[RecipientState(r.address, r.notify, r.orcpt) for r in rcpts],
             ret=envelope.ret, envid=envelope.envid, body=envelope.body, smtputf8=envelope.smtp_utf8,
-            client=f"{safe_text(session.host_name or '', 100)} [{ip}]", size=len(message),
+            client=f"{helo} ({rdns} [{ip}])", size=len(message),
+            intake=max(0.0, started - envelope.mail_at) if envelope.mail_at else 0.0,
         )
         self.storing += 1
         try:
@@ -302,9 +307,8 @@ class Intake:
         finally:
             self.storing -= 1
         self.stats["accepted"] += 1
-        log.info("%s: from=<%s>, size=%d, nrcpt=%d, client=%s[%s], status=accepted", queue_id,
-                 safe_text(meta.sender, LISTING), meta.size, len(rcpts),
-                 safe_text(session.host_name or "unknown", 100).replace(" ", "_"), ip)
+        log.info("%s: from=<%s>, size=%d, nrcpt=%d, client=%s[%s], helo=<%s>, status=accepted",
+                 queue_id, safe_text(meta.sender, LISTING), meta.size, len(rcpts), rdns, ip, helo)
         self.on_queued(meta)
         self.on_author(meta.sender, content)  # DMARC self-check (issue 14)
         server.errors = 0  # a client that delivers mail is not an error loop (SEC-10)

@@ -130,11 +130,14 @@ def check_content(
 
 
 def received_header(
-    *, helo: str, ip: str, by: str, proto: str, queue_id: str, rcpt: str | None, now: float,
+    *, helo: str, rdns: str, ip: str, by: str, proto: str, queue_id: str, rcpt: str | None,
+    now: float,
 ) -> bytes:
-    """The one trace field we add, at the top (RFC 5321 §4.4, RFC 3848; SESS-19)."""
+    """The one trace field we add, at the top (RFC 5321 §4.4, RFC 3848; SESS-19): from the HELO
+    name, then (the verified reverse name or ``unknown`` [the address]), as Postfix writes it."""
     literal = f"IPv6:{ip}" if ":" in ip else ip
-    lines = [f"Received: from {safe_text(helo, 255).replace(' ', '_') or 'unknown'} ([{literal}])",
+    helo = safe_text(helo, 255).replace(" ", "_") or "unknown"
+    lines = [f"Received: from {helo} ({safe_text(rdns, 255) or 'unknown'} [{literal}])",
              f"\tby {by} with {proto} id {queue_id}"]
     date = _date(now)
     if rcpt is not None:

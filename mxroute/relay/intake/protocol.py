@@ -27,6 +27,7 @@ from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
 from mxroute.address import Address
 from mxroute.relay.envelope import Recipient
+from mxroute.relay.intake import clientname
 from mxroute.relay.intake.params import Reply, split_path
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ class RelayEnvelope(SMTPEnvelope):
         self.ret: str | None = None
         self.envid: str | None = None
         self.body: str | None = None
+        self.mail_at = 0.0  # when MAIL FROM was accepted (the handler's clock)
 
 
 class RelaySMTP(SMTP):
@@ -110,6 +112,7 @@ class RelaySMTP(SMTP):
         self._continued: list[bytes] = []  # the lines of a multi-line reply so far
         self._refused = False
         self.client_ip = ""
+        self.rdns: asyncio.Task[str] | None = None  # the client's verified name (issue 15 C5)
         self.auth_failures = 0
         self.errors = 0  # 5xx replies since the last accepted message (SEC-10)
 
@@ -131,12 +134,15 @@ class RelaySMTP(SMTP):
                 transport.write(refusal.encode() + b"\r\n")  # type: ignore[attr-defined]
                 transport.close()
                 return
+            self.rdns = clientname.start(self.intake.resolver, ip)
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:
             return
         self.intake.release(self)
+        if self.rdns is not None:
+            self.rdns.cancel()
         super().connection_lost(error)
 
     def _timeout_cb(self) -> None:

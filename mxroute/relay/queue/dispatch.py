@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from mxroute.address import parse_address
 from mxroute.errors import MxrouteError
-from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult
+from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult, Times
 from mxroute.relay.queue.slots import Slots
 from mxroute.relay.spool.format import MessageMeta, RecipientState
 from mxroute.routing.plan import Plan
@@ -31,7 +32,7 @@ class CourierLike(Protocol):
 
     async def deliver(
         self, plan: Plan, envelope: Envelope, recipients: list[Recipient], message: bytes, *,
-        tls: TlsPolicy, queue_id: str | None = None,
+        tls: TlsPolicy, queue_id: str | None = None, times: Times | None = None,
     ) -> list[RecipientResult]: ...
 
     def forget_unreachable(self) -> None: ...
@@ -78,10 +79,13 @@ class Dispatcher:
         self, meta: MessageMeta, envelope: Envelope, message: bytes, domain: str,
         rcpts: list[RecipientState], recipients: list[Recipient],
     ) -> list[RecipientResult]:
+        started, begun = time.time(), time.monotonic()
         try:
             routed = await self.route(domain)
+            times = Times(meta.arrival, meta.intake, started, time.monotonic() - begun)
             results = await self.courier.deliver(routed.plan, envelope, recipients, message,
-                                                 tls=routed.tls, queue_id=meta.queue_id)
+                                                 tls=routed.tls, queue_id=meta.queue_id,
+                                                 times=times)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # never crash the worker (SEC-12); the recipients stay queued

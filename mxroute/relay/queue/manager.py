@@ -87,10 +87,11 @@ class QueueManager:
         self.plans = plans
         self.policy = policy_from_settings(settings)
         self.timing = timing_of(settings)
-        self.stats = {"delivered": 0, "deferred": 0, "bounced": 0, "dsn": 0}
+        self.stats = {"delivered": 0, "deferred": 0, "bounced": 0, "dsn": 0, "double_bounces": 0}
         self.notices = Notifier(spool, reporting_mta=settings.helo_name, timing=self.timing,
                                 clock=clock, schedule=self.add, stats=self.stats,
-                                builder=dsn_builder, signer=signer)
+                                builder=dsn_builder, signer=signer,
+                                postmaster=settings.postmaster_address)
         self.timetable = Timetable()
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._unsaved: dict[str, MessageMeta] = {}  # outcomes the disk refused (DUR-4): newer
@@ -112,6 +113,7 @@ class QueueManager:
         self.policy = policy_from_settings(settings)
         self.timing = self.notices.timing = timing_of(settings)
         self.notices.reporting_mta = settings.helo_name
+        self.notices.postmaster = settings.postmaster_address
         self._wake.set()
 
     def sizes(self) -> dict[str, int]:

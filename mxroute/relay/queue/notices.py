@@ -6,10 +6,15 @@ null reverse-path, durably, *before* the recipients it names are marked (DSN-12)
 notified once. Each is DKIM-signed with the key for its From: domain (the reporting MTA's,
 ``helo_name``) when ``dkim_keys`` has one (issue 14 §1). RFC 5321 §6.1 (never bounce a
 bounce), RFC 3461 §4.1 (NOTIFY), §5.2.3 (relayed); checklist DSN-1..3, DSN-7..10, DSN-12.
+
+A bounce that cannot be delivered (null-sender mail that failed for good) is logged and counted
+(``double_bounces``); with ``postmaster`` set the operator gets a copy, from the null sender
+(Postfix's double bounce, issue 15 C7). A copy that fails is only logged and counted: no loop.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 
@@ -26,6 +31,7 @@ log = logging.getLogger(__name__)
 
 Item = tuple[RecipientState, RecipientResult]
 _KINDS = {"failed": "non-delivery", "delayed": "delay"}  # else (DSN-9: relayed) "delivery status"
+DOUBLE = "double-bounce"  # bounce_of["action"] of a postmaster copy
 
 
 def mark_bounced(meta: MessageMeta, addresses: set[str], bounces: int) -> None:
@@ -43,7 +49,7 @@ class Notifier:
         self, spool: Spool, *, reporting_mta: str, timing: Timing, clock: Callable[[], float],
         schedule: Callable[[MessageMeta], None], stats: dict[str, int],
         builder: Callable[..., bytes],  # dsn.build_dsn, or a test's recorder
-        signer: DkimSigner | None = None,
+        signer: DkimSigner | None = None, postmaster: str | None = None,
     ) -> None:
         self.spool = spool
         self.reporting_mta = reporting_mta
@@ -53,6 +59,7 @@ class Notifier:
         self.stats = stats
         self.builder = builder
         self.signer = signer  # replaced on reload (the delivery process's keys)
+        self.postmaster = postmaster  # postmaster_address (reloaded)
 
     async def bounce(self, meta: MessageMeta, message: bytes, failed: list[Item]) -> None:
         """One DSN for everything that failed in this attempt (DSN-7), enqueued before marking."""
@@ -64,6 +71,8 @@ class Notifier:
             log.info("%s: from=<>, failed recipient(s) %s: no bounce for a bounce, discarded",
                      meta.queue_id,
                      ", ".join(f"<{safe_text(a, LISTING)}>" for a in sorted(addresses)))
+            self.stats["double_bounces"] += len(failed)
+            await self._postmaster_copy(meta, message, failed, batch, addresses)
         elif not wanted:  # DSN-8: NOTIFY=NEVER (or without FAILURE)
             log.info("%s: no DSN requested (NOTIFY) for %d failed recipient(s)",
                      meta.queue_id, len(failed))
@@ -94,16 +103,32 @@ class Notifier:
         await self._enqueue(meta, message, items, to, "relayed", meta.bounces, set())
         meta.bounces += 1
 
+    async def _postmaster_copy(
+        self, meta: MessageMeta, message: bytes, failed: list[Item], batch: int, marks: set[str],
+    ) -> None:
+        """The operator's copy of an undeliverable bounce, the whole bounce enclosed; none for a
+        copy itself (a failed double bounce is only logged and counted)."""
+        if (meta.bounce_of or {}).get("action") == DOUBLE:
+            log.info("%s: postmaster copy undeliverable, discarded (no copy of a copy)",
+                     meta.queue_id)
+        elif self.postmaster:
+            await self._enqueue(meta, message, failed, self.postmaster, "failed", batch, marks,
+                                copy=True)
+
     async def _enqueue(
         self, meta: MessageMeta, message: bytes, items: list[Item],
-        to: str, action: str, batch: int, marks: set[str],
+        to: str, action: str, batch: int, marks: set[str], *, copy: bool = False,
     ) -> None:
+        """``copy``: a postmaster copy (to ``to``, the original enclosed in full)."""
         dsn_id = f"{meta.queue_id}B{batch}"
         if self.spool.exists(dsn_id):  # enqueued before a crash: notified once only (DSN-12)
             return
         until = self.timing.retry_until(meta.arrival) if action == "delayed" else None
+        envelope = meta.envelope()
+        if copy:
+            envelope = dataclasses.replace(envelope, sender=to, ret="FULL")
         body = self.builder(
-            reporting_mta=self.reporting_mta, envelope=meta.envelope(), message=message,
+            reporting_mta=self.reporting_mta, envelope=envelope, message=message,
             results=[res for _, res in items], action=action, arrival=meta.arrival,
             recipients=[r.recipient() for r, _ in items], will_retry_until=until,
         )
@@ -112,12 +137,13 @@ class Notifier:
             queue_id=dsn_id, sender="", arrival=self.clock(), size=len(body), client="local",
             recipients=[RecipientState(address=to, notify=("NEVER",))],
             bounce_of={"queue_id": meta.queue_id, "batch": batch, "recipients": sorted(marks),
-                       "action": action},
+                       "action": DOUBLE if copy else action},
         )
         await self.spool.store(notice, body)
         self.stats["dsn"] += 1
-        kind = _KINDS.get(action, "delivery status")
-        log.info("%s: sender %s notification: %s", meta.queue_id, kind, dsn_id)  # as bounce(8)
+        kind = f"sender {_KINDS.get(action, 'delivery status')}"
+        kind = "postmaster double-bounce" if copy else kind
+        log.info("%s: %s notification: %s", meta.queue_id, kind, dsn_id)  # as bounce(8)
         self.schedule(notice)
 
     def _signed(self, body: bytes, dsn_id: str) -> bytes:

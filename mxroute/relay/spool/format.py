@@ -104,8 +104,9 @@ class MessageMeta:
     envid: str | None = None
     body: str | None = None
     smtputf8: bool = False
-    client: str = ""  # "helo [ip]" of the submitting client, sanitised
+    client: str = ""  # "helo (verified reverse name or unknown [ip])" of the client, sanitised
     size: int = 0
+    intake: float = 0.0  # seconds from the client's MAIL FROM to arrival (issue 15 D: delays a)
     # for a DSN: {"queue_id": ..., "recipients": [...]} (DSN-12)
     bounce_of: dict[str, Any] | None = None
     bounces: int = 0  # DSNs enqueued so far for this message (names the next one)
@@ -137,6 +138,7 @@ class MessageMeta:
             ],
             "ret": self.ret, "envid": self.envid, "body": self.body, "smtputf8": self.smtputf8,
             "client": self.client, "size": self.size, "bounce_of": self.bounce_of,
+            "intake": self.intake,
         }
 
     def state_json(self) -> dict[str, Any]:
@@ -202,6 +204,7 @@ def _envelope(payload: bytes, queue_id: str) -> tuple[MessageMeta, list[Any]]:
             recipients=[], ret=env.get("ret"), envid=env.get("envid"), body=env.get("body"),
             smtputf8=bool(env.get("smtputf8")), client=str(env.get("client", "")),
             size=int(env.get("size", 0)), bounce_of=env.get("bounce_of"),
+            intake=float(env.get("intake", 0.0)),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptFile(f"bad envelope record: {exc}") from None

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from mxroute.relay.dsn import build_dsn
-from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult
+from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult, Times
 from mxroute.relay.spool.format import RecipientState
 from mxroute.routing.plan import Plan
 from mxroute.tls.policy import TlsPolicy
@@ -29,7 +29,7 @@ class HopCourier(FakeCourier):
 
     async def deliver(self, plan: Plan, envelope: Envelope, recipients: list[Recipient],
                       message_bytes: bytes, *, tls: TlsPolicy, queue_id: str,
-                      ) -> list[RecipientResult]:
+                      times: Times | None = None) -> list[RecipientResult]:
         results = await super().deliver(plan, envelope, recipients, message_bytes, tls=tls,
                                         queue_id=queue_id)
         for result in results:
