@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", parents=[common], help="run the smarthost relay")
 
     p = sub.add_parser("queue", parents=[common], help="inspect and act on the spool")
-    p.add_argument("action", choices=["list", "show", "flush", "delete"])
+    p.add_argument("action", choices=["list", "show", "flush", "hold", "release", "requeue",
+                                      "bounce", "delete", "hosts"])
     p.add_argument("queue_id", nargs="?")
     p.add_argument("--json", action="store_true")
 
@@ -130,6 +131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # sendmail's own flags (-f, -t, -i, ...) are not ours to parse: hand them over whole.
         return _guarded(lambda: _sendmail(argv[1:] if argv and argv[0] == "sendmail" else argv),
                         stdout=True)
+    if argv[:1] == ["queue"] and len(argv) > 1:
+        from mxroute.cli.queueops import OPS, queue_ops
+
+        if argv[1] in OPS:  # the acting tools (flush, hold, ..., hosts): their own parser
+            return _guarded(lambda: queue_ops(argv[1:], _common(), _Parser, _settings),
+                            stdout=True)
     args = build_parser().parse_args(argv)
     return _guarded(lambda: _dispatch(args), stdout=True)
 
@@ -195,6 +202,11 @@ def _sendmail(argv: list[str]) -> int:
         from mxroute.cli.queue import queue_command
 
         return queue_command(settings, "list", None, False)
+    if command.mode == "flush":  # sendmail -q: mxroute queue flush
+        from mxroute.cli.queueops import queue_ops
+
+        return queue_ops(["flush", *([] if config is None else ["--config", config])],
+                         _common(), _Parser, _settings)
     return sendmail(settings, command, sys.stdin.buffer)
 
 
@@ -246,7 +258,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "queue":
         from mxroute.cli.queue import queue_command
 
-        if args.action in ("show", "delete") and not args.queue_id:
+        if args.action == "show" and not args.queue_id:
             print(f"{PROG}: queue {args.action} needs a queue ID", file=sys.stderr)
             return EX_USAGE
         return queue_command(_settings(args), args.action, args.queue_id, args.json)

@@ -1,9 +1,7 @@
-"""``mxroute queue list | show ID | flush | delete ID``: the spool, read directly.
+"""``mxroute queue list | show ID``: the spool, read directly.
 
-The spool is the truth, so this works with or without a running daemon: ``flush``
-touches the spool's flush marker (the daemon polls it every second and makes all
-deferred mail due); ``delete`` unlinks the queue file (the daemon drops it the
-next time it is due, and never recreates it: state appends do not O_CREAT).
+The spool is the truth, so this works with or without a running daemon. The acting tools
+(flush, hold, release, requeue, bounce, delete, hosts) are mxroute/cli/queueops.py.
 """
 
 from __future__ import annotations
@@ -29,7 +27,7 @@ def queue_command(settings: Settings, action: str, queue_id: str | None, as_json
             print(f"mxroute: no spool at {settings.spool_dir.absolute()} "
                   f"({spool_origin(settings)})", file=sys.stderr)
             return EX_NOINPUT
-        if action in ("show", "delete") and (not queue_id or not QUEUE_ID.match(queue_id)):
+        if action == "show" and (not queue_id or not QUEUE_ID.match(queue_id)):
             print(f"mxroute: {queue_id!r} is not a queue ID", file=sys.stderr)
             return EX_USAGE
         if action == "list":
@@ -37,20 +35,6 @@ def queue_command(settings: Settings, action: str, queue_id: str | None, as_json
         if action == "show":
             assert queue_id is not None
             return _show(spool, queue_id, as_json)
-        if action == "flush":
-            spool.request_flush()
-            count = len(spool.ids())
-            _say(as_json, {"action": "flush", "messages": count},
-                 f"flush requested: {count} message(s) due now")
-            return EX_OK
-        if action == "delete":
-            assert queue_id is not None
-            if not spool.remove_sync(queue_id):
-                print(f"mxroute: {queue_id}: no such message in the queue", file=sys.stderr)
-                return EX_NOINPUT
-            _say(as_json, {"action": "delete", "queue_id": queue_id, "deleted": True},
-                 f"{queue_id}: deleted")
-            return EX_OK
         print(f"mxroute: unknown queue action {action!r}", file=sys.stderr)
         return EX_USAGE
     except (OSError, SpoolError) as exc:
@@ -166,7 +150,3 @@ def _table(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-
-
-def _say(as_json: bool, data: dict[str, Any], text: str) -> None:
-    print(json.dumps(data) if as_json else text)

@@ -76,7 +76,7 @@ def split_common(argv: Sequence[str]) -> tuple[str | None, list[str]]:
 class Command:
     """A sendmail command line: the mode and, to send, its options and recipients."""
 
-    mode: Literal["send", "mailq", "newaliases"] = "send"
+    mode: Literal["send", "mailq", "newaliases", "flush"] = "send"
     extract: bool = False  # -t
     dot_ok: bool = False  # -i, -oi
     sender: str | None = None  # -f, -r
@@ -107,6 +107,8 @@ def parse_args(argv: Sequence[str]) -> Command:
             command.dot_ok = True
         elif arg in _MODES:
             command.mode = _MODES[arg]
+        elif arg == "-q" or (arg.startswith("-q") and arg[2:3].isdigit()):
+            command.mode = "flush"  # sendmail -q: process the queue now (-q30m: once, now)
         elif arg.startswith(("-f", "-r", "-F")):
             value = arg[2:] or (args.pop(0) if args else None)
             if value is None:

@@ -125,7 +125,7 @@ def test_held_mail_expires_and_is_bounced(world: World) -> None:
     bounces = world.sink(9)
     relay = world.relay(retry_min_seconds=300, retry_max_seconds=600, queue_lifetime_seconds=4)
     (qid,) = deferred(world, relay, "u@dest.test")
-    ok(relay.queue("hold", qid))
+    ok(relay.queue("hold", qid, "--json"))
     assert wait_for(lambda: bounces.messages, timeout=15)
     (dsn,) = bounces.messages
     assert dsn.rcpt_to == ["a@sender.test"] and b"on hold" in dsn.data
@@ -171,11 +171,10 @@ def test_requeue_all_and_delete_deferred_and_ambiguous_prefix(world: World) -> N
     rcpt_script(sink, "v@dest.test", "451 4.3.0 later")
     relay = world.relay(retry_min_seconds=300, retry_max_seconds=600)
     ids = deferred(world, relay, "u@dest.test", "v@dest.test")
-    attempts = len(sink.connections)
+    tried = relay.log().count(" status=deferred")
     reply = ok(relay.queue("requeue", "--all", "--json"))
     assert sorted(m["queue_id"] for m in reply["messages"]) == sorted(ids)  # type: ignore
-    assert wait_for(lambda: relay.log().count("status=deferred") >= 4)
-    assert len(sink.connections) > attempts
+    assert wait_for(lambda: relay.log().count(" status=deferred") >= tried + 2)
     common = os.path.commonprefix(ids)
     ambiguous = relay.queue("delete", common)
     assert ambiguous.returncode == 64 and all(i in ambiguous.stderr for i in ids)
@@ -190,7 +189,7 @@ def test_hosts_lists_a_dead_host_and_forget(world: World) -> None:
     relay = world.relay(retry_min_seconds=300, retry_max_seconds=600)  # no sink: refused
     deferred(world, relay, "u@dest.test")
     (host,) = ok(relay.queue("hosts", "--json"))["hosts"]  # type: ignore[misc]
-    assert host["host"].startswith(world.ip(1)) and host["until"] > host["since"]
+    assert host["address"] == world.ip(1) and host["until"] > host["since"]
     assert host["reply"]
     text = relay.queue("hosts")
     assert world.ip(1) in text.stdout and "until" in text.stdout
