@@ -9,7 +9,8 @@ no duplicate; the refused recipients are named on stderr, one line each (as
 Postfix's sendmail queues and reports them by DSN). As a submission agent it
 adds Date, Message-ID and From when missing (RFC 6409 §8), the From: with the
 sender's full name (``-F``, else ``$NAME``) as Postfix's does. ``-bp`` (the
-``mailq`` name) lists the queue; ``-bi``/``-I`` (the ``newaliases`` name) has no
+``mailq`` name) lists the queue; ``-q`` (``-q30m`` too: once, now) is ``mxroute queue
+flush``; ``-bi``/``-I`` (the ``newaliases`` name) has no
 aliases database to build and says so, exit 0 (Exim's ``-bi`` without
 ``bi_command`` does nothing).
 """
