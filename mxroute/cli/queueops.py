@@ -151,8 +151,10 @@ def ask(path: Path, request: dict[str, Any]) -> dict[str, Any] | None:
         except (FileNotFoundError, ConnectionRefusedError):
             return None
         except OSError as exc:
+            hint = (" (run it as the service user, or root)"
+                    if isinstance(exc, PermissionError) else "")
             error = MxrouteError(f"cannot reach serve's control socket {path}: "
-                                 f"{exc.strerror or exc}")
+                                 f"{exc.strerror or exc}{hint}")
             error.exit_code = EX_TEMPFAIL
             raise error from None
         sock.sendall(json.dumps(request).encode() + b"\n")

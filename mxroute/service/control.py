@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mxroute.errors import EX_USAGE, MxrouteError
+from mxroute.errors import EX_SOFTWARE, EX_USAGE, MxrouteError
 from mxroute.relay.courier.hosts import Hosts
 from mxroute.relay.queue.operator import Operator, Request
 
@@ -131,7 +131,12 @@ class ControlServer:
                 reply: dict[str, Any] = {"ok": False, "error": "a request is one JSON line",
                                          "exit": EX_USAGE}
             else:
-                reply = await handle(self.operator, self.hosts, data, uid)
+                try:
+                    reply = await handle(self.operator, self.hosts, data, uid)
+                except Exception:  # a bug: said in the log, and to the caller, never silent
+                    log.exception("control socket: the request failed: %.200r", data)
+                    reply = {"ok": False, "error": "the request failed in serve: see its log",
+                             "exit": EX_SOFTWARE}
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
         except (TimeoutError, OSError, ValueError) as exc:  # ValueError: a line over the limit

@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.support.relay import MSG, ROOT, Relay, World, free_port, rcpt_script, scrape, wait_for
 
 
@@ -41,14 +43,18 @@ def queue_gauge(port: int) -> float:
     return sum(v for k, v in values.items() if k.startswith("mxroute_queue_messages{"))
 
 
-def test_delete_acts_at_once_logs_the_operator_and_updates_the_gauge(world: World) -> None:
-    """issue 15 A: `queue delete PREFIX` on a running serve: gone, logged with the operator's
-    uid and counted in the queue gauge when the command returns; the socket is 0600."""
+@pytest.mark.parametrize("processes", [1, 0])
+def test_delete_acts_at_once_logs_the_operator_and_updates_the_gauge(
+    world: World, processes: int
+) -> None:
+    """issue 15 A: `queue delete PREFIX` on a running serve (a delivery process, or none):
+    gone, logged with the operator's uid and counted in the queue gauge when the command
+    returns; the socket is 0600."""
     sink = world.sink(1)
     rcpt_script(sink, "u@dest.test", "451 4.3.0 later")
     metrics = free_port()
     relay = world.relay(retry_min_seconds=300, retry_max_seconds=600,
-                        metrics_listen=f"127.0.0.1:{metrics}")
+                        metrics_listen=f"127.0.0.1:{metrics}", delivery_processes=processes)
     (qid,) = deferred(world, relay, "u@dest.test")
     sock = relay.spool / "control.sock"
     mode = os.stat(sock).st_mode
@@ -208,4 +214,30 @@ def test_sendmail_q_flushes(world: World) -> None:
     done = subprocess.run([sys.executable, "-m", "mxroute", "sendmail", "-q"], cwd=ROOT,
                           env=relay.env, capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 0, done.stderr
+    assert wait_for(lambda: relay.queued() == [])
+
+
+def test_without_serve_bounce_and_delete_act_on_the_files(world: World) -> None:
+    """issue 15 A: no serve running: the same commands act on the spool files under the spool
+    lock and say so; the DSN an offline bounce spooled goes out when serve starts again."""
+    sink = world.sink(1)
+    rcpt_script(sink, "u@dest.test", "451 4.3.0 later")
+    rcpt_script(sink, "v@dest.test", "451 4.3.0 later")
+    bounces = world.sink(9)
+    relay = world.relay(retry_min_seconds=300, retry_max_seconds=600)
+    u_id, v_id = deferred(world, relay, "u@dest.test", "v@dest.test")
+    assert relay.terminate() == 0
+    assert not (relay.spool / "control.sock").exists()
+    text = relay.queue("bounce", u_id, "--reason", "offline bounce")
+    assert text.returncode == 0 and f"{u_id}: bounced to the sender" in text.stdout
+    assert "no serve running" in text.stdout
+    assert ok(relay.queue("hosts", "--json")) == {"live": False, "hosts": []}
+    assert u_id not in relay.queued()
+    reply = ok(relay.queue("delete", "--domain", "dest.test", "--json"))
+    assert reply == {"action": "delete", "live": False,
+                     "messages": [{"queue_id": v_id, "result": "deleted"}]}
+    assert bounces.messages == []
+    relay.start()
+    assert wait_for(lambda: bounces.messages)
+    assert b"offline bounce" in bounces.messages[0].data
     assert wait_for(lambda: relay.queued() == [])

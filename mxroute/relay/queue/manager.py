@@ -40,7 +40,7 @@ from mxroute.text import LISTING, safe_text
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 1.0  # how often the spool is checked for `mxroute queue flush`
+POLL_SECONDS = 1.0  # the longest the loop sleeps without looking at the schedule
 
 
 RouteFn = Callable[[Resolver, str, RoutingPolicy, random.Random, Settings], Awaitable[Route]]
@@ -169,13 +169,6 @@ class QueueManager:
         self.timetable.schedule(queue_id, due)
         self._wake.set()
 
-    def flush(self) -> None:
-        """Make every queued message due now (``mxroute queue flush``), every host worth a try."""
-        self.courier.forget_unreachable()
-        for queue_id in self.spool.ids():
-            self.timetable.force(queue_id)
-        self._wake.set()
-
     def recover(self) -> int:
         """Start-up scan: schedule everything (DUR-7), finish interrupted bounces (DSN-12), drop
         what is done.
@@ -217,12 +210,8 @@ class QueueManager:
     # --- the loop ---
     async def run(self) -> None:
         """Deliver due messages until ``stop()``."""
-        next_poll = 0.0
         while not self._stopping:
             now = self.clock()
-            if now >= next_poll:
-                next_poll = now + POLL_SECONDS
-                await self.poll_flush()
             while len(self._inflight) < self._max_inflight:
                 queue_id = self.timetable.pop_due(now, self._inflight)
                 if queue_id is None:
@@ -257,17 +246,6 @@ class QueueManager:
         self.after_attempt.pop(queue_id, None)  # not run: the attempt was cancelled
         self.timetable.done(queue_id)
         self._wake.set()
-
-    async def poll_flush(self) -> None:
-        """Make everything due now if `mxroute queue flush` left its marker in the spool."""
-        if self.spool.flush_requested_at() is None:
-            return
-        try:
-            self.spool.flush_marker.unlink()
-        except FileNotFoundError:
-            pass
-        log.info("flush requested: all deferred mail is due now")
-        self.flush()
 
     async def stop(self, timeout: float) -> None:
         """Stop scheduling; let in-flight deliveries finish within ``timeout``, then cancel them.
