@@ -31,7 +31,7 @@ _RETRY_STEP = 0.1
 _SAID = {
     "deleted": "deleted", "held": "on hold", "released": "released (due now)",
     "flushed": "due now", "requeued": "routed again, due now", "bounced": "bounced to the sender",
-    "on-hold": "on hold: not tried (release it first)",
+    "on-hold": "on hold: not tried (release it first)", "not-held": "not on hold: unchanged",
     "gone": "no longer in the queue (delivered or removed meanwhile)",
 }
 

@@ -185,6 +185,12 @@ def test_requeue_all_and_delete_deferred_and_ambiguous_prefix(world: World) -> N
     ambiguous = relay.queue("delete", common)
     assert ambiguous.returncode == 64 and all(i in ambiguous.stderr for i in ids)
     assert relay.queued() == sorted(ids)
+    for bad in (["delete"], ["delete", ids[0], "--all"], ["requeue"], ["hold"]):
+        refused = relay.queue(*bad)
+        assert refused.returncode == 64 and "Traceback" not in refused.stderr, (bad, refused)
+    assert ok(relay.queue("release", ids[0], "--json"))["messages"] == [
+        {"queue_id": ids[0], "result": "not-held"}]
+    assert relay.queued() == sorted(ids)
     assert ok(relay.queue("delete", "--deferred", "--json"))["live"] is True
     assert relay.queued() == []
 

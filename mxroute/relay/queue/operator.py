@@ -19,6 +19,7 @@ expires at ``queue_lifetime_seconds`` and is bounced then (the queue manager's
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ ACTIONS = ("flush", "hold", "release", "requeue", "bounce", "delete")
 WAITS_FOR_ATTEMPT = ("hold", "bounce", "delete")  # what a delivery in progress must not race
 BOUNCE_STATUS = "5.0.0"  # RFC 3463: other or undefined status (an operator's decision)
 LISTED = 10  # IDs named in an "ambiguous prefix" error
+BATCH = 1000  # messages acted on at once (their syncs shared)
 
 
 class SelectionError(MxrouteError):
@@ -141,39 +143,49 @@ class Operator:
             return None
 
     async def act(self, request: Request, uid: int | None) -> list[dict[str, str]]:
-        """Do ``request``: one ``{"queue_id", "result"}`` per message chosen."""
-        ids = self.select(request)
+        """Do ``request``: one ``{"queue_id", "result"}`` per message chosen, in spool order.
+
+        Messages are acted on ``BATCH`` at a time, so their file syncs are shared (a
+        ``delete --all`` of a large queue costs a directory sync per batch, not per message).
+        """
+        loop = asyncio.get_running_loop()
+        ids = await loop.run_in_executor(None, self.select, request)  # reads files: off the loop
         if request.action in ("flush", "requeue") and self.forget_hosts is not None:
             self.forget_hosts()
-        out = []
-        for queue_id in ids:
-            queue = self.queue
-            if queue is not None and request.action in WAITS_FOR_ATTEMPT and queue.busy(queue_id):
-                queue.after_attempt[queue_id] = _later(self, queue_id, request, uid)
-                log.info("%s: operator: %s by uid %s requested: after the delivery attempt in "
-                         "progress", queue_id, request.action, uid)
-                out.append({"queue_id": queue_id, "result": "after-attempt"})
-                continue
-            out.append({"queue_id": queue_id, "result": await self.one(queue_id, request, uid)})
+        out: list[dict[str, str]] = []
+        for start in range(0, len(ids), BATCH):
+            chunk = ids[start : start + BATCH]
+            results = await asyncio.gather(*(self._each(q, request, uid) for q in chunk))
+            out.extend({"queue_id": q, "result": r} for q, r in zip(chunk, results))
         return out
 
+    async def _each(self, queue_id: str, request: Request, uid: int | None) -> str:
+        queue = self.queue
+        if queue is not None and request.action in WAITS_FOR_ATTEMPT and queue.busy(queue_id):
+            queue.after_attempt[queue_id] = _later(self, queue_id, request, uid)
+            log.info("%s: operator: %s by uid %s requested: after the delivery attempt in "
+                     "progress", queue_id, request.action, uid)
+            return "after-attempt"
+        return await self.one(queue_id, request, uid)
+
     async def one(self, queue_id: str, request: Request, uid: int | None) -> str:
-        """Act on one message: its result (``deleted``, ``held``, ..., ``gone``, ``on-hold``)."""
+        """Act on one message: its result (``deleted``, ``held``, ..., ``gone``, ``on-hold``,
+        ``not-held``)."""
         action, queue = request.action, self.queue
+        if action == "delete":  # the bytes are not needed: never read them
+            return await self._delete(queue_id, uid)
+        if action == "flush" and queue is not None:  # the queue knows what is held
+            return self._flush_live(queue, queue_id, uid)
         try:
-            meta, message = self.spool.load(queue_id)
+            meta, message = await self.spool.aload(queue_id)
         except (FileNotFoundError, CorruptFile):
             return "gone"  # delivered (or moved aside) since it was chosen
         if action in ("flush", "requeue") and meta.held:
             return "on-hold"  # held mail is never tried: release it first
+        if action == "release" and not meta.held:
+            return "not-held"  # nothing to do (postsuper -H of a message not on hold)
         reason = f" ({safe_text(request.reason, LISTING)})" if request.reason else ""
         log.info("%s: operator: %s by uid %s%s", queue_id, action, uid, reason)
-        if action == "delete":
-            await self.spool.remove(queue_id)
-            if queue is not None:
-                queue.timetable.drop(queue_id)
-                queue.held.discard(queue_id)
-            return "deleted"
         if action == "bounce":
             why = f"bounced by the operator: {request.reason or 'no reason given'}"
             if queue is not None:
@@ -204,6 +216,25 @@ class Operator:
                 rcpt.next_try = 0.0
             await self.spool.update(meta)
         return "flushed" if action == "flush" else "requeued"
+
+
+    def _flush_live(self, queue: QueueManager, queue_id: str, uid: int | None) -> str:
+        if queue_id in queue.held:
+            return "on-hold"
+        log.info("%s: operator: flush by uid %s", queue_id, uid)
+        queue.timetable.force(queue_id)
+        queue.wake()
+        return "flushed"
+
+    async def _delete(self, queue_id: str, uid: int | None) -> str:
+        if not self.spool.exists(queue_id):
+            return "gone"
+        log.info("%s: operator: delete by uid %s", queue_id, uid)
+        await self.spool.remove(queue_id)
+        if self.queue is not None:
+            self.queue.timetable.drop(queue_id)
+            self.queue.held.discard(queue_id)
+        return "deleted"
 
 
 def _later(operator: Operator, queue_id: str, request: Request,
