@@ -19,9 +19,9 @@ Protocol: one JSON object per line, one request per connection, one reply::
     <- {"ok": false, "error": "...", "exit": 64}           (a bad request: nothing was done)
 
 Results: ``deleted held released flushed requeued bounced``; ``after-attempt`` (being
-delivered: done when the attempt ends); ``on-hold`` (flush/requeue of held mail: nothing); ``not-held`` (release of mail not held:
-nothing);
-``gone`` (delivered meanwhile). The same ``handle`` answers the CLI without a ``serve``.
+delivered: done when the attempt ends); ``on-hold`` (flush/requeue of held mail: nothing);
+``not-held`` (release of mail not held: nothing); ``gone`` (delivered meanwhile). The same
+``handle`` answers the CLI without a ``serve``.
 """
 
 from __future__ import annotations
