@@ -131,7 +131,7 @@ class QueueManager:
     # --- feeding the schedule ---
     def add(self, meta: MessageMeta) -> None:
         """A message now in the spool (from intake, a DSN, or recovery); a held one is due only
-        when it expires (it is then bounced: ``operator.expire_held``)."""
+        when it expires (it is then bounced: ``_expire_held``)."""
         if meta.held:
             self.held.add(meta.queue_id)
             if not meta.done:
