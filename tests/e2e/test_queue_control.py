@@ -221,6 +221,11 @@ def test_sendmail_q_flushes(world: World) -> None:
                           env=relay.env, capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 0, done.stderr
     assert wait_for(lambda: relay.queued() == [])
+    for unsupported in (["-q30m"], ["-q", "u@dest.test"]):  # a queue-runner daemon; a mix-up
+        refused = subprocess.run([sys.executable, "-m", "mxroute", "sendmail", *unsupported],
+                                 cwd=ROOT, env=relay.env, capture_output=True, text=True,
+                                 timeout=30, check=False)
+        assert refused.returncode == 64, (unsupported, refused.stderr)
 
 
 def test_without_serve_bounce_and_delete_act_on_the_files(world: World) -> None:
