@@ -102,13 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("queue", help="inspect and act on the spool (docs/operators.md)")
     queue = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    from mxroute.cli.queueops import add_op_parsers
     from mxroute.cli.queueview import add_view_parsers
 
     add_view_parsers(queue, common)  # list, summary, show, cat
-    for action in ("flush", "delete"):
-        p = queue.add_parser(action, parents=[common])
-        p.add_argument("queue_id", nargs="?")
-        p.add_argument("--json", action="store_true")
+    add_op_parsers(queue, common)  # flush, hold, release, requeue, bounce, delete, hosts
 
     sub.add_parser("sendmail", help="sendmail-compatible submission to the local relay: "
                                     "mxroute sendmail [-t] [-i] [-f SENDER] [RCPT...]")
@@ -214,6 +212,9 @@ def _sendmail(argv: list[str]) -> int:
         from mxroute.cli.queueview import mailq
 
         return mailq(settings)
+    if command.mode == "flush":  # sendmail -q: mxroute queue flush
+        return _dispatch(build_parser().parse_args(
+            ["queue", "flush", *([] if config is None else ["--config", config])]))
     return sendmail(settings, command, sys.stdin.buffer)
 
 
@@ -263,15 +264,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         # SIGHUP: the same --config, --dns, --zone
         return serve(_settings(args), reload=lambda: _settings(args))
     if args.command == "queue":
-        from mxroute.cli.queue import queue_command
+        from mxroute.cli.queueops import queue_ops
         from mxroute.cli.queueview import VIEWS, view_command
 
         if args.action in VIEWS:
             return view_command(_settings(args), args)
-        if args.action == "delete" and not args.queue_id:
-            print(f"{PROG}: queue {args.action} needs a queue ID", file=sys.stderr)
-            return EX_USAGE
-        return queue_command(_settings(args), args.action, args.queue_id, args.json)
+        return queue_ops(args, _settings)
     if args.command == "dkim":
         return _dkim(args)
     raise AssertionError(args.command)

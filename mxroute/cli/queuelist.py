@@ -78,7 +78,7 @@ def _print_message(meta: MessageMeta, now: float) -> None:
     print(f"{meta.queue_id:<25} {when(meta.arrival):<19} {meta.size:>9}  "
           f"<{safe_text(meta.sender, LISTING)}>{bounce}")
     for rcpt in meta.recipients:
-        state = recipient_state(rcpt, now)
+        state = recipient_state(rcpt, now, meta.held)
         why = reason(rcpt)
         if rcpt.state == PENDING and not rcpt.attempts:
             detail = "not tried yet"

@@ -72,7 +72,7 @@ def show(spool: Spool, typed: str, as_json: bool) -> int:
         print(f"dsn:        {' '.join(safe_text(e, LISTING) for e in extras)}")
     print()
     for rcpt in meta.recipients:
-        print(f"  <{safe_text(rcpt.address, LISTING)}>  {recipient_state(rcpt, now)}, "
+        print(f"  <{safe_text(rcpt.address, LISTING)}>  {recipient_state(rcpt, now, meta.held)}, "
               f"{rcpt.attempts} attempt(s)"
               + (f", NOTIFY={','.join(rcpt.notify)}" if rcpt.notify else ""))
         if rcpt.state == PENDING:

@@ -9,8 +9,9 @@ no duplicate; the refused recipients are named on stderr, one line each (as
 Postfix's sendmail queues and reports them by DSN). As a submission agent it
 adds Date, Message-ID and From when missing (RFC 6409 §8), the From: with the
 sender's full name (``-F``, else ``$NAME``) as Postfix's does. ``-bp`` (the
-``mailq`` name) lists the queue; ``-bi``/``-I`` (the ``newaliases`` name) has no
-aliases database to build and says so, exit 0 (Exim's ``-bi`` without
+``mailq`` name) lists the queue; ``-q`` is ``mxroute queue flush`` (``-q30m``, a
+queue-runner daemon, is a usage error: ``serve`` runs the queue); ``-bi``/``-I`` (the
+``newaliases`` name) has no aliases database to build and says so, exit 0 (Exim's ``-bi`` without
 ``bi_command`` does nothing).
 """
 
@@ -76,7 +77,7 @@ def split_common(argv: Sequence[str]) -> tuple[str | None, list[str]]:
 class Command:
     """A sendmail command line: the mode and, to send, its options and recipients."""
 
-    mode: Literal["send", "mailq", "newaliases"] = "send"
+    mode: Literal["send", "mailq", "newaliases", "flush"] = "send"
     extract: bool = False  # -t
     dot_ok: bool = False  # -i, -oi
     sender: str | None = None  # -f, -r
@@ -107,6 +108,8 @@ def parse_args(argv: Sequence[str]) -> Command:
             command.dot_ok = True
         elif arg in _MODES:
             command.mode = _MODES[arg]
+        elif arg == "-q":  # process the queue now (-q30m, a queue-runner daemon: unsupported)
+            command.mode = "flush"
         elif arg.startswith(("-f", "-r", "-F")):
             value = arg[2:] or (args.pop(0) if args else None)
             if value is None:
@@ -124,6 +127,8 @@ def parse_args(argv: Sequence[str]) -> Command:
             raise Usage(f"unsupported option {arg}")
         else:
             command.recipients.extend(r.strip() for r in arg.split(",") if r.strip())
+    if command.mode == "flush" and command.recipients:
+        raise Usage("-q flushes the queue and takes no recipients")
     return command
 
 

@@ -64,7 +64,7 @@ class LocalLink:
 
     async def start(self) -> None:
         self.delivery.recover()
-        self.delivery.start()
+        await self.delivery.start()
         assert self.delivery.runner is not None
         self.delivery.runner.add_done_callback(lambda _t: self.failed.set())
 

@@ -119,9 +119,10 @@ class _Collector:
         sizes = GaugeMetricFamily("mxroute_queue_messages",
                                   "Messages in the queue: active (being delivered), "
                                   "due (waiting for a delivery slot), "
-                                  "deferred (waiting for their retry time)",
+                                  "deferred (waiting for their retry time), "
+                                  "held (mxroute queue hold)",
                                   labels=["state"])
-        for state in ("active", "due", "deferred"):
+        for state in ("active", "due", "deferred", "held"):
             sizes.add_metric([state], d.get("sizes", {}).get(state, 0))
         yield sizes
         yield GaugeMetricFamily("mxroute_smtp_connections",

@@ -37,12 +37,14 @@ from mxroute.dns.configured import RESOLVER_SETTINGS, resolver_from_settings
 from mxroute.errors import ConfigError
 from mxroute.identity.dkim.sign import DkimSigner
 from mxroute.relay.queue.manager import QueueManager
+from mxroute.relay.queue.operator import Operator
 from mxroute.relay.queue.plans import PlanCache
 from mxroute.relay.spool.format import QUEUE_ID
 from mxroute.relay.spool.lock import SpoolInUse, hold_inherited
 from mxroute.relay.spool.store import Spool
 from mxroute.routing.route import mta_sts_reach
 from mxroute.service.attempts import AttemptTimer, TimedCourier
+from mxroute.service.control import ControlServer
 from mxroute.service.link import Lines, decode_settings
 from mxroute.service.logsetup import setup_logging
 from mxroute.settings import Settings
@@ -74,12 +76,22 @@ class Delivery:
         self.queue = QueueManager(settings, spool, self.resolver, courier, plans=PlanCache(),
                                   signer=self.signer)
         self.runner: asyncio.Task[None] | None = None
+        # `mxroute queue` acting on this queue (issue 15 A): control.sock in the spool
+        operator = Operator(spool, self.queue.notices, self.queue,
+                            forget_hosts=self.queue.courier.forget_unreachable)
+        self.control = ControlServer(spool.root, operator, self.courier.hosts)
 
     def recover(self) -> int:
         return self.queue.recover()
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Deliver, and answer ``mxroute queue`` on the control socket."""
         self.runner = asyncio.create_task(self.queue.run(), name="queue")
+        try:
+            await self.control.start()
+        except OSError as exc:  # e.g. a spool path too long for a Unix socket: tools go offline
+            log.error("cannot open the control socket %s: %s; `mxroute queue` cannot act on "
+                      "this serve", self.control.path, exc.strerror or exc)
 
     def failure(self) -> str | None:
         """Why delivery stopped on its own (the queue manager must never die silently), or None."""
@@ -115,6 +127,7 @@ class Delivery:
                 "dkim": self.signer.stats.to_json()}
 
     async def stop(self, grace: float) -> None:
+        await self.control.close()
         await self.queue.stop(grace)
         if self.runner is not None:
             self.runner.cancel()
@@ -236,7 +249,7 @@ async def _child(settings: Settings, sock: socket.socket, rest: bytes) -> int:
         stop.set()
 
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-    delivery.start()
+    await delivery.start()
     lines.send({"op": "ready"})
 
     helpers = [asyncio.create_task(_rescan(delivery, spool, rescan_now), name="rescan")]

@@ -333,7 +333,8 @@ class Courier:
             attempt.soft(pending, failure.status, failure.reply, target, remote=failure.remote)
             if failure.status != tlspolicy.STATUS:  # TLS-3: a policy's failure is not the host's
                 self.hosts.failed(
-                    key, failure.status, failure.reply, self.settings.retry_min_seconds
+                    key, failure.status, failure.reply, self.settings.retry_min_seconds,
+                    name=str(target),
                 )
             return None, greeted
 

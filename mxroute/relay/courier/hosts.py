@@ -27,11 +27,14 @@ class Endpoint(NamedTuple):
 
 
 class Unreachable(NamedTuple):
-    """A host that failed at connect, greeting or EHLO: skipped ``until`` (a clock reading)."""
+    """A host that failed at connect, greeting or EHLO: skipped ``until`` (a clock reading),
+    since it failed ``since``; ``name`` as the log names it (``mx.example[192.0.2.1]:25``)."""
 
     until: float
     status: str
     reply: str
+    since: float = 0.0
+    name: str = ""
 
 
 class Hosts:
@@ -76,11 +79,14 @@ class Hosts:
                 del self._probes[key]
                 probe.set_result(None)
 
-    def failed(self, key: Endpoint, status: str, reply: str, pause: float) -> None:
+    def failed(self, key: Endpoint, status: str, reply: str, pause: float, name: str = "") -> None:
         """``key`` gave no session: skip it for ``pause`` seconds."""
         if len(self._unreachable) >= LIMIT:
             self._unreachable.clear()
-        self._unreachable[key] = Unreachable(self.clock() + pause, status, reply)
+        now = self.clock()
+        known = self._unreachable.get(key)
+        since = known.since if known is not None else now  # failing since its first failure
+        self._unreachable[key] = Unreachable(now + pause, status, reply, since, name)
         self._answering.discard(key)
 
     def answered(self, key: Endpoint) -> None:
@@ -89,9 +95,24 @@ class Hosts:
             self._answering.clear()
         self._answering.add(key)
 
-    def forget(self) -> None:
-        """Try every host again at the next delivery (``mxroute queue flush``)."""
-        self._unreachable.clear()
+    def forget(self, host: str | None = None) -> int:
+        """Try again at the next delivery every host (``mxroute queue flush``), or those whose
+        address or name is ``host`` (``mxroute queue hosts --forget``): how many."""
+        if host is None:
+            count = len(self._unreachable)
+            self._unreachable.clear()
+            return count
+        keys = [k for k, v in self._unreachable.items() if host in (k.address, v.name)
+                or v.name.startswith(f"{host}[")]
+        for key in keys:
+            del self._unreachable[key]
+        return len(keys)
+
+    def skipping(self) -> list[tuple[Endpoint, Unreachable]]:
+        """The hosts skipped now, soonest retried first (``mxroute queue hosts``, exinext)."""
+        now = self.clock()
+        return sorted(((k, v) for k, v in self._unreachable.items() if v.until > now),
+                      key=lambda kv: kv[1].until)
 
     def __len__(self) -> int:
         """How many hosts are remembered as unreachable."""

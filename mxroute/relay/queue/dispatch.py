@@ -56,7 +56,7 @@ class Dispatcher:
         """A result for each of ``due``: one transaction per destination domain, at once."""
         groups: dict[str, list[RecipientState]] = defaultdict(list)
         for rcpt in due:
-            groups[_domain(rcpt.address)].append(rcpt)
+            groups[domain_of(rcpt.address)].append(rcpt)
         envelope = meta.envelope()
         if len(groups) == 1:  # the common case: no gather (a task per group) needed
             [(domain, rcpts)] = groups.items()
@@ -111,8 +111,8 @@ def due_recipients(
     """
     if force:
         return list(pending)
-    domains = {_domain(r.address) for r in pending if r.next_try <= now}
-    return [r for r in pending if r.next_try <= now or _domain(r.address) in domains]
+    domains = {domain_of(r.address) for r in pending if r.next_try <= now}
+    return [r for r in pending if r.next_try <= now or domain_of(r.address) in domains]
 
 
 def _deferred(address: str, reason: str) -> RecipientResult:
@@ -120,11 +120,12 @@ def _deferred(address: str, reason: str) -> RecipientResult:
     return RecipientResult(address, Disposition.DEFERRED, "4.3.0", reason)
 
 
-def _domain(address: str) -> str:
+def domain_of(address: str) -> str:
+    """The recipient domain ``address`` is delivered to (normalised as routing keys it)."""
     try:
         return parse_address(address).domain
     except MxrouteError:
         return address.rpartition("@")[2].lower()
 
 
-__all__ = ["CourierLike", "Dispatcher", "due_recipients"]
+__all__ = ["CourierLike", "Dispatcher", "domain_of", "due_recipients"]

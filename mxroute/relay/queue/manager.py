@@ -26,7 +26,7 @@ from mxroute.identity.dkim.sign import DkimSigner
 from mxroute.relay import dsn
 from mxroute.relay.envelope import RecipientResult
 from mxroute.relay.queue.dispatch import CourierLike, Dispatcher, due_recipients
-from mxroute.relay.queue.notices import Item, Notifier, mark_bounced
+from mxroute.relay.queue.notices import Item, Notifier, failures, mark_bounced
 from mxroute.relay.queue.plans import PlanCache
 from mxroute.relay.queue.settle import Next, Settlement, Timing, settle
 from mxroute.relay.queue.slots import Slots
@@ -40,7 +40,7 @@ from mxroute.text import LISTING, safe_text
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 1.0  # how often the spool is checked for `mxroute queue flush`
+POLL_SECONDS = 1.0  # the longest the loop sleeps without looking at the schedule
 
 
 RouteFn = Callable[[Resolver, str, RoutingPolicy, random.Random, Settings], Awaitable[Route]]
@@ -94,6 +94,9 @@ class QueueManager:
                                 postmaster=settings.postmaster_address)
         self.timetable = Timetable()
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        self.held: set[str] = set()  # on hold (``mxroute queue hold``): scheduled at expiry only
+        # operator actions on a message being delivered: run when its attempt ends (issue 15 A)
+        self.after_attempt: dict[str, Callable[[], Awaitable[object]]] = {}
         self._unsaved: dict[str, MessageMeta] = {}  # outcomes the disk refused (DUR-4): newer
         self._wake = asyncio.Event()
         self._stopping = False
@@ -119,12 +122,24 @@ class QueueManager:
     def sizes(self) -> dict[str, int]:
         """Messages by state, for STATUS= and metrics: active (being delivered), due (waiting for a
         delivery slot) and deferred (waiting for their retry time). O(queued): call it seldom."""
-        due, deferred = self.timetable.count(self.clock())
-        return {"active": len(self._inflight), "due": due, "deferred": deferred}
+        due, later = self.timetable.count(self.clock())
+        held = sum(1 for queue_id in self.held if self.timetable.knows(queue_id))
+        return {"active": len(self._inflight), "due": due, "deferred": later - held, "held": held}
+
+    def busy(self, queue_id: str) -> bool:
+        """Is ``queue_id`` being delivered now?"""
+        return queue_id in self._inflight
 
     # --- feeding the schedule ---
     def add(self, meta: MessageMeta) -> None:
-        """A message now in the spool (from intake, a DSN, or recovery)."""
+        """A message now in the spool (from intake, a DSN, or recovery); a held one is due only
+        when it expires (it is then bounced: ``_expire_held``)."""
+        if meta.held:
+            self.held.add(meta.queue_id)
+            if not meta.done:
+                self._schedule(meta.queue_id, meta.arrival + self.timing.lifetime(meta.sender))
+            return
+        self.held.discard(meta.queue_id)
         due = meta.next_due()
         if due is not None:
             self._schedule(meta.queue_id, due)
@@ -148,15 +163,12 @@ class QueueManager:
             self.add_id(queue_id)
         return len(missed)
 
-    def _schedule(self, queue_id: str, due: float) -> None:
-        self.timetable.schedule(queue_id, due)
+    def wake(self) -> None:
+        """Look at the schedule now (it changed outside ``add``: an operator's flush)."""
         self._wake.set()
 
-    def flush(self) -> None:
-        """Make every queued message due now (``mxroute queue flush``), every host worth a try."""
-        self.courier.forget_unreachable()
-        for queue_id in self.spool.ids():
-            self.timetable.force(queue_id)
+    def _schedule(self, queue_id: str, due: float) -> None:
+        self.timetable.schedule(queue_id, due)
         self._wake.set()
 
     def recover(self) -> int:
@@ -200,12 +212,8 @@ class QueueManager:
     # --- the loop ---
     async def run(self) -> None:
         """Deliver due messages until ``stop()``."""
-        next_poll = 0.0
         while not self._stopping:
             now = self.clock()
-            if now >= next_poll:
-                next_poll = now + POLL_SECONDS
-                await self.poll_flush()
             while len(self._inflight) < self._max_inflight:
                 queue_id = self.timetable.pop_due(now, self._inflight)
                 if queue_id is None:
@@ -237,19 +245,9 @@ class QueueManager:
 
     def _done(self, queue_id: str, _task: asyncio.Task[None]) -> None:
         self._inflight.pop(queue_id, None)
+        self.after_attempt.pop(queue_id, None)  # not run: the attempt was cancelled
         self.timetable.done(queue_id)
         self._wake.set()
-
-    async def poll_flush(self) -> None:
-        """Make everything due now if `mxroute queue flush` left its marker in the spool."""
-        if self.spool.flush_requested_at() is None:
-            return
-        try:
-            self.spool.flush_marker.unlink()
-        except FileNotFoundError:
-            pass
-        log.info("flush requested: all deferred mail is due now")
-        self.flush()
 
     async def stop(self, timeout: float) -> None:
         """Stop scheduling; let in-flight deliveries finish within ``timeout``, then cancel them.
@@ -282,6 +280,12 @@ class QueueManager:
         except Exception:  # a bug: keep the message, try again later, say where
             log.exception("%s: delivery attempt failed; retrying in %ds", queue_id, retry_in)
             self._schedule(queue_id, self.clock() + retry_in)
+        action = self.after_attempt.pop(queue_id, None)
+        if action is not None:  # an operator's delete, hold or bounce that waited for the attempt
+            try:
+                await action()
+            except Exception:
+                log.exception("%s: operator action after the attempt failed", queue_id)
 
     async def _attempt(self, queue_id: str, force: bool) -> None:
         """Deliver what is due of ``queue_id`` (every pending recipient when ``force``d)."""
@@ -297,6 +301,9 @@ class QueueManager:
         unsaved = self._unsaved.get(queue_id)
         if unsaved is not None:  # outcomes the disk could not record: delivered stays so (DUR-6)
             meta.recipients, meta.bounces = unsaved.recipients, unsaved.bounces
+        if meta.held:  # never tried; due only when it expires (issue 15 B)
+            await self._expire_held(meta, message)
+            return
         now = self.clock()
         due = due_recipients(meta.pending, now, force)
         if not due:
@@ -306,6 +313,26 @@ class QueueManager:
             self.add(meta)
             return
         await self._settle(meta, message, await self.dispatcher.deliver(meta, message, due))
+
+    async def _expire_held(self, meta: MessageMeta, message: bytes) -> None:
+        """A held message at its expiry: bounced, as it would be after its last retry."""
+        age = self.clock() - meta.arrival
+        if age < self.timing.lifetime(meta.sender):
+            self.add(meta)  # not yet (a flush or a stale wake-up): due again at its expiry
+            return
+        reason = (f"expired after {age / 86400:.1f} days in the queue, on hold "
+                  f"(mxroute queue hold)")
+        for rcpt in meta.pending:
+            _log_decision(meta, rcpt, f"delay={age:.0f}, status=expired ({reason})")
+        await self.discard(meta, message, "4.4.7", reason)
+
+    async def discard(self, meta: MessageMeta, message: bytes, status: str, reason: str) -> None:
+        """Bounce every pending recipient of ``meta`` with ``reason`` (a DSN to the sender, as
+        after a failure), then remove the message: expiry on hold, ``mxroute queue bounce``."""
+        await self.notices.bounce(meta, message, failures(meta, status, reason))
+        self.held.discard(meta.queue_id)
+        self.timetable.drop(meta.queue_id)
+        await self.spool.remove(meta.queue_id)
 
     async def _settle(
         self, meta: MessageMeta, message: bytes, results: list[RecipientResult],

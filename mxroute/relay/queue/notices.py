@@ -21,7 +21,7 @@ from collections.abc import Callable
 from mxroute.identity.dkim import canon
 from mxroute.identity.dkim.sign import DkimSigner, SigningError
 from mxroute.relay import dsn
-from mxroute.relay.envelope import RecipientResult
+from mxroute.relay.envelope import Disposition, RecipientResult
 from mxroute.relay.queue.settle import Timing
 from mxroute.relay.spool.format import BOUNCED, PENDING, MessageMeta, RecipientState
 from mxroute.relay.spool.store import Spool
@@ -40,6 +40,14 @@ def mark_bounced(meta: MessageMeta, addresses: set[str], bounces: int) -> None:
         if rcpt.address in addresses and rcpt.state == PENDING:
             rcpt.state = BOUNCED
     meta.bounces = max(meta.bounces, bounces)
+
+
+def failures(meta: MessageMeta, status: str, reason: str) -> list[Item]:
+    """Every pending recipient of ``meta`` failed with this relay's own ``reason`` (not a remote
+    reply): held mail expiring, an operator's bounce."""
+    reply = safe_text(reason, LISTING)
+    return [(rcpt, RecipientResult(rcpt.address, Disposition.BOUNCED, status, reply))
+            for rcpt in meta.pending]
 
 
 class Notifier:
@@ -164,4 +172,4 @@ class Notifier:
             return body
 
 
-__all__ = ["Item", "Notifier", "mark_bounced"]
+__all__ = ["Item", "Notifier", "failures", "mark_bounced"]

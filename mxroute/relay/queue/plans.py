@@ -54,6 +54,11 @@ class PlanCache:
             self._plans[domain] = (asked + lifetime, policy, routed)
         return routed
 
+    def forget(self, domains: set[str]) -> None:
+        """Route ``domains`` afresh at their next delivery (``mxroute queue requeue``)."""
+        for domain in domains:
+            self._plans.pop(domain, None)
+
     def __len__(self) -> int:
         return len(self._plans)
 

@@ -8,8 +8,9 @@ Queue file format, version 1 (all integers big-endian)::
       E  envelope JSON (sender, recipients, DSN parameters, arrival, client)
       M  the message bytes (CRLF lines, our Received: header first)
       Z  END marker (empty payload)            -- the file is a message only with it
-      S  state JSON, appended after Z           -- snapshot of per-recipient state;
-         zero or more                              the last valid one wins
+      S  state JSON, appended after Z           -- snapshot of per-recipient state,
+         zero or more                              the DSN count and the hold flag;
+                                                   the last valid one wins
 
 A file whose E/M/Z part is incomplete, out of order or fails its checksum does not
 decode (``CorruptFile``); a torn trailing S frame is not part of the valid end that
@@ -110,6 +111,7 @@ class MessageMeta:
     # for a DSN: {"queue_id": ..., "recipients": [...]} (DSN-12)
     bounce_of: dict[str, Any] | None = None
     bounces: int = 0  # DSNs enqueued so far for this message (names the next one)
+    held: bool = False  # on hold (``mxroute queue hold``): never tried, still expires (issue 15)
 
     def envelope(self) -> Envelope:
         return Envelope(
@@ -142,7 +144,8 @@ class MessageMeta:
         }
 
     def state_json(self) -> dict[str, Any]:
-        return {"bounces": self.bounces, "recipients": [r.to_json() for r in self.recipients]}
+        return {"bounces": self.bounces, "held": self.held,
+                "recipients": [r.to_json() for r in self.recipients]}
 
     def to_json(self) -> dict[str, Any]:
         return {**self.envelope_json(), **self.state_json()}
@@ -233,7 +236,7 @@ def decode(data: bytes, queue_id: str) -> tuple[MessageMeta, bytes, int]:
             break
         try:
             state = json.loads(payload)
-            last = (state["recipients"], int(state.get("bounces", 0)))
+            last = (state["recipients"], int(state.get("bounces", 0)), bool(state.get("held")))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CorruptFile(f"bad state record: {exc}") from None
         end = stop
@@ -242,7 +245,7 @@ def decode(data: bytes, queue_id: str) -> tuple[MessageMeta, bytes, int]:
             meta.recipients = [RecipientState.from_json(r) for r in listed]
         else:
             meta.recipients = [RecipientState.from_json(r) for r in last[0]]
-            meta.bounces = last[1]
+            meta.bounces, meta.held = last[1], last[2]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         record = "envelope" if last is None else "state"
         raise CorruptFile(f"bad {record} record: {exc}") from None

@@ -5,8 +5,9 @@ States are what the spool knows (issue 15 B), at the moment ``now``:
 - a recipient is ``delivered`` or ``bounced`` once done; while pending it is ``active`` when
   it is due (its retry time has come, or it was never tried) and ``deferred`` while it waits
   for its retry time;
-- a message takes the first state of ``MESSAGE_STATES`` whose test holds (``active`` when any
-  recipient is due, else ``deferred``): another state is one more entry there.
+- a message takes the first state of ``MESSAGE_STATES`` whose test holds (``hold`` when it is
+  held, ``active`` when any recipient is due, else ``deferred``), and a held message's pending
+  recipients are ``hold`` too.
 
 Ages count from the arrival. ``Summary`` folds messages one at a time into per-domain rows
 (qshape's buckets: 5, 10, 20, ... 1280 minutes and older), so a spool of any size is shown in
@@ -22,10 +23,11 @@ from typing import Any
 
 from mxroute.relay.spool.format import PENDING, MessageMeta, RecipientState
 
-ACTIVE, DEFERRED = "active", "deferred"
+ACTIVE, DEFERRED, HOLD = "active", "deferred", "hold"
 
 # Message states, first match wins; each is also a ``queue list --state`` choice.
 MESSAGE_STATES: dict[str, Callable[[MessageMeta, float], bool]] = {
+    HOLD: lambda meta, now: meta.held,  # `mxroute queue hold`: never tried until released
     ACTIVE: lambda meta, now: any(r.next_try <= now for r in meta.pending),
     DEFERRED: lambda meta, now: True,
 }
@@ -49,10 +51,13 @@ def parse_duration(text: str) -> float:
     return float(sum(int(n) * _UNITS[u.lower()] for n, u in parts))
 
 
-def recipient_state(rcpt: RecipientState, now: float) -> str:
-    """``delivered``/``bounced`` when done, else ``active`` (due) or ``deferred`` (waiting)."""
+def recipient_state(rcpt: RecipientState, now: float, held: bool = False) -> str:
+    """``delivered``/``bounced`` when done, else ``hold`` (its message is held), ``active``
+    (due) or ``deferred`` (waiting)."""
     if rcpt.state != PENDING:
         return rcpt.state
+    if held:
+        return HOLD
     return ACTIVE if rcpt.next_try <= now else DEFERRED
 
 
@@ -95,7 +100,8 @@ def entry(meta: MessageMeta, now: float) -> dict[str, Any]:
         "sender": meta.sender, "state": message_state(meta, now),
         "pending": len(meta.pending), "next_try": meta.next_due(),
         "recipients": [
-            {"address": r.address, "state": recipient_state(r, now), "attempts": r.attempts,
+            {"address": r.address, "state": recipient_state(r, now, meta.held),
+             "attempts": r.attempts,
              "next_try": r.next_try if r.state == PENDING and r.attempts else None,
              "status": r.status, "reason": reason(r), "remote_reply": r.remote_reply}
             for r in meta.recipients

@@ -6,7 +6,12 @@ it for its life; the delivery process inherits the descriptor, so both hold the 
 process is never refused by its parent's lock, and a delivery process that briefly outlives
 a crashed parent keeps it until it dies too. The kernel releases it on any death, so a stale
 file never blocks a restart. The file holds the owner's PID as text, for the message a second
-instance prints. ``mxroute queue`` never takes it.
+instance prints.
+
+``mxroute queue`` acting without a running ``serve`` (issue 15 A) takes the same lock for the
+few milliseconds it rewrites queue files, writing ``PID queue-tool``: a ``serve`` that starts
+then waits for it (at most ``TOOL_WAIT`` seconds) instead of failing, and refuses at once only
+another ``serve``. A tool that finds a ``serve`` holding the lock talks to its control socket.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from mxroute.errors import EX_TEMPFAIL, MxrouteError
 LOCK_NAME = "serve.lock"
 _PID_WAIT = 1.0  # seconds to wait for a new owner to write its PID, in _PID_STEP steps
 _PID_STEP = 0.05
+TOOL = "queue-tool"  # the lock file's mark of a short-lived `mxroute queue` holder
+TOOL_WAIT = 10.0  # seconds a starting serve waits for such a holder
 
 
 class SpoolInUse(MxrouteError):
@@ -36,27 +43,38 @@ class SpoolLock:
         self.path = Path(root) / LOCK_NAME
         self.fd: int | None = None
 
-    def acquire(self) -> int:
-        """Take the lock (never waits), write our PID: the descriptor holding it.
+    def acquire(self, tool: bool = False) -> int:
+        """Take the lock, write our PID (``tool``: marked as a queue tool's): the descriptor
+        holding it.
 
-        ``SpoolInUse`` when another process has it.
+        ``SpoolInUse`` at once when a ``serve`` has it (or, for a tool, anyone); a ``serve``
+        waits up to ``TOOL_WAIT`` seconds for a queue tool to finish.
         """
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise MxrouteError(f"cannot open the spool lock {self.path}: "
                                f"{exc.strerror or exc}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise SpoolInUse(f"spool {self.path.parent} is in use by another mxroute serve "
-                             f"(PID {self._holder()}); not starting") from None
-        except OSError as exc:
-            os.close(fd)
-            raise MxrouteError(f"cannot lock the spool {self.path}: {exc.strerror}") from None
+        deadline = time.monotonic() + TOOL_WAIT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = self._holder()
+                if not tool and holder.endswith(TOOL) and time.monotonic() < deadline:
+                    time.sleep(_PID_STEP)  # `mxroute queue` rewriting files: a moment
+                    continue
+                os.close(fd)
+                raise SpoolInUse(f"spool {self.path.parent} is in use by another mxroute "
+                                 f"{'process' if tool else 'serve'} (PID {holder})"
+                                 f"{'' if tool else '; not starting'}") from None
+            except OSError as exc:
+                os.close(fd)
+                raise MxrouteError(f"cannot lock the spool {self.path}: "
+                                   f"{exc.strerror}") from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        os.pwrite(fd, f"{os.getpid()}{' ' + TOOL if tool else ''}\n".encode("ascii"), 0)
         self.fd = fd
         return fd
 
@@ -92,4 +110,4 @@ def hold_inherited(fd: int) -> None:
                          f"{exc.strerror or exc}") from None
 
 
-__all__ = ["LOCK_NAME", "SpoolInUse", "SpoolLock", "hold_inherited"]
+__all__ = ["LOCK_NAME", "TOOL", "TOOL_WAIT", "SpoolInUse", "SpoolLock", "hold_inherited"]

@@ -5,7 +5,8 @@ Layout under ``spool_dir`` (0700; files 0600)::
     queue/<ID>    committed messages
     tmp/<ID>.tmp  messages being written (never read as messages; cleaned at start-up)
     corrupt/<ID>  files that failed validation, moved aside with a log line
-    flush         touched by ``mxroute queue flush``: the daemon makes deferred mail due
+    serve.lock    one owner per spool (``lock``); control.sock: ``mxroute queue`` on a
+                  running serve (mxroute/service/control.py)
 
 The bytes of a queue file (E, M, Z records and appended S state snapshots) are
 encoded and decoded by ``format``. A file is created complete (E, M, Z and a first S)
@@ -109,7 +110,6 @@ class Spool:
         self.queue_dir = self.root / "queue"
         self.tmp_dir = self.root / "tmp"
         self.corrupt_dir = self.root / "corrupt"
-        self.flush_marker = self.root / "flush"
         self.clock = clock
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="spool")
         # removals for the next directory sync
@@ -384,17 +384,6 @@ class Spool:
 
     def exists(self, queue_id: str) -> bool:
         return self.path(queue_id).exists()
-
-    def request_flush(self) -> None:
-        """Ask a running daemon to make deferred mail due now (``mxroute queue flush``)."""
-        self.flush_marker.touch(mode=0o600)
-        os.utime(self.flush_marker)
-
-    def flush_requested_at(self) -> float | None:
-        try:
-            return self.flush_marker.stat().st_mtime
-        except FileNotFoundError:
-            return None
 
     def queue_mtime(self) -> float:
         return self.queue_dir.stat().st_mtime_ns / 1e9

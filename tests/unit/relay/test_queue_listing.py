@@ -43,7 +43,11 @@ def test_recipient_and_message_states() -> None:
     assert message_state(meta("0A00000001", 0, 1, waiting("a@d.test", 60),
                               waiting("b@d.test", 0)), NOW) == "active"
     assert message_state(meta("0A00000001", 0, 1, waiting("a@d.test", 60)), NOW) == "deferred"
-    assert list(MESSAGE_STATES) == ["active", "deferred"]
+    assert list(MESSAGE_STATES) == ["hold", "active", "deferred"]
+    held = meta("0A00000001", 0, 1, waiting("a@d.test", -1))
+    held.held = True
+    assert message_state(held, NOW) == "hold"
+    assert recipient_state(held.recipients[0], NOW, held.held) == "hold"
 
 
 def test_filters_combine() -> None:

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from mxroute.relay.envelope import Disposition, RecipientResult
 from mxroute.relay.queue.manager import QueueManager
+from mxroute.relay.queue.operator import Operator, Request
 from mxroute.relay.queue.plans import PLAN_CACHE_SECONDS, PlanCache
 from mxroute.relay.spool.format import DELIVERED, PENDING, MessageMeta, RecipientState
 from mxroute.routing.plan import Decision, MxRecord, Plan, Verdict
@@ -157,16 +158,16 @@ def test_dsn12_crash_between_dsn_enqueue_and_marking_gives_exactly_one_dsn(
 
 
 def test_flush_makes_deferred_mail_due_now(h: Harness) -> None:
-    """`mxroute queue flush`: the marker file makes everything due at the next poll."""
+    """`mxroute queue flush` (issue 15 B: through the control socket's Operator): due now."""
     h.courier.will("a@x.test", DEFER, (Disposition.DELIVERED, "2.0.0", "250 ok"))
-    h.submit("s@y.test", "a@x.test")
+    qid = h.submit("s@y.test", "a@x.test")
     h.run()
     assert h.run() == 0
-    h.spool.request_flush()
-    asyncio.run(h.qm.poll_flush())
+    operator = Operator(h.spool, h.qm.notices, h.qm, forget_hosts=h.qm.courier.forget_unreachable)
+    done = asyncio.run(operator.act(Request("flush"), uid=0))
+    assert done == [{"queue_id": qid, "result": "flushed"}]
     assert h.courier.forgotten == 1  # RTY-4: hosts skipped as unreachable are worth a try again
     assert h.run() == 1 and h.spool.ids() == []
-    assert not h.spool.flush_marker.exists()
 
 
 def test_deleted_while_queued_is_dropped_quietly(h: Harness) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,23 @@ def test_a_descriptor_without_the_lock_cannot_deliver(tmp_path: Path) -> None:
     finally:
         os.close(other)
         owner.release()
+
+
+def test_a_starting_serve_waits_for_a_queue_tool_and_a_tool_never_waits(tmp_path: Path) -> None:
+    """issue 15 A: `mxroute queue` acting without serve holds the lock for a moment, marked as a
+    tool's; a serve starting then waits for it (bounded) instead of exiting 75; a second tool
+    is refused at once (it retries through the control socket or the lock itself)."""
+    tool = SpoolLock(tmp_path)
+    tool.acquire(tool=True)
+    assert (tmp_path / "serve.lock").read_text() == f"{os.getpid()} queue-tool\n"
+    with pytest.raises(SpoolInUse):
+        SpoolLock(tmp_path).acquire(tool=True)
+    releaser = threading.Timer(0.3, tool.release)
+    releaser.start()
+    try:
+        serve = SpoolLock(tmp_path)
+        serve.acquire()  # waits for the tool, then owns the spool
+        assert (tmp_path / "serve.lock").read_text() == f"{os.getpid()}\n"
+        serve.release()
+    finally:
+        releaser.join(timeout=5)
