@@ -125,3 +125,17 @@ def test_usage_errors(world: World) -> None:
         assert done.stderr.startswith("mxroute: "), done.stderr
     assert ok(relay.queue("suspend", "--json"))["suspensions"] == []
     assert not (relay.spool / "suspended.json").exists()
+
+
+def test_suspended_mail_still_expires_and_is_bounced(world: World) -> None:
+    """issue 15 B: a suspension does not stop the clock: at queue_lifetime_seconds the
+    suspended recipient is bounced to the sender (a DSN), never tried."""
+    sink = world.sink(1)
+    bounces = world.sink(9)
+    relay = world.relay(retry_min_seconds=300, retry_max_seconds=600, queue_lifetime_seconds=3)
+    ok(relay.queue("suspend", "dest.test", "--json"))
+    relay.send("a@sender.test", ["u@dest.test"], MSG)
+    assert wait_for(lambda: bounces.messages, timeout=15)
+    assert wait_for(lambda: relay.queued() == [])
+    assert sink.messages == []
+    assert b"suspended" in bounces.messages[0].data

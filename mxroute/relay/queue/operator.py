@@ -30,8 +30,8 @@ from mxroute.errors import EX_DATAERR, EX_NOINPUT, EX_USAGE, MxrouteError
 from mxroute.relay.queue.dispatch import domain_of
 from mxroute.relay.queue.manager import QueueManager
 from mxroute.relay.queue.notices import Notifier, failures
-from mxroute.relay.spool.format import CorruptFile, MessageMeta
 from mxroute.relay.queue.suspensions import Suspensions, domain_name, to_json
+from mxroute.relay.spool.format import CorruptFile, MessageMeta
 from mxroute.relay.spool.store import Spool
 from mxroute.text import LISTING, safe_text
 
