@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mxroute.dns.resolver import Resolver
-from mxroute.errors import MxrouteError
+from mxroute.errors import EX_DATAERR, MxrouteError
 from mxroute.identity.dkim.sign import DkimSigner
 from mxroute.relay import dsn
 from mxroute.relay.envelope import Disposition, RecipientResult
@@ -102,7 +102,9 @@ class QueueManager:
         try:  # suspended recipient domains (``mxroute queue suspend``): never tried meanwhile
             self.suspensions = Suspensions.load(spool.root)
         except ValueError as exc:
-            raise MxrouteError(f"{exc}; fix or remove it (mxroute queue resume --all)") from None
+            error = MxrouteError(f"{exc}; fix or remove it")
+            error.exit_code = EX_DATAERR
+            raise error from None
         self._wake = asyncio.Event()
         self._stopping = False
         self.slots = Slots(settings.delivery_concurrency, settings.destination_concurrency)
