@@ -66,6 +66,9 @@ def test_suspended_domain_waits_other_goes_resume_delivers(world: World, process
     time.sleep(1.5)
     assert delivered_to(sink) == ["u@dest.test"] and relay.queued() == [qid]
     assert attempts(relay, qid, "v@other.test") == 0
+    [listed_json] = [json.loads(x) for x in relay.queue("list", "--json").stdout.splitlines()]
+    assert {r["address"]: r["state"] for r in listed_json["recipients"]} == {
+        "u@dest.test": "delivered", "v@other.test": "suspended"}
     listed = relay.queue("suspend")
     assert listed.returncode == 0 and "other.test" in listed.stdout
     assert "their MX is down" in listed.stdout
