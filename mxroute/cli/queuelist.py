@@ -45,6 +45,7 @@ def age(seconds: float) -> str:
 def listing(spool: Spool, wanted: Filter, as_json: bool) -> int:
     """Print the messages ``wanted`` matches, oldest first; text or one JSON object a line."""
     now = time.time()
+    suspended = suspended_domains(spool, now)
     filtered = wanted != Filter()
     shown = seen = pending = 0
     bad: list[str] = []
@@ -53,11 +54,11 @@ def listing(spool: Spool, wanted: Filter, as_json: bool) -> int:
         if not wanted.matches(meta, now):
             continue
         if as_json:
-            print(json.dumps(entry(meta, now)))
+            print(json.dumps(entry(meta, now, suspended)))
         else:
             if not shown:
                 print(f"{'QUEUE ID':<25} {'ARRIVED':<19} {'SIZE':>9}  SENDER / RECIPIENTS")
-            _print_message(meta, now)
+            _print_message(meta, now, suspended)
         shown += 1
         pending += len(meta.pending)
     if bad:
@@ -73,12 +74,23 @@ def listing(spool: Spool, wanted: Filter, as_json: bool) -> int:
     return EX_OK
 
 
-def _print_message(meta: MessageMeta, now: float) -> None:
+def suspended_domains(spool: Spool, now: float) -> frozenset[str]:
+    """The recipient domains suspended now (``mxroute queue suspend``), as the spool says."""
+    from mxroute.relay.queue.suspensions import Suspensions
+
+    try:
+        return frozenset(e.domain for e in Suspensions.load(spool.root).current(now))
+    except ValueError as exc:
+        print(f"mxroute: {exc}", file=sys.stderr)
+        return frozenset()
+
+
+def _print_message(meta: MessageMeta, now: float, suspended: frozenset[str]) -> None:
     bounce = " (a bounce)" if not meta.sender else ""
     print(f"{meta.queue_id:<25} {when(meta.arrival):<19} {meta.size:>9}  "
           f"<{safe_text(meta.sender, LISTING)}>{bounce}")
     for rcpt in meta.recipients:
-        state = recipient_state(rcpt, now, meta.held)
+        state = recipient_state(rcpt, now, meta.held, suspended)
         why = reason(rcpt)
         if rcpt.state == PENDING and not rcpt.attempts:
             detail = "not tried yet"

@@ -1,4 +1,5 @@
-"""``mxroute queue flush|hold|release|requeue|bounce|delete|hosts``: the acting queue tools.
+"""``mxroute queue flush|hold|release|requeue|bounce|delete|hosts|suspend|resume``: the acting
+queue tools.
 
 With a ``serve`` running they go through its control socket (mxroute/service/control.py):
 the effect, the ``ID: operator: ACTION by uid N`` log line and the metrics are there when the
@@ -23,7 +24,7 @@ from typing import Any
 from mxroute.errors import EX_NOINPUT, EX_OK, EX_TEMPFAIL, EX_USAGE, MxrouteError
 from mxroute.settings import Settings
 
-OPS = ("flush", "hold", "release", "requeue", "bounce", "delete", "hosts")
+OPS = ("flush", "hold", "release", "requeue", "bounce", "delete", "hosts", "suspend", "resume")
 CONTROL_WAIT = 10.0  # seconds to wait for a serve that holds the spool to answer
 REPLY_TIMEOUT = 120.0  # seconds for a reply (a delete --all of a large queue)
 _RETRY_STEP = 0.1
@@ -63,7 +64,15 @@ def add_op_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--domain", help="the messages with a recipient at this domain")
     p = add("hosts", "the hosts delivery skips until their retry time (exinext)")
     p.add_argument("--forget", metavar="HOST", help="try this host (name or address) again")
-
+    p = add("suspend", "stop delivery to recipient domains; none given: list the suspensions "
+                       "(kcli suspend)")
+    p.add_argument("domains", nargs="*", metavar="DOMAIN")
+    p.add_argument("--for", dest="duration", metavar="DURATION",
+                   help="end by itself after this long (90s, 30m, 2h, 1d); default: until resumed")
+    p.add_argument("--reason", help="why (logged and listed)")
+    p = add("resume", "resume delivery to suspended domains: their mail is due now")
+    p.add_argument("domains", nargs="*", metavar="DOMAIN")
+    p.add_argument("--all", action="store_true", help="every suspended domain")
 
 
 def queue_ops(args: argparse.Namespace,
@@ -83,6 +92,8 @@ def queue_ops(args: argparse.Namespace,
         print(json.dumps(reply, ensure_ascii=False))
     elif args.action == "hosts":
         _print_hosts(reply, args.forget)
+    elif args.action in ("suspend", "resume"):
+        _print_suspensions(reply, listing=args.action == "suspend" and not args.domains)
     else:
         _print_messages(reply)
     return EX_OK
@@ -92,6 +103,12 @@ def _request(args: argparse.Namespace) -> dict[str, Any] | str:
     """The control request of ``args``, or what is wrong with them."""
     if args.action == "hosts":
         return {"op": "hosts", "forget": args.forget}
+    if args.action == "resume":
+        if bool(args.domains) == args.all:
+            return "give the domains to resume, or --all (not both)"
+        return {"op": "resume", "domains": args.domains, "all": args.all}
+    if args.action == "suspend":
+        return _suspend_request(args)
     chosen = [bool(args.ids), getattr(args, "all", False), getattr(args, "deferred", False),
               bool(getattr(args, "domain", None))]
     if sum(chosen) > 1:
@@ -102,6 +119,28 @@ def _request(args: argparse.Namespace) -> dict[str, Any] | str:
     return {"op": args.action, "ids": args.ids, "all": getattr(args, "all", False),
             "deferred": getattr(args, "deferred", False), "domain": getattr(args, "domain", None),
             "reason": getattr(args, "reason", None)}
+
+
+def _suspend_request(args: argparse.Namespace) -> dict[str, Any] | str:
+    from mxroute.relay.queue.suspensions import domain_name
+    from mxroute.relay.spool.listing import parse_duration
+
+    if not args.domains and (args.duration or args.reason):
+        return "--for and --reason need the domains to suspend"
+    for name in args.domains:
+        try:
+            domain_name(name)
+        except ValueError as exc:
+            return str(exc)
+    duration = None
+    if args.duration is not None:
+        try:
+            duration = parse_duration(args.duration)
+        except ValueError as exc:
+            return f"--for: {exc}"
+        if duration <= 0:
+            return "--for: give a duration above zero"
+    return {"op": "suspend", "domains": args.domains, "for": duration, "reason": args.reason}
 
 
 def act(settings: Settings, request: dict[str, Any]) -> dict[str, Any]:
@@ -219,6 +258,25 @@ def _print_hosts(reply: dict[str, Any], forget: str | None) -> None:
         print(f"{host['host']}  {host['status']}  since {_when(host['since'])}  "
               f"until {_when(host['until'])}")
         print(f"    {host['reply']}")
+
+
+def _print_suspensions(reply: dict[str, Any], *, listing: bool) -> None:
+    if reply["action"] == "resume":
+        for domain in reply["resumed"]:
+            print(f"{domain}: resumed (its mail is due now)")
+        if not reply["resumed"]:
+            print("resume: no such domain was suspended")
+    else:
+        entries = reply["suspensions"]
+        if listing and not entries:
+            print("no domain is suspended")
+        for entry in entries:
+            until = "until resumed" if entry["until"] is None else f"until {_when(entry['until'])}"
+            print(f"{entry['domain']}  suspended since {_when(entry['since'])}  {until}"
+                  + (f"  ({entry['reason']})" if entry["reason"] else ""))
+    if not reply.get("live"):
+        print("-- no serve running: the spool's suspensions were "
+              + ("read" if listing else "changed"))
 
 
 def _when(ts: float) -> str:

@@ -11,7 +11,7 @@ import json
 import time
 from typing import Any
 
-from mxroute.cli.queuelist import when
+from mxroute.cli.queuelist import suspended_domains, when
 from mxroute.errors import EX_OK
 from mxroute.relay.spool.format import PENDING, CorruptFile, MessageMeta
 from mxroute.relay.spool.listing import message_state, recipient_state
@@ -66,13 +66,15 @@ def show(spool: Spool, typed: str, as_json: bool) -> int:
     print(f"sender:     <{safe_text(meta.sender, LISTING)}>{bounce}")
     print(f"size:       {meta.size} bytes")
     print(f"state:      {message_state(meta, now)}")
+    suspended = suspended_domains(spool, now)
     extras = [f"{k}={v}" for k, v in (("RET", meta.ret), ("ENVID", meta.envid), ("BODY", meta.body))
               if v]
     if extras:
         print(f"dsn:        {' '.join(safe_text(e, LISTING) for e in extras)}")
     print()
     for rcpt in meta.recipients:
-        print(f"  <{safe_text(rcpt.address, LISTING)}>  {recipient_state(rcpt, now, meta.held)}, "
+        state = recipient_state(rcpt, now, meta.held, suspended)
+        print(f"  <{safe_text(rcpt.address, LISTING)}>  {state}, "
               f"{rcpt.attempts} attempt(s)"
               + (f", NOTIFY={','.join(rcpt.notify)}" if rcpt.notify else ""))
         if rcpt.state == PENDING:

@@ -13,6 +13,11 @@ Protocol: one JSON object per line, one request per connection, one reply::
         "domain": null, "reason": null}                   (flush hold release requeue bounce)
     <- {"ok": true, "action": "delete", "live": true,
         "messages": [{"queue_id": "...", "result": "deleted"}]}
+    -> {"op": "suspend", "domains": ["d.example"], "for": 3600, "reason": "..."}
+    <- {"ok": true, "action": "suspend", "live": true,
+        "suspensions": [{"domain", "reason", "since", "until"}]}   (no domains: the list)
+    -> {"op": "resume", "domains": ["d.example"], "all": false}
+    <- {"ok": true, "action": "resume", "live": true, "resumed": ["d.example"]}
     -> {"op": "hosts", "forget": null}
     <- {"ok": true, "live": true, "hosts": [{"host", "address", "port", "status", "reply",
                                               "since", "until"}]}
@@ -56,6 +61,9 @@ async def handle(operator: Operator, hosts: Hosts | None, data: Any,
             raise _bad("a request is one JSON object")
         if data.get("op") == "hosts":
             return {"ok": True, "live": live, **_hosts(hosts, data.get("forget"), uid)}
+        if data.get("op") in ("suspend", "resume"):
+            return {"ok": True, "action": data["op"], "live": live,
+                    **await _suspension(operator, data, uid)}
         request = Request.from_json(data)
         messages = await operator.act(request, uid)
         return {"ok": True, "action": request.action, "live": live, "messages": messages}
@@ -67,6 +75,28 @@ def _bad(message: str) -> MxrouteError:
     error = MxrouteError(message)
     error.exit_code = EX_USAGE
     return error
+
+
+async def _suspension(operator: Operator, data: dict[str, Any],
+                      uid: int | None) -> dict[str, Any]:
+    """``suspend`` (no domain: the list) and ``resume`` (``all``: every domain)."""
+    domains = data.get("domains") or []
+    if not isinstance(domains, list):
+        raise _bad("domains is not a list")
+    if data["op"] == "resume":
+        if bool(domains) == bool(data.get("all")):
+            raise _bad("resume which domains? give domains, or --all (not both)")
+        return {"resumed": await operator.resume(None if data.get("all") else domains, uid)}
+    duration, reason = data.get("for"), data.get("reason")
+    if not domains:
+        if duration is not None or reason:
+            raise _bad("--for and --reason need the domains to suspend")
+        return {"suspensions": operator.suspended()}
+    if duration is not None and (not isinstance(duration, (int, float)) or duration <= 0):
+        raise _bad("--for is a positive duration")
+    made = await operator.suspend(domains, str(reason) if reason else None,
+                                  None if duration is None else float(duration), uid)
+    return {"suspensions": made}
 
 
 def _hosts(hosts: Hosts | None, forget: Any, uid: int | None) -> dict[str, Any]:

@@ -34,7 +34,7 @@ import sys
 from typing import Any
 
 from mxroute.dns.configured import RESOLVER_SETTINGS, resolver_from_settings
-from mxroute.errors import ConfigError
+from mxroute.errors import ConfigError, MxrouteError
 from mxroute.identity.dkim.sign import DkimSigner
 from mxroute.relay.queue.manager import QueueManager
 from mxroute.relay.queue.operator import Operator
@@ -197,6 +197,9 @@ def child_main() -> None:
     code = 0
     try:
         code = int(runner(_child(settings, sock, rest)))
+    except MxrouteError as exc:  # e.g. a damaged suspended.json: one line naming it
+        log.error("delivery process cannot start: %s", exc.message)
+        code = exc.exit_code or 70
     except Exception:
         log.exception("delivery process failed")
         code = 70

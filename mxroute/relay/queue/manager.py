@@ -21,15 +21,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mxroute.dns.resolver import Resolver
-from mxroute.errors import MxrouteError
+from mxroute.errors import EX_DATAERR, MxrouteError
 from mxroute.identity.dkim.sign import DkimSigner
 from mxroute.relay import dsn
-from mxroute.relay.envelope import RecipientResult
-from mxroute.relay.queue.dispatch import CourierLike, Dispatcher, due_recipients
+from mxroute.relay.envelope import Disposition, RecipientResult
+from mxroute.relay.queue.dispatch import CourierLike, Dispatcher, domain_of, due_recipients
 from mxroute.relay.queue.notices import Item, Notifier, failures, mark_bounced
 from mxroute.relay.queue.plans import PlanCache
 from mxroute.relay.queue.settle import Next, Settlement, Timing, settle
 from mxroute.relay.queue.slots import Slots
+from mxroute.relay.queue.suspensions import Suspensions
 from mxroute.relay.queue.timetable import Timetable
 from mxroute.relay.spool.format import DELIVERED, CorruptFile, MessageMeta, RecipientState
 from mxroute.relay.spool.store import Spool
@@ -98,6 +99,12 @@ class QueueManager:
         # operator actions on a message being delivered: run when its attempt ends (issue 15 A)
         self.after_attempt: dict[str, Callable[[], Awaitable[object]]] = {}
         self._unsaved: dict[str, MessageMeta] = {}  # outcomes the disk refused (DUR-4): newer
+        try:  # suspended recipient domains (``mxroute queue suspend``): never tried meanwhile
+            self.suspensions = Suspensions.load(spool.root)
+        except ValueError as exc:
+            error = MxrouteError(f"{exc}; fix or remove it")
+            error.exit_code = EX_DATAERR
+            raise error from None
         self._wake = asyncio.Event()
         self._stopping = False
         self.slots = Slots(settings.delivery_concurrency, settings.destination_concurrency)
@@ -140,9 +147,19 @@ class QueueManager:
                 self._schedule(meta.queue_id, meta.arrival + self.timing.lifetime(meta.sender))
             return
         self.held.discard(meta.queue_id)
-        due = meta.next_due()
+        due = self._next_due(meta)
         if due is not None:
             self._schedule(meta.queue_id, due)
+
+    def _next_due(self, meta: MessageMeta) -> float | None:
+        """When ``meta`` is next due: a recipient at a suspended domain when the suspension
+        ends, or at the message's expiry if that comes first (it is bounced then)."""
+        now, times = self.clock(), []
+        expiry = meta.arrival + self.timing.lifetime(meta.sender)
+        for rcpt in meta.pending:
+            ends = self.suspensions.until(domain_of(rcpt.address), now)
+            times.append(rcpt.next_try if ends is None else max(rcpt.next_try, min(ends, expiry)))
+        return min(times) if times else None
 
     def add_id(self, queue_id: str) -> None:
         """A message now in the spool, known by its ID only (from the intake process): due now.
@@ -305,7 +322,10 @@ class QueueManager:
             await self._expire_held(meta, message)
             return
         now = self.clock()
-        due = due_recipients(meta.pending, now, force)
+        due, expired = self._unsuspended(meta, due_recipients(meta.pending, now, force), now)
+        if expired:  # suspended until past their expiry: bounced, never tried
+            await self._settle(meta, message, expired)
+            return
         if not due:
             if unsaved is not None:  # nothing to send, only the state to write (or file to remove)
                 await self._apply(meta, message, [])
@@ -313,6 +333,25 @@ class QueueManager:
             self.add(meta)
             return
         await self._settle(meta, message, await self.dispatcher.deliver(meta, message, due))
+
+    def _unsuspended(self, meta: MessageMeta, due: list[RecipientState],
+                     now: float) -> tuple[list[RecipientState], list[RecipientResult]]:
+        """``due`` without the recipients at suspended domains (not tried, no attempt counted),
+        and a deferral for each suspended recipient whose message has expired: it settles as
+        expired and is bounced."""
+        if not self.suspensions.entries:
+            return due, []
+        held_back = {d for d in {domain_of(r.address) for r in meta.pending}
+                     if self.suspensions.until(d, now) is not None}
+        if not held_back:
+            return due, []
+        expired: list[RecipientResult] = []
+        if now - meta.arrival >= self.timing.lifetime(meta.sender):
+            expired = [RecipientResult(r.address, Disposition.DEFERRED, "4.4.7",
+                                       f"451 4.4.7 delivery to {domain_of(r.address)} "
+                                       f"suspended (mxroute queue suspend)")
+                       for r in meta.pending if domain_of(r.address) in held_back]
+        return [r for r in due if domain_of(r.address) not in held_back], expired
 
     async def _expire_held(self, meta: MessageMeta, message: bytes) -> None:
         """A held message at its expiry: bounced, as it would be after its last retry."""

@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mxroute.errors import EX_NOINPUT, EX_USAGE, MxrouteError
+from mxroute.errors import EX_DATAERR, EX_NOINPUT, EX_USAGE, MxrouteError
 from mxroute.relay.queue.dispatch import domain_of
 from mxroute.relay.queue.manager import QueueManager
 from mxroute.relay.queue.notices import Notifier, failures
+from mxroute.relay.queue.suspensions import Suspensions, domain_name, to_json
 from mxroute.relay.spool.format import CorruptFile, MessageMeta
 from mxroute.relay.spool.store import Spool
 from mxroute.text import LISTING, safe_text
@@ -115,6 +117,68 @@ class Operator:
         self.notices = notices
         self.queue = queue
         self.forget_hosts = forget_hosts  # flush, requeue: every host is worth a try again
+        self._suspensions: Suspensions | None = None if queue is None else queue.suspensions
+
+    @property
+    def suspensions(self) -> Suspensions:
+        """The suspended domains: the running queue's, else the spool file's (read once)."""
+        if self._suspensions is None:
+            try:
+                self._suspensions = Suspensions.load(self.spool.root)
+            except ValueError as exc:
+                raise SelectionError(str(exc), exit_code=EX_DATAERR) from None
+        return self._suspensions
+
+    def suspended(self) -> list[dict[str, Any]]:
+        """The suspensions in force (``mxroute queue suspend`` with no domain)."""
+        return [to_json(e) for e in self.suspensions.current(time.time())]
+
+    async def suspend(self, domains: list[str], reason: str | None, duration: float | None,
+                      uid: int | None) -> list[dict[str, Any]]:
+        """Stop delivery to ``domains`` (for ``duration`` seconds, None: until resumed); saved
+        before the reply. Their mail already due is passed over at its next attempt."""
+        names = _domains(domains)
+        made = self.suspensions.suspend(names, reason, time.time(), duration)
+        await asyncio.get_running_loop().run_in_executor(None, self.suspensions.save)
+        why = f" ({safe_text(reason, LISTING)})" if reason else ""
+        for entry in made:
+            log.info("operator: suspend %s by uid %s%s", entry.domain, uid, why)
+        return [to_json(e) for e in made]
+
+    async def resume(self, domains: list[str] | None, uid: int | None) -> list[str]:
+        """Lift the suspension of ``domains`` (None: all); their recipients are due now."""
+        lifted = self.suspensions.resume(None if domains is None else _domains(domains),
+                                         time.time())
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.suspensions.save)
+        for domain in lifted:
+            log.info("operator: resume %s by uid %s", domain, uid)
+        if lifted:
+            ids = await loop.run_in_executor(None, self.spool.ids)
+            for queue_id in ids:
+                await self._due_now(queue_id, set(lifted))
+        return lifted
+
+    async def _due_now(self, queue_id: str, domains: set[str]) -> None:
+        """``queue_id``'s recipients at ``domains`` due now (one being delivered is left to
+        its attempt, which reschedules it)."""
+        queue = self.queue
+        if queue is not None and queue.busy(queue_id):
+            return
+        try:
+            meta = await asyncio.get_running_loop().run_in_executor(
+                None, self.spool.load_meta, queue_id)
+        except (FileNotFoundError, CorruptFile):
+            return
+        chosen = [r for r in meta.pending if domain_of(r.address) in domains]
+        if not chosen:
+            return
+        for rcpt in chosen:
+            rcpt.next_try = 0.0
+        await self.spool.update(meta)
+        if queue is not None:
+            queue.timetable.drop(queue_id)
+            queue.add(meta)
 
     def select(self, request: Request) -> list[str]:
         """The queue IDs ``request`` is for (``SelectionError`` for a bad prefix)."""
@@ -235,6 +299,20 @@ class Operator:
             self.queue.timetable.drop(queue_id)
             self.queue.held.discard(queue_id)
         return "deleted"
+
+
+def _domains(names: list[str]) -> list[str]:
+    """``names`` as domain names, once each (``SelectionError``, exit 64, for one that is not).
+    """
+    out: list[str] = []
+    for name in names:
+        try:
+            domain = domain_name(str(name))
+        except ValueError as exc:
+            raise SelectionError(safe_text(str(exc), 200), exit_code=EX_USAGE) from None
+        if domain not in out:
+            out.append(domain)
+    return out
 
 
 def _later(operator: Operator, queue_id: str, request: Request,

@@ -17,13 +17,13 @@ the memory of its domains, never of its messages.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from mxroute.relay.spool.format import PENDING, MessageMeta, RecipientState
 
-ACTIVE, DEFERRED, HOLD = "active", "deferred", "hold"
+ACTIVE, DEFERRED, HOLD, SUSPENDED = "active", "deferred", "hold", "suspended"
 
 # Message states, first match wins; each is also a ``queue list --state`` choice.
 MESSAGE_STATES: dict[str, Callable[[MessageMeta, float], bool]] = {
@@ -51,13 +51,16 @@ def parse_duration(text: str) -> float:
     return float(sum(int(n) * _UNITS[u.lower()] for n, u in parts))
 
 
-def recipient_state(rcpt: RecipientState, now: float, held: bool = False) -> str:
-    """``delivered``/``bounced`` when done, else ``hold`` (its message is held), ``active``
-    (due) or ``deferred`` (waiting)."""
+def recipient_state(rcpt: RecipientState, now: float, held: bool = False,
+                    suspended: Collection[str] = ()) -> str:
+    """``delivered``/``bounced`` when done, else ``hold`` (its message is held), ``suspended``
+    (its domain is: ``mxroute queue suspend``), ``active`` (due) or ``deferred`` (waiting)."""
     if rcpt.state != PENDING:
         return rcpt.state
     if held:
         return HOLD
+    if suspended and domain_of(rcpt.address) in suspended:
+        return SUSPENDED
     return ACTIVE if rcpt.next_try <= now else DEFERRED
 
 
@@ -93,14 +96,14 @@ class Filter:
         return self.state is None or message_state(meta, now) == self.state
 
 
-def entry(meta: MessageMeta, now: float) -> dict[str, Any]:
+def entry(meta: MessageMeta, now: float, suspended: Collection[str] = ()) -> dict[str, Any]:
     """One message as ``queue list --json`` prints it (one object per line)."""
     return {
         "queue_id": meta.queue_id, "arrival": meta.arrival, "size": meta.size,
         "sender": meta.sender, "state": message_state(meta, now),
         "pending": len(meta.pending), "next_try": meta.next_due(),
         "recipients": [
-            {"address": r.address, "state": recipient_state(r, now, meta.held),
+            {"address": r.address, "state": recipient_state(r, now, meta.held, suspended),
              "attempts": r.attempts,
              "next_try": r.next_try if r.state == PENDING and r.attempts else None,
              "status": r.status, "reason": reason(r), "remote_reply": r.remote_reply}

@@ -39,6 +39,9 @@ def test_recipient_and_message_states() -> None:
     assert recipient_state(RecipientState("u@d.test"), NOW) == "active"
     assert recipient_state(waiting("u@d.test", -1), NOW) == "active"
     assert recipient_state(waiting("u@d.test", 60), NOW) == "deferred"
+    assert recipient_state(waiting("u@D.test", 60), NOW, suspended={"d.test"}) == "suspended"
+    assert recipient_state(waiting("u@d.test", 60), NOW, True, {"d.test"}) == "hold"
+    assert recipient_state(RecipientState("u@e.test"), NOW, suspended={"d.test"}) == "active"
     assert recipient_state(RecipientState("u@d.test", state=DELIVERED), NOW) == "delivered"
     assert message_state(meta("0A00000001", 0, 1, waiting("a@d.test", 60),
                               waiting("b@d.test", 0)), NOW) == "active"
