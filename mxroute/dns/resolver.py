@@ -14,6 +14,7 @@ records every lookup so ``explain`` can show it. ``cached()`` gives the answer
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -125,6 +126,14 @@ class Resolver:
         self.observers = list(observers)
         self._cache: OrderedDict[tuple[str, str], tuple[float, _Step]] = OrderedDict()
         self._inflight: dict[tuple[str, str], asyncio.Future[_Step]] = {}
+
+    def sharing(self, trace_size: int | None = None) -> Resolver:
+        """A view of this resolver with a trace of its own: the same transport, cache,
+        questions in flight, stats and observers (bulk ``explain``: one ``dns`` list per address,
+        every question asked once for them all)."""
+        view = copy.copy(self)
+        view.trace = deque(maxlen=trace_size)
+        return view
 
     async def lookup(self, name: str, qtype: str) -> Answer:
         """Resolve (name, qtype), following CNAMEs; never raises for DNS failures."""

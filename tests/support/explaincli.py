@@ -13,9 +13,10 @@ from tests.support.dnsserver import DNSServer
 from tests.support.paths import ROOT
 
 
-def run_explain(args: list[str], env: dict[str, str] | None = None
+def run_explain(args: list[str], env: dict[str, str] | None = None, stdin: str | None = None
                 ) -> subprocess.CompletedProcess[str]:
-    """Run ``mxroute explain ARGS`` with ``env`` added to a clean MXROUTE_* environment."""
+    """Run ``mxroute explain ARGS`` with ``env`` added to a clean MXROUTE_* environment
+    (``stdin``: its input, else inherited)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("MXROUTE_")}
     full_env.update({"MXROUTE_HELO_NAME": "me.t", "PYTHONPATH": str(ROOT)})
     full_env.update(env or {})
@@ -23,6 +24,7 @@ def run_explain(args: list[str], env: dict[str, str] | None = None
         [sys.executable, "-m", "mxroute", "explain", *args],
         capture_output=True,
         text=True,
+        input=stdin,
         env=full_env,
         timeout=60,
         cwd=ROOT,
