@@ -287,6 +287,8 @@ class Settings(BaseSettings):
     # answer every query from these RFC 1035 zone files instead of any server (offline routing,
     # labs, tests); `--zone FILE` sets it, and so it reaches the delivery process too
     dns_zone_files: list[Path] = []
+    # bulk `explain --json -` / `--file` (issue 16 §4): addresses resolved at once, one resolver
+    explain_concurrency: int = Field(100, ge=1)
 
     # --- routing and delivery ---
     smtp_port: int = Field(25, ge=1, le=65535)

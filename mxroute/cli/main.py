@@ -75,7 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("explain", parents=[common], help="show how mail to ADDRESS would be routed")
-    p.add_argument("address")
+    p.add_argument("address", nargs="?",
+                   help="the address; - reads one address per line from stdin (with --json)")
+    p.add_argument("--file", metavar="FILE",
+                   help="read one address per line from FILE (with --json; docs/explain.md)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--from", dest="author", metavar="AUTHOR",
                    help="the From: header address: adds the DKIM and DMARC verdict for its domain")
@@ -289,7 +292,10 @@ def _explain(args: argparse.Namespace) -> int:
     from mxroute.address import parse_address
     from mxroute.cli.explain import run_explain
 
-    address = parse_address(args.address)
+    bulk = args.address == "-" or args.file is not None  # issue 16 §4: one address per line
+    if args.address is None and not bulk:
+        raise _usage("explain needs ADDRESS, - (stdin) or --file FILE")
+    address = None if bulk else parse_address(args.address)
     if args.sender and args.sender not in ("<>", ""):
         # malformed: exit 64, before any DNS
         parse_address(args.sender.removeprefix("<").removesuffix(">"))
@@ -297,6 +303,11 @@ def _explain(args: argparse.Namespace) -> int:
     if author is not None and author.literal is not None:
         raise _usage(f"--from {args.author}: DMARC needs a domain, not an address literal")
     settings = _settings(args)
+    if address is None:
+        from mxroute.cli.explainbulk import bulk_command
+
+        args.author, args.address = author, None if args.address == "-" else args.address
+        return bulk_command(args, settings, _resolver(args, settings, trace=False), _usage)
     resolver = _resolver(args, settings, trace=True)
     recorder = None
     if args.record:
