@@ -149,17 +149,23 @@ def bulk_command(args: Any, settings: Settings, resolver: Resolver,
         resolver.observers.append(recorder)
     options = Options(seed=args.seed, egress_ips=tuple(args.egress_ip), sender=args.sender,
                       helo=args.helo, probe=args.probe, author=args.author)
+    try:
+        import uvloop  # optional, as for serve: a faster event loop when installed
+
+        runner: Any = uvloop.run
+    except ImportError:
+        runner = asyncio.run
     if args.file is None:
-        summary = asyncio.run(run_bulk(sys.stdin.fileno(), sys.stdout.write, settings, resolver,
-                                       options))
+        summary = runner(run_bulk(sys.stdin.fileno(), sys.stdout.write, settings, resolver,
+                                  options))
     else:
         try:
             handle = open(args.file, "rb")  # noqa: SIM115 -- closed below
         except OSError as exc:
             raise usage(f"cannot read {args.file}: {exc.strerror or exc}") from None
         with handle:
-            summary = asyncio.run(run_bulk(handle.fileno(), sys.stdout.write, settings,
-                                           resolver, options))
+            summary = runner(run_bulk(handle.fileno(), sys.stdout.write, settings, resolver,
+                                      options))
     sys.stdout.flush()
     print(f"mxroute explain: {summary.line(resolver)}", file=sys.stderr)
     if recorder is not None:

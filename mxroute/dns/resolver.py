@@ -93,6 +93,14 @@ class _Step:
     chain: tuple[tuple[str, str], ...] = ()  # (alias, target) pairs followed inside this response
     detail: str = ""
     secure: bool = False  # the response carried AD and AD is trusted (RFC 6840 §5.7)
+    shown: tuple[str, ...] | None = None  # the trace's answers, made once (``texts``)
+
+    def texts(self) -> tuple[str, ...]:
+        """The answers as ``explain`` shows them (aliases first), made at most once per step."""
+        if self.shown is None:
+            self.shown = (tuple(f"CNAME {target}." for _, target in self.chain)
+                          + tuple(rr.to_text() for rr in self.rrs))
+        return self.shown
 
 
 @dataclass
@@ -239,10 +247,8 @@ class Resolver:
     ) -> None:
         if self.trace.maxlen == 0:
             return
-        answers = (tuple(f"CNAME {target}." for _, target in step.chain)
-                   + tuple(rr.to_text() for rr in step.rrs))
-        rcode = step.outcome.value
-        self.trace.append(QueryRecord(qname, qtype, rcode, answers, max(ttl, 0), ms, cached))
+        self.trace.append(QueryRecord(qname, qtype, step.outcome.value, step.texts(),
+                                      max(ttl, 0), ms, cached))
 
 
 class _Chain:

@@ -9,6 +9,7 @@ carries the rule it applied and its RFC clause.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import random
 from dataclasses import dataclass, field
@@ -180,6 +181,14 @@ def blocked(address: IPAddress) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=65536)
+def record_address(text: str) -> tuple[str, str | None]:
+    """An A/AAAA record's address: its normal text and why it is ``blocked`` (or None).
+    Remembered: a bulk ``explain`` plans the same hosts' addresses again and again."""
+    address = ipaddress.ip_address(text)
+    return str(address), blocked(address)
+
+
 def _nat64(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     if address in ipaddress.IPv6Network("64:ff9b::/96"):
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
@@ -193,8 +202,9 @@ def _compat(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     return None
 
 
+@functools.lru_cache(maxsize=65536)
 def is_ip_name(name: str) -> bool:
-    """An MX exchange written as an address (MX-12): never to be dialled as one."""
+    """An MX exchange written as an address (MX-12): never to be dialled as one (remembered)."""
     try:
         ipaddress.ip_address(name.strip("[]"))
         return True
@@ -401,7 +411,7 @@ class _Planner:
             if answer is None or answer.outcome is not Outcome.RECORDS:
                 continue
             for rr in answer.rrs:
-                if str(ipaddress.ip_address(rr.address)) in self.policy.self_addresses:
+                if record_address(rr.address)[0] in self.policy.self_addresses:
                     return f"{exchange} resolves to {rr.address}, an address of this relay"
         return None
 
@@ -428,9 +438,7 @@ class _Planner:
                         f"{kind} lookup for {record.exchange} failed: {answer.outcome.value}")
                     continue
                 for rr in answer.rrs:
-                    address = ipaddress.ip_address(rr.address)
-                    text = str(address)
-                    why = blocked(address)
+                    text, why = record_address(rr.address)
                     if why and not self.policy.allow_private:
                         self.prune(record.exchange, text, "blocked-address",
                                    why + " (SEC-11; allow_private_destinations=false)")
