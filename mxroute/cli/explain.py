@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mxroute.address import Address
 from mxroute.dns.resolver import Resolver
@@ -23,6 +23,9 @@ from mxroute.settings import Settings
 from mxroute.tls import host as hosttls
 from mxroute.tls.mtasts.policy import Lookup, skip_reason
 from mxroute.tls.policy import TlsPolicy
+
+if TYPE_CHECKING:
+    from mxroute.tls.mtasts.store import MtaSts
 
 EXIT_CODES = {Verdict.DELIVERABLE: EX_OK, Verdict.TEMPORARY: EX_TEMPFAIL,
               Verdict.PERMANENT: EX_UNAVAILABLE}
@@ -88,7 +91,8 @@ class Report:
 async def run_explain(address: Address, settings: Settings, resolver: Resolver, *,
                       seed: int | None = None, egress_ips: Sequence[str] = (),
                       sender: str | None = None, helo: str | None = None,
-                      probe: bool = False, author: Address | None = None) -> Report:
+                      probe: bool = False, author: Address | None = None,
+                      sts: MtaSts | None = None) -> Report:
     """The whole report for ``address``, each part by the code delivery runs.
 
     The route (EXP-1, EXP-2; ``seed`` fixes the shuffle of equal preferences), the
@@ -96,13 +100,14 @@ async def run_explain(address: Address, settings: Settings, resolver: Resolver, 
     ``egress_ips`` (default: the settings'; EXP-4), with ``probe`` the first reachable
     host's banner, EHLO and STARTTLS, and every DNS answer seen on the way. With ``author``
     (the From: address; also the envelope ``sender`` unless one is given) the DKIM and DMARC
-    verdict of its domain.
+    verdict of its domain. ``sts``: the MTA-STS policies to consult (bulk: one ``mta_sts_store``
+    for every address); by default a fresh ``mta_sts_store``.
     """
     policy = policy_from_settings(settings)
     routed = await route(resolver, address.domain, policy, random.Random(seed), settings)
     plan = routed.plan
     report = Report(address, plan, [], tls=routed.tls)  # EXP-3: the level delivery applies
-    await _add_mta_sts(report, settings, resolver)
+    await _add_mta_sts(report, settings, resolver, sts)
     egress = list(egress_ips or settings.egress_ips)
     helo = helo or settings.helo_name
     if author is not None:
@@ -121,22 +126,28 @@ async def run_explain(address: Address, settings: Settings, resolver: Resolver, 
     return report
 
 
-async def _add_mta_sts(report: Report, settings: Settings, resolver: Resolver) -> None:
-    """EXP-3: what delivery's MTA-STS step would decide (TLS-5/6), by the same code.
-
-    Reads the delivery process's policy store under ``spool_dir`` (never writes it) and
-    fetches live when that is what delivery would do.
-    """
+def mta_sts_store(settings: Settings, resolver: Resolver) -> MtaSts:
+    """The delivery process's MTA-STS policy store under ``spool_dir``, read, never written."""
     from mxroute.tls.mtasts.store import STORE_NAME, MtaSts
 
+    return MtaSts(mta_sts_reach(settings), resolver, store=settings.spool_dir / STORE_NAME,
+                  persist=False)
+
+
+async def _add_mta_sts(report: Report, settings: Settings, resolver: Resolver,
+                       sts: MtaSts | None) -> None:
+    """EXP-3: what delivery's MTA-STS step would decide (TLS-5/6), by the same code.
+
+    Reads the delivery process's policy store (``mta_sts_store``) and fetches live when that
+    is what delivery would do.
+    """
     if report.tls is None:
         return
     report.mta_sts_skipped = skip_reason(settings.mta_sts, report.plan.domain, report.tls,
                                          deliverable=report.plan.deliverable)
     if report.mta_sts_skipped is None:
-        sts = MtaSts(mta_sts_reach(settings), resolver, store=settings.spool_dir / STORE_NAME,
-                     persist=False)
-        report.mta_sts = await sts.lookup(report.plan.domain)
+        store = mta_sts_store(settings, resolver) if sts is None else sts.sharing(resolver)
+        report.mta_sts = await store.lookup(report.plan.domain)
 
 
 async def _add_identity(report: Report, settings: Settings, resolver: Resolver,
@@ -153,4 +164,4 @@ async def _add_identity(report: Report, settings: Settings, resolver: Resolver,
     report.identity_text = render_identity(reports)
 
 
-__all__ = ["Report", "run_explain"]
+__all__ = ["Report", "mta_sts_store", "run_explain"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mxroute.address import parse_address
-from mxroute.cli.explain import run_explain
+from mxroute.cli.explain import mta_sts_store, run_explain
 from mxroute.dns.resolver import Resolver
 from mxroute.errors import EX_OK, AddressError
 from mxroute.settings import Settings
@@ -80,6 +80,7 @@ async def run_bulk(fd: int, write: Callable[[str], object], settings: Settings,
     """
     summary = Summary()
     started = time.perf_counter()
+    sts = mta_sts_store(settings, resolver)  # one per run: each policy fetched once
     slots = asyncio.Semaphore(settings.explain_concurrency)
     window: asyncio.Queue[asyncio.Future[str] | str | None] = asyncio.Queue(
         settings.explain_concurrency * WINDOW_PER_SLOT)
@@ -89,7 +90,7 @@ async def run_bulk(fd: int, write: Callable[[str], object], settings: Settings,
             report = await run_explain(
                 address, settings, resolver.sharing(), seed=options.seed,
                 egress_ips=options.egress_ips, sender=options.sender, helo=options.helo,
-                probe=options.probe, author=options.author)
+                probe=options.probe, author=options.author, sts=sts)
         summary.counts[report.plan.verdict.value] += 1
         return json.dumps(report.to_json(), ensure_ascii=False)
 

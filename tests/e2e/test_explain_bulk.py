@@ -15,6 +15,8 @@ import pytest
 
 from tests.support.dnsserver import DNSServer
 from tests.support.explaincli import run_explain
+from tests.support.relay import World
+from tests.support.smtpsink import tls_available
 
 ZONE = """
 $ORIGIN t.
@@ -155,3 +157,31 @@ def test_bulk_bad_bytes_and_long_lines_are_line_errors(dns: DNSServer, tmp_path:
     assert "longer" in lines[2]["error"] and lines[2]["line"] == 3
     assert len(lines[2]["address"]) < 1000
     assert lines[3]["address"] == "b@fast.t"
+
+
+def test_bulk_fetches_an_mta_sts_policy_once(world: World, tmp_path: Path) -> None:
+    """Issue 16 §4 with TLS-5/6 and EXP-3: 20 addresses at a domain with an MTA-STS policy, 10
+    at once: the policy is fetched once for the run (not once per address), every line
+    carries it."""
+    if not tls_available():
+        pytest.skip("the cryptography package is needed for certificates")
+    from tests.support.stsserver import PolicyServer
+    from tests.support.tlsca import TestCA
+
+    ca = TestCA(tmp_path / "ca")
+    world.zone(f"dest IN MX 10 mx1.dest.test.\nmx1.dest IN A {world.ip(1)}\n"
+               f"mta-sts.dest IN A {world.ip(80)}\n"
+               '_mta-sts.dest IN TXT "v=STSv1; id=one"\n')
+    policy = "version: STSv1\nmode: enforce\nmx: mx1.dest.test\nmax_age: 86400\n"
+    with PolicyServer(world.ip(80), ca.server_context("mta-sts.dest.test"), policy) as web:
+        listed = "".join(f"u{n}@dest.test\n" for n in range(20))
+        code, lines, stderr = bulk(world.dns, ["-"], listed, mta_sts_port=str(web.port),
+                                   tls_ca_file=str(ca.ca_file), spool_dir=str(tmp_path / "spool"),
+                                   explain_concurrency="10")
+    assert code == 0, stderr
+    assert len(web.requests) == 1, web.requests
+    # the first line's lookup fetched; lines looking at the same time joined it; later: cache
+    sources = [line["mta_sts"]["source"] for line in lines]
+    assert sources[0] == "fetched" and sources[-1] == "cache", sources
+    assert set(sources) == {"fetched", "cache"}
+    assert all(line["mta_sts"]["policy"]["mode"] == "enforce" for line in lines)

@@ -8,6 +8,7 @@ policies in ``<spool_dir>/mta-sts.json`` so a restart keeps them (TLS-5).
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import os
@@ -61,6 +62,13 @@ class MtaSts:
         if store is not None:
             self._load(store)
 
+    def sharing(self, resolver: Resolver) -> MtaSts:
+        """A view asking through ``resolver``, sharing this one's policies, failed fetches and
+        fetches in flight (bulk ``explain``: one fetch per domain, each address's own trace)."""
+        view = copy.copy(self)
+        view.resolver = resolver
+        return view
+
     def cached(self, domain: str) -> Cached | None:
         return self._cache.get(domain)
 
@@ -75,13 +83,16 @@ class MtaSts:
 
     async def lookup(self, domain: str) -> Lookup:
         """The MTA-STS state of ``domain`` now (TLS-5): cached, fetched, or no policy."""
+        # every caller asks for the TXT record (the resolver coalesces and caches it), so each
+        # one's trace shows it, also when it then joins a lookup already in flight
+        answer = await self.resolver.lookup(f"_mta-sts.{domain}", "TXT")
         pending = self._inflight.get(domain)
         if pending is not None:
             return await asyncio.shield(pending)
         future: asyncio.Future[Lookup] = asyncio.get_running_loop().create_future()
         self._inflight[domain] = future
         try:
-            result = await self._lookup(domain)
+            result = await self._lookup(domain, answer)
             future.set_result(result)
             return result
         except BaseException as exc:
@@ -91,8 +102,8 @@ class MtaSts:
         finally:
             del self._inflight[domain]
 
-    async def _lookup(self, domain: str) -> Lookup:
-        txt, txt_id = _txt(await self.resolver.lookup(f"_mta-sts.{domain}", "TXT"))
+    async def _lookup(self, domain: str, answer: Answer) -> Lookup:
+        txt, txt_id = _txt(answer)
         now = self.clock()
         entry = self._cache.get(domain)
         if entry is not None and not entry.fresh(now):
