@@ -157,6 +157,26 @@ def test_concurrent_identical_questions_are_coalesced(dns_server: DNSServer) -> 
     assert len(dns_server.log) == 1 and resolver.stats.coalesced == 19
 
 
+def test_sharing_views_ask_once_and_trace_apart(dns_server: DNSServer) -> None:
+    """Issue 16 §4 (bulk explain): views from ``sharing()`` share the cache, the questions in
+    flight and the stats, each keeps its own trace: 20 views asking at once send one query."""
+    dns_server.set_zone(ZONE)
+    dns_server.delay["a.t"] = 0.2
+    resolver = resolver_for(dns_server)
+    views = [resolver.sharing() for _ in range(20)]
+
+    async def go() -> None:
+        await asyncio.gather(*(view.lookup("a.t", "MX") for view in views))
+        await views[0].lookup("a.t", "MX")
+
+    run(go())
+    assert len(dns_server.log) == 1 and resolver.stats.queries == 1
+    assert resolver.stats.coalesced == 19 and resolver.stats.hits == 1
+    assert [len(view.trace) for view in views] == [2] + [1] * 19
+    assert sum(not row.cached for view in views for row in view.trace) == 1
+    assert not resolver.trace
+
+
 def test_next_server_is_asked_when_one_is_silent() -> None:
     with (
         DNSServer(ZONE, host="127.0.53.250") as dead,
