@@ -161,6 +161,7 @@ def run_mxroute(nsd: Nsd, listfile: Path, out: Path, extra_env: dict[str, str]) 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MXROUTE_")}
     env.update({"MXROUTE_HELO_NAME": "relay.example", "MXROUTE_ALLOW_PRIVATE_DESTINATIONS": "true",
                 "MXROUTE_SPOOL_DIR": str(nsd.dir / "spool"), **extra_env})
+    load_before = os.getloadavg()[0]
     before_q, before_cpu = nsd.queries(), children_cpu()
     started = time.perf_counter()
     with out.open("wb") as sink:
@@ -177,7 +178,10 @@ def run_mxroute(nsd: Nsd, listfile: Path, out: Path, extra_env: dict[str, str]) 
     sent = int(re.search(r"(\d+) DNS queries", summary).group(1))  # type: ignore[union-attr]
     received = (after_q - before_q) if after_q is not None and before_q is not None else None
     return {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "queries_sent": sent,
-            "nsd_received": received, "summary": summary}
+            "nsd_received": received, "summary": summary,
+            # the 1-minute load average around the run: other work on the 2 cores
+            "loadavg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "max_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}
 
 
 def check_output(out: Path, addresses: list[str]) -> int:
@@ -238,6 +242,8 @@ def main() -> int:
                 run = run_mxroute(nsd, listfile, work / "out.jsonl", extra)
                 run["deliverable"] = check_output(work / "out.jsonl", addresses)
                 run["addresses_per_s"] = round(args.addresses / run["wall_s"])
+                # what one core of its own would give: the rate by CPU time, not wall time
+                run["addresses_per_cpu_s"] = round(args.addresses / run["cpu_s"])
                 run["cpu_us_per_query"] = round(run["cpu_s"] / run["queries_sent"] * 1e6, 1)
                 run["cpu_us_per_address"] = round(run["cpu_s"] / args.addresses * 1e6, 1)
                 run["asked_once"] = (run["queries_sent"] == len(questions)
@@ -258,6 +264,7 @@ def main() -> int:
         "addresses": args.addresses, "domains": args.domains, "runs": args.runs,
         "distinct_questions": len(questions), "cores": os.cpu_count(),
         "median_addresses_per_s": median("addresses_per_s", runs),
+        "median_addresses_per_cpu_s": median("addresses_per_cpu_s", runs),
         "median_wall_s": median("wall_s", runs), "median_cpu_s": median("cpu_s", runs),
         "median_cpu_us_per_query": median("cpu_us_per_query", runs),
         "median_cpu_us_per_address": median("cpu_us_per_address", runs),
