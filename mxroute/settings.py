@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -35,11 +36,13 @@ from pydantic_settings import (
 )
 
 from mxroute.address import (
+    NextHop,
     is_local_name,
     normalize_domain,
     parse_address,
     parse_dns_server,
     parse_hostport,
+    parse_next_hop,
 )
 from mxroute.errors import AddressError, ConfigError
 from mxroute.settingsenv import PLAIN_LISTS, TypedEnv, env_name, split_list, unknown_variables
@@ -220,6 +223,73 @@ class DkimKey(BaseModel):
         return text
 
 
+class UpstreamAuth(BaseModel):
+    """A ``routes`` rule's AUTH (RFC 4954) at its next hop: the secret only in ``password_file``
+    (read when delivering, never logged, never a setting's value)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    username: str = Field(min_length=1)
+    password_file: Path
+
+
+class RouteRule(BaseModel):
+    """One ``[[routes]]`` entry (issue 16): mail for ``match`` (and ``sender``, when set) goes to
+    ``next_hop`` instead of the recipient domain's MX; the first matching rule wins
+    (``mxroute.routing.rules``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    match: str  # "example.com", ".example.com" (its subdomains) or "*"
+    next_hop: NextHop  # "[host]:port", "host:port" (MX of host) or "smtps://host:port"
+    # the envelope sender ("app@example.com"), its domain ("@example.com") or "<>" (bounces)
+    sender: str | None = None
+    auth: UpstreamAuth | None = None
+    # the TLS level at the next hop; None: "verify" with auth (or smtps://), else ``tls_policy``
+    tls: Level | None = None
+
+    @field_validator("match", mode="before")
+    @classmethod
+    def _match(cls, value: object) -> str:
+        text = str(value).strip()
+        return "*" if text == "*" else normalize_key(text)
+
+    @field_validator("next_hop", mode="before")
+    @classmethod
+    def _next_hop(cls, value: object) -> NextHop:
+        return value if isinstance(value, NextHop) else parse_next_hop(str(value))
+
+    @field_serializer("next_hop")
+    def _show_next_hop(self, value: NextHop) -> str:
+        return str(value)
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "<>":
+            return None if value is None else "<>"
+        text = value.strip()
+        if text.startswith("@"):
+            return "@" + normalize_key(text[1:])
+        try:
+            address = parse_address(text)
+        except AddressError as exc:
+            raise ValueError(f"sender {value!r}: {exc.message}") from None
+        return f"{address.local}@{address.domain}"
+
+    @field_validator("tls", mode="before")
+    @classmethod
+    def _tls(cls, value: object) -> Level | None:
+        return None if value is None else check_level(value, "routes tls level")
+
+    @model_validator(mode="after")
+    def _auth_needs_tls(self) -> RouteRule:
+        if self.auth is not None and self.tls == "none":
+            raise ValueError("a rule with auth needs TLS (RFC 4954 §4: AUTH only after TLS); "
+                             "tls = \"none\" would send the password in clear text")
+        return self
+
+
 def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
     try:
         return ipaddress.ip_network(text, strict=False)
@@ -321,6 +391,10 @@ class Settings(BaseSettings):
     # x= (signature expiry) this many seconds after signing; None: no x=. At least
     # queue_lifetime_seconds + DKIM_EXPIRE_MARGIN
     dkim_expire_seconds: int | None = Field(None, ge=1)
+
+    # --- next-hop rules (docs/routes.md): the first [[routes]] entry matching a recipient's
+    # domain (and the sender, when it names one) sends its mail to next_hop instead of the MX
+    routes: list[RouteRule] = []
 
     # --- operations ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

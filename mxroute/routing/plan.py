@@ -18,6 +18,7 @@ from mxroute.address import IPAddress
 from mxroute.dns.answer import Answer, Outcome
 
 if TYPE_CHECKING:
+    from mxroute.routing.rules import Chosen
     from mxroute.tls.dane import DanePosture
 
 Family = Literal["ipv6-first", "ipv4-first", "ipv4-only", "ipv6-only"]
@@ -161,6 +162,8 @@ class Plan:
     decisions: tuple[Decision, ...] = ()
     # TLS-7: set by routing.route() for destinations at the TLS level "dane"
     dane: DanePosture | None = None
+    # issue 16: the ``routes`` rule that sent this destination to its next hop (None: the MX)
+    route: Chosen | None = None
 
     @property
     def deliverable(self) -> bool:
@@ -499,5 +502,6 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
         "plan": [t.to_json() for t in plan.targets],
         "pruned": [p.to_json() for p in plan.pruned],
         "decisions": [d.to_json() for d in plan.decisions],
+        "route": plan.route.to_json() if plan.route is not None else None,
     }
 
