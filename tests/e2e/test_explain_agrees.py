@@ -13,15 +13,28 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
+
 from tests.support.explaincli import run_explain
 from tests.support.paths import ROOT
-from tests.support.relay import Relay, World, wait_for
+from tests.support.relay import MSG, Relay, World, wait_for
+from tests.support.smtpsink import tls_available
+from tests.support.stsserver import PolicyServer
+from tests.support.tlsca import TestCA
 
 
 def explain_as(relay: Relay, *args: str) -> subprocess.CompletedProcess[str]:
     """``mxroute explain ARGS`` with exactly the relay's own settings (its environment)."""
     return subprocess.run([sys.executable, "-m", "mxroute", "explain", *args], cwd=ROOT,
                           env=relay.env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def second_relay(world: World, name: str, **settings: Any) -> Relay:
+    """Another serve in ``world`` on its own spool (killed with the world's)."""
+    (world.tmp / name).mkdir()
+    relay = Relay(world.tmp / name, world.dns, world.sink_port, **settings).start()
+    world.relays.append(relay)
+    return relay
 
 
 def as_json(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
@@ -72,7 +85,7 @@ def test_issue16_rcpt_verdict_is_the_intakes(world: World) -> None:
     assert "550 5.1.2 Address literals are not accepted here" in text.stdout
     assert "allow_address_literals = true" in text.stdout
     # the setting changes both: serve and explain accept it
-    open_relay = world.relay(allow_address_literals=True)
+    open_relay = second_relay(world, "literals", allow_address_literals=True)
     assert serve_rcpt(open_relay, "user@[127.0.0.7]") == "250 2.1.5 Ok"
     result = explain_as(open_relay, "--json", "user@[127.0.0.7]")
     assert result.returncode == 0 and as_json(result)["intake"]["rcpt"]["reply"] == "250 2.1.5 Ok"
@@ -98,7 +111,7 @@ def test_issue16_null_mx_sender_550_5_7_27_as_mail_from_gets(world: World) -> No
     good = explain_as(relay, "--json", "--sender", "app@dest.test", "u@dest.test")
     assert good.returncode == 0
     assert as_json(good)["intake"]["mail"]["reply"] == serve_mail(relay, "app@dest.test")
-    off = world.relay(null_mx_sender="off")
+    off = second_relay(world, "off", null_mx_sender="off")
     assert serve_mail(off, "app@nullmx.test") == "250 2.1.0 Ok"
     assert explain_as(off, "--sender", "app@nullmx.test", "u@dest.test").returncode == 0
 
@@ -118,7 +131,7 @@ def test_issue16_helo_and_egress_ip_feed_loop_detection(world: World) -> None:
         assert "MX-11" in {d["rule"] for d in body["decisions"]}
 
 
-def test_issue16_spool_shows_hosts_skipped_until_retry_and_mta_sts_cache(world: World) -> None:
+def test_issue16_spool_shows_hosts_skipped_until_their_retry_time(world: World) -> None:
     """Issue 16 §2, RTY-4: a real serve defers mail to a dead loopback host; explain with the
     same settings shows that host skipped until its retry time (text and JSON), read-only from
     the running relay; with serve stopped it says the host memory went with it."""
@@ -148,6 +161,32 @@ def test_issue16_spool_shows_hosts_skipped_until_retry_and_mta_sts_cache(world: 
     assert stopped["relay"]["serve"] == "not running"
     assert stopped["relay"]["skipped_hosts"] == []
     assert "remembered by a running serve only" in stopped["relay"]["note"]
+
+
+@pytest.mark.skipif(not tls_available(), reason="the cryptography package is needed")
+def test_issue16_spool_shows_the_mta_sts_policy_serve_cached(world: World) -> None:
+    """Issue 16 §2, TLS-5: serve fetches and stores dest.test's MTA-STS policy while delivering;
+    with the policy server gone, explain (same settings) shows that policy from the relay's
+    store, text and JSON, and applies it from the cache, as delivery would."""
+    ca = TestCA(world.tmp / "ca")
+    world.zone(f"dest IN MX 10 mx1.dest.test.\nmx1.dest IN A {world.ip(1)}\n"
+               f"mta-sts.dest IN A {world.ip(80)}\n"
+               '_mta-sts.dest IN TXT "v=STSv1; id=one"\n')
+    mx1 = world.sink(1, starttls=True)
+    mx1.tls_context = ca.server_context("mx1.dest.test")
+    policy = "version: STSv1\nmode: enforce\nmx: mx1.dest.test\nmax_age: 86400\n"
+    with PolicyServer(world.ip(80), ca.server_context("mta-sts.dest.test"), policy) as web:
+        relay = world.relay(mta_sts_port=web.port, tls_ca_file=str(ca.ca_file))
+        relay.send("a@dest.test", ["u@dest.test"], MSG)
+        assert wait_for(lambda: mx1.messages, timeout=20), relay.log()
+    assert wait_for(lambda: (relay.spool / "mta-sts.json").exists())
+    body = as_json(explain_as(relay, "--json", "u@dest.test"))
+    cached = body["relay"]["mta_sts_cached"]
+    assert (cached["id"], cached["mode"], cached["mx"], cached["max_age"]) == (
+        "one", "enforce", ["mx1.dest.test"], 86400)
+    assert body["mta_sts"]["source"] == "cache" and body["status"] == "deliverable"
+    text = explain_as(relay, "u@dest.test").stdout
+    assert "MTA-STS policy cached: id one, mode enforce, mx mx1.dest.test" in text, text
 
 
 def test_issue16_no_spool_no_relay_section(world: World) -> None:
