@@ -17,12 +17,15 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mxroute.dns.resolver import Resolver
 from mxroute.errors import MxrouteError
 from mxroute.routing.plan import Plan
 from mxroute.settings import Settings
+
+if TYPE_CHECKING:
+    from mxroute.tls.mtasts.store import MtaSts
 
 ASK_TIMEOUT = 2.0  # seconds for the running serve's answer
 NOT_RUNNING = "no serve running on this spool: the hosts skipped until their retry time " \
@@ -48,11 +51,34 @@ class RelaySnapshot:
                 "skipped_hosts": skipped, "mta_sts_cached": mta_sts}
 
 
+# spool -> (good until, the snapshot or the ask in flight): one ask per SNAPSHOT_TTL however many
+# addresses one process explains (bulk explain)
+_snapshots: dict[Path, tuple[float, RelaySnapshot | asyncio.Task[RelaySnapshot]]] = {}
+SNAPSHOT_TTL = 5.0
+
+
 async def snapshot(settings: Settings) -> RelaySnapshot | None:
     """The relay's state on ``spool_dir``, or None when there is no spool directory."""
     root = Path(settings.spool_dir)
     if not root.is_dir():
         return None
+    now = time.monotonic()
+    known = _snapshots.get(root)
+    if known is not None and known[0] > now:
+        held = known[1]
+        if isinstance(held, RelaySnapshot):
+            return held
+        if held.get_loop() is asyncio.get_running_loop():
+            return await asyncio.shield(held)
+    task = asyncio.ensure_future(_ask(root))
+    _snapshots[root] = (now + SNAPSHOT_TTL, task)
+    found = await task
+    _snapshots[root] = (time.monotonic() + SNAPSHOT_TTL, found)
+    return found
+
+
+async def _ask(root: Path) -> RelaySnapshot:
+    """Ask the serve running on ``root`` for the hosts it skips."""
     from mxroute.cli.queueops import ask
     from mxroute.service.control import SOCKET_NAME
 
@@ -69,6 +95,9 @@ async def snapshot(settings: Settings) -> RelaySnapshot | None:
     return RelaySnapshot(root, "running", None, hosts if isinstance(hosts, list) else [])
 
 
+_stores: dict[Path, tuple[int, MtaSts]] = {}  # store file -> (mtime, its MtaSts, read-only)
+
+
 def cached_policy(settings: Settings, resolver: Resolver, domain: str) -> dict[str, Any] | None:
     """The MTA-STS policy the delivery process has stored for ``domain`` (fresh entries only,
     as delivery loads them), or None."""
@@ -79,7 +108,16 @@ def cached_policy(settings: Settings, resolver: Resolver, domain: str) -> dict[s
         return None
     from mxroute.routing.route import mta_sts_reach
 
-    entry = MtaSts(mta_sts_reach(settings), resolver, store=path, persist=False).cached(domain)
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        return None
+    store = _stores.get(path)
+    if store is None or store[0] != stamp:  # read once per version of the file
+        _stores.clear()
+        store = _stores[path] = (stamp, MtaSts(mta_sts_reach(settings), resolver, store=path,
+                                               persist=False))
+    entry = store[1].cached(domain)
     if entry is None:
         return None
     policy = entry.policy
