@@ -36,6 +36,7 @@ from mxroute.relay.intake.params import (
     xtext_decode,
 )
 from mxroute.relay.intake.protocol import RelayEnvelope, RelaySMTP, defer_auth, peer_ip
+from mxroute.relay.intake.recipient import MAIL_OK, RCPT_OK, accept_recipient
 from mxroute.relay.intake.sendercheck import SenderCheck
 from mxroute.relay.intake.signing import IntakeSigning
 from mxroute.relay.spool.format import MessageMeta, RecipientState, new_queue_id
@@ -208,7 +209,7 @@ class Intake:
         env.mail_at = self.clock()  # delays a: from here to arrival (issue 15 D)
         env.body, env.ret, env.envid = body, ret.upper() if ret else None, envid
         env.smtp_utf8 = "SMTPUTF8" in params
-        return "250 2.1.0 Ok"
+        return MAIL_OK
 
     def _enough_space(self) -> bool:
         checked_at, ok = self._free_checked
@@ -246,13 +247,9 @@ class Intake:
             self.stats["rejected"] += 1
             return "554 5.7.1 Relay access denied"
         params = parse_params(words, {"NOTIFY", "ORCPT"} if server.session.extended_smtp else set())
-        address = path_address(path)
-        if address is None:
-            raise Reply("501 5.1.3 Null recipient not allowed")
-        if address.literal is not None and not self.settings.allow_address_literals:
-            raise Reply("550 5.1.2 Address literals are not accepted here")
-        if address.utf8 and not env.smtp_utf8:
-            raise Reply("553 5.6.7 Non-ASCII address needs SMTPUTF8")
+        # the address checks, explain's RCPT verdict too (issue 16)
+        literals = self.settings.allow_address_literals
+        address = accept_recipient(path, allow_address_literals=literals, smtp_utf8=env.smtp_utf8)
         notify = parse_notify(params["NOTIFY"]) if "NOTIFY" in params else ()
         orcpt = parse_orcpt(params["ORCPT"]) if "ORCPT" in params else None
         if len(env.recipients) >= self.settings.max_recipients:  # SEC-9
@@ -261,7 +258,7 @@ class Intake:
         if all(r.address != text for r in env.recipients):  # a duplicate is accepted once
             env.recipients.append(Recipient(text, notify, orcpt))
             env.rcpt_tos.append(text)
-        return "250 2.1.5 Ok"
+        return RCPT_OK
 
     # -- DATA --
     async def handle_DATA(
