@@ -272,6 +272,7 @@ def _next_hop_plan(
     planner = _Planner(hop, for_next_hop(policy, next_hop.port), rng)
     inner = planner.plan() if hop.literal is not None or hop.mx is not None else planner.host()
     plan = dataclasses.replace(inner, domain=domain, route=chosen,
+                               implicit_mx=inner.implicit_mx and next_hop.mx,
                                decisions=(first, *inner.decisions))
     if plan.deliverable:
         return plan
