@@ -36,6 +36,7 @@ from mxroute.relay.spool.format import DELIVERED, CorruptFile, MessageMeta, Reci
 from mxroute.relay.spool.store import Spool
 from mxroute.routing.plan import RoutingPolicy
 from mxroute.routing.route import Route, policy_from_settings, route
+from mxroute.routing.rules import sender_dependent
 from mxroute.settings import Settings
 from mxroute.text import LISTING, safe_text
 
@@ -44,7 +45,8 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0  # the longest the loop sleeps without looking at the schedule
 
 
-RouteFn = Callable[[Resolver, str, RoutingPolicy, random.Random, Settings], Awaitable[Route]]
+# (resolver, domain, policy, rng, settings, envelope sender) -> the route (``routing.route``)
+RouteFn = Callable[[Resolver, str, RoutingPolicy, random.Random, Settings, str], Awaitable[Route]]
 
 
 def timing_of(settings: Settings) -> Timing:
@@ -396,14 +398,18 @@ class QueueManager:
         if not meta.done:
             self.add(meta)
 
-    async def _route(self, domain: str) -> Route:
-        """The route for ``domain``: ``route()``'s, or the plan cache's when this queue has one."""
+    async def _route(self, domain: str, sender: str) -> Route:
+        """The route for ``domain`` from ``sender``: ``route()``'s, or the plan cache's when this
+        queue has one (per domain, and per sender too when a ``routes`` rule names senders)."""
         policy, settings = self.policy, self.settings
 
         def ask() -> Awaitable[Route]:
-            return self.route_fn(self.resolver, domain, policy, self.rng, settings)
+            return self.route_fn(self.resolver, domain, policy, self.rng, settings, sender)
 
-        return await (ask() if self.plans is None else self.plans.plan(domain, policy, ask))
+        if self.plans is None:
+            return await ask()
+        key = (domain, sender if sender_dependent(settings.routes) else None)
+        return await self.plans.plan(key, policy, ask)
 
     async def _apply(
         self, meta: MessageMeta, message: bytes, results: list[RecipientResult],

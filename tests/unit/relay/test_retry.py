@@ -358,7 +358,7 @@ class CountingRoute:
         self.asked: list[str] = []
 
     async def __call__(self, resolver: Any, domain: str, policy: Any, rng: random.Random,
-                       settings: Any) -> Route:
+                       settings: Any, sender: str = "") -> Route:
         self.asked.append(domain)
         return Route(PLANS[domain], TlsPolicy())
 
@@ -373,11 +373,11 @@ def routed_twice(tmp_path: Path, domain: str, plans: PlanCache | None, *, later:
     ask = CountingRoute()
     qm = QueueManager(h.settings, h.spool, None, h.courier, route_fn=ask,  # type: ignore[arg-type]
                       plans=plans)
-    asyncio.run(qm.dispatcher.route(domain))
+    asyncio.run(qm.dispatcher.route(domain, ""))
     clock[0] += later
     if reconfigure:  # SIGHUP: a new routing policy, so plans made under the old one are stale
         qm.reconfigure(h.settings)
-    asyncio.run(qm.dispatcher.route(domain))
+    asyncio.run(qm.dispatcher.route(domain, ""))
     h.spool.close()
     return ask.asked
 
