@@ -155,6 +155,19 @@ def test_auth_login_when_the_upstream_offers_only_login(tmp_path: Path) -> None:
         assert sink.connections[0].auth == [("LOGIN", USER, True)]
 
 
+def test_cram_md5_preferred_when_offered(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """issue 16 §1: the strongest mechanism offered: CRAM-MD5 (RFC 2195, the secret never on
+    the wire) before PLAIN and LOGIN."""
+    caplog.set_level(logging.DEBUG)
+    ca = TestCA(tmp_path / "ca")
+    rule = chosen("[hop.test]:587", password_file=secret_file(tmp_path))
+    with auth_sink("127.0.16.13", ca, auth_mechanisms=("PLAIN", "LOGIN", "CRAM-MD5")) as sink:
+        [result] = deliver(Courier(settings(ca)), routed(rule, hop(sink)))
+        assert result.disposition is Disposition.DELIVERED, result
+        assert sink.connections[0].auth == [("CRAM-MD5", USER, True)]
+    no_secret(ours(caplog))
+
+
 def test_wrong_password_defers_with_the_upstreams_535_and_backs_off(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -35,7 +35,7 @@ hostname="sink.test")`` — an aiosmtpd server. ``port=0`` picks an ephemeral po
   ``tls_context`` (set before ``start()``); no STARTTLS is offered then.
 * ``auth={"user": "password"}``: an upstream that requires AUTH (RFC 4954): AUTH is
   offered once TLS is up (STARTTLS or implicit), MAIL without it gets ``530 5.7.0``;
-  ``auth_mechanisms`` (default PLAIN and LOGIN) are those offered; ``AUTH`` in
+  ``auth_mechanisms`` (default PLAIN and LOGIN; CRAM-MD5 too) are those offered; ``AUTH`` in
   ``replies`` scripts the reply to the AUTH command. Each attempt is recorded in
   ``Connection.auth`` as ``(mechanism, login, accepted)``; no secret is recorded.
 
@@ -56,6 +56,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import datetime
+import hashlib
+import hmac
 import ipaddress
 import re
 import socket
@@ -359,7 +361,7 @@ class _SinkSMTP(SMTP):
                 require_starttls=False, loop=sink._loop, timeout=30,
                 authenticator=authenticate, auth_required=sink.auth is not None,
                 auth_require_tls=not sink.implicit_tls,
-                auth_exclude_mechanism=[m for m in ("PLAIN", "LOGIN")
+                auth_exclude_mechanism=[m for m in ("PLAIN", "LOGIN", "CRAM-MD5")
                                         if m not in sink.auth_mechanisms],
             )
         self.sink = sink
@@ -474,6 +476,21 @@ class _SinkSMTP(SMTP):
         if await self._scripted_or("AUTH"):
             return
         await super().smtp_AUTH(arg)
+
+    async def auth_CRAM__MD5(self, _: Any, args: list[str]) -> AuthResult:
+        """CRAM-MD5 (RFC 2195), which aiosmtpd lacks: offered when in ``auth_mechanisms``."""
+        challenge = f"<{time.monotonic_ns()}@{self.sink.hostname}>".encode()
+        response = await self.challenge_auth(challenge)
+        if not isinstance(response, bytes):
+            return AuthResult(success=False, handled=True)
+        login, _, digest = response.decode(errors="replace").rpartition(" ")
+        secret = (self.sink.auth or {}).get(login)
+        accepted = secret is not None and hmac.compare_digest(
+            hmac.new(secret.encode(), challenge, hashlib.md5).hexdigest(), digest)
+        if self.record is not None:
+            with self.sink._lock:
+                self.record.auth.append(("CRAM-MD5", login, accepted))
+        return AuthResult(success=accepted, handled=False)
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         self._note("MAIL", arg)
