@@ -27,7 +27,7 @@ from mxroute.settings import RouteRule, Settings
 from mxroute.tls.policy import TlsPolicy
 from tests.support.courierkit import MESSAGE, courier_settings
 from tests.support.relay import World, wait_for
-from tests.support.smtpsink import Sink, tls_available
+from tests.support.smtpsink import RawSink, Sink, tls_available
 from tests.support.tlsca import TestCA
 
 pytestmark = pytest.mark.skipif(
@@ -58,7 +58,7 @@ def routed(rule: Chosen, *targets: Target) -> Plan:
                 targets=targets, route=rule)
 
 
-def hop(sink: Sink, name: str = "hop.test") -> Target:
+def hop(sink: Sink | RawSink, name: str = "hop.test") -> Target:
     """The next hop ``[name]:port`` at the sink's address (exchange: the name TLS verifies)."""
     return Target(name, 0, sink.host, 4, sink.port)
 
@@ -225,7 +225,8 @@ def test_auth_not_offered_after_tls_defers_and_sends_no_mail(tmp_path: Path) -> 
 @pytest.mark.parametrize("starttls", ["not offered", "refused"])
 def test_auth_is_never_sent_in_plain_text(tmp_path: Path, starttls: str) -> None:
     """issue 16 §1: with ``tls = "may"`` and no TLS (STARTTLS not offered, or refused), AUTH is
-    not sent: deferral 4.7.0 naming TLS; no credentials cross the wire in plain text."""
+    not sent: a rule with AUTH requires TLS (``may`` = ``encrypt``): deferral 4.7.5 (TLS-3); no
+    credentials cross the wire in plain text."""
     rule = chosen("[hop.test]:587", password_file=secret_file(tmp_path), tls="may")
     kwargs: dict[str, Any] = (
         {"starttls": True, "replies": {"STARTTLS": "454 4.7.0 TLS not available"}}
@@ -234,8 +235,20 @@ def test_auth_is_never_sent_in_plain_text(tmp_path: Path, starttls: str) -> None
     with Sink("127.0.16.6", **kwargs) as sink:
         [result] = deliver(Courier(courier_settings()), routed(rule, hop(sink)))
         assert result.disposition is Disposition.DEFERRED
-        assert result.status == "4.7.0" and "TLS" in result.reply, result.reply
+        assert result.status == "4.7.5" and "TLS" in result.reply, result.reply
+        assert len(sink.connections) == 1
         assert all(not c.startswith(("AUTH", "MAIL")) for c in sink.connections[0].commands)
+
+
+def test_failed_handshake_with_auth_is_not_retried_in_plain_text(tmp_path: Path) -> None:
+    """issue 16 §1: ``tls = "may"`` with AUTH: a failed STARTTLS handshake is a deferral
+    (4.7.5); no second, plain-text connection is made (TLS-1's fallback does not apply)."""
+    rule = chosen("[hop.test]:587", password_file=secret_file(tmp_path), tls="may")
+    with RawSink("127.0.16.14", starttls_reply="220 go\r\n") as raw:
+        [result] = deliver(Courier(courier_settings()), routed(rule, hop(raw)))
+        assert result.disposition is Disposition.DEFERRED
+        assert result.status == "4.7.5" and "TLS" in result.reply, result.reply
+        assert raw.connections == 1 and b"AUTH" not in raw.raw
 
 
 @pytest.mark.parametrize("problem", ["missing", "a directory", "empty"])

@@ -11,13 +11,14 @@ deferred (try again later). Decisions cite checklist IDs (MX-*, SESS-*, TLS-*, S
 
 This module walks the plan and logs one line per recipient; its parts have their own
 modules: ``session`` (connect, EHLO, STARTTLS), ``transaction`` (lock-step and pipelined),
-``replies`` (what a reply means), ``pool`` (SESS-17), ``hosts`` (RTY-4, per-host events) and
+``replies`` (what a reply means), ``pool`` (SESS-17), ``hosts`` (RTY-4, per-host events),
 ``attempt`` (what one delivery has learnt) and ``upstream`` (a routed next hop's implicit TLS
 and AUTH, issue 16).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import ssl
@@ -189,9 +190,13 @@ class Courier:
     @staticmethod
     def _upstream(plan: Plan, attempt: Attempt, recipients: list[Recipient]) -> bool:
         """The routed next hop's demands on ``attempt`` (issue 16); False, the recipients
-        deferred (4.3.5, naming the file), when its AUTH secret cannot be read."""
+        deferred (4.3.5, naming the file), when its AUTH secret cannot be read. With AUTH, TLS
+        is required: a rule's ``tls = "may"`` is ``encrypt`` (TLS without verification)."""
         try:
-            attempt.upstream = Upstream.of_plan(plan)
+            attempt.upstream = upstream = Upstream.of_plan(plan)
+            if upstream is not None and upstream.auth is not None and attempt.tls.level == "may":
+                # AUTH goes only over TLS: "may" (no verification) still demands TLS on the wire
+                attempt.tls = dataclasses.replace(attempt.tls, level="encrypt")
         except SecretProblem as exc:
             assert plan.route is not None
             reply = f"451 {CONFIG_STATUS} routes rule {plan.route.number}: {exc}"
