@@ -27,7 +27,7 @@ from mxroute.relay import dsn
 from mxroute.relay.envelope import Disposition, RecipientResult
 from mxroute.relay.queue.dispatch import CourierLike, Dispatcher, domain_of, due_recipients
 from mxroute.relay.queue.notices import Item, Notifier, failures, mark_bounced
-from mxroute.relay.queue.plans import PlanCache
+from mxroute.relay.queue.plans import PlanCache, plan_key
 from mxroute.relay.queue.settle import Next, Settlement, Timing, settle
 from mxroute.relay.queue.slots import Slots
 from mxroute.relay.queue.suspensions import Suspensions
@@ -36,7 +36,6 @@ from mxroute.relay.spool.format import DELIVERED, CorruptFile, MessageMeta, Reci
 from mxroute.relay.spool.store import Spool
 from mxroute.routing.plan import RoutingPolicy
 from mxroute.routing.route import Route, policy_from_settings, route
-from mxroute.routing.rules import sender_dependent
 from mxroute.settings import Settings
 from mxroute.text import LISTING, safe_text
 
@@ -399,17 +398,14 @@ class QueueManager:
             self.add(meta)
 
     async def _route(self, domain: str, sender: str) -> Route:
-        """The route for ``domain`` from ``sender``: ``route()``'s, or the plan cache's when this
-        queue has one (per domain, and per sender too when a ``routes`` rule names senders)."""
+        """The route for ``domain`` from ``sender``: ``route()``'s, or the plan cache's."""
         policy, settings = self.policy, self.settings
 
         def ask() -> Awaitable[Route]:
             return self.route_fn(self.resolver, domain, policy, self.rng, settings, sender)
 
-        if self.plans is None:
-            return await ask()
-        key = (domain, sender if sender_dependent(settings.routes) else None)
-        return await self.plans.plan(key, policy, ask)
+        key = plan_key(domain, sender, settings.routes)
+        return await (ask() if self.plans is None else self.plans.plan(key, policy, ask))
 
     async def _apply(
         self, meta: MessageMeta, message: bytes, results: list[RecipientResult],

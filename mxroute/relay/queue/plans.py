@@ -10,10 +10,12 @@ again each time (MX-18).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from mxroute.routing.plan import Plan, RoutingPolicy
 from mxroute.routing.route import Route
+from mxroute.routing.rules import sender_dependent
+from mxroute.settings import RouteRule
 
 PLAN_CACHE_SECONDS = 1.0  # how long a plan is reused at most (never past an MX TTL)
 MAX_DOMAINS = 10_000  # when full, the cache starts empty again (bounded memory)
@@ -28,6 +30,12 @@ def reuse_for(plan: Plan, seconds: float) -> float:
 
 
 PlanKey = tuple[str, str | None]  # (domain, envelope sender when ``routes`` depend on it)
+
+
+def plan_key(domain: str, sender: str, routes: Sequence[RouteRule]) -> PlanKey:
+    """What a plan is kept under: the domain, and the sender too when a ``routes`` rule names
+    senders (issue 16: then two senders' mail to one domain may leave by two routes)."""
+    return domain, sender if sender_dependent(routes) else None
 
 
 class PlanCache:
@@ -67,4 +75,4 @@ class PlanCache:
         return len(self._plans)
 
 
-__all__ = ["PLAN_CACHE_SECONDS", "PlanCache", "PlanKey", "reuse_for"]
+__all__ = ["PLAN_CACHE_SECONDS", "PlanCache", "PlanKey", "plan_key", "reuse_for"]
