@@ -207,6 +207,34 @@ def test_auth_temporary_failure_454_defers(tmp_path: Path) -> None:
         assert not sink.messages
 
 
+def test_connection_lost_during_auth_defers_naming_the_command_not_the_credentials(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """issue 16 §1, SESS-4: the upstream drops the connection in reply to AUTH: deferral
+    (4.4.2) "in reply to AUTH PLAIN", the credentials in no reply and no log line."""
+    caplog.set_level(logging.DEBUG)
+    ca = TestCA(tmp_path / "ca")
+    rule = chosen("[hop.test]:587", password_file=secret_file(tmp_path))
+    with auth_sink("127.0.16.16", ca, replies={"AUTH": "DROP"}) as sink:
+        [result] = deliver(Courier(settings(ca)), routed(rule, hop(sink)))
+        assert result.disposition is Disposition.DEFERRED
+        assert result.status == "4.4.2" and "in reply to AUTH PLAIN" in result.reply, result
+        assert not sink.messages
+    no_secret(ours(caplog), result.reply)
+
+
+def test_ip_literal_next_hop_with_starttls_verifies_the_ip_san(tmp_path: Path) -> None:
+    """issue 16 §1: ``[127.0.16.15]:port`` with AUTH (level verify): STARTTLS verified against
+    the address's IP SAN, then AUTH."""
+    ca = TestCA(tmp_path / "ca")
+    with auth_sink("127.0.16.15", ca, name="127.0.16.15") as sink:
+        rule = chosen(f"[127.0.16.15]:{sink.port}", password_file=secret_file(tmp_path))
+        [result] = deliver(Courier(settings(ca)), routed(rule, Target("", 0, sink.host, 4,
+                                                                      sink.port)))
+        assert result.disposition is Disposition.DELIVERED, result
+        assert sink.connections[0].auth == [("PLAIN", USER, True)]
+
+
 def test_auth_not_offered_after_tls_defers_and_sends_no_mail(tmp_path: Path) -> None:
     """issue 16 §1: an upstream that offers no AUTH after TLS: deferral (4.7.0), no MAIL sent
     unauthenticated."""
