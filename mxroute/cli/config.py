@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mxroute.errors import ConfigError
-from mxroute.relay.courier.upstream import password_problem
+from mxroute.relay.courier.upstream import unusable_secrets
 from mxroute.settings import Settings
 from mxroute.settingsdoc import toml_line
 
@@ -65,14 +65,10 @@ def _routes_problem(settings: Settings) -> str | None:
     """A rule whose AUTH ``password_file`` gives no secret (issue 16: its mail would only be
     deferred), unless only the service user may read it (we cannot tell then). Never the
     secret itself."""
-    for number, rule in enumerate(settings.routes, start=1):
-        if rule.auth is None:
-            continue
-        path = rule.auth.password_file
-        problem = password_problem(path)
+    for problem, path in unusable_secrets(settings.routes):
         unreadable_to_us = path.is_file() and not os.access(path, os.R_OK)
-        if problem and not (unreadable_to_us and _service_owned(path)):
-            return f"rule {number} ({rule.match}): {problem}"
+        if not (unreadable_to_us and _service_owned(path)):
+            return problem
     return None
 
 

@@ -139,13 +139,16 @@ def test_smtps_next_hop_with_auth_delivers_over_implicit_tls(world: World) -> No
 
 
 def test_unreadable_password_file_defers_naming_the_file(world: World) -> None:
-    """issue 16 §1: a password_file that is missing: deferred (4.3.5), the log names the file;
-    the upstream is not contacted."""
+    """issue 16 §1: a password_file that is missing: a warning at start naming the rule and
+    the file; the mail is deferred (4.3.5), the log names the file; the upstream is not
+    contacted."""
     zone(world)
     ca = TestCA(world.tmp / "ca")
     up = upstream(world, ca)
     missing = world.tmp / "nowhere" / "upstream.secret"
     relay = routed_relay(world, ca, f"[hop.test]:{up.port}", missing)
+    started = relay.logged("routes rule 1 (dest.test): password_file")
+    assert f"password_file {missing}: cannot read" in started and "deferred until" in started
     relay.send("a@sender.test", ["u@dest.test"], MSG)
     log = relay.logged("status=deferred")
     assert f"password_file {missing}: cannot read" in log and "dsn=4.3.5" in log, log

@@ -18,13 +18,14 @@ import base64
 import hashlib
 import hmac
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mxroute.relay.courier.replies import enhanced_status, reply_text
 from mxroute.relay.courier.session import HostFailure, Session
 from mxroute.routing.plan import Plan, Target
-from mxroute.settings import UpstreamAuth
+from mxroute.settings import RouteRule, UpstreamAuth
 from mxroute.text import safe_text
 
 log = logging.getLogger(__name__)  # AUTH refusals and unusable password files
@@ -63,6 +64,24 @@ def password_problem(path: Path) -> str | None:
     except SecretProblem as exc:
         return str(exc)
     return None
+
+
+def unusable_secrets(rules: Sequence[RouteRule]) -> list[tuple[str, Path]]:
+    """The rules whose ``password_file`` gives no secret now: ("rule N (match): why", file),
+    for ``check-config`` and the warning ``serve`` logs at start and reload."""
+    found = []
+    for number, rule in enumerate(rules, start=1):
+        if rule.auth is not None:
+            problem = password_problem(rule.auth.password_file)
+            if problem:
+                found.append((f"rule {number} ({rule.match}): {problem}", rule.auth.password_file))
+    return found
+
+
+def warn_unusable_secrets(rules: Sequence[RouteRule]) -> None:
+    """Log one warning per rule whose mail will be deferred for want of its secret."""
+    for problem, _ in unusable_secrets(rules):
+        log.warning("routes %s: its mail is deferred until the file is fixed", problem)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,4 +209,6 @@ __all__ = [
     "mechanism",
     "password_problem",
     "read_secret",
+    "unusable_secrets",
+    "warn_unusable_secrets",
 ]

@@ -13,6 +13,7 @@ from mxroute.relay.courier.upstream import (
     mechanism,
     password_problem,
     read_secret,
+    unusable_secrets,
 )
 from mxroute.routing.plan import Plan, Target, Verdict
 from mxroute.routing.rules import Chosen
@@ -95,3 +96,16 @@ def test_upstream_of_a_plan_with_an_unreadable_secret_raises(tmp_path: Path) -> 
     with pytest.raises(SecretProblem, match="cannot read"):
         Upstream.of_plan(plan_for({"next_hop": "[hop.test]:587", "auth": {
             "username": "u1", "password_file": str(tmp_path / "missing")}}))
+
+
+def test_unusable_secrets_names_each_rule_and_its_file(tmp_path: Path) -> None:
+    """issue 16 §1: what ``check-config`` and ``serve``'s start-up warning report."""
+    good = tmp_path / "good"
+    good.write_text("pw\n")
+    rules = [RouteRule.model_validate({"match": match, "next_hop": "[hop.test]:587", "auth": auth})
+             for match, auth in [("a.test", {"username": "u", "password_file": str(good)}),
+                                 ("b.test", None),
+                                 (".c.test", {"username": "u", "password_file": str(tmp_path)})]]
+    [(problem, path)] = unusable_secrets(rules)
+    assert path == tmp_path
+    assert problem.startswith(f"rule 3 (.c.test): password_file {tmp_path}: cannot read")
