@@ -131,10 +131,15 @@ async def _dane(resolver: Resolver, facts: DomainFacts, plan: Plan, port: int) -
         host = facts.hosts.get(target.exchange)
         if host is not None and target.exchange not in hosts:
             hosts[target.exchange] = [host.a, host.aaaa]
-    asked = [name for name, answers in hosts.items() if dane.wants_tlsa(facts.mx, answers)]
+    mx = facts.mx
+    if mx is None and facts.literal is None:  # a [host] next hop (issue 16): no MX was asked;
+        # its address records stand for the MX RRset (secure when validated), as Postfix's DANE
+        found = [a for h in hosts.values() for a in h if a and a.outcome is Outcome.RECORDS]
+        mx = found[0] if found else None
+    asked = [name for name, answers in hosts.items() if dane.wants_tlsa(mx, answers)]
     answers = await asyncio.gather(
         *(resolver.lookup(dane.tlsa_name(name, port), "TLSA") for name in asked))
-    return dane.posture(plan.domain, facts.mx, hosts, dict(zip(asked, answers)))
+    return dane.posture(facts.domain, mx, hosts, dict(zip(asked, answers)))
 
 
 def policy_from_settings(settings: Settings) -> RoutingPolicy:

@@ -122,3 +122,32 @@ def test_unusable_hop_is_temporary(dns: DNSServer) -> None:
     body = json.loads(done.stdout)
     assert done.returncode == 75 and body["status"] == "temporary-failure"
     assert body["dsn_status"].startswith("4.") and "[gone.t]:2600" in body["reason"]
+
+
+DANE_ZONE = """
+$ORIGIN t.
+$TTL 300
+@         IN SOA ns.t. host.t. 1 3600 600 86400 60
+hub       IN MX 10 mx1.hub.t.
+mx1.hub   IN A 127.1.0.71
+_2526._tcp.mx1.hub.t. IN TLSA 3 1 1 {digest}
+"""
+
+
+@pytest.mark.parametrize("next_hop", ["[mx1.hub.t]:2526", "hub.t:2526"])
+def test_dane_at_the_next_hop_when_its_tls_says_so(dns_server: DNSServer, next_hop: str) -> None:
+    """issue 16 + TLS-7: a rule with tls = "dane" → the TLSA records of the hop's host at the
+    rule's port (for [host] its secure address records stand for the MX RRset: no MX is asked)."""
+    dns_server.set_zone(DANE_ZONE.format(digest="ab" * 32))
+    dns_server.secure = {".hub.t"}
+    rules = [{"match": "*", "next_hop": next_hop, "tls": "dane"}]
+    done = run_explain(["--dns", dns_server.address, "--json", "u@dest.t"],
+                       {"MXROUTE_ROUTES": json.dumps(rules), "MXROUTE_DNS_TRUST_AD": "true"})
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)
+    assert body["tls"] == {"policy": "dane", "source": "routes", "match": "rule 1"}
+    (host,) = body["dane"]["hosts"]
+    assert (host["exchange"], host["requirement"]) == ("mx1.hub.t", "dane")
+    assert host["tlsa_name"] == "_2526._tcp.mx1.hub.t"
+    assert body["dane"]["mx_secure"] is True
+    assert not any(q["qname"] == "dest.t" for q in body["dns"])
