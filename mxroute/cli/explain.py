@@ -119,13 +119,14 @@ async def run_explain(address: Address, settings: Settings, resolver: Resolver, 
     """
     egress = list(egress_ips or settings.egress_ips)
     helo = helo or settings.helo_name
+    if author is not None:
+        sender = sender if sender is not None else str(author)
     policy = relay_policy(settings, helo, egress)  # MX-11: --helo, --egress-ip are this relay
-    routed = await route(resolver, address.domain, policy, random.Random(seed), settings)
+    envelope = None if sender is None else sender.removeprefix("<").removesuffix(">")  # <>: ""
+    routed = await route(resolver, address.domain, policy, random.Random(seed), settings, envelope)
     plan = routed.plan
     report = Report(address, plan, [], tls=routed.tls)  # EXP-3: the level delivery applies
     await _add_mta_sts(report, settings, resolver)
-    if author is not None:
-        sender = sender if sender is not None else str(author)
     await _add_serve(report, settings, resolver, sender)
     await _add_identity(report, settings, resolver, egress, sender, helo)
     if author is not None:

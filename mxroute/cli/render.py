@@ -56,6 +56,8 @@ def render_explain(report: Report, style: Style) -> str:
     summary = [["domain", domain], ["verdict", f"{verdict.value} ({status}): {reason}"]]
     if report.intake is not None:
         summary += report.intake.lines()
+    if plan.route is not None:  # issue 16: the next-hop rule instead of the domain's MX
+        summary.append(["route", plan.route.describe()])
     if report.tls is not None:  # TLS-3 / EXP-3
         summary.append(["tls policy", report.tls.describe()])
     if report.mta_sts is not None:  # TLS-5/6, EXP-3
@@ -72,7 +74,8 @@ def render_explain(report: Report, style: Style) -> str:
     if plan.implicit_mx:
         flags.append("no MX records: implicit MX (RFC 5321 §5.1)")
     if plan.mx:
-        out.append(style.bold("\nMX records") + (f"  [{'; '.join(flags)}]" if flags else ""))
+        of = f" of {plan.route.rule.next_hop.host}" if plan.route is not None else ""
+        out.append(style.bold(f"\nMX records{of}") + (f"  [{'; '.join(flags)}]" if flags else ""))
         mx = sorted(plan.mx, key=lambda r: r.preference)
         out.append(table(["PREF", "EXCHANGE", "TTL"],
                          [[r.preference, r.exchange, r.ttl] for r in mx]))

@@ -65,10 +65,13 @@ def domain_matches(match: str, domain: str) -> bool:
     return domain == match
 
 
-def sender_matches(wanted: str | None, sender: str) -> bool:
-    """A rule's ``sender`` covers the envelope ``sender`` ("" is the null sender)."""
+def sender_matches(wanted: str | None, sender: str | None) -> bool:
+    """A rule's ``sender`` covers the envelope ``sender`` ("" is the null sender; None: not
+    known, as for ``explain`` without ``--sender``: only rules without ``sender`` apply)."""
     if wanted is None:
         return True
+    if sender is None:
+        return False
     if wanted == "<>":
         return sender == ""
     if not sender:
@@ -78,7 +81,7 @@ def sender_matches(wanted: str | None, sender: str) -> bool:
     return sender.lower() == wanted.lower()
 
 
-def choose(rules: Sequence[RouteRule], domain: str, sender: str) -> Chosen | None:
+def choose(rules: Sequence[RouteRule], domain: str, sender: str | None) -> Chosen | None:
     """The first rule covering ``domain`` and ``sender``; None: deliver to the domain's MX."""
     name = domain.lower()
     for number, rule in enumerate(rules, start=1):
