@@ -89,10 +89,30 @@ def code_once(python: str, code: str) -> tuple[float, float]:
 
 # What explain's process must import before any mxroute code: pydantic-settings (the one settings
 # model; it imports pydantic and asyncio) and the dnspython modules the resolver sends queries
-# with (dns.asyncquery, which brings dns.query and its ssl) and parses this zone's answers with.
-FLOOR_IMPORTS = ("import pydantic_settings, dns.message, dns.asyncquery, dns.rdtypes.ANY.MX, "
-                 "dns.rdtypes.ANY.SOA, dns.rdtypes.ANY.TXT, dns.rdtypes.IN.A, "
-                 "dns.rdtypes.IN.AAAA")
+# with (dns.asyncquery, which brings dns.query and its ssl, and the asyncio backend it loads on
+# the first query) and parses this zone's answers with. `floor_gaps` checks that nothing else
+# outside mxroute is loaded by explain.
+FLOOR_IMPORTS = ("import pydantic_settings, dns.message, dns.asyncquery, dns.asyncbackend, "
+                 "dns.rdtypes.ANY.MX, dns.rdtypes.ANY.SOA, dns.rdtypes.IN.A, dns.rdtypes.IN.AAAA; "
+                 "dns.asyncbackend.get_backend('asyncio')")
+_MODULES = "import json, sys; print(json.dumps(sorted(sys.modules)))"
+
+
+def floor_gaps(python: str, dns: str) -> tuple[list[str], list[str]]:
+    """(modules outside mxroute that explain loads and the floor does not, modules the floor loads
+    and explain does not): both empty when FLOOR_IMPORTS is what explain needs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MXROUTE_")}
+    env.update({"MXROUTE_ALLOW_PRIVATE_DESTINATIONS": "true", "PYTHONPATH": str(ROOT)})
+    code = ("import contextlib, io, sys\nfrom mxroute.cli.main import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n    main(sys.argv[1:])\n" + _MODULES)
+    run = subprocess.run([python, "-c", code, "explain", "--dns", dns, "--json", "u@bench.test"],
+                         capture_output=True, text=True, env=env, cwd=ROOT, check=True)
+    explain = {m for m in json.loads(run.stdout) if not m.startswith("mxroute")}
+    run = subprocess.run([python, "-c", f"{FLOOR_IMPORTS}\n{_MODULES}"], capture_output=True,
+                         text=True, check=True)
+    floor = set(json.loads(run.stdout))
+    return sorted(explain - floor), sorted(floor - explain)
+
 
 Times = list[tuple[float, float]]
 
@@ -148,6 +168,7 @@ def main() -> None:
         parser.error("--runs: at least 10 (medians of fewer say little on a shared machine)")
     roots = [ROOT] + ([args.against.resolve()] if args.against else [])
     with DNSServer(ZONE, host="127.0.53.254") as server:
+        beyond, unused = floor_gaps(args.python, server.address)
         times = interleaved(args.python, server.address, args.runs, roots)
         rate = asyncio.run(cached_lookups(server))
     explain, floor, bare = times[str(ROOT)], times["floor"], times["bare"]
@@ -161,6 +182,8 @@ def main() -> None:
     print(f"  required libraries alone, no mxroute code: {median(floor):.0f} ms "
           f"({median(floor, 1):.0f})")
     print(f"  python interpreter alone: {median(bare):.0f} ms ({median(bare, 1):.0f})")
+    print(f"  loaded by explain outside mxroute, not by the floor: {beyond or 'nothing'}; "
+          f"by the floor only: {unused or 'nothing'}")
     print(f"  explain / floor: {ratio:.3f} wall, {cpu_ratio:.3f} CPU "
           f"(target <= {TARGET_RATIO:.2f}: {'met' if ratio <= TARGET_RATIO else 'NOT met'})")
     print(f"cached resolver lookups: {rate:,.0f} per second in-process")
@@ -174,6 +197,7 @@ def main() -> None:
         "library_floor_ms_median": round(median(floor), 1),
         "library_floor_cpu_ms_median": round(median(floor, 1), 1),
         "python_start_ms_median": round(median(bare), 1),
+        "floor_imports": FLOOR_IMPORTS, "beyond_floor": beyond, "floor_only": unused,
         "explain_over_floor": round(ratio, 3), "explain_over_floor_cpu": round(cpu_ratio, 3),
         "cached_lookups_per_s": round(rate)}
     if args.against:
