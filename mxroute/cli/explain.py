@@ -11,19 +11,21 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mxroute.address import Address
 from mxroute.cli.explainserve import SPF_SKIPPED, IntakeVerdicts, intake_verdicts, relay_policy
 from mxroute.dns.resolver import Resolver
 from mxroute.errors import EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
-from mxroute.identity.dmarc.assess import Assessment
 from mxroute.routing.plan import Plan, Verdict, plan_to_json
 from mxroute.routing.route import mta_sts_reach, route
 from mxroute.settings import Settings
 from mxroute.tls import host as hosttls
 from mxroute.tls.mtasts.policy import Lookup, skip_reason
 from mxroute.tls.policy import TlsPolicy
+
+if TYPE_CHECKING:  # DKIM and DMARC (cryptography, the PSL) load only with --from
+    from mxroute.identity.dmarc.assess import Assessment
 
 EXIT_CODES = {Verdict.DELIVERABLE: EX_OK, Verdict.TEMPORARY: EX_TEMPFAIL,
               Verdict.PERMANENT: EX_UNAVAILABLE}

@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import random
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from mxroute.address import parse_hostport, parse_literal
 from mxroute.dns.answer import Answer, Outcome
@@ -33,9 +33,11 @@ from mxroute.routing.plan import (
 )
 from mxroute.routing.rules import Chosen, choose
 from mxroute.settings import Level, Settings
-from mxroute.tls import dane
 from mxroute.tls.mtasts.fetch import Reach
 from mxroute.tls.policy import ROUTES_SOURCE, STATUS, TlsPolicy, of_settings
+
+if TYPE_CHECKING:  # DANE loads where a destination's TLS level is dane
+    from mxroute.tls import dane
 
 
 async def gather(
@@ -126,6 +128,8 @@ def routed_tls(chosen: Chosen, settings: Settings) -> TlsPolicy:
 
 async def _dane(resolver: Resolver, facts: DomainFacts, plan: Plan, port: int) -> dane.DanePosture:
     """TLSA lookups for the planned hosts whose MX RRset and addresses are secure (RFC 7672 2.2)."""
+    from mxroute.tls import dane
+
     hosts: dict[str, list[Answer | None]] = {}
     for target in plan.targets:
         host = facts.hosts.get(target.exchange)
