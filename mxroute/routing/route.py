@@ -13,7 +13,7 @@ import dataclasses
 import random
 from dataclasses import dataclass
 
-from mxroute.address import parse_hostport, parse_literal
+from mxroute.address import parse_literal
 from mxroute.dns.answer import Answer, Outcome
 from mxroute.dns.resolver import Resolver
 from mxroute.routing.plan import (
@@ -109,7 +109,7 @@ def policy_from_settings(settings: Settings) -> RoutingPolicy:
     """The routing policy a relay with these settings applies."""
     names = {settings.helo_name.lower()}
     addresses = set(settings.egress_ips)
-    for host, port in (parse_hostport(item, 2525) for item in settings.listen):
+    for host, port in settings.listen_addresses():
         # A listener is "this relay" for routing only where delivery would dial it:
         # the same port (a relay on :2525 delivering to a local MTA on :25 is no loop).
         if port == settings.smtp_port and host not in ("0.0.0.0", "::", ""):
