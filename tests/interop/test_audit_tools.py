@@ -61,10 +61,10 @@ def test_sslscan_finds_tls_and_no_weak_protocol_or_suite(sub: Submission, findin
     finding(f"sslscan {port}", out)
     assert "did not appear to support STARTTLS" not in out, out
     assert "Testing SSL server 127.0.0.1" in out, out
-    versions = dict(re.findall(r"^(SSLv[23]|TLSv1\.[0-3])\s+(enabled|disabled)", out, re.M))
+    versions = dict(re.findall(r"^(SSLv[23]|TLSv1\.[0-3])\s+(enabled|disabled)", out, re.MULTILINE))
     assert versions == {"SSLv2": "disabled", "SSLv3": "disabled", "TLSv1.0": "disabled",
                         "TLSv1.1": "disabled", "TLSv1.2": "enabled", "TLSv1.3": "enabled"}, out
-    suites = re.findall(r"^(?:Preferred|Accepted)\s+(\S+)\s+\d+ bits\s+(\S+)", out, re.M)
+    suites = re.findall(r"^(?:Preferred|Accepted)\s+(\S+)\s+\d+ bits\s+(\S+)", out, re.MULTILINE)
     assert suites, out
     assert not [s for s in suites if s[0] in WEAK_PROTOCOLS or WEAK_SUITE.search(s[1])], out
     clean_log(sub)
