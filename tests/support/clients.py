@@ -90,11 +90,7 @@ def submission_relay(world: World, tmp: Path, *, trusted: bool = False) -> Submi
     settings = tomllib.loads(toml)
     if not trusted:
         settings["relay_networks"] = ["127.0.0.254/32"]
-    relay = Relay(world.tmp, world.dns, world.sink_port, **settings)
-    relay.port = port  # where start() waits for the greeting: the guide's first listener
-    world.relays.append(relay)  # stopped by PID with the world
-    relay.start()
-    return Submission(relay, port, smtps_port, cert)
+    return Submission(world.relay(port, **settings), port, smtps_port, cert)
 
 
 # --- the three messages -------------------------------------------------------------------------
