@@ -52,12 +52,13 @@ def snippet(name: str) -> str:
 
 
 def replaced(text: str, swaps: dict[str, str]) -> str:
-    """``text`` with each key replaced by its value; every key must occur (the test and the
-    guide cannot drift apart silently)."""
-    for old, new in swaps.items():
-        assert old in text, f"the guide's snippet no longer has {old!r}:\n{text}"
-        text = text.replace(old, new)
-    return text
+    """``text`` with each key, as a whole word, replaced by its value in one pass (a new port
+    is never rewritten again); every key must occur (the test and the guide cannot drift apart
+    silently)."""
+    pattern = re.compile(r"(?<!\w)(" + "|".join(map(re.escape, swaps)) + r")(?!\w)")
+    missing = [old for old in swaps if not re.search(rf"(?<!\w){re.escape(old)}(?!\w)", text)]
+    assert not missing, f"the guide's snippet no longer has {missing}:\n{text}"
+    return pattern.sub(lambda found: swaps[found.group(1)], text)
 
 
 @dataclass
@@ -69,10 +70,6 @@ class Submission:
     port: int
     smtps_port: int
     cert: Path
-
-    def swaps(self) -> dict[str, str]:
-        return {"2525": str(self.port), "465": str(self.smtps_port),
-                "/etc/mxroute/cert.pem": str(self.cert)}
 
 
 def submission_relay(world: World, tmp: Path, *, trusted: bool = False) -> Submission:
