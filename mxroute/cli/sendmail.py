@@ -1,7 +1,8 @@
 """`mxroute sendmail`: the /usr/sbin/sendmail interface, submitting to the local relay over SMTP.
 
 Reads a message on stdin and hands it to the first ``listen`` address of the
-running ``mxroute serve``. Exit codes are sendmail's (sysexits): 0 accepted,
+running ``mxroute serve`` that is not ``smtps://``, declaring ``BODY=8BITMIME`` and
+``SMTPUTF8`` when the message needs them. Exit codes are sendmail's (sysexits): 0 accepted,
 64 usage, 65 bad message or address, 75 the relay cannot take it now (the
 caller keeps the message and retries), 69 refused for good. Once the relay has
 queued the message for any recipient the code is 0, so a retrying caller sends
