@@ -189,7 +189,7 @@ class RelaySMTP(SMTP):
         then closes the connection."""
         if isinstance(error, TLSSetupException):
             cause = error.__cause__
-            reason = getattr(cause, "reason", None) or type(cause).__name__
+            reason = getattr(cause, "reason", None) or str(cause) or type(cause).__name__
             log.info("TLS handshake failed: client=%s: %s", self.client_ip or "unknown",
                      safe_text(str(reason), 200))
             return "454 4.7.0 TLS not available due to temporary reason"
