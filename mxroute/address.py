@@ -264,3 +264,30 @@ def parse_dns_server(text: str) -> tuple[str, int]:
     if not 0 < port < 65536:
         raise ValueError(f"port {port} out of range")
     return host, port
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """One ``listen`` item: ``host:port`` (SMTP; STARTTLS once a certificate is set) or
+    ``smtps://host:port`` (implicit TLS from the first byte, RFC 8314 §3.3: port 465 by
+    default). ``host`` as written (an IP address or ``localhost``; the settings check it)."""
+
+    host: str
+    port: int
+    implicit_tls: bool = False
+
+    def __str__(self) -> str:
+        shown = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'smtps://' if self.implicit_tls else ''}{shown}:{self.port}"
+
+
+def parse_listener(text: str) -> Listener:
+    """A ``listen`` item (see ``Listener``); ValueError naming what is wrong."""
+    raw = text.strip()
+    implicit = raw.lower().startswith("smtps://")
+    rest = raw[len("smtps://"):] if implicit else raw
+    if "/" in rest:
+        raise ValueError(f"listen {text!r}: only smtps:// is a scheme "
+                         "(host:port, [v6]:port or smtps://host:port)")
+    host, port = parse_hostport(rest, 465 if implicit else 2525)
+    return Listener(host, port, implicit)

@@ -36,12 +36,14 @@ from pydantic_settings import (
 )
 
 from mxroute.address import (
+    Listener,
     NextHop,
     is_local_name,
     normalize_domain,
     parse_address,
     parse_dns_server,
     parse_hostport,
+    parse_listener,
     parse_next_hop,
 )
 from mxroute.errors import AddressError, ConfigError
@@ -410,10 +412,10 @@ class Settings(BaseSettings):
     @classmethod
     def _listen(cls, value: list[str]) -> list[str]:
         for item in value:  # addresses, not names: no DNS decides where the relay listens
-            host, _ = parse_hostport(item, 2525)
+            host = parse_listener(item).host
             if host != "localhost" and _network(host) is None:
-                raise ValueError(f"{item!r} is not an IP address with a port "
-                                 "(e.g. 127.0.0.1:2525, [::1]:2525, 0.0.0.0:25)")
+                raise ValueError(f"{item!r} is not an IP address with a port (e.g. "
+                                 "127.0.0.1:2525, [::1]:2525, 0.0.0.0:25, smtps://0.0.0.0:465)")
         return value
 
     @field_validator("metrics_listen")
@@ -502,6 +504,10 @@ class Settings(BaseSettings):
             raise ValueError("retry_min_seconds must not exceed retry_max_seconds")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
+        smtps = [str(item) for item in self.listeners() if item.implicit_tls]
+        if smtps and self.tls_cert_file is None:
+            raise ValueError(f"listen {smtps[0]} (implicit TLS) needs tls_cert_file and "
+                             "tls_key_file")
         if not self.dns_trust_ad and "dane" in (self.tls_policy, *self.tls_policy_domains.values()):
             raise ValueError("the TLS level dane needs dns_trust_ad = true (dns_servers must be a "
                              "DNSSEC-validating resolver; TLS-7)")
@@ -538,8 +544,12 @@ class Settings(BaseSettings):
         return "default"
 
     # --- derived values ---
+    def listeners(self) -> list[Listener]:
+        """The ``listen`` items: address, port, implicit TLS or not (``smtps://``)."""
+        return [parse_listener(item) for item in self.listen]
+
     def listen_addresses(self) -> list[tuple[str, int]]:
-        return [parse_hostport(item, 2525) for item in self.listen]
+        return [(item.host, item.port) for item in self.listeners()]
 
     def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [ipaddress.ip_network(item, strict=False) for item in self.relay_networks]

@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
-from mxroute.address import parse_hostport, parse_literal
+from mxroute.address import parse_literal
 from mxroute.dns.answer import Answer, Outcome
 from mxroute.dns.resolver import Resolver
 from mxroute.routing.plan import (
@@ -150,7 +150,7 @@ def policy_from_settings(settings: Settings) -> RoutingPolicy:
     """The routing policy a relay with these settings applies."""
     names = {settings.helo_name.lower()}
     addresses = set(settings.egress_ips)
-    listeners = tuple(parse_hostport(item, 2525) for item in settings.listen)
+    listeners = tuple(settings.listen_addresses())
     for host, port in listeners:
         # A listener is "this relay" for routing only where delivery would dial it:
         # the same port (a relay on :2525 delivering to a local MTA on :25 is no loop).
