@@ -195,6 +195,68 @@ def parse_hostport(text: str, default_port: int = 25) -> tuple[str, int]:
     return host, port
 
 
+@dataclass(frozen=True, slots=True)
+class NextHop:
+    """Where a ``routes`` rule sends mail instead of the recipient domain's MX (issue 16).
+
+    ``[host]:port`` connects to ``host``'s addresses (no MX lookup, as Postfix's brackets),
+    ``host:port`` looks up ``host``'s MX first, ``smtps://host:port`` connects to ``host``'s
+    addresses with implicit TLS (RFC 8314 §3.3). ``host`` is an A-label name or an IP address.
+    """
+
+    host: str
+    port: int
+    mx: bool  # look up the MX records of ``host`` (no brackets)
+    implicit_tls: bool  # smtps:// (RFC 8314): TLS from the first byte
+    literal: IPAddress | None = None  # ``host`` is an IP address
+
+    def __str__(self) -> str:
+        shown = f"[{self.host}]" if self.literal is not None and self.literal.version == 6 \
+            else self.host
+        if self.implicit_tls:
+            return f"smtps://{shown}:{self.port}"
+        if self.mx:
+            return f"{shown}:{self.port}"
+        return f"[{self.host}]:{self.port}"
+
+
+def parse_next_hop(text: str) -> NextHop:
+    """A ``routes`` rule's ``next_hop`` (see ``NextHop``); ValueError naming what is wrong.
+
+    The port is 25 by default, 465 for ``smtps://``. An IP address is never looked up in MX,
+    bracketed or not; an IPv6 address is written in brackets (``[2001:db8::1]:25``, or
+    ``[IPv6:2001:db8::1]`` as in an address literal).
+    """
+    raw = text.strip()
+    implicit = raw.lower().startswith("smtps://")
+    rest = raw[len("smtps://"):] if implicit else raw
+    if "/" in rest or "://" in raw and not implicit:
+        raise ValueError(f"next hop {text!r}: only smtps:// is a scheme "
+                         "([host]:port, host:port or smtps://host:port)")
+    bracketed = rest.startswith("[")
+    try:
+        host, port = _split_hostport(rest, 465 if implicit else 25)
+    except ValueError as exc:
+        raise ValueError(f"next hop {exc}") from None
+    if bracketed and host.lower().startswith("ipv6:"):
+        host = host[5:]
+    if not host or not 0 < port < 65536:
+        raise ValueError(f"next hop {text!r} is not [host]:port, host:port or smtps://host:port")
+    try:
+        literal: IPAddress | None = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None
+    if literal is None:
+        try:
+            host = normalize_domain(host)
+        except AddressError as exc:
+            raise ValueError(f"next hop {text!r}: {exc.message}") from None
+    else:
+        host = str(literal)
+    return NextHop(host, port, mx=not bracketed and not implicit and literal is None,
+                   implicit_tls=implicit, literal=literal)
+
+
 def parse_dns_server(text: str) -> tuple[str, int]:
     """A DNS server: ``ip``, ``ip:port``, ``[v6]:port`` or ``v6`` → (ip, port), by default :53."""
     host, port = _split_hostport(text.strip(), 53)
@@ -202,3 +264,30 @@ def parse_dns_server(text: str) -> tuple[str, int]:
     if not 0 < port < 65536:
         raise ValueError(f"port {port} out of range")
     return host, port
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """One ``listen`` item: ``host:port`` (SMTP; STARTTLS once a certificate is set) or
+    ``smtps://host:port`` (implicit TLS from the first byte, RFC 8314 §3.3: port 465 by
+    default). ``host`` as written (an IP address or ``localhost``; the settings check it)."""
+
+    host: str
+    port: int
+    implicit_tls: bool = False
+
+    def __str__(self) -> str:
+        shown = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'smtps://' if self.implicit_tls else ''}{shown}:{self.port}"
+
+
+def parse_listener(text: str) -> Listener:
+    """A ``listen`` item (see ``Listener``); ValueError naming what is wrong."""
+    raw = text.strip()
+    implicit = raw.lower().startswith("smtps://")
+    rest = raw[len("smtps://"):] if implicit else raw
+    if "/" in rest:
+        raise ValueError(f"listen {text!r}: only smtps:// is a scheme "
+                         "(host:port, [v6]:port or smtps://host:port)")
+    host, port = parse_hostport(rest, 465 if implicit else 2525)
+    return Listener(host, port, implicit)

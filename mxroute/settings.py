@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -35,11 +36,15 @@ from pydantic_settings import (
 )
 
 from mxroute.address import (
+    Listener,
+    NextHop,
     is_local_name,
     normalize_domain,
     parse_address,
     parse_dns_server,
     parse_hostport,
+    parse_listener,
+    parse_next_hop,
 )
 from mxroute.errors import AddressError, ConfigError
 from mxroute.settingsenv import PLAIN_LISTS, TypedEnv, env_name, split_list, unknown_variables
@@ -220,6 +225,73 @@ class DkimKey(BaseModel):
         return text
 
 
+class UpstreamAuth(BaseModel):
+    """A ``routes`` rule's AUTH (RFC 4954) at its next hop: the secret only in ``password_file``
+    (read when delivering, never logged, never a setting's value)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    username: str = Field(min_length=1)
+    password_file: Path
+
+
+class RouteRule(BaseModel):
+    """One ``[[routes]]`` entry (issue 16): mail for ``match`` (and ``sender``, when set) goes to
+    ``next_hop`` instead of the recipient domain's MX; the first matching rule wins
+    (``mxroute.routing.rules``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    match: str  # "example.com", ".example.com" (its subdomains) or "*"
+    next_hop: NextHop  # "[host]:port", "host:port" (MX of host) or "smtps://host:port"
+    # the envelope sender ("app@example.com"), its domain ("@example.com") or "<>" (bounces)
+    sender: str | None = None
+    auth: UpstreamAuth | None = None
+    # the TLS level at the next hop; None: "verify" with auth (or smtps://), else ``tls_policy``
+    tls: Level | None = None
+
+    @field_validator("match", mode="before")
+    @classmethod
+    def _match(cls, value: object) -> str:
+        text = str(value).strip()
+        return "*" if text == "*" else normalize_key(text)
+
+    @field_validator("next_hop", mode="before")
+    @classmethod
+    def _next_hop(cls, value: object) -> NextHop:
+        return value if isinstance(value, NextHop) else parse_next_hop(str(value))
+
+    @field_serializer("next_hop")
+    def _show_next_hop(self, value: NextHop) -> str:
+        return str(value)
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "<>":
+            return None if value is None else "<>"
+        text = value.strip()
+        if text.startswith("@"):
+            return "@" + normalize_key(text[1:])
+        try:
+            address = parse_address(text)
+        except AddressError as exc:
+            raise ValueError(f"sender {value!r}: {exc.message}") from None
+        return f"{address.local}@{address.domain}"
+
+    @field_validator("tls", mode="before")
+    @classmethod
+    def _tls(cls, value: object) -> Level | None:
+        return None if value is None else check_level(value, "routes tls level")
+
+    @model_validator(mode="after")
+    def _auth_needs_tls(self) -> RouteRule:
+        if self.auth is not None and self.tls == "none":
+            raise ValueError("a rule with auth needs TLS (RFC 4954 §4: AUTH only after TLS); "
+                             "tls = \"none\" would send the password in clear text")
+        return self
+
+
 def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
     try:
         return ipaddress.ip_network(text, strict=False)
@@ -324,6 +396,10 @@ class Settings(BaseSettings):
     # queue_lifetime_seconds + DKIM_EXPIRE_MARGIN
     dkim_expire_seconds: int | None = Field(None, ge=1)
 
+    # --- next-hop rules (docs/routes.md): the first [[routes]] entry matching a recipient's
+    # domain (and the sender, when it names one) sends its mail to next_hop instead of the MX
+    routes: list[RouteRule] = []
+
     # --- operations ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # "host:port" of the Prometheus endpoint (needs the metrics extra)
@@ -338,10 +414,10 @@ class Settings(BaseSettings):
     @classmethod
     def _listen(cls, value: list[str]) -> list[str]:
         for item in value:  # addresses, not names: no DNS decides where the relay listens
-            host, _ = parse_hostport(item, 2525)
+            host = parse_listener(item).host
             if host != "localhost" and _network(host) is None:
-                raise ValueError(f"{item!r} is not an IP address with a port "
-                                 "(e.g. 127.0.0.1:2525, [::1]:2525, 0.0.0.0:25)")
+                raise ValueError(f"{item!r} is not an IP address with a port (e.g. "
+                                 "127.0.0.1:2525, [::1]:2525, 0.0.0.0:25, smtps://0.0.0.0:465)")
         return value
 
     @field_validator("metrics_listen")
@@ -430,6 +506,10 @@ class Settings(BaseSettings):
             raise ValueError("retry_min_seconds must not exceed retry_max_seconds")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
+        smtps = [str(item) for item in self.listeners() if item.implicit_tls]
+        if smtps and self.tls_cert_file is None:
+            raise ValueError(f"listen {smtps[0]} (implicit TLS) needs tls_cert_file and "
+                             "tls_key_file")
         if not self.dns_trust_ad and "dane" in (self.tls_policy, *self.tls_policy_domains.values()):
             raise ValueError("the TLS level dane needs dns_trust_ad = true (dns_servers must be a "
                              "DNSSEC-validating resolver; TLS-7)")
@@ -466,8 +546,12 @@ class Settings(BaseSettings):
         return "default"
 
     # --- derived values ---
+    def listeners(self) -> list[Listener]:
+        """The ``listen`` items: address, port, implicit TLS or not (``smtps://``)."""
+        return [parse_listener(item) for item in self.listen]
+
     def listen_addresses(self) -> list[tuple[str, int]]:
-        return [parse_hostport(item, 2525) for item in self.listen]
+        return [(item.host, item.port) for item in self.listeners()]
 
     def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [ipaddress.ip_network(item, strict=False) for item in self.relay_networks]

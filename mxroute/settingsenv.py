@@ -9,7 +9,6 @@ no setting is reported with the closest setting's name: ``unknown_variables``.
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -78,6 +77,8 @@ def unknown_variables(environ: Mapping[str, str], names: Iterable[str]) -> list[
         if (not upper.startswith(PREFIX) or upper in known or upper in NOT_SETTINGS
                 or upper.startswith(NOT_SETTINGS_PREFIXES)):
             continue
+        import difflib  # only to name a close match for a misspelt variable
+
         close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
         hint = f"did you mean {close[0]}?" if close else "no setting is called so"
         lines.append(f"{key} is not a setting ({hint}); ignored")

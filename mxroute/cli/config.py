@@ -1,8 +1,8 @@
 """`mxroute check-config`'s settings part (issue 15 C3, D): the effective settings as a TOML file
 that loads back to the same settings, each value not a default followed by where it came from;
 ``--non-default`` (Postfix's ``postconf -n``); and what would stop ``serve`` at start (an
-address it cannot listen on, a spool it cannot make), checked as ``serve`` uses them, leaving
-nothing behind.
+address it cannot listen on, a spool it cannot make, a ``routes`` rule's ``password_file`` that
+gives no secret), checked as ``serve`` uses them, leaving nothing behind.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mxroute.errors import ConfigError
+from mxroute.relay.courier.upstream import unusable_secrets
 from mxroute.settings import Settings
 from mxroute.settingsdoc import toml_line
 
@@ -55,6 +56,20 @@ def check_startup(settings: Settings) -> None:
     if problem:
         raise ConfigError(f"setting spool_dir (from {settings.origin('spool_dir')}): "
                           f"{settings.spool_dir}: {problem}")
+    problem = _routes_problem(settings)
+    if problem:
+        raise ConfigError(f"setting routes (from {settings.origin('routes')}): {problem}")
+
+
+def _routes_problem(settings: Settings) -> str | None:
+    """A rule whose AUTH ``password_file`` gives no secret (issue 16: its mail would only be
+    deferred), unless only the service user may read it (we cannot tell then). Never the
+    secret itself."""
+    for problem, path in unusable_secrets(settings.routes):
+        unreadable_to_us = path.is_file() and not os.access(path, os.R_OK)
+        if not (unreadable_to_us and _service_owned(path)):
+            return problem
+    return None
 
 
 def _listen_problem(host: str) -> str | None:

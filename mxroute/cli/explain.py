@@ -14,17 +14,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mxroute.address import Address
+from mxroute.cli.explainserve import SPF_SKIPPED, IntakeVerdicts, intake_verdicts, relay_policy
 from mxroute.dns.resolver import Resolver
 from mxroute.errors import EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
-from mxroute.identity.dmarc.assess import Assessment
 from mxroute.routing.plan import Plan, Verdict, plan_to_json
-from mxroute.routing.route import mta_sts_reach, policy_from_settings, route
+from mxroute.routing.route import mta_sts_reach, route
 from mxroute.settings import Settings
 from mxroute.tls import host as hosttls
 from mxroute.tls.mtasts.policy import Lookup, skip_reason
 from mxroute.tls.policy import TlsPolicy
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # DKIM and DMARC (cryptography, the PSL) load only with --from
+    from mxroute.identity.dmarc.assess import Assessment
     from mxroute.tls.mtasts.store import MtaSts
 
 EXIT_CODES = {Verdict.DELIVERABLE: EX_OK, Verdict.TEMPORARY: EX_TEMPFAIL,
@@ -45,15 +46,33 @@ class Report:
     mta_sts: Lookup | None = None  # the MTA-STS state delivery would apply (TLS-5/6, EXP-3)
     mta_sts_skipped: str | None = None  # or why delivery would not consult MTA-STS
     author: Assessment | None = None  # --from: the From: domain's DKIM and DMARC verdict
+    # issue 16 §2: what serve itself would do (explainserve, relaystate)
+    intake: IntakeVerdicts | None = None  # the intake's replies at MAIL FROM and RCPT TO
+    relay: dict[str, Any] | None = None  # what a relay on this spool knows (RTY-4, TLS-5)
+    zones: dict[str, Any] | None = None  # --zone: the loaded zone holding the domain, or none
+    spf_skipped: str | None = None  # why there is no SPF verdict
+
+    def verdict(self) -> tuple[Verdict, str, str]:
+        """(verdict, reason, enhanced status): an intake refusal first, else the route's."""
+        found = (self.intake.status(self.plan) if self.intake is not None
+                 else (self.plan.verdict, self.plan.reason, self.plan.dsn_status))
+        note = self.zones and self.zones["note"]
+        return (found[0], f"{found[1]}: {note}", found[2]) if note else found
 
     @property
     def exit_code(self) -> int:
-        return EXIT_CODES[self.plan.verdict]
+        return EXIT_CODES[self.verdict()[0]]
 
     def to_json(self) -> dict[str, Any]:
         first = self.identity[0] if self.identity else {}
         body: dict[str, Any] = {"address": str(self.address), "domain": self.address.domain}
         body.update(plan_to_json(self.plan))
+        verdict, body["reason"], body["dsn_status"] = self.verdict()
+        body["status"] = verdict.value
+        body["intake"] = self.intake.to_json(self.plan) if self.intake is not None else None
+        body["relay"] = self.relay
+        body["zones"] = self.zones
+        body["spf_skipped"] = self.spf_skipped
         body["spf"] = first.get("spf")
         body["ptr"] = first.get("ptr")
         body["identity"] = self.identity
@@ -103,15 +122,17 @@ async def run_explain(address: Address, settings: Settings, resolver: Resolver, 
     verdict of its domain. ``sts``: the MTA-STS policies to consult (bulk: one ``mta_sts_store``
     for every address); by default a fresh ``mta_sts_store``.
     """
-    policy = policy_from_settings(settings)
-    routed = await route(resolver, address.domain, policy, random.Random(seed), settings)
-    plan = routed.plan
-    report = Report(address, plan, [], tls=routed.tls)  # EXP-3: the level delivery applies
-    await _add_mta_sts(report, settings, resolver, sts)
     egress = list(egress_ips or settings.egress_ips)
     helo = helo or settings.helo_name
     if author is not None:
         sender = sender if sender is not None else str(author)
+    policy = relay_policy(settings, helo, egress)  # MX-11: --helo, --egress-ip are this relay
+    envelope = None if sender is None else sender.removeprefix("<").removesuffix(">")  # <>: ""
+    routed = await route(resolver, address.domain, policy, random.Random(seed), settings, envelope)
+    plan = routed.plan
+    report = Report(address, plan, [], tls=routed.tls)  # EXP-3: the level delivery applies
+    await _add_mta_sts(report, settings, resolver, sts)
+    await _add_serve(report, settings, resolver, sender)
     await _add_identity(report, settings, resolver, egress, sender, helo)
     if author is not None:
         from mxroute.identity.dmarc.assess import assess
@@ -150,10 +171,25 @@ async def _add_mta_sts(report: Report, settings: Settings, resolver: Resolver,
         report.mta_sts = await store.lookup(report.plan.domain)
 
 
+async def _add_serve(report: Report, settings: Settings, resolver: Resolver,
+                     sender: str | None) -> None:
+    """Issue 16 §2: the intake's replies, the --zone note, and what a relay on the spool knows."""
+    from mxroute.cli import relaystate
+    from mxroute.cli.explainserve import zone_note
+
+    report.intake = await intake_verdicts(report.address, sender, settings, resolver)
+    report.zones = zone_note(resolver, settings, report.address.domain)
+    known = await relaystate.snapshot(settings)
+    if known is not None:
+        cached = relaystate.cached_policy(settings, resolver, report.plan.domain)
+        report.relay = known.for_plan(report.plan, cached)
+
+
 async def _add_identity(report: Report, settings: Settings, resolver: Resolver,
                         egress_ips: list[str], sender: str | None, helo: str) -> None:
     """SPF and reverse-DNS verdicts for the relay's own sending identity (EXP-4)."""
     if not egress_ips:
+        report.spf_skipped = SPF_SKIPPED  # issue 16 §2: say why
         return
     sender = sender or (f"postmaster@{settings.sender_domain}" if settings.sender_domain else None)
     from mxroute.cli.identity import render_identity

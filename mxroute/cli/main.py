@@ -68,10 +68,26 @@ def _version() -> str:
         return "(version unknown: not installed)"
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Version(argparse.Action):
+    """``--version``: the installed metadata is read only when it is asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS,
+                 help: str | None = "show the version and exit") -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        print(f"{PROG} {_version()}")
+        parser.exit()
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; given the ``command`` argv names, the subcommands of the other
+    commands (queue's, dkim's: the spool code) are left out, so ``explain`` and ``spf`` start
+    without them (issue 16, part 5)."""
     common = _common()
     parser = _Parser(prog=PROG, description="Mail routing resolver and SMTP smarthost relay.")
-    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("explain", parents=[common], help="show how mail to ADDRESS would be routed")
@@ -105,17 +121,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("queue", help="inspect and act on the spool (docs/operators.md)")
     queue = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    from mxroute.cli.queueops import add_op_parsers
-    from mxroute.cli.queueview import add_view_parsers
+    if command in (None, "queue"):
+        from mxroute.cli.queueops import add_op_parsers
+        from mxroute.cli.queueview import add_view_parsers
 
-    add_view_parsers(queue, common)  # list, summary, show, cat
-    add_op_parsers(queue, common)  # flush, hold, release, requeue, bounce, delete, hosts
+        add_view_parsers(queue, common)  # list, summary, show, cat
+        add_op_parsers(queue, common)  # flush, hold, release, requeue, bounce, delete, hosts
 
     sub.add_parser("sendmail", help="sendmail-compatible submission to the local relay: "
                                     "mxroute sendmail [-t] [-i] [-f SENDER] [RCPT...]")
 
     p = sub.add_parser("dkim", help="DKIM keys: keygen, check (docs/dkim.md)")
     dkim = p.add_subparsers(dest="dkim_action", required=True, parser_class=_Parser)
+    if command in (None, "dkim"):
+        _add_dkim_parsers(dkim, common)
+
+    p = sub.add_parser("check-config", parents=[common],
+                       help="validate the settings and print the effective values")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--non-default", action="store_true",
+                   help="only the settings set somewhere: file, environment, command line "
+                        "(postconf -n)")
+    return parser
+
+
+def _add_dkim_parsers(dkim: Any, common: argparse.ArgumentParser) -> None:
     p = dkim.add_parser("keygen", parents=[common],
                         help="write a new private key and print its DNS record")
     p.add_argument("domain")
@@ -128,14 +158,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = dkim.add_parser("check", parents=[common],
                         help="compare every configured key with the one published in DNS")
     p.add_argument("--json", action="store_true")
-
-    p = sub.add_parser("check-config", parents=[common],
-                       help="validate the settings and print the effective values")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--non-default", action="store_true",
-                   help="only the settings set somewhere: file, environment, command line "
-                        "(postconf -n)")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -150,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # sendmail's own flags (-f, -t, -i, ...) are not ours to parse: hand them over whole.
         return _guarded(lambda: _sendmail(argv[1:] if argv and argv[0] == "sendmail" else argv),
                         stdout=True)
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     return _guarded(lambda: _dispatch(args), stdout=True)
 
 

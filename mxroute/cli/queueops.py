@@ -176,10 +176,11 @@ def act(settings: Settings, request: dict[str, Any]) -> dict[str, Any]:
             lock.release()
 
 
-def ask(path: Path, request: dict[str, Any]) -> dict[str, Any] | None:
+def ask(path: Path, request: dict[str, Any],
+        timeout: float = REPLY_TIMEOUT) -> dict[str, Any] | None:
     """The running serve's reply over ``path``; None when no serve listens there."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(REPLY_TIMEOUT)
+        sock.settimeout(timeout)
         try:
             sock.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError):

@@ -52,8 +52,12 @@ def render_explain(report: Report, style: Style) -> str:
     domain = report.address.domain
     if plan.cnames:
         domain += f"  (alias: {' -> '.join(plan.cnames)})"
-    summary = [["domain", domain],
-               ["verdict", f"{plan.verdict.value} ({plan.dsn_status}): {plan.reason}"]]
+    verdict, reason, status = report.verdict()  # an intake refusal decides (issue 16 §2)
+    summary = [["domain", domain], ["verdict", f"{verdict.value} ({status}): {reason}"]]
+    if report.intake is not None:
+        summary += report.intake.lines()
+    if plan.route is not None:  # issue 16: the next-hop rule instead of the domain's MX
+        summary.append(["route", plan.route.describe()])
     if report.tls is not None:  # TLS-3 / EXP-3
         summary.append(["tls policy", report.tls.describe()])
     if report.mta_sts is not None:  # TLS-5/6, EXP-3
@@ -63,14 +67,15 @@ def render_explain(report: Report, style: Style) -> str:
     out.append(table(
         ["address", terminal_safe(report.address)],
         summary,
-    ).replace(plan.verdict.value, style.verdict(plan.verdict, plan.verdict.value), 1))
+    ).replace(verdict.value, style.verdict(verdict, verdict.value), 1))
     flags = []
     if plan.null_mx:
         flags.append("null MX (RFC 7505)")
     if plan.implicit_mx:
         flags.append("no MX records: implicit MX (RFC 5321 §5.1)")
     if plan.mx:
-        out.append(style.bold("\nMX records") + (f"  [{'; '.join(flags)}]" if flags else ""))
+        of = f" of {plan.route.rule.next_hop.host}" if plan.route is not None else ""
+        out.append(style.bold(f"\nMX records{of}") + (f"  [{'; '.join(flags)}]" if flags else ""))
         mx = sorted(plan.mx, key=lambda r: r.preference)
         out.append(table(["PREF", "EXCHANGE", "TTL"],
                          [[r.preference, r.exchange, r.ttl] for r in mx]))
@@ -101,9 +106,7 @@ def render_explain(report: Report, style: Style) -> str:
         out.append(style.bold("\nReasoning"))
         out.append(table(["RULE", "REF", "DECISION"],
                          [[d.rule, d.ref, d.text] for d in plan.decisions]))
-    if report.identity_text:
-        out.append(style.bold("\nSending identity"))
-        out.append(report.identity_text.rstrip("\n"))
+    out += render_serve(report, style)
     if report.author is not None:  # issue 14 §3
         out.append(render_author(report.author, style))
     if report.probe is not None:
@@ -117,6 +120,24 @@ def render_explain(report: Report, style: Style) -> str:
               "yes" if q["cached"] else "no", "; ".join(q["answers"]) or "-"] for q in report.dns],
         ))
     return "\n".join(out) + "\n"
+
+
+def render_serve(report: Report, style: Style) -> list[str]:
+    """The sending identity (or why SPF was not checked) and what a relay on the spool knows
+    (issue 16 §2)."""
+    out = []
+    if report.identity_text:
+        out.append(style.bold("\nSending identity"))
+        out.append(report.identity_text.rstrip("\n"))
+    elif report.spf_skipped and report.intake is not None and report.intake.mail_from:
+        out.append(style.bold("\nSending identity"))
+        out.append(f"  SPF not checked: {report.spf_skipped}")
+    if report.relay is not None:
+        from mxroute.cli.relaystate import render as render_relay
+
+        out.append(style.bold("\nRelay") + " (what the relay on this spool knows)")
+        out += render_relay(report.relay)
+    return out
 
 
 def render_author(found: Assessment, style: Style) -> str:

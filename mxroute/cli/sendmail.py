@@ -1,7 +1,8 @@
 """`mxroute sendmail`: the /usr/sbin/sendmail interface, submitting to the local relay over SMTP.
 
 Reads a message on stdin and hands it to the first ``listen`` address of the
-running ``mxroute serve``. Exit codes are sendmail's (sysexits): 0 accepted,
+running ``mxroute serve`` that is not ``smtps://``, declaring ``BODY=8BITMIME`` and
+``SMTPUTF8`` when the message needs them. Exit codes are sendmail's (sysexits): 0 accepted,
 64 usage, 65 bad message or address, 75 the relay cannot take it now (the
 caller keeps the message and retries), 69 refused for good. Once the relay has
 queued the message for any recipient the code is 0, so a retrying caller sends
@@ -21,15 +22,16 @@ import getpass
 import os
 import smtplib
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from email.parser import BytesHeaderParser
+from email.parser import HeaderParser
 from email.utils import formataddr, formatdate, getaddresses, make_msgid
 from typing import BinaryIO, Literal
 
-from mxroute.address import parse_address, parse_hostport
+from mxroute.address import Listener, parse_address
 from mxroute.errors import EX_DATAERR, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE, AddressError
 from mxroute.settings import Settings
 
@@ -157,7 +159,9 @@ def complete_headers(
     head, sep, body = message.partition(b"\r\n\r\n")
     if not sep:
         head, body = message.rstrip(b"\r\n"), b""
-    headers = BytesHeaderParser().parsebytes(head + b"\r\n\r\n")
+    # UTF-8 header fields (RFC 6532: what mail(1) and PHP write for a UTF-8 address) read as
+    # text; BytesHeaderParser would read them as ASCII with escapes (issue 17)
+    headers = HeaderParser().parsestr(head.decode("utf-8", "surrogateescape") + "\r\n\r\n")
     recipients: list[str] = []
     if extract:
         fields = headers.get_all("To", []) + headers.get_all("Cc", []) + headers.get_all("Bcc", [])
@@ -213,11 +217,11 @@ def sendmail(settings: Settings, command: Command, stdin: BinaryIO) -> int:
     except AddressError as exc:
         print(f"sendmail: {exc.message}", file=sys.stderr)
         return EX_DATAERR
-    host, port = parse_hostport(settings.listen[0], 2525)
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    host, port, implicit_tls = _relay_address(settings)
     try:
-        with smtplib.SMTP(host, port, local_hostname=settings.helo_name, timeout=60) as client:
-            refused = client.sendmail("" if sender == "<>" else sender, recipients, message)
+        with _connect(host, port, implicit_tls, settings.helo_name) as client:
+            refused = client.sendmail("" if sender == "<>" else sender, recipients, message,
+                                      mail_options(sender, recipients, message))
     except smtplib.SMTPRecipientsRefused as exc:
         return _refused({r: v for r, v in exc.recipients.items()})
     except smtplib.SMTPResponseException as exc:
@@ -232,6 +236,34 @@ def sendmail(settings: Settings, command: Command, stdin: BinaryIO) -> int:
         return EX_TEMPFAIL
     _report(refused)  # queued for the others: retrying would duplicate their copies
     return EX_OK
+
+
+def _relay_address(settings: Settings) -> tuple[str, int, bool]:
+    """The first ``listen`` address that is not ``smtps://``, else the first (a wildcard as
+    loopback): (host, port, implicit TLS)."""
+    listeners = settings.listeners() or [Listener("127.0.0.1", 2525)]
+    relay = next((item for item in listeners if not item.implicit_tls), listeners[0])
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(relay.host, relay.host)
+    return host, relay.port, relay.implicit_tls
+
+
+def _connect(host: str, port: int, implicit_tls: bool, helo: str) -> smtplib.SMTP:
+    """An SMTP session with the local relay; over implicit TLS when it listens only on
+    ``smtps://`` (its certificate not checked: this machine's own configuration names it)."""
+    if not implicit_tls:
+        return smtplib.SMTP(host, port, local_hostname=helo, timeout=60)
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    return smtplib.SMTP_SSL(host, port, local_hostname=helo, timeout=60, context=context)
+
+
+def mail_options(sender: str, recipients: Sequence[str], message: bytes) -> list[str]:
+    """MAIL parameters the message needs: BODY=8BITMIME for 8-bit text (RFC 6152), SMTPUTF8
+    for a non-ASCII address (RFC 6531 §3.4); smtplib refuses the latter without it."""
+    options = ["BODY=8BITMIME"] if not message.isascii() else []
+    if not all(address.isascii() for address in (sender, *recipients)):
+        options.append("SMTPUTF8")
+    return options
 
 
 def _refused(refused: dict[str, tuple[int, bytes]]) -> int:

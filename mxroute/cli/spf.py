@@ -3,19 +3,23 @@
 SENDER is a MAIL FROM address; ``<>`` or ``""`` is the null reverse-path, for
 which the HELO identity ``postmaster@HELO`` is checked (RFC 7208 §2.4) and
 ``--helo`` is required. A bare domain means ``postmaster@domain`` (§4.3).
-Without ``--helo``, ``%{h}`` expands to the sender's domain.
+Without ``--helo``, ``%{h}`` expands to the sender's domain. A malformed domain
+(a 64-octet label, an empty label, ``foo@[1.2.3.5]``, a HELO literal) is evaluated
+as RFC 7208 §4.3 says: the result is ``none`` (issue 16).
 
 Exit codes (CONTRACT.md, "Exit codes of explain and spf"): 0 when the check ran
 and produced a verdict (pass, fail, softfail, neutral, none, permerror — a broken
 record is an answer about the domain); 75 for temperror, the contract's
 "temporary failure (SERVFAIL, timeout)": the same command may answer later;
-64 for a malformed IP, sender or HELO name.
+64 for a malformed IP, a missing argument (a null sender without ``--helo``) or a
+control character, which no SMTP command carries.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import sys
 
 from mxroute.address import normalize_domain
@@ -26,25 +30,43 @@ from mxroute.identity.spf.evaluate import SPFOptions, check_host
 from mxroute.identity.spf.results import TEMPERROR
 
 EXIT_CODES = {TEMPERROR: EX_TEMPFAIL}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def lookup_name(name: str) -> str:
+    """``name`` as check_host() should be given it: a valid IDN in A-labels (§4.3), anything
+    else as typed, for check_host() to judge (a malformed domain is the result ``none``)."""
+    if name.isascii():
+        return name
+    try:
+        return normalize_domain(name)
+    except AddressError:
+        return name
 
 
 def parse_sender(sender: str, helo: str | None) -> tuple[str, str, str]:
-    """(domain, sender, helo) to check; raise AddressError for bad input."""
+    """(domain, sender, helo) to check; raise AddressError only for what is not an argument.
+
+    A malformed domain (a label over 63 octets, an empty label, a domain literal) is not an
+    error here: RFC 7208 §4.3 makes it check_host()'s result ``none``. What no SMTP command
+    could carry (a control character) and a null sender without ``--helo`` are.
+    """
+    for what, given in (("sender", sender), ("HELO name", helo or "")):
+        if _CONTROL.search(given.strip()):
+            raise AddressError(f"control character in the {what}")
     text = sender.strip()
     if text in ("", "<>"):
         if not helo:
             raise AddressError("a null sender needs --helo: "
                                "the HELO identity is checked (RFC 7208 §2.4)")
-        domain = normalize_domain(helo.rstrip("."))
+        domain = lookup_name(helo.strip())
         return domain, f"postmaster@{domain}", helo
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1]
     local, at, domain_text = text.rpartition("@")
     if not at:
         local, domain_text = "postmaster", text
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in local):
-        raise AddressError("control character in the sender's local part")
-    domain = normalize_domain(domain_text)
+    domain = lookup_name(domain_text)
     return domain, f"{local or 'postmaster'}@{domain}", helo if helo else domain
 
 

@@ -55,6 +55,8 @@ class ZoneData:
     # TLS-7: (name, type or None) a validating resolver would call secure; a name with a leading
     # "." covers every name under it. Lower-case, no trailing dot.
     secure: set[tuple[str, int | None]] = field(default_factory=set)
+    # (node count it was computed at, the zone apexes): apexes() once per change, not per name
+    _apexes: tuple[int, frozenset[dns.name.Name]] | None = field(default=None, repr=False)
 
     @classmethod
     def from_files(cls, paths: Iterable[str | Path]) -> ZoneData:
@@ -185,6 +187,31 @@ class ZoneData:
             return True
         return any(owner.is_subdomain(name) and owner != name for owner in self.nodes)
 
+    def apexes(self) -> frozenset[dns.name.Name]:
+        """The loaded zones: the owners of SOA records, and for names outside those, the topmost
+        owner names (records without an SOA are a zone at each name no other name encloses)."""
+        if self._apexes is None or self._apexes[0] != len(self.nodes):
+            soa = {name for name, node in self.nodes.items()
+                   if node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.SOA) is not None}
+            rest = {name for name in self.nodes
+                    if name not in soa and not any(a in soa for a in _ancestors(name))}
+            tops = {name for name in rest if not any(a in rest for a in _ancestors(name))}
+            self._apexes = (len(self.nodes), frozenset(soa | tops))
+        return self._apexes[1]
+
+    def zone_of(self, domain: str) -> str | None:
+        """The loaded zone ``domain`` is in (its apex, no final dot), or None: outside every one
+        (issue 16 §2: explain says so, instead of a bare NXDOMAIN)."""
+        try:
+            name = dns.name.from_text(domain)
+        except (dns.exception.DNSException, ValueError):
+            return None
+        apexes = self.apexes()
+        for candidate in (name, *_ancestors(name)):
+            if candidate in apexes:
+                return str(candidate.to_text(omit_final_dot=True))
+        return None
+
     def _add_soa(self, response: dns.message.Message, name: dns.name.Name) -> None:
         zone = name
         while True:
@@ -196,6 +223,15 @@ class ZoneData:
             if len(zone) <= 1:
                 return
             zone = zone.parent()
+
+
+def _ancestors(name: dns.name.Name) -> list[dns.name.Name]:
+    """The names enclosing ``name``, nearest first, the root excluded."""
+    found = []
+    while len(name) > 2:
+        name = name.parent()
+        found.append(name)
+    return found
 
 
 def parse_zone_text(text: str, source: str = "<zone>") -> list[dns.rrset.RRset]:
@@ -254,6 +290,10 @@ class ZoneTransport:
 
     def describe(self) -> str:
         return "zone files " + ", ".join(self.sources) if self.sources else "zone data"
+
+    def zone_of(self, domain: str) -> str | None:
+        """The loaded zone holding ``domain``, or None (``ZoneData.zone_of``)."""
+        return self.data.zone_of(domain)
 
     async def query(
         self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType,

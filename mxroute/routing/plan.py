@@ -8,6 +8,7 @@ carries the rule it applied and its RFC clause.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import ipaddress
@@ -19,6 +20,7 @@ from mxroute.address import IPAddress
 from mxroute.dns.answer import Answer, Outcome
 
 if TYPE_CHECKING:
+    from mxroute.routing.rules import Chosen
     from mxroute.tls.dane import DanePosture
 
 Family = Literal["ipv6-first", "ipv4-first", "ipv4-only", "ipv6-only"]
@@ -53,6 +55,11 @@ class RoutingPolicy:
     allow_private: bool = False  # SEC-11
     self_names: frozenset[str] = frozenset()  # MX-11: helo_name and other names of this relay
     self_addresses: frozenset[str] = frozenset()  # MX-11: listen and egress addresses
+    # issue 16: every (host, port) this relay listens on, and its egress addresses: what "this
+    # relay" is at a next hop's port (``for_next_hop``)
+    listeners: tuple[tuple[str, int], ...] = ()
+    egress: frozenset[str] = frozenset()
+    self_loopback: bool = False  # MX-11: every loopback address is this relay (a wildcard listener)
 
     @property
     def families(self) -> tuple[int, ...]:
@@ -81,6 +88,10 @@ class DomainFacts:
     literal: IPAddress | None = None
     mx: Answer | None = None
     hosts: dict[str, HostFacts] = field(default_factory=dict)
+    # issue 16: the ``routes`` rule sending ``domain`` to its next hop, and the facts about that
+    # hop (its MX for ``host:port``, else only its addresses; nothing for an IP)
+    route: Chosen | None = None
+    hop: DomainFacts | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +173,8 @@ class Plan:
     decisions: tuple[Decision, ...] = ()
     # TLS-7: set by routing.route() for destinations at the TLS level "dane"
     dane: DanePosture | None = None
+    # issue 16: the ``routes`` rule that sent this destination to its next hop (None: the MX)
+    route: Chosen | None = None
 
     @property
     def deliverable(self) -> bool:
@@ -226,9 +239,61 @@ def is_null_mx(records: list[MxRecord]) -> bool:
     return len(records) == 1 and records[0].exchange == "."
 
 
+WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+
+
 def build_plan(facts: DomainFacts, policy: RoutingPolicy, rng: random.Random) -> Plan:
     """Decide, from DNS facts alone, the ordered addresses delivery will try."""
+    if facts.route is not None and facts.hop is not None:
+        return _next_hop_plan(facts.domain, facts.route, facts.hop, policy, rng)
     return _Planner(facts, policy, rng).plan()
+
+
+def for_next_hop(policy: RoutingPolicy, port: int) -> RoutingPolicy:
+    """The policy at a configured next hop on ``port`` (issue 16): private and loopback addresses
+    allowed (the operator chose it, as Postfix trusts ``relayhost``); "this relay" (MX-11) is a
+    listener on that port: its address, or with a wildcard listener every loopback and egress
+    address."""
+    ours = [host for host, listening in policy.listeners if listening == port]
+    wildcard = any(host in WILDCARDS for host in ours)
+    addresses = frozenset(h for h in ours if h not in WILDCARDS)
+    return dataclasses.replace(
+        policy, port=port, allow_private=True,
+        self_names=policy.self_names if ours else frozenset(),
+        self_addresses=addresses | (policy.egress if wildcard else frozenset()),
+        self_loopback=wildcard)
+
+
+def _next_hop_plan(
+    domain: str, chosen: Chosen, hop: DomainFacts, policy: RoutingPolicy, rng: random.Random,
+) -> Plan:
+    """The plan for ``domain`` at ``chosen``'s next hop: the hop's own plan (its MX, or its
+    addresses alone), with the rule named first; a hop that cannot be used defers."""
+    next_hop = chosen.rule.next_hop
+    how = ("the MX of " + next_hop.host if next_hop.mx else
+           "the address given" if next_hop.literal is not None else
+           f"the addresses of {next_hop.host} (no MX lookup)")
+    first = Decision("ROUTE", f"routes rule {chosen.number}",
+                     f"{domain} is routed by {chosen.describe()}: delivery goes to {how} at "
+                     f"port {next_hop.port}, not to the MX of {domain}; private addresses "
+                     "allowed for a configured next hop")
+    if next_hop.literal is not None:  # an IP next hop: no DNS at all
+        hop = DomainFacts(next_hop.host, literal=next_hop.literal)
+    planner = _Planner(hop, for_next_hop(policy, next_hop.port), rng)
+    inner = planner.plan() if hop.literal is not None or hop.mx is not None else planner.host()
+    plan = dataclasses.replace(inner, domain=domain, route=chosen,
+                               implicit_mx=inner.implicit_mx and next_hop.mx,
+                               decisions=(first, *inner.decisions))
+    if plan.deliverable:
+        return plan
+    status = "4" + plan.dsn_status[1:]
+    last = Decision("ROUTE", f"routes rule {chosen.number}",
+                    f"next hop {next_hop} is not usable: deferred ({status}) and retried, "
+                    "never bounced (fix the rule or the hop)")
+    return dataclasses.replace(
+        plan, verdict=Verdict.TEMPORARY, dsn_status=status,
+        reason=f"next hop {next_hop} (routes rule {chosen.number}): {plan.reason}",
+        decisions=(*plan.decisions, last))
 
 
 class _Planner:
@@ -297,6 +362,10 @@ class _Planner:
             )
         return self.exchanges(records, shown_mx, implicit)
 
+    def host(self) -> Plan:
+        """A next hop in brackets (issue 16): the addresses of one host, as an implicit MX."""
+        return self.exchanges([MxRecord(0, self.facts.domain, 0)], (), implicit=True)
+
     def exchanges(
         self, records: list[MxRecord], shown_mx: tuple[MxRecord, ...], implicit: bool,
     ) -> Plan:
@@ -346,7 +415,7 @@ class _Planner:
         if family not in self.policy.families:
             self.prune(None, str(address), "family-disabled",
                        f"IPv{family} is disabled (address_family={self.policy.family})")
-        elif str(address) in self.policy.self_addresses:
+        elif self.is_self_address(address):
             self.prune(None, str(address), "self",
                        f"{address} is this relay (RFC 5321 §5.1, MX-11)")
             return self.result(Verdict.PERMANENT, f"mail for {domain} loops back to myself",
@@ -400,6 +469,11 @@ class _Planner:
             return kept
         return records
 
+    def is_self_address(self, address: IPAddress) -> bool:
+        """MX-11: ``address`` is one of this relay's (at the port being planned)."""
+        return str(address) in self.policy.self_addresses or (
+            self.policy.self_loopback and address.is_loopback)
+
     def is_self(self, exchange: str) -> str | None:
         if exchange in self.policy.self_names:
             return f"{exchange} is this relay's name"
@@ -411,7 +485,7 @@ class _Planner:
             if answer is None or answer.outcome is not Outcome.RECORDS:
                 continue
             for rr in answer.rrs:
-                if record_address(rr.address)[0] in self.policy.self_addresses:
+                if self.is_self_address(ipaddress.ip_address(rr.address)):
                     return f"{exchange} resolves to {rr.address}, an address of this relay"
         return None
 
@@ -507,5 +581,6 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
         "plan": [t.to_json() for t in plan.targets],
         "pruned": [p.to_json() for p in plan.pruned],
         "decisions": [d.to_json() for d in plan.decisions],
+        "route": plan.route.to_json() if plan.route is not None else None,
     }
 

@@ -99,18 +99,27 @@ async def _listen(intake: Intake, settings: Settings) -> list[asyncio.base_event
             servers.append(await loop.create_server(factory, sock=sock, backlog=1024))
             log.info("listening on %s (socket activation)", _address(sock.getsockname()))
         return servers
-    for host, port in settings.listen_addresses():
+    for listener in settings.listeners():
+        host, port = listener.host, listener.port
         try:
-            servers.append(await loop.create_server(factory, host, port, reuse_address=True,
-                                                    backlog=1024))
+            if listener.implicit_tls:  # smtps:// (RFC 8314 §3.3): TLS, then the greeting
+                server = await loop.create_server(
+                    intake.factory(implicit_tls=True), host, port, reuse_address=True,
+                    backlog=1024, ssl=intake.listener_tls(),
+                    ssl_handshake_timeout=min(60.0, settings.command_timeout))
+            else:
+                server = await loop.create_server(factory, host, port, reuse_address=True,
+                                                  backlog=1024)
         except OSError as exc:
             for server in servers:
                 server.close()
-            raise MxrouteError(f"cannot listen on {host}:{port}: {exc.strerror}",
+            raise MxrouteError(f"cannot listen on {listener}: {exc.strerror}",
                                code=421) from None
-        sockets = servers[-1].sockets
-        log.info("listening on %s",
-                 _address(sockets[0].getsockname()) if sockets else f"{host}:{port}")
+        servers.append(server)
+        sockets = server.sockets
+        where = _address(sockets[0].getsockname()) if sockets else f"{host}:{port}"
+        log.info("listening on %s%s", where,
+                 " (implicit TLS, RFC 8314)" if listener.implicit_tls else "")
     return servers
 
 

@@ -60,8 +60,10 @@ class Delivery:
 
     def __init__(self, settings: Settings, spool: Spool) -> None:
         from mxroute.relay.courier.courier import Courier
+        from mxroute.relay.courier.upstream import warn_unusable_secrets
         from mxroute.tls.mtasts.store import STORE_NAME, MtaSts
 
+        warn_unusable_secrets(settings.routes)  # issue 16: said once at start, not per message
         self.settings = settings
         self.spool = spool
         self.resolver = resolver_from_settings(settings)
@@ -101,7 +103,10 @@ class Delivery:
         return None
 
     def reconfigure(self, new: Settings) -> None:
+        from mxroute.relay.courier.upstream import warn_unusable_secrets
+
         old = self.settings
+        warn_unusable_secrets(new.routes)
         self.queue.reconfigure(new)
         self.courier.settings, self.mta_sts.reach = new, mta_sts_reach(new)
         self.signer = self.queue.notices.signer = _dsn_signer(new, self.signer)

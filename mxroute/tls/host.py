@@ -9,11 +9,13 @@ takes the MX host's name, not routing's types.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from mxroute.tls import dane
 from mxroute.tls.mtasts import policy as mtasts
 from mxroute.tls.policy import TlsPolicy
+
+if TYPE_CHECKING:
+    from mxroute.tls import dane
 
 
 class HostTls(NamedTuple):
@@ -31,10 +33,13 @@ def for_host(
     MTA-STS lookup ``sts`` (None: not consulted). ``target`` names the host and address in a
     refusal (``mx1.example.com[192.0.2.1]:25``)."""
     host = posture.host(exchange) if posture is not None and exchange else None
-    if host is not None and host.need is not dane.Need.MAY:  # DNSSEC-secure TLSA (or its failure)
-        refusal = dane.deferral(posture, exchange, target)  # the TLSA lookup failed
-        if refusal is not None:
-            return HostTls(tls, refusal, "TLS-7")
-        return HostTls(dane.host_policy(tls, posture, exchange), None, "TLS-7")
+    if host is not None:  # a DANE posture: routing loaded the DANE module to make it
+        from mxroute.tls import dane
+
+        if host.need is not dane.Need.MAY:  # DNSSEC-secure TLSA (or its failure)
+            refusal = dane.deferral(posture, exchange, target)  # the TLSA lookup failed
+            if refusal is not None:
+                return HostTls(tls, refusal, "TLS-7")
+            return HostTls(dane.host_policy(tls, posture, exchange), None, "TLS-7")
     policy, refusal = mtasts.host_policy(sts, exchange, tls)
     return HostTls(policy, refusal, "TLS-6")

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 DEFAULT_SOURCE = "tls_policy"
 TABLE_SOURCE = "tls_policy_domains"
+ROUTES_SOURCE = "routes"  # issue 16: a next-hop rule's level (``routing.route.routed_tls``)
 STATUS = "4.7.5"  # RFC 3463 X.7.5 "cryptographic failure", as Postfix defers TLS policy failures
 
 

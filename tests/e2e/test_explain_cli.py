@@ -89,7 +89,8 @@ CASES = [
     ("u@dual.t", 0, "deliverable", ["::1", "127.0.1.6"], [], "MX-15"),
     ("u@halfbad.t", 75, "temporary-failure", [], ["no-address"], "MX-9"),
     ("u@sf.t", 75, "temporary-failure", [], [], "MX-6"),
-    ("u@[127.0.0.4]", 0, "deliverable", ["127.0.0.4"], [], "MX-13"),
+    # issue 16 §2: routed (MX-13), but the intake refuses literals (allow_address_literals)
+    ("u@[127.0.0.4]", 69, "permanent-failure", ["127.0.0.4"], [], "MX-13"),
 ]
 
 

@@ -162,7 +162,7 @@ def start_postfix(host: str, *, tls: bool = False, extra: str = "",
         lines += ["smtpd_tls_security_level = may", f"smtpd_tls_cert_file = {root}/etc/cert.pem",
                   f"smtpd_tls_key_file = {root}/etc/key.pem", "smtpd_tls_received_header = yes"]
     port = free_port(host)
-    main_cf = MAIN_CF.format(root=root, host=host, extra="\n".join(lines))
+    main_cf = merged_main_cf(MAIN_CF.format(root=root, host=host, extra="\n".join(lines)))
     (root / "etc" / "main.cf").write_text(main_cf)
     (root / "etc" / "master.cf").write_text(MASTER_CF.format(host=host, port=port))
     instance = PostfixInstance(root, host, port, tls and tls_available())
@@ -179,6 +179,30 @@ def start_postfix(host: str, *, tls: bool = False, extra: str = "",
         pytest.fail(f"the private Postfix instance did not start: "
                     f"{started.stderr.decode(errors='replace')} {log[-2000:]}")
     return instance
+
+
+def merged_main_cf(text: str) -> str:
+    """``text`` with each parameter once, its last value in its first place (what Postfix makes
+    of a repeated one). A repeat would make every Postfix process log "overriding earlier
+    entry" to postlogd's datagram socket at start; with Linux's default queue of 10 datagrams
+    and postlogd logging the same warning to itself, that can deadlock the instance."""
+    blocks: dict[str, list[str]] = {}
+    order: list[list[str]] = []
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line[:1] in (" ", "\t") and current is not None and line.strip():
+            current.append(line)  # a continuation line of the parameter above
+            continue
+        key = line.partition("=")[0].strip() if "=" in line and line[:1] != "#" else ""
+        current = [line]
+        if key in blocks:
+            blocks[key][:] = current  # the later value, in the earlier place
+            current = blocks[key]
+        else:
+            order.append(current)
+            if key:
+                blocks[key] = current
+    return "\n".join(line for block in order for line in block) + "\n"
 
 
 def stop_postfix(instance: PostfixInstance, root: Path) -> None:

@@ -63,7 +63,7 @@ class FakeCourier:
 
 
 async def fake_route(resolver: Any, domain: str, policy: RoutingPolicy,
-                     rng: random.Random, settings: Settings) -> Route:
+                     rng: random.Random, settings: Settings, sender: str = "") -> Route:
     """Every domain deliverable at the default TLS level, with no DNS asked."""
     return Route(Plan(domain, Verdict.DELIVERABLE, "test", "2.0.0"), TlsPolicy())
 

@@ -94,8 +94,10 @@ def rcpt_script(sink: Sink, address: str, reply: str | None) -> None:
 class Relay:
     """``python -m mxroute serve`` as a subprocess, configured by environment only."""
 
-    def __init__(self, tmp: Path, dns: DNSServer, smtp_port: int, **settings: Any) -> None:
-        self.port = free_port()
+    def __init__(self, tmp: Path, dns: DNSServer, smtp_port: int, port: int | None = None,
+                 **settings: Any) -> None:
+        # where start() waits for the greeting: the first of ``listen`` when a test sets it
+        self.port = port or free_port()
         self.spool = tmp / "spool"
         self.log_path = tmp / "relay.log"
         self.env = service_env()
@@ -212,10 +214,10 @@ class World:
             f"$ORIGIN test.\n$TTL 1\n@ IN SOA ns.test. host.test. 1 3600 600 86400 1\n{records}\n"
         )
 
-    def relay(self, **settings: Any) -> Relay:
-        relay = Relay(self.tmp, self.dns, self.sink_port, **settings).start()
-        self.relays.append(relay)
-        return relay
+    def relay(self, port: int | None = None, **settings: Any) -> Relay:
+        relay = Relay(self.tmp, self.dns, self.sink_port, port, **settings)
+        self.relays.append(relay)  # killed by PID with the world, even if start() fails
+        return relay.start()
 
     @classmethod
     @contextmanager

@@ -31,6 +31,13 @@ hostname="sink.test")`` — an aiosmtpd server. ``port=0`` picks an ephemeral po
 * ``starttls=True`` offers STARTTLS with a throw-away self-signed certificate made
   with the ``cryptography`` package; use ``tls_available()`` to skip when it is
   not installed.
+* ``implicit_tls=True``: TLS from the first byte (RFC 8314 "smtps", port 465), with
+  ``tls_context`` (set before ``start()``); no STARTTLS is offered then.
+* ``auth={"user": "password"}``: an upstream that requires AUTH (RFC 4954): AUTH is
+  offered once TLS is up (STARTTLS or implicit), MAIL without it gets ``530 5.7.0``;
+  ``auth_mechanisms`` (default PLAIN and LOGIN; CRAM-MD5 too) are those offered; ``AUTH`` in
+  ``replies`` scripts the reply to the AUTH command. Each attempt is recorded in
+  ``Connection.auth`` as ``(mechanism, login, accepted)``; no secret is recorded.
 
 ``RawSink(host, port=0, *, extensions=(...), end="strict", starttls_reply=None)`` —
 a hand-written SMTP server that records the exact bytes on the wire
@@ -49,6 +56,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import datetime
+import hashlib
+import hmac
 import ipaddress
 import re
 import socket
@@ -56,12 +65,13 @@ import ssl
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 DEFAULT_SIZE = 52428800
 _DSN_MAIL = re.compile(r"\s+(?:RET|ENVID)=\S+", re.IGNORECASE)
@@ -90,6 +100,7 @@ class Connection:
     ehlo: bool = False  # True if EHLO was accepted
     tls: bool = False
     commands: list[str] = field(default_factory=list)  # command lines in order (verb + argument)
+    auth: list[tuple[str, str, bool]] = field(default_factory=list)  # (mechanism, login, accepted)
     transactions: list[Transaction] = field(default_factory=list)
     closed: bool = False
 
@@ -166,6 +177,10 @@ class _Threaded(abc.ABC):
         self._lock = threading.RLock()
         self._error: BaseException | None = None
 
+    def _server_ssl(self) -> ssl.SSLContext | None:
+        """The TLS context for TLS from the first byte (implicit TLS), or None."""
+        return None
+
     @abc.abstractmethod
     def _protocol(self) -> asyncio.BaseProtocol:
         """A protocol instance for one accepted connection (Sink: aiosmtpd; RawSink: the byte
@@ -179,7 +194,7 @@ class _Threaded(abc.ABC):
             try:
                 self._server = self._loop.run_until_complete(
                     self._loop.create_server(self._protocol, host=self.host, port=self.port,
-                                             reuse_address=True))
+                                             reuse_address=True, ssl=self._server_ssl()))
                 self.port = self._server.sockets[0].getsockname()[1]
             except BaseException as exc:  # noqa: BLE001 -- e.g. the address is in use: reported by start()
                 self._error = exc
@@ -253,6 +268,9 @@ class Sink(_Threaded):
         enhancedstatuscodes: bool = True,
         dsn: bool = True,
         starttls: bool = False,
+        implicit_tls: bool = False,
+        auth: dict[str, str] | None = None,
+        auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN"),
         size_limit: int | None = DEFAULT_SIZE,
         max_recipients: int | None = None,
         hostname: str = "sink.test",
@@ -269,7 +287,10 @@ class Sink(_Threaded):
         self.size_limit = size_limit
         self.max_recipients = max_recipients
         self.hostname = hostname
-        self.tls_context = server_tls_context() if starttls else None
+        self.tls_context = server_tls_context() if starttls or implicit_tls else None
+        self.implicit_tls = implicit_tls
+        self.auth = dict(auth) if auth is not None else None
+        self.auth_mechanisms = auth_mechanisms
         self._connections: list[Connection] = []
         self._uses: dict[str, int] = {}
         self._queued = 0
@@ -294,6 +315,20 @@ class Sink(_Threaded):
     def _protocol(self) -> asyncio.BaseProtocol:
         return _SinkSMTP(self)
 
+    def _server_ssl(self) -> ssl.SSLContext | None:
+        return self.tls_context if self.implicit_tls else None
+
+    def _authenticate(self, server: _SinkSMTP, mechanism: str, data: Any) -> AuthResult:
+        """aiosmtpd's authenticator: the login and password against ``auth``, recorded."""
+        login = data.login.decode() if isinstance(data, LoginPassword) else ""
+        password = data.password.decode() if isinstance(data, LoginPassword) else None
+        accepted = self.auth is not None and password is not None \
+            and self.auth.get(login) == password
+        if server.record is not None:
+            with self._lock:
+                server.record.auth.append((mechanism, login, accepted))
+        return AuthResult(success=accepted, handled=False)
+
     def scripted(self, stage: str, key: str | None = None) -> str | None:
         """The scripted reply for this use of ``stage`` (None: behave normally)."""
         value = self.replies.get(stage)
@@ -313,11 +348,22 @@ class Sink(_Threaded):
 
 class _SinkSMTP(SMTP):
     def __init__(self, sink: Sink) -> None:
-        super().__init__(
-            _Handler(sink), hostname=sink.hostname, data_size_limit=sink.size_limit or None,
-            enable_SMTPUTF8=sink.smtputf8, decode_data=False, tls_context=sink.tls_context,
-            require_starttls=False, loop=sink._loop, timeout=30,
+        authenticate = (
+            (lambda server, session, envelope, mechanism, data:
+             sink._authenticate(server, mechanism, data)) if sink.auth is not None else None
         )
+        with warnings.catch_warnings():  # implicit TLS: AUTH "without TLS" is over TLS
+            warnings.simplefilter("ignore")
+            super().__init__(
+                _Handler(sink), hostname=sink.hostname, data_size_limit=sink.size_limit or None,
+                enable_SMTPUTF8=sink.smtputf8, decode_data=False,
+                tls_context=None if sink.implicit_tls else sink.tls_context,
+                require_starttls=False, loop=sink._loop, timeout=30,
+                authenticator=authenticate, auth_required=sink.auth is not None,
+                auth_require_tls=not sink.implicit_tls,
+                auth_exclude_mechanism=[m for m in ("PLAIN", "LOGIN", "CRAM-MD5")
+                                        if m not in sink.auth_mechanisms],
+            )
         self.sink = sink
         self.record: Connection | None = None
         self._greeted = False
@@ -331,7 +377,8 @@ class _SinkSMTP(SMTP):
             return
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
-        self.record = Connection(peer=(peer[0], peer[1]), local=(local[0], local[1]))
+        self.record = Connection(peer=(peer[0], peer[1]), local=(local[0], local[1]),
+                                 tls=transport.get_extra_info("sslcontext") is not None)
         with self.sink._lock:
             self.sink._connections.append(self.record)
             self.sink._transports.append(transport)
@@ -424,6 +471,27 @@ class _SinkSMTP(SMTP):
             return
         await super().smtp_STARTTLS(arg)
 
+    async def smtp_AUTH(self, arg: str) -> None:
+        self._note("AUTH", (arg or "").split(" ")[0])  # the mechanism: never a credential
+        if await self._scripted_or("AUTH"):
+            return
+        await super().smtp_AUTH(arg)
+
+    async def auth_CRAM__MD5(self, _: Any, args: list[str]) -> AuthResult:
+        """CRAM-MD5 (RFC 2195), which aiosmtpd lacks: offered when in ``auth_mechanisms``."""
+        challenge = f"<{time.monotonic_ns()}@{self.sink.hostname}>".encode()
+        response = await self.challenge_auth(challenge)
+        if not isinstance(response, bytes):
+            return AuthResult(success=False, handled=True)
+        login, _, digest = response.decode(errors="replace").rpartition(" ")
+        secret = (self.sink.auth or {}).get(login)
+        accepted = secret is not None and hmac.compare_digest(
+            hmac.new(secret.encode(), challenge, hashlib.md5).hexdigest(), digest)
+        if self.record is not None:
+            with self.sink._lock:
+                self.record.auth.append(("CRAM-MD5", login, accepted))
+        return AuthResult(success=accepted, handled=False)
+
     async def smtp_MAIL(self, arg: str | None) -> None:
         self._note("MAIL", arg)
         address = _path(arg or "")
@@ -494,7 +562,7 @@ class _Handler:
         if not sink.eightbitmime:
             drop.add("8BITMIME")
         lines = [line for line in lines if line.split(" ")[0] not in drop and line != "HELP"
-                 and not line.startswith("AUTH")]
+                 and (sink.auth is not None or not line.startswith("AUTH"))]
         if sink.pipelining:
             lines.append("PIPELINING")
         if sink.enhancedstatuscodes:

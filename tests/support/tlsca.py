@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import ssl
 from pathlib import Path
 
@@ -52,7 +53,8 @@ class TestCA:
         self.ca_file.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
     def leaf_files(self, *names: str) -> tuple[Path, Path]:
-        """A certificate for ``names`` (DNS SANs) signed by this CA; (cert.pem, key.pem)."""
+        """A certificate for ``names`` (DNS SANs; an IP address is an IP SAN) signed by this CA;
+        (cert.pem, key.pem)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         cert = (
@@ -63,7 +65,7 @@ class TestCA:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
+            .add_extension(x509.SubjectAlternativeName([_san(n) for n in names]),
                            critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -71,7 +73,7 @@ class TestCA:
                            critical=False)
             .sign(self.key, hashes.SHA256())
         )
-        stem = names[0].replace("*", "_")
+        stem = names[0].replace("*", "_").replace(":", "_")
         cert_path, key_path = self.directory / f"{stem}.crt", self.directory / f"{stem}.key"
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
@@ -98,3 +100,11 @@ class TestCA:
     def der(self) -> bytes:
         """The CA certificate, DER (a DANE-TA ``2 0 0`` record's data)."""
         return self.cert.public_bytes(serialization.Encoding.DER)
+
+
+def _san(name: str) -> x509.GeneralName:
+    """An IP SAN for an IP address (RFC 5280 iPAddress), else a DNS SAN."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from mxroute.relay.courier.replies import Answer, Kind
+from mxroute.relay.courier.upstream import Upstream
 from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult
 from mxroute.routing.plan import Target
 from mxroute.tls import dane
@@ -42,6 +43,7 @@ class Attempt:
     sts: mtasts.Lookup | None = (
         None  # the destination's MTA-STS state (TLS-5/6); None: not consulted
     )
+    upstream: Upstream | None = None  # a routed next hop's implicit TLS and AUTH (issue 16)
     results: dict[str, RecipientResult] = field(default_factory=dict)
     last: dict[str, LastReason] = field(default_factory=dict)  # address -> last temporary reason
     # issue 15 D: the hosts contacted (a greeting came) -> their session's TLS ("none": plain),

@@ -11,12 +11,14 @@ deferred (try again later). Decisions cite checklist IDs (MX-*, SESS-*, TLS-*, S
 
 This module walks the plan and logs one line per recipient; its parts have their own
 modules: ``session`` (connect, EHLO, STARTTLS), ``transaction`` (lock-step and pipelined),
-``replies`` (what a reply means), ``pool`` (SESS-17), ``hosts`` (RTY-4, per-host events) and
-``attempt`` (what one delivery has learnt).
+``replies`` (what a reply means), ``pool`` (SESS-17), ``hosts`` (RTY-4, per-host events),
+``attempt`` (what one delivery has learnt) and ``upstream`` (a routed next hop's implicit TLS
+and AUTH, issue 16).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import ssl
@@ -29,6 +31,7 @@ from mxroute.relay.courier.pool import Pool
 from mxroute.relay.courier.replies import path_problem
 from mxroute.relay.courier.session import Connected, Dialer, HostFailure, Retry, Session, Stale
 from mxroute.relay.courier.transaction import Transactions
+from mxroute.relay.courier.upstream import CONFIG_STATUS, SecretProblem, Upstream, authenticate
 from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult, Times
 from mxroute.routing.plan import Plan, Target, Verdict
 from mxroute.settings import Settings
@@ -168,7 +171,7 @@ class Courier:
                 attempt.finish(
                     rcpt, Disposition.BOUNCED, plan.dsn_status, reply, None, remote=False
                 )
-        elif valid:
+        elif valid and self._upstream(plan, attempt, valid):  # else deferred: no secret (4.3.5)
             if (
                 self.mta_sts is not None
                 and mtasts.skip_reason(
@@ -183,6 +186,26 @@ class Courier:
         for result in {r.recipient: r for r in out}.values():
             _log_result(queue_id, result, delays, attempt.met)
         return out
+
+    @staticmethod
+    def _upstream(plan: Plan, attempt: Attempt, recipients: list[Recipient]) -> bool:
+        """The routed next hop's demands on ``attempt`` (issue 16); False, the recipients
+        deferred (4.3.5, naming the file), when its AUTH secret cannot be read. With AUTH, TLS
+        is required: a rule's ``tls = "may"`` is ``encrypt`` (TLS without verification)."""
+        try:
+            attempt.upstream = upstream = Upstream.of_plan(plan)
+            if upstream is not None and upstream.auth is not None and attempt.tls.level == "may":
+                # AUTH goes only over TLS: "may" (no verification) still demands TLS on the wire
+                attempt.tls = dataclasses.replace(attempt.tls, level="encrypt")
+        except SecretProblem as exc:
+            assert plan.route is not None
+            reply = f"451 {CONFIG_STATUS} routes rule {plan.route.number}: {exc}"
+            log.warning("%s: %s: deferred", plan.domain, reply)
+            for rcpt in recipients:
+                attempt.finish(rcpt, Disposition.DEFERRED, CONFIG_STATUS, reply, None,
+                               remote=False)
+            return False
+        return True
 
     def forget_unreachable(self) -> None:
         """Try every host again at the next delivery, and fetch MTA-STS policies whose last fetch
@@ -282,7 +305,10 @@ class Courier:
         pool: bool,
     ) -> tuple[Session | None, bool]:
         """A ready session with ``target`` (pooled or new): greeting, EHLO/HELO, STARTTLS."""
-        key = Endpoint(target.address, target.port, self._bind_address(target))
+        upstream = attempt.upstream
+        key = Endpoint(target.address, target.port, self._bind_address(target),
+                       upstream.identity if upstream else None)
+        name = upstream.tls_name(target) if upstream else target.exchange
         # the MX host's own TLS policy: DANE where it governs the host (TLS-7), else MTA-STS (TLS-6)
         policy, refusal, rule = hosttls.for_host(
             attempt.tls, attempt.dane, attempt.sts, target.exchange, str(target)
@@ -305,7 +331,7 @@ class Courier:
                 policy,
                 tls=pooled.tls,
                 verified_name=pooled.verified_name,
-                exchange=target.exchange,
+                exchange=name,
                 dane_name=pooled.dane_name,
             ):
                 return pooled, True
@@ -321,7 +347,7 @@ class Courier:
                     remote=False,
                 )
                 return None, False
-            session, greeted, problem = await self._dial(target, key, policy, audit)
+            session, greeted, problem = await self._dial(target, key, policy, audit, upstream)
             if session is not None:
                 self.hosts.answered(key)
                 return session, greeted
@@ -339,17 +365,26 @@ class Courier:
             return None, greeted
 
     async def _dial(
-        self, target: Target, key: Endpoint, policy: TlsPolicy, audit: mtasts.Lookup | None
+        self,
+        target: Target,
+        key: Endpoint,
+        policy: TlsPolicy,
+        audit: mtasts.Lookup | None,
+        upstream: Upstream | None = None,
     ) -> Connected:
-        """A new session under ``policy``, and the TLS retries a failed handshake calls for.
+        """A new session under ``policy``, and the TLS retries a failed handshake calls for;
+        at a routed next hop, implicit TLS and AUTH as its rule says (issue 16).
 
         ``starttls=False`` turns the opportunistic default off; a required policy still applies.
         MTA-STS testing, the certificate failed: TLS as without a policy (TLS-6). Opportunistic,
-        the handshake failed: the same host in plain text (TLS-1).
+        the handshake failed: the same host in plain text (TLS-1) — where AUTH then refuses it.
         """
         use_tls = policy.level != "none" and (self.starttls or policy.required)
+        implicit = upstream is not None and upstream.implicit_tls
+        tls_host = (upstream.tls_name(target) or None) if upstream is not None else None
         session, greeted, problem = await self.dialer.connect(
-            target, key, use_tls=use_tls, policy=policy, audit=audit
+            target, key, use_tls=use_tls, policy=policy, audit=audit, implicit_tls=implicit,
+            tls_host=tls_host,
         )
         if problem is Retry.UNVERIFIED:
             session, again, problem = await self.dialer.connect(
@@ -357,8 +392,16 @@ class Courier:
             )
             greeted = greeted or again
         if problem is Retry.PLAIN:
-            session, again, problem = await self.dialer.connect(target, key, use_tls=False)
+            session, again, problem = await self.dialer.connect(
+                target, key, use_tls=False, tls_host=tls_host
+            )
             greeted = greeted or again
+        if session is not None and upstream is not None:
+            try:
+                await authenticate(session, upstream, self.settings.greeting_timeout)
+            except HostFailure as exc:
+                self.pool.discard(session)  # QUIT, in the background
+                return Connected(None, greeted, exc)
         return Connected(session, greeted, problem)
 
     def _bind_address(self, target: Target) -> str | None:

@@ -18,12 +18,15 @@ LIMIT = 10000  # entries kept of each kind: a bound, not a policy
 
 
 class Endpoint(NamedTuple):
-    """Where a session goes: the host's address and port, and the egress address it leaves from
-    (None: the system's choice). Hosts are remembered, and sessions pooled, by it."""
+    """Where a session goes: the host's address and port, the egress address it leaves from
+    (None: the system's choice) and who it authenticates as. Hosts are remembered, and sessions
+    pooled, by it."""
 
     address: str
     port: int
     source: str | None
+    # who the session is at a routed next hop (issue 16): "rule 2 AUTH user"; None: anonymous
+    identity: str | None = None
 
 
 class Unreachable(NamedTuple):

@@ -76,6 +76,13 @@ class Session:
     transactions: int = 0
     idle_timer: asyncio.TimerHandle | None = None
     rset_due: bool = False  # taken from the pool: RSET first, pipelined with the next transaction
+    # the name TLS verifies when it is not the MX name: a routed next hop's IP address (issue 16)
+    tls_host: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The name the certificate is checked for: the MX name (or the next hop's address)."""
+        return self.tls_host or self.target.exchange
 
     @property
     def pipelining(self) -> bool:
@@ -136,13 +143,13 @@ class Session:
             )
         return resp
 
-    async def command(self, *args: bytes, timeout: float) -> SMTPResponse:
+    async def command(self, *args: bytes, timeout: float, what: str | None = None) -> SMTPResponse:
         """One command and its reply; a 421, a drop or a timeout ends the session (SESS-4,
-        MX-17)."""
+        MX-17). ``what`` names the command in errors (an AUTH line's words are credentials)."""
         try:
             resp = await self.client.execute_command(*args, timeout=timeout)
         except (*WIRE_ERRORS, TimeoutError, ValueError) as exc:
-            raise self.lost(args[0].decode("ascii", "replace"), exc) from None
+            raise self.lost(what or args[0].decode("ascii", "replace"), exc) from None
         return self.unless_closing(resp)
 
     async def reply(self, what: str, timeout: float) -> SMTPResponse:
@@ -209,35 +216,36 @@ class Dialer:
         use_tls: bool,
         policy: TlsPolicy = TlsPolicy(),
         audit: mtasts.Lookup | None = None,
+        implicit_tls: bool = False,
+        tls_host: str | None = None,
     ) -> Connected:
         """Connect, read the greeting, EHLO (HELO fallback), STARTTLS when offered.
 
         A ``problem`` is a ``HostFailure``, or the ``Retry`` due after a failed handshake:
         ``PLAIN``, or ``UNVERIFIED`` when an ``audit`` (MTA-STS testing, TLS-6) found the
         certificate invalid. Under a required ``policy`` (TLS-3) a host without STARTTLS is a
-        failure, never plain text.
+        failure, never plain text. ``implicit_tls``: TLS from the first byte (``smtps://``,
+        RFC 8314 §3.3), then EHLO; a failed handshake is a failure, never plain text.
+        ``tls_host``: the name to verify instead of the MX name (a next hop's IP address).
         """
-        client = await self._greeting(target, key)
+        name = tls_host or target.exchange
+        context = None
+        if implicit_tls:
+            refusal = unmeetable(policy, str(target), name)
+            if refusal is not None:
+                return Connected(None, False, HostFailure(tlspolicy.STATUS, refusal, remote=False))
+            context = self.contexts.for_host(policy, name, self.settings.tls_ca_file)
+        client = await self._greeting(target, key, context, name, policy)
         if not isinstance(client, aiosmtplib.SMTP):
             return client
-        session = Session(client, target, key)
+        session = Session(client, target, key, tls_host=tls_host)
         try:
-            await self.hello(session)
-            if use_tls and session.has("starttls"):
-                retry = await self.starttls(session, policy, audit)
-                if retry:
-                    return Connected(None, True, retry)
-            elif audit is not None and not session.has("starttls"):
-                # TLS-6 testing: logged, delivered
-                hosts.testing(
-                    target, mtasts.testing_refusal(audit, target.exchange, "STARTTLS not offered")
-                )
-            else:  # no STARTTLS: a required policy refuses the host (TLS-3, RFC 3207 §6)
-                ok, reply = verdict(policy, str(target), target.exchange, TlsOutcome(offered=False))
-                if not ok:
-                    hosts.moving_on(target, reply, "TLS-3")
-                    await session.quit()
-                    return Connected(None, True, HostFailure(tlspolicy.STATUS, reply, remote=False))
+            if implicit_tls:
+                await self._secured(session, policy, False)  # what TLS proved, then EHLO
+            else:
+                problem = await self._plain_start(session, use_tls, policy, audit)
+                if problem is not None:
+                    return Connected(None, True, problem)
         except HostFailure as exc:
             client.close()
             return Connected(None, True, exc)
@@ -246,8 +254,39 @@ class Dialer:
             adopt(client.protocol)
         return Connected(session, True, None)
 
-    async def _greeting(self, target: Target, key: Endpoint) -> aiosmtplib.SMTP | Connected:
-        """A connected client that was greeted with 220 (RFC 5321 §4.5.3.2.1), or why not."""
+    async def _plain_start(
+        self, session: Session, use_tls: bool, policy: TlsPolicy, audit: mtasts.Lookup | None
+    ) -> HostFailure | Retry | None:
+        """EHLO, then STARTTLS when offered (and ``use_tls``): None, the ``Retry`` due after a
+        failed handshake, or the failure of a required policy without STARTTLS."""
+        target = session.target
+        await self.hello(session)
+        if use_tls and session.has("starttls"):
+            return await self.starttls(session, policy, audit)
+        if audit is not None and not session.has("starttls"):  # TLS-6 testing: logged, delivered
+            hosts.testing(
+                target, mtasts.testing_refusal(audit, target.exchange, "STARTTLS not offered")
+            )
+            return None
+        # no STARTTLS: a required policy refuses the host (TLS-3, RFC 3207 §6)
+        ok, reply = verdict(policy, str(target), session.name, TlsOutcome(offered=False))
+        if not ok:
+            hosts.moving_on(target, reply, "TLS-3")
+            await session.quit()
+            return HostFailure(tlspolicy.STATUS, reply, remote=False)
+        return None
+
+    async def _greeting(
+        self,
+        target: Target,
+        key: Endpoint,
+        tls: ssl.SSLContext | None = None,
+        name: str = "",
+        policy: TlsPolicy = TlsPolicy(),
+    ) -> aiosmtplib.SMTP | Connected:
+        """A connected client that was greeted with 220 (RFC 5321 §4.5.3.2.1), or why not.
+
+        ``tls``: the TLS handshake comes first (implicit TLS), checking ``name``."""
         s = self.settings
         sock = socket.socket(
             socket.AF_INET6 if target.family == 6 else socket.AF_INET, socket.SOCK_STREAM
@@ -281,7 +320,9 @@ class Dialer:
             local_hostname=s.helo_name,
             timeout=s.greeting_timeout,
             start_tls=False,
-            use_tls=False,
+            use_tls=tls is not None,
+            tls_context=tls,
+            hostname=(name or target.address) if tls is not None else None,
         )
         try:
             await client.connect(timeout=s.greeting_timeout)
@@ -298,6 +339,9 @@ class Dialer:
         except WIRE_ERRORS as exc:
             client.close()
             sock.close()
+            if tls is not None and isinstance(exc.__cause__, ssl.SSLError):
+                return Connected(None, False, _implicit_failed(target, name, policy,
+                                                               exc.__cause__))
             return Connected(
                 None,
                 False,
@@ -347,17 +391,17 @@ class Dialer:
         the handshake (TLS-2).
         """
         target = session.target
-        refusal = unmeetable(policy, str(target), target.exchange)
+        refusal = unmeetable(policy, str(target), session.name)
         if refusal is not None:
             raise HostFailure(tlspolicy.STATUS, refusal, remote=False)
         plain = session.client.transport  # kept to abort it if the handshake fails half-way
         context = self.contexts.for_host(
-            policy, target.exchange, self.settings.tls_ca_file, audited=audit is not None
+            policy, session.name, self.settings.tls_ca_file, audited=audit is not None
         )
         try:
             await session.client.starttls(
                 tls_context=context,
-                server_hostname=target.exchange or None,
+                server_hostname=session.name or None,
                 timeout=self.settings.greeting_timeout,
             )
         except aiosmtplib.SMTPResponseException as exc:
@@ -421,8 +465,9 @@ class Dialer:
         return Retry.PLAIN
 
     async def _secured(self, session: Session, policy: TlsPolicy, audited: bool) -> None:
-        """TLS is up: what the certificate proved (TLS-3 verify, TLS-7 DANE), then EHLO again."""
-        target, name = session.target, session.target.exchange.lower()
+        """TLS is up: what the certificate proved (TLS-3 verify, TLS-7 DANE), then EHLO (again,
+        after STARTTLS; the first, with implicit TLS)."""
+        name = session.name.lower()
         session.tls = True
         problem = None
         if policy.tlsa:
@@ -430,7 +475,7 @@ class Dialer:
             problem = dane.peer_problem(policy.tlsa, peer_of(session.client.transport).der)
             self.stats["dane_failures" if problem else "dane"] += 1
             session.dane_name = None if problem else name
-        if self.contexts.verifies(policy, target.exchange, audited=audited):
+        if self.contexts.verifies(policy, session.name, audited=audited):
             session.verified_name = name
         self._judge(
             session, policy, session.tls_outcome(problem), rule="TLS-7" if policy.tlsa else "TLS-3"
@@ -441,10 +486,26 @@ class Dialer:
     @staticmethod
     def _judge(session: Session, policy: TlsPolicy, seen: TlsOutcome, rule: str = "TLS-3") -> None:
         """Raise ``HostFailure`` (4.7.5) when ``seen`` does not meet ``policy``: next address."""
-        ok, reply = verdict(policy, str(session.target), session.target.exchange, seen)
+        ok, reply = verdict(policy, str(session.target), session.name, seen)
         if not ok:
             hosts.moving_on(session.target, reply, rule)
             raise HostFailure(tlspolicy.STATUS, reply, remote=False)
+
+
+def _implicit_failed(
+    target: Target, name: str, policy: TlsPolicy, exc: ssl.SSLError
+) -> HostFailure:
+    """An implicit-TLS handshake failed (``smtps://``): never plain text on that port, so a
+    failure whatever the level (4.7.5 when the level's own, else 4.7.0)."""
+    why = safe_text(getattr(exc, "verify_message", None) or str(exc) or type(exc).__name__)
+    seen = TlsOutcome(error=why, verification=isinstance(exc, ssl.SSLCertVerificationError))
+    ok, reply = verdict(policy, str(target), name, seen)
+    status = tlspolicy.STATUS
+    if ok:
+        status = "4.7.0"
+        reply = f"451 4.7.0 TLS handshake with {target} failed: {why} (implicit TLS)"
+    hosts.moving_on(target, reply, "RFC 8314")
+    return HostFailure(status, reply, remote=False)
 
 
 __all__ = ["WIRE_ERRORS", "Connected", "Dialer", "HostFailure", "Retry", "Session", "Stale"]

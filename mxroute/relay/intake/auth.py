@@ -5,9 +5,9 @@ per line (salt and hash base64), ``#`` comments; make a line with::
 
   python -c 'from mxroute.relay.intake.auth import hash_password as h; print("user:" + h("secret"))'
 
-AUTH PLAIN/LOGIN are offered only after STARTTLS (``auth_require_tls``) and only when
-the file names a user; after ``MAX_AUTH_FAILURES`` failed attempts the connection is
-closed.
+AUTH PLAIN/LOGIN are offered only after STARTTLS (``auth_require_tls``) or on an
+``smtps://`` listener (implicit TLS), and only when the file names a user; after
+``MAX_AUTH_FAILURES`` failed attempts the connection is closed.
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ from mxroute.relay.intake.params import (
     xtext_decode,
 )
 from mxroute.relay.intake.protocol import RelayEnvelope, RelaySMTP, defer_auth, peer_ip
+from mxroute.relay.intake.recipient import MAIL_OK, RCPT_OK, accept_recipient
 from mxroute.relay.intake.sendercheck import SenderCheck
 from mxroute.relay.intake.signing import IntakeSigning
 from mxroute.relay.spool.format import MessageMeta, RecipientState, new_queue_id
@@ -77,12 +78,24 @@ class Intake:
 
     # -- factory --
     def tls_context(self, settings: Settings | None = None) -> ssl.SSLContext | None:
+        """The server context for ``settings``' certificate (None without one): TLS 1.2 and
+        up, Python's default suites (forward-secret, no NULL, EXPORT, RC4, 3DES or anonymous).
+        A handshake on an implicit-TLS listener switches to the context current at that moment
+        (``_current_tls``), so a reload's new certificate reaches port 465 too."""
         settings = settings or self.settings
         if not settings.tls_cert_file or not settings.tls_key_file:
             return None
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(str(settings.tls_cert_file), str(settings.tls_key_file))
+        context.sni_callback = self._current_tls
         return context
+
+    def _current_tls(self, sslobj: ssl.SSLObject, name: str | None,
+                     context: ssl.SSLContext) -> None:
+        """The ClientHello callback: the handshake goes on with the current context."""
+        if self._tls is not None and context is not self._tls:
+            sslobj.context = self._tls
 
     def reconfigure(self, settings: Settings, resolver: Resolver | None = None) -> None:
         """Apply reloaded settings (SIGHUP) to new sessions and to the next command of open ones.
@@ -100,21 +113,35 @@ class Intake:
         if resolver is not None:
             self.resolver, self.sender_check = resolver, SenderCheck(resolver)
 
-    def factory(self) -> Callable[[], RelaySMTP]:
-        """Sessions made with the settings current when each client connects (see reconfigure())."""
-        self._tls = self.tls_context()
+    def factory(self, implicit_tls: bool = False) -> Callable[[], RelaySMTP]:
+        """Sessions made with the settings current when each client connects (see reconfigure()).
+
+        ``implicit_tls``: for a listener whose transport is TLS from the first byte (smtps://,
+        RFC 8314 §3.3): no STARTTLS offered, AUTH offered at once."""
+        if self._tls is None:
+            self._tls = self.tls_context()
 
         def make() -> RelaySMTP:
             settings = self.settings
             return RelaySMTP(
                 self, data_size_limit=settings.max_message_size, enable_SMTPUTF8=True,
-                hostname=settings.helo_name, ident=settings.banner, tls_context=self._tls,
-                timeout=settings.command_timeout, auth_require_tls=True, authenticator=defer_auth,
-                command_call_limit=None,
+                hostname=settings.helo_name, ident=settings.banner,
+                tls_context=None if implicit_tls else self._tls, implicit_tls=implicit_tls,
+                timeout=settings.command_timeout, auth_require_tls=not implicit_tls,
+                authenticator=defer_auth, command_call_limit=None,
                 auth_exclude_mechanism=[] if self.credentials.enabled else ["PLAIN", "LOGIN"],
             )
 
         return make
+
+    def listener_tls(self) -> ssl.SSLContext:
+        """The context an implicit-TLS listener is created with (the settings demand a
+        certificate for one)."""
+        if self._tls is None:
+            self._tls = self.tls_context()
+        if self._tls is None:
+            raise ValueError("an smtps:// listener needs tls_cert_file and tls_key_file")
+        return self._tls
 
     def admit(self, session: RelaySMTP, ip: str = "") -> str | None:
         """None if ``session`` may start, else the 421 to send
@@ -208,7 +235,7 @@ class Intake:
         env.mail_at = self.clock()  # delays a: from here to arrival (issue 15 D)
         env.body, env.ret, env.envid = body, ret.upper() if ret else None, envid
         env.smtp_utf8 = "SMTPUTF8" in params
-        return "250 2.1.0 Ok"
+        return MAIL_OK
 
     def _enough_space(self) -> bool:
         checked_at, ok = self._free_checked
@@ -246,13 +273,9 @@ class Intake:
             self.stats["rejected"] += 1
             return "554 5.7.1 Relay access denied"
         params = parse_params(words, {"NOTIFY", "ORCPT"} if server.session.extended_smtp else set())
-        address = path_address(path)
-        if address is None:
-            raise Reply("501 5.1.3 Null recipient not allowed")
-        if address.literal is not None and not self.settings.allow_address_literals:
-            raise Reply("550 5.1.2 Address literals are not accepted here")
-        if address.utf8 and not env.smtp_utf8:
-            raise Reply("553 5.6.7 Non-ASCII address needs SMTPUTF8")
+        # the address checks, explain's RCPT verdict too (issue 16)
+        literals = self.settings.allow_address_literals
+        address = accept_recipient(path, allow_address_literals=literals, smtp_utf8=env.smtp_utf8)
         notify = parse_notify(params["NOTIFY"]) if "NOTIFY" in params else ()
         orcpt = parse_orcpt(params["ORCPT"]) if "ORCPT" in params else None
         if len(env.recipients) >= self.settings.max_recipients:  # SEC-9
@@ -261,7 +284,7 @@ class Intake:
         if all(r.address != text for r in env.recipients):  # a duplicate is accepted once
             env.recipients.append(Recipient(text, notify, orcpt))
             env.rcpt_tos.append(text)
-        return "250 2.1.5 Ok"
+        return RCPT_OK
 
     # -- DATA --
     async def handle_DATA(
@@ -282,6 +305,8 @@ class Intake:
             self.stats["rejected"] += 1
             return refusal
         proto = "ESMTP" if session.extended_smtp else "SMTP"
+        if envelope.smtp_utf8:  # RFC 6531 §3.7.3: UTF8SMTP, UTF8SMTPS, UTF8SMTPA, UTF8SMTPSA
+            proto = "UTF8SMTP"
         if session.extended_smtp:
             proto += ("S" if session.ssl else "") + ("A" if session.authenticated else "")
         rcpts, rdns = envelope.recipients, clientname.name_now(server.rdns)  # issue 15 C5

@@ -26,11 +26,13 @@ XTEXT = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-Fa-f]{2})*\Z")
 
 
 class Reply(Exception):
-    """A finished SMTP reply raised from parsing/policy code."""
+    """A finished SMTP reply raised from parsing/policy code; ``setting``: the setting that would
+    change it, when one would (``explain`` says it, issue 16)."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, setting: str | None = None) -> None:
         super().__init__(text)
         self.text = text
+        self.setting = setting
 
 
 def xtext_decode(value: str) -> str:

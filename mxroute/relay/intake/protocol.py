@@ -19,19 +19,23 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import re
 from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session, TLSSetupException
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
 from mxroute.address import Address
 from mxroute.relay.envelope import Recipient
 from mxroute.relay.intake import clientname
 from mxroute.relay.intake.params import Reply, split_path
+from mxroute.text import safe_text
 
 if TYPE_CHECKING:
     from mxroute.relay.intake.handler import Intake
+
+log = logging.getLogger(__name__)
 
 ENHANCED = re.compile(r"\d\.\d{1,3}\.\d{1,3}( |\Z)")
 # SEC-10: 5xx replies without a message accepted, then 421 and close
@@ -78,6 +82,19 @@ def defer_auth(
                       message="535 5.7.8 Authentication credentials invalid")
 
 
+class RelaySession(Session):
+    """aiosmtpd's session without its legacy ``login_data``, whose every use (aiosmtpd sets it
+    at each successful AUTH) logged a deprecation WARNING (issue 17)."""
+
+    @property
+    def login_data(self) -> Any:
+        return self._login_data
+
+    @login_data.setter
+    def login_data(self, value: Any) -> None:
+        self._login_data = value
+
+
 class RelayEnvelope(SMTPEnvelope):
     """aiosmtpd's envelope plus what we parsed."""
 
@@ -98,8 +115,9 @@ class RelaySMTP(SMTP):
     # lines are checked after DATA (bare-LF lines may share one CRLF line)
     line_length_limit = 1 << 20
 
-    def __init__(self, intake: Intake, **kwargs: Any) -> None:
+    def __init__(self, intake: Intake, *, implicit_tls: bool = False, **kwargs: Any) -> None:
         super().__init__(intake, **kwargs)
+        self.implicit_tls = implicit_tls  # an smtps:// listener: TLS before the greeting
         # Per session, not aiosmtpd's class-wide dict: RFC 3461 §4 adds 110 octets to MAIL
         # (RET, ENVID) and 500 to RCPT (NOTIFY, ORCPT); RFC 4954 §5 adds 500 to MAIL (AUTH=).
         # aiosmtpd's EHLO adds SIZE's 26 and SMTPUTF8's 10 itself.
@@ -119,6 +137,9 @@ class RelaySMTP(SMTP):
     def _create_envelope(self) -> RelayEnvelope:
         return RelayEnvelope()
 
+    def _create_session(self) -> Session:
+        return RelaySession(self.loop)
+
     def env(self) -> RelayEnvelope:
         assert isinstance(self.envelope, RelayEnvelope)
         return self.envelope
@@ -136,6 +157,10 @@ class RelaySMTP(SMTP):
                 return
             self.rdns = clientname.start(self.intake.resolver, ip)
         super().connection_made(transport)
+        if self.implicit_tls and self.session is not None and self.session.ssl is None:
+            # what aiosmtpd records after STARTTLS: Received: says ESMTPS, EOF is TLS's
+            self.session.ssl = {name: transport.get_extra_info(name)
+                                for name in ("sslcontext", "cipher", "peercert", "ssl_object")}
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:
@@ -157,6 +182,18 @@ class RelaySMTP(SMTP):
                 pass
         # aiosmtpd leaves it unannotated
         super()._timeout_cb()  # type: ignore[no-untyped-call, unused-ignore]
+
+    async def handle_exception(self, error: Exception) -> str:
+        """A failed STARTTLS handshake (a scanner probing old protocols, a client that trusts
+        no certificate) is one INFO line, not aiosmtpd's ERROR traceback (issue 17); aiosmtpd
+        then closes the connection."""
+        if isinstance(error, TLSSetupException):
+            cause = error.__cause__
+            reason = getattr(cause, "reason", None) or str(cause) or type(cause).__name__
+            log.info("TLS handshake failed: client=%s: %s", self.client_ip or "unknown",
+                     safe_text(str(reason), 200))
+            return "454 4.7.0 TLS not available due to temporary reason"
+        return await super().handle_exception(error)
 
     # -- replies --
     async def push(self, status: Any) -> None:

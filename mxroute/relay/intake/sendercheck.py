@@ -49,6 +49,8 @@ from dataclasses import dataclass
 from mxroute.address import Address
 from mxroute.dns.answer import Answer, Outcome
 from mxroute.dns.resolver import Resolver
+from mxroute.relay.intake.params import Reply, path_address
+from mxroute.relay.intake.recipient import MAIL_OK, Verdict
 from mxroute.routing.plan import is_null_mx, mx_records
 from mxroute.text import LISTING, safe_text
 
@@ -62,10 +64,11 @@ MAX_NOTED = 4096
 @dataclass(frozen=True, slots=True)
 class Judgement:
     """``reply``: the refusal for MAIL, or None to go on; ``note``: what to log when going on
-    anyway."""
+    anyway; ``setting``: what would let a refused sender through (``explain`` says it)."""
 
     reply: str | None = None
     note: str | None = None
+    setting: str | None = None
 
 
 def judge(domain: str, answer: Answer | None, mode: str) -> Judgement:
@@ -74,11 +77,13 @@ def judge(domain: str, answer: Answer | None, mode: str) -> Judgement:
         return Judgement()
     if answer is not None and answer.outcome is Outcome.RECORDS and is_null_mx(mx_records(answer)):
         return Judgement(f"550 5.7.27 Sender address has null MX: {domain} accepts no mail, "
-                         "so no bounce could reach the sender (RFC 7505 section 4.2)")
+                         "so no bounce could reach the sender (RFC 7505 section 4.2)",
+                         setting="null_mx_sender = off")
     if answer is not None and answer.outcome is Outcome.NXDOMAIN:
         if mode == "strict":
             return Judgement(f"550 5.1.8 Sender address rejected: domain {domain} does not exist "
-                             "(NXDOMAIN), so no bounce could reach the sender")
+                             "(NXDOMAIN), so no bounce could reach the sender",
+                             setting="null_mx_sender = reject")
         return Judgement(note=f"sender check: {domain} does not exist (NXDOMAIN); accepted "
                               f"(null_mx_sender = {mode}), a bounce to it would fail")
     if answer is None or answer.outcome.temporary:
@@ -87,7 +92,8 @@ def judge(domain: str, answer: Answer | None, mode: str) -> Judgement:
             what += f": {answer.detail}"
         if mode == "strict":
             return Judgement(f"451 4.4.3 Sender address rejected: cannot look up the MX records "
-                             f"of {domain} now ({what}); try again later")
+                             f"of {domain} now ({what}); try again later",
+                             setting="null_mx_sender = reject")
         return Judgement(note=f"sender check: {domain}: MX lookup failed ({what}); accepted "
                               f"without the null MX check (null_mx_sender = {mode})")
     # MX records, or none (implicit MX: RFC 5321 §5.1): the domain can take a bounce
@@ -106,15 +112,19 @@ class SenderCheck:
 
     async def refusal(self, sender: Address, mode: str, client: str) -> str | None:
         """The reply refusing MAIL FROM ``sender`` (logged with ``client``), or None to go on."""
-        if mode == "off" or sender.literal is not None:  # MX-13: a literal needs no DNS
-            return None
-        verdict = judge(sender.domain, await self._lookup(sender.domain), mode)
+        verdict = await self.judgement(sender, mode)
         if verdict.reply is not None:
             log.info("reject: MAIL from %s: %s; from=<%s>", client, verdict.reply,
                      safe_text(str(sender), LISTING))
         elif verdict.note is not None:
             self._note(sender.domain, verdict.note)
         return verdict.reply
+
+    async def judgement(self, sender: Address, mode: str) -> Judgement:
+        """The verdict on MAIL FROM ``sender`` under ``mode``, unlogged (``explain``'s too)."""
+        if mode == "off" or sender.literal is not None:  # MX-13: a literal needs no DNS
+            return Judgement()
+        return judge(sender.domain, await self._lookup(sender.domain), mode)
 
     async def _lookup(self, domain: str) -> Answer | None:
         answer = self.resolver.cached(domain, "MX")  # the common case: no task, no wait
@@ -136,3 +146,16 @@ class SenderCheck:
             self._noted.clear()
         self._noted[domain] = now + NOTE_INTERVAL
         log.info("%s", text)
+
+
+async def mail_verdict(check: SenderCheck, sender: str, mode: str) -> Verdict:
+    """What MAIL FROM:<sender> gets from the intake's address and null MX checks (``explain``,
+    issue 16 §2), for a client that declared SMTPUTF8 when the address needs it."""
+    try:
+        address = path_address(f"<{sender.removeprefix('<').removesuffix('>')}>")
+    except Reply as refusal:
+        return Verdict(refusal.text, refusal.setting)
+    if address is None:  # SPF-13/DSN-13: the null reverse-path is never checked
+        return Verdict(MAIL_OK)
+    judged = await check.judgement(address, mode)
+    return Verdict(judged.reply or MAIL_OK, judged.setting, judged.note)

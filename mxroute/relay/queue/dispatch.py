@@ -44,10 +44,10 @@ class Dispatcher:
     """Groups due recipients by domain, routes each domain and has the courier deliver."""
 
     def __init__(
-        self, courier: CourierLike, route: Callable[[str], Awaitable[Route]], slots: Slots,
+        self, courier: CourierLike, route: Callable[[str, str], Awaitable[Route]], slots: Slots,
     ) -> None:
         self.courier = courier
-        self.route = route  # domain -> its delivery plan and TLS level
+        self.route = route  # (domain, envelope sender) -> its delivery plan and TLS level
         self.slots = slots
 
     async def deliver(
@@ -81,7 +81,7 @@ class Dispatcher:
     ) -> list[RecipientResult]:
         started, begun = time.time(), time.monotonic()
         try:
-            routed = await self.route(domain)
+            routed = await self.route(domain, envelope.sender)
             times = Times(meta.arrival, meta.intake, started, time.monotonic() - begun)
             results = await self.courier.deliver(routed.plan, envelope, recipients, message,
                                                  tls=routed.tls, queue_id=meta.queue_id,

@@ -27,7 +27,7 @@ from mxroute.relay import dsn
 from mxroute.relay.envelope import Disposition, RecipientResult
 from mxroute.relay.queue.dispatch import CourierLike, Dispatcher, domain_of, due_recipients
 from mxroute.relay.queue.notices import Item, Notifier, failures, mark_bounced
-from mxroute.relay.queue.plans import PlanCache
+from mxroute.relay.queue.plans import PlanCache, plan_key
 from mxroute.relay.queue.settle import Next, Settlement, Timing, settle
 from mxroute.relay.queue.slots import Slots
 from mxroute.relay.queue.suspensions import Suspensions
@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0  # the longest the loop sleeps without looking at the schedule
 
 
-RouteFn = Callable[[Resolver, str, RoutingPolicy, random.Random, Settings], Awaitable[Route]]
+# (resolver, domain, policy, rng, settings, envelope sender) -> the route (``routing.route``)
+RouteFn = Callable[[Resolver, str, RoutingPolicy, random.Random, Settings, str], Awaitable[Route]]
 
 
 def timing_of(settings: Settings) -> Timing:
@@ -396,14 +397,15 @@ class QueueManager:
         if not meta.done:
             self.add(meta)
 
-    async def _route(self, domain: str) -> Route:
-        """The route for ``domain``: ``route()``'s, or the plan cache's when this queue has one."""
+    async def _route(self, domain: str, sender: str) -> Route:
+        """The route for ``domain`` from ``sender``: ``route()``'s, or the plan cache's."""
         policy, settings = self.policy, self.settings
 
         def ask() -> Awaitable[Route]:
-            return self.route_fn(self.resolver, domain, policy, self.rng, settings)
+            return self.route_fn(self.resolver, domain, policy, self.rng, settings, sender)
 
-        return await (ask() if self.plans is None else self.plans.plan(domain, policy, ask))
+        key = plan_key(domain, sender, settings.routes)
+        return await (ask() if self.plans is None else self.plans.plan(key, policy, ask))
 
     async def _apply(
         self, meta: MessageMeta, message: bytes, results: list[RecipientResult],

@@ -10,10 +10,12 @@ again each time (MX-18).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from mxroute.routing.plan import Plan, RoutingPolicy
 from mxroute.routing.route import Route
+from mxroute.routing.rules import sender_dependent
+from mxroute.settings import RouteRule
 
 PLAN_CACHE_SECONDS = 1.0  # how long a plan is reused at most (never past an MX TTL)
 MAX_DOMAINS = 10_000  # when full, the cache starts empty again (bounded memory)
@@ -27,23 +29,33 @@ def reuse_for(plan: Plan, seconds: float) -> float:
     return min([seconds, *(float(r.ttl) for r in plan.mx)])
 
 
+PlanKey = tuple[str, str | None]  # (domain, envelope sender when ``routes`` depend on it)
+
+
+def plan_key(domain: str, sender: str, routes: Sequence[RouteRule]) -> PlanKey:
+    """What a plan is kept under: the domain, and the sender too when a ``routes`` rule names
+    senders (issue 16: then two senders' mail to one domain may leave by two routes)."""
+    return domain, sender if sender_dependent(routes) else None
+
+
 class PlanCache:
-    """Plans by domain, each valid for the routing policy it was made under and a short time."""
+    """Plans by domain (and sender, when routes depend on it), each valid for the routing policy
+    it was made under and a short time."""
 
     def __init__(
         self, seconds: float = PLAN_CACHE_SECONDS, *, clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.seconds = seconds
         self.clock = clock
-        self._plans: dict[str, tuple[float, RoutingPolicy, Route]] = {}  # domain -> (expiry, ...)
+        self._plans: dict[PlanKey, tuple[float, RoutingPolicy, Route]] = {}  # key -> (expiry, ...)
 
     async def plan(
-        self, domain: str, policy: RoutingPolicy, route: Callable[[], Awaitable[Route]],
+        self, key: PlanKey, policy: RoutingPolicy, route: Callable[[], Awaitable[Route]],
     ) -> Route:
-        """The plan kept for ``domain`` under ``policy`` if still fresh, else ``route()``'s (kept
+        """The plan kept for ``key`` under ``policy`` if still fresh, else ``route()``'s (kept
         if reusing it changes nothing, for at most its MX records' TTL from when it was asked)."""
         asked = self.clock()
-        hit = self._plans.get(domain)
+        hit = self._plans.get(key)
         if hit is not None and hit[0] > asked and hit[1] is policy:
             return hit[2]
         routed = await route()
@@ -51,16 +63,16 @@ class PlanCache:
         if lifetime > 0:
             if len(self._plans) >= MAX_DOMAINS:
                 self._plans.clear()
-            self._plans[domain] = (asked + lifetime, policy, routed)
+            self._plans[key] = (asked + lifetime, policy, routed)
         return routed
 
     def forget(self, domains: set[str]) -> None:
         """Route ``domains`` afresh at their next delivery (``mxroute queue requeue``)."""
-        for domain in domains:
-            self._plans.pop(domain, None)
+        for key in [key for key in self._plans if key[0] in domains]:
+            del self._plans[key]
 
     def __len__(self) -> int:
         return len(self._plans)
 
 
-__all__ = ["PLAN_CACHE_SECONDS", "PlanCache", "reuse_for"]
+__all__ = ["PLAN_CACHE_SECONDS", "PlanCache", "PlanKey", "plan_key", "reuse_for"]

@@ -18,7 +18,6 @@ from pathlib import Path
 from mxroute.address import IPAddress
 from mxroute.dns.answer import Outcome
 from mxroute.dns.resolver import Resolver
-from mxroute.tls.contexts import verify_context
 from mxroute.tls.mtasts.policy import PolicyError, StsPolicy, parse_policy
 
 MAX_POLICY_BYTES = 64 * 1024  # §3.3: "a maximum size of 64 KiB" is suggested
@@ -58,6 +57,8 @@ async def _fetch(resolver: Resolver, domain: str, reach: Reach) -> StsPolicy:
         addresses.extend(rr.address for rr in answer.rrs if answer.outcome is Outcome.RECORDS)
     if not addresses:
         raise PolicyError(f"{host} has no address")
+    from mxroute.tls.contexts import verify_context  # the TLS machinery: only for a fetch
+
     context = verify_context(reach.ca_file)
     context.set_alpn_protocols(["http/1.1"])
     problems: list[str] = []

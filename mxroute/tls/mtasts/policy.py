@@ -278,6 +278,8 @@ def skip_reason(enabled: bool, domain: str, tls: TlsPolicy, *, deliverable: bool
         return "the route is not deliverable"
     if domain.startswith("["):
         return "an address literal has no MTA-STS policy"
+    if tls.source == tlspolicy.ROUTES_SOURCE:  # issue 16: MTA-STS names MX hosts, not a next hop
+        return f"routes {tls.match} sends the mail to a configured next hop, not to the MX"
     if tls.source != tlspolicy.DEFAULT_SOURCE:
         return f"tls_policy_domains entry {tls.match} takes precedence"
     return None

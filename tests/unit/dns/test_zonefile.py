@@ -81,3 +81,19 @@ def test_tls7_secure_directive_sets_ad_only_when_asked() -> None:
     # NXDOMAIN under a secure subtree: secure denial
     assert ad("a.t.") and ad("b.c.t.") and ad("nothing.c.t.")
     assert not ad("a.t.", "AAAA") and not ad("d.t.") and not ad("a.t.", asked=False)
+
+
+def test_issue16_zone_of_a_name_the_loaded_zones_and_outside_them() -> None:
+    """Issue 16 §2: the loaded zones are the SOA owners, and for records outside any, their
+    topmost names; a domain under none is outside every loaded zone."""
+    data = ZoneData()
+    data.load_text("$ORIGIN z.test.\n@ 300 IN SOA ns.z.test. h.z.test. 1 2 3 4 5\n"
+                   "mx 300 IN A 127.0.0.1\n")
+    data.add("bare.test", "MX", 300, "10 mx.z.test.")
+    data.add("deep.bare.test", "A", 300, "127.0.0.2")
+    assert data.zone_of("mx.z.test") == "z.test" and data.zone_of("z.test") == "z.test"
+    assert data.zone_of("nothere.z.test") == "z.test"
+    assert data.zone_of("x.deep.bare.test") == "bare.test"
+    assert data.zone_of("elsewhere.test") is None and data.zone_of("test") is None
+    data.add("late.test", "A", 300, "127.0.0.3")  # apexes follow what is added
+    assert data.zone_of("late.test") == "late.test"

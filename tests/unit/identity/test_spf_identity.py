@@ -160,8 +160,28 @@ def test_spf_command_null_sender_and_bare_domain(capsys: pytest.CaptureFixture[s
 def test_spf_command_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     """Contract: 64 bad arguments; 75 temporary failure (temperror); 0 any other verdict."""
     assert run_cmd("1.2.3", "user@example.com") == EX_USAGE
-    assert run_cmd(IP, "user@exa mple.com") == EX_USAGE
+    assert run_cmd(IP, "user@exam\x01ple.com") == EX_USAGE  # no SMTP command carries it
     assert run_cmd(IP, "<>") == EX_USAGE  # a null sender needs --helo
     assert run_cmd(IP, "user@example.com", fail=("example.com", "SERVFAIL", None)) == EX_TEMPFAIL
     assert run_cmd(IP, "user@nx.example.org") == EX_OK  # none is a verdict
     assert "not an IP address" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("sender", "helo", "why"), [
+    ("x@A" + "1" * 63 + ".example.com", None, "label longer than 63 octets"),
+    ("x@A...example.com", None, "empty label"),
+    ("foo@[1.2.3.5]", "OEMCOMPUTER", "a domain literal"),
+    ("<>", "[1.2.3.5]", "a domain literal"),
+    ("", "A2345678", "not a multi-label domain name"),
+    ("user@exa mple.com", None, None),  # looked up, as escaped octets: NXDOMAIN is none (§4.3)
+])
+def test_spf_command_malformed_domain_is_none_not_a_usage_error(
+    sender: str, helo: str | None, why: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 16 part 3, SPF-1: RFC 7208 §4.3 makes a malformed domain check_host()'s ``none``;
+    the CLI evaluates it (exit 0) instead of refusing the argument (64)."""
+    assert run_cmd(IP, sender, helo=helo, as_json=True) == EX_OK
+    body = json.loads(capsys.readouterr().out)
+    assert body["result"] == "none"
+    if why is not None:
+        assert why in body["reason"] and "§4.3" in body["reason"]

@@ -358,7 +358,7 @@ class CountingRoute:
         self.asked: list[str] = []
 
     async def __call__(self, resolver: Any, domain: str, policy: Any, rng: random.Random,
-                       settings: Any) -> Route:
+                       settings: Any, sender: str = "") -> Route:
         self.asked.append(domain)
         return Route(PLANS[domain], TlsPolicy())
 
@@ -373,11 +373,11 @@ def routed_twice(tmp_path: Path, domain: str, plans: PlanCache | None, *, later:
     ask = CountingRoute()
     qm = QueueManager(h.settings, h.spool, None, h.courier, route_fn=ask,  # type: ignore[arg-type]
                       plans=plans)
-    asyncio.run(qm.dispatcher.route(domain))
+    asyncio.run(qm.dispatcher.route(domain, ""))
     clock[0] += later
     if reconfigure:  # SIGHUP: a new routing policy, so plans made under the old one are stale
         qm.reconfigure(h.settings)
-    asyncio.run(qm.dispatcher.route(domain))
+    asyncio.run(qm.dispatcher.route(domain, ""))
     h.spool.close()
     return ask.asked
 
@@ -400,6 +400,51 @@ def test_mx3_mx18_shuffled_or_undeliverable_plans_are_never_reused(tmp_path: Pat
     asked again each time."""
     assert routed_twice(tmp_path, "shuffled.test", PlanCache()) == ["shuffled.test"] * 2
     assert routed_twice(tmp_path, "broken.test", PlanCache()) == ["broken.test"] * 2
+
+
+def routed_per_sender(tmp_path: Path, routes: list[dict[str, str]]) -> list[tuple[str, str]]:
+    """Route steady.test for two senders and the first again: what route() was asked."""
+    h = Harness(Path(tempfile.mkdtemp(dir=tmp_path)), routes=routes)
+    asked: list[tuple[str, str]] = []
+
+    async def ask(resolver: Any, domain: str, policy: Any, rng: random.Random,
+                  settings: Any, sender: str = "") -> Route:
+        asked.append((domain, sender))
+        return Route(PLANS[domain], TlsPolicy())
+
+    plans = PlanCache(clock=lambda: 0.0)
+    qm = QueueManager(h.settings, h.spool, None, h.courier, route_fn=ask,  # type: ignore[arg-type]
+                      plans=plans)
+    for sender in ("a@one.test", "b@vip.test", "a@one.test"):
+        asyncio.run(qm.dispatcher.route("steady.test", sender))
+    h.spool.close()
+    return asked
+
+
+def test_plan_cache_keys_on_the_sender_when_routes_name_senders(tmp_path: Path) -> None:
+    """issue 16: with a sender-dependent ``routes`` rule a plan made for one sender is never
+    reused for another (Postfix sender_dependent_relayhost_maps); without one, per domain."""
+    rules = [{"match": "*", "sender": "@vip.test", "next_hop": "[hub.test]"}]
+    assert routed_per_sender(tmp_path, rules) == [
+        ("steady.test", "a@one.test"), ("steady.test", "b@vip.test")]
+    plain = [{"match": "*", "next_hop": "[hub.test]"}]
+    assert routed_per_sender(tmp_path, plain) == [("steady.test", "a@one.test")]
+
+
+def test_dispatch_routes_with_the_envelope_sender(h: Harness) -> None:
+    """issue 16: the queue hands route() the message's envelope sender ("" for a bounce)."""
+    asked: list[str] = []
+
+    async def ask(resolver: Any, domain: str, policy: Any, rng: random.Random,
+                  settings: Any, sender: str = "") -> Route:
+        asked.append(sender)
+        return Route(Plan(domain, Verdict.DELIVERABLE, "ok", "2.0.0"), TlsPolicy())
+
+    h.qm.route_fn = ask
+    h.courier.will("a@x.test", (Disposition.DELIVERED, "2.0.0", "250 ok"))
+    h.submit("s@y.test", "a@x.test")
+    h.run()
+    assert asked == ["s@y.test"]
 
 
 def test_due_recipients_bring_their_domains_other_pending_recipients() -> None:

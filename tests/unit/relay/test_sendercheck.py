@@ -130,3 +130,12 @@ def test_spf13_accepted_anyway_notes_once_a_minute_per_domain_refusals_every_tim
     ]
     assert len(refusals) == 2 and all("from=<u@null.test>" in line for line in refusals)
     assert asyncio.run(mail("<a@[192.0.2.1]>")) is None  # a literal is not looked up
+
+
+def test_issue16_refusals_name_the_setting_that_would_change_them() -> None:
+    """Issue 16 §2: explain shows which null_mx_sender value would let the sender through."""
+    assert judge("s.test", NULL_MX, "reject").setting == "null_mx_sender = off"
+    assert judge("s.test", mx(outcome=Outcome.NXDOMAIN), "strict").setting == \
+        "null_mx_sender = reject"
+    assert judge("s.test", None, "strict").setting == "null_mx_sender = reject"
+    assert judge("s.test", mx("10 mx.s.test."), "strict").setting is None
