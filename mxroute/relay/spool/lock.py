@@ -11,7 +11,8 @@ instance prints.
 ``mxroute queue`` acting without a running ``serve`` (issue 15 A) takes the same lock for the
 few milliseconds it rewrites queue files, writing ``PID queue-tool``: a ``serve`` that starts
 then waits for it (at most ``TOOL_WAIT`` seconds) instead of failing, and refuses at once only
-another ``serve``. A tool that finds a ``serve`` holding the lock talks to its control socket.
+another live ``serve``. A lock whose named ``serve`` is gone is held by that serve's delivery
+process in its last moments (killed parent): a starting ``serve`` waits for it the same way. A tool that finds a ``serve`` holding the lock talks to its control socket.
 """
 
 from __future__ import annotations
@@ -62,8 +63,12 @@ class SpoolLock:
                 break
             except BlockingIOError:
                 holder = self._holder()
-                if not tool and holder.endswith(TOOL) and time.monotonic() < deadline:
-                    time.sleep(_PID_STEP)  # `mxroute queue` rewriting files: a moment
+                if not tool and time.monotonic() < deadline and (
+                        holder.endswith(TOOL) or not _alive(holder)):
+                    # `mxroute queue` rewriting files, or the delivery process of a serve that
+                    # was killed (it holds the inherited lock until it notices, at once by
+                    # PR_SET_PDEATHSIG once set, else at its socket's end of file): a moment
+                    time.sleep(_PID_STEP)
                     continue
                 os.close(fd)
                 raise SpoolInUse(f"spool {self.path.parent} is in use by another mxroute "
@@ -95,6 +100,20 @@ class SpoolLock:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+def _alive(holder: str) -> bool:
+    """Whether the process the lock file names still exists (unknown: assume it does)."""
+    pid = holder.split()[0] if holder.split() else ""
+    if not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists under another user
+        return True
+    return True
 
 
 def hold_inherited(fd: int) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 from pathlib import Path
 
@@ -57,5 +58,29 @@ def test_a_starting_serve_waits_for_a_queue_tool_and_a_tool_never_waits(tmp_path
         serve.acquire()  # waits for the tool, then owns the spool
         assert (tmp_path / "serve.lock").read_text() == f"{os.getpid()}\n"
         serve.release()
+    finally:
+        releaser.join(timeout=5)
+
+
+def test_a_starting_serve_waits_for_the_delivery_process_of_a_killed_serve(
+        tmp_path: Path) -> None:
+    """DUR-7: a serve SIGKILLed leaves its delivery process holding the inherited lock for a
+    moment (until PR_SET_PDEATHSIG or its socket's end of file ends it). The lock file names
+    the dead serve: a serve restarted then waits for the lock (bounded) instead of exiting 75,
+    as the SIGKILL loop in tests/faults/test_crash.py restarts it. A live serve is still
+    refused at once (the first test)."""
+    gone = subprocess.Popen(["true"])
+    gone.wait(timeout=10)
+    orphan = SpoolLock(tmp_path)
+    fd = orphan.acquire()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{gone.pid}\n".encode(), 0)  # the killed serve's PID, as it wrote it
+    releaser = threading.Timer(0.3, orphan.release)
+    releaser.start()
+    try:
+        restarted = SpoolLock(tmp_path)
+        restarted.acquire()
+        assert (tmp_path / "serve.lock").read_text() == f"{os.getpid()}\n"
+        restarted.release()
     finally:
         releaser.join(timeout=5)
