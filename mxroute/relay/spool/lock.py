@@ -12,7 +12,8 @@ instance prints.
 few milliseconds it rewrites queue files, writing ``PID queue-tool``: a ``serve`` that starts
 then waits for it (at most ``TOOL_WAIT`` seconds) instead of failing, and refuses at once only
 another live ``serve``. A lock whose named ``serve`` is gone is held by that serve's delivery
-process in its last moments (killed parent): a starting ``serve`` waits for it the same way. A tool that finds a ``serve`` holding the lock talks to its control socket.
+process in its last moments (killed parent): a starting ``serve`` waits for it the same way.
+A tool that finds a ``serve`` holding the lock talks to its control socket.
 """
 
 from __future__ import annotations
