@@ -150,7 +150,8 @@ class SiteHealth:
                 held = getattr(site, attr)
                 if held is not None and held.until <= now:
                     setattr(site, attr, None)
-                    what = "IPv%d preference" % held.family if attr == "prefer" else attr
+                    what = f"IPv{held.family} preference" if isinstance(held, Preference) \
+                        else attr
                     events.append(Event(name, "lifted", f"{what} lifted ({held.reason})"))
             if site.idle():
                 del self.sites[name]
@@ -231,7 +232,8 @@ class SiteHealth:
                 why = f"IPv{family} blamed: {' '.join(walk.rdns_blamed[family].split())[:200]}"
             elif walk.tried[family] and walk.failed[family] == walk.tried[family] \
                     and walk.sessions[other]:
-                why = f"every IPv{family} address failed at connect or greeting, IPv{other} answered"
+                why = (f"every IPv{family} address failed at connect or greeting, "
+                       f"IPv{other} answered")
             else:
                 continue
             held = site.prefer
