@@ -252,18 +252,17 @@ class SiteHealth:
         offset = wall - now
         for name, site in sorted(self.sites.items()):
             shown = {
-                "throttle": site.throttle.to_json(offset) if _live(site.throttle, now) else None,
-                "suspension": site.suspension.to_json(offset)
-                if _live(site.suspension, now) else None,
-                "prefer": site.prefer.to_json(offset) if _live(site.prefer, now) else None,
+                "throttle": _shown(site.throttle, now, offset),
+                "suspension": _shown(site.suspension, now, offset),
+                "prefer": _shown(site.prefer, now, offset),
             }
             if any(shown.values()):
                 out[name] = shown
         return out
 
 
-def _live(held: Hold | Preference | None, now: float) -> bool:
-    return held is not None and held.until > now
+def _shown(held: Hold | Preference | None, now: float, offset: float) -> dict[str, Any] | None:
+    return held.to_json(offset) if held is not None and held.until > now else None
 
 
 def reorder(plan: Plan, family: int) -> Plan:
