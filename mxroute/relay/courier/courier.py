@@ -18,6 +18,7 @@ and AUTH, issue 16).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import re
@@ -26,7 +27,9 @@ import time
 
 from mxroute.relay.courier import hosts
 from mxroute.relay.courier.attempt import Attempt
+from mxroute.relay.courier.health import EVENT_KINDS, Event, site_of
 from mxroute.relay.courier.hosts import Endpoint, Hosts
+from mxroute.relay.courier.patterns import configured
 from mxroute.relay.courier.pool import Pool
 from mxroute.relay.courier.replies import path_problem
 from mxroute.relay.courier.session import Connected, Dialer, HostFailure, Retry, Session, Stale
@@ -103,6 +106,10 @@ class Courier:
             "dane_failures": 0,  # TLS-7: certificates that matched / did not match TLSA records
             # hosts not contacted: MTA-STS enforce (TLS-6) or a failed TLSA lookup (TLS-7)
             "policy_skips": 0,
+            # issue 18 §2: deliveries that waited for a throttled site's turn, and the sites'
+            # health changes (throttled, suspended, dead, prefer-ipv4/6, lifted)
+            "throttled_waits": 0,
+            **{f"site_{kind.replace('-', '_')}": 0 for kind in EVENT_KINDS},
         }
         self.hosts = Hosts()
         self.dialer = Dialer(settings, self.stats, Contexts(tls_context))
@@ -115,6 +122,7 @@ class Courier:
             max_idle_per_destination=max_idle_per_destination,
         )
         self._settings = settings
+        self._learn_settings(settings)
 
     @property
     def settings(self) -> Settings:
@@ -126,6 +134,12 @@ class Courier:
         self._settings = self.dialer.settings = self.transactions.settings = self.pool.settings = (
             settings
         )
+        self._learn_settings(settings)
+
+    def _learn_settings(self, settings: Settings) -> None:
+        """The sites' health from ``settings`` (issue 18 §2): patterns, cohort, periods."""
+        self.hosts.sites.configure(configured(settings.reply_patterns), settings.dead_site_cohort,
+                                   settings.retry_min_seconds, settings.family_hold_seconds)
 
     # --- the one public operation -----------------------------------------------------------
 
@@ -180,12 +194,43 @@ class Courier:
                 is None
             ):
                 attempt.sts = await self.mta_sts.lookup(plan.domain)  # MTA-STS (TLS-5/6)
-            await self._walk(plan, attempt, valid)
+            await self._at_site(plan, attempt, valid)
         out = [attempt.results[r.address] for r in recipients]
         delays = _delays(attempt, times, time.monotonic() - started)
         for result in {r.recipient: r for r in out}.values():
             _log_result(queue_id, result, delays, attempt.met)
         return out
+
+    async def _at_site(self, plan: Plan, attempt: Attempt, valid: list[Recipient]) -> None:
+        """Walk ``plan`` as its site's health allows (issue 18 §2): not while the site is
+        suspended, after a throttled site's turn, the preferred address family first; then
+        learn from what the walk met."""
+        sites, site = self.hosts.sites, site_of(plan)
+        _note(sites.lift(self.hosts.clock()), self.stats)
+        now = self.hosts.clock()
+        held = sites.suspended(site, now)
+        wait = sites.turn(site, now) if held is None else None
+        if held is not None or wait is None:
+            why = (f"suspended for {held.until - now:.0f}s more: {held.reason}" if held
+                   else "throttled: no turn within the next minute")
+            reply = f"451 4.7.0 site {site} {why}"
+            attempt.soft(valid, "4.7.0", reply, None, remote=False)
+            for rcpt in valid:
+                attempt.results[rcpt.address] = attempt.deferred(rcpt)
+            return
+        if wait > 0:
+            self.stats["throttled_waits"] += 1
+            await asyncio.sleep(wait)
+        await self._walk(sites.order(site, plan, now), attempt, valid)
+        now = self.hosts.clock()
+        for target, reply in attempt.heard:
+            attempt.walk.reply(target.family, reply)
+        events = sites.walked(site, attempt.walk, now)
+        for _, reply in attempt.heard:
+            found = sites.replied(site, reply, now)
+            if found is not None:
+                events.append(found)
+        _note(events, self.stats)
 
     @staticmethod
     def _upstream(plan: Plan, attempt: Attempt, recipients: list[Recipient]) -> bool:
@@ -334,11 +379,13 @@ class Courier:
                 exchange=name,
                 dane_name=pooled.dane_name,
             ):
+                attempt.walk.session(target.family)
                 return pooled, True
             self.pool.uncount()  # TLS-3: not good enough for this policy; back to the pool
             self.pool.release(pooled)
         async with self.hosts.contact(key) as known:  # RTY-4
             if known is not None:
+                attempt.walk.no_session(target.family)
                 attempt.soft(
                     pending,
                     known.status,
@@ -350,6 +397,7 @@ class Courier:
             session, greeted, problem = await self._dial(target, key, policy, audit, upstream)
             if session is not None:
                 self.hosts.answered(key)
+                attempt.walk.session(target.family)
                 return session, greeted
             failure = (
                 problem
@@ -358,6 +406,7 @@ class Courier:
             )
             attempt.soft(pending, failure.status, failure.reply, target, remote=failure.remote)
             if failure.status != tlspolicy.STATUS:  # TLS-3: a policy's failure is not the host's
+                attempt.walk.no_session(target.family)
                 self.hosts.failed(
                     key, failure.status, failure.reply, self.settings.retry_min_seconds,
                     name=str(target),
@@ -410,6 +459,14 @@ class Courier:
             if (":" in ip) == (target.family == 6):
                 return ip
         return None
+
+
+def _note(events: list[Event], stats: dict[str, int]) -> None:
+    """A site's health changed (issue 18 §2): logged once, counted."""
+    for event in events:
+        stats[f"site_{event.kind.replace('-', '_')}"] += 1
+        level = logging.INFO if event.kind == "lifted" else logging.WARNING
+        log.log(level, "site %s: %s", safe_text(event.site, 300), safe_text(event.text, 400))
 
 
 def _valid(attempt: Attempt, envelope: Envelope, recipients: list[Recipient]) -> list[Recipient]:

@@ -24,6 +24,7 @@ from typing import Any
 from mxroute.relay.courier.patterns import SHIPPED, ReplyPattern, match
 from mxroute.routing.plan import Plan, Target
 
+EVENT_KINDS = ("throttled", "suspended", "dead", "prefer-ipv4", "prefer-ipv6", "lifted")
 LIMIT = 10000  # sites remembered: a bound, not a policy
 MAX_WAIT = 60.0  # a throttled delivery waits at most this long for its turn, else is deferred
 # a permanent reply blaming the sending address's reverse DNS (Gmail 550 5.7.25, "PTR")
@@ -265,6 +266,18 @@ def _shown(held: Hold | Preference | None, now: float, offset: float) -> dict[st
     return held.to_json(offset) if held is not None and held.until > now else None
 
 
+def site_of(plan: Plan) -> str:
+    """``plan``'s site: its MX host names, sorted and joined by commas; a next hop's
+    ``host:port``; else the destination itself."""
+    if plan.route is not None:
+        return str(plan.route.rule.next_hop)
+    names = {r.exchange.lower().rstrip(".") for r in plan.mx}
+    if not names and plan.implicit_mx:
+        names = {t.exchange.lower().rstrip(".") for t in plan.targets} or {plan.domain}
+    names.discard("")
+    return ",".join(sorted(names)) if names else plan.domain
+
+
 def reorder(plan: Plan, family: int) -> Plan:
     """``plan``'s targets with ``family``'s first within each MX preference, order otherwise
     kept (a backup MX never goes before a better one)."""
@@ -277,5 +290,5 @@ def reorder(plan: Plan, family: int) -> Plan:
     return replace(plan, targets=targets)
 
 
-__all__ = ["LIMIT", "MAX_WAIT", "Event", "Hold", "Preference", "Site", "SiteHealth", "Walk",
-           "reorder"]
+__all__ = ["EVENT_KINDS", "LIMIT", "MAX_WAIT", "Event", "Hold", "Preference", "Site",
+           "SiteHealth", "Walk", "reorder", "site_of"]

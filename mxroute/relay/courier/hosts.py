@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import NamedTuple
 
+from mxroute.relay.courier.health import SiteHealth
+
 log = logging.getLogger(__name__)  # per-host events: connect failures, skips, TLS fallbacks
 
 LIMIT = 10000  # entries kept of each kind: a bound, not a policy
@@ -53,6 +55,8 @@ class Hosts:
         self._unreachable: dict[Endpoint, Unreachable] = {}
         self._answering: set[Endpoint] = set()
         self._probes: dict[Endpoint, asyncio.Future[None]] = {}
+        # issue 18 §2: what delivery learnt per site (throttles, suspensions, family health)
+        self.sites = SiteHealth()
 
     def skip(self, key: Endpoint) -> Unreachable | None:
         """The record ruling ``key`` out now, or None (an expired one is forgotten)."""
