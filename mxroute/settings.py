@@ -290,6 +290,38 @@ class RouteRule(BaseModel):
         return self
 
 
+class ShapingRule(BaseModel):
+    """One ``[[shaping]]`` entry (issue 18, docs/shaping.md): the limits for the destinations
+    ``match`` covers: ``domain:NAME`` (one recipient domain), ``mx:GLOB`` (every destination
+    whose MX host names all match: one shared limit) or ``*``; the first matching rule wins
+    (``mxroute.routing.shaping``). An unset number: no such limit (``connection_limit``:
+    ``destination_concurrency``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    match: str
+    connection_limit: int | None = Field(None, ge=1)  # connections open at once
+    max_messages_per_connection: int | None = Field(None, ge=1)
+    connection_rate: float | None = Field(None, gt=0)  # new connections per minute
+    message_rate: float | None = Field(None, gt=0)  # messages per second
+    message_burst: int | None = Field(None, ge=1)  # messages at once above message_rate
+
+    @field_validator("match", mode="before")
+    @classmethod
+    def _match(cls, value: object) -> str:
+        text = str(value).strip()
+        if text == "*":
+            return text
+        kind, _, name = text.partition(":")
+        kind, name = kind.strip().lower(), name.strip()
+        if kind == "domain" and name and "*" not in name:
+            return f"domain:{normalize_key(name)}"
+        if kind == "mx" and name and not name.startswith(".") and " " not in name:
+            return f"mx:{name.lower().rstrip('.')}"
+        raise ValueError(f"shaping match {text!r}: expected domain:NAME, mx:GLOB "
+                         "(e.g. mx:*.google.com) or *")
+
+
 class ReplyPatternRule(BaseModel):
     """One ``[[reply_patterns]]`` entry (issue 18 §2, docs/shaping.md): a reply matching ``regex``
     (case-insensitive, searched in ``CODE X.Y.Z text``) throttles its site to ``message_rate``
@@ -424,6 +456,10 @@ class Settings(BaseSettings):
     # --- next-hop rules (docs/routes.md): the first [[routes]] entry matching a recipient's
     # domain (and the sender, when it names one) sends its mail to next_hop instead of the MX
     routes: list[RouteRule] = []
+
+    # --- traffic shaping (docs/shaping.md): the first [[shaping]] rule matching a destination
+    # sets its limits; then the shipped provider rules; then destination_concurrency per site
+    shaping: list[ShapingRule] = []
 
     # --- learning (docs/shaping.md): replies that slow a site down, dead sites, address families
     # reply patterns tried before the shipped ones (Gmail 421 4.7.28, Yahoo [TSS04], ...)

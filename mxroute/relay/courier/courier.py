@@ -27,7 +27,7 @@ import time
 
 from mxroute.relay.courier import hosts
 from mxroute.relay.courier.attempt import Attempt
-from mxroute.relay.courier.health import EVENT_KINDS, Event, site_of
+from mxroute.relay.courier.health import EVENT_KINDS, Event
 from mxroute.relay.courier.hosts import Endpoint, Hosts
 from mxroute.relay.courier.patterns import configured
 from mxroute.relay.courier.pool import Pool
@@ -37,6 +37,7 @@ from mxroute.relay.courier.transaction import Transactions
 from mxroute.relay.courier.upstream import CONFIG_STATUS, SecretProblem, Upstream, authenticate
 from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult, Times
 from mxroute.routing.plan import Plan, Target, Verdict
+from mxroute.routing.shaping import site_of
 from mxroute.settings import Settings
 from mxroute.text import safe_text
 from mxroute.tls import host as hosttls

@@ -266,18 +266,6 @@ def _shown(held: Hold | Preference | None, now: float, offset: float) -> dict[st
     return held.to_json(offset) if held is not None and held.until > now else None
 
 
-def site_of(plan: Plan) -> str:
-    """``plan``'s site: its MX host names, sorted and joined by commas; a next hop's
-    ``host:port``; else the destination itself."""
-    if plan.route is not None:
-        return str(plan.route.rule.next_hop)
-    names = {r.exchange.lower().rstrip(".") for r in plan.mx}
-    if not names and plan.implicit_mx:
-        names = {t.exchange.lower().rstrip(".") for t in plan.targets} or {plan.domain}
-    names.discard("")
-    return ",".join(sorted(names)) if names else plan.domain
-
-
 def reorder(plan: Plan, family: int) -> Plan:
     """``plan``'s targets with ``family``'s first within each MX preference, order otherwise
     kept (a backup MX never goes before a better one)."""
@@ -291,4 +279,4 @@ def reorder(plan: Plan, family: int) -> Plan:
 
 
 __all__ = ["EVENT_KINDS", "LIMIT", "MAX_WAIT", "Event", "Hold", "Preference", "Site",
-           "SiteHealth", "Walk", "reorder", "site_of"]
+           "SiteHealth", "Walk", "reorder"]
