@@ -251,7 +251,11 @@ def _print_hosts(reply: dict[str, Any], forget: str | None) -> None:
     if not reply.get("live"):
         print("no serve running: hosts are remembered by a running serve only")
         return
-    hosts = reply["hosts"]
+    hosts, sites = reply["hosts"], reply.get("sites") or {}
+    for name, state in sites.items():
+        print(f"site {name}")
+        for line in site_lines(state):
+            print(f"    {line}")
     if not hosts:
         print("no host is being skipped")
         return
@@ -259,6 +263,23 @@ def _print_hosts(reply: dict[str, Any], forget: str | None) -> None:
         print(f"{host['host']}  {host['status']}  since {_when(host['since'])}  "
               f"until {_when(host['until'])}")
         print(f"    {host['reply']}")
+
+
+def site_lines(state: dict[str, Any]) -> list[str]:
+    """What is in force at one site (issue 18 §2), as ``queue hosts`` and ``explain`` say it."""
+    lines = []
+    throttle, suspension, prefer = state.get("throttle"), state.get("suspension"), \
+        state.get("prefer")
+    if suspension:
+        lines.append(f"suspended until {_when(suspension['until'])} ({suspension['cause']}: "
+                     f"{suspension['reason']})")
+    if throttle:
+        lines.append(f"throttled to {throttle['rate']:g}/s until {_when(throttle['until'])} "
+                     f"({throttle['reason']})")
+    if prefer:
+        lines.append(f"IPv{prefer['family']} preferred until {_when(prefer['until'])} "
+                     f"({prefer['reason']})")
+    return lines
 
 
 def _print_suspensions(reply: dict[str, Any], *, listing: bool) -> None:

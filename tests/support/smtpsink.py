@@ -88,6 +88,7 @@ class Transaction:
     rcpt_args: list[str] = field(default_factory=list)  # every RCPT argument as sent
     data: bytes | None = None  # DATA as received (dot-stuffing removed), None if no data
     reply: str = ""  # the reply given after "."
+    at: float = 0.0  # time.monotonic() when that reply was given (rates as upper bounds)
 
 
 @dataclass
@@ -597,6 +598,7 @@ class _Handler:
                 number = self.sink._queued
             reply = self.sink.ok("250", "2.0.0", f"Ok: queued as S{number}")
         transaction.reply = reply.split("\n")[-1]
+        transaction.at = time.monotonic()
         content = envelope.original_content
         transaction.data = content if isinstance(content, bytes) else (content or b"")
         server._transaction = None

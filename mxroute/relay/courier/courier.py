@@ -207,8 +207,8 @@ class Courier:
         suspended, after a throttled site's turn, the preferred address family first; then
         learn from what the walk met."""
         sites, site = self.hosts.sites, site_of(plan)
-        _note(sites.lift(self.hosts.clock()), self.stats)
         now = self.hosts.clock()
+        _note(sites.lift(now, site), self.stats)
         held = sites.suspended(site, now)
         wait = sites.turn(site, now) if held is None else None
         if held is not None or wait is None:
@@ -222,6 +222,8 @@ class Courier:
         if wait > 0:
             self.stats["throttled_waits"] += 1
             await asyncio.sleep(wait)
+            now = self.hosts.clock()
+            _note(sites.lift(now, site), self.stats)
         await self._walk(sites.order(site, plan, now), attempt, valid)
         now = self.hosts.clock()
         for target, reply in attempt.heard:

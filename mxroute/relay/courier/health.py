@@ -120,6 +120,7 @@ class SiteHealth:
         self.retry_min = retry_min
         self.family_hold = family_hold
         self.sites: dict[str, Site] = {}
+        self._swept = float("-inf")  # when lift() last looked at every site
 
     def configure(self, patterns: tuple[ReplyPattern, ...], cohort: int, retry_min: float,
                   family_hold: float) -> None:
@@ -143,19 +144,25 @@ class SiteHealth:
 
     # --- what delivery asks before it starts --------------------------------------------------
 
-    def lift(self, now: float) -> list[Event]:
-        """Drop what has run its time, at every site; an Event for each."""
+    def lift(self, now: float, name: str | None = None) -> list[Event]:
+        """Drop what has run its time at site ``name``, and at every site once a second (each
+        call stays cheap however many sites are known); an Event for each."""
+        names: list[str] = [name] if name is not None and name in self.sites else []
+        if now - self._swept >= 1.0 or name is None:
+            self._swept = now
+            names = list(self.sites)
         events: list[Event] = []
-        for name, site in list(self.sites.items()):
+        for each in names:
+            site = self.sites[each]
             for attr in ("throttle", "suspension", "prefer"):
                 held = getattr(site, attr)
                 if held is not None and held.until <= now:
                     setattr(site, attr, None)
                     what = f"IPv{held.family} preference" if isinstance(held, Preference) \
                         else attr
-                    events.append(Event(name, "lifted", f"{what} lifted ({held.reason})"))
+                    events.append(Event(each, "lifted", f"{what} lifted ({held.reason})"))
             if site.idle():
-                del self.sites[name]
+                del self.sites[each]
         return events
 
     def suspended(self, name: str, now: float) -> Hold | None:
@@ -172,6 +179,8 @@ class SiteHealth:
         if held is None or held.until <= now or held.rate is None:
             return 0.0
         start = max(now, held.next_start)
+        if start >= held.until:  # the throttle is over by then: no turn to take
+            return held.until - now
         if start - now > MAX_WAIT:
             return None
         held.next_start = start + 1.0 / held.rate
