@@ -64,14 +64,15 @@ def add_op_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--domain", help="the messages with a recipient at this domain")
     p = add("hosts", "the hosts delivery skips until their retry time (exinext)")
     p.add_argument("--forget", metavar="HOST", help="try this host (name or address) again")
-    p = add("suspend", "stop delivery to recipient domains; none given: list the suspensions "
-                       "(kcli suspend)")
-    p.add_argument("domains", nargs="*", metavar="DOMAIN")
+    p = add("suspend", "stop delivery to recipient domains or destination sites (MX host names "
+                       "joined by commas, or a next hop's host:port); none given: list the "
+                       "suspensions (kcli suspend)")
+    p.add_argument("domains", nargs="*", metavar="SITE|DOMAIN")
     p.add_argument("--for", dest="duration", metavar="DURATION",
                    help="end by itself after this long (90s, 30m, 2h, 1d); default: until resumed")
     p.add_argument("--reason", help="why (logged and listed)")
-    p = add("resume", "resume delivery to suspended domains: their mail is due now")
-    p.add_argument("domains", nargs="*", metavar="DOMAIN")
+    p = add("resume", "resume delivery to suspended domains or sites: their mail is due now")
+    p.add_argument("domains", nargs="*", metavar="SITE|DOMAIN")
     p.add_argument("--all", action="store_true", help="every suspended domain")
 
 
@@ -122,14 +123,14 @@ def _request(args: argparse.Namespace) -> dict[str, Any] | str:
 
 
 def _suspend_request(args: argparse.Namespace) -> dict[str, Any] | str:
-    from mxroute.relay.queue.suspensions import domain_name
+    from mxroute.relay.queue.suspensions import suspend_name
     from mxroute.relay.spool.listing import parse_duration
 
     if not args.domains and (args.duration or args.reason):
         return "--for and --reason need the domains to suspend"
     for name in args.domains:
         try:
-            domain_name(name)
+            suspend_name(name)
         except ValueError as exc:
             return str(exc)
     duration = None

@@ -113,3 +113,37 @@ def test_dead_site_is_suspended_until_retry_min_then_delivered(world: World) -> 
     sink = world.sink(1)
     assert wait_for(lambda: len(delivered(sink)) == 2, timeout=30), relay.log()
     assert f"site {site}: suspension lifted" in relay.log()
+
+
+def test_queue_suspend_site_and_summary_by_site(world: World) -> None:
+    """Issue 18 §2 operator tools: dest.test and other.test share the site mx1.dest.test;
+    `queue suspend SITE --for 4s` holds the mail of both (deferred untried, logged), `queue
+    summary --by site` counts it in one row, and the suspension ends by itself: delivered."""
+    world.zone(f"dest IN MX 10 mx1.dest.test.\nother IN MX 10 mx1.dest.test.\n"
+               f"mx1.dest IN A {world.ip(1)}\n")
+    sink = world.sink(1)
+    relay = world.relay()
+    [entry] = ok(relay.queue("suspend", "MX1.dest.test", "--for", "4s", "--json"))["suspensions"]
+    assert entry["domain"] == "mx1.dest.test"
+    relay.send("a@sender.test", ["u@dest.test", "v@other.test"], MSG)
+    relay.logged("451 4.7.0 site mx1.dest.test suspended (mxroute queue suspend)")
+    summary = ok(relay.queue("summary", "--by", "site", "--json"))
+    if sink.connections == []:  # still suspended (a loaded machine may be slower)
+        [row] = summary["sites"]
+        assert (row["site"], row["messages"], row["recipients"]) == ("mx1.dest.test", 1, 2)
+        assert summary["total"]["recipients"] == 2
+    text = relay.queue("summary", "--by", "site").stdout
+    assert text.startswith("SITE ") or "SITE" in text.splitlines()[0], text
+    assert wait_for(lambda: len(delivered(sink)) >= 1, timeout=20), relay.log()
+    assert wait_for(lambda: relay.queued() == []), relay.log()
+    assert sorted(r for c in sink.connections for t in c.transactions for r in t.rcpt_to) == [
+        "u@dest.test", "v@other.test"]
+    assert ok(relay.queue("suspend", "--json"))["suspensions"] == []
+
+
+def test_queue_suspend_rejects_a_bad_site(world: World) -> None:
+    """Issue 18 §2: a site that is no name is a usage error (64); nothing is suspended."""
+    relay = world.relay()
+    done = relay.queue("suspend", "mx1.dest.test,bad name", "--json")
+    assert done.returncode == 64 and "bad name" in done.stderr, (done.stdout, done.stderr)
+    assert ok(relay.queue("suspend", "--json"))["suspensions"] == []

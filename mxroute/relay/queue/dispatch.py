@@ -22,9 +22,12 @@ from mxroute.relay.queue.slots import Slots
 from mxroute.relay.spool.format import MessageMeta, RecipientState
 from mxroute.routing.plan import Plan
 from mxroute.routing.route import Route
+from mxroute.routing.shaping import site_of
 from mxroute.tls.policy import TlsPolicy
 
 log = logging.getLogger(__name__)
+
+SITES_KEPT = 10000  # recipient domains whose site is remembered: a bound, not a policy
 
 
 class CourierLike(Protocol):
@@ -49,6 +52,11 @@ class Dispatcher:
         self.courier = courier
         self.route = route  # (domain, envelope sender) -> its delivery plan and TLS level
         self.slots = slots
+        # issue 18 §2: recipient domain -> its site, as last routed (bounded), so a suspended
+        # site's mail is passed over like a suspended domain's; ``suspended``: when a site's
+        # operator suspension ends (None: not suspended)
+        self.sites: dict[str, str] = {}
+        self.suspended: Callable[[str], float | None] = lambda site: None
 
     async def deliver(
         self, meta: MessageMeta, message: bytes, due: list[RecipientState],
@@ -82,6 +90,13 @@ class Dispatcher:
         started, begun = time.time(), time.monotonic()
         try:
             routed = await self.route(domain, envelope.sender)
+            site = site_of(routed.plan)
+            if len(self.sites) >= SITES_KEPT:
+                self.sites.clear()
+            self.sites[domain] = site
+            if site != domain and self.suspended(site) is not None:
+                reason = f"451 4.7.0 site {site} suspended (mxroute queue suspend)"
+                return [_deferred(r.address, reason) for r in rcpts]
             times = Times(meta.arrival, meta.intake, started, time.monotonic() - begun)
             results = await self.courier.deliver(routed.plan, envelope, recipients, message,
                                                  tls=routed.tls, queue_id=meta.queue_id,
