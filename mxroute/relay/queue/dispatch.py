@@ -96,6 +96,7 @@ class Dispatcher:
             self.sites[domain] = site
             if site != domain and self.suspended(site) is not None:
                 reason = f"451 4.7.0 site {site} suspended (mxroute queue suspend)"
+                log.info("%s: to %s: deferred, not tried (%s)", meta.queue_id, domain, reason)
                 return [_deferred(r.address, reason) for r in rcpts]
             times = Times(meta.arrival, meta.intake, started, time.monotonic() - begun)
             results = await self.courier.deliver(routed.plan, envelope, recipients, message,
