@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from tests.support.relay import MSG, ROOT, Relay, World, wait_for
+from tests.support.relay import MSG, ROOT, Relay, World, free_port, scrape, wait_for
 from tests.support.smtpsink import Sink
 
 PATTERN = {"name": "test-rate", "regex": r"^421 4\.7\.28\b", "action": "throttle",
@@ -47,7 +47,8 @@ def test_421_4_7_28_after_k_messages_throttles_the_site_then_it_recovers(world: 
     delivered."""
     world.zone(f"dest IN MX 10 mx1.dest.test.\nmx1.dest IN A {world.ip(1)}\n")
     sink = world.sink(1, replies={".": [None, None, "421 4.7.28 slow down, unusual rate"]})
-    relay = world.relay(reply_patterns=[PATTERN])
+    metrics = free_port()
+    relay = world.relay(reply_patterns=[PATTERN], metrics_listen=f"127.0.0.1:{metrics}")
     for n in range(2):
         relay.send("a@sender.test", [f"u{n}@dest.test"], MSG)
         assert wait_for(lambda n=n: len(delivered(sink)) == n + 1)  # type: ignore[misc]
@@ -72,6 +73,9 @@ def test_421_4_7_28_after_k_messages_throttles_the_site_then_it_recovers(world: 
     relay.send("a@sender.test", ["u9@dest.test"], MSG)
     assert wait_for(lambda: len(delivered(sink)) == 10), relay.log()
     relay.logged("site mx1.dest.test: throttle lifted (test-rate: 421 4.7.28")
+    scraped = scrape(metrics)  # per-site metrics, the site named
+    assert scraped['mxroute_site_throttled_waits_total{site="mx1.dest.test"}'] >= 1
+    assert scraped['mxroute_site_connections{site="mx1.dest.test"}'] == 0
 
 
 def test_ipv6_refusing_site_prefers_ipv4_shown_by_queue_hosts_and_explain(world: World) -> None:

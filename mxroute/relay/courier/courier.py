@@ -27,7 +27,7 @@ import time
 
 from mxroute.relay.courier import hosts
 from mxroute.relay.courier.attempt import Attempt
-from mxroute.relay.courier.health import EVENT_KINDS, Event
+from mxroute.relay.courier.health import EVENT_KINDS, Event, SiteNumbers
 from mxroute.relay.courier.hosts import Endpoint, Hosts
 from mxroute.relay.courier.patterns import configured
 from mxroute.relay.courier.pool import Pool
@@ -113,6 +113,7 @@ class Courier:
             **{f"site_{kind.replace('-', '_')}": 0 for kind in EVENT_KINDS},
         }
         self.hosts = Hosts()
+        self.site_numbers = SiteNumbers()  # issue 18 §2: per-site metrics (bounded labels)
         self.dialer = Dialer(settings, self.stats, Contexts(tls_context))
         self.transactions = Transactions(settings)
         self.pool = Pool(
@@ -219,12 +220,18 @@ class Courier:
             for rcpt in valid:
                 attempt.results[rcpt.address] = attempt.deferred(rcpt)
             return
+        numbers = self.site_numbers
         if wait > 0:
             self.stats["throttled_waits"] += 1
+            numbers.add(site, "throttled_waits")
             await asyncio.sleep(wait)
             now = self.hosts.clock()
             _note(sites.lift(now, site), self.stats)
-        await self._walk(sites.order(site, plan, now), attempt, valid)
+        numbers.add(site, "connections")
+        try:
+            await self._walk(sites.order(site, plan, now), attempt, valid)
+        finally:
+            numbers.add(site, "connections", -1)
         now = self.hosts.clock()
         for target, reply in attempt.heard:
             attempt.walk.reply(target.family, reply)
@@ -233,6 +240,9 @@ class Courier:
             found = sites.replied(site, reply, now)
             if found is not None:
                 events.append(found)
+        for event in events:
+            if event.kind in ("suspended", "dead"):
+                numbers.add(site, "suspensions")
         _note(events, self.stats)
 
     @staticmethod

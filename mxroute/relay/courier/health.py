@@ -275,6 +275,37 @@ def _shown(held: Hold | Preference | None, now: float, offset: float) -> dict[st
     return held.to_json(offset) if held is not None and held.until > now else None
 
 
+TOP_SITES = 10  # sites named in the metrics; the others are summed as "other"
+NUMBERS = ("connections", "throttled_waits", "suspensions")
+
+
+class SiteNumbers:
+    """Per-site numbers for the metrics (issue 18 §2): deliveries connected or connecting now
+    (``connections``), waits for a throttled site's turn, suspensions (a pattern's or a dead
+    site's). Bounded: at ``LIMIT`` sites the idle ones are forgotten."""
+
+    def __init__(self) -> None:
+        self.sites: dict[str, dict[str, int]] = {}
+
+    def add(self, site: str, number: str, by: int = 1) -> None:
+        if site not in self.sites and len(self.sites) >= LIMIT:
+            for name in [n for n, v in self.sites.items() if not v["connections"]]:
+                del self.sites[name]
+        counts = self.sites.setdefault(site, dict.fromkeys(NUMBERS, 0))
+        counts[number] += by
+
+    def top(self, top: int = TOP_SITES) -> dict[str, dict[str, int]]:
+        """The ``top`` busiest sites by name, and the rest summed as ``other`` (bounded label
+        cardinality, whatever the number of sites)."""
+        ranked = sorted(self.sites.items(), key=lambda kv: (-kv[1]["connections"],
+                                                           -kv[1]["suspensions"],
+                                                           -kv[1]["throttled_waits"], kv[0]))
+        out = {name: dict(counts) for name, counts in ranked[:top]}
+        if len(ranked) > top:
+            out["other"] = {n: sum(c[n] for _, c in ranked[top:]) for n in NUMBERS}
+        return out
+
+
 def reorder(plan: Plan, family: int) -> Plan:
     """``plan``'s targets with ``family``'s first within each MX preference, order otherwise
     kept (a backup MX never goes before a better one)."""
@@ -287,5 +318,5 @@ def reorder(plan: Plan, family: int) -> Plan:
     return replace(plan, targets=targets)
 
 
-__all__ = ["EVENT_KINDS", "LIMIT", "MAX_WAIT", "Event", "Hold", "Preference", "Site",
-           "SiteHealth", "Walk", "reorder"]
+__all__ = ["EVENT_KINDS", "LIMIT", "MAX_WAIT", "NUMBERS", "TOP_SITES", "Event", "Hold",
+           "Preference", "Site", "SiteHealth", "SiteNumbers", "Walk", "reorder"]

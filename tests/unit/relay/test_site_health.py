@@ -161,3 +161,17 @@ def _plan() -> Plan:
                Target("mx2.example.net", 20, "2001:db8::2", 6, 25),
                Target("mx2.example.net", 20, "192.0.2.2", 4, 25))
     return Plan("example.net", Verdict.DELIVERABLE, "ok", "2.0.0", targets=targets)
+
+
+def test_site_numbers_name_the_top_sites_and_sum_the_rest() -> None:
+    """Issue 18 §2: metrics per site with bounded label cardinality."""
+    from mxroute.relay.courier.health import SiteNumbers
+
+    numbers = SiteNumbers()
+    for index in range(25):
+        numbers.add(f"site{index:02d}", "suspensions", index)
+    numbers.add("site00", "connections", 3)
+    top = numbers.top(5)
+    assert len(top) == 6 and "site00" in top and "site24" in top
+    assert top["other"]["suspensions"] == sum(range(1, 21))  # site01..site20
+    assert top["site00"]["connections"] == 3
