@@ -19,6 +19,7 @@ from mxroute.dns.resolver import Resolver
 from mxroute.errors import EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
 from mxroute.routing.plan import Plan, Verdict, plan_to_json
 from mxroute.routing.route import mta_sts_reach, route
+from mxroute.routing.shaping import Shape, shaper_of
 from mxroute.settings import Settings
 from mxroute.tls import host as hosttls
 from mxroute.tls.mtasts.policy import Lookup, skip_reason
@@ -50,6 +51,7 @@ class Report:
     relay: dict[str, Any] | None = None  # what a relay on this spool knows (RTY-4, TLS-5)
     zones: dict[str, Any] | None = None  # --zone: the loaded zone holding the domain, or none
     spf_skipped: str | None = None  # why there is no SPF verdict
+    shaping: Shape | None = None  # issue 18: the site, the shaping rule and its limits
 
     def verdict(self) -> tuple[Verdict, str, str]:
         """(verdict, reason, enhanced status): an intake refusal first, else the route's."""
@@ -75,6 +77,7 @@ class Report:
         body["spf"] = first.get("spf")
         body["ptr"] = first.get("ptr")
         body["identity"] = self.identity
+        body["shaping"] = self.shaping.to_json() if self.shaping else None
         body["tls"] = self.tls.to_json() if self.tls else None
         body["dane"] = self.plan.dane.to_json() if self.plan.dane else None  # TLS-7 / EXP-3
         body["mta_sts"] = self.mta_sts_json()
@@ -128,6 +131,8 @@ async def run_explain(address: Address, settings: Settings, resolver: Resolver, 
     routed = await route(resolver, address.domain, policy, random.Random(seed), settings, envelope)
     plan = routed.plan
     report = Report(address, plan, [], tls=routed.tls)  # EXP-3: the level delivery applies
+    if plan.verdict is not Verdict.PERMANENT:  # issue 18: as delivery resolves it
+        report.shaping = shaper_of(settings).shape(plan)
     await _add_mta_sts(report, settings, resolver)
     await _add_serve(report, settings, resolver, sender)
     await _add_identity(report, settings, resolver, egress, sender, helo)

@@ -58,6 +58,8 @@ def render_explain(report: Report, style: Style) -> str:
         summary += report.intake.lines()
     if plan.route is not None:  # issue 16: the next-hop rule instead of the domain's MX
         summary.append(["route", plan.route.describe()])
+    if report.shaping is not None:  # issue 18: site, rule, limits
+        summary.append(["shaping", report.shaping.describe()])
     if report.tls is not None:  # TLS-3 / EXP-3
         summary.append(["tls policy", report.tls.describe()])
     if report.mta_sts is not None:  # TLS-5/6, EXP-3

@@ -2,7 +2,8 @@
 
 ``intake`` (aiosmtpd: validate, spool, reply), ``spool`` (durable files), ``queue``
 (when to try whom; retries, expiry, bounces), ``courier`` (SMTP to the next hop),
-``dsn`` (RFC 3464 reports) and ``envelope`` (the plain data they share).
+``dsn`` (RFC 3464 reports), ``envelope`` (the plain data they share) and ``limiter``
+(traffic shaping's counts, shared by the queue's dispatch and the courier).
 May import: ``routing``, ``tls``, ``identity``, ``dns`` and the ground. The intake never
 imports the courier or the queue manager.
 """

@@ -19,10 +19,12 @@ import fnmatch
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mxroute.routing.plan import Plan
-from mxroute.settings import ShapingRule
+
+if TYPE_CHECKING:  # the settings module loads ssl; the rules are only read here
+    from mxroute.settings import Settings, ShapingRule
 
 MAX_SHAPES = 10_000  # cached shapes; when full the cache starts empty again (bounded memory)
 
@@ -201,10 +203,16 @@ class Shaper:
         return Shape(site, key, rule.match, "shaping", number, limits)
 
 
+def shaper_of(settings: Settings) -> Shaper:
+    """The shaper a relay with these settings applies (its ``shaping`` rules, then the shipped
+    ones, then ``destination_concurrency`` per site)."""
+    return Shaper(settings.shaping, settings.destination_concurrency)
+
+
 def _rest(limits: Limits) -> tuple[int | None, float | None, float | None, int | None]:
     return (limits.max_messages_per_connection, limits.connection_rate, limits.message_rate,
             limits.message_burst)
 
 
-__all__ = ["MAX_SHAPES", "SHIPPED", "Limits", "Provider", "Shape", "Shaper", "site_names",
-           "site_of"]
+__all__ = ["MAX_SHAPES", "SHIPPED", "Limits", "Provider", "Shape", "Shaper", "shaper_of",
+           "site_names", "site_of"]

@@ -61,6 +61,7 @@ class Delivery:
     def __init__(self, settings: Settings, spool: Spool) -> None:
         from mxroute.relay.courier.courier import Courier
         from mxroute.relay.courier.upstream import warn_unusable_secrets
+        from mxroute.relay.limiter import LocalLimiter
         from mxroute.tls.mtasts.store import STORE_NAME, MtaSts
 
         warn_unusable_secrets(settings.routes)  # issue 16: said once at start, not per message
@@ -69,7 +70,9 @@ class Delivery:
         self.resolver = resolver_from_settings(settings)
         # TLS-5: the policies are kept across restarts
         self.mta_sts = MtaSts(mta_sts_reach(settings), self.resolver, store=spool.root / STORE_NAME)
-        self.courier = Courier(settings, mta_sts=self.mta_sts)
+        # issue 18: the counts of traffic shaping, in this process (issue 19: a shared one)
+        self.limiter = LocalLimiter()
+        self.courier = Courier(settings, mta_sts=self.mta_sts, limiter=self.limiter)
         self.timer = AttemptTimer()
         courier: Any = self.courier
         if settings.metrics_listen:

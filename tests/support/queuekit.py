@@ -19,6 +19,7 @@ from mxroute.relay.spool.format import MessageMeta, RecipientState, new_queue_id
 from mxroute.relay.spool.store import Spool
 from mxroute.routing.plan import Plan, RoutingPolicy, Verdict
 from mxroute.routing.route import Route
+from mxroute.routing.shaping import Shape
 from mxroute.settings import Settings
 from mxroute.tls.policy import TlsPolicy
 
@@ -42,7 +43,8 @@ class FakeCourier:
 
     async def deliver(self, plan: Plan, envelope: Envelope, recipients: list[Recipient],
                       message_bytes: bytes, *, tls: TlsPolicy, queue_id: str,
-                      times: Times | None = None) -> list[RecipientResult]:
+                      times: Times | None = None,
+                      shape: Shape | None = None) -> list[RecipientResult]:
         self.calls.append((plan.domain, [r.address for r in recipients]))
         results = []
         for r in recipients:

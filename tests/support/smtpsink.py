@@ -88,7 +88,7 @@ class Transaction:
     rcpt_args: list[str] = field(default_factory=list)  # every RCPT argument as sent
     data: bytes | None = None  # DATA as received (dot-stuffing removed), None if no data
     reply: str = ""  # the reply given after "."
-    at: float = 0.0  # time.monotonic() when that reply was given (rates as upper bounds)
+    at: float = 0.0  # time.monotonic() when the data was answered (rates as upper bounds)
 
 
 @dataclass
@@ -104,6 +104,7 @@ class Connection:
     auth: list[tuple[str, str, bool]] = field(default_factory=list)  # (mechanism, login, accepted)
     transactions: list[Transaction] = field(default_factory=list)
     closed: bool = False
+    opened: float = field(default_factory=time.monotonic)  # rates as upper bounds (issue 18)
 
 
 # --- TLS material -------------------------------------------------------------------------
@@ -295,6 +296,14 @@ class Sink(_Threaded):
         self._connections: list[Connection] = []
         self._uses: dict[str, int] = {}
         self._queued = 0
+        self._open = 0  # connections open now (issue 18: a QUIT answered ends one)
+        self._peak = 0  # the most ever open at once
+
+    @property
+    def peak(self) -> int:
+        """The most connections that were open at once (issue 18: connection limits)."""
+        with self._lock:
+            return self._peak
 
     # recorded state (copies, safe to read from the test thread)
     @property
@@ -383,11 +392,19 @@ class _SinkSMTP(SMTP):
         with self.sink._lock:
             self.sink._connections.append(self.record)
             self.sink._transports.append(transport)
+            self.sink._open += 1
+            self.sink._peak = max(self.sink._peak, self.sink._open)
 
     def connection_lost(self, error: Exception | None) -> None:
-        if self.record is not None:
-            self.record.closed = True
+        self._ended()
         super().connection_lost(error)
+
+    def _ended(self) -> None:
+        """The connection is over (closed, or QUIT answered): no longer counted as open."""
+        if self.record is not None and not self.record.closed:
+            self.record.closed = True
+            with self.sink._lock:
+                self.sink._open -= 1
 
     def _close_soon(self) -> None:
         transport = self.transport
@@ -535,6 +552,7 @@ class _SinkSMTP(SMTP):
         self._note("QUIT", arg)
         if await self._scripted_or("QUIT"):
             return
+        self._ended()  # the client closes once answered: it may open another at once
         await super().smtp_QUIT(arg)
 
     async def smtp_NOOP(self, arg: str) -> None:

@@ -12,6 +12,7 @@ from mxroute.relay.courier.replies import Answer, Kind
 from mxroute.relay.courier.upstream import Upstream
 from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult
 from mxroute.routing.plan import Target
+from mxroute.routing.shaping import Shape
 from mxroute.tls import dane
 from mxroute.tls.mtasts import policy as mtasts
 from mxroute.tls.policy import TlsPolicy
@@ -45,6 +46,7 @@ class Attempt:
         None  # the destination's MTA-STS state (TLS-5/6); None: not consulted
     )
     upstream: Upstream | None = None  # a routed next hop's implicit TLS and AUTH (issue 16)
+    shape: Shape | None = None  # the destination's shaping: key and limits (issue 18)
     results: dict[str, RecipientResult] = field(default_factory=dict)
     last: dict[str, LastReason] = field(default_factory=dict)  # address -> last temporary reason
     # issue 15 D: the hosts contacted (a greeting came) -> their session's TLS ("none": plain),

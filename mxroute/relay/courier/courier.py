@@ -14,6 +14,12 @@ modules: ``session`` (connect, EHLO, STARTTLS), ``transaction`` (lock-step and p
 ``replies`` (what a reply means), ``pool`` (SESS-17), ``hosts`` (RTY-4, per-host events),
 ``attempt`` (what one delivery has learnt) and ``upstream`` (a routed next hop's implicit TLS
 and AUTH, issue 16).
+
+Traffic shaping (issue 18): a delivery given the destination's ``Shape`` takes a message token
+of its key when it has a ``message_rate``, opens a connection only with one of its key's
+``connection_limit`` slots (and a token when it has a ``connection_rate``), held until the
+connection ends, and closes a connection that has carried ``max_messages_per_connection``.
+The counts are the ``limiter``'s (``relay.limiter``: this process's, or a shared one).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import logging
 import re
 import ssl
 import time
+from collections.abc import Awaitable
 
 from mxroute.relay.courier import hosts
 from mxroute.relay.courier.attempt import Attempt
@@ -36,8 +43,9 @@ from mxroute.relay.courier.session import Connected, Dialer, HostFailure, Retry,
 from mxroute.relay.courier.transaction import Transactions
 from mxroute.relay.courier.upstream import CONFIG_STATUS, SecretProblem, Upstream, authenticate
 from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult, Times
+from mxroute.relay.limiter import Limiter, LocalLimiter
 from mxroute.routing.plan import Plan, Target, Verdict
-from mxroute.routing.shaping import site_of
+from mxroute.routing.shaping import Shape, site_of
 from mxroute.settings import Settings
 from mxroute.text import safe_text
 from mxroute.tls import host as hosttls
@@ -94,7 +102,9 @@ class Courier:
         max_idle_per_destination: int | None = None,
         starttls: bool = True,
         mta_sts: MtaSts | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
+        self.limiter: Limiter = limiter if limiter is not None else LocalLimiter()
         self.mta_sts = mta_sts  # TLS-5/6: consulted per destination when settings.mta_sts is on
         self.starttls = starttls
         self.stats: dict[str, int] = {
@@ -122,6 +132,7 @@ class Courier:
             reuse=reuse,
             idle_timeout=idle_timeout,
             max_idle_per_destination=max_idle_per_destination,
+            limiter=self.limiter,
         )
         self._settings = settings
         self._learn_settings(settings)
@@ -155,12 +166,14 @@ class Courier:
         tls: TlsPolicy = TlsPolicy(),
         queue_id: str | None = None,
         times: Times | None = None,
+        shape: Shape | None = None,
     ) -> list[RecipientResult]:
         """Deliver ``message`` to ``recipients`` (all of ``plan.domain``); one result for each.
 
         ``tls``: the destination's TLS level, as ``routing.route()`` looked it up with the plan.
         ``times``: the message's arrival and this attempt's start, for the logged delays
-        (without them ``delay`` is this call's own duration).
+        (without them ``delay`` is this call's own duration). ``shape``: the destination's
+        traffic shaping (issue 18); None: no limits here.
         """
         started = time.monotonic()
         body = canonical_data(message)
@@ -172,6 +185,7 @@ class Courier:
             utf8=not addresses_ascii or (envelope.smtputf8 and not _headers(body).isascii()),
             tls=tls,
             dane=plan.dane,
+            shape=shape,
         )
         valid = _valid(attempt, envelope, recipients)
         if plan.verdict is Verdict.TEMPORARY:  # MX-6: DNS said "later"
@@ -196,6 +210,8 @@ class Courier:
                 is None
             ):
                 attempt.sts = await self.mta_sts.lookup(plan.domain)  # MTA-STS (TLS-5/6)
+            if shape is not None and shape.limits.message_rate:  # issue 18: a message token
+                await self.limiter.take(shape.key, shape.limits.message_rate, shape.message_burst)
             await self._at_site(plan, attempt, valid)
         out = [attempt.results[r.address] for r in recipients]
         delays = _delays(attempt, times, time.monotonic() - started)
@@ -308,6 +324,7 @@ class Courier:
                     pending = await self._send(session, attempt, pending)
                 except Stale:  # a pooled connection the server had closed: a new one (SESS-17)
                     self.pool.uncount()
+                    self.pool.discard(session)
                     fresh, _ = await self._open(target, attempt, pending, pool=False)
                     if fresh is None:
                         continue
@@ -318,7 +335,10 @@ class Courier:
                 pending = [r for r in pending if r.address not in attempt.results]
                 self.pool.discard(session)
                 continue
-            self.pool.release(session)
+            if _spent(session, attempt.shape):  # issue 18: max_messages_per_connection
+                self.pool.discard(session)
+            else:
+                self.pool.release(session)
         for rcpt in pending:
             attempt.results[rcpt.address] = attempt.deferred(rcpt)
 
@@ -383,7 +403,8 @@ class Courier:
             if note is not None:
                 hosts.testing(target, note)
             audit = mtasts.audited(attempt.sts, target.exchange)
-        pooled = await self.pool.checkout(key) if pool else None
+        lease = attempt.shape.key if attempt.shape is not None else None
+        pooled = await self.pool.checkout(key, lease) if pool else None
         if pooled is not None:
             if satisfied(
                 policy,
@@ -407,7 +428,13 @@ class Courier:
                     remote=False,
                 )
                 return None, False
-            session, greeted, problem = await self._dial(target, key, policy, audit, upstream)
+            try:
+                await self._slot(attempt.shape)
+            except HostFailure as exc:  # issue 18: every connection slot stayed in use
+                attempt.soft(pending, exc.status, exc.reply, target, remote=False)
+                return None, False
+            session, greeted, problem = await self._leased(
+                lease, self._dial(target, key, policy, audit, upstream))
             if session is not None:
                 self.hosts.answered(key)
                 attempt.walk.session(target.family)
@@ -466,6 +493,41 @@ class Courier:
                 return Connected(None, greeted, exc)
         return Connected(session, greeted, problem)
 
+    async def _slot(self, shape: Shape | None) -> None:
+        """A connection slot of ``shape``'s key (and a connection token with a
+        ``connection_rate``); first without waiting, else after closing the idle connections
+        holding the key's slots, waiting at most ``connect_timeout`` (then HostFailure 4.4.5)."""
+        if shape is None:
+            return
+        limit = shape.connection_limit
+        if not await self.limiter.acquire(shape.key, limit, timeout=0):
+            self.pool.close_idle(shape.key)
+            if not await self.limiter.acquire(shape.key, limit,
+                                              timeout=self.settings.connect_timeout):
+                raise HostFailure("4.4.5", f"451 4.4.5 all {limit} connections of {shape.key} "
+                                  "stayed in use (traffic shaping)", remote=False)
+        if shape.limits.connection_rate:
+            try:
+                await self.limiter.take(f"{shape.key}#connections",
+                                        shape.limits.connection_rate / 60.0, 1)
+            except BaseException:
+                self.limiter.release(shape.key)
+                raise
+
+    async def _leased(self, lease: str | None, dialing: Awaitable[Connected]) -> Connected:
+        """``dialing``'s outcome; its session holds the slot ``_slot`` took for ``lease``, which
+        goes back at once when no session came (or the dial was cancelled)."""
+        connected: Connected | None = None
+        try:
+            connected = await dialing
+        finally:
+            if lease is not None:
+                if connected is not None and connected.session is not None:
+                    connected.session.lease = lease
+                else:
+                    self.limiter.release(lease)
+        return connected
+
     def _bind_address(self, target: Target) -> str | None:
         """The egress address of the target's family, if configured (smtp_bind_address[6])."""
         for ip in self.settings.egress_ips:
@@ -480,6 +542,12 @@ def _note(events: list[Event], stats: dict[str, int]) -> None:
         stats[f"site_{event.kind.replace('-', '_')}"] += 1
         level = logging.INFO if event.kind == "lifted" else logging.WARNING
         log.log(level, "site %s: %s", safe_text(event.site, 300), safe_text(event.text, 400))
+
+
+def _spent(session: Session, shape: Shape | None) -> bool:
+    """``session`` has carried its shaping rule's ``max_messages_per_connection``."""
+    most = shape.limits.max_messages_per_connection if shape is not None else None
+    return most is not None and session.messages >= most
 
 
 def _valid(attempt: Attempt, envelope: Envelope, recipients: list[Recipient]) -> list[Recipient]:

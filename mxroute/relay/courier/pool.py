@@ -1,5 +1,11 @@
 """Idle connections kept for the next message to the same address (SESS-17, RSET between
-transactions), closed after an idle timeout."""
+transactions), closed after an idle timeout.
+
+A connection opened under a shaping key (issue 18) holds one of its connection slots in the
+limiter for as long as it is open, idle in here included; the pool gives the slot back when the
+connection ends (QUIT answered, or closed), and hands a kept connection only to a delivery
+under the same key.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import asyncio
 
 from mxroute.relay.courier.hosts import Endpoint
 from mxroute.relay.courier.session import HostFailure, Session
+from mxroute.relay.limiter import Limiter, LocalLimiter
 from mxroute.settings import Settings
 
 
@@ -27,8 +34,10 @@ class Pool:
         reuse: bool = True,
         idle_timeout: float = 30.0,
         max_idle_per_destination: int | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         self.settings = settings
+        self.limiter: Limiter = limiter if limiter is not None else LocalLimiter()
         self.stats = stats
         self.reuse = reuse
         self.idle_timeout = idle_timeout
@@ -45,14 +54,18 @@ class Pool:
         """How many idle sessions are kept now, over every address."""
         return sum(len(idle) for idle in self._idle.values())
 
-    async def checkout(self, key: Endpoint) -> Session | None:
-        """An idle session with this address that still answers RSET (SESS-17), or None."""
+    async def checkout(self, key: Endpoint, lease: str | None = None) -> Session | None:
+        """An idle session with this address, opened under the shaping key ``lease``, that still
+        answers RSET (SESS-17), or None."""
         idle = self._idle.get(key)
         while idle:
-            session = idle.pop()
+            session = _take(idle, lease)
+            if session is None:
+                return None
             if session.idle_timer:
                 session.idle_timer.cancel()
             if not session.client.is_connected:
+                self.ended(session)
                 continue
             if session.pipelining:  # RSET goes with the next transaction's group (SESS-16/17)
                 session.rset_due = True
@@ -60,6 +73,7 @@ class Pool:
                 try:
                     await session.rset(self.settings.mail_timeout)
                 except HostFailure:
+                    self.discard(session)
                     continue
             session.transactions = 0
             self.stats["reused"] += 1
@@ -89,13 +103,35 @@ class Pool:
             self.discard(session)
 
     def discard(self, session: Session) -> None:
-        """Close a session: QUIT in the background when it is still connected."""
+        """Close a session: QUIT in the background when it is still connected; its connection
+        slot is given back once it has ended."""
         if not session.client.is_connected:
             session.client.close()
+            self.ended(session)
             return
         task = asyncio.get_running_loop().create_task(session.quit())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+        task.add_done_callback(lambda _: self.ended(session))
+
+    def ended(self, session: Session) -> None:
+        """``session``'s connection is over: give its connection slot back (once)."""
+        if session.lease is not None:
+            self.limiter.release(session.lease)
+            session.lease = None
+
+    def close_idle(self, lease: str) -> int:
+        """Close the idle sessions opened under the shaping key ``lease`` (a delivery under it
+        waits for a connection slot they hold); how many."""
+        closed = 0
+        for idle in self._idle.values():
+            for session in [s for s in idle if s.lease == lease]:
+                idle.remove(session)
+                if session.idle_timer:
+                    session.idle_timer.cancel()
+                self.discard(session)
+                closed += 1
+        return closed
 
     async def close(self) -> None:
         """Close every idle session (QUIT, bounded) and wait for closings in progress."""
@@ -105,8 +141,18 @@ class Pool:
             if session.idle_timer:
                 session.idle_timer.cancel()
         await asyncio.gather(*(s.quit() for s in sessions), return_exceptions=True)
+        for session in sessions:
+            self.ended(session)
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+def _take(idle: list[Session], lease: str | None) -> Session | None:
+    """The most recently kept of ``idle`` opened under ``lease``, taken out; None: none."""
+    for index in range(len(idle) - 1, -1, -1):
+        if idle[index].lease == lease:
+            return idle.pop(index)
+    return None
 
 
 __all__ = ["Pool"]

@@ -74,6 +74,8 @@ class Session:
     verified_name: str | None = None  # the MX name the certificate was verified for (TLS-3 verify)
     dane_name: str | None = None  # the MX name whose TLSA records the certificate matched (TLS-7)
     transactions: int = 0
+    messages: int = 0  # transactions over the connection's life (max_messages_per_connection)
+    lease: str | None = None  # the shaping key whose connection slot it holds (issue 18)
     idle_timer: asyncio.TimerHandle | None = None
     rset_due: bool = False  # taken from the pool: RSET first, pipelined with the next transaction
     # the name TLS verifies when it is not the MX name: a routed next hop's IP address (issue 16)

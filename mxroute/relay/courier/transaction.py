@@ -139,11 +139,13 @@ class Transactions:
             if session.pipelining:  # SESS-16: [RSET] MAIL RCPT... in one write
                 tally = await self._pipelined(session, attempt, queue, rset)
                 session.transactions += 1
+                session.messages += 1
             else:
                 if rset:
                     await session.rset(self.settings.mail_timeout)
                 session.rset_due = False
                 session.transactions += 1
+                session.messages += 1
                 tally = await self._lock_step(session, attempt, queue)
             if tally.accepted:  # SESS-6: no DATA without an accepted recipient
                 await self._data(session, attempt, tally.accepted)

@@ -3,7 +3,9 @@
 The queue reaches the courier only through ``CourierLike`` (chasquid's split): it knows nothing
 of SMTP, and the courier nothing of retries. Recipients of one domain go in one transaction
 (RFC 5321 §4.5.4.1 SHOULD), within the delivery slots (RTY-5); the domains of one message at
-once. Whatever goes wrong here, every recipient comes back with a result (SEC-12).
+once. A domain is routed first: its plan says its site and so its shaping rule (issue 18),
+whose key and ``connection_limit`` the slot is taken under, and which the courier applies.
+Whatever goes wrong here, every recipient comes back with a result (SEC-12).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from mxroute.relay.queue.slots import Slots
 from mxroute.relay.spool.format import MessageMeta, RecipientState
 from mxroute.routing.plan import Plan
 from mxroute.routing.route import Route
-from mxroute.routing.shaping import site_of
+from mxroute.routing.shaping import Shape, Shaper
 from mxroute.tls.policy import TlsPolicy
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ class CourierLike(Protocol):
     async def deliver(
         self, plan: Plan, envelope: Envelope, recipients: list[Recipient], message: bytes, *,
         tls: TlsPolicy, queue_id: str | None = None, times: Times | None = None,
+        shape: Shape | None = None,
     ) -> list[RecipientResult]: ...
 
     def forget_unreachable(self) -> None: ...
@@ -44,14 +47,17 @@ class CourierLike(Protocol):
 
 
 class Dispatcher:
-    """Groups due recipients by domain, routes each domain and has the courier deliver."""
+    """Groups due recipients by domain, routes each domain and has the courier deliver, within
+    the slots of its shaping key (``shaper``: replaced when the settings are reloaded)."""
 
     def __init__(
         self, courier: CourierLike, route: Callable[[str, str], Awaitable[Route]], slots: Slots,
+        shaper: Shaper,
     ) -> None:
         self.courier = courier
         self.route = route  # (domain, envelope sender) -> its delivery plan and TLS level
         self.slots = slots
+        self.shaper = shaper
         # issue 18 §2: recipient domain -> its site, as last routed (bounded), so a suspended
         # site's mail is passed over like a suspended domain's; ``suspended``: when a site's
         # operator suspension ends (None: not suspended)
@@ -78,30 +84,28 @@ class Dispatcher:
         self, meta: MessageMeta, envelope: Envelope, message: bytes, domain: str,
         rcpts: list[RecipientState],
     ) -> list[RecipientResult]:
-        """One SMTP transaction's worth: every due recipient of ``domain``, in a slot."""
+        """One SMTP transaction's worth: every due recipient of ``domain``, routed, in a slot of
+        its shaping key."""
         recipients = [r.recipient() for r in rcpts]
-        async with self.slots.slot(domain):
-            return await self._transaction(meta, envelope, message, domain, rcpts, recipients)
-
-    async def _transaction(
-        self, meta: MessageMeta, envelope: Envelope, message: bytes, domain: str,
-        rcpts: list[RecipientState], recipients: list[Recipient],
-    ) -> list[RecipientResult]:
-        started, begun = time.time(), time.monotonic()
         try:
-            routed = await self.route(domain, envelope.sender)
-            site = site_of(routed.plan)
+            begun = time.monotonic()
+            async with self.slots.routing:
+                routed = await self.route(domain, envelope.sender)
+            routing = time.monotonic() - begun
+            shape = self.shaper.shape(routed.plan)
             if len(self.sites) >= SITES_KEPT:
                 self.sites.clear()
-            self.sites[domain] = site
-            if site != domain and self.suspended(site) is not None:
-                reason = f"451 4.7.0 site {site} suspended (mxroute queue suspend)"
+            self.sites[domain] = shape.site
+            if shape.site != domain and self.suspended(shape.site) is not None:
+                reason = f"451 4.7.0 site {shape.site} suspended (mxroute queue suspend)"
                 log.info("%s: to %s: deferred, not tried (%s)", meta.queue_id, domain, reason)
                 return [_deferred(r.address, reason) for r in rcpts]
-            times = Times(meta.arrival, meta.intake, started, time.monotonic() - begun)
-            results = await self.courier.deliver(routed.plan, envelope, recipients, message,
-                                                 tls=routed.tls, queue_id=meta.queue_id,
-                                                 times=times)
+            async with self.slots.slot(shape.key, shape.connection_limit):
+                # waiting for the slot is time in the queue (delays b), routing is c's
+                times = Times(meta.arrival, meta.intake, time.time() - routing, routing)
+                results = await self.courier.deliver(routed.plan, envelope, recipients, message,
+                                                     tls=routed.tls, queue_id=meta.queue_id,
+                                                     times=times, shape=shape)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # never crash the worker (SEC-12); the recipients stay queued

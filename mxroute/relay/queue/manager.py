@@ -36,6 +36,7 @@ from mxroute.relay.spool.format import DELIVERED, CorruptFile, MessageMeta, Reci
 from mxroute.relay.spool.store import Spool
 from mxroute.routing.plan import RoutingPolicy
 from mxroute.routing.route import Route, policy_from_settings, route
+from mxroute.routing.shaping import shaper_of
 from mxroute.settings import Settings
 from mxroute.text import LISTING, safe_text
 
@@ -108,8 +109,8 @@ class QueueManager:
             raise error from None
         self._wake = asyncio.Event()
         self._stopping = False
-        self.slots = Slots(settings.delivery_concurrency, settings.destination_concurrency)
-        self.dispatcher = Dispatcher(courier, self._route, self.slots)
+        self.slots = Slots(settings.delivery_concurrency)
+        self.dispatcher = Dispatcher(courier, self._route, self.slots, shaper_of(settings))
         self.dispatcher.suspended = lambda site: self.suspensions.until(site, self.clock())
         self._max_inflight = settings.delivery_concurrency * 4
 
@@ -117,9 +118,9 @@ class QueueManager:
         """Apply reloaded settings (SIGHUP): retry, lifetime and routing from the next decision on.
 
         A changed ``delivery_concurrency`` applies to deliveries that start from now on (those in
-        flight finish under the old limit); ``destination_concurrency`` to destinations not busy.
-        """
-        self.slots.configure(settings.delivery_concurrency, settings.destination_concurrency)
+        flight finish under the old limit); ``shaping`` to destinations not busy."""
+        self.slots.configure(settings.delivery_concurrency)
+        self.dispatcher.shaper = shaper_of(settings)
         self._max_inflight = settings.delivery_concurrency * 4
         self.settings = settings
         self.policy = policy_from_settings(settings)

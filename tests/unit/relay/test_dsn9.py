@@ -16,6 +16,7 @@ from mxroute.relay.dsn import build_dsn
 from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult, Times
 from mxroute.relay.spool.format import RecipientState
 from mxroute.routing.plan import Plan
+from mxroute.routing.shaping import Shape
 from mxroute.tls.policy import TlsPolicy
 from tests.support.queuekit import DEFER, REJECT, FakeCourier, Harness
 
@@ -29,7 +30,8 @@ class HopCourier(FakeCourier):
 
     async def deliver(self, plan: Plan, envelope: Envelope, recipients: list[Recipient],
                       message_bytes: bytes, *, tls: TlsPolicy, queue_id: str,
-                      times: Times | None = None) -> list[RecipientResult]:
+                      times: Times | None = None,
+                      shape: Shape | None = None) -> list[RecipientResult]:
         results = await super().deliver(plan, envelope, recipients, message_bytes, tls=tls,
                                         queue_id=queue_id)
         for result in results:
