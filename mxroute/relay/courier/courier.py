@@ -229,10 +229,14 @@ class Courier:
         held = sites.suspended(site, now)
         wait = sites.turn(site, now) if held is None else None
         if held is not None or wait is None:
-            why = (f"suspended for {held.until - now:.0f}s more: {held.reason}" if held
-                   else "throttled: no turn within the next minute")
-            reply = f"451 4.7.0 site {site} {why}"
-            attempt.soft(valid, "4.7.0", reply, None, remote=False)
+            if held is not None and held.last is not None:  # a dead site: its hosts' words
+                target, status, said = held.last
+                attempt.soft(valid, status, f"{said} (site {site} skipped until its retry time: "
+                             f"{held.reason})", target, remote=False)
+            else:
+                why = (f"suspended for {held.until - now:.0f}s more: {held.reason}" if held
+                       else "throttled: no turn within the next minute")
+                attempt.soft(valid, "4.7.0", f"451 4.7.0 site {site} {why}", None, remote=False)
             for rcpt in valid:
                 attempt.results[rcpt.address] = attempt.deferred(rcpt)
             return
@@ -419,7 +423,7 @@ class Courier:
             self.pool.release(pooled)
         async with self.hosts.contact(key) as known:  # RTY-4
             if known is not None:
-                attempt.walk.no_session(target.family)
+                attempt.walk.no_session(target.family, (target, known.status, known.reply))
                 attempt.soft(
                     pending,
                     known.status,
@@ -446,7 +450,7 @@ class Courier:
             )
             attempt.soft(pending, failure.status, failure.reply, target, remote=failure.remote)
             if failure.status != tlspolicy.STATUS:  # TLS-3: a policy's failure is not the host's
-                attempt.walk.no_session(target.family)
+                attempt.walk.no_session(target.family, (target, failure.status, failure.reply))
                 self.hosts.failed(
                     key, failure.status, failure.reply, self.settings.retry_min_seconds,
                     name=str(target),
@@ -540,8 +544,7 @@ def _note(events: list[Event], stats: dict[str, int]) -> None:
     """A site's health changed (issue 18 §2): logged once, counted."""
     for event in events:
         stats[f"site_{event.kind.replace('-', '_')}"] += 1
-        level = logging.INFO if event.kind == "lifted" else logging.WARNING
-        log.log(level, "site %s: %s", safe_text(event.site, 300), safe_text(event.text, 400))
+        hosts.site_event(event.site, event.text, lifted=event.kind == "lifted")
 
 
 def _spent(session: Session, shape: Shape | None) -> bool:

@@ -51,6 +51,8 @@ class Hold:
     rate: float | None = None
     cause: str = "reply"  # "reply" (a pattern) or "dead-site"
     next_start: float = 0.0  # a throttle's next free start
+    # a dead site's last failure: the address, its status and reply (what a deferral says)
+    last: tuple[Target, str, str] | None = None
 
     def to_json(self, wall: float) -> dict[str, Any]:
         """``wall`` turns this clock's readings into Unix times (``wall - now``)."""
@@ -95,10 +97,12 @@ class Walk:
     failed: dict[int, int] = field(default_factory=lambda: {4: 0, 6: 0})
     sessions: dict[int, int] = field(default_factory=lambda: {4: 0, 6: 0})
     rdns_blamed: dict[int, str] = field(default_factory=dict)
+    last: tuple[Target, str, str] | None = None  # the last failure: address, status, reply
 
-    def no_session(self, family: int) -> None:
+    def no_session(self, family: int, failure: tuple[Target, str, str] | None = None) -> None:
         self.tried[family] += 1
         self.failed[family] += 1
+        self.last = failure or self.last
 
     def session(self, family: int) -> None:
         self.tried[family] += 1
@@ -230,7 +234,8 @@ class SiteHealth:
             if site.dead_runs >= self.cohort and site.suspension is None:
                 reason = (f"every address failed at connect or greeting "
                           f"({site.dead_runs} deliveries in a row)")
-                site.suspension = Hold(reason, now, now + self.retry_min, cause="dead-site")
+                site.suspension = Hold(reason, now, now + self.retry_min, cause="dead-site",
+                                       last=walk.last)
                 events.append(Event(name, "dead", f"suspended for {self.retry_min:g}s: {reason}"))
         else:
             site.dead_runs = 0

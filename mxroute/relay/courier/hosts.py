@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from typing import NamedTuple
 
 from mxroute.relay.courier.health import SiteHealth
+from mxroute.text import safe_text
 
 log = logging.getLogger(__name__)  # per-host events: connect failures, skips, TLS fallbacks
 
@@ -158,6 +159,12 @@ def plain_text(host: object, what: str, then: str) -> None:
     log.warning("%s: %s: %s in plain text (TLS-1, opportunistic)", host, what, then)
 
 
+def site_event(site: str, text: str, *, lifted: bool) -> None:
+    """A site's health changed (issue 18 §2): throttled, suspended, a family preferred, lifted."""
+    log.log(logging.INFO if lifted else logging.WARNING, "site %s: %s", safe_text(site, 300),
+            safe_text(text, 400))
+
+
 def session_limit(domain: str, limit: int, left: int) -> None:
     log.info(
         "%s: mx_session_limit=%d reached, %d address(es) left untried (MX-16)", domain, limit, left
@@ -166,5 +173,5 @@ def session_limit(domain: str, limit: int, left: int) -> None:
 
 __all__ = [
     "Endpoint", "Hosts", "Unreachable", "connect_failed", "greeted_with", "moving_on", "plain_text",
-    "policy_skip", "session_limit", "testing",
+    "policy_skip", "session_limit", "site_event", "testing",
 ]
