@@ -24,7 +24,6 @@ The counts are the ``limiter``'s (``relay.limiter``: this process's, or a shared
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import re
@@ -34,18 +33,17 @@ from collections.abc import Awaitable
 
 from mxroute.relay.courier import hosts
 from mxroute.relay.courier.attempt import Attempt
-from mxroute.relay.courier.health import EVENT_KINDS, Event, SiteNumbers
 from mxroute.relay.courier.hosts import Endpoint, Hosts
-from mxroute.relay.courier.patterns import configured
 from mxroute.relay.courier.pool import Pool
 from mxroute.relay.courier.replies import path_problem
 from mxroute.relay.courier.session import Connected, Dialer, HostFailure, Retry, Session, Stale
+from mxroute.relay.courier.sites import Sites
 from mxroute.relay.courier.transaction import Transactions
 from mxroute.relay.courier.upstream import CONFIG_STATUS, SecretProblem, Upstream, authenticate
 from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult, Times
 from mxroute.relay.limiter import Limiter, LocalLimiter
 from mxroute.routing.plan import Plan, Target, Verdict
-from mxroute.routing.shaping import Shape, site_of
+from mxroute.routing.shaping import Shape
 from mxroute.settings import Settings
 from mxroute.text import safe_text
 from mxroute.tls import host as hosttls
@@ -117,13 +115,8 @@ class Courier:
             "dane_failures": 0,  # TLS-7: certificates that matched / did not match TLSA records
             # hosts not contacted: MTA-STS enforce (TLS-6) or a failed TLSA lookup (TLS-7)
             "policy_skips": 0,
-            # issue 18 §2: deliveries that waited for a throttled site's turn, and the sites'
-            # health changes (throttled, suspended, dead, prefer-ipv4/6, lifted)
-            "throttled_waits": 0,
-            **{f"site_{kind.replace('-', '_')}": 0 for kind in EVENT_KINDS},
         }
         self.hosts = Hosts()
-        self.site_numbers = SiteNumbers()  # issue 18 §2: per-site metrics (bounded labels)
         self.dialer = Dialer(settings, self.stats, Contexts(tls_context))
         self.transactions = Transactions(settings)
         self.pool = Pool(
@@ -135,7 +128,8 @@ class Courier:
             limiter=self.limiter,
         )
         self._settings = settings
-        self._learn_settings(settings)
+        # issue 18 §2: what each destination site allows and teaches (throttles, suspensions)
+        self.sites = Sites(self.hosts.sites, self.stats, settings, self.hosts.clock)
 
     @property
     def settings(self) -> Settings:
@@ -147,12 +141,7 @@ class Courier:
         self._settings = self.dialer.settings = self.transactions.settings = self.pool.settings = (
             settings
         )
-        self._learn_settings(settings)
-
-    def _learn_settings(self, settings: Settings) -> None:
-        """The sites' health from ``settings`` (issue 18 §2): patterns, cohort, periods."""
-        self.hosts.sites.configure(configured(settings.reply_patterns), settings.dead_site_cohort,
-                                   settings.retry_min_seconds, settings.family_hold_seconds)
+        self.sites.configure(settings)
 
     # --- the one public operation -----------------------------------------------------------
 
@@ -201,7 +190,7 @@ class Courier:
                 attempt.finish(
                     rcpt, Disposition.BOUNCED, plan.dsn_status, reply, None, remote=False
                 )
-        elif valid and self._upstream(plan, attempt, valid):  # else deferred: no secret (4.3.5)
+        elif valid and _upstream(plan, attempt, valid):  # else deferred: no secret (4.3.5)
             if (
                 self.mta_sts is not None
                 and mtasts.skip_reason(
@@ -212,78 +201,12 @@ class Courier:
                 attempt.sts = await self.mta_sts.lookup(plan.domain)  # MTA-STS (TLS-5/6)
             if shape is not None and shape.limits.message_rate:  # issue 18: a message token
                 await self.limiter.take(shape.key, shape.limits.message_rate, shape.message_burst)
-            await self._at_site(plan, attempt, valid)
+            await self.sites.walk(plan, attempt, valid, lambda p: self._walk(p, attempt, valid))
         out = [attempt.results[r.address] for r in recipients]
         delays = _delays(attempt, times, time.monotonic() - started)
         for result in {r.recipient: r for r in out}.values():
             _log_result(queue_id, result, delays, attempt.met)
         return out
-
-    async def _at_site(self, plan: Plan, attempt: Attempt, valid: list[Recipient]) -> None:
-        """Walk ``plan`` as its site's health allows (issue 18 §2): not while the site is
-        suspended, after a throttled site's turn, the preferred address family first; then
-        learn from what the walk met."""
-        sites, site = self.hosts.sites, site_of(plan)
-        now = self.hosts.clock()
-        _note(sites.lift(now, site), self.stats)
-        held = sites.suspended(site, now)
-        wait = sites.turn(site, now) if held is None else None
-        if held is not None or wait is None:
-            if held is not None and held.last is not None:  # a dead site: its hosts' words
-                target, status, said = held.last
-                attempt.soft(valid, status, f"{said} (site {site} skipped until its retry time: "
-                             f"{held.reason})", target, remote=False)
-            else:
-                why = (f"suspended for {held.until - now:.0f}s more: {held.reason}" if held
-                       else "throttled: no turn within the next minute")
-                attempt.soft(valid, "4.7.0", f"451 4.7.0 site {site} {why}", None, remote=False)
-            for rcpt in valid:
-                attempt.results[rcpt.address] = attempt.deferred(rcpt)
-            return
-        numbers = self.site_numbers
-        if wait > 0:
-            self.stats["throttled_waits"] += 1
-            numbers.add(site, "throttled_waits")
-            await asyncio.sleep(wait)
-            now = self.hosts.clock()
-            _note(sites.lift(now, site), self.stats)
-        numbers.add(site, "connections")
-        try:
-            await self._walk(sites.order(site, plan, now), attempt, valid)
-        finally:
-            numbers.add(site, "connections", -1)
-        now = self.hosts.clock()
-        for target, reply in attempt.heard:
-            attempt.walk.reply(target.family, reply)
-        events = sites.walked(site, attempt.walk, now)
-        for _, reply in attempt.heard:
-            found = sites.replied(site, reply, now)
-            if found is not None:
-                events.append(found)
-        for event in events:
-            if event.kind in ("suspended", "dead"):
-                numbers.add(site, "suspensions")
-        _note(events, self.stats)
-
-    @staticmethod
-    def _upstream(plan: Plan, attempt: Attempt, recipients: list[Recipient]) -> bool:
-        """The routed next hop's demands on ``attempt`` (issue 16); False, the recipients
-        deferred (4.3.5, naming the file), when its AUTH secret cannot be read. With AUTH, TLS
-        is required: a rule's ``tls = "may"`` is ``encrypt`` (TLS without verification)."""
-        try:
-            attempt.upstream = upstream = Upstream.of_plan(plan)
-            if upstream is not None and upstream.auth is not None and attempt.tls.level == "may":
-                # AUTH goes only over TLS: "may" (no verification) still demands TLS on the wire
-                attempt.tls = dataclasses.replace(attempt.tls, level="encrypt")
-        except SecretProblem as exc:
-            assert plan.route is not None
-            reply = f"451 {CONFIG_STATUS} routes rule {plan.route.number}: {exc}"
-            log.warning("%s: %s: deferred", plan.domain, reply)
-            for rcpt in recipients:
-                attempt.finish(rcpt, Disposition.DEFERRED, CONFIG_STATUS, reply, None,
-                               remote=False)
-            return False
-        return True
 
     def forget_unreachable(self) -> None:
         """Try every host again at the next delivery, and fetch MTA-STS policies whose last fetch
@@ -540,17 +463,30 @@ class Courier:
         return None
 
 
-def _note(events: list[Event], stats: dict[str, int]) -> None:
-    """A site's health changed (issue 18 §2): logged once, counted."""
-    for event in events:
-        stats[f"site_{event.kind.replace('-', '_')}"] += 1
-        hosts.site_event(event.site, event.text, lifted=event.kind == "lifted")
-
-
 def _spent(session: Session, shape: Shape | None) -> bool:
     """``session`` has carried its shaping rule's ``max_messages_per_connection``."""
     most = shape.limits.max_messages_per_connection if shape is not None else None
     return most is not None and session.messages >= most
+
+
+def _upstream(plan: Plan, attempt: Attempt, recipients: list[Recipient]) -> bool:
+    """The routed next hop's demands on ``attempt`` (issue 16); False, the recipients
+    deferred (4.3.5, naming the file), when its AUTH secret cannot be read. With AUTH, TLS
+    is required: a rule's ``tls = "may"`` is ``encrypt`` (TLS without verification)."""
+    try:
+        attempt.upstream = upstream = Upstream.of_plan(plan)
+        if upstream is not None and upstream.auth is not None and attempt.tls.level == "may":
+            # AUTH goes only over TLS: "may" (no verification) still demands TLS on the wire
+            attempt.tls = dataclasses.replace(attempt.tls, level="encrypt")
+    except SecretProblem as exc:
+        assert plan.route is not None
+        reply = f"451 {CONFIG_STATUS} routes rule {plan.route.number}: {exc}"
+        log.warning("%s: %s: deferred", plan.domain, reply)
+        for rcpt in recipients:
+            attempt.finish(rcpt, Disposition.DEFERRED, CONFIG_STATUS, reply, None,
+                           remote=False)
+        return False
+    return True
 
 
 def _valid(attempt: Attempt, envelope: Envelope, recipients: list[Recipient]) -> list[Recipient]:

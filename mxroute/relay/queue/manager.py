@@ -111,7 +111,7 @@ class QueueManager:
         self._stopping = False
         self.slots = Slots(settings.delivery_concurrency)
         self.dispatcher = Dispatcher(courier, self._route, self.slots, shaper_of(settings))
-        self.dispatcher.suspended = lambda site: self.suspensions.until(site, self.clock())
+        self.dispatcher.suspensions = self.suspensions
         self._max_inflight = settings.delivery_concurrency * 4
 
     def reconfigure(self, settings: Settings) -> None:
@@ -160,18 +160,9 @@ class QueueManager:
         now, times = self.clock(), []
         expiry = meta.arrival + self.timing.lifetime(meta.sender)
         for rcpt in meta.pending:
-            ends = self._suspended(domain_of(rcpt.address), now)
+            ends = self.dispatcher.suspended(domain_of(rcpt.address), now)
             times.append(rcpt.next_try if ends is None else max(rcpt.next_try, min(ends, expiry)))
         return min(times) if times else None
-
-    def _suspended(self, domain: str, now: float) -> float | None:
-        """When the suspension of ``domain``, or of its site as last routed (issue 18 §2),
-        ends; None: neither is suspended."""
-        ends = self.suspensions.until(domain, now)
-        site = self.dispatcher.sites.get(domain)
-        if ends is None and site is not None:
-            ends = self.suspensions.until(site, now)
-        return ends
 
     def add_id(self, queue_id: str) -> None:
         """A message now in the spool, known by its ID only (from the intake process): due now.
@@ -354,7 +345,7 @@ class QueueManager:
         if not self.suspensions.entries:
             return due, []
         held_back = {d for d in {domain_of(r.address) for r in meta.pending}
-                     if self._suspended(d, now) is not None}
+                     if self.dispatcher.suspended(d, now) is not None}
         if not held_back:
             return due, []
         expired: list[RecipientResult] = []

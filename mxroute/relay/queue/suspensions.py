@@ -48,7 +48,7 @@ def domain_name(text: str) -> str:
     return name
 
 
-_HOP = re.compile(r"^(\[[0-9a-f:.]+\]|[a-z0-9.-]+):([0-9]{1,5})$")
+_HOP = re.compile(r"^(\[[a-z0-9.:-]+\]|[a-z0-9.-]+):([0-9]{1,5})$")
 
 
 def suspend_name(text: str) -> str:
