@@ -199,6 +199,15 @@ class SiteHealth:
             return plan
         return reorder(plan, prefer.family)
 
+    def forget_dead(self) -> int:
+        """Lift every dead site's suspension (``mxroute queue flush``: every host is worth a try
+        again); how many. What a reply pattern asked for stays."""
+        dead = [s for s in self.sites.values()
+                if s.suspension is not None and s.suspension.cause == "dead-site"]
+        for site in dead:
+            site.suspension, site.dead_runs = None, 0
+        return len(dead)
+
     # --- what delivery tells afterwards --------------------------------------------------------
 
     def replied(self, name: str, reply: str, now: float) -> Event | None:

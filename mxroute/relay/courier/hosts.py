@@ -109,6 +109,7 @@ class Hosts:
         if host is None:
             count = len(self._unreachable)
             self._unreachable.clear()
+            self.sites.forget_dead()  # a dead site is its hosts failing (issue 18 §2)
             return count
         keys = [k for k, v in self._unreachable.items() if host in (k.address, v.name)
                 or v.name.startswith(f"{host}[")]

@@ -175,3 +175,13 @@ def test_site_numbers_name_the_top_sites_and_sum_the_rest() -> None:
     assert len(top) == 6 and "site00" in top and "site24" in top
     assert top["other"]["suspensions"] == sum(range(1, 21))  # site01..site20
     assert top["site00"]["connections"] == 3
+
+
+def test_flush_lifts_dead_sites_not_what_a_pattern_asked_for() -> None:
+    """Issue 18 §2: `queue flush` tries every host again: a dead site's suspension goes, a
+    reply pattern's stays."""
+    health = SiteHealth()
+    health.walked(SITE, _dead(), 0.0)
+    health.replied("other", "421 4.7.0 [TSS09] deferred", 0.0)
+    assert health.forget_dead() == 1
+    assert health.suspended(SITE, 1.0) is None and health.suspended("other", 1.0) is not None
