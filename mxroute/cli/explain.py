@@ -131,8 +131,7 @@ async def run_explain(address: Address, settings: Settings, resolver: Resolver, 
     routed = await route(resolver, address.domain, policy, random.Random(seed), settings, envelope)
     plan = routed.plan
     report = Report(address, plan, [], tls=routed.tls)  # EXP-3: the level delivery applies
-    if plan.verdict is not Verdict.PERMANENT:  # issue 18: as delivery resolves it
-        report.shaping = shaper_of(settings).shape(plan)
+    report.shaping = shaper_of(settings).shape(plan)  # issue 18: as delivery resolves it
     await _add_mta_sts(report, settings, resolver)
     await _add_serve(report, settings, resolver, sender)
     await _add_identity(report, settings, resolver, egress, sender, helo)

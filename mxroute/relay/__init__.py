@@ -3,7 +3,7 @@
 ``intake`` (aiosmtpd: validate, spool, reply), ``spool`` (durable files), ``queue``
 (when to try whom; retries, expiry, bounces), ``courier`` (SMTP to the next hop),
 ``dsn`` (RFC 3464 reports), ``envelope`` (the plain data they share) and ``limiter``
-(traffic shaping's counts, shared by the queue's dispatch and the courier).
+(traffic shaping's counts: connection slots and token buckets, for the courier).
 May import: ``routing``, ``tls``, ``identity``, ``dns`` and the ground. The intake never
 imports the courier or the queue manager.
 """

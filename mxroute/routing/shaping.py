@@ -164,17 +164,25 @@ class Shaper:
                     if r.match.startswith("mx:")}
         self._providers = tuple((p, tuple(_glob(g) for g in p.globs)) for p in self.shipped)
         self._cache: dict[tuple[str, str], Shape] = {}
+        # domain -> the plan last shaped for it and its shape: a plan reused from the plan cache
+        # (``relay.queue.plans``) is the same object, and then costs one lookup
+        self._last: dict[str, tuple[Plan, Shape]] = {}
 
     def shape(self, plan: Plan) -> Shape:
         """The shape of ``plan``'s destination (by its domain and site)."""
+        last = self._last.get(plan.domain)
+        if last is not None and last[0] is plan:
+            return last[1]
         site = site_of(plan)
-        cached = self._cache.get((plan.domain, site))
-        if cached is not None:
-            return cached
-        shape = self.resolve(plan.domain, site, site_names(plan))
-        if len(self._cache) >= MAX_SHAPES:
-            self._cache.clear()
-        self._cache[(plan.domain, site)] = shape
+        shape = self._cache.get((plan.domain, site))
+        if shape is None:
+            shape = self.resolve(plan.domain, site, site_names(plan))
+            if len(self._cache) >= MAX_SHAPES:
+                self._cache.clear()
+            self._cache[(plan.domain, site)] = shape
+        if len(self._last) >= MAX_SHAPES:
+            self._last.clear()
+        self._last[plan.domain] = (plan, shape)
         return shape
 
     def resolve(self, domain: str, site: str, names: tuple[str, ...]) -> Shape:

@@ -12,7 +12,8 @@ from tests.support.paths import ROOT
 def test_config_example_routes_load() -> None:
     text = (ROOT / "config" / "mxroute.toml").read_text()
     section = text[text.index("# --- next-hop rules"):]
-    section = section[:section.find("\n# ---", 1)] if "\n# ---" in section else section
+    end = section.find("\n# --- ")  # the next section (traffic shaping) is not this one
+    section = section if end < 0 else section[:end]
     lines = [line[2:] for line in section.splitlines()
              if line.startswith("# ") and not line.startswith("# routes = []")]
     start = next(i for i, line in enumerate(lines) if line == "[[routes]]")
