@@ -324,6 +324,35 @@ class ShapingRule(BaseModel):
                          "(e.g. mx:*.google.com) or *")
 
 
+class ReplyPatternRule(BaseModel):
+    """One ``[[reply_patterns]]`` entry (issue 18 §2, docs/shaping.md): a reply matching ``regex``
+    (case-insensitive, searched in ``CODE X.Y.Z text``) throttles its site to ``message_rate``
+    per second, or suspends it, for ``duration`` seconds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    regex: str = Field(min_length=1)
+    action: Literal["throttle", "suspend"]
+    duration: int = Field(ge=1)
+    message_rate: float | None = Field(None, gt=0)
+    name: str | None = None
+
+    @field_validator("regex")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"regex {value!r}: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _rate(self) -> ReplyPatternRule:
+        if (self.action == "throttle") != (self.message_rate is not None):
+            raise ValueError("message_rate is given with action = \"throttle\" (and only then)")
+        return self
+
+
 def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
     try:
         return ipaddress.ip_network(text, strict=False)
@@ -435,6 +464,15 @@ class Settings(BaseSettings):
     # --- traffic shaping (docs/shaping.md): the first [[shaping]] rule matching a destination
     # sets its limits; then the shipped provider rules; then destination_concurrency per site
     shaping: list[ShapingRule] = []
+
+    # --- learning (docs/shaping.md): replies that slow a site down, dead sites, address families
+    # reply patterns tried before the shipped ones (Gmail 421 4.7.28, Yahoo [TSS04], ...)
+    reply_patterns: list[ReplyPatternRule] = []
+    # a site is suspended for retry_min_seconds after this many deliveries in a row found every
+    # address of it failing at connect or greeting (Postfix's dead-destination cohort)
+    dead_site_cohort: int = Field(1, ge=1)
+    # how long a site prefers the other address family after one family failed it
+    family_hold_seconds: int = Field(3600, ge=1)
 
     # --- operations ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -11,6 +11,7 @@ import datetime
 import json
 import sys
 import time
+from collections.abc import Callable
 
 from mxroute.errors import EX_OK
 from mxroute.relay.spool.format import PENDING, MessageMeta
@@ -19,6 +20,7 @@ from mxroute.relay.spool.listing import (
     Filter,
     Row,
     Summary,
+    domain_of,
     entry,
     reason,
     recipient_state,
@@ -102,10 +104,16 @@ def _print_message(meta: MessageMeta, now: float, suspended: frozenset[str]) -> 
         print(f"    {state:<9} <{safe_text(rcpt.address, LISTING)}>  {detail}")
 
 
-def summary(spool: Spool, top: int | None, as_json: bool) -> int:
-    """Pending mail by recipient domain and age bucket, with the total."""
-    totals = Summary(time.time())
+def summary(spool: Spool, top: int | None, as_json: bool,
+            sites: Callable[[set[str]], dict[str, str]] | None = None) -> int:
+    """Pending mail by recipient domain (by site, with ``sites``: the recipient domains -> their
+    sites, issue 18 §2) and age bucket, with the total."""
     bad: list[str] = []
+    grouped = None
+    if sites is not None:
+        domains = {domain_of(r.address) for meta in spool.scan([]) for r in meta.pending}
+        grouped = sites(domains)
+    totals = Summary(time.time(), grouped)
     for meta in spool.scan(bad):
         totals.add(meta)
     if bad:
@@ -114,7 +122,8 @@ def summary(spool: Spool, top: int | None, as_json: bool) -> int:
         print(json.dumps(totals.to_json(top)))
         return EX_OK
     rows = [totals.total, *totals.rows(top)]
-    table = [["DOMAIN", "MSGS", "RCPTS", "VOLUME", "OLDEST", "NEWEST", *BUCKET_LABELS]]
+    name = "SITE" if grouped is not None else "DOMAIN"
+    table = [[name, "MSGS", "RCPTS", "VOLUME", "OLDEST", "NEWEST", *BUCKET_LABELS]]
     table += [_cells(row, totals.now) for row in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     for line in table:

@@ -64,14 +64,15 @@ def add_op_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--domain", help="the messages with a recipient at this domain")
     p = add("hosts", "the hosts delivery skips until their retry time (exinext)")
     p.add_argument("--forget", metavar="HOST", help="try this host (name or address) again")
-    p = add("suspend", "stop delivery to recipient domains; none given: list the suspensions "
-                       "(kcli suspend)")
-    p.add_argument("domains", nargs="*", metavar="DOMAIN")
+    p = add("suspend", "stop delivery to recipient domains or destination sites (MX host names "
+                       "joined by commas, or a next hop's host:port); none given: list the "
+                       "suspensions (kcli suspend)")
+    p.add_argument("domains", nargs="*", metavar="SITE|DOMAIN")
     p.add_argument("--for", dest="duration", metavar="DURATION",
                    help="end by itself after this long (90s, 30m, 2h, 1d); default: until resumed")
     p.add_argument("--reason", help="why (logged and listed)")
-    p = add("resume", "resume delivery to suspended domains: their mail is due now")
-    p.add_argument("domains", nargs="*", metavar="DOMAIN")
+    p = add("resume", "resume delivery to suspended domains or sites: their mail is due now")
+    p.add_argument("domains", nargs="*", metavar="SITE|DOMAIN")
     p.add_argument("--all", action="store_true", help="every suspended domain")
 
 
@@ -122,14 +123,14 @@ def _request(args: argparse.Namespace) -> dict[str, Any] | str:
 
 
 def _suspend_request(args: argparse.Namespace) -> dict[str, Any] | str:
-    from mxroute.relay.queue.suspensions import domain_name
+    from mxroute.relay.queue.suspensions import suspend_name
     from mxroute.relay.spool.listing import parse_duration
 
     if not args.domains and (args.duration or args.reason):
         return "--for and --reason need the domains to suspend"
     for name in args.domains:
         try:
-            domain_name(name)
+            suspend_name(name)
         except ValueError as exc:
             return str(exc)
     duration = None
@@ -251,7 +252,11 @@ def _print_hosts(reply: dict[str, Any], forget: str | None) -> None:
     if not reply.get("live"):
         print("no serve running: hosts are remembered by a running serve only")
         return
-    hosts = reply["hosts"]
+    hosts, sites = reply["hosts"], reply.get("sites") or {}
+    for name, state in sites.items():
+        print(f"site {name}")
+        for line in site_lines(state):
+            print(f"    {line}")
     if not hosts:
         print("no host is being skipped")
         return
@@ -259,6 +264,23 @@ def _print_hosts(reply: dict[str, Any], forget: str | None) -> None:
         print(f"{host['host']}  {host['status']}  since {_when(host['since'])}  "
               f"until {_when(host['until'])}")
         print(f"    {host['reply']}")
+
+
+def site_lines(state: dict[str, Any]) -> list[str]:
+    """What is in force at one site (issue 18 §2), as ``queue hosts`` and ``explain`` say it."""
+    lines = []
+    throttle, suspension, prefer = state.get("throttle"), state.get("suspension"), \
+        state.get("prefer")
+    if suspension:
+        lines.append(f"suspended until {_when(suspension['until'])} ({suspension['cause']}: "
+                     f"{suspension['reason']})")
+    if throttle:
+        lines.append(f"throttled to {throttle['rate']:g}/s until {_when(throttle['until'])} "
+                     f"({throttle['reason']})")
+    if prefer:
+        lines.append(f"IPv{prefer['family']} preferred until {_when(prefer['until'])} "
+                     f"({prefer['reason']})")
+    return lines
 
 
 def _print_suspensions(reply: dict[str, Any], *, listing: bool) -> None:

@@ -39,6 +39,9 @@ def add_view_parsers(actions: Any, common: argparse.ArgumentParser) -> None:
     p = actions.add_parser("summary", parents=[common],
                            help="pending mail by recipient domain and age (qshape, exiqsumm)")
     p.add_argument("--top", metavar="N", type=_top, help="only the N domains with most messages")
+    p.add_argument("--by", choices=("domain", "site"), default="domain",
+                   help="group by recipient domain (the default) or by destination site (its MX "
+                        "host names, looked up in DNS; docs/shaping.md)")
     p.add_argument("--json", action="store_true")
     p = actions.add_parser("show", parents=[common],
                            help="one message: envelope, recipients, headers (ID or prefix)")
@@ -63,8 +66,13 @@ def view_command(settings: Settings, args: argparse.Namespace) -> int:
         from mxroute.cli import queuelist
 
         if args.action == "summary":
+            sites = None
+            if args.by == "site":
+                from mxroute.cli.queuesites import sites_of
+
+                sites = sites_of(settings)
             return run_on_spool(settings, lambda spool: queuelist.summary(spool, args.top,
-                                                                          args.json))
+                                                                          args.json, sites))
         from mxroute.relay.spool.listing import Filter
 
         wanted = Filter(domain=args.domain, state=args.state, older_than=args.older_than)

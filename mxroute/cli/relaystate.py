@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from mxroute.dns.resolver import Resolver
 from mxroute.errors import MxrouteError
 from mxroute.routing.plan import Plan
+from mxroute.routing.shaping import site_of
 from mxroute.settings import Settings
 
 if TYPE_CHECKING:
@@ -42,13 +43,25 @@ class RelaySnapshot:
     serve: str
     note: str | None = None
     hosts: list[dict[str, Any]] = field(default_factory=list)
+    # issue 18 §2: site -> its throttle, suspension and family preference in force
+    sites: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def for_plan(self, plan: Plan, mta_sts: dict[str, Any] | None) -> dict[str, Any]:
-        """The ``relay`` object of ``explain --json``: this plan's skipped hosts only."""
+        """The ``relay`` object of ``explain --json``: this plan's skipped hosts only, its
+        site's health (issue 18 §2) and the order delivery tries the addresses in now."""
         targets = {(t.address, t.port) for t in plan.targets}
         skipped = [h for h in self.hosts if (h.get("address"), h.get("port")) in targets]
+        site = site_of(plan)
+        health = self.sites.get(site)
+        order = plan.targets
+        prefer = (health or {}).get("prefer")
+        if prefer:
+            from mxroute.relay.courier.health import reorder
+
+            order = reorder(plan, int(prefer["family"])).targets
         return {"spool": str(self.spool), "serve": self.serve, "note": self.note,
-                "skipped_hosts": skipped, "mta_sts_cached": mta_sts}
+                "skipped_hosts": skipped, "mta_sts_cached": mta_sts, "site": site,
+                "site_health": health, "delivery_order": [t.to_json() for t in order]}
 
 
 # spool -> (good until, the snapshot or the ask in flight): one ask per SNAPSHOT_TTL however many
@@ -91,8 +104,9 @@ async def _ask(root: Path) -> RelaySnapshot:
         return RelaySnapshot(root, "unreachable", f"serve's control socket: {exc}")
     if reply is None or not reply.get("live"):
         return RelaySnapshot(root, "not running", NOT_RUNNING)
-    hosts = reply.get("hosts")
-    return RelaySnapshot(root, "running", None, hosts if isinstance(hosts, list) else [])
+    hosts, sites = reply.get("hosts"), reply.get("sites")
+    return RelaySnapshot(root, "running", None, hosts if isinstance(hosts, list) else [],
+                         sites if isinstance(sites, dict) else {})
 
 
 _stores: dict[Path, tuple[int, MtaSts]] = {}  # store file -> (mtime, its MtaSts, read-only)
@@ -133,6 +147,10 @@ def render(relay: dict[str, Any]) -> list[str]:
     for host in relay["skipped_hosts"]:
         out.append(f"  {host['host']}  skipped until {_when(host['until'])} "
                    f"(failing since {_when(host['since'])}): {host['reply']}")
+    if relay.get("site_health"):
+        from mxroute.cli.queueops import site_lines
+
+        out += [f"  site {relay['site']}: {line}" for line in site_lines(relay["site_health"])]
     sts = relay["mta_sts_cached"]
     if sts:
         out.append(f"  MTA-STS policy cached: id {sts['id']}, mode {sts['mode']}, "

@@ -20,7 +20,8 @@ Protocol: one JSON object per line, one request per connection, one reply::
     <- {"ok": true, "action": "resume", "live": true, "resumed": ["d.example"]}
     -> {"op": "hosts", "forget": null}
     <- {"ok": true, "live": true, "hosts": [{"host", "address", "port", "status", "reply",
-                                              "since", "until"}]}
+                                              "since", "until"}],
+        "sites": {"SITE": {"throttle", "suspension", "prefer"}}}   (issue 18 §2: in force)
     <- {"ok": false, "error": "...", "exit": 64}           (a bad request: nothing was done)
 
 Results: ``deleted held released flushed requeued bounced``; ``after-attempt`` (being
@@ -108,7 +109,7 @@ def _hosts(hosts: Hosts | None, forget: Any, uid: int | None) -> dict[str, Any]:
         log.info("%s: operator: forget host by uid %s (%d record(s))", forget, uid, count)
         return {"forgotten": count}
     mono, wall = hosts.clock(), time.time()
-    return {"hosts": [
+    return {"sites": hosts.sites.snapshot(mono, wall), "hosts": [
         {"host": known.name or f"{key.address}:{key.port}", "address": key.address,
          "port": key.port, "status": known.status, "reply": known.reply,
          "since": round(wall - (mono - known.since), 3),

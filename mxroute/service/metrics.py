@@ -139,9 +139,10 @@ class _Collector:
                                       "MTA-STS enforce or a failed TLSA lookup (policy_skips)",
                                       labels=["event"])
         for event in ("connections", "sessions", "reused", "tls", "tls_fallbacks", "dane",
-                      "dane_failures", "policy_skips"):
+                      "dane_failures", "policy_skips", "throttled_waits"):
             courier.add_metric([event], courier_stats.get(event, 0))
         yield courier
+        yield from self._sites()
         yield CounterMetricFamily("mxroute_mta_sts_fetches",
                                   "MTA-STS policy fetches over HTTPS (RFC 8461 §3.3)",
                                   value=sts.get("fetches", 0))
@@ -151,6 +152,24 @@ class _Collector:
         yield GaugeMetricFamily("mxroute_mta_sts_policies",
                                 "MTA-STS policies held (memory and spool_dir/mta-sts.json)",
                                 value=sts.get("policies", 0))
+
+    def _sites(self) -> Iterator[Metric]:
+        """Per destination site (issue 18 §2): the busiest sites by name, the rest as
+        ``site="other"`` (bounded label cardinality)."""
+        sites = self.snapshot.get("sites", {})
+        families = (
+            (GaugeMetricFamily, "mxroute_site_connections",
+             "Deliveries connected or connecting to a destination site now", "connections"),
+            (CounterMetricFamily, "mxroute_site_throttled_waits",
+             "Deliveries that waited for a throttled site's turn", "throttled_waits"),
+            (CounterMetricFamily, "mxroute_site_suspensions",
+             "Suspensions of a site by a reply pattern or dead-site detection", "suspensions"),
+        )
+        for kind, name, text, key in families:
+            family = kind(name, text, labels=["site"])
+            for site, numbers in sites.items():
+                family.add_metric([site], numbers.get(key, 0))
+            yield family
 
     def _dns(self) -> Iterator[Metric]:
         dns = self.snapshot.get("dns", {})

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from mxroute.relay.courier.health import Walk
 from mxroute.relay.courier.replies import Answer, Kind
 from mxroute.relay.courier.upstream import Upstream
 from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult
@@ -53,6 +54,10 @@ class Attempt:
     met: dict[str, str] = field(default_factory=dict)
     setup: float = 0.0
     transfer: float = 0.0
+    # issue 18 §2: the sessions had and missed per address family, and the replies heard, in
+    # order (each once per host): what the site's health learns from this delivery
+    walk: Walk = field(default_factory=Walk)
+    heard: dict[tuple[Target, str], None] = field(default_factory=dict)
 
     def finish(
         self,
@@ -67,6 +72,8 @@ class Attempt:
         """A final answer. ``remote``: ``reply`` is what ``target`` replied, not our own reason
         (DSN-6)."""
         relay = str(target) if target else None
+        if remote and target is not None:
+            self.heard[(target, reply)] = None
         self.results[rcpt.address] = RecipientResult(
             rcpt.address,
             disposition,
@@ -87,6 +94,8 @@ class Attempt:
     ) -> None:
         """A temporary answer: the recipients stay pending; remember it as their last reason."""
         relay = str(target) if target else None
+        if remote and target is not None:
+            self.heard[(target, reply)] = None
         for rcpt in recipients:
             self.last[rcpt.address] = LastReason(
                 status, reply, relay, remote and target is not None

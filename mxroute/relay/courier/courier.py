@@ -37,6 +37,7 @@ from mxroute.relay.courier.hosts import Endpoint, Hosts
 from mxroute.relay.courier.pool import Pool
 from mxroute.relay.courier.replies import path_problem
 from mxroute.relay.courier.session import Connected, Dialer, HostFailure, Retry, Session, Stale
+from mxroute.relay.courier.sites import Sites
 from mxroute.relay.courier.transaction import Transactions
 from mxroute.relay.courier.upstream import CONFIG_STATUS, SecretProblem, Upstream, authenticate
 from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult, Times
@@ -127,6 +128,8 @@ class Courier:
             limiter=self.limiter,
         )
         self._settings = settings
+        # issue 18 §2: what each destination site allows and teaches (throttles, suspensions)
+        self.sites = Sites(self.hosts.sites, self.stats, settings, self.hosts.clock)
 
     @property
     def settings(self) -> Settings:
@@ -138,6 +141,7 @@ class Courier:
         self._settings = self.dialer.settings = self.transactions.settings = self.pool.settings = (
             settings
         )
+        self.sites.configure(settings)
 
     # --- the one public operation -----------------------------------------------------------
 
@@ -186,7 +190,7 @@ class Courier:
                 attempt.finish(
                     rcpt, Disposition.BOUNCED, plan.dsn_status, reply, None, remote=False
                 )
-        elif valid and self._upstream(plan, attempt, valid):  # else deferred: no secret (4.3.5)
+        elif valid and _upstream(plan, attempt, valid):  # else deferred: no secret (4.3.5)
             if (
                 self.mta_sts is not None
                 and mtasts.skip_reason(
@@ -197,32 +201,12 @@ class Courier:
                 attempt.sts = await self.mta_sts.lookup(plan.domain)  # MTA-STS (TLS-5/6)
             if shape is not None and shape.limits.message_rate:  # issue 18: a message token
                 await self.limiter.take(shape.key, shape.limits.message_rate, shape.message_burst)
-            await self._walk(plan, attempt, valid)
+            await self.sites.walk(plan, attempt, valid, lambda p: self._walk(p, attempt, valid))
         out = [attempt.results[r.address] for r in recipients]
         delays = _delays(attempt, times, time.monotonic() - started)
         for result in {r.recipient: r for r in out}.values():
             _log_result(queue_id, result, delays, attempt.met)
         return out
-
-    @staticmethod
-    def _upstream(plan: Plan, attempt: Attempt, recipients: list[Recipient]) -> bool:
-        """The routed next hop's demands on ``attempt`` (issue 16); False, the recipients
-        deferred (4.3.5, naming the file), when its AUTH secret cannot be read. With AUTH, TLS
-        is required: a rule's ``tls = "may"`` is ``encrypt`` (TLS without verification)."""
-        try:
-            attempt.upstream = upstream = Upstream.of_plan(plan)
-            if upstream is not None and upstream.auth is not None and attempt.tls.level == "may":
-                # AUTH goes only over TLS: "may" (no verification) still demands TLS on the wire
-                attempt.tls = dataclasses.replace(attempt.tls, level="encrypt")
-        except SecretProblem as exc:
-            assert plan.route is not None
-            reply = f"451 {CONFIG_STATUS} routes rule {plan.route.number}: {exc}"
-            log.warning("%s: %s: deferred", plan.domain, reply)
-            for rcpt in recipients:
-                attempt.finish(rcpt, Disposition.DEFERRED, CONFIG_STATUS, reply, None,
-                               remote=False)
-            return False
-        return True
 
     def forget_unreachable(self) -> None:
         """Try every host again at the next delivery, and fetch MTA-STS policies whose last fetch
@@ -356,11 +340,13 @@ class Courier:
                 exchange=name,
                 dane_name=pooled.dane_name,
             ):
+                attempt.walk.session(target.family)
                 return pooled, True
             self.pool.uncount()  # TLS-3: not good enough for this policy; back to the pool
             self.pool.release(pooled)
         async with self.hosts.contact(key) as known:  # RTY-4
             if known is not None:
+                attempt.walk.no_session(target.family, (target, known.status, known.reply))
                 attempt.soft(
                     pending,
                     known.status,
@@ -378,6 +364,7 @@ class Courier:
                 lease, self._dial(target, key, policy, audit, upstream))
             if session is not None:
                 self.hosts.answered(key)
+                attempt.walk.session(target.family)
                 return session, greeted
             failure = (
                 problem
@@ -386,6 +373,7 @@ class Courier:
             )
             attempt.soft(pending, failure.status, failure.reply, target, remote=failure.remote)
             if failure.status != tlspolicy.STATUS:  # TLS-3: a policy's failure is not the host's
+                attempt.walk.no_session(target.family, (target, failure.status, failure.reply))
                 self.hosts.failed(
                     key, failure.status, failure.reply, self.settings.retry_min_seconds,
                     name=str(target),
@@ -479,6 +467,26 @@ def _spent(session: Session, shape: Shape | None) -> bool:
     """``session`` has carried its shaping rule's ``max_messages_per_connection``."""
     most = shape.limits.max_messages_per_connection if shape is not None else None
     return most is not None and session.messages >= most
+
+
+def _upstream(plan: Plan, attempt: Attempt, recipients: list[Recipient]) -> bool:
+    """The routed next hop's demands on ``attempt`` (issue 16); False, the recipients
+    deferred (4.3.5, naming the file), when its AUTH secret cannot be read. With AUTH, TLS
+    is required: a rule's ``tls = "may"`` is ``encrypt`` (TLS without verification)."""
+    try:
+        attempt.upstream = upstream = Upstream.of_plan(plan)
+        if upstream is not None and upstream.auth is not None and attempt.tls.level == "may":
+            # AUTH goes only over TLS: "may" (no verification) still demands TLS on the wire
+            attempt.tls = dataclasses.replace(attempt.tls, level="encrypt")
+    except SecretProblem as exc:
+        assert plan.route is not None
+        reply = f"451 {CONFIG_STATUS} routes rule {plan.route.number}: {exc}"
+        log.warning("%s: %s: deferred", plan.domain, reply)
+        for rcpt in recipients:
+            attempt.finish(rcpt, Disposition.DEFERRED, CONFIG_STATUS, reply, None,
+                           remote=False)
+        return False
+    return True
 
 
 def _valid(attempt: Attempt, envelope: Envelope, recipients: list[Recipient]) -> list[Recipient]:

@@ -12,6 +12,9 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import NamedTuple
 
+from mxroute.relay.courier.health import SiteHealth
+from mxroute.text import safe_text
+
 log = logging.getLogger(__name__)  # per-host events: connect failures, skips, TLS fallbacks
 
 LIMIT = 10000  # entries kept of each kind: a bound, not a policy
@@ -53,6 +56,8 @@ class Hosts:
         self._unreachable: dict[Endpoint, Unreachable] = {}
         self._answering: set[Endpoint] = set()
         self._probes: dict[Endpoint, asyncio.Future[None]] = {}
+        # issue 18 §2: what delivery learnt per site (throttles, suspensions, family health)
+        self.sites = SiteHealth()
 
     def skip(self, key: Endpoint) -> Unreachable | None:
         """The record ruling ``key`` out now, or None (an expired one is forgotten)."""
@@ -104,6 +109,7 @@ class Hosts:
         if host is None:
             count = len(self._unreachable)
             self._unreachable.clear()
+            self.sites.forget_dead()  # a dead site is its hosts failing (issue 18 §2)
             return count
         keys = [k for k, v in self._unreachable.items() if host in (k.address, v.name)
                 or v.name.startswith(f"{host}[")]
@@ -154,6 +160,12 @@ def plain_text(host: object, what: str, then: str) -> None:
     log.warning("%s: %s: %s in plain text (TLS-1, opportunistic)", host, what, then)
 
 
+def site_event(site: str, text: str, *, lifted: bool) -> None:
+    """A site's health changed (issue 18 §2): throttled, suspended, a family preferred, lifted."""
+    log.log(logging.INFO if lifted else logging.WARNING, "site %s: %s", safe_text(site, 300),
+            safe_text(text, 400))
+
+
 def session_limit(domain: str, limit: int, left: int) -> None:
     log.info(
         "%s: mx_session_limit=%d reached, %d address(es) left untried (MX-16)", domain, limit, left
@@ -162,5 +174,5 @@ def session_limit(domain: str, limit: int, left: int) -> None:
 
 __all__ = [
     "Endpoint", "Hosts", "Unreachable", "connect_failed", "greeted_with", "moving_on", "plain_text",
-    "policy_skip", "session_limit", "testing",
+    "policy_skip", "session_limit", "site_event", "testing",
 ]

@@ -15,12 +15,14 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Protocol
 
 from mxroute.address import parse_address
 from mxroute.errors import MxrouteError
 from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult, Times
 from mxroute.relay.queue.slots import Slots
+from mxroute.relay.queue.suspensions import FILE_NAME, Suspensions
 from mxroute.relay.spool.format import MessageMeta, RecipientState
 from mxroute.routing.plan import Plan
 from mxroute.routing.route import Route
@@ -28,6 +30,8 @@ from mxroute.routing.shaping import Shape, Shaper
 from mxroute.tls.policy import TlsPolicy
 
 log = logging.getLogger(__name__)
+
+SITES_KEPT = 10000  # recipient domains whose site is remembered: a bound, not a policy
 
 
 class CourierLike(Protocol):
@@ -56,6 +60,19 @@ class Dispatcher:
         self.route = route  # (domain, envelope sender) -> its delivery plan and TLS level
         self.slots = slots
         self.shaper = shaper
+        # issue 18 §2: recipient domain -> its site, as last routed (bounded), so a suspended
+        # site's mail is passed over like a suspended domain's (``mxroute queue suspend``)
+        self.sites: dict[str, str] = {}
+        self.suspensions = Suspensions(Path(FILE_NAME))  # the queue's, set by its manager
+
+    def suspended(self, domain: str, now: float) -> float | None:
+        """When the suspension of ``domain``, or of its site as last routed (issue 18 §2),
+        ends; None: neither is suspended."""
+        ends = self.suspensions.until(domain, now)
+        site = self.sites.get(domain)
+        if ends is None and site is not None:
+            ends = self.suspensions.until(site, now)
+        return ends
 
     async def deliver(
         self, meta: MessageMeta, message: bytes, due: list[RecipientState],
@@ -86,6 +103,13 @@ class Dispatcher:
                 routed = await self.route(domain, envelope.sender)
             routing = time.monotonic() - begun
             shape = self.shaper.shape(routed.plan)
+            if len(self.sites) >= SITES_KEPT:
+                self.sites.clear()
+            self.sites[domain] = shape.site
+            if shape.site != domain and self.suspensions.until(shape.site, time.time()) is not None:
+                reason = f"451 4.7.0 site {shape.site} suspended (mxroute queue suspend)"
+                log.info("%s: to %s: deferred, not tried (%s)", meta.queue_id, domain, reason)
+                return [_deferred(r.address, reason) for r in rcpts]
             async with self.slots.slot(shape.key, shape.connection_limit):
                 # waiting for the slot is time in the queue (delays b), routing is c's
                 times = Times(meta.arrival, meta.intake, time.time() - routing, routing)

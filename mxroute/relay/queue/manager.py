@@ -111,6 +111,7 @@ class QueueManager:
         self._stopping = False
         self.slots = Slots(settings.delivery_concurrency)
         self.dispatcher = Dispatcher(courier, self._route, self.slots, shaper_of(settings))
+        self.dispatcher.suspensions = self.suspensions
         self._max_inflight = settings.delivery_concurrency * 4
 
     def reconfigure(self, settings: Settings) -> None:
@@ -159,7 +160,7 @@ class QueueManager:
         now, times = self.clock(), []
         expiry = meta.arrival + self.timing.lifetime(meta.sender)
         for rcpt in meta.pending:
-            ends = self.suspensions.until(domain_of(rcpt.address), now)
+            ends = self.dispatcher.suspended(domain_of(rcpt.address), now)
             times.append(rcpt.next_try if ends is None else max(rcpt.next_try, min(ends, expiry)))
         return min(times) if times else None
 
@@ -344,7 +345,7 @@ class QueueManager:
         if not self.suspensions.entries:
             return due, []
         held_back = {d for d in {domain_of(r.address) for r in meta.pending}
-                     if self.suspensions.until(d, now) is not None}
+                     if self.dispatcher.suspended(d, now) is not None}
         if not held_back:
             return due, []
         expired: list[RecipientResult] = []

@@ -30,7 +30,7 @@ from mxroute.errors import EX_DATAERR, EX_NOINPUT, EX_USAGE, MxrouteError
 from mxroute.relay.queue.dispatch import domain_of
 from mxroute.relay.queue.manager import QueueManager
 from mxroute.relay.queue.notices import Notifier, failures
-from mxroute.relay.queue.suspensions import Suspensions, domain_name, to_json
+from mxroute.relay.queue.suspensions import Suspensions, suspend_name, to_json
 from mxroute.relay.spool.format import CorruptFile, MessageMeta
 from mxroute.relay.spool.store import Spool
 from mxroute.text import LISTING, safe_text
@@ -155,8 +155,11 @@ class Operator:
             log.info("operator: resume %s by uid %s", domain, uid)
         if lifted:
             ids = await loop.run_in_executor(None, self.spool.ids)
+            names = set(lifted)
+            if self.queue is not None:  # the domains at a resumed site (issue 18 §2)
+                names |= {d for d, site in self.queue.dispatcher.sites.items() if site in names}
             for queue_id in ids:
-                await self._due_now(queue_id, set(lifted))
+                await self._due_now(queue_id, names)
         return lifted
 
     async def _due_now(self, queue_id: str, domains: set[str]) -> None:
@@ -307,7 +310,7 @@ def _domains(names: list[str]) -> list[str]:
     out: list[str] = []
     for name in names:
         try:
-            domain = domain_name(str(name))
+            domain = suspend_name(str(name))
         except ValueError as exc:
             raise SelectionError(safe_text(str(exc), 200), exit_code=EX_USAGE) from None
         if domain not in out:

@@ -1,4 +1,5 @@
-"""Suspended recipient domains (``mxroute queue suspend|resume``, issue 15 B). PURE: files only.
+"""Suspended recipient domains and destination sites (``mxroute queue suspend|resume``, issue
+15 B, issue 18 §2). PURE: files only.
 
 As KumoMTA's ``kcli suspend --domain D --duration --reason``: a suspended domain's recipients
 stay queued, are not tried and get no attempt counted; they still expire at
@@ -45,6 +46,26 @@ def domain_name(text: str) -> str:
     if not name or len(ascii_name) > 253 or not all(_LABEL.match(label) for label in labels):
         raise ValueError(f"{text!r} is not a domain name (give the part after the @)")
     return name
+
+
+_HOP = re.compile(r"^(\[[a-z0-9.:-]+\]|[a-z0-9.-]+):([0-9]{1,5})$")
+
+
+def suspend_name(text: str) -> str:
+    """``text`` as a recipient domain or a destination site to suspend (issue 18 §2): a site is
+    its MX host names joined by commas (``mx1.example.net,mx2.example.net``, put in order) or a
+    next hop's ``host:port``, as ``queue summary --by site`` and ``explain`` show it; a single
+    name is both the domain and the one-host site of that name. ValueError naming it."""
+    name = text.strip().lower()
+    hop = _HOP.match(name)
+    if hop:
+        return name
+    if "," in name:
+        parts = sorted({domain_name(part) for part in name.split(",") if part.strip()})
+        if not parts:
+            raise ValueError(f"{text!r} is not a site")
+        return ",".join(parts)
+    return domain_name(text)
 
 
 class Suspensions:
@@ -137,4 +158,4 @@ def to_json(entry: Suspension) -> dict[str, Any]:
             "until": None if entry.until is None else round(entry.until, 3)}
 
 
-__all__ = ["FILE_NAME", "Suspension", "Suspensions", "domain_name", "to_json"]
+__all__ = ["FILE_NAME", "Suspension", "Suspensions", "domain_name", "suspend_name", "to_json"]

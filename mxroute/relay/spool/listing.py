@@ -138,8 +138,9 @@ class Row:
         self.newest = meta.arrival if self.newest is None else max(self.newest, meta.arrival)
         self.buckets[age_bucket] += 1
 
-    def to_json(self) -> dict[str, Any]:
-        return {"domain": self.domain, "messages": self.messages, "recipients": self.recipients,
+    def to_json(self, by: str = "domain") -> dict[str, Any]:
+        """``by``: what the row's name is (``domain``, or ``site`` for ``summary --by site``)."""
+        return {by: self.domain, "messages": self.messages, "recipients": self.recipients,
                 "volume": self.volume, "oldest": self.oldest, "newest": self.newest,
                 "buckets": list(self.buckets)}
 
@@ -148,15 +149,19 @@ class Summary:
     """Pending mail by recipient domain and age (qshape, exiqsumm): messages are counted once
     per domain they still wait for, and once in the total."""
 
-    def __init__(self, now: float) -> None:
+    def __init__(self, now: float, sites: dict[str, str] | None = None) -> None:
         self.now = now
         self.total = Row("TOTAL")
         self._rows: dict[str, Row] = {}
+        # issue 18 §2 (``summary --by site``): recipient domain -> its site; rows are sites then
+        self.sites = sites
 
     def add(self, meta: MessageMeta) -> None:
         domains: dict[str, int] = {}
         for rcpt in meta.pending:
             name = domain_of(rcpt.address)
+            if self.sites is not None:
+                name = self.sites.get(name, name)
             domains[name] = domains.get(name, 0) + 1
         if not domains:
             return
@@ -172,5 +177,9 @@ class Summary:
         return ranked if top is None else ranked[:top]
 
     def to_json(self, top: int | None = None) -> dict[str, Any]:
+        if self.sites is not None:
+            return {"now": self.now, "buckets": list(BUCKET_LABELS), "by": "site",
+                    "sites": [r.to_json("site") for r in self.rows(top)],
+                    "total": self.total.to_json("site")}
         return {"now": self.now, "buckets": list(BUCKET_LABELS),
                 "domains": [r.to_json() for r in self.rows(top)], "total": self.total.to_json()}
