@@ -13,7 +13,6 @@ import ipaddress
 import logging
 import os
 import re
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +37,6 @@ from pydantic_settings import (
 from mxroute.address import (
     Listener,
     NextHop,
-    is_local_name,
     normalize_domain,
     parse_address,
     parse_dns_server,
@@ -47,6 +45,7 @@ from mxroute.address import (
     parse_next_hop,
 )
 from mxroute.errors import AddressError, ConfigError
+from mxroute.hostdefaults import host_name, spool_default
 from mxroute.settingsenv import PLAIN_LISTS, TypedEnv, env_name, split_list, unknown_variables
 
 log = logging.getLogger(__name__)
@@ -55,59 +54,8 @@ DEFAULT_CONFIG = Path("/etc/mxroute/mxroute.toml")
 # seconds a DKIM signature must outlive the queue (dkim_expire_seconds): receivers' own queues
 # and verification after delivery (the rotation advice in docs/dkim.md)
 DKIM_EXPIRE_MARGIN = 86400
-# where systemd/mxroute.service's StateDirectory=mxroute puts the spool
-SYSTEM_SPOOL = Path("/var/lib/mxroute")
 # what a reload (SIGHUP, mxroute/service/daemon.py) cannot change: kept until a restart
 RESTART_ONLY = ("listen", "spool_dir", "metrics_listen", "delivery_processes")
-
-
-def default_spool(
-    environ: Mapping[str, str] = os.environ, system: Path = SYSTEM_SPOOL
-) -> tuple[Path, str]:
-    """The default ``spool_dir`` and why it is that one.
-
-    systemd's ``$STATE_DIRECTORY`` (the service itself); else ``system`` when it exists (the
-    unit's ``StateDirectory=``: the CLI run by an operator finds the service's spool); else
-    ``./spool`` (a checkout), made absolute.
-    """
-    state = environ.get("STATE_DIRECTORY")
-    if state:
-        return Path(state.split(":")[0]), "$STATE_DIRECTORY, systemd's StateDirectory="
-    if system.is_dir():
-        return system, f"{system}, systemd's StateDirectory= of mxroute.service"
-    return Path("spool").absolute(), f"./spool, as there is no $STATE_DIRECTORY and no {system}"
-
-
-def _default_spool() -> Path:
-    """``$STATE_DIRECTORY`` (systemd), else ``/var/lib/mxroute`` when it exists, else ``./spool``
-    in the current directory."""
-    return default_spool()[0]
-
-
-def pick_host_name(host: str, canonical: list[str]) -> str:
-    """``helo_name``'s default from the host name and its canonical names, as Postfix finds
-    ``myhostname``: ``host`` when it has a dot, else the first canonical name with a dot that
-    is not a localhost name, else ``host`` itself (``check-config`` and ``serve`` warn)."""
-    if "." in host:
-        return host
-    for name in canonical:
-        if "." in name and not is_local_name(name):
-            return name.rstrip(".")
-    return host
-
-
-def host_name() -> str:
-    """This host's name: ``gethostname()``, completed by its canonical name (getaddrinfo
-    ``AI_CANONNAME``, as ``hostname --fqdn``). Not ``getfqdn()``: its reverse lookup turns a
-    host whose 127.0.0.1 is named ``localhost`` in /etc/hosts into ``localhost``."""
-    host = socket.gethostname()
-    if "." in host:
-        return host
-    try:
-        infos = socket.getaddrinfo(host, None, flags=socket.AI_CANONNAME)
-    except (OSError, UnicodeError):
-        return host
-    return pick_host_name(host, [info[3] for info in infos if info[3]])
 
 
 # --- the TLS levels (TLS-3; what each demands: mxroute/tls/policy.py) ---------------------------
@@ -394,7 +342,7 @@ class Settings(BaseSettings):
     banner: str = "ESMTP"
 
     # --- spool and queue ---
-    spool_dir: Path = Field(default_factory=_default_spool)
+    spool_dir: Path = Field(default_factory=spool_default)
     retry_min_seconds: int = Field(300, ge=1)
     retry_max_seconds: int = Field(3600, ge=1)
     queue_lifetime_seconds: int = Field(432000, ge=0)

@@ -12,9 +12,10 @@ import sys
 from collections.abc import Callable
 
 from mxroute.errors import EX_CANTCREAT, EX_NOINPUT, EX_OK, SpoolError
+from mxroute.hostdefaults import default_spool
 from mxroute.relay.spool.lookup import QueueIdError
 from mxroute.relay.spool.store import Spool
-from mxroute.settings import Settings, default_spool
+from mxroute.settings import Settings
 from mxroute.text import LISTING, safe_text
 
 

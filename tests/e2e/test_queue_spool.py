@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mxroute.settings import SYSTEM_SPOOL
+from mxroute.hostdefaults import SYSTEM_SPOOL
 from tests.support.relay import MSG, ROOT, World
 
 ACTIONS = (["list"], ["list", "--json"], ["show", "0" * 25], ["flush"], ["delete", "0" * 25])

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from mxroute.settings import ReplyPatternRule
+if TYPE_CHECKING:  # PURE: the settings module (socket, ssl) is not imported at run time
+    from mxroute.settings import ReplyPatternRule
 
 Action = Literal["throttle", "suspend"]
 

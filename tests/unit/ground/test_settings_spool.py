@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mxroute.settings import SYSTEM_SPOOL, default_spool, load_settings
+from mxroute.hostdefaults import SYSTEM_SPOOL, default_spool
+from mxroute.settings import load_settings
 from tests.support.paths import ROOT
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mxroute.address import is_local_name
+from mxroute.hostdefaults import pick_host_name
 from mxroute.identity.helo import name_findings
-from mxroute.settings import pick_host_name
 
 
 def test_host_name_as_postfix_finds_myhostname() -> None:
