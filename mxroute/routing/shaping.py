@@ -111,7 +111,8 @@ class Shape:
                  "default": "default rule (*)"}[self.source]
         parts = [f"{name} {value}" for name, value in self.limits.to_json().items()
                  if value is not None]
-        return f"site {self.site}: {where}, counted as {self.key}: {', '.join(parts)}"
+        shared = f", counted as {self.key}" if self.key != self.site else ""
+        return f"site {self.site}: {where}{shared}: {', '.join(parts)}"
 
     def to_json(self) -> dict[str, Any]:
         """``explain --json``'s ``shaping``."""

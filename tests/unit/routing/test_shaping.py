@@ -108,4 +108,7 @@ def test_describe_and_json() -> None:
                                 "mx:*.mail.test: connection_limit 2, message_rate 0.5")
     data = shape.to_json()
     assert data["site"] == "mx.mail.test" and data["limits"]["connection_limit"] == 2
+    # counted under the site itself (the default rule): the site is named once
+    own = Shaper(rules(), 20).shape(plan("b.test", "mx.other.test"))
+    assert own.describe() == "site mx.other.test: default rule (*): connection_limit 20"
     assert shape.message_burst == 1
