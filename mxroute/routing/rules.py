@@ -27,9 +27,12 @@ class Chosen:
 
     @property
     def tls_level(self) -> Level | None:
-        """The TLS level the rule demands: its ``tls``, else ``verify`` when it authenticates or
-        speaks smtps:// (a password, or a connection that is TLS by design, goes only to a
-        certificate that verifies); None: the relay's ``tls_policy`` applies."""
+        """The TLS level the rule demands: its ``tls`` (``may`` with AUTH is ``encrypt``: TLS
+        without verification, but TLS), else ``verify`` when it authenticates or speaks smtps://
+        (a password, or a connection that is TLS by design, goes only to a certificate that
+        verifies); None: the relay's ``tls_policy`` applies."""
+        if self.rule.auth is not None and self.rule.tls == "may":
+            return "encrypt"  # AUTH goes only over TLS: "may" (no verification) still demands it
         if self.rule.tls is not None:
             return self.rule.tls
         if self.rule.auth is not None or self.rule.next_hop.implicit_tls:

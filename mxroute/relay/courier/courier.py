@@ -24,7 +24,6 @@ The counts are the ``limiter``'s (``relay.limiter``: this process's, or a shared
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import ssl
@@ -471,13 +470,10 @@ def _spent(session: Session, shape: Shape | None) -> bool:
 
 def _upstream(plan: Plan, attempt: Attempt, recipients: list[Recipient]) -> bool:
     """The routed next hop's demands on ``attempt`` (issue 16); False, the recipients
-    deferred (4.3.5, naming the file), when its AUTH secret cannot be read. With AUTH, TLS
-    is required: a rule's ``tls = "may"`` is ``encrypt`` (TLS without verification)."""
+    deferred (4.3.5, naming the file), when its AUTH secret cannot be read. (With AUTH, TLS
+    is required: ``routing.rules.Chosen.tls_level``, which explain shows too.)"""
     try:
-        attempt.upstream = upstream = Upstream.of_plan(plan)
-        if upstream is not None and upstream.auth is not None and attempt.tls.level == "may":
-            # AUTH goes only over TLS: "may" (no verification) still demands TLS on the wire
-            attempt.tls = dataclasses.replace(attempt.tls, level="encrypt")
+        attempt.upstream = Upstream.of_plan(plan)
     except SecretProblem as exc:
         assert plan.route is not None
         reply = f"451 {CONFIG_STATUS} routes rule {plan.route.number}: {exc}"

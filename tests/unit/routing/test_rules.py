@@ -156,3 +156,12 @@ def test_describe_never_shows_the_secret() -> None:
         "mx_lookup": False, "implicit_tls": False, "auth": True, "tls": "verify",
     }
     assert "up.secret" not in chosen.describe() + str(chosen.to_json())
+
+
+def test_may_with_auth_is_encrypt_for_explain_and_delivery_alike() -> None:
+    """RFC 4954 §4: AUTH only over TLS, so a rule's ``tls = "may"`` with AUTH is ``encrypt``;
+    the level lives in the rule, read by explain and the courier alike."""
+    rule = _rules({"match": "*", "next_hop": "[up.example]:587", "tls": "may",
+                   "auth": {"username": "u", "password_file": "/x"}})
+    chosen = choose(rule, "x.example", "")
+    assert chosen is not None and chosen.tls_level == "encrypt"
