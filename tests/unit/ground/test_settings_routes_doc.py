@@ -3,21 +3,13 @@ name the setting."""
 
 from __future__ import annotations
 
-import tomllib
-
 from mxroute.settings import Settings
+from tests.support.configexample import commented_tables
 from tests.support.paths import ROOT
 
 
 def test_config_example_routes_load() -> None:
-    text = (ROOT / "config" / "mxroute.toml").read_text()
-    section = text[text.index("# --- next-hop rules"):]
-    end = section.find("\n# --- ")  # the next section (traffic shaping) is not this one
-    section = section if end < 0 else section[:end]
-    lines = [line[2:] for line in section.splitlines()
-             if line.startswith("# ") and not line.startswith("# routes = []")]
-    start = next(i for i, line in enumerate(lines) if line == "[[routes]]")
-    rules = tomllib.loads("\n".join(lines[start:]))["routes"]
+    rules = commented_tables("next-hop rules", "routes")
     first, second = Settings(routes=rules).routes
     assert first.match == ".corp.example" and first.next_hop.mx and first.next_hop.port == 25
     assert second.match == "*" and not second.next_hop.mx and second.next_hop.port == 587

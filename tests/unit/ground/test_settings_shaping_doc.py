@@ -3,21 +3,14 @@ name the setting."""
 
 from __future__ import annotations
 
-import tomllib
-
 from mxroute.settings import Settings
+from tests.support.configexample import commented_tables
 from tests.support.paths import ROOT
 
 
 def test_config_example_shaping_loads() -> None:
-    text = (ROOT / "config" / "mxroute.toml").read_text()
-    section = text[text.index("# --- traffic shaping"):]
-    end = section.find("\n# --- ")  # the next section (reply patterns) is not this one
-    section = section if end < 0 else section[:end]
-    lines = [line[2:] for line in section.splitlines()
-             if line.startswith("# ") and not line.startswith("# shaping = []")]
-    start = next(i for i, line in enumerate(lines) if line == "[[shaping]]")
-    first, second = Settings(shaping=tomllib.loads("\n".join(lines[start:]))["shaping"]).shaping
+    first, second = Settings(
+        shaping=commented_tables("traffic shaping", "shaping")).shaping
     assert first.match == "mx:*.example.net" and first.connection_limit == 5
     assert second.match == "domain:example.org" and second.message_burst == 10
     assert "`shaping`" in (ROOT / "docs" / "settings.md").read_text()
@@ -28,12 +21,7 @@ def test_config_example_reply_patterns_load() -> None:
     """Issue 18 §2: the commented ``[[reply_patterns]]`` example is valid and throttles."""
     from mxroute.relay.courier.patterns import configured, match
 
-    text = (ROOT / "config" / "mxroute.toml").read_text()
-    section = text[text.index("# --- reply patterns"):]
-    lines = [line[2:] for line in section.splitlines()
-             if line.startswith("# ") and not line.startswith("# reply_patterns = []")]
-    start = next(i for i, line in enumerate(lines) if line == "[[reply_patterns]]")
-    rules = tomllib.loads("\n".join(lines[start:]))["reply_patterns"]
+    rules = commented_tables("reply patterns", "reply_patterns")
     [rule] = Settings(reply_patterns=rules).reply_patterns
     found = match(configured([rule]), "421 4.7.1 you are sending too many messages")
     assert found is not None and found.name == "example-rate" and found.message_rate == 0.2
