@@ -10,8 +10,11 @@ it. No mail is sent (EXP-1).
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import ssl
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import aiosmtplib
@@ -57,8 +60,14 @@ async def probe(
         else:
             candidates.append((target, None, False))
     contexts = Contexts()
+    hop = plan.route.rule.next_hop if plan.route is not None else None
+    implicit = hop is not None and hop.implicit_tls
+    literal = str(hop.literal) if hop is not None and hop.literal is not None else ""
     for target, host_tls, audited in candidates[:limit]:
-        report = await _probe_host(target, host_tls, audited, settings, contexts)
+        report = await _probe_host(
+            target, host_tls, audited, settings, contexts,
+            _Hop(implicit, target.exchange or literal),
+        )
         if isinstance(report, str):
             tried.append(report)
             continue
@@ -73,26 +82,33 @@ async def probe(
     return failed
 
 
+@dataclass(frozen=True, slots=True)
+class _Hop:
+    """How delivery speaks to the host: TLS from the first byte (``smtps://``), and the name
+    its certificate is checked for (the MX name, else a next hop's IP address)."""
+
+    implicit_tls: bool
+    tls_name: str
+
+
 async def _probe_host(
     target: Target,
     host_tls: TlsPolicy | None,
     audited: bool,
     settings: Settings,
     contexts: Contexts,
+    hop: _Hop,
 ) -> dict[str, Any] | str:
     """The report on one address, or why it could not be reached."""
     started = time.perf_counter()
-    client = aiosmtplib.SMTP(
-        hostname=target.address,
-        port=target.port,
-        timeout=min(settings.connect_timeout, 30.0),
-        local_hostname=settings.helo_name,
-        start_tls=False,
-        use_tls=False,
-    )
+    policy = host_tls or TlsPolicy()
+    context = contexts.for_host(policy, hop.tls_name, settings.tls_ca_file, audited=audited)
+    timeout = min(settings.connect_timeout, 30.0)
     try:
-        greeting = await client.connect()
-    except _ERRORS as exc:
+        client = await _connected(target, settings, context if hop.implicit_tls else None,
+                                  hop.tls_name, timeout)
+        greeting = await client.connect(timeout=timeout)
+    except (*_ERRORS, ssl.SSLError, TimeoutError) as exc:
         return f"{target}: {type(exc).__name__}: {exc}"
     report: dict[str, Any] = {
         "target": str(target),
@@ -104,12 +120,14 @@ async def _probe_host(
         ehlo = await client.ehlo()
         report["ehlo"] = f"{ehlo.code}"
         report["extensions"] = sorted(client.esmtp_extensions)
-        policy = host_tls or TlsPolicy()
-        context = contexts.for_host(policy, target.exchange, settings.tls_ca_file, audited=audited)
-        verifies = contexts.verifies(policy, target.exchange, audited=audited)
-        report["starttls"], seen = await _starttls(
-            client, target, policy, context, audited, verifies
-        )
+        verifies = contexts.verifies(policy, hop.tls_name, audited=audited)
+        if hop.implicit_tls:
+            seen = _seen(client, policy, hop.tls_name, audited, verifies)
+            report["starttls"] = f"implicit: ok: {peer_of(client.transport).summary()}"
+        else:
+            report["starttls"], seen = await _starttls(
+                client, hop.tls_name, policy, context, audited, verifies
+            )
         if host_tls is not None:  # TLS-3, TLS-7 / EXP-3: the same rules delivery applies
             ok, why = verdict(host_tls, str(target), target.exchange, seen)
             report.update(tls_policy=host_tls.level, tls_policy_satisfied=ok, tls_policy_result=why)
@@ -123,9 +141,36 @@ async def _probe_host(
     return report
 
 
+async def _connected(
+    target: Target, settings: Settings, tls: ssl.SSLContext | None, name: str, timeout: float
+) -> aiosmtplib.SMTP:
+    """A client on a socket connected to ``target`` (TLS from the first byte with ``tls``,
+    checking ``name``), not yet greeted; OSError or TimeoutError when the connect fails."""
+    sock = socket.socket(
+        socket.AF_INET6 if target.family == 6 else socket.AF_INET, socket.SOCK_STREAM
+    )
+    sock.setblocking(False)
+    try:
+        await asyncio.wait_for(
+            asyncio.get_running_loop().sock_connect(sock, (target.address, target.port)), timeout
+        )
+    except BaseException:
+        sock.close()
+        raise
+    return aiosmtplib.SMTP(
+        sock=sock,
+        local_hostname=settings.helo_name,
+        timeout=timeout,
+        start_tls=False,
+        use_tls=tls is not None,
+        tls_context=tls,
+        hostname=(name or target.address) if tls is not None else None,
+    )
+
+
 async def _starttls(
     client: aiosmtplib.SMTP,
-    target: Target,
+    name: str,
     policy: TlsPolicy,
     context: ssl.SSLContext,
     audited: bool,
@@ -135,21 +180,29 @@ async def _starttls(
     if not client.supports_extension("starttls"):
         return "not offered", TlsOutcome(offered=False)
     try:
-        await client.starttls(tls_context=context, server_hostname=target.exchange or None)
+        await client.starttls(tls_context=context, server_hostname=name or None)
     except (*_ERRORS, ssl.SSLError) as exc:
         return f"failed: {exc}", TlsOutcome(
             error=str(exc) or type(exc).__name__,
             audited=audited,
             verification=isinstance(exc, ssl.SSLCertVerificationError),
         )
+    return f"ok: {peer_of(client.transport).summary()}", _seen(
+        client, policy, name, audited, verifies
+    )
+
+
+def _seen(
+    client: aiosmtplib.SMTP, policy: TlsPolicy, name: str, audited: bool, verifies: bool
+) -> TlsOutcome:
+    """What the TLS session on ``client`` proved, as delivery judges it (TLS-3, TLS-7)."""
     peer = peer_of(client.transport)
-    name = target.exchange.lower() if target.exchange else None
+    shown = name.lower() if name else None
     problem = dane.peer_problem(policy.tlsa, peer.der) if policy.tlsa else None  # TLS-7
-    seen = TlsOutcome(
+    return TlsOutcome(
         tls=True,
         audited=audited,
         dane_problem=problem,
-        dane_name=name if policy.tlsa and problem is None else None,
-        verified_name=name if verifies else None,
+        dane_name=shown if policy.tlsa and problem is None else None,
+        verified_name=shown if verifies else None,
     )
-    return f"ok: {peer.summary()}", seen

@@ -151,3 +151,32 @@ def test_dane_at_the_next_hop_when_its_tls_says_so(dns_server: DNSServer, next_h
     assert host["tlsa_name"] == "_2526._tcp.mx1.hub.t"
     assert body["dane"]["mx_secure"] is True
     assert not any(q["qname"] == "dest.t" for q in body["dns"])
+
+
+def test_probe_speaks_implicit_tls_to_an_smtps_hop(dns: DNSServer, tmp_path: Path) -> None:
+    """issue 16 §1, RFC 8314 §3.3, EXP-3: ``explain --probe`` reaches an ``smtps://`` next hop
+    as delivery does, TLS from the first byte (not a plain-text greeting it would wait for in
+    vain), verifies the hop's certificate and reports the TLS verdict."""
+    from tests.support.relay import free_port
+    from tests.support.smtpsink import Sink, tls_available
+    from tests.support.tlsca import TestCA
+
+    if not tls_available():
+        pytest.skip("the cryptography package is needed for certificates")
+    ca = TestCA(tmp_path / "ca")
+    sink = Sink("127.0.5.4", free_port(), implicit_tls=True)
+    sink.tls_context = ca.server_context("relay.t")
+    sink.start()
+    try:
+        rules = [{"match": "dest.t", "next_hop": f"smtps://relay.t:{sink.port}"}]
+        done = run_explain(["--dns", dns.address, "--json", "--probe", "u@dest.t"],
+                           {"MXROUTE_ROUTES": json.dumps(rules), "MXROUTE_CONNECT_TIMEOUT": "5",
+                            "MXROUTE_TLS_CA_FILE": str(ca.ca_file)})
+        probe = json.loads(done.stdout)["probe"]
+        assert probe["target"] == f"relay.t[127.0.5.4]:{sink.port}", probe
+        assert probe["banner_code"] == 220
+        assert probe["starttls"].startswith("implicit: ok"), probe
+        assert (probe["tls_policy"], probe["tls_policy_satisfied"]) == ("verify", True), probe
+        assert not sink.messages
+    finally:
+        sink.stop()
