@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from mxroute.relay.intake.auth import hash_password
+from mxroute.relay.intake.auth import AUTH_FAILURE_DELAY, hash_password
 from tests.support.rawclient import Raw
 from tests.support.relay import MSG, ROOT, Relay, World, rcpt_script, wait_for
 from tests.support.smtpsink import tls_files
@@ -97,17 +97,20 @@ def test_auth_failures_per_address_are_limited_logged_without_secret(
         fworld: World, tmp_path: Path) -> None:
     """Issue 21, SEC-8: failed AUTH per client address is counted across sessions; the N+1th
     attempt gets ``421 4.7.0`` and the close, unchecked; other addresses still log in; each
-    failure is logged without the password (plain or base64), a success after failures too."""
+    failure is answered after a pause and logged without the password (plain or base64, even at
+    DEBUG), a success after failures too."""
     creds = tmp_path / "credentials"
     creds.write_text(f"alice:{hash_password(PASSWORD)}\n")
     cert, key = tls_files()
     fworld.sink(1)
     relay = fworld.relay(relay_networks=["127.0.0.1/32"], auth_credentials_file=str(creds),
                          tls_cert_file=str(cert), tls_key_file=str(key),
-                         max_auth_failures_per_ip=3)
+                         max_auth_failures_per_ip=3, log_level="DEBUG")
     guesser = "127.0.31.10"
     with _tls_client(relay, guesser) as client:
+        asked = time.monotonic()
         assert client.docmd("AUTH", f"PLAIN {_plain('alice', WRONG[0])}")[0] == 535
+        assert time.monotonic() - asked >= AUTH_FAILURE_DELAY  # slowed: a lower bound only
         assert client.docmd("AUTH", "LOGIN " + base64.b64encode(b"alice").decode())[0] == 334
         assert client.docmd(base64.b64encode(WRONG[1].encode()).decode())[0] == 535
     with _tls_client(relay, guesser) as client:  # a new session: the address's count goes on
