@@ -256,7 +256,7 @@ class RelaySMTP(SMTP):
             # RFC 4954 §4
             await self.push("503 5.5.1 AUTH not permitted during a mail transaction")
             return
-        ip = self.client_ip or "unknown"
+        ip = peer_ip(self.session) if self.session else "unknown"  # as Credentials.check
         if self.intake.auth_failures.blocked(ip, time.monotonic()):  # SEC-8, issue 21
             log.info("auth refused: client=%s: too many failed attempts", ip)
             await self.push(AUTH_TOO_MANY)
