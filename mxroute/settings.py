@@ -336,6 +336,14 @@ class Settings(BaseSettings):
     command_timeout: float = Field(300.0, gt=0)  # server side, RFC 5321 §4.5.3.2.7
     # the whole DATA phase; 300 s as Postfix's smtpd_timeout (§4.5.3.2.6's 10 min is the CLIENT's)
     data_timeout: float = Field(300.0, gt=0)
+    # issue 21: a session's whole life, checked at each command (421 4.7.0 past it)
+    max_session_seconds: float = Field(3600.0, gt=0)
+    # NOOP/RSET/VRFY/EXPN/HELP/HELO/EHLO without a completed transaction (Postfix 100)
+    junk_command_limit: int = Field(100, ge=1)
+    # SEC-8: failed AUTH per client address within auth_failure_window seconds, then 421
+    max_auth_failures_per_ip: int = Field(10, ge=1)
+    auth_failure_window: float = Field(600.0, gt=0)
+    tls_min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"  # inbound STARTTLS and smtps
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     auth_credentials_file: Path | None = None

@@ -96,6 +96,8 @@ def _spool_problem(spool: Path) -> str | None:
             continue
         if not place.is_dir():
             return f"{place} is not a directory"
+        if place in (spool, spool / "tmp") and place.stat().st_mode & 0o022:
+            return f"{place} is writable by group or others: serve refuses it (chmod 700 it)"
         try:
             os.rmdir(tempfile.mkdtemp(prefix=".mxroute-check-", dir=place))
         except OSError as exc:

@@ -396,7 +396,11 @@ def _check_config(args: argparse.Namespace) -> int:
                                       helo=settings.helo_name)
 
     helo_found, reports = asyncio.run(checks())
+    from mxroute.tls.files import file_warnings
+
+    tls_files = file_warnings(settings.tls_cert_file, settings.tls_key_file)  # issue 21
     if args.json:
+        values["file_permissions"] = tls_files
         values["helo_check"] = [finding.to_json() for finding in helo_found]
         values["dkim_check"] = [key.to_json() for key in keys]
         values["identity_check"] = ([report.to_json() for report in reports]
@@ -406,6 +410,8 @@ def _check_config(args: argparse.Namespace) -> int:
     for line in settings_lines(settings, args.non_default):
         print(line)
     print()
+    for warning in tls_files:
+        print(f"# warning: {warning}")
     for finding in helo_found:  # issue 15 C2
         print(f"# {helo.line(settings, finding)}")
     if not helo_found:

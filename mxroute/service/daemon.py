@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -70,7 +71,12 @@ def serve(settings: Settings, reload: Loader | None = None) -> int:
     ``reload`` loads the settings again on SIGHUP (the command line's ``--config``
     and ``--dns``); by default the same file and environment as ``load_settings()``.
     """
+    os.umask(0o077)  # DUR-3, issue 21: every file serve makes is 0600, every directory 0700
     setup_logging(settings.log_level)
+    from mxroute.tls.files import file_warnings
+
+    for warning in file_warnings(settings.tls_cert_file, settings.tls_key_file):
+        log.warning("%s", warning)  # issue 21: advice, as check-config's
     if reload is None:
         from mxroute.settings import load_settings
 

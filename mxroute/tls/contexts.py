@@ -21,13 +21,30 @@ from mxroute.tls import dane
 from mxroute.tls import policy as tlspolicy
 from mxroute.tls.policy import TlsPolicy
 
+# where a policy demands TLS (encrypt, verify, dane, MTA-STS enforce): TLS 1.2 at least, as
+# Postfix's smtp_tls_mandatory_protocols (issue 21)
+MANDATORY_MIN = ssl.TLSVersion.TLSv1_2
+
 
 def opportunistic_context() -> ssl.SSLContext:
     """TLS without verification: better than plain text when no policy says more (RFC 7435,
-    TLS-1)."""
+    TLS-1). Any protocol version and cipher this OpenSSL can still speak (SECLEVEL=0: TLS 1.0
+    and 1.1 too), as Postfix's ``may``: an old TLS beats the plain-text retry (issue 21)."""
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    return context
+
+
+def mandatory_context() -> ssl.SSLContext:
+    """TLS 1.2 and up without verification: ``encrypt``, and DANE-EE hosts (whose certificate
+    is matched after the handshake) (issue 21)."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = MANDATORY_MIN
     return context
 
 
@@ -38,6 +55,7 @@ def verify_context(ca_file: Path | str | None = None) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
     context.check_hostname = True
     context.verify_mode = ssl.CERT_REQUIRED
+    context.minimum_version = MANDATORY_MIN
     return context
 
 
@@ -45,12 +63,14 @@ class Contexts:
     """The SSL contexts of one courier (or one probe), each made once.
 
     ``opportunistic``: the context without verification (RFC 7435, TLS-1); by default
-    ``opportunistic_context()``. The verifying context is made on first use, and
+    ``opportunistic_context()``; ``mandatory``: the unverified one with TLS 1.2 at least, for a
+    policy that demands TLS. The verifying context is made on first use, and
     again when ``tls_ca_file`` changed (a reload).
     """
 
     def __init__(self, opportunistic: ssl.SSLContext | None = None) -> None:
         self.opportunistic = opportunistic or opportunistic_context()
+        self.mandatory = mandatory_context()
         self._verifying: tuple[Path | str | None, ssl.SSLContext] | None = None
 
     def for_host(
@@ -60,14 +80,15 @@ class Contexts:
 
         DANE-TA anchors for a DANE host without DANE-EE records (TLS-7); the verifying
         context for ``verify`` and for a host an MTA-STS ``testing`` policy audits
-        (``audited``, TLS-6); otherwise, and for a host without a name to verify, the
-        opportunistic one.
+        (``audited``, TLS-6); the unverified TLS 1.2+ one where the policy still demands TLS
+        (``encrypt``, DANE-EE); otherwise, and for a host without a name to verify, the
+        opportunistic one (any version).
         """
         if policy.tlsa and not audited:
-            return dane.ta_context(policy.tlsa) or self.opportunistic
+            return dane.ta_context(policy.tlsa) or self.mandatory
         if self.verifies(policy, exchange, audited=audited):
             return self.verifying(ca_file)
-        return self.opportunistic
+        return self.mandatory if policy.required else self.opportunistic
 
     @staticmethod
     def verifies(policy: TlsPolicy, exchange: str, *, audited: bool = False) -> bool:
@@ -235,6 +256,7 @@ __all__ = [
     "Contexts",
     "Peer",
     "TlsOutcome",
+    "mandatory_context",
     "opportunistic_context",
     "peer_of",
     "probe_verdict",

@@ -181,3 +181,34 @@ def test_issue14_check_config_lists_dkim_keys_with_their_dkim_check_status(
     assert "# s1._domainkey.t" in text.stdout and "missing" in text.stdout
     without = run("--json", "--dns", dns_server.address)
     assert json.loads(without.stdout)["dkim_check"] == []
+
+
+def test_check_config_warns_of_loose_key_files_and_refuses_an_open_spool(
+    dns_server: DNSServer, tmp_path: Path,
+) -> None:
+    """Issue 21, DUR-3: a 0644 TLS key is a `# warning:` line (and ``file_permissions`` in the
+    JSON), exit 0; a spool directory group or others can write is what would stop ``serve``:
+    exit 78 naming ``spool_dir``."""
+    from tests.support.smtpsink import tls_files
+
+    cert, key = tls_files()
+    loose = tmp_path / "key.pem"
+    loose.write_bytes(key.read_bytes())
+    loose.chmod(0o644)
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    env = {"MXROUTE_TLS_CERT_FILE": str(cert), "MXROUTE_TLS_KEY_FILE": str(loose),
+           "MXROUTE_SPOOL_DIR": str(spool)}
+    done = run("--dns", dns_server.address, **env)
+    assert done.returncode == 0, done.stderr
+    assert f"# warning: tls_key_file {loose} is readable by others (mode 644)" in done.stdout
+    shown = json.loads(run("--json", "--dns", dns_server.address, **env).stdout)
+    assert len(shown["file_permissions"]) == 1
+    loose.chmod(0o640)  # group root, not mxroute: still a warning
+    assert "readable by group" in run("--dns", dns_server.address, **env).stdout
+    loose.chmod(0o600)
+    assert "# warning: tls_" not in run("--dns", dns_server.address, **env).stdout
+    spool.chmod(0o770)
+    done = run("--dns", dns_server.address, **env)
+    assert done.returncode == 78
+    assert "spool_dir" in done.stderr and "writable by group or others" in done.stderr

@@ -7,7 +7,11 @@ per line (salt and hash base64), ``#`` comments; make a line with::
 
 AUTH PLAIN/LOGIN are offered only after STARTTLS (``auth_require_tls``) or on an
 ``smtps://`` listener (implicit TLS), and only when the file names a user; after
-``MAX_AUTH_FAILURES`` failed attempts the connection is closed.
+``MAX_AUTH_FAILURES`` failed attempts the connection is closed. Per client address (issue 21,
+as Postfix's ``smtpd_client_auth_rate_limit``): each failure is answered after
+``AUTH_FAILURE_DELAY``, and an address with ``max_auth_failures_per_ip`` failures within
+``auth_failure_window`` gets ``421 4.7.0`` at its next AUTH, unchecked (``caps.AuthFailures``).
+Log lines name the user and address, never the password.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import hashlib
 import hmac
 import logging
 import os
+import time
 from pathlib import Path
 
 from aiosmtpd.smtp import AuthResult, LoginPassword
@@ -29,6 +34,7 @@ log = logging.getLogger(__name__)
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 MAX_AUTH_FAILURES = 3  # SEC-8: then the connection is closed
+AUTH_FAILURE_DELAY = 1.0  # seconds before a failure's 535 (as Postfix's smtpd_error_sleep_time)
 INVALID = "535 5.7.8 Authentication credentials invalid"
 
 
@@ -96,11 +102,17 @@ class Credentials:
         ok = stored is not None and await asyncio.get_running_loop().run_in_executor(
             None, verify_password, stored, auth_data.password)
         peer = peer_ip(server.session) if server.session else "unknown"
+        table = server.intake.auth_failures
         if ok:
-            log.info("auth ok: user=%s client=%s", safe_text(user, 64), peer)
+            before = table.succeeded(peer, time.monotonic())
+            log.info("auth ok: user=%s client=%s%s", safe_text(user, 64), peer,
+                     f" after {before} failed attempts" if before else "")
             return AuthResult(success=True, auth_data=auth_data)
-        log.info("auth failed: user=%s client=%s", safe_text(user, 64), peer)
+        failures = table.failed(peer, time.monotonic())
+        log.info("auth failed: user=%s client=%s failures=%d/%d", safe_text(user, 64), peer,
+                 failures, table.limit)
         server.auth_failures += 1
+        await asyncio.sleep(AUTH_FAILURE_DELAY)  # SEC-8: guessing slowed
         if server.auth_failures >= MAX_AUTH_FAILURES and server.transport is not None:
             server.loop.call_later(0.5, server.transport.close)  # SEC-8: rate limit
         return AuthResult(success=False, handled=False, message=INVALID)

@@ -25,6 +25,7 @@ from mxroute.errors import SpoolError
 from mxroute.relay.envelope import Recipient
 from mxroute.relay.intake import clientname
 from mxroute.relay.intake.auth import Credentials
+from mxroute.relay.intake.caps import AuthFailures
 from mxroute.relay.intake.params import (
     Reply,
     check_content,
@@ -64,6 +65,8 @@ class Intake:
         self.sender_check = SenderCheck(resolver)  # SPF-13, per null_mx_sender
         self.networks = settings.networks()
         self.credentials = Credentials.from_file(settings.auth_credentials_file)
+        self.auth_failures = AuthFailures(settings.max_auth_failures_per_ip,
+                                          settings.auth_failure_window)  # SEC-8, issue 21
         self.dkim = IntakeSigning.load(settings)  # DKIM keys read and checked (ConfigError)
         self.sessions: set[RelaySMTP] = set()
         # open sessions per client address
@@ -78,15 +81,16 @@ class Intake:
 
     # -- factory --
     def tls_context(self, settings: Settings | None = None) -> ssl.SSLContext | None:
-        """The server context for ``settings``' certificate (None without one): TLS 1.2 and
-        up, Python's default suites (forward-secret, no NULL, EXPORT, RC4, 3DES or anonymous).
+        """The server context for ``settings``' certificate (None without one): TLS
+        ``tls_min_version`` (1.2 or 1.3) and up, Python's default suites (forward-secret, no
+        NULL, EXPORT, RC4, 3DES or anonymous).
         A handshake on an implicit-TLS listener switches to the context current at that moment
         (``_current_tls``), so a reload's new certificate reaches port 465 too."""
         settings = settings or self.settings
         if not settings.tls_cert_file or not settings.tls_key_file:
             return None
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.minimum_version = ssl.TLSVersion[settings.tls_min_version.replace(".", "_")]
         context.load_cert_chain(str(settings.tls_cert_file), str(settings.tls_key_file))
         context.sni_callback = self._current_tls
         return context
@@ -110,6 +114,8 @@ class Intake:
         context = self.tls_context(settings)
         self.settings, self.networks, self.dkim = settings, settings.networks(), dkim
         self.credentials, self._tls = credentials, context
+        self.auth_failures.configure(settings.max_auth_failures_per_ip,
+                                     settings.auth_failure_window)
         if resolver is not None:
             self.resolver, self.sender_check = resolver, SenderCheck(resolver)
 
@@ -337,6 +343,7 @@ class Intake:
         self.on_queued(meta)
         self.on_author(meta.sender, content)  # DMARC self-check (issue 14)
         server.errors = 0  # a client that delivers mail is not an error loop (SEC-10)
+        server.caps.transaction_done()  # nor a junk-command loop (issue 21)
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
     async def shutdown(self, grace: float) -> None:

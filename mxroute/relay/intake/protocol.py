@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import re
+import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session, TLSSetupException
@@ -29,6 +32,7 @@ from aiosmtpd.smtp import Envelope as SMTPEnvelope
 from mxroute.address import Address
 from mxroute.relay.envelope import Recipient
 from mxroute.relay.intake import clientname
+from mxroute.relay.intake.caps import AUTH_TOO_MANY, SessionCaps
 from mxroute.relay.intake.params import Reply, split_path
 from mxroute.text import safe_text
 
@@ -133,6 +137,29 @@ class RelaySMTP(SMTP):
         self.rdns: asyncio.Task[str] | None = None  # the client's verified name (issue 15 C5)
         self.auth_failures = 0
         self.errors = 0  # 5xx replies since the last accepted message (SEC-10)
+        settings = intake.settings
+        self.caps = SessionCaps(time.monotonic(), settings.max_session_seconds,
+                                settings.junk_command_limit)  # issue 21
+        self._smtp_methods = {name: self._capped(name, method)
+                              for name, method in self._smtp_methods.items()}
+
+    def _capped(self, command: str, method: Callable[[str | None], Awaitable[None]],
+                ) -> Callable[[str | None], Awaitable[None]]:
+        """``method`` behind the session caps (issue 21: SEC-10's session duration and
+        commands without a transaction): past one, ``421 4.7.0`` and the close."""
+
+        @functools.wraps(method)  # keeps aiosmtpd's HELP syntax attributes
+        async def run(arg: str | None) -> None:
+            refusal = self.caps.refusal(command, time.monotonic())
+            if refusal is None:
+                await method(arg)
+                return
+            log.info("session closed: client=%s: %s", self.client_ip or "unknown", refusal[10:])
+            await self.push(refusal)
+            if self.transport is not None:
+                self.transport.close()
+
+        return run
 
     def _create_envelope(self) -> RelayEnvelope:
         return RelayEnvelope()
@@ -228,6 +255,13 @@ class RelaySMTP(SMTP):
         if self.envelope is not None and self.env().has_mail:
             # RFC 4954 §4
             await self.push("503 5.5.1 AUTH not permitted during a mail transaction")
+            return
+        ip = peer_ip(self.session) if self.session else "unknown"  # as Credentials.check
+        if self.intake.auth_failures.blocked(ip, time.monotonic()):  # SEC-8, issue 21
+            log.info("auth refused: client=%s: too many failed attempts", ip)
+            await self.push(AUTH_TOO_MANY)
+            if self.transport is not None:
+                self.transport.close()
             return
         await super().smtp_AUTH(arg)
 

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from mxroute.errors import SpoolError
+from mxroute.errors import ConfigError, SpoolError
 from mxroute.relay.spool.format import (
     QUEUE_ID,
     CorruptFile,
@@ -47,6 +47,19 @@ log = logging.getLogger(__name__)
 FRESH_BYTES = 32 << 20  # message bytes kept in memory between intake and the first delivery attempt
 FRESH_COUNT = 20000
 TEMP_MAX_AGE = 86400.0  # DUR-5: temp files older than a day are removed (qmail: 36 h)
+
+
+def unsafe_spool_dir(mode: int, owner: int, user: int) -> str | None:
+    """Why a spool directory of ``mode`` owned by uid ``owner`` is unsafe for the service user
+    ``user`` (DUR-3, issue 21), or None: writable by group or others, or another user's."""
+    if mode & 0o022:
+        return (f"is writable by {'others' if mode & 0o002 else 'its group'} (mode "
+                f"{mode & 0o777:o}); it must be 700 and owned by the service user: "
+                "chmod 700 it and check what it holds")
+    if owner != user:
+        return (f"is owned by uid {owner}, not by the service user (uid {user}); "
+                "chown it to the service user")
+    return None
 
 
 class _GroupSync:
@@ -124,25 +137,30 @@ class Spool:
 
     # --- set-up and recovery ---
     def prepare(self) -> None:
-        """Create the directories 0700; never run on a spool others can read (DUR-3).
+        """Create the directories 0700, ours; never run on a spool others can read (DUR-3).
 
-        A directory we own but others can read (e.g. made by ``mkdir`` under umask
-        022) is tightened to 0700 with a log line; one we cannot tighten is refused.
+        A directory we own that others can only read (e.g. made by ``mkdir`` under umask
+        022) is tightened to 0700 with a log line. One that group or others can write (they
+        could plant or swap queue files) or that another user owns is refused (ConfigError,
+        exit 78): a spool that was open so may already hold such files (issue 21).
         """
         for path in (self.root, self.queue_dir, self.tmp_dir, self.corrupt_dir):
             try:
                 path.mkdir(mode=0o700, parents=True, exist_ok=True)
                 st = path.stat()
-                mode = st.st_mode & 0o777
-                if mode & 0o077 and st.st_uid == os.geteuid():
-                    path.chmod(0o700)
-                    log.warning("spool directory %s was mode %o; made it 700", path, mode)
-                    mode = path.stat().st_mode & 0o777
             except OSError as exc:
                 raise SpoolError(f"cannot prepare spool directory {path}: {exc.strerror}") from None
+            problem = unsafe_spool_dir(st.st_mode, st.st_uid, os.geteuid())
+            if problem is not None:
+                raise ConfigError(f"setting spool_dir: {path} {problem}")
+            mode = st.st_mode & 0o777
             if mode & 0o077:
-                raise SpoolError(f"spool directory {path} is accessible to others "
-                                 f"(mode {mode:o}); chmod 700 it")
+                try:
+                    path.chmod(0o700)
+                except OSError as exc:
+                    raise SpoolError(f"cannot chmod 700 spool directory {path}: "
+                                     f"{exc.strerror}") from None
+                log.warning("spool directory %s was mode %o; made it 700", path, mode)
 
     def clean_temp(self, max_age: float = TEMP_MAX_AGE) -> list[str]:
         """Remove temp files older than ``max_age`` seconds: intakes that never got a 250

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from mxroute.errors import SpoolError
+from mxroute.errors import ConfigError, SpoolError
 from mxroute.relay.spool.format import (
     BOUNCED,
     DELIVERED,
@@ -28,7 +28,7 @@ from mxroute.relay.spool.format import (
     frame,
     new_queue_id,
 )
-from mxroute.relay.spool.store import Spool
+from mxroute.relay.spool.store import Spool, unsafe_spool_dir
 
 MESSAGE = b"Subject: hi\r\n\r\nbody\r\n.leading dot\r\n"
 
@@ -209,13 +209,29 @@ def test_spool_dirs_are_private_and_open_spool_is_refused(tmp_path: Path, spool:
 def test_spool_that_cannot_be_made_private_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """DUR-3: a world-readable spool owned by someone else is refused at start-up."""
+    """DUR-3: a spool owned by someone else is refused at start-up (issue 21: exit 78)."""
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     foreign.chmod(0o755)
     monkeypatch.setattr(os, "geteuid", lambda: 123456)  # not the owner
-    with pytest.raises(SpoolError, match="accessible to others"):
+    with pytest.raises(ConfigError, match="not by the service user") as caught:
         Spool(foreign).prepare()
+    assert caught.value.exit_code == 78
+
+
+@pytest.mark.parametrize(("mode", "owner", "word"), [
+    (0o777, 0, "others"), (0o703, 0, "others"), (0o770, 0, "its group"), (0o720, 0, "its group"),
+    (0o700, 5, "uid 5"),
+])
+def test_unsafe_spool_dir_names_the_problem(mode: int, owner: int, word: str) -> None:
+    """DUR-3, issue 21: writable by group or others, or another user's: refused, saying which."""
+    assert word in (unsafe_spool_dir(0o40000 | mode, owner, 0) or "")
+
+
+@pytest.mark.parametrize("mode", [0o700, 0o750, 0o755, 0o711])
+def test_a_spool_others_can_only_read_is_not_unsafe(mode: int) -> None:
+    """DUR-3, issue 21: readable only: tightened by prepare(), not refused."""
+    assert unsafe_spool_dir(mode, 7, 7) is None
 
 
 def test_queue_ids_are_unique_and_sortable_even_with_a_stuck_clock() -> None:

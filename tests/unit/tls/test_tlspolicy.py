@@ -175,3 +175,35 @@ def test_exp3_probe_verdict(level: str, exchange: str, offered: bool, error: str
     got = probe_verdict(TlsPolicy(level), "H", exchange, offered=offered, error=error,  # type: ignore[arg-type]
                         verification=verification)
     assert got[0] is ok and got[1].startswith(starts), got
+
+
+def test_issue21_contexts_per_level_and_their_minimum_versions() -> None:
+    """Issue 21 (Postfix's split): TLS 1.2 at least where a policy demands TLS (encrypt,
+    verify, DANE-EE), any version this OpenSSL speaks for opportunistic ``may``."""
+    import ssl
+
+    from mxroute.tls.contexts import Contexts
+
+    contexts = Contexts()
+    may = contexts.for_host(TlsPolicy(level="may"), "mx.example", None)
+    encrypt = contexts.for_host(TlsPolicy(level="encrypt"), "mx.example", None)
+    verify = contexts.for_host(TlsPolicy(level="verify"), "mx.example", None)
+    assert may is contexts.opportunistic and encrypt is contexts.mandatory
+    assert may.minimum_version == ssl.TLSVersion.MINIMUM_SUPPORTED
+    assert encrypt.minimum_version == verify.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert encrypt.verify_mode == ssl.CERT_NONE and verify.verify_mode == ssl.CERT_REQUIRED
+    # an MTA-STS testing audit of a "may" host verifies, at TLS 1.2
+    audited = contexts.for_host(TlsPolicy(level="may"), "mx.example", None, audited=True)
+    assert audited.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+@pytest.mark.parametrize("value", ["TLSv1.1", "TLSv1", "1.2", "tlsv1.3"])
+def test_issue21_tls_min_version_takes_only_12_or_13(tmp_path: Path, value: str) -> None:
+    """Issue 21: ``tls_min_version`` is "TLSv1.2" (default) or "TLSv1.3"; anything else is a
+    ConfigError naming the setting (exit 78)."""
+    assert load_settings(str(_toml(tmp_path, ""))).tls_min_version == "TLSv1.2"
+    assert load_settings(str(_toml(tmp_path, 'tls_min_version = "TLSv1.3"'))).tls_min_version \
+        == "TLSv1.3"
+    with pytest.raises(ConfigError, match="tls_min_version") as caught:
+        load_settings(str(_toml(tmp_path, f'tls_min_version = "{value}"')))
+    assert caught.value.exit_code == 78
