@@ -98,6 +98,7 @@ class Recovered:
     corrupt: set[str]
     logged: set[str]
     temp: int
+    held: set[str] = field(default_factory=set)
 
 
 def recover(root: Path, settings: Any) -> Recovered:
@@ -118,7 +119,10 @@ def recover(root: Path, settings: Any) -> Recovered:
         QueueManager(settings, spool, None, None).recover()  # type: ignore[arg-type]
         pending: dict[str, set[str]] = {}
         owed: dict[str, set[str]] = {}
+        held: set[str] = set()
         for meta in spool.scan():
+            if meta.held:
+                held.add(meta.queue_id)
             pending[meta.queue_id] = {r.address.lower() for r in meta.recipients
                                       if r.state == PENDING}
             origin = meta.bounce_of or {}
@@ -130,7 +134,7 @@ def recover(root: Path, settings: Any) -> Recovered:
         logger.removeHandler(handler)
         logger.setLevel(level)
     corrupt = {p.name for p in (root / "corrupt").iterdir()}
-    return Recovered(pending, owed, corrupt, handler.ids, len(os.listdir(root / "tmp")))
+    return Recovered(pending, owed, corrupt, handler.ids, len(os.listdir(root / "tmp")), held)
 
 
 def settings_for(root: Path) -> Any:
@@ -150,6 +154,8 @@ class Explorer:
         self.settings = settings_for(scratch / "spool")
         self.report = Report()
         self._seen: set[Any] = set()
+        # (acknowledged recipients still queued, point, choice): states worth a real serve
+        self.busiest: list[tuple[int, int, Choice]] = []
 
     def run(self, *, max_points: int = 0, randoms: int = 4, seed: int = 21,
             stop_at_loss: bool = False) -> Report:
@@ -195,6 +201,9 @@ class Explorer:
         self.report.unlogged += len(got.corrupt - got.logged)
         self.report.temp_left += got.temp
         self._duplicates(k, now, got)
+        queued = sum(len(got.pending.get(q, ())) for q in acked)
+        if queued:
+            self.busiest.append((queued, k, choice))
         return got
 
     def _lost(self, acked: dict[str, float], now: float, got: Recovered) -> list[str]:
@@ -239,6 +248,20 @@ class Explorer:
         return found
 
 
+def sample(explorer: Explorer, count: int) -> list[Choice]:
+    """``count`` states for a real ``serve``: the busiest at distinct crash points, spread over
+    the trace (deterministic)."""
+    best: dict[int, tuple[int, Choice]] = {}
+    for queued, k, choice in explorer.busiest:
+        if k not in best or queued > best[k][0]:
+            best[k] = (queued, choice)
+    ranked = sorted(best.items(), key=lambda item: (-item[1][0], item[0]))
+    if not ranked:
+        return []
+    step = max(1, len(ranked) // count)
+    return [choice for _, (_, choice) in ranked[::step][:count]]
+
+
 def drop_file_fsync(op: Op) -> bool:
     """The switch: a new queue file's fsync before its rename never happened."""
     return op.kind == "fsync" and op.path.startswith("tmp/")
@@ -255,5 +278,5 @@ def explore(rec: Recording, scratch: Path, drop: Callable[[Op], bool] | None = N
     return Explorer(rec, scratch, ops).run(**kw)
 
 
-__all__ = ["Explorer", "Finding", "Recovered", "Report", "drop_dir_fsync", "drop_file_fsync",
+__all__ = ["sample", "Explorer", "Finding", "Recovered", "Report", "drop_dir_fsync", "drop_file_fsync",
            "explore", "recover", "settings_for", "write_disk"]

@@ -197,4 +197,36 @@ def _recipients(trace: Trace) -> dict[str, list[str]]:
     return found
 
 
-__all__ = ["LIFETIME", "NET", "RELAY_HOST", "Recording", "have_strace", "record", "zone"]
+def serve_state(files: Path, tmp: Path, dns: DNSServer, expect: dict[str, set[str]],
+                held: set[str]) -> tuple[set[str], str]:
+    """Start the real ``serve`` on a materialized spool (``files``: its directory) against one
+    accepting sink for every domain; wait (bounded) until ``expect``'s recipients (queue ID ->
+    pending recipients, as in-process recovery found them) are delivered or notified and the
+    queue holds only the ``held`` messages. The recipients that never arrived, and the log."""
+    port = free_port(f"{NET}.1")
+    sink = Sink(f"{NET}.1", port)
+    sink.start()
+    zone(dns, {name: f"{NET}.1" for name in ("ok", "slow", "bad", "sender")})
+    tmp.mkdir(parents=True, exist_ok=True)
+    relay = Relay(tmp, dns, port, host=RELAY_HOST)
+    shutil.copytree(files, relay.spool)
+    wanted = {r for rcpts in expect.values() for r in rcpts}
+
+    def arrived() -> set[str]:
+        got = {r.lower() for m in sink.messages for r in m.rcpt_to}
+        got |= {f.decode().lower() for m in sink.messages for f in FINAL.findall(m.data or b"")}
+        return got
+
+    try:
+        relay.start()
+        wait_for(lambda: wanted <= arrived() and set(relay.queued()) <= held, timeout=30)
+        missing = wanted - arrived()
+        relay.terminate()
+    finally:
+        relay.kill()
+        sink.stop()
+    return missing, relay.log()
+
+
+__all__ = ["LIFETIME", "NET", "RELAY_HOST", "Recording", "have_strace", "record", "serve_state",
+           "zone"]
