@@ -186,7 +186,7 @@ class Explorer:
         self.report.states += 1
         try:
             got = recover(root, self.settings)
-        except Exception as exc:  # recovery must never crash: count and show it
+        except Exception as exc:  # noqa: BLE001 -- recovery must never crash: count, show it
             self.report.recovery_crashes += 1
             self.report.crashes.append(f"point {k}: {exc!r}")
             return None
@@ -278,5 +278,16 @@ def explore(rec: Recording, scratch: Path, drop: Callable[[Op], bool] | None = N
     return Explorer(rec, scratch, ops).run(**kw)
 
 
-__all__ = ["sample", "Explorer", "Finding", "Recovered", "Report", "drop_dir_fsync", "drop_file_fsync",
-           "explore", "recover", "settings_for", "write_disk"]
+__all__ = [
+    "Explorer",
+    "Finding",
+    "Recovered",
+    "Report",
+    "drop_dir_fsync",
+    "drop_file_fsync",
+    "explore",
+    "recover",
+    "sample",
+    "settings_for",
+    "write_disk",
+]

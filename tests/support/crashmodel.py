@@ -261,4 +261,4 @@ def _apply(content: bytearray, e: Event, tail: str) -> None:
     content[e.offset : e.offset + len(data)] = data
 
 
-__all__ = ["Choice", "Disk", "Event", "Op", "TAILS", "Trace", "parent", "without"]
+__all__ = ["TAILS", "Choice", "Disk", "Event", "Op", "Trace", "parent", "without"]

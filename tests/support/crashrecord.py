@@ -19,7 +19,6 @@ import re
 import shutil
 import signal
 import smtplib
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
