@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from mxroute.service.worker import SETTLE_SECONDS
 from tests.faults.conftest import skip_or_fail
 from tests.support.crashexplore import (
     Explorer,
@@ -36,8 +38,18 @@ from tests.support.crashexplore import (
     write_disk,
 )
 from tests.support.crashmodel import Choice, Trace
-from tests.support.crashrecord import NET, Recording, have_strace, record, serve_state
+from tests.support.crashrecord import (
+    NET,
+    RELAY_HOST,
+    Recording,
+    have_strace,
+    record,
+    serve_state,
+    zone,
+)
 from tests.support.dnsserver import DNSServer
+from tests.support.relay import Relay, delivery_pid, free_port
+from tests.support.smtpsink import Sink
 
 pytestmark = pytest.mark.slow
 
@@ -152,3 +164,52 @@ def test_regression_serve_removes_temporary_files_left_by_a_crash(
     assert temp and missing == set()
     assert all(f"removed stale temporary file {name}" in log for name in temp), log[-2000:]
     assert not list((tmp_path / "serve" / "spool" / "tmp").iterdir())
+
+
+def _state_inside_the_commit_window(trace: Trace) -> tuple[Choice, str]:
+    """The explorer's state right after a new message's rename into queue/, before the directory
+    fsync that commits it (everything persisted): the file is there, not yet acknowledged."""
+    for e in trace.events:
+        if e.op.kind == "rename" and e.op.dst.startswith("queue/"):
+            choice = trace.choices(e.index + 1, random.Random(21), 0)[0]
+            if e.op.dst in trace.materialize(choice).files:
+                return choice, e.op.dst
+    raise AssertionError("the recording has no rename into queue/")
+
+
+def test_regression_restarted_delivery_process_leaves_an_uncommitted_file_alone(
+        recording: Recording, tmp_path: Path, dns: DNSServer) -> None:
+    """Issue 21 (DUR-3, DUR-5): a delivery process restarted while the intake runs used to take
+    every file in queue/ at once, one inside its rename -> directory-fsync window too: delivered
+    although the fsync may still fail (the intake then removes the file and answers 451, the
+    client sends again: two copies) or the power go (never acknowledged). Now its recovery leaves
+    files younger than SETTLE_SECONDS for later, and the intake resends the IDs it committed
+    meanwhile. Here: the window's file appears, the delivery process is killed and restarted, the
+    file is then removed as the intake does when its fsync fails: nothing is delivered."""
+    trace = recording.trace()
+    choice, name = _state_inside_the_commit_window(trace)
+    data = trace.materialize(choice).files[name]
+    port = free_port(f"{NET}.1")
+    sink = Sink(f"{NET}.1", port)
+    sink.start()
+    zone(dns, {n: f"{NET}.1" for n in ("ok", "slow", "bad", "sender")})
+    relay = Relay(tmp_path, dns, port, host=RELAY_HOST)
+    try:
+        relay.start()
+        assert relay.proc is not None
+        first = delivery_pid(relay.proc.pid)
+        temp = relay.spool / "tmp" / "window.tmp"
+        temp.write_bytes(data)
+        os.replace(temp, relay.spool / name)  # renamed; its directory fsync not yet done
+        os.kill(first, signal.SIGKILL)
+        delivery_pid(relay.proc.pid, other_than=first)
+        relay.logged("restarting it (1/5", "recovery: 1 message(s) queued")
+        os.unlink(relay.spool / name)  # the fsync failed: the intake removes it, answers 451
+        queue_id = name.split("/", 1)[1]
+        log = relay.logged(f"{queue_id}: removed from the queue", timeout=SETTLE_SECONDS + 10)
+        assert f"{queue_id}: removed from the queue" in log, log[-3000:]
+        assert sink.messages == [], "a message never committed was delivered"
+        assert relay.terminate() == 0
+    finally:
+        relay.kill()
+        sink.stop()

@@ -77,6 +77,36 @@ def wait_for_text(read: Callable[[], str], texts: tuple[str, ...], timeout: floa
     return last[0]
 
 
+# --- the delivery process of a running serve ----------------------------------------------------
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux /proc)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(word) for word in text.split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def delivery_pid(relay_pid: int, other_than: int | None = None) -> int:
+    """The delivery process of the serve ``relay_pid`` (not ``other_than``), waited for."""
+    found = wait_for(
+        lambda: [p for p in children(relay_pid) if p != other_than and alive(p)], timeout=15
+    )
+    assert found, "no delivery process"
+    (pid,) = found
+    return pid
+
+
 # --- SMTP sinks: tests/support/smtpsink.py, all on the relay's smtp_port --------------------------
 
 
