@@ -193,22 +193,12 @@ class QueueManager:
 
     def recover(self, settle: float = 0.0) -> int:
         """Start-up scan: schedule everything (DUR-7), finish interrupted bounces (DSN-12), drop
-        what is done.
-
-        One message at a time: only the schedule (ID and due time) stays in memory. A
-        bounce's original is read again for the fix-up (bounces in flight at a crash are few).
-        ``settle`` (a delivery process restarted while the intake runs): a file changed in the
-        last ``settle`` seconds may be between its rename and the directory fsync, not yet
-        acknowledged and removed again if that fsync fails (DUR-3; issue 21): it is tried
-        ``settle`` seconds from now, as a rescan would, never at once.
-        """
+        what is done. ``settle`` (issue 21, restarted while the intake runs): a file that young may
+        be inside its rename -> directory fsync window (DUR-3): tried ``settle`` s from now."""
+        young = self.spool.young(settle)  # one listing; empty without ``settle``
         corrupt: list[str] = []
-        origins: list[tuple[str, dict[str, Any]]] = []  # (DSN id, its bounce_of)
         finished: list[str] = []
-        young: set[str] = set()
-        if settle > 0:
-            listed = self.spool.ids()
-            young = set(listed) - set(self.spool.settled(listed, settle))
+        origins: list[tuple[str, dict[str, Any]]] = []  # (DSN id, its bounce_of)
         for meta in self.spool.recover_iter(corrupt):
             if meta.bounce_of and meta.bounce_of.get("queue_id"):
                 origins.append((meta.queue_id, meta.bounce_of))

@@ -185,6 +185,13 @@ class Spool:
                 continue
         return found
 
+    def young(self, seconds: float) -> set[str]:
+        """The committed-looking IDs whose file changed in the last ``seconds`` (none for 0)."""
+        if seconds <= 0:
+            return set()
+        listed = self.ids()
+        return set(listed) - set(self.settled(listed, seconds))
+
     def recover(self) -> tuple[list[MessageMeta], list[str]]:
         """Scan ``queue/``: the valid messages, and the IDs moved to ``corrupt/`` (DUR-2, DUR-7).
 
