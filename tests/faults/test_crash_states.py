@@ -42,9 +42,9 @@ from tests.support.crashrecord import (
     NET,
     RELAY_HOST,
     Recording,
-    have_strace,
     record,
     serve_state,
+    strace_problem,
     zone,
 )
 from tests.support.dnsserver import DNSServer
@@ -67,8 +67,9 @@ def dns() -> Iterator[DNSServer]:
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory: pytest.TempPathFactory, dns: DNSServer) -> Recording:
     """One recorded run of serve under strace, shared by this module's tests."""
-    if have_strace() is None:
-        skip_or_fail("strace is not installed (apt-get install strace)")
+    problem = strace_problem()
+    if problem is not None:
+        skip_or_fail(problem)
     return record(tmp_path_factory.mktemp("record"), dns)
 
 

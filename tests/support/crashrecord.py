@@ -19,6 +19,7 @@ import re
 import shutil
 import signal
 import smtplib
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,8 +40,15 @@ FINAL = re.compile(rb"(?im)^Final-Recipient:\s*rfc822;\s*(\S+)")
 QUEUED = re.compile(r"queued as ([0-9A-Za-z]+)")
 
 
-def have_strace() -> str | None:
-    return shutil.which("strace")
+def strace_problem() -> str | None:
+    """Why strace cannot trace here (not installed, ptrace refused), or None."""
+    if shutil.which("strace") is None:
+        return "strace is not installed (apt-get install strace)"
+    done = subprocess.run(["strace", "-f", "-qq", "-e", "trace=fsync", "true"],
+                          capture_output=True, text=True, timeout=30, check=False)
+    if done.returncode != 0:
+        return f"strace cannot trace here: {done.stderr.strip()[:200]}"
+    return None
 
 
 @dataclass
@@ -227,5 +235,13 @@ def serve_state(files: Path, tmp: Path, dns: DNSServer, expect: dict[str, set[st
     return missing, relay.log()
 
 
-__all__ = ["LIFETIME", "NET", "RELAY_HOST", "Recording", "have_strace", "record", "serve_state",
-           "zone"]
+__all__ = [
+    "LIFETIME",
+    "NET",
+    "RELAY_HOST",
+    "Recording",
+    "record",
+    "serve_state",
+    "strace_problem",
+    "zone",
+]
