@@ -250,7 +250,9 @@ async def _main(settings: Settings, loader: Loader) -> int:
     # process inherits the descriptor (one lock for both); the kernel frees it on any death
     owner = SpoolLock(settings.spool_dir)
     lock_fd = owner.acquire()
-    for name in spool.clean_temp():
+    # issue 21: under the lock no intake is writing, so every temporary file is a dead one's
+    # (never acknowledged): all go, not only those older than a day
+    for name in spool.clean_temp(max_age=0.0):
         log.info("removed stale temporary file %s (an intake that never got its 250)", name)
     if settings.delivery_processes:  # mxroute/service/worker.py in a process of its own
         link: LocalLink | ChildLink = ChildLink(settings, lock_fd)

@@ -50,6 +50,9 @@ RESTART_WINDOW = 60.0
 PIPE_LIMIT = 4 << 20  # bytes of IDs buffered for a busy child before they are dropped, rescanned
 ASK_TIMEOUT = 2.0  # seconds for a snapshot answer
 RELOAD_TIMEOUT = 10.0
+# worker.SETTLE_SECONDS (not imported: the worker's imports stay out of the intake process): a
+# restarted child leaves files this young for later, so the IDs committed in it are resent
+RECENT_SECONDS = 10.0
 _CHILD_ENV_DROP = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
                    "LISTEN_FDNAMES")
 _CHILD_COMMAND = "from mxroute.service.worker import child_main; child_main()"
@@ -143,6 +146,7 @@ class ChildLink:
         self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._asked = 0
         self._ids: list[bytes] = []
+        self._recent: deque[tuple[float, bytes]] = deque()  # (when, ID line) committed lately
         self._flushing = False
         self._dropped = False
         self._stopping = False
@@ -151,7 +155,9 @@ class ChildLink:
         self._supervisor: asyncio.Task[None] | None = None
 
     # --- process ---
-    async def _spawn(self) -> None:
+    async def _spawn(self, restart: bool = False) -> None:
+        """Start a child; ``restart``: the intake is already taking mail (the child's recovery
+        then leaves files that may not be committed yet for a moment: worker.SETTLE_SECONDS)."""
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = {k: v for k, v in os.environ.items() if k not in _CHILD_ENV_DROP}
@@ -168,8 +174,13 @@ class ChildLink:
         self._ready = loop.create_future()
         ours.setblocking(False)
         _, self._lines = await loop.create_unix_connection(lambda: Lines(self._on_line), sock=ours)
-        self._lines.send({"op": "settings", "settings": encode_settings(self.settings)})
+        self._lines.send({"op": "settings", "settings": encode_settings(self.settings),
+                          "restart": restart})
         self._ids.clear()  # a new child recovers from the spool: nothing older needs sending
+        transport = self._lines.transport
+        if restart and transport is not None:  # ... but leaves the youngest files for later:
+            self._forget_recent()  # those committed go now
+            transport.write(b"".join(line for _, line in self._recent))
         self._dropped = False
 
     async def start(self) -> None:
@@ -225,7 +236,7 @@ class ChildLink:
                       "restarting it (%d/%d within %.0fs)",
                       code, len(self._restarts), MAX_RESTARTS, RESTART_WINDOW)
             try:
-                await self._spawn()
+                await self._spawn(restart=True)
                 await self._wait_ready()
             except Exception as exc:  # noqa: BLE001 - counted as one more failure on the next turn
                 log.error("delivery process restart failed: %s", exc)
@@ -260,10 +271,18 @@ class ChildLink:
 
     def queued(self, meta: MessageMeta) -> None:
         """A message is committed (fsync'd): tell the child, batched per loop turn, never waits."""
-        self._ids.append(meta.queue_id.encode("ascii") + b"\n")
+        line = meta.queue_id.encode("ascii") + b"\n"
+        self._ids.append(line)
+        self._recent.append((self.clock(), line))
+        self._forget_recent()
         if not self._flushing:
             self._flushing = True
             asyncio.get_running_loop().call_soon(self._flush)
+
+    def _forget_recent(self) -> None:
+        limit = self.clock() - RECENT_SECONDS
+        while self._recent and self._recent[0][0] < limit:
+            self._recent.popleft()
 
     def _flush(self) -> None:
         self._flushing = False

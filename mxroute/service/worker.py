@@ -86,8 +86,9 @@ class Delivery:
                             forget_hosts=self.queue.courier.forget_unreachable)
         self.control = ControlServer(spool.root, operator, self.courier.hosts)
 
-    def recover(self) -> int:
-        return self.queue.recover()
+    def recover(self, settle: float = 0.0) -> int:
+        """The queue's start-up recovery; ``settle``: see ``QueueManager.recover``."""
+        return self.queue.recover(settle)
 
     async def start(self) -> None:
         """Deliver, and answer ``mxroute queue`` on the control socket."""
@@ -194,7 +195,8 @@ def child_main() -> None:
             os._exit(0)
         first += chunk
     line, _, rest = first.partition(b"\n")
-    settings = decode_settings(json.loads(line)["settings"])
+    hello = json.loads(line)
+    settings = decode_settings(hello["settings"])
     setup_logging(settings.log_level)
     try:
         import uvloop
@@ -204,7 +206,7 @@ def child_main() -> None:
         runner = asyncio.run
     code = 0
     try:
-        code = int(runner(_child(settings, sock, rest)))
+        code = int(runner(_child(settings, sock, rest, bool(hello.get("restart")))))
     except MxrouteError as exc:  # e.g. a damaged suspended.json: one line naming it
         log.error("delivery process cannot start: %s", exc.message)
         code = exc.exit_code or 70
@@ -217,11 +219,13 @@ def child_main() -> None:
     os._exit(code)
 
 
-async def _child(settings: Settings, sock: socket.socket, rest: bytes) -> int:
+async def _child(settings: Settings, sock: socket.socket, rest: bytes, restart: bool) -> int:
+    """``restart``: the intake is already taking mail (a restarted delivery process): its newest
+    files may not be committed yet, so recovery leaves them for ``SETTLE_SECONDS`` (issue 21)."""
     loop = asyncio.get_running_loop()
     spool = Spool(settings.spool_dir)
     delivery = Delivery(settings, spool)
-    delivery.recover()
+    delivery.recover(SETTLE_SECONDS if restart else 0.0)
     stop = asyncio.Event()
     grace = [0.0]  # EOF (the parent is gone): stop at once
     reply_to: list[int] = []

@@ -77,6 +77,36 @@ def wait_for_text(read: Callable[[], str], texts: tuple[str, ...], timeout: floa
     return last[0]
 
 
+# --- the delivery process of a running serve ----------------------------------------------------
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux /proc)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(word) for word in text.split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def delivery_pid(relay_pid: int, other_than: int | None = None) -> int:
+    """The delivery process of the serve ``relay_pid`` (not ``other_than``), waited for."""
+    found = wait_for(
+        lambda: [p for p in children(relay_pid) if p != other_than and alive(p)], timeout=15
+    )
+    assert found, "no delivery process"
+    (pid,) = found
+    return pid
+
+
 # --- SMTP sinks: tests/support/smtpsink.py, all on the relay's smtp_port --------------------------
 
 
@@ -95,14 +125,16 @@ class Relay:
     """``python -m mxroute serve`` as a subprocess, configured by environment only."""
 
     def __init__(self, tmp: Path, dns: DNSServer, smtp_port: int, port: int | None = None,
-                 **settings: Any) -> None:
+                 host: str = "127.0.0.1", **settings: Any) -> None:
         # where start() waits for the greeting: the first of ``listen`` when a test sets it
-        self.port = port or free_port()
+        self.host = host
+        self.port = port or free_port(host)
+        self.wrap: list[str] = []  # a command ``serve`` runs under (issue 21: strace)
         self.spool = tmp / "spool"
         self.log_path = tmp / "relay.log"
         self.env = service_env()
         values: dict[str, Any] = {
-            "listen": [f"127.0.0.1:{self.port}"],
+            "listen": [f"{host}:{self.port}"],
             "spool_dir": str(self.spool),
             "dns_servers": [dns.address],
             "smtp_port": smtp_port,
@@ -125,7 +157,7 @@ class Relay:
         ``stdout``) and wait, bounded, for its banner."""
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mxroute", "serve"],
+                [*self.wrap, sys.executable, "-m", "mxroute", "serve"],
                 cwd=ROOT,
                 env=self.env,
                 stdout=log if stdout is None else stdout,
@@ -141,7 +173,7 @@ class Relay:
         if self.proc.poll() is not None:
             pytest.fail(f"relay exited with {self.proc.returncode}:\n{self.log()}")
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+            with socket.create_connection((self.host, self.port), timeout=1) as sock:
                 return sock.recv(100).startswith(b"220")
         except OSError:
             return False
@@ -156,7 +188,7 @@ class Relay:
         return wait_for_text(self.log, texts, timeout)
 
     def client(self, source: str | None = None) -> smtplib.SMTP:
-        client = smtplib.SMTP("127.0.0.1", self.port, timeout=10,
+        client = smtplib.SMTP(self.host, self.port, timeout=10,
                               source_address=(source, 0) if source else None)
         client.ehlo("client.test")
         return client

@@ -89,6 +89,7 @@ class Transaction:
     data: bytes | None = None  # DATA as received (dot-stuffing removed), None if no data
     reply: str = ""  # the reply given after "."
     at: float = 0.0  # time.monotonic() when the data was answered (rates as upper bounds)
+    wall: float = 0.0  # time.time() just before that answer (issue 21: against strace's clock)
 
 
 @dataclass
@@ -616,7 +617,7 @@ class _Handler:
                 number = self.sink._queued
             reply = self.sink.ok("250", "2.0.0", f"Ok: queued as S{number}")
         transaction.reply = reply.split("\n")[-1]
-        transaction.at = time.monotonic()
+        transaction.at, transaction.wall = time.monotonic(), time.time()
         content = envelope.original_content
         transaction.data = content if isinstance(content, bytes) else (content or b"")
         server._transaction = None

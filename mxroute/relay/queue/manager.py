@@ -191,21 +191,21 @@ class QueueManager:
         self.timetable.schedule(queue_id, due)
         self._wake.set()
 
-    def recover(self) -> int:
+    def recover(self, settle: float = 0.0) -> int:
         """Start-up scan: schedule everything (DUR-7), finish interrupted bounces (DSN-12), drop
-        what is done.
-
-        One message at a time: only the schedule (ID and due time) stays in memory. A
-        bounce's original is read again for the fix-up (bounces in flight at a crash are few).
-        """
+        what is done. ``settle`` (issue 21, restarted while the intake runs): a file that young may
+        be inside its rename -> directory fsync window (DUR-3): tried ``settle`` s from now."""
+        young = self.spool.young(settle)  # one listing; empty without ``settle``
         corrupt: list[str] = []
-        origins: list[tuple[str, dict[str, Any]]] = []  # (DSN id, its bounce_of)
         finished: list[str] = []
+        origins: list[tuple[str, dict[str, Any]]] = []  # (DSN id, its bounce_of)
         for meta in self.spool.recover_iter(corrupt):
             if meta.bounce_of and meta.bounce_of.get("queue_id"):
                 origins.append((meta.queue_id, meta.bounce_of))
             if meta.done:
                 finished.append(meta.queue_id)
+            elif meta.queue_id in young:
+                self._schedule(meta.queue_id, self.clock() + settle)
             else:
                 self.add(meta)
         for dsn_id, origin in origins:

@@ -161,6 +161,13 @@ class Spool:
                     raise SpoolError(f"cannot chmod 700 spool directory {path}: "
                                      f"{exc.strerror}") from None
                 log.warning("spool directory %s was mode %o; made it 700", path, mode)
+        # issue 21: a directory's own entry is durable only once its parent is fsync'd; without
+        # this a power cut after the first start could take queue/ and every message with it
+        for path in (self.root.parent, self.root):
+            try:
+                _fsync_dir(path)
+            except OSError as exc:
+                raise SpoolError(f"cannot sync spool directory {path}: {exc.strerror}") from None
 
     def clean_temp(self, max_age: float = TEMP_MAX_AGE) -> list[str]:
         """Remove temp files older than ``max_age`` seconds: intakes that never got a 250
@@ -195,6 +202,13 @@ class Spool:
             except FileNotFoundError:
                 continue
         return found
+
+    def young(self, seconds: float) -> set[str]:
+        """The committed-looking IDs whose file changed in the last ``seconds`` (none for 0)."""
+        if seconds <= 0:
+            return set()
+        listed = self.ids()
+        return set(listed) - set(self.settled(listed, seconds))
 
     def recover(self) -> tuple[list[MessageMeta], list[str]]:
         """Scan ``queue/``: the valid messages, and the IDs moved to ``corrupt/`` (DUR-2, DUR-7).
@@ -393,11 +407,7 @@ class Spool:
             os.unlink(self.path(queue_id))
         except FileNotFoundError:
             return False
-        fd = os.open(self.queue_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_dir(self.queue_dir)
         return True
 
     def exists(self, queue_id: str) -> bool:
@@ -445,6 +455,14 @@ def _read_ahead(queue_dir: str, ids: list[str]) -> Iterator[tuple[str, bytes | O
             if index + READ_AHEAD_JOBS < len(chunks):
                 jobs.append(pool.submit(read, chunks[index + READ_AHEAD_JOBS]))
             yield from zip(chunk, results)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _truncate(path: Path, size: int) -> None:

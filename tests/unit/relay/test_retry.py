@@ -459,3 +459,23 @@ def test_due_recipients_bring_their_domains_other_pending_recipients() -> None:
     assert due_recipients([a, b, c], 99.0) == []
     assert due_recipients([a, b, c], 99.0, force=True) == [a, b, c]
     assert due_recipients([a, b, c], 150.0) == [a, b, c]
+
+
+def test_dur3_restarted_delivery_recovery_leaves_a_young_file_for_settle_seconds(
+        h: Harness) -> None:
+    """Issue 21 (DUR-3): a delivery process restarted while the intake runs recovers with
+    ``settle``: a file written in the last ``settle`` seconds may be inside its rename ->
+    directory fsync window, so it is tried only ``settle`` seconds later; a first start
+    (``settle`` 0) tries it at once."""
+    h.courier.will("a@x.test", (Disposition.DELIVERED, "2.0.0", "250 ok"))
+    h.courier.will("b@x.test", (Disposition.DELIVERED, "2.0.0", "250 ok"))
+    young = h.submit("s@y.test", "a@x.test")
+    h.qm = h.manager()
+    assert h.qm.recover(settle=10.0) == 1
+    assert h.run() == 0 and h.spool.exists(young)  # inside the window: not tried
+    h.now += 10.0
+    assert h.run() == 1 and not h.spool.exists(young)
+    other = h.submit("s@y.test", "b@x.test")
+    h.qm = h.manager()
+    assert h.qm.recover() == 1
+    assert h.run() == 1 and not h.spool.exists(other)
