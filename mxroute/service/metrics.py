@@ -19,12 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
@@ -62,7 +68,11 @@ class IntakeNumbers(Protocol):
 
 
 class DeliveryNumbers(Protocol):
-    """What the delivery side shows: its counters and sizes (``Delivery.snapshot()``'s shape)."""
+    """What the delivery side shows: its counters and sizes (``Delivery.snapshot()``'s shape),
+    and how often its process was restarted."""
+
+    @property
+    def restarts(self) -> int: ...
 
     async def snapshot(self) -> dict[str, Any]: ...
 
@@ -101,6 +111,10 @@ class _Collector:
         yield CounterMetricFamily("mxroute_messages_rejected",
                                   "RCPT or DATA refused by policy or content checks",
                                   value=intake.stats.get("rejected", 0))
+        yield CounterMetricFamily("mxroute_intake_storage_refusals",
+                                  "MAIL or DATA refused with 452 4.3.1: the spool's disk is "
+                                  "below min_free_space or full (DUR-4)",
+                                  value=intake.stats.get("storage_refusals", 0))
         outcomes = CounterMetricFamily("mxroute_recipients",
                                        "Recipient delivery outcomes: delivered; deferred "
                                        "(a temporary failure, retried later); "
@@ -125,6 +139,14 @@ class _Collector:
         for state in ("active", "due", "deferred", "held"):
             sizes.add_metric([state], d.get("sizes", {}).get(state, 0))
         yield sizes
+        oldest = d.get("oldest")
+        yield GaugeMetricFamily("mxroute_queue_oldest_message_age_seconds",
+                                "Age of the oldest message waiting for delivery (held ones "
+                                "aside); 0 when none waits",
+                                value=max(0.0, time.time() - oldest) if oldest else 0.0)
+        yield CounterMetricFamily("mxroute_delivery_process_restarts",
+                                  "Delivery processes restarted after an unexpected exit",
+                                  value=self.sources.delivery.restarts)
         yield GaugeMetricFamily("mxroute_smtp_connections",
                                 "Open SMTP client connections to the intake",
                                 value=len(intake.sessions))
@@ -170,6 +192,14 @@ class _Collector:
             for site, numbers in sites.items():
                 family.add_metric([site], numbers.get(key, 0))
             yield family
+        outcomes = CounterMetricFamily("mxroute_site_recipients",
+                                       "Recipient outcomes of delivery attempts per destination "
+                                       "site: delivered, deferred, bounced",
+                                       labels=["site", "outcome"])
+        for site, numbers in sites.items():
+            for outcome in ("delivered", "deferred", "bounced"):
+                outcomes.add_metric([site, outcome], numbers.get(outcome, 0))
+        yield outcomes
 
     def _dns(self) -> Iterator[Metric]:
         dns = self.snapshot.get("dns", {})
@@ -239,6 +269,8 @@ class Metrics:
     async def start(self, listen: str) -> None:
         """Listen on ``host:port``; MxrouteError (EX_OSERR) when the address cannot be bound."""
         self.registry.register(self._collector)
+        # process_*: this (the intake) process's memory, CPU and files, read from /proc at scrape
+        ProcessCollector(registry=self.registry)
         host, port = parse_hostport(listen, 9125)
         host = host.strip("[]")
         try:

@@ -32,7 +32,13 @@ from mxroute.relay.queue.settle import Next, Settlement, Timing, settle
 from mxroute.relay.queue.slots import Slots
 from mxroute.relay.queue.suspensions import Suspensions
 from mxroute.relay.queue.timetable import Timetable
-from mxroute.relay.spool.format import DELIVERED, CorruptFile, MessageMeta, RecipientState
+from mxroute.relay.spool.format import (
+    DELIVERED,
+    CorruptFile,
+    MessageMeta,
+    RecipientState,
+    queue_id_time,
+)
 from mxroute.relay.spool.store import Spool
 from mxroute.routing.plan import RoutingPolicy
 from mxroute.routing.route import Route, policy_from_settings, route
@@ -135,6 +141,12 @@ class QueueManager:
         due, later = self.timetable.count(self.clock())
         held = sum(1 for queue_id in self.held if self.timetable.knows(queue_id))
         return {"active": len(self._inflight), "due": due, "deferred": later - held, "held": held}
+
+    def oldest(self) -> float | None:
+        """When the oldest message waiting for delivery (scheduled or in flight; held ones
+        aside) arrived, from its queue ID (the metrics' queue age, issue 20), or None."""
+        waiting = (self.timetable.ids() | self._inflight.keys()) - self.held
+        return queue_id_time(min(waiting)) if waiting else None
 
     def busy(self, queue_id: str) -> bool:
         """Is ``queue_id`` being delivered now?"""
