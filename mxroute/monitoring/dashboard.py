@@ -31,10 +31,16 @@ def _panel(title: str, kind: str, unit: str, queries: list[tuple[str, str]],
             "options": {}, "targets": targets, **extra}
 
 
+RATE = f"[{RI}]"
+
+
 def _rows() -> list[tuple[str, list[dict[str, Any]]]]:
-    rate = f"[{RI}]"
-    return [
-        ("Mail flow", [
+    return [_flow(), _sites(), *_tls_dns(), _process()]
+
+
+def _flow() -> tuple[str, list[dict[str, Any]]]:
+    rate = RATE
+    return ("Mail flow", [
             _panel("Messages accepted and rejected", "timeseries", "ops", [
                 (f"sum(rate(mxroute_messages_accepted_total{{{I}}}{rate}))", "accepted"),
                 (f"sum(rate(mxroute_messages_rejected_total{{{I}}}{rate}))", "rejected"),
@@ -52,8 +58,12 @@ def _rows() -> list[tuple[str, list[dict[str, Any]]]]:
             _panel("Oldest queued message", "timeseries", "s", [
                 (f"max(mxroute_queue_oldest_message_age_seconds{{{I}}})", "age"),
             ], "Age of the oldest message waiting for delivery (held ones aside)"),
-        ]),
-        ("Destination sites ($site)", [
+        ])
+
+
+def _sites() -> tuple[str, list[dict[str, Any]]]:
+    rate = RATE
+    return ("Destination sites ($site)", [
             _panel("Outcomes per site", "timeseries", "ops", [
                 (("sum by (site, outcome) (rate(mxroute_site_recipients_total"
                  f'{{{I}, site=~"$site"}}{rate}))'), "{{site}} {{outcome}}"),
@@ -78,7 +88,12 @@ def _rows() -> list[tuple[str, list[dict[str, Any]]]]:
                 ((f"sum by (le) (increase(mxroute_delivery_attempt_seconds_bucket{{{I}}}"
                  "[$__interval]))"), "{{le}}"),
             ], "Attempts per duration bucket"),
-        ]),
+        ])
+
+
+def _tls_dns() -> list[tuple[str, list[dict[str, Any]]]]:
+    rate = RATE
+    return [
         ("TLS", [
             _panel("Outbound sessions and TLS", "timeseries", "ops", [
                 (("sum by (event) (rate(mxroute_outbound_sessions_total"
@@ -102,7 +117,12 @@ def _rows() -> list[tuple[str, list[dict[str, Any]]]]:
                 (f"mxroute_dns_cache_hit_ratio{{{I}}}", "{{instance}} since start"),
             ], "Cache hits / all lookups (recording rule mxroute:dns_cache_hit_ratio:rate)"),
         ]),
-        ("Process health", [
+    ]
+
+
+def _process() -> tuple[str, list[dict[str, Any]]]:
+    rate = RATE
+    return ("Process health", [
             _panel("Scraped", "stat", "short", [
                 (f'up{{job="mxroute", {I}}}', "{{instance}}"),
             ], "1: Prometheus scrapes the relay"),
@@ -120,8 +140,7 @@ def _rows() -> list[tuple[str, list[dict[str, Any]]]]:
                 (f'rate(process_cpu_seconds_total{{job="mxroute", {I}}}{rate})', "CPU s/s"),
                 (f'process_open_fds{{job="mxroute", {I}}}', "open files"),
             ], "The intake process (serve's parent): memory, CPU, open files"),
-        ]),
-    ]
+        ])
 
 
 def _variables() -> list[dict[str, Any]]:

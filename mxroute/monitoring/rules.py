@@ -71,7 +71,10 @@ def _site_failures(t: Tuning, outcome: str, ratio: float) -> str:
 
 def alert_rules(t: Tuning) -> list[dict[str, Any]]:
     """What wakes an operator, each with what to look at."""
-    e = t.event_window
+    return _service_alerts(t) + _site_alerts(t) + _event_alerts(t)
+
+
+def _service_alerts(t: Tuning) -> list[dict[str, Any]]:
     up = f'up{{job="{JOB}"}}'
     return [
         _alert("MxrouteDown", f"{up} == 0", t.hold_for("2m"), "critical",
@@ -81,7 +84,8 @@ def alert_rules(t: Tuning) -> list[dict[str, Any]]:
         _alert("MxrouteAbsent", f"absent({up})", t.hold_for("10m"), "critical",
                f'No mxroute target is scraped (job="{JOB}")',
                "Prometheus has no target for the relay: check its scrape_configs "
-               "(docs/observability.md) and that metrics_listen is set."),
+               "(docs/observability.md), and run `mxroute check-config` on the relay "
+               "(metrics_listen must be set)."),
         _alert("MxrouteQueueGrowing",
                f"mxroute:queue_waiting > {t.queue_messages} "
                f"and delta(mxroute:queue_waiting[{t.queue_window}]) > 0",
@@ -96,6 +100,11 @@ def alert_rules(t: Tuning) -> list[dict[str, Any]]:
                "{{ $value | humanizeDuration }} old",
                "A message has waited past the threshold. Run `mxroute queue summary` and "
                "`mxroute queue list` (oldest first), then `mxroute queue show ID`."),
+    ]
+
+
+def _site_alerts(t: Tuning) -> list[dict[str, Any]]:
+    return [
         _alert("MxrouteSiteDeferring", _site_failures(t, "deferred", t.site_defer_ratio),
                t.hold_for("15m"), "warning",
                "Site {{ $labels.site }} defers most deliveries from {{ $labels.instance }}",
@@ -109,7 +118,8 @@ def alert_rules(t: Tuning) -> list[dict[str, Any]]:
                "Read the log's `status=bounced` lines (`dsn=`, the reply), run "
                "`mxroute explain` for one recipient and `mxroute queue hosts`."),
         _alert("MxrouteSiteSuspended",
-               f"increase(mxroute_site_suspensions_total[{e}]) > 0", t.hold_for("0s"), "warning",
+               f"increase(mxroute_site_suspensions_total[{t.event_window}]) > 0",
+               t.hold_for("0s"), "warning",
                "Delivery to site {{ $labels.site }} was suspended on {{ $labels.instance }}",
                "A reply pattern or dead-site detection suspended the site: its mail waits. "
                "Run `mxroute queue hosts` (why, until when) and `mxroute queue summary --by "
@@ -121,6 +131,12 @@ def alert_rules(t: Tuning) -> list[dict[str, Any]]:
                "The site's traffic shaping (shaping in mxroute.toml) holds deliveries back "
                "for long: run `mxroute queue summary --by site`; raise the limits if the site "
                "allows it."),
+    ]
+
+
+def _event_alerts(t: Tuning) -> list[dict[str, Any]]:
+    e = t.event_window
+    return [
         _alert("MxrouteTlsDowngrades",
                f'increase(mxroute_outbound_sessions_total{{event="tls_fallbacks"}}[{e}]) > 0',
                t.hold_for("0s"), "warning",
@@ -158,9 +174,9 @@ def alert_rules(t: Tuning) -> list[dict[str, Any]]:
 
 
 def rule_groups(t: Tuning) -> dict[str, Any]:
-    """The rule file's content."""
-    return {"groups": [{"name": "mxroute.records", "rules": recording_rules(t)},
-                       {"name": "mxroute.alerts", "rules": alert_rules(t)}]}
+    """The rule file's content: one group, the recording rules first (a group's rules are
+    evaluated in order: the alerts read this round's recorded values, never the last)."""
+    return {"groups": [{"name": "mxroute", "rules": recording_rules(t) + alert_rules(t)}]}
 
 
 def alert_names(t: Tuning | None = None) -> list[str]:

@@ -11,34 +11,8 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
-from tests.support.relay import MSG, World, wait_for
-
-
-def children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(word) for word in text.split()]
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def delivery_pid(relay_pid: int, other_than: int | None = None) -> int:
-    found = wait_for(
-        lambda: [p for p in children(relay_pid) if p != other_than and alive(p)], timeout=15
-    )
-    assert found, "no delivery process"
-    (pid,) = found
-    return pid
+from tests.support.relay import MSG, World, alive, children, delivery_pid, wait_for
 
 
 def test_one_child_delivers_and_the_relay_process_does_not(world: World) -> None:

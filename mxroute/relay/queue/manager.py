@@ -142,12 +142,6 @@ class QueueManager:
         held = sum(1 for queue_id in self.held if self.timetable.knows(queue_id))
         return {"active": len(self._inflight), "due": due, "deferred": later - held, "held": held}
 
-    def oldest(self) -> float | None:
-        """When the oldest message waiting for delivery (scheduled or in flight; held ones
-        aside) arrived, from its queue ID (the metrics' queue age, issue 20), or None."""
-        waiting = (self.timetable.ids() | self._inflight.keys()) - self.held
-        return queue_id_time(min(waiting)) if waiting else None
-
     def busy(self, queue_id: str) -> bool:
         """Is ``queue_id`` being delivered now?"""
         return queue_id in self._inflight
@@ -482,6 +476,13 @@ def _record(rcpt: RecipientState, result: RecipientResult) -> None:
         rcpt.hosts[safe_text(result.remote_mta or "", 200)] = rcpt.reply
 
 
+def oldest_waiting(queue: QueueManager) -> float | None:
+    """When the oldest message waiting for delivery in ``queue`` (scheduled or in flight; held
+    ones aside) arrived, from its queue ID (the metrics' queue age, issue 20), or None."""
+    waiting = (queue.timetable.ids() | queue._inflight.keys()) - queue.held
+    return queue_id_time(min(waiting)) if waiting else None
+
+
 def _log_decision(meta: MessageMeta, rcpt: RecipientState, decision: str) -> None:
     """The queue's decision after an attempt: a retry scheduled, or expiry (RTY-3).
 
@@ -491,4 +492,4 @@ def _log_decision(meta: MessageMeta, rcpt: RecipientState, decision: str) -> Non
     log.info("%s: to=<%s>, %s", meta.queue_id, safe_text(rcpt.address, LISTING), decision)
 
 
-__all__ = ["QueueManager", "RouteFn", "timing_of"]
+__all__ = ["QueueManager", "RouteFn", "oldest_waiting", "timing_of"]
