@@ -130,11 +130,18 @@ def _process() -> tuple[str, list[dict[str, Any]]]:
                 (f"sum(increase(mxroute_delivery_process_restarts_total{{{I}}}{rate}))",
                  "restarts"),
             ], "The delivery process exited unexpectedly and was restarted"),
-            _panel("SMTP clients and DKIM", "timeseries", "short", [
+            _panel("SMTP clients", "timeseries", "short", [
                 (f"sum(mxroute_smtp_connections{{{I}}})", "SMTP client connections"),
+            ], "Open intake connections"),
+            _panel("DKIM", "timeseries", "short", [
+                (f"sum by (domain) (rate(mxroute_dkim_signatures_total{{{I}}}{rate}))",
+                 "{{domain}} signatures/s"),
                 (f"sum(rate(mxroute_dkim_signing_failures_total{{{I}}}{rate}))",
-                 "DKIM signing failures/s"),
-            ], "Open intake connections; DKIM signatures that could not be made"),
+                 "signing failures/s"),
+                (f"min by (domain, selector) (mxroute_dkim_key_published{{{I}}})",
+                 "{{selector}}._domainkey.{{domain}} published"),
+            ], "Signatures per d= domain, signing failures, keys published in DNS (1) or not "
+               "(0, checked every 10 minutes)"),
             _panel("Relay process", "timeseries", "short", [
                 (f'process_resident_memory_bytes{{job="mxroute", {I}}}', "resident bytes"),
                 (f'rate(process_cpu_seconds_total{{job="mxroute", {I}}}{rate})', "CPU s/s"),

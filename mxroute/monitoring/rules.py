@@ -157,6 +157,12 @@ def _event_alerts(t: Tuning) -> list[dict[str, Any]]:
                "Signing failed and the messages were refused with 451 4.3.0. Run "
                "`mxroute dkim check` (keys, their published records) and `mxroute "
                "check-config`."),
+        _alert("MxrouteDkimKeyUnpublished", "mxroute_dkim_key_published == 0",
+               t.hold_for("30m"), "warning",
+               "DKIM key {{ $labels.selector }}._domainkey.{{ $labels.domain }} is not published",
+               "DNS does not have this signing key's record (missing, revoked, another key): "
+               "receivers fail its signatures. Run `mxroute dkim check` and publish the record "
+               "it prints."),
         _alert("MxrouteDeliveryProcessRestarting",
                f"increase(mxroute_delivery_process_restarts_total[{e}]) > 0", t.hold_for("0s"),
                "critical",

@@ -100,6 +100,14 @@ CASES = [
          [({"job": "mxroute"}, f"mxroute on {INSTANCE} could not DKIM-sign messages")]),
     Case("MxrouteDkimSigningFailures", "2m",
          {f"mxroute_dkim_signing_failures_total{{{R}}}": "0x5"}),
+    Case("MxrouteDkimKeyUnpublished", "40m",
+         {f'mxroute_dkim_key_published{{{R}, domain="example.com", selector="s1"}}': "0x40",
+          f'mxroute_dkim_key_published{{{R}, domain="example.com", selector="s2"}}': "1x40"},
+         [({"job": "mxroute", "domain": "example.com", "selector": "s1"},
+           "DKIM key s1._domainkey.example.com is not published")]),
+    Case("MxrouteDkimKeyUnpublished", "40m",  # published 20 minutes late: no alert then
+         {f'mxroute_dkim_key_published{{{R}, domain="example.com", selector="s1"}}':
+          "0x20 1x20"}),
     Case("MxrouteDeliveryProcessRestarting", "2m",
          {f"mxroute_delivery_process_restarts_total{{{R}}}": "0 0 1"},
          [({"job": "mxroute"}, f"The delivery process of {INSTANCE} restarted")]),

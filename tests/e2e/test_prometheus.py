@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from mxroute.identity.dkim.keys import generate, load_key, write_key
+from mxroute.identity.dkim.record import build_txt
 from mxroute.monitoring.dashboard import dashboard, queries
 from mxroute.monitoring.files import rules_text
 from mxroute.monitoring.rules import Tuning, alert_names
@@ -56,12 +58,19 @@ class Observed:
 def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
     tool("prometheus")
     tmp = tmp_path_factory.mktemp("observe")
+    keys = {name: tmp / f"{name}.pem" for name in ("s1", "s2")}  # s2 is not published
+    for path in keys.values():
+        write_key(generate("ed25519"), path)
+    published = build_txt("ed25519", load_key(keys["s1"]).public_b64())
     with DNSServer(host=f"{NET}.53") as dns, World.running(tmp, dns, net=20, base="127.0") as w:
         w.zone(f"dest IN MX 10 {SITE}.\n{SITE.removesuffix('.test')} IN A {w.ip(1)}\n"
-               f"sender IN MX 10 mx.sender.test.\nmx.sender IN A {w.ip(9)}\n")
+               f"sender IN MX 10 mx.sender.test.\nmx.sender IN A {w.ip(9)}\n"
+               f's1._domainkey.sender IN TXT "{published}"\n')
         w.sink(1, replies={"RCPT": {"*": "451 4.7.1 greylisted, try again later"}})
         port = free_port(f"{NET}.3")
-        relay = w.relay(metrics_listen=f"{NET}.3:{port}")
+        relay = w.relay(metrics_listen=f"{NET}.3:{port}", dkim_keys=[
+            {"domain": "sender.test", "selector": name, "key_file": str(path)}
+            for name, path in keys.items()])
         rules = tmp / "mxroute-rules.yml"
         rules.write_text(rules_text(FAST))
         prometheus = Prometheus(tmp, f"{NET}.2", [f"{NET}.3:{port}"], rules).start()
@@ -87,16 +96,23 @@ def firing(observed: Observed, *names: str, feed: bool = False) -> dict[str, set
 def test_deferring_site_and_growing_queue_fire_their_alerts(observed: Observed) -> None:
     """Issue 20: a destination that defers everything and a queue that keeps growing fire
     MxrouteSiteDeferring, MxrouteQueueGrowing and MxrouteOldestMessageAgeing through a real
-    Prometheus (the queue keeps the mail meanwhile); the alerts of conditions not induced stay
-    quiet."""
-    states = firing(observed, "MxrouteSiteDeferring", "MxrouteQueueGrowing",
-                    "MxrouteOldestMessageAgeing", feed=True)
-    for name in ("MxrouteSiteDeferring", "MxrouteQueueGrowing", "MxrouteOldestMessageAgeing"):
+    Prometheus (the queue keeps the mail meanwhile); the DKIM key not in DNS fires
+    MxrouteDkimKeyUnpublished, the published one does not; the alerts of conditions not induced
+    stay quiet."""
+    induced = ("MxrouteSiteDeferring", "MxrouteQueueGrowing", "MxrouteOldestMessageAgeing",
+               "MxrouteDkimKeyUnpublished")
+    states = firing(observed, *induced, feed=True)
+    for name in induced:
         assert "firing" in states.get(name, ()), (name, states, observed.relay.log()[-3000:])
     deferring = [a for a in observed.prometheus.alerts()
                  if a["labels"]["alertname"] == "MxrouteSiteDeferring"]
     assert {a["labels"]["site"] for a in deferring} == {SITE}
     assert "mxroute queue summary --by site" in deferring[0]["annotations"]["description"]
+    unpublished = [a["labels"]["selector"] for a in observed.prometheus.alerts()
+                   if a["labels"]["alertname"] == "MxrouteDkimKeyUnpublished"]
+    assert unpublished == ["s2"]
+    values = scrape(observed.metrics_port, f"{NET}.3")
+    assert values['mxroute_dkim_key_published{domain="sender.test",selector="s1"}'] == 1
     for name in (*QUIET, "MxrouteDeliveryProcessRestarting", "MxrouteDown"):
         assert name not in states, (name, states)
     assert len(observed.relay.queued()) >= 3  # nothing was lost: the deferred mail waits

@@ -8,17 +8,22 @@ from pathlib import Path
 
 from mxroute.monitoring.dashboard import dashboard, queries
 from mxroute.monitoring.files import RULE_TESTS, RULES, rules_text
-from mxroute.monitoring.rules import Tuning, to_yaml
+from mxroute.monitoring.rules import Tuning, alert_rules, recording_rules, to_yaml
 from tests.support.prometheus import promtool, substitute
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
-def test_promtool_checks_the_rule_file() -> None:
+def test_promtool_checks_the_rule_file(tmp_path: Path) -> None:
     """Issue 20: ``promtool check rules`` accepts the shipped file and a test-sized one."""
     done = promtool("check", "rules", str(DEPLOY / RULES))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 19 rules found" in done.stdout
+    count = len(recording_rules(Tuning())) + len(alert_rules(Tuning()))
+    assert f"SUCCESS: {count} rules found" in done.stdout
+    fast = tmp_path / "fast.yml"
+    fast.write_text(rules_text(Tuning(hold="1s", rate_window="20s", queue_window="20s")))
+    done = promtool("check", "rules", str(fast))
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_promtool_unit_tests_pass_and_catch_a_broken_rule(tmp_path: Path) -> None:
