@@ -23,12 +23,18 @@ def _target(expr: str, legend: str, ref: str, **extra: Any) -> dict[str, Any]:
 
 
 def _panel(title: str, kind: str, unit: str, queries: list[tuple[str, str]],
-           description: str, **extra: Any) -> dict[str, Any]:
-    targets = [_target(expr, legend, chr(ord("A") + n)) for n, (expr, legend) in
+           description: str, *, stack: bool = False) -> dict[str, Any]:
+    """A panel; a heatmap's queries give buckets (``format: heatmap``), ``stack`` stacks the
+    series of a time series."""
+    shape = {"format": "heatmap"} if kind == "heatmap" else {}
+    targets = [_target(expr, legend, chr(ord("A") + n), **shape) for n, (expr, legend) in
                enumerate(queries)]
+    defaults: dict[str, Any] = {"unit": unit}
+    if stack:
+        defaults["custom"] = {"stacking": {"mode": "normal", "group": "A"}}
     return {"title": title, "type": kind, "datasource": DS, "description": description,
-            "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
-            "options": {}, "targets": targets, **extra}
+            "fieldConfig": {"defaults": defaults, "overrides": []},
+            "options": {}, "targets": targets}
 
 
 RATE = f"[{RI}]"
