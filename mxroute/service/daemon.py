@@ -276,7 +276,7 @@ async def _main(settings: Settings, loader: Loader) -> int:
             if settings.metrics_listen:  # first: scrapable once SMTP answers
                 from mxroute.service.metrics import Metrics, Sources
 
-                metrics = Metrics(Sources(intake=intake, delivery=link))
+                metrics = Metrics(Sources(intake=intake, delivery=link, resolver=resolver))
                 await metrics.start(str(settings.metrics_listen))
             servers = await _listen(intake, settings)
         except MxrouteError as exc:

@@ -64,6 +64,7 @@ class LocalLink:
     def __init__(self, delivery: Delivery) -> None:
         self.delivery = delivery
         self.failed = asyncio.Event()
+        self.restarts = 0  # never: the delivery side is this process (the metrics ask)
 
     async def start(self) -> None:
         self.delivery.recover()
@@ -151,6 +152,7 @@ class ChildLink:
         self._dropped = False
         self._stopping = False
         self._restarts: deque[float] = deque()
+        self.restarts = 0  # delivery processes restarted since start (the metrics, issue 20)
         self._last: dict[str, Any] = {}
         self._supervisor: asyncio.Task[None] | None = None
 
@@ -232,6 +234,7 @@ class ChildLink:
                            "is restarted")
                 return
             self._restarts.append(now)
+            self.restarts += 1
             log.error("delivery process exited unexpectedly (code %s); "
                       "restarting it (%d/%d within %.0fs)",
                       code, len(self._restarts), MAX_RESTARTS, RESTART_WINDOW)

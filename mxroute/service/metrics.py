@@ -19,29 +19,42 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sized
+from collections.abc import Callable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
 from mxroute.address import parse_hostport
+from mxroute.dns.resolver import Lookups
 from mxroute.errors import EX_OSERR, MxrouteError
-from mxroute.identity.dkim.sign import SigningStats
+from mxroute.identity.dkim.check import check_key
+from mxroute.identity.dkim.sign import SigningKey, SigningStats
 from mxroute.service.attempts import ATTEMPT_BUCKETS
 
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 5.0  # seconds a scraper has to send its request
 MAX_REQUEST = 8192  # bytes of request head accepted
+KEY_CHECK_INTERVAL = 600.0  # seconds between DNS checks of the DKIM keys' records (issue 20)
 
 
 class SigningNumbers(Protocol):
-    """The intake's DKIM signer: what it signed per domain and selector, its failures."""
+    """The intake's DKIM signer: its keys, what it signed per domain and selector, its
+    failures."""
+
+    @property
+    def keys(self) -> tuple[SigningKey, ...]: ...
 
     @property
     def stats(self) -> SigningStats: ...
@@ -62,17 +75,65 @@ class IntakeNumbers(Protocol):
 
 
 class DeliveryNumbers(Protocol):
-    """What the delivery side shows: its counters and sizes (``Delivery.snapshot()``'s shape)."""
+    """What the delivery side shows: its counters and sizes (``Delivery.snapshot()``'s shape),
+    and how often its process was restarted."""
+
+    @property
+    def restarts(self) -> int: ...
 
     async def snapshot(self) -> dict[str, Any]: ...
 
 
 @dataclass
 class Sources:
-    """The running parts whose numbers are exported (read at scrape time)."""
+    """The running parts whose numbers are exported (read at scrape time), and the resolver
+    that checks the DKIM keys' records."""
 
     intake: IntakeNumbers
     delivery: DeliveryNumbers
+    resolver: Lookups | None = None
+
+
+class PublishedKeys:
+    """Is each configured DKIM key published as configured (``mxroute dkim check``'s check)?
+
+    Checked in the background when scraped, at most every ``KEY_CHECK_INTERVAL`` seconds (a
+    scrape shows the last verdicts); a temporary DNS failure keeps a key's last verdict; a key
+    found unpublished is logged once until it is published. Catch-all keys (``domain = "*"``)
+    have no record of their own and are not checked.
+    """
+
+    def __init__(self, resolver: Lookups, clock: Callable[[], float] = time.monotonic) -> None:
+        self.resolver, self.clock = resolver, clock
+        self.published: dict[tuple[str, str], bool] = {}
+        self._checked = -KEY_CHECK_INTERVAL
+        self._task: asyncio.Task[None] | None = None
+
+    def refresh(self, keys: tuple[SigningKey, ...]) -> None:
+        if (self._task is not None and not self._task.done()) or \
+                self.clock() - self._checked < KEY_CHECK_INTERVAL:
+            return
+        self._checked = self.clock()
+        self._task = asyncio.get_running_loop().create_task(self._check(keys), name="dkim-keys")
+
+    async def _check(self, keys: tuple[SigningKey, ...]) -> None:
+        configured = {(k.config.domain, k.config.selector): k for k in keys
+                      if k.config.domain != "*"}
+        for name in set(self.published) - set(configured):
+            del self.published[name]
+        for (domain, selector), key in configured.items():
+            try:
+                found = await check_key(self.resolver, domain, selector, key.private)
+            except Exception as exc:  # noqa: BLE001 - advice for the metrics: never fatal
+                log.error("dkim: checking %s._domainkey.%s failed: %r", selector, domain, exc)
+                continue
+            if found.status == "temporary-failure":
+                continue
+            ok = found.status == "ok"
+            if not ok and self.published.get((domain, selector)) is not False:
+                log.warning("dkim: key %s is not published as configured: %s (%s); run "
+                            "mxroute dkim check", found.dns_name, found.status, found.detail)
+            self.published[(domain, selector)] = ok
 
 
 class _Collector:
@@ -81,6 +142,7 @@ class _Collector:
     def __init__(self, sources: Sources) -> None:
         self.sources = sources
         self.snapshot: dict[str, Any] = {}  # the delivery side's, fetched before each render
+        self.keys = PublishedKeys(sources.resolver) if sources.resolver is not None else None
 
     def describe(self) -> Iterator[Metric]:
         return self.collect()
@@ -101,6 +163,10 @@ class _Collector:
         yield CounterMetricFamily("mxroute_messages_rejected",
                                   "RCPT or DATA refused by policy or content checks",
                                   value=intake.stats.get("rejected", 0))
+        yield CounterMetricFamily("mxroute_intake_storage_refusals",
+                                  "MAIL or DATA refused with 452 4.3.1: the spool's disk is "
+                                  "below min_free_space or full (DUR-4)",
+                                  value=intake.stats.get("storage_refusals", 0))
         outcomes = CounterMetricFamily("mxroute_recipients",
                                        "Recipient delivery outcomes: delivered; deferred "
                                        "(a temporary failure, retried later); "
@@ -125,6 +191,14 @@ class _Collector:
         for state in ("active", "due", "deferred", "held"):
             sizes.add_metric([state], d.get("sizes", {}).get(state, 0))
         yield sizes
+        oldest = d.get("oldest")
+        yield GaugeMetricFamily("mxroute_queue_oldest_message_age_seconds",
+                                "Age of the oldest message waiting for delivery (held ones "
+                                "aside); 0 when none waits",
+                                value=max(0.0, time.time() - oldest) if oldest else 0.0)
+        yield CounterMetricFamily("mxroute_delivery_process_restarts",
+                                  "Delivery processes restarted after an unexpected exit",
+                                  value=self.sources.delivery.restarts)
         yield GaugeMetricFamily("mxroute_smtp_connections",
                                 "Open SMTP client connections to the intake",
                                 value=len(intake.sessions))
@@ -170,6 +244,14 @@ class _Collector:
             for site, numbers in sites.items():
                 family.add_metric([site], numbers.get(key, 0))
             yield family
+        outcomes = CounterMetricFamily("mxroute_site_recipients",
+                                       "Recipient outcomes of delivery attempts per destination "
+                                       "site: delivered, deferred, bounced",
+                                       labels=["site", "outcome"])
+        for site, numbers in sites.items():
+            for outcome in ("delivered", "deferred", "bounced"):
+                outcomes.add_metric([site, outcome], numbers.get(outcome, 0))
+        yield outcomes
 
     def _dns(self) -> Iterator[Metric]:
         dns = self.snapshot.get("dns", {})
@@ -205,6 +287,15 @@ class _Collector:
                                   "DKIM signatures that could not be made (the message was "
                                   "deferred with 451 4.3.0)",
                                   value=mine.failures + theirs.get("failures", 0))
+        published = GaugeMetricFamily("mxroute_dkim_key_published",
+                                      "1: the DKIM key's record in DNS is this key; 0: missing, "
+                                      "revoked, invalid or another key (mxroute dkim check)",
+                                      labels=["domain", "selector"])
+        if self.keys is not None:
+            self.keys.refresh(self.sources.intake.dkim.keys)
+            for (domain, selector), ok in sorted(self.keys.published.items()):
+                published.add_metric([domain, selector], 1 if ok else 0)
+        yield published
 
     def _attempts(self) -> Metric:
         empty: dict[str, Any] = {"counts": [0] * (len(ATTEMPT_BUCKETS) + 1), "sum": 0.0}
@@ -239,6 +330,8 @@ class Metrics:
     async def start(self, listen: str) -> None:
         """Listen on ``host:port``; MxrouteError (EX_OSERR) when the address cannot be bound."""
         self.registry.register(self._collector)
+        # process_*: this (the intake) process's memory, CPU and files, read from /proc at scrape
+        ProcessCollector(registry=self.registry)
         host, port = parse_hostport(listen, 9125)
         host = host.strip("[]")
         try:

@@ -36,7 +36,7 @@ from typing import Any
 from mxroute.dns.configured import RESOLVER_SETTINGS, resolver_from_settings
 from mxroute.errors import ConfigError, MxrouteError
 from mxroute.identity.dkim.sign import DkimSigner
-from mxroute.relay.queue.manager import QueueManager
+from mxroute.relay.queue.manager import QueueManager, oldest_waiting
 from mxroute.relay.queue.operator import Operator
 from mxroute.relay.queue.plans import PlanCache
 from mxroute.relay.spool.format import QUEUE_ID
@@ -133,7 +133,8 @@ class Delivery:
                             if isinstance(v, int | float)},
                 "dns": {"queries": dns.queries, "hits": dns.hits, "coalesced": dns.coalesced},
                 "mta_sts": self.mta_sts.snapshot(), "attempts": self.timer.snapshot(),
-                "dkim": self.signer.stats.to_json(), "sites": self.courier.sites.numbers.top()}
+                "dkim": self.signer.stats.to_json(), "sites": self.courier.sites.numbers.top(),
+                "oldest": oldest_waiting(self.queue)}
 
     async def stop(self, grace: float) -> None:
         await self.control.close()

@@ -223,6 +223,34 @@ class Relay:
             self.proc.wait(timeout=10)
 
 
+# --- serve's delivery process (delivery_processes = 1) -----------------------------------------
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (from /proc)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(word) for word in text.split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def delivery_pid(relay_pid: int, other_than: int | None = None) -> int:
+    found = wait_for(
+        lambda: [p for p in children(relay_pid) if p != other_than and alive(p)], timeout=15
+    )
+    assert found, "no delivery process"
+    (pid,) = found
+    return pid
+
+
 @dataclass
 class World:
     tmp: Path
@@ -232,8 +260,10 @@ class World:
     sinks: list[Sink] = field(default_factory=list)
     relays: list[Relay] = field(default_factory=list)
 
+    base: str = "127.1"  # the sinks are on {base}.{net}.x
+
     def ip(self, n: int) -> str:
-        return f"127.1.{self.net}.{n}"
+        return f"{self.base}.{self.net}.{n}"
 
     def sink(self, n: int, **kwargs: Any) -> Sink:
         sink = Sink(self.ip(n), self.sink_port, **kwargs)
@@ -253,11 +283,13 @@ class World:
 
     @classmethod
     @contextmanager
-    def running(cls, tmp: Path, dns: DNSServer, net: int | None = None) -> Iterator[World]:
-        """A world on 127.1.N.x (a fresh N unless given); on exit every relay it started is
-        killed by PID and every sink stopped, whatever the test did."""
+    def running(cls, tmp: Path, dns: DNSServer, net: int | None = None,
+                base: str = "127.1") -> Iterator[World]:
+        """A world on 127.1.N.x (a fresh N unless given; ``base`` instead of 127.1 for a test's
+        own range); on exit every relay it started is killed by PID and every sink stopped,
+        whatever the test did."""
         net = next_net() if net is None else net
-        world = cls(tmp, dns, net, free_port(f"127.1.{net}.1"))
+        world = cls(tmp, dns, net, free_port(f"{base}.{net}.1"), base=base)
         try:
             yield world
         finally:
@@ -271,9 +303,9 @@ MSG = (b"From: a@sender.test\r\nTo: u@dest.test\r\nSubject: hello\r\n"
        b"Message-ID: <1@sender.test>\r\n\r\nbody line\r\n.dot line\r\n")
 
 
-def scrape(port: int) -> dict[str, float]:
+def scrape(port: int, host: str = "127.0.0.1") -> dict[str, float]:
     """GET /metrics over loopback (no proxy), as {"name{labels}": value}."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn = http.client.HTTPConnection(host, port, timeout=5)
     try:
         conn.request("GET", "/metrics")
         response = conn.getresponse()

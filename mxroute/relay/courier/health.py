@@ -290,13 +290,14 @@ def _shown(held: Hold | Preference | None, now: float, offset: float) -> dict[st
 
 
 TOP_SITES = 10  # sites named in the metrics; the others are summed as "other"
-NUMBERS = ("connections", "throttled_waits", "suspensions")
+NUMBERS = ("connections", "throttled_waits", "suspensions", "delivered", "deferred", "bounced")
 
 
 class SiteNumbers:
     """Per-site numbers for the metrics (issue 18 §2): deliveries connected or connecting now
     (``connections``), waits for a throttled site's turn, suspensions (a pattern's or a dead
-    site's). Bounded: at ``LIMIT`` sites the idle ones are forgotten."""
+    site's), recipients delivered, deferred and bounced by each attempt (issue 20). Bounded:
+    at ``LIMIT`` sites the idle ones are forgotten."""
 
     def __init__(self) -> None:
         self.sites: dict[str, dict[str, int]] = {}
@@ -311,9 +312,10 @@ class SiteNumbers:
     def top(self, top: int = TOP_SITES) -> dict[str, dict[str, int]]:
         """The ``top`` busiest sites by name, and the rest summed as ``other`` (bounded label
         cardinality, whatever the number of sites)."""
-        ranked = sorted(self.sites.items(), key=lambda kv: (-kv[1]["connections"],
-                                                           -kv[1]["suspensions"],
-                                                           -kv[1]["throttled_waits"], kv[0]))
+        ranked = sorted(self.sites.items(), key=lambda kv: (
+            -kv[1]["connections"], -kv[1]["suspensions"],
+            -kv[1]["deferred"] - kv[1]["bounced"], -kv[1]["throttled_waits"],
+            -kv[1]["delivered"], kv[0]))
         out = {name: dict(counts) for name, counts in ranked[:top]}
         if len(ranked) > top:
             out["other"] = {n: sum(c[n] for _, c in ranked[top:]) for n in NUMBERS}

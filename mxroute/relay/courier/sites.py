@@ -60,6 +60,7 @@ class Sites:
                 attempt.soft(valid, "4.7.0", f"451 4.7.0 site {site} {why}", None, remote=False)
             for rcpt in valid:
                 attempt.results[rcpt.address] = attempt.deferred(rcpt)
+            self._count(site, attempt, valid)
             return
         if wait > 0:
             self.stats["throttled_waits"] += 1
@@ -72,7 +73,15 @@ class Sites:
             await walk(health.order(site, plan, now))
         finally:
             self.numbers.add(site, "connections", -1)
+        self._count(site, attempt, valid)
         self._learn(site, attempt)
+
+    def _count(self, site: str, attempt: Attempt, valid: list[Recipient]) -> None:
+        """Each recipient's outcome, per site (the metrics' ``mxroute_site_recipients``)."""
+        for rcpt in valid:
+            result = attempt.results.get(rcpt.address)
+            if result is not None:
+                self.numbers.add(site, result.disposition.value)
 
     def _learn(self, site: str, attempt: Attempt) -> None:
         now = self.clock()

@@ -76,7 +76,7 @@ class Intake:
         self._free_checked = (0.0, True)
         self._relay_nets: object = None  # the networks _relay_seen was computed for
         self._relay_seen: dict[str, bool] = {}  # client address -> may relay
-        self.stats = {"accepted": 0, "rejected": 0}
+        self.stats = {"accepted": 0, "rejected": 0, "storage_refusals": 0}
         self._tls: ssl.SSLContext | None = None
 
     # -- factory --
@@ -230,6 +230,7 @@ class Intake:
         if sender is not None and sender.utf8 and "SMTPUTF8" not in params:
             raise Reply("553 5.6.7 Non-ASCII address needs SMTPUTF8")
         if not self._enough_space():
+            self.stats["storage_refusals"] += 1  # issue 20: the metrics' disk-space refusals
             raise Reply("452 4.3.1 Insufficient system storage")  # DUR-4, as Postfix queue_minfree
         if sender is not None:  # SPF-13/DSN-13: the null reverse-path is never checked
             client = peer_ip(server.session) if server.session else "unknown"
@@ -334,6 +335,8 @@ class Intake:
             await self.spool.store(meta, message)
         except SpoolError as exc:  # DUR-4: never 250 without the fsync
             log.error("%s: cannot store message from %s: %s", queue_id, ip, exc.message)
+            if exc.status == "4.3.1":
+                self.stats["storage_refusals"] += 1
             return exc.smtp_reply()
         finally:
             self.storing -= 1

@@ -61,6 +61,11 @@ class IntakeSigning:
     def stats(self) -> SigningStats:
         return self.signer.stats
 
+    @property
+    def keys(self) -> tuple[SigningKey, ...]:
+        """The keys in use (the metrics check their published records)."""
+        return self.signer.keys
+
     def reloaded(self, settings: Settings) -> IntakeSigning:
         """The keys read again (SIGHUP): ConfigError and nothing changes when one is unusable."""
         return self.load(settings, self.signer.stats)

@@ -70,6 +70,10 @@ class Timetable:
         """Is ``queue_id`` scheduled (or set aside until its delivery ends)?"""
         return queue_id in self._due or queue_id in self._again
 
+    def ids(self) -> set[str]:
+        """Every queue ID scheduled or set aside until its delivery ends."""
+        return self._due.keys() | self._again.keys()
+
     def first(self) -> float | None:
         """The earliest time in the heap (perhaps stale: a wake-up that finds nothing), or None."""
         return self._heap[0][0] if self._heap else None

@@ -53,6 +53,15 @@ def new_queue_id(clock: Callable[[], float] = time.time) -> str:
     return f"{micros:014X}{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFF:05X}"
 
 
+def queue_id_time(queue_id: str) -> float | None:
+    """When ``queue_id`` was made (``new_queue_id``'s clock, seconds), or None for an ID not of
+    that shape."""
+    try:
+        return int(queue_id[:14], 16) / 1_000_000 if len(queue_id) >= 14 else None
+    except ValueError:
+        return None
+
+
 @dataclass(slots=True)
 class RecipientState:
     """Everything the queue remembers about one recipient (DUR-6)."""
