@@ -223,34 +223,6 @@ class Relay:
             self.proc.wait(timeout=10)
 
 
-# --- serve's delivery process (delivery_processes = 1) -----------------------------------------
-
-def children(pid: int) -> list[int]:
-    """The child processes of ``pid`` (from /proc)."""
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(word) for word in text.split()]
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def delivery_pid(relay_pid: int, other_than: int | None = None) -> int:
-    found = wait_for(
-        lambda: [p for p in children(relay_pid) if p != other_than and alive(p)], timeout=15
-    )
-    assert found, "no delivery process"
-    (pid,) = found
-    return pid
-
-
 @dataclass
 class World:
     tmp: Path
