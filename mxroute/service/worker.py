@@ -132,7 +132,9 @@ class Delivery:
                             if isinstance(v, int | float)},
                 "dns": {"queries": dns.queries, "hits": dns.hits, "coalesced": dns.coalesced},
                 "mta_sts": self.mta_sts.snapshot(), "attempts": self.timer.snapshot(),
-                "dkim": self.signer.stats.to_json(), "sites": self.courier.sites.numbers.top()}
+                "dkim": self.signer.stats.to_json(), "sites": self.courier.sites.numbers.top(),
+                "memory": {"used": self.queue.memory.used, "limit": self.queue.memory.limit,
+                           "peak": self.queue.memory.peak}}
 
     async def stop(self, grace: float) -> None:
         await self.control.close()

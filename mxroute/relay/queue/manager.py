@@ -23,7 +23,9 @@ from typing import Any
 from mxroute.dns.resolver import Resolver
 from mxroute.errors import EX_DATAERR, MxrouteError
 from mxroute.identity.dkim.sign import DkimSigner
+from mxroute.hostdefaults import delivery_share
 from mxroute.relay import dsn
+from mxroute.relay.budget import Budget
 from mxroute.relay.envelope import Disposition, RecipientResult
 from mxroute.relay.queue.dispatch import CourierLike, Dispatcher, domain_of, due_recipients
 from mxroute.relay.queue.notices import Item, Notifier, failures, mark_bounced
@@ -96,6 +98,10 @@ class QueueManager:
                                 builder=dsn_builder, signer=signer,
                                 postmaster=settings.postmaster_address)
         self.timetable = Timetable()
+        # issue 22: bytes of the messages loaded for attempts, within the delivery's share of
+        # max_inflight_bytes; an attempt that does not fit waits for room (one always may run)
+        self.memory = Budget(delivery_share(settings.inflight_budget(), settings.max_message_size))
+        self._room = asyncio.Event()
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self.held: set[str] = set()  # on hold (``mxroute queue hold``): scheduled at expiry only
         # operator actions on a message being delivered: run when its attempt ends (issue 15 A)
@@ -287,7 +293,26 @@ class QueueManager:
                 log.info("shutdown: %d delivery(ies) interrupted, left queued", len(pending))
 
     # --- one message ---
+    async def _hold(self, size: int) -> None:
+        """Wait until a message of ``size`` bytes fits the delivery's memory share, count it."""
+        while self.memory.used and not self.memory.fits(size):
+            self._room.clear()
+            await self._room.wait()
+        self.memory.force(size)
+
+    def _unhold(self, size: int) -> None:
+        self.memory.give(size)
+        self._room.set()
+
     async def _process(self, queue_id: str, force: bool) -> None:
+        size = self.spool.size_of(queue_id)
+        await self._hold(size)
+        try:
+            await self._process_held(queue_id, force)
+        finally:
+            self._unhold(size)
+
+    async def _process_held(self, queue_id: str, force: bool) -> None:
         retry_in = self.settings.retry_min_seconds
         try:
             await self._attempt(queue_id, force)

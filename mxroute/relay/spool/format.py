@@ -26,7 +26,7 @@ import secrets
 import struct
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,11 +165,20 @@ def frame(kind: bytes, payload: bytes) -> bytes:
 
 def encode(meta: MessageMeta, message: bytes) -> bytes:
     """The complete bytes of a new queue file."""
+    return b"".join(encode_parts(meta, (message,)))
+
+
+def encode_parts(meta: MessageMeta, parts: Sequence[bytes | bytearray]) -> list[bytes | bytearray]:
+    """A new queue file as pieces to write one after the other: the message is ``parts``
+    in order, never joined (issue 22: no second copy of a large message)."""
     env = json.dumps(meta.envelope_json(), separators=(",", ":")).encode()
     state = json.dumps(meta.state_json(), separators=(",", ":")).encode()
-    return b"".join(
-        (MAGIC, frame(b"E", env), frame(b"M", message), frame(b"Z", b""), frame(b"S", state))
-    )
+    head = _HEAD.pack(b"M", sum(len(part) for part in parts))
+    crc = zlib.crc32(head)
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return [MAGIC + frame(b"E", env) + head, *parts,
+            _CRC.pack(crc) + frame(b"Z", b"") + frame(b"S", state)]
 
 
 def encode_state(meta: MessageMeta) -> bytes:

@@ -27,17 +27,18 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mxroute.errors import SpoolError
+from mxroute.relay.budget import Budget
 from mxroute.relay.spool.format import (
     QUEUE_ID,
     CorruptFile,
     MessageMeta,
     decode,
-    encode,
+    encode_parts,
     encode_state,
 )
 from mxroute.relay.spool.lookup import resolve_id
@@ -45,6 +46,7 @@ from mxroute.relay.spool.lookup import resolve_id
 log = logging.getLogger(__name__)
 
 FRESH_BYTES = 32 << 20  # message bytes kept in memory between intake and the first delivery attempt
+FRESH_MESSAGE = 256 << 10  # ... of messages up to this size only (larger: read from the file)
 FRESH_COUNT = 20000
 TEMP_MAX_AGE = 86400.0  # DUR-5: temp files older than a day are removed (qmail: 36 h)
 
@@ -121,6 +123,8 @@ class Spool:
         self._fresh_bytes = 0
         # False where nothing in this process delivers (the intake process)
         self._keep_fresh = keep_fresh
+        # issue 22: the in-flight budget the kept messages count against (the intake's)
+        self.budget: Budget | None = None
 
     # --- set-up and recovery ---
     def prepare(self) -> None:
@@ -264,9 +268,26 @@ class Spool:
             return fresh
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.load, queue_id)
 
-    def _remember(self, meta: MessageMeta, message: bytes) -> None:
-        if not self._keep_fresh:
+    def size_of(self, queue_id: str) -> int:
+        """Bytes a load of ``queue_id`` brings into memory: its file's size (0 if gone)."""
+        fresh = self._fresh.get(queue_id)
+        if fresh is not None:
+            return 0  # already in memory, counted where it was kept
+        try:
+            return os.stat(self.path(queue_id)).st_size
+        except (OSError, SpoolError):
+            return 0
+
+    def _remember(self, meta: MessageMeta, parts: Sequence[bytes | bytearray]) -> None:
+        """Keep a small message for its first attempt, if the budget has room (issue 22)."""
+        size = sum(len(part) for part in parts)
+        if not self._keep_fresh or size > FRESH_MESSAGE:
             return
+        if self.budget is not None and not self.budget.fits(size):
+            return
+        message = b"".join(parts)
+        if self.budget is not None:
+            self.budget.force(size)
         self._fresh[meta.queue_id] = (meta, message)
         self._fresh_bytes += len(message)
         while self._fresh and (self._fresh_bytes > FRESH_BYTES or len(self._fresh) > FRESH_COUNT):
@@ -276,18 +297,21 @@ class Spool:
         fresh = self._fresh.pop(queue_id, None)
         if fresh is not None:
             self._fresh_bytes -= len(fresh[1])
+            if self.budget is not None:
+                self.budget.give(len(fresh[1]))
         return fresh
 
     # --- writing ---
-    def _write_new(self, meta: MessageMeta, message: bytes) -> None:
+    def _write_new(self, meta: MessageMeta, parts: Sequence[bytes | bytearray]) -> None:
         tmp = self.tmp_dir / f"{meta.queue_id}.tmp"
-        data = encode(meta, message)
+        pieces = encode_parts(meta, parts)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                for piece in pieces:  # each as it is: the message is never joined (issue 22)
+                    view = memoryview(piece)
+                    while view:
+                        view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -299,14 +323,17 @@ class Spool:
                 pass
             raise
 
-    async def store(self, meta: MessageMeta, message: bytes) -> None:
+    async def store(self, meta: MessageMeta,
+                    message: bytes | bytearray | Sequence[bytes | bytearray]) -> None:
         """Make a new message durable: temp file, fsync, rename, directory fsync (DUR-1, DUR-3).
 
+        ``message``: its bytes, or pieces written one after the other (never joined).
         Raises SpoolError (451 4.3.0, or 452 4.3.1 when the disk is full; DUR-4) and leaves no file.
         """
+        parts = (message,) if isinstance(message, (bytes, bytearray)) else tuple(message)
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, self._write_new, meta, message)
+            await loop.run_in_executor(self._executor, self._write_new, meta, parts)
             await self._dirsync()
         except OSError as exc:
             try:  # renamed but the directory not synced: not acknowledged, so not a message
@@ -314,7 +341,7 @@ class Spool:
             except OSError:
                 pass
             raise _storage_error(exc) from None
-        self._remember(meta, message)
+        self._remember(meta, parts)
 
     def _append_state(self, meta: MessageMeta) -> None:
         record = encode_state(meta)
