@@ -30,10 +30,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.dnsserver import DNSServer  # noqa: E402
-from tests.support.procmem import family, vm  # noqa: E402
-from tests.support.relay import Relay, free_port, wait_for  # noqa: E402
-from tests.support.smtpsink import Sink  # noqa: E402
+from tests.support.dnsserver import DNSServer
+from tests.support.procmem import family, vm
+from tests.support.relay import Relay, free_port, wait_for
+from tests.support.smtpsink import Sink
 
 SINK_IP = "127.0.22.201"
 

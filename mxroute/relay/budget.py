@@ -9,6 +9,7 @@ replies ``452 4.3.1`` on a no), ``give`` returns bytes. Waiting for room is the 
 
 from __future__ import annotations
 
+
 class Budget:
     """A count of bytes in flight against a limit, with the refusals counted."""
 

@@ -79,7 +79,8 @@ class IntakeSigning:
             return await loop.run_in_executor(None, self._sign, client, content, queue_id)
         return self._sign(client, content, queue_id)
 
-    def _sign(self, client: _Client, content: bytes | bytearray, queue_id: str) -> tuple[bytes, str | None]:
+    def _sign(self, client: _Client, content: bytes | bytearray,
+              queue_id: str) -> tuple[bytes, str | None]:
         try:
             parsed = canon.split_message(bytes(content) if isinstance(content, bytearray)
                                          else content)

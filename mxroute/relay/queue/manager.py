@@ -22,8 +22,8 @@ from typing import Any
 
 from mxroute.dns.resolver import Resolver
 from mxroute.errors import EX_DATAERR, MxrouteError
-from mxroute.identity.dkim.sign import DkimSigner
 from mxroute.hostdefaults import delivery_share
+from mxroute.identity.dkim.sign import DkimSigner
 from mxroute.relay import dsn
 from mxroute.relay.budget import Budget
 from mxroute.relay.envelope import Disposition, RecipientResult

@@ -40,6 +40,7 @@ from mxroute.relay.spool.format import (
     decode,
     encode_parts,
     encode_state,
+    message_span,
 )
 from mxroute.relay.spool.lookup import resolve_id
 
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 FRESH_BYTES = 32 << 20  # message bytes kept in memory between intake and the first delivery attempt
 FRESH_MESSAGE = 256 << 10  # ... of messages up to this size only (larger: read from the file)
 FRESH_COUNT = 20000
+LOAD_HEAD = 64 << 10  # bytes read first: a larger message is then read on its own
 TEMP_MAX_AGE = 86400.0  # DUR-5: temp files older than a day are removed (qmail: 36 h)
 
 
@@ -254,9 +256,21 @@ class Spool:
         return self.queue_dir / queue_id
 
     def load(self, queue_id: str) -> tuple[MessageMeta, bytes]:
-        """Read and validate one message; FileNotFoundError if it is gone, CorruptFile if bad."""
-        data = self.path(queue_id).read_bytes()
-        meta, message, _ = decode(data, queue_id)
+        """Read and validate one message; FileNotFoundError if it is gone, CorruptFile if bad.
+
+        A large message's bytes are read into their own buffer, never sliced out of a copy of
+        the whole file (issue 22)."""
+        with open(self.path(queue_id), "rb") as file:
+            head = file.read(LOAD_HEAD)
+            span = message_span(head)
+            if span is None or span[0] + span[1] <= len(head):
+                meta, message, _ = decode(head + file.read(), queue_id)
+                return meta, message
+            start, length = span
+            file.seek(start)
+            message = file.read(length)
+            data = head[:start] + file.read()
+        meta, message, _ = decode(data, queue_id, message)
         return meta, message
 
     def load_meta(self, queue_id: str) -> MessageMeta:
@@ -427,7 +441,9 @@ def _read_ahead(queue_dir: str, ids: list[str]) -> Iterator[tuple[str, bytes | O
     """(ID, file bytes) in ``ids`` order, read by a few threads ahead of the caller (None: gone).
 
     Start-up recovery decodes on one thread (the GIL); reading ahead in parallel keeps a
-    cold disk busy meanwhile (issue 6: 100,000 messages in under 10 s).
+    cold disk busy meanwhile (issue 6: 100,000 messages in under 10 s). Only files up to
+    ``LOAD_HEAD`` are read ahead; a larger one is read when its turn comes, so that a spool of
+    large messages is never all in memory at once (issue 22).
     """
 
     def read(chunk: list[str]) -> list[bytes | OSError | None]:
@@ -435,17 +451,23 @@ def _read_ahead(queue_dir: str, ids: list[str]) -> Iterator[tuple[str, bytes | O
         for queue_id in chunk:
             try:
                 with open(os.path.join(queue_dir, queue_id), "rb") as file:
-                    out.append(file.read())
+                    data = file.read(LOAD_HEAD + 1)
+                out.append(data if len(data) <= LOAD_HEAD else _LARGE)
             except FileNotFoundError:
                 out.append(None)
             except OSError as exc:
                 out.append(exc)
         return out
 
+    def whole(queue_id: str, data: bytes | OSError | None) -> bytes | OSError | None:
+        if data is not _LARGE:
+            return data
+        return read_whole(os.path.join(queue_dir, queue_id))
+
     chunks = [ids[i : i + READ_AHEAD_CHUNK] for i in range(0, len(ids), READ_AHEAD_CHUNK)]
     if len(chunks) <= 1:
         for chunk in chunks:
-            yield from zip(chunk, read(chunk))
+            yield from ((qid, whole(qid, data)) for qid, data in zip(chunk, read(chunk)))
         return
     with ThreadPoolExecutor(max_workers=READ_AHEAD_JOBS, thread_name_prefix="recover") as pool:
         jobs = collections.deque(pool.submit(read, c) for c in chunks[:READ_AHEAD_JOBS])
@@ -453,7 +475,21 @@ def _read_ahead(queue_dir: str, ids: list[str]) -> Iterator[tuple[str, bytes | O
             results = jobs.popleft().result()
             if index + READ_AHEAD_JOBS < len(chunks):
                 jobs.append(pool.submit(read, chunks[index + READ_AHEAD_JOBS]))
-            yield from zip(chunk, results)
+            yield from ((qid, whole(qid, data)) for qid, data in zip(chunk, results))
+
+
+_LARGE = b""  # read_ahead's mark for a file read when its turn comes (never a file's bytes)
+
+
+def read_whole(path: str) -> bytes | OSError | None:
+    """A file's bytes; None when it is gone, the OSError when it cannot be read."""
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return exc
 
 
 def _truncate(path: Path, size: int) -> None:
