@@ -233,7 +233,7 @@ class Intake:
                 raise Reply("501 5.5.4 SIZE must be a number")
             if int(params["SIZE"]) > self.settings.max_message_size:
                 raise Reply("552 5.3.4 Message size exceeds fixed maximum message size")
-            if not self.budget.fits(int(params["SIZE"])):  # issue 22: refused early
+            if not self.budget.fits(server.footprint(int(params["SIZE"]))):  # issue 22: early
                 self.budget.refused += 1
                 raise Reply(BUDGET_FULL)
         body = params.get("BODY", "7BIT").upper()

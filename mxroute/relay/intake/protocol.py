@@ -43,7 +43,7 @@ ENHANCED = re.compile(r"\d\.\d{1,3}\.\d{1,3}( |\Z)")
 HARD_ERROR_LIMIT = 20
 # issue 22: a DATA the in-flight budget cannot hold; temporary, the client retries
 BUDGET_FULL = "452 4.3.1 Insufficient system resources: too much mail in flight, try again later"
-RESERVE_STEP = 1 << 20  # budget taken a block at a time as DATA arrives beyond SIZE=
+RESERVE_STEP = 64 << 10  # budget taken a block at a time as DATA arrives beyond SIZE=
 PENDING_AUTH = AuthResult(success=False, handled=False,
                           message="454 4.7.0 Temporary authentication failure")
 
@@ -267,7 +267,7 @@ class RelaySMTP(SMTP):
             await self.push("501 Syntax: DATA")
             return
         budget = self.intake.budget
-        held = env.size
+        held = self.footprint(env.size) if env.size else 0
         if not budget.take(held):  # the declared SIZE= no longer fits
             await self.push(BUDGET_FULL)
             return
@@ -276,6 +276,19 @@ class RelaySMTP(SMTP):
         finally:
             budget.give(self._held)
             self._held = 0
+
+    def footprint(self, size: int) -> int:
+        """Bytes a DATA of ``size`` holds in memory: its buffer, and (once that large) the
+        stream reader's, which reads up to twice the line limit ahead before it pauses; 0: that
+        reader buffer alone (all a refused DATA still holds while it is read to its end)."""
+        ahead = 2 * self.line_length_limit
+        return size + min(size, ahead) if size else ahead
+
+    def _keep(self, size: int) -> None:
+        """Give back what this DATA holds beyond ``size`` bytes."""
+        if self._held > size:
+            self.intake.budget.give(self._held - size)
+            self._held = size
 
     async def _receive(self, env: RelayEnvelope, declared: int) -> None:
         self._held = declared
@@ -305,13 +318,16 @@ class RelaySMTP(SMTP):
                 continue
             if limit and received > limit:
                 problem, data = "552 Error: Too much mail data", bytearray()
+                self._keep(self.footprint(0))
                 continue
-            if received > self._held:  # more room, a block at a time (SIZE= reserved it all)
-                step = max(received - self._held, RESERVE_STEP)
+            need = self.footprint(received)
+            if need > self._held:  # more room, a block at a time (SIZE= reserved it all)
+                step = max(need - self._held, RESERVE_STEP)
                 if not budget.take(step):
                     problem, data = BUDGET_FULL, bytearray()
                     log.info("refused: DATA from %s: in-flight budget full (%d of %d bytes)",
                              self.client_ip or "unknown", budget.used, budget.limit)
+                    self._keep(self.footprint(0))
                     continue
                 self._held += step
             data += memoryview(line)[1:] if line[:1] == b"." else line
