@@ -24,14 +24,15 @@ class Budget:
         return max(0, self.limit - self.used)
 
     def fits(self, size: int) -> bool:
-        """Would ``take(size)`` succeed now (nothing taken)."""
-        return self.used + size <= self.limit
+        """Would ``take(size)`` succeed now (nothing taken). Anything fits an empty budget:
+        a message larger than the whole share is never refused for ever."""
+        return not self.used or self.used + size <= self.limit
 
     def take(self, size: int) -> bool:
         """Count ``size`` more bytes if they fit; False (and one refusal) if not."""
         if size < 0:
             raise ValueError("a negative size")
-        if self.used + size > self.limit:
+        if not self.fits(size):
             self.refused += 1
             return False
         self.used += size

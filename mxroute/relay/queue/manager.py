@@ -295,7 +295,7 @@ class QueueManager:
     # --- one message ---
     async def _hold(self, size: int) -> None:
         """Wait until a message of ``size`` bytes fits the delivery's memory share, count it."""
-        while self.memory.used and not self.memory.fits(size):
+        while not self.memory.fits(size):
             self._room.clear()
             await self._room.wait()
         self.memory.force(size)

@@ -26,6 +26,8 @@ def test_take_refuses_past_the_limit_and_counts_the_refusal() -> None:
     assert budget.take(4) and budget.free == 0
     budget.give(10)
     assert budget.used == 0 and budget.peak == 10
+    assert budget.take(25) and budget.used == 25  # an empty budget takes anything: no livelock
+    assert not budget.fits(1)
 
 
 def test_force_may_exceed_and_give_never_goes_below_zero() -> None:
