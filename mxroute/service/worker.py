@@ -133,8 +133,9 @@ class Delivery:
                 "dns": {"queries": dns.queries, "hits": dns.hits, "coalesced": dns.coalesced},
                 "mta_sts": self.mta_sts.snapshot(), "attempts": self.timer.snapshot(),
                 "dkim": self.signer.stats.to_json(), "sites": self.courier.sites.numbers.top(),
-                "memory": {"used": self.queue.memory.used, "limit": self.queue.memory.limit,
-                           "peak": self.queue.memory.peak}}
+                "memory": {"used": self.queue.memory.budget.used,
+                           "limit": self.queue.memory.budget.limit,
+                           "peak": self.queue.memory.budget.peak}}
 
     async def stop(self, grace: float) -> None:
         await self.control.close()

@@ -13,11 +13,12 @@ never bounce a bounce), RFC 3461/3464 (DSN), checklist RTY-1..5, DSN-1..3/7/8/10
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from mxroute.dns.resolver import Resolver
@@ -61,6 +62,33 @@ def timing_of(settings: Settings) -> Timing:
     )
 
 
+class MemoryShare:
+    """The delivery's share of max_inflight_bytes (issue 22): the bytes of the messages loaded
+    for attempts. An attempt whose message does not fit waits for room; one always may run."""
+
+    def __init__(self, limit: int) -> None:
+        self.budget = Budget(limit)
+        self._room = asyncio.Event()
+
+    @classmethod
+    def of(cls, settings: Settings) -> MemoryShare:
+        """The delivery's share of ``settings``' max_inflight_bytes."""
+        return cls(delivery_share(settings.inflight_budget(), settings.max_message_size))
+
+    @contextlib.asynccontextmanager
+    async def holding(self, size: int) -> AsyncIterator[None]:
+        """Wait until ``size`` bytes fit, count them while the block runs."""
+        while not self.budget.fits(size):
+            self._room.clear()
+            await self._room.wait()
+        self.budget.force(size)
+        try:
+            yield
+        finally:
+            self.budget.give(size)
+            self._room.set()
+
+
 class QueueManager:
     """Schedules due messages, delivers them domain by domain, persists every outcome.
 
@@ -69,11 +97,7 @@ class QueueManager:
     """
 
     def __init__(
-        self,
-        settings: Settings,
-        spool: Spool,
-        resolver: Resolver,
-        courier: CourierLike,
+        self, settings: Settings, spool: Spool, resolver: Resolver, courier: CourierLike,
         *,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
@@ -98,10 +122,7 @@ class QueueManager:
                                 builder=dsn_builder, signer=signer,
                                 postmaster=settings.postmaster_address)
         self.timetable = Timetable()
-        # issue 22: bytes of the messages loaded for attempts, within the delivery's share of
-        # max_inflight_bytes; an attempt that does not fit waits for room (one always may run)
-        self.memory = Budget(delivery_share(settings.inflight_budget(), settings.max_message_size))
-        self._room = asyncio.Event()
+        self.memory = MemoryShare.of(settings)  # issue 22
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self.held: set[str] = set()  # on hold (``mxroute queue hold``): scheduled at expiry only
         # operator actions on a message being delivered: run when its attempt ends (issue 15 A)
@@ -293,29 +314,11 @@ class QueueManager:
                 log.info("shutdown: %d delivery(ies) interrupted, left queued", len(pending))
 
     # --- one message ---
-    async def _hold(self, size: int) -> None:
-        """Wait until a message of ``size`` bytes fits the delivery's memory share, count it."""
-        while not self.memory.fits(size):
-            self._room.clear()
-            await self._room.wait()
-        self.memory.force(size)
-
-    def _unhold(self, size: int) -> None:
-        self.memory.give(size)
-        self._room.set()
-
     async def _process(self, queue_id: str, force: bool) -> None:
-        size = self.spool.size_of(queue_id)
-        await self._hold(size)
-        try:
-            await self._process_held(queue_id, force)
-        finally:
-            self._unhold(size)
-
-    async def _process_held(self, queue_id: str, force: bool) -> None:
         retry_in = self.settings.retry_min_seconds
         try:
-            await self._attempt(queue_id, force)
+            async with self.memory.holding(self.spool.size_of(queue_id)):
+                await self._attempt(queue_id, force)
         except asyncio.CancelledError:
             raise
         except OSError as exc:  # the disk failed recording (ENOSPC, EIO): one line, no traceback
