@@ -50,6 +50,7 @@ from mxroute.relay.spool.store import Spool
 from mxroute.service import sdnotify
 from mxroute.service.link import ChildLink, LocalLink
 from mxroute.service.logsetup import flush_log, setup_logging
+from mxroute.service.malloc import fix_mmap_threshold
 from mxroute.service.worker import Delivery
 from mxroute.settings import RESTART_ONLY, Settings
 
@@ -71,6 +72,7 @@ def serve(settings: Settings, reload: Loader | None = None) -> int:
     and ``--dns``); by default the same file and environment as ``load_settings()``.
     """
     setup_logging(settings.log_level)
+    fix_mmap_threshold()  # issue 22: large buffers from mmap, returned when freed
     if reload is None:
         from mxroute.settings import load_settings
 

@@ -47,6 +47,7 @@ from mxroute.service.attempts import AttemptTimer, TimedCourier
 from mxroute.service.control import ControlServer
 from mxroute.service.link import Lines, decode_settings
 from mxroute.service.logsetup import setup_logging
+from mxroute.service.malloc import fix_mmap_threshold
 from mxroute.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,7 @@ def child_main() -> None:
     """
     fd, ppid, lock_fd = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     _die_with_parent(ppid)
+    fix_mmap_threshold()  # issue 22
     try:
         hold_inherited(lock_fd)
     except SpoolInUse as exc:
