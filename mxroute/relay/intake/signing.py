@@ -28,6 +28,10 @@ from mxroute.text import safe_text
 log = logging.getLogger(__name__)
 
 LARGE = 256 * 1024  # octets of message above which signing runs in a worker thread
+# Large messages are signed one at a time (issue 22): canonicalization makes copies of the body
+# (the bytes parsed, the body, its relaxed form), so memory beyond the in-flight budget stays
+# within a few times max_message_size, whatever the number of clients.
+LARGE_AT_ONCE = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,7 @@ class IntakeSigning:
     def __init__(self, settings: Settings, signer: DkimSigner) -> None:
         self.signer = signer
         self.required = settings.dkim_required
+        self._large = asyncio.Semaphore(LARGE_AT_ONCE)
 
     @classmethod
     def load(cls, settings: Settings, stats: SigningStats | None = None) -> IntakeSigning:
@@ -76,7 +81,8 @@ class IntakeSigning:
                          if isinstance(login, bytes) else None)
         if len(content) > LARGE:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(None, self._sign, client, content, queue_id)
+            async with self._large:
+                return await loop.run_in_executor(None, self._sign, client, content, queue_id)
         return self._sign(client, content, queue_id)
 
     def _sign(self, client: _Client, content: bytes | bytearray,
