@@ -64,3 +64,47 @@ def host_name() -> str:
 
 
 __all__ = ["SYSTEM_SPOOL", "default_spool", "host_name", "pick_host_name", "spool_default"]
+
+
+# --- the default max_inflight_bytes (issue 22) ----------------------------------------------------
+
+AUTO_FRACTION = 4  # a quarter of the machine's (or the cgroup's) memory ...
+AUTO_CAP = 1 << 30  # ... at most 1 GiB ...
+AUTO_FLOOR_MESSAGES = 2  # ... and at least two messages of max_message_size
+FALLBACK_MEMORY = 2 << 30  # when no memory figure can be read
+
+
+def memory_limit(meminfo: str, cgroup_max: str | None) -> int:
+    """The memory this service may use: MemTotal from ``/proc/meminfo``'s text, or the cgroup v2
+    ``memory.max`` when lower (``max``: no limit); ``FALLBACK_MEMORY`` without either."""
+    total = FALLBACK_MEMORY
+    for line in meminfo.splitlines():
+        if line.startswith("MemTotal:"):
+            total = int(line.split()[1]) * 1024
+            break
+    if cgroup_max is not None and cgroup_max.strip().isdigit():
+        total = min(total, int(cgroup_max.strip()))
+    return total
+
+
+def machine_memory() -> int:
+    """``memory_limit`` of this host, read from /proc and /sys/fs/cgroup."""
+    texts: list[str | None] = []
+    for path in ("/proc/meminfo", "/sys/fs/cgroup/memory.max"):
+        try:
+            texts.append(Path(path).read_text())
+        except OSError:
+            texts.append(None)
+    return memory_limit(texts[0] or "", texts[1])
+
+
+def auto_budget(memory: int, max_message_size: int) -> int:
+    """The default ``max_inflight_bytes``: a quarter of ``memory``, at most 1 GiB, at least two
+    messages of ``max_message_size``."""
+    return max(AUTO_FLOOR_MESSAGES * max_message_size, min(memory // AUTO_FRACTION, AUTO_CAP))
+
+
+def delivery_share(budget: int, max_message_size: int) -> int:
+    """The part of ``budget`` for the messages the delivery side holds during attempts: a
+    quarter, at least one message of ``max_message_size``; the intake has the rest."""
+    return max(max_message_size, budget // 4)

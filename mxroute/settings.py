@@ -45,7 +45,13 @@ from mxroute.address import (
     parse_next_hop,
 )
 from mxroute.errors import AddressError, ConfigError
-from mxroute.hostdefaults import host_name, spool_default
+from mxroute.hostdefaults import (
+    AUTO_FLOOR_MESSAGES,
+    auto_budget,
+    host_name,
+    machine_memory,
+    spool_default,
+)
 from mxroute.settingsenv import PLAIN_LISTS, TypedEnv, env_name, split_list, unknown_variables
 
 log = logging.getLogger(__name__)
@@ -55,7 +61,8 @@ DEFAULT_CONFIG = Path("/etc/mxroute/mxroute.toml")
 # and verification after delivery (the rotation advice in docs/dkim.md)
 DKIM_EXPIRE_MARGIN = 86400
 # what a reload (SIGHUP, mxroute/service/daemon.py) cannot change: kept until a restart
-RESTART_ONLY = ("listen", "spool_dir", "metrics_listen", "delivery_processes")
+RESTART_ONLY = ("listen", "spool_dir", "metrics_listen", "delivery_processes",
+                "max_inflight_bytes")
 
 
 # --- the TLS levels (TLS-3; what each demands: mxroute/tls/policy.py) ---------------------------
@@ -322,6 +329,9 @@ class Settings(BaseSettings):
     # SEC-4: needed to start with 0.0.0.0/0 or ::/0 in relay_networks
     allow_open_relay: bool = False
     max_message_size: int = Field(36700160, ge=1024)
+    # issue 22: bytes of mail in memory at once (DATA received, messages held); 0: sized from
+    # the machine's memory (inflight_budget())
+    max_inflight_bytes: int = Field(0, ge=0)
     max_recipients: int = Field(100, ge=1)
     max_received_headers: int = Field(100, ge=1)
     bare_newline: Literal["normalize", "reject"] = "normalize"
@@ -550,6 +560,11 @@ class Settings(BaseSettings):
                 f"queue_lifetime_seconds ({self.queue_lifetime_seconds}) plus "
                 f"{DKIM_EXPIRE_MARGIN} s: a signature must outlive the message's time in the "
                 "queue and the receivers' delivery")
+        if 0 < self.max_inflight_bytes < AUTO_FLOOR_MESSAGES * self.max_message_size:
+            raise ValueError(
+                f"max_inflight_bytes ({self.max_inflight_bytes}) must be at least twice "
+                f"max_message_size ({self.max_message_size}): one message being received and "
+                "one being delivered")
         if not self.allow_open_relay:
             for item in self.relay_networks:
                 if ipaddress.ip_network(item, strict=False).prefixlen == 0:
@@ -562,6 +577,12 @@ class Settings(BaseSettings):
     # where the values came from (load_settings sets them)
     _file: Path | None = PrivateAttr(None)
     _given: frozenset[str] = PrivateAttr(frozenset())
+
+    def inflight_budget(self) -> int:
+        """``max_inflight_bytes``, or (0) the default sized from this host's memory."""
+        if self.max_inflight_bytes:
+            return self.max_inflight_bytes
+        return auto_budget(machine_memory(), self.max_message_size)
 
     def origin(self, name: str) -> str:
         """Where setting ``name`` came from: ``"the command line"``, its ``MXROUTE_*`` variable,

@@ -51,6 +51,7 @@ from mxroute.relay.spool.store import Spool
 from mxroute.service import sdnotify
 from mxroute.service.link import ChildLink, LocalLink
 from mxroute.service.logsetup import flush_log, setup_logging
+from mxroute.service.malloc import fix_mmap_threshold
 from mxroute.service.worker import Delivery
 from mxroute.settings import RESTART_ONLY, Settings
 
@@ -77,6 +78,7 @@ def serve(settings: Settings, reload: Loader | None = None) -> int:
 
     for warning in file_warnings(settings.tls_cert_file, settings.tls_key_file):
         log.warning("%s", warning)  # issue 21: advice, as check-config's
+    fix_mmap_threshold()  # issue 22: large buffers from mmap, returned when freed
     if reload is None:
         from mxroute.settings import load_settings
 

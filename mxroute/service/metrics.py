@@ -40,6 +40,7 @@ from mxroute.dns.resolver import Lookups
 from mxroute.errors import EX_OSERR, MxrouteError
 from mxroute.identity.dkim.check import check_key
 from mxroute.identity.dkim.sign import SigningKey, SigningStats
+from mxroute.relay.budget import Budget
 from mxroute.service.attempts import ATTEMPT_BUCKETS
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,9 @@ class IntakeNumbers(Protocol):
 
     @property
     def dkim(self) -> SigningNumbers: ...
+
+    @property
+    def budget(self) -> Budget: ...
 
 
 class DeliveryNumbers(Protocol):
@@ -152,6 +156,7 @@ class _Collector:
         yield from self._outbound()
         yield from self._dns()
         yield from self._dkim()
+        yield from self._memory()
         yield self._attempts()
 
     def _messages(self) -> Iterator[Metric]:
@@ -202,6 +207,25 @@ class _Collector:
         yield GaugeMetricFamily("mxroute_smtp_connections",
                                 "Open SMTP client connections to the intake",
                                 value=len(intake.sessions))
+
+    def _memory(self) -> Iterator[Metric]:
+        """Issue 22: mail held in memory against max_inflight_bytes, and the 452s it caused."""
+        budget, memory = self.sources.intake.budget, self.snapshot.get("memory", {})
+        inflight = GaugeMetricFamily("mxroute_inflight_bytes",
+                                     "Bytes of mail held in memory: intake (DATA being received, "
+                                     "messages kept for their first attempt), delivery "
+                                     "(messages loaded for attempts)", labels=["side"])
+        inflight.add_metric(["intake"], budget.used)
+        inflight.add_metric(["delivery"], memory.get("used", 0))
+        yield inflight
+        limit = GaugeMetricFamily("mxroute_inflight_limit_bytes",
+                                  "Each side's share of max_inflight_bytes", labels=["side"])
+        limit.add_metric(["intake"], budget.limit)
+        limit.add_metric(["delivery"], memory.get("limit", 0))
+        yield limit
+        yield CounterMetricFamily("mxroute_inflight_refusals",
+                                  "MAIL or DATA refused with 452 4.3.1: the in-flight budget "
+                                  "was full (the client retries)", value=budget.refused)
 
     def _outbound(self) -> Iterator[Metric]:
         courier_stats, sts = self.snapshot.get("courier", {}), self.snapshot.get("mta_sts", {})

@@ -47,6 +47,7 @@ from mxroute.service.attempts import AttemptTimer, TimedCourier
 from mxroute.service.control import ControlServer
 from mxroute.service.link import Lines, decode_settings
 from mxroute.service.logsetup import setup_logging
+from mxroute.service.malloc import fix_mmap_threshold
 from mxroute.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,10 @@ class Delivery:
                 "dns": {"queries": dns.queries, "hits": dns.hits, "coalesced": dns.coalesced},
                 "mta_sts": self.mta_sts.snapshot(), "attempts": self.timer.snapshot(),
                 "dkim": self.signer.stats.to_json(), "sites": self.courier.sites.numbers.top(),
-                "oldest": oldest_waiting(self.queue)}
+                "oldest": oldest_waiting(self.queue),
+                "memory": {"used": self.queue.memory.budget.used,
+                           "limit": self.queue.memory.budget.limit,
+                           "peak": self.queue.memory.budget.peak}}
 
     async def stop(self, grace: float) -> None:
         await self.control.close()
@@ -181,6 +185,7 @@ def child_main() -> None:
     """
     fd, ppid, lock_fd = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     _die_with_parent(ppid)
+    fix_mmap_threshold()  # issue 22
     try:
         hold_inherited(lock_fd)
     except SpoolInUse as exc:

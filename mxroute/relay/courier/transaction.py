@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import aiosmtplib
@@ -32,15 +33,31 @@ from mxroute.settings import Settings
 from mxroute.text import safe_text, xtext
 
 CHUNK = 64 * 1024  # one "data block" for the §4.5.3.2.5 timeout
+END = b".\r\n"  # the end of data, the last of ``stuffed_blocks``
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 _LOST_BEFORE_DATA = "451 4.4.2 lost connection before DATA"
 
 
 def dot_stuff(canonical: bytes) -> bytes:
     """Transparency (RFC 5321 §4.5.2): double each leading ".", then end with ``.<CRLF>``."""
-    if not canonical.startswith(b".") and b"\n." not in canonical:  # nothing to stuff
-        return canonical + b".\r\n"
-    return _LEADING_DOT.sub(b"..", canonical) + b".\r\n"
+    return b"".join(stuffed_blocks(canonical))
+
+
+def stuffed_blocks(canonical: bytes, block: int = CHUNK) -> Iterator[bytes]:
+    """``dot_stuff(canonical)`` a block at a time, never a whole stuffed copy (issue 22): each
+    block of ``canonical`` as it is when no line in it starts with ".", else stuffed; a block's
+    first byte starts a line when the block before ends with LF."""
+    for start in range(0, len(canonical), block):
+        piece = canonical[start : start + block]
+        line_start = start == 0 or canonical[start - 1] == 0x0A
+        if not (line_start and piece.startswith(b".")) and b"\n." not in piece:
+            yield piece
+            continue
+        text = _LEADING_DOT.sub(b"..", piece)
+        if not line_start and text[:2] == b"..":  # this "." continues a line: not stuffed
+            text = text[1:]
+        yield text
+    yield END
 
 
 def mail_params(session: Session, attempt: Attempt) -> list[bytes]:
@@ -272,7 +289,6 @@ class Transactions:
         if answer.kind is not Kind.ACCEPTED:  # SESS-7: never send data without 354
             attempt.answered(accepted, answer, target)
             return
-        payload = dot_stuff(attempt.body)
         protocol = client.protocol
         sent_end = False
         try:
@@ -281,9 +297,9 @@ class Transactions:
             protocol._response_pending = (
                 True  # replies arriving while we write belong to this command
             )
-            for start in range(0, len(payload), CHUNK):
-                sent_end = start + CHUNK >= len(payload)
-                protocol.write(payload[start : start + CHUNK])
+            for piece in stuffed_blocks(attempt.body):  # no stuffed copy of the message
+                sent_end = piece is END
+                protocol.write(piece)
                 if protocol._paused or protocol._connection_lost:  # else nothing to wait for
                     await asyncio.wait_for(protocol._drain_helper(), s.data_block_timeout)
             resp = await protocol.read_response(timeout=s.data_done_timeout)
@@ -361,4 +377,6 @@ def _lost_data(
     return HostFailure("4.4.2", reply, remote=False)
 
 
-__all__ = ["CHUNK", "Tally", "Transactions", "dot_stuff", "mail_params", "rcpt_params"]
+__all__ = [
+    "CHUNK", "Tally", "Transactions", "dot_stuff", "mail_params", "rcpt_params", "stuffed_blocks",
+]

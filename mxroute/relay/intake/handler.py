@@ -22,6 +22,8 @@ from aiosmtpd.smtp import Session
 
 from mxroute.dns.resolver import Resolver
 from mxroute.errors import SpoolError
+from mxroute.hostdefaults import delivery_share
+from mxroute.relay.budget import Budget
 from mxroute.relay.envelope import Recipient
 from mxroute.relay.intake import clientname
 from mxroute.relay.intake.auth import Credentials
@@ -36,7 +38,13 @@ from mxroute.relay.intake.params import (
     received_header,
     xtext_decode,
 )
-from mxroute.relay.intake.protocol import RelayEnvelope, RelaySMTP, defer_auth, peer_ip
+from mxroute.relay.intake.protocol import (
+    BUDGET_FULL,
+    RelayEnvelope,
+    RelaySMTP,
+    defer_auth,
+    peer_ip,
+)
 from mxroute.relay.intake.recipient import MAIL_OK, RCPT_OK, accept_recipient
 from mxroute.relay.intake.sendercheck import SenderCheck
 from mxroute.relay.intake.signing import IntakeSigning
@@ -48,12 +56,25 @@ from mxroute.text import LISTING, safe_text
 log = logging.getLogger(__name__)
 
 
+def intake_share(settings: Settings) -> int:
+    """The intake's part of ``max_inflight_bytes`` (the delivery side has ``delivery_share``)."""
+    budget = settings.inflight_budget()
+    return budget - delivery_share(budget, settings.max_message_size)
+
+
+def header_of(content: bytes | bytearray) -> bytes:
+    """The header section of a message (up to and with its blank line), as a copy."""
+    end = content.find(b"\r\n\r\n")
+    return bytes(content if end < 0 else content[: end + 4])
+
+
 class Intake:
     """Policy for one relay: who may relay, what is accepted, where it is stored."""
 
     def __init__(
         self, settings: Settings, spool: Spool, on_queued: Callable[[MessageMeta], None],
         *, resolver: Resolver, clock: Callable[[], float] = time.time,
+        budget: Budget | None = None,
     ) -> None:
         self.settings = settings
         self.spool = spool
@@ -77,6 +98,10 @@ class Intake:
         self._relay_nets: object = None  # the networks _relay_seen was computed for
         self._relay_seen: dict[str, bool] = {}  # client address -> may relay
         self.stats = {"accepted": 0, "rejected": 0, "storage_refusals": 0}
+        # issue 22: the bytes of DATA being received (and of messages kept for their first
+        # attempt, delivery_processes = 0): the intake's part of max_inflight_bytes
+        self.budget = budget if budget is not None else Budget(intake_share(settings))
+        spool.budget = self.budget
         self._tls: ssl.SSLContext | None = None
 
     # -- factory --
@@ -214,6 +239,9 @@ class Intake:
                 raise Reply("501 5.5.4 SIZE must be a number")
             if int(params["SIZE"]) > self.settings.max_message_size:
                 raise Reply("552 5.3.4 Message size exceeds fixed maximum message size")
+            if not self.budget.fits(server.footprint(int(params["SIZE"]))):  # issue 22: early
+                self.budget.refused += 1
+                raise Reply(BUDGET_FULL)
         body = params.get("BODY", "7BIT").upper()
         if body not in ("7BIT", "8BITMIME"):
             raise Reply("501 5.5.4 BODY must be 7BIT or 8BITMIME")
@@ -242,6 +270,7 @@ class Intake:
         env.mail_at = self.clock()  # delays a: from here to arrival (issue 15 D)
         env.body, env.ret, env.envid = body, ret.upper() if ret else None, envid
         env.smtp_utf8 = "SMTPUTF8" in params
+        env.size = int(params.get("SIZE", "0"))
         return MAIL_OK
 
     def _enough_space(self) -> bool:
@@ -298,16 +327,17 @@ class Intake:
         self, server: RelaySMTP, session: Session, envelope: RelayEnvelope,
     ) -> str:
         started = self.clock()
-        content, problem = check_content(envelope.original_content or b"",
+        content, problem = check_content(envelope.data or b"",
                                          self.settings.bare_newline,
                                          self.settings.max_received_headers)
+        envelope.data = None  # the one copy is ``content`` now
         ip = peer_ip(session)
         if problem is not None:
             self.stats["rejected"] += 1
             log.info("reject: DATA from %s: %s", ip, problem)
             return problem
         queue_id = new_queue_id(self.clock)
-        content, refusal = await self.dkim.sign(session, content, queue_id)  # issue 14 §1
+        fields, refusal = await self.dkim.sign(session, content, queue_id)  # issue 14 §1
         if refusal is not None:
             self.stats["rejected"] += 1
             return refusal
@@ -322,12 +352,12 @@ class Intake:
             helo=session.host_name or "", rdns=rdns, ip=ip, by=self.settings.helo_name, proto=proto,
             queue_id=queue_id, rcpt=rcpts[0].address if len(rcpts) == 1 else None, now=started,
         )
-        message = trace + content
+        message = (trace + fields, content)  # written one after the other: never joined (issue 22)
         meta = MessageMeta(
             queue_id=queue_id, sender=envelope.mail_from or "", arrival=started,
             recipients=[RecipientState(r.address, r.notify, r.orcpt) for r in rcpts],
             ret=envelope.ret, envid=envelope.envid, body=envelope.body, smtputf8=envelope.smtp_utf8,
-            client=f"{helo} ({rdns} [{ip}])", size=len(message),
+            client=f"{helo} ({rdns} [{ip}])", size=len(message[0]) + len(content),
             intake=max(0.0, started - envelope.mail_at) if envelope.mail_at else 0.0,
         )
         self.storing += 1
@@ -344,7 +374,7 @@ class Intake:
         log.info("%s: from=<%s>, size=%d, nrcpt=%d, client=%s[%s], helo=<%s>, status=accepted",
                  queue_id, safe_text(meta.sender, LISTING), meta.size, len(rcpts), rdns, ip, helo)
         self.on_queued(meta)
-        self.on_author(meta.sender, content)  # DMARC self-check (issue 14)
+        self.on_author(meta.sender, header_of(content))  # DMARC self-check (issue 14)
         server.errors = 0  # a client that delivers mail is not an error loop (SEC-10)
         server.caps.transaction_done()  # nor a junk-command loop (issue 21)
         return f"250 2.0.0 Ok: queued as {queue_id}"

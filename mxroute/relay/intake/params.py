@@ -20,6 +20,7 @@ from mxroute.text import safe_text
 BARE_CR = re.compile(rb"\r(?!\n)")
 BARE_LF = re.compile(rb"(?<!\r)\n")
 MAX_LINE = 998  # RFC 5321 §4.5.3.1.6: 1000 octets with the CRLF
+WINDOW = 1 << 20  # bytes of lines measured at a time (issue 22: never a list of every line)
 RECEIVED = re.compile(rb"^Received[ \t]*:", re.IGNORECASE | re.MULTILINE)
 # RFC 3461 §4: xchar / "+" 2HEXCHAR
 XTEXT = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-Fa-f]{2})*\Z")
@@ -109,9 +110,11 @@ def path_address(path: str) -> Address | None:
 
 
 def check_content(
-    content: bytes, bare_newline: str, max_received: int,
-) -> tuple[bytes, str | None]:
-    """SEC-1, SESS-12 and SESS-18 on unstuffed DATA: (canonical content, or the rejection reply)."""
+    content: bytes | bytearray, bare_newline: str, max_received: int,
+) -> tuple[bytes | bytearray, str | None]:
+    """SEC-1, SESS-12 and SESS-18 on unstuffed DATA: (canonical content, or the rejection reply).
+
+    ``content`` itself when already canonical; a copy only where a bare LF is normalised."""
     crlf = content.count(b"\r\n")  # fast path: every CR and every LF belongs to a CRLF
     if content.count(b"\r") != crlf and BARE_CR.search(content):
         return content, "550 5.5.2 Message contains a bare <CR> (RFC 5321 section 2.3.8)"
@@ -119,7 +122,7 @@ def check_content(
         if bare_newline == "reject":
             return content, "550 5.5.2 Message contains a bare <LF> (RFC 5321 section 2.3.8)"
         content = BARE_LF.sub(b"\r\n", content)
-    if len(content) > MAX_LINE and max(map(len, content.split(b"\r\n"))) > MAX_LINE:
+    if len(content) > MAX_LINE and _line_over(content, MAX_LINE):
         return content, ("500 5.5.2 Message line longer than 998 octets "
                          "(RFC 5321 section 4.5.3.1.6)")
     end = content.find(b"\r\n\r\n")
@@ -129,6 +132,19 @@ def check_content(
     if len(RECEIVED.findall(header)) > max_received:
         return content, "554 5.4.6 Too many Received: headers: mail loop (RFC 5321 section 6.3)"
     return content, None
+
+
+def _line_over(content: bytes | bytearray, limit: int) -> bool:
+    """Has ``content`` (CRLF lines) a line longer than ``limit``: measured a window of whole
+    lines at a time, so that the list of lines is never the whole message's."""
+    start, size = 0, len(content)
+    while start < size:
+        cut = content.find(b"\r\n", min(start + WINDOW, size))
+        end = size if cut < 0 else cut
+        if max(map(len, content[start:end].split(b"\r\n"))) > limit:
+            return True
+        start = end + 2
+    return False
 
 
 def received_header(

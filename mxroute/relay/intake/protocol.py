@@ -45,6 +45,9 @@ ENHANCED = re.compile(r"\d\.\d{1,3}\.\d{1,3}( |\Z)")
 # SEC-10: 5xx replies without a message accepted, then 421 and close
 # (Postfix smtpd_hard_error_limit)
 HARD_ERROR_LIMIT = 20
+# issue 22: a DATA the in-flight budget cannot hold; temporary, the client retries
+BUDGET_FULL = "452 4.3.1 Insufficient system resources: too much mail in flight, try again later"
+RESERVE_STEP = 64 << 10  # budget taken a block at a time as DATA arrives beyond SIZE=
 PENDING_AUTH = AuthResult(success=False, handled=False,
                           message="454 4.7.0 Temporary authentication failure")
 
@@ -110,6 +113,8 @@ class RelayEnvelope(SMTPEnvelope):
         self.ret: str | None = None
         self.envid: str | None = None
         self.body: str | None = None
+        self.size = 0  # MAIL FROM's SIZE= (RFC 1870), 0 when not given
+        self.data: bytearray | None = None  # DATA received, un-stuffed (the one copy, issue 22)
         self.mail_at = 0.0  # when MAIL FROM was accepted (the handler's clock)
 
 
@@ -160,6 +165,7 @@ class RelaySMTP(SMTP):
                 self.transport.close()
 
         return run
+        self._held = 0  # in-flight budget bytes this session's DATA holds (issue 22)
 
     def _create_envelope(self) -> RelayEnvelope:
         return RelayEnvelope()
@@ -278,9 +284,95 @@ class RelaySMTP(SMTP):
         return await self.intake.credentials.check(self, data)
 
     async def smtp_DATA(self, arg: str) -> None:
-        if self.envelope is not None and self.env().recipients:
-            self._reset_timeout(self.intake.settings.data_timeout)  # DATA phase bound (SEC-10)
-        await super().smtp_DATA(arg)
+        """aiosmtpd's DATA, receiving into ONE buffer counted against the in-flight budget
+        (issue 22). Lines are read as aiosmtpd does (``readuntil(b"\\r\\n")``: only
+        ``<CRLF>.<CRLF>`` ends the data, SEC-1) and un-stuffed as they come; a message the
+        budget cannot hold is read to its end and refused with ``452 4.3.1`` (a client may
+        retry), one over ``max_message_size`` with ``552``, a line over the stream limit with
+        ``500``, as aiosmtpd. The budget is given back once the handler has spooled the
+        message (or refused it), however the session ends."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        env = self.env()
+        if not env.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        budget = self.intake.budget
+        held = self.footprint(env.size) if env.size else 0
+        if not budget.take(held):  # the declared SIZE= no longer fits
+            await self.push(BUDGET_FULL)
+            return
+        try:
+            await self._receive(env, held)
+        finally:
+            budget.give(self._held)
+            self._held = 0
+
+    def footprint(self, size: int) -> int:
+        """Bytes a DATA of ``size`` holds in memory: its buffer, and (once that large) the
+        stream reader's, which reads up to twice the line limit ahead before it pauses; 0: that
+        reader buffer alone (all a refused DATA still holds while it is read to its end)."""
+        ahead = 2 * self.line_length_limit
+        return size + min(size, ahead) if size else ahead
+
+    def _keep(self, size: int) -> None:
+        """Give back what this DATA holds beyond ``size`` bytes."""
+        if self._held > size:
+            self.intake.budget.give(self._held - size)
+            self._held = size
+
+    async def _receive(self, env: RelayEnvelope, declared: int) -> None:
+        self._held = declared
+        self._reset_timeout(self.intake.settings.data_timeout)  # DATA phase bound (SEC-10)
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        budget, limit = self.intake.budget, self.data_size_limit
+        data = bytearray()
+        received, problem, continued = 0, "", False
+        while self.transport is not None:
+            try:
+                line: bytes = await self._reader.readuntil(b"\r\n")
+            except asyncio.CancelledError:
+                log.info("Connection lost during DATA")
+                self._writer.close()
+                raise
+            except asyncio.LimitOverrunError as exc:  # longer than the stream limit
+                problem = problem or "500 Line too long (see RFC5321 4.5.3.1.6)"
+                data = bytearray()
+                await self._reader.read(exc.consumed)
+                continued = True  # the rest of this line is no end of data
+                continue
+            if line == b".\r\n" and not continued:
+                break
+            continued = False
+            received += len(line)
+            if problem:
+                continue
+            if limit and received > limit:
+                problem, data = "552 Error: Too much mail data", bytearray()
+                self._keep(self.footprint(0))
+                continue
+            need = self.footprint(received)
+            if need > self._held:  # more room, a block at a time (SIZE= reserved it all)
+                step = max(need - self._held, RESERVE_STEP)
+                if not budget.take(step):
+                    problem, data = BUDGET_FULL, bytearray()
+                    log.info("refused: DATA from %s: in-flight budget full (%d of %d bytes)",
+                             self.client_ip or "unknown", budget.used, budget.limit)
+                    self._keep(self.footprint(0))
+                    continue
+                self._held += step
+            data += memoryview(line)[1:] if line[:1] == b"." else line
+        if problem:
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            await self.push(problem)
+            return
+        env.data, data = data, bytearray()  # the envelope holds the one copy
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push(status)
 
     # -- envelope commands (RFC 5321 §4.1.1.2-3, RFC 3461 §4, RFC 1870, RFC 6152, RFC 6531) --
     async def smtp_MAIL(self, arg: str | None) -> None:

@@ -28,6 +28,10 @@ from mxroute.text import safe_text
 log = logging.getLogger(__name__)
 
 LARGE = 256 * 1024  # octets of message above which signing runs in a worker thread
+# Large messages are signed one at a time (issue 22): canonicalization makes copies of the body
+# (the bytes parsed, the body, its relaxed form), so memory beyond the in-flight budget stays
+# within a few times max_message_size, whatever the number of clients.
+LARGE_AT_ONCE = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,7 @@ class IntakeSigning:
     def __init__(self, settings: Settings, signer: DkimSigner) -> None:
         self.signer = signer
         self.required = settings.dkim_required
+        self._large = asyncio.Semaphore(LARGE_AT_ONCE)
 
     @classmethod
     def load(cls, settings: Settings, stats: SigningStats | None = None) -> IntakeSigning:
@@ -70,32 +75,35 @@ class IntakeSigning:
         """The keys read again (SIGHUP): ConfigError and nothing changes when one is unusable."""
         return self.load(settings, self.signer.stats)
 
-    async def sign(self, session: Session, content: bytes, queue_id: str) -> tuple[bytes,
-                                                                                   str | None]:
-        """``content`` with its DKIM-Signature fields on top, or as it was (not for signing);
-        or the refusal to send instead of ``250``."""
+    async def sign(self, session: Session, content: bytes | bytearray,
+                   queue_id: str) -> tuple[bytes, str | None]:
+        """The DKIM-Signature fields to put on top of ``content`` (``b""``: not signed), or the
+        refusal to send instead of ``250``. Never a copy of ``content`` (issue 22)."""
         if not self.signer.keys:
-            return content, None
+            return b"", None
         login = getattr(session.auth_data, "login", None) if session.authenticated else None
         client = _Client(peer_ip(session), login.decode("utf-8", "replace")
                          if isinstance(login, bytes) else None)
         if len(content) > LARGE:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(None, self._sign, client, content, queue_id)
+            async with self._large:
+                return await loop.run_in_executor(None, self._sign, client, content, queue_id)
         return self._sign(client, content, queue_id)
 
-    def _sign(self, client: _Client, content: bytes, queue_id: str) -> tuple[bytes, str | None]:
+    def _sign(self, client: _Client, content: bytes | bytearray,
+              queue_id: str) -> tuple[bytes, str | None]:
         try:
-            parsed = canon.split_message(content)
+            parsed = canon.split_message(bytes(content) if isinstance(content, bytearray)
+                                         else content)
             author = canon.author_domain(parsed)
         except (canon.ParseError, canon.AuthorError) as exc:
-            return self._unsigned(content, queue_id, str(exc))
+            return self._unsigned(queue_id, str(exc))
         keys = self.signer.keys_for(author)
         if not keys:
-            return content, None
+            return b"", None
         allowed = [key for key in keys if _may_use(key, client)]
         if not allowed:
-            return self._unsigned(content, queue_id,
+            return self._unsigned(queue_id,
                                   f"client {client.ip}{_user(client)} may not send for {author}",
                                   f"not allowed to send mail signed for {author}")
         present = canon.existing_signatures(parsed)
@@ -103,28 +111,28 @@ class IntakeSigning:
         if not fresh:
             log.info("%s: not signed again: it carries a signature of the same d= and s=",
                      queue_id)
-            return content, None
+            return b"", None
         try:
             fields = self.signer.sign_parsed(parsed, fresh, author)
         except SigningError as exc:
             log.error("%s: DKIM signing failed, deferred (451): %s", queue_id, exc)
-            return content, "451 4.3.0 Temporary signing failure, try again later"
+            return b"", "451 4.3.0 Temporary signing failure, try again later"
         except Exception:  # a message that trips the signer is deferred, never sent unsigned
             self.signer.stats.failed()
             log.exception("%s: DKIM signing failed, deferred (451)", queue_id)
-            return content, "451 4.3.0 Temporary signing failure, try again later"
+            return b"", "451 4.3.0 Temporary signing failure, try again later"
         log.info("%s: DKIM signed: %s", queue_id, ", ".join(
             f"d={key.d(author)} s={key.config.selector}" for key in fresh))
-        return fields + content, None
+        return fields, None
 
-    def _unsigned(self, content: bytes, queue_id: str, why: str,
+    def _unsigned(self, queue_id: str, why: str,
                   refusal: str | None = None) -> tuple[bytes, str | None]:
         why = safe_text(why, 200)
         if self.required:
             log.info("%s: refused (dkim_required): cannot be signed: %s", queue_id, why)
-            return content, f"550 5.7.1 Message cannot be DKIM-signed: {refusal or why}"
+            return b"", f"550 5.7.1 Message cannot be DKIM-signed: {refusal or why}"
         log.info("%s: not signed: %s", queue_id, why)
-        return content, None
+        return b"", None
 
 
 def _may_use(key: SigningKey, client: _Client) -> bool:

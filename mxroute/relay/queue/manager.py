@@ -13,17 +13,20 @@ never bounce a bounce), RFC 3461/3464 (DSN), checklist RTY-1..5, DSN-1..3/7/8/10
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from mxroute.dns.resolver import Resolver
 from mxroute.errors import EX_DATAERR, MxrouteError
+from mxroute.hostdefaults import delivery_share
 from mxroute.identity.dkim.sign import DkimSigner
 from mxroute.relay import dsn
+from mxroute.relay.budget import Budget
 from mxroute.relay.envelope import Disposition, RecipientResult
 from mxroute.relay.queue.dispatch import CourierLike, Dispatcher, domain_of, due_recipients
 from mxroute.relay.queue.notices import Item, Notifier, failures, mark_bounced
@@ -65,6 +68,33 @@ def timing_of(settings: Settings) -> Timing:
     )
 
 
+class MemoryShare:
+    """The delivery's share of max_inflight_bytes (issue 22): the bytes of the messages loaded
+    for attempts. An attempt whose message does not fit waits for room; one always may run."""
+
+    def __init__(self, limit: int) -> None:
+        self.budget = Budget(limit)
+        self._room = asyncio.Event()
+
+    @classmethod
+    def of(cls, settings: Settings) -> MemoryShare:
+        """The delivery's share of ``settings``' max_inflight_bytes."""
+        return cls(delivery_share(settings.inflight_budget(), settings.max_message_size))
+
+    @contextlib.asynccontextmanager
+    async def holding(self, size: int) -> AsyncIterator[None]:
+        """Wait until ``size`` bytes fit, count them while the block runs."""
+        while not self.budget.fits(size):
+            self._room.clear()
+            await self._room.wait()
+        self.budget.force(size)
+        try:
+            yield
+        finally:
+            self.budget.give(size)
+            self._room.set()
+
+
 class QueueManager:
     """Schedules due messages, delivers them domain by domain, persists every outcome.
 
@@ -73,11 +103,7 @@ class QueueManager:
     """
 
     def __init__(
-        self,
-        settings: Settings,
-        spool: Spool,
-        resolver: Resolver,
-        courier: CourierLike,
+        self, settings: Settings, spool: Spool, resolver: Resolver, courier: CourierLike,
         *,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
@@ -102,6 +128,7 @@ class QueueManager:
                                 builder=dsn_builder, signer=signer,
                                 postmaster=settings.postmaster_address)
         self.timetable = Timetable()
+        self.memory = MemoryShare.of(settings)  # issue 22
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self.held: set[str] = set()  # on hold (``mxroute queue hold``): scheduled at expiry only
         # operator actions on a message being delivered: run when its attempt ends (issue 15 A)
@@ -296,7 +323,8 @@ class QueueManager:
     async def _process(self, queue_id: str, force: bool) -> None:
         retry_in = self.settings.retry_min_seconds
         try:
-            await self._attempt(queue_id, force)
+            async with self.memory.holding(self.spool.size_of(queue_id)):
+                await self._attempt(queue_id, force)
         except asyncio.CancelledError:
             raise
         except OSError as exc:  # the disk failed recording (ENOSPC, EIO): one line, no traceback

@@ -26,7 +26,7 @@ import secrets
 import struct
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,11 +174,20 @@ def frame(kind: bytes, payload: bytes) -> bytes:
 
 def encode(meta: MessageMeta, message: bytes) -> bytes:
     """The complete bytes of a new queue file."""
+    return b"".join(encode_parts(meta, (message,)))
+
+
+def encode_parts(meta: MessageMeta, parts: Sequence[bytes | bytearray]) -> list[bytes | bytearray]:
+    """A new queue file as pieces to write one after the other: the message is ``parts``
+    in order, never joined (issue 22: no second copy of a large message)."""
     env = json.dumps(meta.envelope_json(), separators=(",", ":")).encode()
     state = json.dumps(meta.state_json(), separators=(",", ":")).encode()
-    return b"".join(
-        (MAGIC, frame(b"E", env), frame(b"M", message), frame(b"Z", b""), frame(b"S", state))
-    )
+    head = _HEAD.pack(b"M", sum(len(part) for part in parts))
+    crc = zlib.crc32(head)
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return [MAGIC + frame(b"E", env) + head, *parts,
+            _CRC.pack(crc) + frame(b"Z", b"") + frame(b"S", state)]
 
 
 def encode_state(meta: MessageMeta) -> bytes:
@@ -188,20 +197,42 @@ def encode_state(meta: MessageMeta) -> bytes:
 
 # --- decoding ------------------------------------------------------------------------
 
-def _frames(data: bytes, offset: int) -> Iterator[tuple[bytes, bytes, int]]:
+def _frames(data: bytes, offset: int,
+            message: bytes | None = None) -> Iterator[tuple[bytes, bytes, int]]:
     """Yield (type, payload, end offset) for each complete, checksummed frame;
-    stop at the first bad one."""
+    stop at the first bad one. ``message``: the M frame's payload, left out of ``data``
+    (``message_span``), whose M frame is then its head and checksum only."""
     while offset + _HEAD.size <= len(data):
         kind, length = _HEAD.unpack_from(data, offset)
-        end = offset + _HEAD.size + length + _CRC.size
-        if length > MAX_FRAME or end > len(data):
-            return
-        payload = data[offset + _HEAD.size : offset + _HEAD.size + length]
+        if kind == b"M" and message is not None:
+            payload, end = message, offset + _HEAD.size + _CRC.size
+            if length != len(message) or end > len(data):
+                return
+            message = None
+        else:
+            end = offset + _HEAD.size + length + _CRC.size
+            if length > MAX_FRAME or end > len(data):
+                return
+            payload = data[offset + _HEAD.size : offset + _HEAD.size + length]
         (crc,) = _CRC.unpack_from(data, end - _CRC.size)
         if crc != zlib.crc32(payload, zlib.crc32(data[offset : offset + _HEAD.size])):
             return
         yield kind, payload, end
         offset = end
+
+
+def message_span(head: bytes) -> tuple[int, int] | None:
+    """(offset, length) of the M payload of a queue file that begins with ``head``; None when
+    ``head`` does not reach the M frame's head (or is no queue file: ``decode`` says why)."""
+    offset = len(MAGIC)
+    if not head.startswith(MAGIC) or offset + _HEAD.size > len(head):
+        return None
+    kind, length = _HEAD.unpack_from(head, offset)
+    offset += _HEAD.size + length + _CRC.size  # past E
+    if kind != b"E" or offset + _HEAD.size > len(head):
+        return None
+    kind, length = _HEAD.unpack_from(head, offset)
+    return (offset + _HEAD.size, length) if kind == b"M" else None
 
 
 def _envelope(payload: bytes, queue_id: str) -> tuple[MessageMeta, list[Any]]:
@@ -223,14 +254,17 @@ def _envelope(payload: bytes, queue_id: str) -> tuple[MessageMeta, list[Any]]:
     return meta, listed
 
 
-def decode(data: bytes, queue_id: str) -> tuple[MessageMeta, bytes, int]:
+def decode(data: bytes, queue_id: str,
+           message: bytes | None = None) -> tuple[MessageMeta, bytes, int]:
     """Parse a queue file: (meta with the latest state, message bytes, offset of the valid end).
 
-    Raises CorruptFile unless magic, E, M and Z are all present, in order, with good checksums.
+    ``message``: the M payload read on its own (issue 22: one copy of a large message), left
+    out of ``data`` (the offset returned is then in ``data``). Raises CorruptFile unless magic,
+    E, M and Z are all present, in order, with good checksums.
     """
     if not data.startswith(MAGIC):
         raise CorruptFile("bad magic or unknown version")
-    frames = _frames(data, len(MAGIC))
+    frames = _frames(data, len(MAGIC), message)
     try:
         parts = [next(frames) for _ in range(3)]
     except StopIteration:

@@ -27,25 +27,29 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mxroute.errors import ConfigError, SpoolError
+from mxroute.relay.budget import Budget
 from mxroute.relay.spool.format import (
     QUEUE_ID,
     CorruptFile,
     MessageMeta,
     decode,
-    encode,
+    encode_parts,
     encode_state,
+    message_span,
 )
 from mxroute.relay.spool.lookup import resolve_id
 
 log = logging.getLogger(__name__)
 
 FRESH_BYTES = 32 << 20  # message bytes kept in memory between intake and the first delivery attempt
+FRESH_MESSAGE = 256 << 10  # ... of messages up to this size only (larger: read from the file)
 FRESH_COUNT = 20000
+LOAD_HEAD = 64 << 10  # bytes read first: a larger message is then read on its own
 TEMP_MAX_AGE = 86400.0  # DUR-5: temp files older than a day are removed (qmail: 36 h)
 
 
@@ -134,6 +138,8 @@ class Spool:
         self._fresh_bytes = 0
         # False where nothing in this process delivers (the intake process)
         self._keep_fresh = keep_fresh
+        # issue 22: the in-flight budget the kept messages count against (the intake's)
+        self.budget: Budget | None = None
 
     # --- set-up and recovery ---
     def prepare(self) -> None:
@@ -282,9 +288,21 @@ class Spool:
         return self.queue_dir / queue_id
 
     def load(self, queue_id: str) -> tuple[MessageMeta, bytes]:
-        """Read and validate one message; FileNotFoundError if it is gone, CorruptFile if bad."""
-        data = self.path(queue_id).read_bytes()
-        meta, message, _ = decode(data, queue_id)
+        """Read and validate one message; FileNotFoundError if it is gone, CorruptFile if bad.
+
+        A large message's bytes are read into their own buffer, never sliced out of a copy of
+        the whole file (issue 22)."""
+        with open(self.path(queue_id), "rb") as file:
+            head = file.read(LOAD_HEAD)
+            span = message_span(head)
+            if span is None or span[0] + span[1] <= len(head):
+                meta, message, _ = decode(head + file.read(), queue_id)
+                return meta, message
+            start, length = span
+            file.seek(start)
+            message = file.read(length)
+            data = head[:start] + file.read()
+        meta, message, _ = decode(data, queue_id, message)
         return meta, message
 
     def load_meta(self, queue_id: str) -> MessageMeta:
@@ -296,9 +314,26 @@ class Spool:
             return fresh
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.load, queue_id)
 
-    def _remember(self, meta: MessageMeta, message: bytes) -> None:
-        if not self._keep_fresh:
+    def size_of(self, queue_id: str) -> int:
+        """Bytes a load of ``queue_id`` brings into memory: its file's size (0 if gone)."""
+        fresh = self._fresh.get(queue_id)
+        if fresh is not None:
+            return 0  # already in memory, counted where it was kept
+        try:
+            return os.stat(self.path(queue_id)).st_size
+        except (OSError, SpoolError):
+            return 0
+
+    def _remember(self, meta: MessageMeta, parts: Sequence[bytes | bytearray]) -> None:
+        """Keep a small message for its first attempt, if the budget has room (issue 22)."""
+        size = sum(len(part) for part in parts)
+        if not self._keep_fresh or size > FRESH_MESSAGE:
             return
+        if self.budget is not None and not self.budget.fits(size):
+            return
+        message = b"".join(parts)
+        if self.budget is not None:
+            self.budget.force(size)
         self._fresh[meta.queue_id] = (meta, message)
         self._fresh_bytes += len(message)
         while self._fresh and (self._fresh_bytes > FRESH_BYTES or len(self._fresh) > FRESH_COUNT):
@@ -308,18 +343,21 @@ class Spool:
         fresh = self._fresh.pop(queue_id, None)
         if fresh is not None:
             self._fresh_bytes -= len(fresh[1])
+            if self.budget is not None:
+                self.budget.give(len(fresh[1]))
         return fresh
 
     # --- writing ---
-    def _write_new(self, meta: MessageMeta, message: bytes) -> None:
+    def _write_new(self, meta: MessageMeta, parts: Sequence[bytes | bytearray]) -> None:
         tmp = self.tmp_dir / f"{meta.queue_id}.tmp"
-        data = encode(meta, message)
+        pieces = encode_parts(meta, parts)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                for piece in pieces:  # each as it is: the message is never joined (issue 22)
+                    view = memoryview(piece)
+                    while view:
+                        view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -331,14 +369,17 @@ class Spool:
                 pass
             raise
 
-    async def store(self, meta: MessageMeta, message: bytes) -> None:
+    async def store(self, meta: MessageMeta,
+                    message: bytes | bytearray | Sequence[bytes | bytearray]) -> None:
         """Make a new message durable: temp file, fsync, rename, directory fsync (DUR-1, DUR-3).
 
+        ``message``: its bytes, or pieces written one after the other (never joined).
         Raises SpoolError (451 4.3.0, or 452 4.3.1 when the disk is full; DUR-4) and leaves no file.
         """
+        parts = (message,) if isinstance(message, (bytes, bytearray)) else tuple(message)
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, self._write_new, meta, message)
+            await loop.run_in_executor(self._executor, self._write_new, meta, parts)
             await self._dirsync()
         except OSError as exc:
             try:  # renamed but the directory not synced: not acknowledged, so not a message
@@ -346,7 +387,7 @@ class Spool:
             except OSError:
                 pass
             raise _storage_error(exc) from None
-        self._remember(meta, message)
+        self._remember(meta, parts)
 
     def _append_state(self, meta: MessageMeta) -> None:
         record = encode_state(meta)
@@ -428,7 +469,9 @@ def _read_ahead(queue_dir: str, ids: list[str]) -> Iterator[tuple[str, bytes | O
     """(ID, file bytes) in ``ids`` order, read by a few threads ahead of the caller (None: gone).
 
     Start-up recovery decodes on one thread (the GIL); reading ahead in parallel keeps a
-    cold disk busy meanwhile (issue 6: 100,000 messages in under 10 s).
+    cold disk busy meanwhile (issue 6: 100,000 messages in under 10 s). Only files up to
+    ``LOAD_HEAD`` are read ahead; a larger one is read when its turn comes, so that a spool of
+    large messages is never all in memory at once (issue 22).
     """
 
     def read(chunk: list[str]) -> list[bytes | OSError | None]:
@@ -436,17 +479,23 @@ def _read_ahead(queue_dir: str, ids: list[str]) -> Iterator[tuple[str, bytes | O
         for queue_id in chunk:
             try:
                 with open(os.path.join(queue_dir, queue_id), "rb") as file:
-                    out.append(file.read())
+                    data = file.read(LOAD_HEAD + 1)
+                out.append(data if len(data) <= LOAD_HEAD else _LARGE)
             except FileNotFoundError:
                 out.append(None)
             except OSError as exc:
                 out.append(exc)
         return out
 
+    def whole(queue_id: str, data: bytes | OSError | None) -> bytes | OSError | None:
+        if data is not _LARGE:
+            return data
+        return read_whole(os.path.join(queue_dir, queue_id))
+
     chunks = [ids[i : i + READ_AHEAD_CHUNK] for i in range(0, len(ids), READ_AHEAD_CHUNK)]
     if len(chunks) <= 1:
         for chunk in chunks:
-            yield from zip(chunk, read(chunk))
+            yield from ((qid, whole(qid, data)) for qid, data in zip(chunk, read(chunk)))
         return
     with ThreadPoolExecutor(max_workers=READ_AHEAD_JOBS, thread_name_prefix="recover") as pool:
         jobs = collections.deque(pool.submit(read, c) for c in chunks[:READ_AHEAD_JOBS])
@@ -454,7 +503,21 @@ def _read_ahead(queue_dir: str, ids: list[str]) -> Iterator[tuple[str, bytes | O
             results = jobs.popleft().result()
             if index + READ_AHEAD_JOBS < len(chunks):
                 jobs.append(pool.submit(read, chunks[index + READ_AHEAD_JOBS]))
-            yield from zip(chunk, results)
+            yield from ((qid, whole(qid, data)) for qid, data in zip(chunk, results))
+
+
+_LARGE = b""  # read_ahead's mark for a file read when its turn comes (never a file's bytes)
+
+
+def read_whole(path: str) -> bytes | OSError | None:
+    """A file's bytes; None when it is gone, the OSError when it cannot be read."""
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return exc
 
 
 def _fsync_dir(path: Path) -> None:

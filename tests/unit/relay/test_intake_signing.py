@@ -47,7 +47,10 @@ def session(ip: str = "127.0.0.1", user: str | None = None) -> Session:
 
 
 def run(signing: IntakeSigning, client: Session, content: bytes) -> tuple[bytes, str | None]:
-    return asyncio.run(signing.sign(client, content, "QID"))
+    """The message as the intake spools it (the fields ``sign`` returns on top), and the
+    refusal."""
+    fields, refusal = asyncio.run(signing.sign(client, content, "QID"))
+    return fields + content, refusal
 
 
 def verifies(private: DkimPrivateKey, message: bytes) -> bool:
