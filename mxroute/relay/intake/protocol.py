@@ -145,6 +145,7 @@ class RelaySMTP(SMTP):
         settings = intake.settings
         self.caps = SessionCaps(time.monotonic(), settings.max_session_seconds,
                                 settings.junk_command_limit)  # issue 21
+        self._held = 0  # in-flight budget bytes this session's DATA holds (issue 22)
         self._smtp_methods = {name: self._capped(name, method)
                               for name, method in self._smtp_methods.items()}
 
@@ -165,7 +166,6 @@ class RelaySMTP(SMTP):
                 self.transport.close()
 
         return run
-        self._held = 0  # in-flight budget bytes this session's DATA holds (issue 22)
 
     def _create_envelope(self) -> RelayEnvelope:
         return RelayEnvelope()
