@@ -85,6 +85,8 @@ class Delivery:
         operator = Operator(spool, self.queue.notices, self.queue,
                             forget_hosts=self.queue.courier.forget_unreachable)
         self.control = ControlServer(spool.root, operator, self.courier.hosts)
+        # issue 19: suspensions, host health and the queue view shared by a fleet
+        self.fleet = _fleet_state(settings, self, operator)
 
     def recover(self) -> int:
         return self.queue.recover()
@@ -92,6 +94,8 @@ class Delivery:
     async def start(self) -> None:
         """Deliver, and answer ``mxroute queue`` on the control socket."""
         self.runner = asyncio.create_task(self.queue.run(), name="queue")
+        if self.fleet is not None:
+            self.fleet.start()
         try:
             await self.control.start()
         except OSError as exc:  # e.g. a spool path too long for a Unix socket: tools go offline
@@ -132,10 +136,13 @@ class Delivery:
                             if isinstance(v, int | float)},
                 "dns": {"queries": dns.queries, "hits": dns.hits, "coalesced": dns.coalesced},
                 "mta_sts": self.mta_sts.snapshot(), "attempts": self.timer.snapshot(),
-                "dkim": self.signer.stats.to_json(), "sites": self.courier.sites.numbers.top()}
+                "dkim": self.signer.stats.to_json(), "sites": self.courier.sites.numbers.top(),
+                "fleet": dict(self.fleet.stats) if self.fleet is not None else {}}
 
     async def stop(self, grace: float) -> None:
         await self.control.close()
+        if self.fleet is not None:
+            await self.fleet.stop()
         await self.queue.stop(grace)
         if self.runner is not None:
             self.runner.cancel()
@@ -143,6 +150,29 @@ class Delivery:
             await asyncio.wait_for(self.courier.close(), timeout=2.0)
         except (TimeoutError, OSError):
             pass
+
+
+def _fleet_state(settings: Settings, delivery: Delivery, operator: Operator) -> Any:
+    """The node's ``FleetState`` (issue 19) with ``shared_state``, else None. A password file
+    that cannot be read (``serve`` checked it at start) leaves the node alone, said once."""
+    if not settings.shared_state:
+        return None
+    from mxroute.hostdefaults import host_name
+    from mxroute.relay.fleet.connection import SharedStateError, from_settings
+    from mxroute.relay.fleet.records import node_name
+    from mxroute.relay.fleet.share import FleetState
+
+    try:
+        redis = from_settings(settings)
+    except SharedStateError as exc:
+        log.error("shared_state: %s; suspensions and host health stay on this node", exc)
+        return None
+    assert redis is not None
+    host, spool = host_name(), str(delivery.spool.root)
+    fleet = FleetState(redis, node_name(host, spool), host, spool, delivery.courier.hosts,
+                       operator, delivery.queue.sizes)
+    fleet.attach(delivery.courier.sites)
+    return fleet
 
 
 def _dsn_signer(settings: Settings, old: DkimSigner | None) -> DkimSigner:

@@ -219,6 +219,15 @@ class World:
         self.relays.append(relay)  # killed by PID with the world, even if start() fails
         return relay.start()
 
+    def node(self, name: str, **settings: Any) -> Relay:
+        """Another ``serve`` with its own spool and log in ``tmp/name`` (a fleet's node, issue
+        19), killed by PID with the world."""
+        home = self.tmp / name
+        home.mkdir(exist_ok=True)
+        relay = Relay(home, self.dns, self.sink_port, **settings)
+        self.relays.append(relay)
+        return relay.start()
+
     @classmethod
     @contextmanager
     def running(cls, tmp: Path, dns: DNSServer, net: int | None = None) -> Iterator[World]:

@@ -155,9 +155,9 @@ class Hosts:
         if not shared:
             return sorted(mine, key=lambda kv: kv[1].until)
         known = {(k.address, k.port) for k, _ in mine}
-        shared = [(Endpoint(a, p, None), v) for (a, p), v in self._shared.items()
+        others = [(Endpoint(a, p, None), v) for (a, p), v in self._shared.items()
                   if v.until > now and (a, p) not in known]
-        return sorted(mine + shared, key=lambda kv: kv[1].until)
+        return sorted(mine + others, key=lambda kv: kv[1].until)
 
     def __len__(self) -> int:
         """How many hosts are remembered as unreachable."""

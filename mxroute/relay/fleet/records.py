@@ -126,9 +126,10 @@ def decode(text: str | bytes, ttl: float | None = None) -> News:
         if ttl is not None and what != "lift":
             data["ttl"] = ttl
         if what == "hold":
-            item: News = SharedHold(**data)
-            if item.kind not in HOLD_KINDS:
-                raise ValueError(f"unknown hold kind {item.kind!r}")
+            hold = SharedHold(**data)
+            if hold.kind not in HOLD_KINDS:
+                raise ValueError(f"unknown hold kind {hold.kind!r}")
+            item: News = hold
         elif what == "host":
             item = SharedHost(**data)
         elif what == "lift":

@@ -194,6 +194,10 @@ class FleetState:
                     warned = True
                 while not self._outbox.empty():
                     self._outbox.get_nowait()
+                try:  # no connection of before the outage is used again
+                    await self.redis.connection_pool.disconnect()
+                except (RedisError, OSError):
+                    pass
             await asyncio.sleep(RETRY)
 
     async def _session(self) -> None:
@@ -216,7 +220,7 @@ class FleetState:
                 await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             try:
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
             except (RedisError, OSError):
                 pass
 

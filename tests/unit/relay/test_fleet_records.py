@@ -62,8 +62,8 @@ def test_the_servers_ttl_replaces_the_written_one() -> None:
 @pytest.mark.parametrize("text", [
     "", "[]", '{"v": 2, "what": "hold"}', '{"v": 1, "what": "nope"}',
     '{"v": 1, "what": "hold", "name": "x", "kind": "weird", "reason": "", "ttl": 1, "node": "a"}',
-    '{"v": 1, "what": "hold", "name": "x", "kind": "throttle", "reason": "", "ttl": 0, '
-    '"node": "a"}',
+    ('{"v": 1, "what": "hold", "name": "x", "kind": "throttle", "reason": "", "ttl": 0, '
+    '"node": "a"}'),
     '{"v": 1, "what": "host", "address": "x"}',
 ])
 def test_a_bad_record_is_a_value_error(text: str) -> None:
