@@ -36,6 +36,12 @@ def nodes(world: World, redis: RedisServer, count: int = 2, **settings: Any) -> 
     return [world.node(name, **values) for name in "abc"[:count]]
 
 
+def seen(relay: Relay, *texts: str) -> None:
+    """Wait (bounded) until ``relay``'s log holds every one of ``texts``; fail otherwise."""
+    log = relay.logged(*texts)
+    assert all(text in log for text in texts), (texts, log)
+
+
 def ok(done: Any) -> dict[str, Any]:
     assert done.returncode == 0, (done.returncode, done.stdout, done.stderr)
     reply: dict[str, Any] = json.loads(done.stdout)
@@ -50,13 +56,13 @@ def test_a_suspension_on_node_a_is_honoured_by_node_b(world: World, redis: Redis
     suspended = ok(a.queue("suspend", "mx1.dest.test", "--for", "120", "--reason", "maint",
                            "--json"))
     assert suspended["live"] is True
-    b.logged("mx1.dest.test: suspended for", "learnt from node")
+    seen(b, "mx1.dest.test: suspended for", "learnt from node")
     assert ok(b.queue("suspend", "--json"))["suspensions"][0]["domain"] == "mx1.dest.test"
     b.send("a@sender.test", ["u@dest.test"], MSG)
-    b.logged("site mx1.dest.test suspended")
+    seen(b, "site mx1.dest.test suspended")
     assert sink.connections == [] and len(b.queued()) == 1
     ok(a.queue("resume", "mx1.dest.test", "--json"))
-    b.logged("mx1.dest.test: suspension lifted, learnt from node")
+    seen(b, "mx1.dest.test: suspension lifted, learnt from node")
     assert wait_for(lambda: len(sink.messages) == 1, timeout=15), b.log()
     assert wait_for(lambda: b.queued() == [])
     assert b.log().count("mx1.dest.test: suspended for") == 1
@@ -71,10 +77,10 @@ def test_a_dead_host_found_by_node_a_is_skipped_by_node_b(world: World,
     a, b = nodes(world, redis)
     a.send("a@sender.test", ["u@dest.test"], MSG)
     assert wait_for(lambda: len(sink.connections) == 1)
-    b.logged("site mx1.dest.test: suspended for", "learnt from node")
-    b.logged("unreachable (451", "learnt from node")
+    seen(b, "site mx1.dest.test: suspended for", "learnt from node")
+    seen(b, "unreachable (451", "learnt from node")
     b.send("a@sender.test", ["v@dest.test"], MSG)
-    b.logged("learnt from node", "v@dest.test")
+    seen(b, "learnt from node", "v@dest.test")
     time.sleep(0.5)  # a connection B wrongly made would show by now
     assert len(sink.connections) == 1, b.log()
     hosts = ok(b.queue("hosts", "--json"))
@@ -131,12 +137,12 @@ def test_redis_gone_leaves_the_node_alone_with_one_warning(world: World,
     (a,) = nodes(world, redis, count=1)
     wait_for(lambda: ok(a.queue("summary", "--fleet", "--json"))["total"]["nodes"] == 1)
     redis.kill()
-    a.logged("shared_state: Redis unreachable")
+    seen(a, "shared_state: Redis unreachable")
     for n in range(3):
         a.send("a@sender.test", [f"u{n}@dest.test"], MSG)
     assert wait_for(lambda: len(sink.messages) == 3), a.log()
     time.sleep(2.5)  # a retry or two while it is away: still one warning
     redis.start()
-    a.logged("shared_state: reachable again")
+    seen(a, "shared_state: reachable again")
     assert a.log().count("shared_state: Redis unreachable") == 1
     assert wait_for(lambda: ok(a.queue("summary", "--fleet", "--json"))["total"]["nodes"] == 1)

@@ -15,7 +15,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-PREFIX = "mxr"
+PREFIX = "mxroute"  # as the limiter's keys (``scripts``)
 CHANNEL = f"{PREFIX}:news"  # pub/sub: every hold, host and lift as it is published
 HOLD_KINDS = ("suspension", "throttle", "operator")  # a pattern's or dead site's, a throttle,
 # ``mxroute queue suspend``'s
@@ -25,24 +25,29 @@ LONGEST = 30 * 86400.0  # an open-ended hold (suspended until resumed) is kept a
 FORMAT = 1  # the records' version: a node ignores a record of another
 
 
+def tag(name: str) -> str:
+    """``name`` as a hash tag (as ``scripts``' keys: a brace in it would end the tag early)."""
+    return "{" + name.replace("{", "(").replace("}", ")") + "}"
+
+
 def hold_key(name: str, kind: str) -> str:
     """The key of site (or domain) ``name``'s hold of ``kind``, hash-tagged by ``name``."""
-    return f"{PREFIX}:hold:{{{name}}}:{kind}"
+    return f"{PREFIX}:hold:{tag(name)}:{kind}"
 
 
 def host_key(address: str, port: int) -> str:
     """The key of an unreachable host, hash-tagged by its address and port."""
-    return f"{PREFIX}:host:{{{address}:{port}}}"
+    return f"{PREFIX}:host:{tag(f'{address}:{port}')}"
 
 
 def node_key(node: str) -> str:
     """The key of a node's queue summary, hash-tagged by the node's name."""
-    return f"{PREFIX}:node:{{{node}}}"
+    return f"{PREFIX}:view:{tag(node)}"
 
 
 HOLD_PATTERN = f"{PREFIX}:hold:*"
 HOST_PATTERN = f"{PREFIX}:host:*"
-NODE_PATTERN = f"{PREFIX}:node:*"
+NODE_PATTERN = f"{PREFIX}:view:*"
 
 
 def node_name(host: str, spool: str) -> str:
@@ -208,4 +213,4 @@ def render_fleet(summary: dict[str, Any]) -> list[str]:
 __all__ = ["CHANNEL", "COUNTS", "FORMAT", "HEARTBEAT", "HOLD_KINDS", "HOLD_PATTERN",
            "HOST_PATTERN", "LONGEST", "NODE_PATTERN", "NODE_TTL", "PREFIX", "Lift", "News",
            "NodeSummary", "SharedHold", "SharedHost", "decode", "encode", "fleet_summary",
-           "hold_key", "host_key", "node_key", "node_name", "render_fleet", "ttl_ms"]
+           "hold_key", "host_key", "tag", "node_key", "node_name", "render_fleet", "ttl_ms"]

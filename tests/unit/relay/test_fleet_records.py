@@ -31,10 +31,12 @@ from mxroute.relay.queue.suspensions import Suspensions
 def test_keys_carry_a_hash_tag_of_the_site() -> None:
     """Issue 19: a site's keys hash to one Redis Cluster slot (``{site}``), shard by site."""
     site = "mx1.example.net,mx2.example.net"
-    assert hold_key(site, "suspension") == "mxr:hold:{mx1.example.net,mx2.example.net}:suspension"
-    assert host_key("192.0.2.1", 25) == "mxr:host:{192.0.2.1:25}"
-    assert node_key("a:/var/spool/mxroute") == "mxr:node:{a:/var/spool/mxroute}"
-    for key in (hold_key(site, "throttle"), host_key("::1", 25), node_key("n")):
+    assert hold_key(site, "suspension") == \
+        "mxroute:hold:{mx1.example.net,mx2.example.net}:suspension"
+    assert host_key("192.0.2.1", 25) == "mxroute:host:{192.0.2.1:25}"
+    assert node_key("a:/var/spool/mxroute") == "mxroute:view:{a:/var/spool/mxroute}"
+    for key in (hold_key(site, "throttle"), host_key("::1", 25), node_key("n"),
+                hold_key("a{b}c", "operator")):
         assert key.count("{") == 1 and key.index("{") < key.index("}")
 
 
