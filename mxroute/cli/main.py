@@ -375,10 +375,9 @@ def _check_config(args: argparse.Namespace) -> int:
     file that loads back to the same settings.
     """
     from mxroute.cli.config import check_startup, settings_json, settings_lines
+    from mxroute.cli.sharedcheck import check_shared_state
     from mxroute.identity import helo
     from mxroute.identity.findings import check_ptr
-
-    from mxroute.cli.sharedcheck import check_shared_state
 
     settings = _settings(args)
     check_startup(settings)

@@ -60,6 +60,10 @@ def render_explain(report: Report, style: Style) -> str:
         summary.append(["route", plan.route.describe()])
     if report.shaping is not None:  # issue 18: site, rule, limits
         summary.append(["shaping", report.shaping.describe()])
+        summary.append(["limits", (  # issue 19
+            f"shared by the fleet through {report.shared_state} (on this node alone, divided "
+            "by the nodes last seen, while it is away)" if report.shaping_scope == "shared"
+            else "counted on this node (no shared_state)")])
     if report.tls is not None:  # TLS-3 / EXP-3
         summary.append(["tls policy", report.tls.describe()])
     if report.mta_sts is not None:  # TLS-5/6, EXP-3

@@ -210,7 +210,31 @@ def render_fleet(summary: dict[str, Any]) -> list[str]:
             for row in table]
 
 
-__all__ = ["CHANNEL", "COUNTS", "FORMAT", "HEARTBEAT", "HOLD_KINDS", "HOLD_PATTERN",
-           "HOST_PATTERN", "LONGEST", "NODE_PATTERN", "NODE_TTL", "PREFIX", "Lift", "News",
-           "NodeSummary", "SharedHold", "SharedHost", "decode", "encode", "fleet_summary",
-           "hold_key", "host_key", "tag", "node_key", "node_name", "render_fleet", "ttl_ms"]
+__all__ = [
+    "CHANNEL",
+    "COUNTS",
+    "FORMAT",
+    "HEARTBEAT",
+    "HOLD_KINDS",
+    "HOLD_PATTERN",
+    "HOST_PATTERN",
+    "LONGEST",
+    "NODE_PATTERN",
+    "NODE_TTL",
+    "PREFIX",
+    "Lift",
+    "News",
+    "NodeSummary",
+    "SharedHold",
+    "SharedHost",
+    "decode",
+    "encode",
+    "fleet_summary",
+    "hold_key",
+    "host_key",
+    "node_key",
+    "node_name",
+    "render_fleet",
+    "tag",
+    "ttl_ms",
+]
