@@ -61,7 +61,9 @@ class Delivery:
     def __init__(self, settings: Settings, spool: Spool) -> None:
         from mxroute.relay.courier.courier import Courier
         from mxroute.relay.courier.upstream import warn_unusable_secrets
-        from mxroute.relay.limiter import LocalLimiter
+        from mxroute.relay.fleet.connection import SharedStateError
+        from mxroute.relay.fleet.limiter import shared_limiter
+        from mxroute.relay.limiter import Limiter, LocalLimiter
         from mxroute.tls.mtasts.store import STORE_NAME, MtaSts
 
         warn_unusable_secrets(settings.routes)  # issue 16: said once at start, not per message
@@ -70,9 +72,16 @@ class Delivery:
         self.resolver = resolver_from_settings(settings)
         # TLS-5: the policies are kept across restarts
         self.mta_sts = MtaSts(mta_sts_reach(settings), self.resolver, store=spool.root / STORE_NAME)
-        # issue 18: the counts of traffic shaping, in this process (issue 19: a shared one)
-        self.limiter = LocalLimiter()
+        # issue 18: the counts of traffic shaping, in this process; issue 19: with shared_state,
+        # the fleet's (local limits while Redis is away)
+        try:
+            self.fleet = shared_limiter(settings)
+        except SharedStateError as exc:
+            raise ConfigError(str(exc)) from None
+        self.limiter: Limiter = self.fleet if self.fleet is not None else LocalLimiter()
         self.courier = Courier(settings, mta_sts=self.mta_sts, limiter=self.limiter)
+        if self.fleet is not None:  # another node waits for a slot: our idle ones close
+            self.fleet.on_wanted = self.courier.pool.close_idle
         self.timer = AttemptTimer()
         courier: Any = self.courier
         if settings.metrics_listen:
@@ -91,6 +100,8 @@ class Delivery:
 
     async def start(self) -> None:
         """Deliver, and answer ``mxroute queue`` on the control socket."""
+        if self.fleet is not None:  # registers this node; Redis away: local limits, logged
+            await self.fleet.start()
         self.runner = asyncio.create_task(self.queue.run(), name="queue")
         try:
             await self.control.start()
@@ -132,7 +143,10 @@ class Delivery:
                             if isinstance(v, int | float)},
                 "dns": {"queries": dns.queries, "hits": dns.hits, "coalesced": dns.coalesced},
                 "mta_sts": self.mta_sts.snapshot(), "attempts": self.timer.snapshot(),
-                "dkim": self.signer.stats.to_json(), "sites": self.courier.sites.numbers.top()}
+                "dkim": self.signer.stats.to_json(), "sites": self.courier.sites.numbers.top(),
+                "fleet": None if self.fleet is None else {
+                    **self.fleet.stats, "shared": int(self.fleet.shared),
+                    "nodes": self.fleet.nodes}}
 
     async def stop(self, grace: float) -> None:
         await self.control.close()
@@ -143,6 +157,8 @@ class Delivery:
             await asyncio.wait_for(self.courier.close(), timeout=2.0)
         except (TimeoutError, OSError):
             pass
+        if self.fleet is not None:  # after the courier: its connections' leases go back
+            await self.fleet.close()
 
 
 def _dsn_signer(settings: Settings, old: DkimSigner | None) -> DkimSigner:
