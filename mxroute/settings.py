@@ -424,7 +424,7 @@ class Settings(BaseSettings):
     # how long a site prefers the other address family after one family failed it
     family_hold_seconds: int = Field(3600, ge=1)
 
-    # --- a fleet (docs/fleets.md): limits shared by several serve nodes through Redis
+    # --- a fleet (docs/shaping.md, "Limits across nodes"): limits shared by serve nodes via Redis
     # "redis://host:port/db", "rediss://user@host:port/db" (TLS); unset: one node, nothing shared
     shared_state: str | None = None
     # the Redis password (its one line), never in the URL; with an ACL user in the URL, its own

@@ -11,7 +11,7 @@ from collections import Counter
 
 from tests.e2e.test_shaping import most_in_window, shared_zone
 from tests.support.redisserver import RedisServer
-from tests.support.relay import Relay, World, wait_for
+from tests.support.relay import Relay, World, free_port, scrape, wait_for
 from tests.support.smtpsink import Sink
 
 N, RATE, BURST = 3, 6.0, 3  # the mx: rule: 3 connections, 6 messages/s, a burst of 3
@@ -19,10 +19,13 @@ RULE = [{"match": "mx:*.shared.test", "connection_limit": N, "message_rate": RAT
          "message_burst": BURST}]
 
 
-def fleet(world: World, redis: RedisServer, rule: list[dict[str, object]]) -> list[Relay]:
-    """Three nodes on one Redis, each knowing the three (their heartbeat said so)."""
-    relays = [world.relay(home=f"node{i}", shared_state=redis.url, shaping=rule)
-              for i in range(3)]
+def fleet(world: World, redis: RedisServer, rule: list[dict[str, object]],
+          metrics_port: int | None = None) -> list[Relay]:
+    """Three nodes on one Redis, each knowing the three (their heartbeat said so); the first
+    with a metrics endpoint on ``metrics_port``, if given."""
+    metrics = {} if metrics_port is None else {"metrics_listen": f"127.0.0.1:{metrics_port}"}
+    relays = [world.relay(home=f"node{i}", shared_state=redis.url, shaping=rule,
+                          **(metrics if i == 0 else {})) for i in range(3)]
     for relay in relays:
         assert "3 node(s) live" in relay.logged("3 node(s) live", timeout=30), relay.log()
     return relays
@@ -79,7 +82,8 @@ def test_issue19_redis_killed_local_limits_then_shared_again(
     One message a connection, so no pooled connection outlives a phase."""
     shared_zone(world)
     sink = world.sink(1, delays={".": 0.2})
-    relays = fleet(world, redis_server, [{**RULE[0], "max_messages_per_connection": 1}])
+    port = free_port()
+    relays = fleet(world, redis_server, [{**RULE[0], "max_messages_per_connection": 1}], port)
     send(relays, range(12))
     assert wait_for(lambda: len(sink.messages) >= 3, timeout=30)
     redis_server.kill()
@@ -92,6 +96,9 @@ def test_issue19_redis_killed_local_limits_then_shared_again(
         assert redis_server.url in log and "divided by 3 node(s)" in log
     assert all_once(sink, 30), subjects(sink)
     assert sink.peak <= 2 * N, sink.peak
+    away = scrape(port)
+    assert away["mxroute_shared_state_up"] == 0 and away["mxroute_fleet_nodes"] == 3
+    assert away["mxroute_shared_state_fallbacks_total"] == 1
     redis_server.start()
     for relay in relays:
         log = relay.logged("limits shared again", timeout=30)
@@ -103,3 +110,9 @@ def test_issue19_redis_killed_local_limits_then_shared_again(
     assert wait_for(lambda: all(r.queued() == [] for r in relays))
     assert all_once(sink, 48), subjects(sink)
     assert 1 <= sink.peak <= N, sink.peak
+    back = scrape(port)
+    assert back["mxroute_shared_state_up"] == 1
+    assert back["mxroute_shared_state_fallbacks_total"] == 1
+    # node 0 sent 16 of the 48, some while Redis was away (local, no round trip)
+    assert 0 < back['mxroute_shared_state_round_trips_total{kind="rate"}'] < 16 + 16
+    assert back['mxroute_shared_state_round_trips_total{kind="lease"}'] > 0
