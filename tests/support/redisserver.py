@@ -3,8 +3,9 @@ in 127.0.19.0/24 and a fresh port (never the Debian service's 6379), no persiste
 (``--save ''``, ``--appendonly no``), its files in a temporary directory, stopped by its PID.
 
 ``start_redis(root)`` starts one (with ``user``/``password``: an ACL user, the default user
-off; with ``tls=(cert, key)``: TLS only, for ``rediss://``); ``server.kill()`` kills it as a crash would, ``server.start()`` starts it again on the same
-address and port; ``stop()`` ends it for good. ``redis_server`` (tests/conftest.py) is the
+off; with ``tls=(cert, key)``: TLS only, for ``rediss://``); ``server.kill()`` kills it as a
+crash would, ``server.start()`` starts it again on the same address and port; ``stop()`` ends
+it for good. ``redis_server`` (tests/conftest.py) is the
 fixture: one server a test, stopped after it. Missing ``redis-server``: skip here, fail under
 CI=true (.ci/run installs the Debian package).
 """
