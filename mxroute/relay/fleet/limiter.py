@@ -72,7 +72,6 @@ class RedisLimiter:
         self.stats: dict[str, int] = {"lease_ops": 0, "rate_ops": 0, "renewals": 0,
                                       "fallbacks": 0, "rejoins": 0}
         self._leases: dict[str, list[str | None]] = {}  # key -> its slots (None: taken locally)
-        self._limits: dict[str, int] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._given_back: list[tuple[str, str]] = []  # leases released while Redis was away
         self._counts: deque[tuple[float, int]] = deque()  # (when, live nodes) heartbeats said
@@ -89,7 +88,6 @@ class RedisLimiter:
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
         if not await self.local.acquire(key, self._local_limit(limit), timeout=timeout):
             return False
-        self._limits[key] = limit
         pause = POLL_FIRST
         try:
             while True:
@@ -115,7 +113,6 @@ class RedisLimiter:
         lease = slots.pop(slots.index(None)) if None in slots else slots.pop()
         if not slots:
             del self._leases[key]
-            self._limits.pop(key, None)
         self.local.release(key)
         if lease is not None and not self.shared:  # dropped when Redis is back (or expires)
             if len(self._given_back) < MAX_GIVEN_BACK:
