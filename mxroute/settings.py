@@ -476,6 +476,13 @@ class Settings(BaseSettings):
         parse_shared_state(value)
         return value.strip()
 
+    @field_validator("shared_state_password_file")
+    @classmethod
+    def _shared_state_password(cls, value: Path | None) -> Path | None:
+        if value is not None and not (value.is_file() and os.access(value, os.R_OK)):
+            raise ValueError(f"{value} is not a readable file (its one line is the password)")
+        return value
+
     @field_validator("relay_networks")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:

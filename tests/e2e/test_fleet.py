@@ -7,11 +7,14 @@ one of slack for loopback jitter (as tests/e2e/test_shaping.py)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 from tests.e2e.test_shaping import most_in_window, shared_zone
 from tests.support.redisserver import RedisServer
-from tests.support.relay import Relay, World, free_port, scrape, wait_for
+from tests.support.relay import ROOT, Relay, World, free_port, scrape, wait_for
 from tests.support.smtpsink import Sink
 
 N, RATE, BURST = 3, 6.0, 3  # the mx: rule: 3 connections, 6 messages/s, a burst of 3
@@ -116,3 +119,35 @@ def test_issue19_redis_killed_local_limits_then_shared_again(
     # node 0 sent 16 of the 48, some while Redis was away (local, no round trip)
     assert 0 < back['mxroute_shared_state_round_trips_total{kind="rate"}'] < 16 + 16
     assert back['mxroute_shared_state_round_trips_total{kind="lease"}'] > 0
+
+
+def test_issue19_redis_down_at_start_serve_accepts_and_delivers(world: World,
+                                                                 tmp_path: Path) -> None:
+    """issue 19: Redis is never on the acceptance path: with shared_state naming a server that
+    is not there, serve starts, accepts (250) and delivers on local limits, with one warning."""
+    gone = RedisServer(tmp_path / "gone")  # its address and port, never started
+    shared_zone(world)
+    sink = world.sink(1)
+    relay = world.relay(shared_state=gone.url, shaping=RULE)
+    send([relay], range(4))
+    assert wait_for(lambda: all_once(sink, 4), timeout=30), relay.log()
+    log = relay.logged("delivering on local limits")
+    assert log.count("delivering on local limits") == 1, log
+
+
+def test_issue19_unreadable_password_file_stops_serve_clearly(world: World,
+                                                             tmp_path: Path) -> None:
+    """issue 19: a shared_state_password_file that cannot be read stops serve at start with a
+    configuration error naming the setting and the file (exit 78), never a traceback (the
+    delivery process says the same if the file goes between the check and its start)."""
+    missing = tmp_path / "redis.secret"
+    relay = Relay(tmp_path, world.dns, world.sink_port, shared_state="redis://127.0.19.1:9/0",
+                  shared_state_password_file=str(missing))
+    world.relays.append(relay)
+    with open(relay.log_path, "ab") as log:
+        relay.proc = subprocess.Popen([sys.executable, "-m", "mxroute", "serve"], cwd=ROOT,
+                                      env=relay.env, stdout=log, stderr=subprocess.STDOUT)
+    assert relay.proc.wait(timeout=30) == 78, relay.log()
+    assert f"setting shared_state_password_file (from MXROUTE_SHARED_STATE_PASSWORD_FILE): " \
+           f"{missing} is not a readable file" in relay.log()
+    assert "Traceback" not in relay.log()
