@@ -5,5 +5,6 @@
 URL shown redacted); ``scripts``: the Lua scripts on the server's clock (connection leases, GCRA
 rate limits, node heartbeats, every key with a TTL); ``limiter``: ``RedisLimiter``,
 ``relay.limiter``'s ``Limiter`` shared by the fleet, with local limits when Redis is away.
-May import what ``relay`` may; nothing in the relay imports it but the one who builds a limiter.
+May import what ``relay`` may; nothing else in the relay imports it (``service.worker`` builds the
+limiter when ``shared_state`` is set).
 """
