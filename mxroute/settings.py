@@ -424,7 +424,7 @@ class Settings(BaseSettings):
     # how long a site prefers the other address family after one family failed it
     family_hold_seconds: int = Field(3600, ge=1)
 
-    # --- a fleet (docs/fleets.md): limits shared by several serve nodes through Redis
+    # --- a fleet (docs/shaping.md, "Limits across nodes"): limits shared by serve nodes via Redis
     # "redis://host:port/db", "rediss://user@host:port/db" (TLS); unset: one node, nothing shared
     shared_state: str | None = None
     # the Redis password (its one line), never in the URL; with an ACL user in the URL, its own
@@ -475,6 +475,13 @@ class Settings(BaseSettings):
             return None
         parse_shared_state(value)
         return value.strip()
+
+    @field_validator("shared_state_password_file")
+    @classmethod
+    def _shared_state_password(cls, value: Path | None) -> Path | None:
+        if value is not None and not (value.is_file() and os.access(value, os.R_OK)):
+            raise ValueError(f"{value} is not a readable file (its one line is the password)")
+        return value
 
     @field_validator("relay_networks")
     @classmethod

@@ -3,8 +3,9 @@ in 127.0.19.0/24 and a fresh port (never the Debian service's 6379), no persiste
 (``--save ''``, ``--appendonly no``), its files in a temporary directory, stopped by its PID.
 
 ``start_redis(root)`` starts one (with ``user``/``password``: an ACL user, the default user
-off); ``server.kill()`` kills it as a crash would, ``server.start()`` starts it again on the same
-address and port; ``stop()`` ends it for good. ``redis_server`` (tests/conftest.py) is the
+off; with ``tls=(cert, key)``: TLS only, for ``rediss://``); ``server.kill()`` kills it as a
+crash would, ``server.start()`` starts it again on the same address and port; ``stop()`` ends
+it for good. ``redis_server`` (tests/conftest.py) is the
 fixture: one server a test, stopped after it. Missing ``redis-server``: skip here, fail under
 CI=true (.ci/run installs the Debian package).
 """
@@ -15,9 +16,11 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,10 +47,11 @@ class RedisServer:
     """One ``redis-server`` process on ``host``:``port`` (see the module docstring)."""
 
     def __init__(self, root: Path, host: str = HOST, *, user: str | None = None,
-                 password: str | None = None) -> None:
+                 password: str | None = None, tls: tuple[Path, Path] | None = None) -> None:
         self.binary = need_redis()
         self.root, self.host, self.port = root, host, free_port(host)
         self.user, self.password = user, password
+        self.tls = tls  # (cert.pem, key.pem): TLS only (rediss://), no client certificates
         self.proc: subprocess.Popen[bytes] | None = None
         root.mkdir(parents=True, exist_ok=True)
 
@@ -55,14 +59,19 @@ class RedisServer:
     def url(self) -> str:
         """``redis://[user@]host:port/0`` (never a password)."""
         user = f"{self.user}@" if self.user else ""
-        return f"redis://{user}{self.host}:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://{user}{self.host}:{self.port}/0"
 
     @property
     def log_path(self) -> Path:
         return self.root / "redis.log"
 
     def args(self) -> list[str]:
-        args = [self.binary, "--bind", self.host, "--port", str(self.port), "--save", "",
+        ports = ["--port", str(self.port)]
+        if self.tls is not None:
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file",
+                     str(self.tls[0]), "--tls-key-file", str(self.tls[1]), "--tls-auth-clients",
+                     "no"]
+        args = [self.binary, "--bind", self.host, *ports, "--save", "",
                 "--appendonly", "no", "--dir", str(self.root), "--daemonize", "no",
                 "--protected-mode", "no", "--logfile", str(self.log_path)]
         if self.password is not None:
@@ -88,9 +97,15 @@ class RedisServer:
         pytest.fail(f"redis-server did not start on {self.host}:{self.port}:\n{self.log()}")
 
     def answering(self) -> bool:
-        """A PING gets an answer (PONG, or NOAUTH with a password)."""
+        """A PING gets an answer (PONG, or NOAUTH with a password); with TLS, unverified (the
+        fixture only asks whether it is up)."""
         try:
-            with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
+            with socket.create_connection((self.host, self.port), timeout=0.5) as raw:
+                sock = raw
+                if self.tls is not None:
+                    context = ssl.create_default_context()
+                    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+                    sock = context.wrap_socket(raw)
                 sock.sendall(b"PING\r\n")
                 return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
@@ -119,8 +134,8 @@ class RedisServer:
             return "(no log)"
 
 
-def start_redis(root: Path, host: str = HOST, **options: str | None) -> RedisServer:
-    """A started ``RedisServer`` (``options``: ``user``, ``password``)."""
+def start_redis(root: Path, host: str = HOST, **options: Any) -> RedisServer:
+    """A started ``RedisServer`` (``options``: ``user``, ``password``, ``tls``)."""
     return RedisServer(root, host, **options).start()
 
 

@@ -1,5 +1,6 @@
 """The connection to ``shared_state`` (issue 19): a redis-py asyncio client with short timeouts,
-no retries of its own (the callers fall back to local limits instead of waiting), the password
+one retry at once (a pooled connection the server closed), no more (the callers fall back to
+local limits instead of waiting), the password
 read from ``shared_state_password_file``, TLS for ``rediss://`` (verified with ``tls_ca_file``
 or the system store). The URL is only ever shown redacted (``SharedStateUrl.shown``).
 """
@@ -46,7 +47,7 @@ def client(url: SharedStateUrl, *, password_file: Path | None = None,
                    "ssl_ca_certs": None if ca_file is None else str(ca_file)}
     return aioredis.Redis(host=url.host, port=url.port, db=url.db, username=url.username,
                           password=secret, socket_connect_timeout=CONNECT_TIMEOUT,
-                          socket_timeout=timeout, retry=Retry(NoBackoff(), 0),
+                          socket_timeout=timeout, retry=Retry(NoBackoff(), 1),
                           health_check_interval=0,
                           client_name="mxroute", **options)  # type: ignore[arg-type]
 

@@ -11,8 +11,13 @@ the shared limit while Redis answers. Redis is never on the acceptance path, and
 waits for it: when a call fails the limiter falls back to the local counts with the shared
 limits divided by the live nodes it last saw (``nodes``), logs one warning for the outage and
 counts it (``stats["fallbacks"]``); its ticker tries Redis every ``PROBE_SECONDS`` and rejoins
-when it answers, recording the slots held meanwhile as leases (they are open connections).
-``stats`` counts the round trips by kind, for the metrics and the bench.
+when it answers, recording the slots held meanwhile as leases (they are open connections) and
+dropping those given back meanwhile. ``nodes`` is the most nodes the heartbeats counted within a
+lease time, so a Redis that lost its state does not make the first node back count itself alone.
+The ticker (every ``TICK_SECONDS``) renews this node's leases and heartbeat in one pipelined
+round trip, and hears which keys another node waits for (``on_wanted``: the courier's pool
+closes its idle connections of that key, as on one node). ``stats`` counts the round trips by
+kind, for the metrics and the bench.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import os
 import secrets
 import socket
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
@@ -30,13 +36,17 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from mxroute.relay.fleet import scripts
+from mxroute.relay.fleet.connection import from_settings, shown
 from mxroute.relay.limiter import LocalLimiter
+from mxroute.settings import Settings
 from mxroute.sharedstate import redact
 
 log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 15.0  # a dead node's connection slots are free again within this
-RENEW_SECONDS = LEASE_SECONDS / 3  # leases renewed and the heartbeat sent this often
+TICK_SECONDS = 1.0  # leases renewed, the heartbeat sent, "wanted" keys heard this often
+WANTED_MS = 3000  # how long a refused node's "wanted" flag stays up
+MAX_GIVEN_BACK = 10_000  # leases released while Redis is away, dropped on rejoin (else expire)
 PROBE_SECONDS = 1.0  # while Redis is away: how often it is tried again
 POLL_FIRST, POLL_MOST = 0.02, 0.5  # waiting for a slot: the first and the longest pause
 
@@ -53,15 +63,18 @@ class RedisLimiter:
         self.conn, self.shown = conn, shown
         self.node = node or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.lease_ms = int(lease_seconds * 1000)
-        self.renew_seconds = lease_seconds / 3
+        self.tick_seconds = min(TICK_SECONDS, lease_seconds / 3)
+        # called with a key another node waits for: close the idle connections holding its slots
+        self.on_wanted: Callable[[str], object] | None = None
         self.local = LocalLimiter(clock=clock)
         self.shared = True  # False while Redis is away
         self.nodes = 1  # live nodes last counted (this one included)
         self.stats: dict[str, int] = {"lease_ops": 0, "rate_ops": 0, "renewals": 0,
                                       "fallbacks": 0, "rejoins": 0}
         self._leases: dict[str, list[str | None]] = {}  # key -> its slots (None: taken locally)
-        self._limits: dict[str, int] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._given_back: list[tuple[str, str]] = []  # leases released while Redis was away
+        self._counts: deque[tuple[float, int]] = deque()  # (when, live nodes) heartbeats said
         self._ticker: asyncio.Task[None] | None = None
         self._take = conn.register_script(scripts.LEASE_TAKE)
         self._renew = conn.register_script(scripts.LEASE_RENEW)
@@ -75,7 +88,6 @@ class RedisLimiter:
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
         if not await self.local.acquire(key, self._local_limit(limit), timeout=timeout):
             return False
-        self._limits[key] = limit
         pause = POLL_FIRST
         try:
             while True:
@@ -101,9 +113,11 @@ class RedisLimiter:
         lease = slots.pop(slots.index(None)) if None in slots else slots.pop()
         if not slots:
             del self._leases[key]
-            self._limits.pop(key, None)
         self.local.release(key)
-        if lease is not None:
+        if lease is not None and not self.shared:  # dropped when Redis is back (or expires)
+            if len(self._given_back) < MAX_GIVEN_BACK:
+                self._given_back.append((key, lease))
+        elif lease is not None:
             self._later(self._call("lease_ops", self._drop(keys=[scripts.lease_key(key)],
                                                            args=[lease])))
 
@@ -130,7 +144,8 @@ class RedisLimiter:
         if not self.shared:
             return self._locally(key, limit)
         lease = secrets.token_hex(8)
-        call = self._take(keys=[scripts.lease_key(key)], args=[lease, limit, self.lease_ms])
+        call = self._take(keys=[scripts.lease_key(key), scripts.wanted_key(key)],
+                          args=[lease, limit, self.lease_ms, WANTED_MS])
         try:
             taken = await self._call("lease_ops", call)
         except asyncio.CancelledError:  # it may have been taken all the same
@@ -180,41 +195,62 @@ class RedisLimiter:
 
     async def _tick_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.renew_seconds if self.shared else PROBE_SECONDS)
+            await asyncio.sleep(self.tick_seconds if self.shared else PROBE_SECONDS)
             await self.tick()
 
     async def tick(self) -> None:
         """One heartbeat (counting the live nodes) and one renewal of every lease held; while
         Redis is away, one try to rejoin."""
         try:
+            if not self.shared:  # the pool's connections are from before the outage: stale
+                await self.conn.connection_pool.disconnect()
             nodes = await self._beat(keys=[scripts.NODES_KEY],
                                      args=[self.node, self.lease_ms])
             self.stats["renewals"] += 1
-            lost = 0
             async with self.conn.pipeline(transaction=False) as pipe:
-                keys = []
+                keys: list[str] = []
                 for key, slots in list(self._leases.items()):
                     # the slots taken locally (Redis away) become leases: open connections
                     leases = [lease or secrets.token_hex(8) for lease in slots]
                     slots[:] = leases
                     if leases:
                         keys.append(key)
-                        await self._renew(keys=[scripts.lease_key(key)],
+                        await self._renew(keys=[scripts.lease_key(key), scripts.wanted_key(key)],
                                           args=[self.lease_ms, *leases], client=pipe)
-                if keys:
-                    lost = sum(int(n) for n in await pipe.execute())
+                given_back, self._given_back = self._given_back, []  # while Redis was away
+                for key, lease in given_back:
+                    await self._drop(keys=[scripts.lease_key(key)], args=[lease], client=pipe)
+                results = await pipe.execute() if keys or given_back else []
+                answers = list(zip(keys, results, strict=False))
+                lost = sum(int(missing) for _, (missing, _) in answers)
         except (RedisError, OSError) as exc:
             self._fall_back(exc)
             return
-        self.nodes = max(1, int(nodes))
+        if self.on_wanted is not None:
+            for key, (_, wanted) in answers:
+                if int(wanted):
+                    self.on_wanted(key)
+        self._count(max(1, int(nodes)))
         if not self.shared:
             self.shared = True
             self.stats["rejoins"] += 1
-            log.info("shared_state %s answers again: limits are shared by %d node(s)",
+            log.info("shared_state %s is back: limits shared again, by %d node(s)",
                      self.shown, self.nodes)
         elif lost:
             log.info("shared_state %s had lost %d lease(s) of open connections: recorded again",
                      self.shown, lost)
+
+    def _count(self, live: int) -> None:
+        """``nodes``: the most nodes counted within a lease time (after Redis lost its state,
+        the nodes register again one by one: the first must not count itself alone)."""
+        now = time.monotonic()
+        self._counts.append((now, live))
+        while self._counts and self._counts[0][0] < now - self.lease_ms / 1000:
+            self._counts.popleft()
+        nodes = max(count for _, count in self._counts)
+        if nodes != self.nodes:
+            self.nodes = nodes
+            log.info("shared_state %s: %d node(s) live", self.shown, self.nodes)
 
     async def close(self) -> None:
         """Stop renewing, give back every lease and this node's registration (bounded: Redis
@@ -241,4 +277,13 @@ class RedisLimiter:
             await self.conn.aclose()
 
 
-__all__ = ["LEASE_SECONDS", "PROBE_SECONDS", "RedisLimiter"]
+def shared_limiter(settings: Settings) -> RedisLimiter | None:
+    """The fleet's limiter for ``settings.shared_state``; None when it is unset (one node).
+    ``SharedStateError`` when its password file cannot be read."""
+    conn = from_settings(settings)
+    if conn is None:
+        return None
+    return RedisLimiter(conn, shown=shown(settings) or "")
+
+
+__all__ = ["LEASE_SECONDS", "PROBE_SECONDS", "TICK_SECONDS", "RedisLimiter", "shared_limiter"]

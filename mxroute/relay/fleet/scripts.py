@@ -6,6 +6,8 @@
   ``LEASE_RENEW`` pushes the expiry of leases this node holds (and records them again after
   Redis lost them: a connection that is open is counted, whatever the limit says);
   ``LEASE_DROP`` gives one back. A node that dies frees its slots when its leases expire.
+  A node refused a slot flags the key "wanted" for a moment; a renewal tells the holders, who
+  close the idle connections keeping slots from it (``Courier``'s pool, as on one node).
 * ``GCRA`` (the generic cell rate algorithm): a message rate as one stored time, the
   theoretical arrival time of the next message; a call reserves the caller's turn and answers
   how many ms it waits for it (0: now). ``burst`` messages pass at once, then one per
@@ -26,11 +28,13 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 """
 
-# KEYS[1] lease set; ARGV: lease id, limit, lease ms.  -> 1 taken, 0 full
+# KEYS[1] lease set, KEYS[2] its "wanted" flag; ARGV: lease id, limit, lease ms, flag ms
+#  -> 1 taken, 0 full (and the flag set: the holders close their idle connections)
 LEASE_TAKE = _NOW + """
 local lease = tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[4])
   return 0
 end
 redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
@@ -40,7 +44,8 @@ end
 return 1
 """
 
-# KEYS[1] lease set; ARGV: lease ms, lease ids...  -> how many of them were missing (re-recorded)
+# KEYS[1] lease set, KEYS[2] its "wanted" flag; ARGV: lease ms, lease ids...
+#  -> {how many of them were missing (recorded again), 1 if another node waits for a slot}
 LEASE_RENEW = _NOW + """
 local lease = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -53,7 +58,7 @@ end
 if redis.call('PTTL', KEYS[1]) < lease + 1000 then
   redis.call('PEXPIRE', KEYS[1], lease + 1000)
 end
-return missing
+return {missing, redis.call('EXISTS', KEYS[2])}
 """
 
 # KEYS[1] lease set; ARGV: lease id  -> 1 given back, 0 it was gone (expired)
@@ -106,6 +111,11 @@ def lease_key(key: str) -> str:
     return f"{PREFIX}:lease:{_tag(key)}"
 
 
+def wanted_key(key: str) -> str:
+    """Set while a node waits for a slot of ``key``: the others close their idle connections."""
+    return f"{PREFIX}:wanted:{_tag(key)}"
+
+
 def rate_key(key: str, rate: float, burst: int) -> str:
     """The GCRA time of bucket ``key`` at this ``rate`` and ``burst`` (a new limit, a new key)."""
     return f"{PREFIX}:rate:{_tag(key)}:{rate:g}:{burst}"
@@ -114,4 +124,4 @@ def rate_key(key: str, rate: float, burst: int) -> str:
 NODES_KEY = f"{PREFIX}:nodes"
 
 __all__ = ["GCRA", "HEARTBEAT", "LEASE_DROP", "LEASE_RENEW", "LEASE_TAKE", "NODES_KEY", "PREFIX",
-           "lease_key", "rate_key"]
+           "lease_key", "rate_key", "wanted_key"]

@@ -13,6 +13,7 @@ from mxroute.relay.fleet.connection import SharedStateError, client, from_settin
 from mxroute.settings import Settings
 from mxroute.sharedstate import parse_shared_state
 from tests.support.redisserver import RedisServer, start_redis
+from tests.support.tlsca import TestCA
 
 
 def test_issue19_connects_with_settings(redis_server: RedisServer) -> None:
@@ -77,3 +78,28 @@ def test_issue19_unreachable_server_is_an_error_not_a_wait(tmp_path: Path) -> No
 
     with pytest.raises(redis.exceptions.ConnectionError):
         asyncio.run(ping())
+
+
+def test_issue19_rediss_verified_with_tls_ca_file(tmp_path: Path) -> None:
+    """issue 19: rediss:// talks TLS, verifying the server's certificate against tls_ca_file;
+    a server the CA did not sign is refused (then the limiter counts locally)."""
+    ca = TestCA(tmp_path / "ca")
+    server = start_redis(tmp_path / "redis", tls=ca.leaf_files("127.0.19.1"))
+    try:
+        assert server.url.startswith("rediss://")
+        settings = Settings(shared_state=server.url, tls_ca_file=ca.ca_file)
+
+        async def ping(settings: Settings) -> bool:
+            conn = from_settings(settings)
+            assert conn is not None
+            try:
+                return bool(await conn.ping())
+            finally:
+                await conn.aclose()
+
+        assert asyncio.run(ping(settings))
+        other = TestCA(tmp_path / "other", name="another CA")
+        with pytest.raises(redis.exceptions.ConnectionError, match="certificate verify failed"):
+            asyncio.run(ping(Settings(shared_state=server.url, tls_ca_file=other.ca_file)))
+    finally:
+        server.stop()

@@ -63,12 +63,13 @@ def test_issue19_lease_limit_never_exceeded(conn: redis.Redis, limit: int,
     """issue 19: any sequence of takes and drops: a take succeeds exactly when fewer than the
     limit are held, so the set never holds more than the limit."""
     take, drop = conn.register_script(scripts.LEASE_TAKE), conn.register_script(scripts.LEASE_DROP)
-    key = scripts.lease_key(fresh("lease"))
+    name = fresh("lease")
+    key, want = scripts.lease_key(name), scripts.wanted_key(name)
     held: list[str] = []
     for n, (taking, pick) in enumerate(ops):
         if taking or not held:
             lease = f"l{n}"
-            got = take(keys=[key], args=[lease, limit, 60_000])
+            got = take(keys=[key, want], args=[lease, limit, 60_000, 1000])
             assert got == (1 if len(held) < limit else 0)
             if got:
                 held.append(lease)
@@ -83,27 +84,30 @@ def test_issue19_expired_leases_free_their_slots(conn: redis.Redis) -> None:
     """issue 19: a holder that dies (never renews, never drops) frees its slot when the lease
     expires; the key's TTL outlives no lease by more than a second."""
     take = conn.register_script(scripts.LEASE_TAKE)
-    key = scripts.lease_key(fresh("expiry"))
-    assert take(keys=[key], args=["dead1", 2, 200]) == 1
-    assert take(keys=[key], args=["dead2", 2, 200]) == 1
-    assert take(keys=[key], args=["new", 2, 200]) == 0
+    name = fresh("expiry")
+    key, want = scripts.lease_key(name), scripts.wanted_key(name)
+    assert take(keys=[key, want], args=["dead1", 2, 200, 1000]) == 1
+    assert take(keys=[key, want], args=["dead2", 2, 200, 1000]) == 1
+    assert take(keys=[key, want], args=["new", 2, 200, 1000]) == 0
     assert 0 < conn.pttl(key) <= 1200
-    assert wait_until(lambda: take(keys=[key], args=["new", 2, 60_000]) == 1)
+    assert wait_until(lambda: take(keys=[key, want], args=["new", 2, 60_000, 1000]) == 1)
     assert conn.zrange(key, 0, -1) == [b"new"]
 
 
 def test_issue19_renewed_leases_stay_and_lost_ones_are_recorded(conn: redis.Redis) -> None:
     """issue 19: renewal keeps a live holder's lease past its first expiry; a lease Redis lost
-    (restart, expiry during a pause) is recorded again, and counted as missing."""
+    (restart, expiry during a pause) is recorded again, and counted as missing; a node refused
+    a slot leaves the key flagged "wanted" (with a TTL), which the renewal reports."""
     take = conn.register_script(scripts.LEASE_TAKE)
     renew = conn.register_script(scripts.LEASE_RENEW)
-    key = scripts.lease_key(fresh("renew"))
-    assert take(keys=[key], args=["a", 1, 300]) == 1
-    assert renew(keys=[key], args=[60_000, "a"]) == 0
+    name = fresh("renew")
+    key, want = scripts.lease_key(name), scripts.wanted_key(name)
+    assert take(keys=[key, want], args=["a", 1, 300, 1000]) == 1
+    assert renew(keys=[key, want], args=[60_000, "a"]) == [0, 0]
     time.sleep(0.4)
-    assert take(keys=[key], args=["b", 1, 300]) == 0  # "a" still holds the one slot
+    assert take(keys=[key, want], args=["b", 1, 300, 60_000]) == 0  # "a" holds the one slot
     conn.delete(key)
-    assert renew(keys=[key], args=[60_000, "a", "c"]) == 2
+    assert renew(keys=[key, want], args=[60_000, "a", "c"]) == [2, 1]  # "b" was refused
     assert conn.zcard(key) == 2 and conn.pttl(key) > 60_000
 
 

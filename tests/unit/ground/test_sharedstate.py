@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mxroute.errors import ConfigError
@@ -65,9 +67,16 @@ def test_issue19_setting_refuses_password_in_url_without_echoing_it(
     assert "hunter2" not in message and "fleet:***@" in message
 
 
-def test_issue19_password_file_needs_shared_state(tmp_path: object) -> None:
-    """issue 19: a password file with no shared_state is a mistake said at start."""
+def test_issue19_password_file_needs_shared_state_and_must_be_readable(tmp_path: Path) -> None:
+    """issue 19: a password file with no shared_state, or one that is not there, is a mistake
+    said at start."""
+    secret = tmp_path / "redis.secret"
+    with pytest.raises(ValueError, match="is not a readable file"):
+        Settings(shared_state="redis://h/0", shared_state_password_file=secret)
+    secret.write_text("pw\n")
     with pytest.raises(ValueError, match="shared_state is not"):
-        Settings(shared_state_password_file="/etc/mxroute/redis.secret")
+        Settings(shared_state_password_file=secret)
+    assert Settings(shared_state="redis://h/0",
+                    shared_state_password_file=secret).shared_state_password_file == secret
     assert Settings(shared_state=" redis://h/1 ").shared_state == "redis://h/1"
     assert Settings(shared_state="").shared_state is None
