@@ -78,7 +78,7 @@ def test_a_dead_host_found_by_node_a_is_skipped_by_node_b(world: World,
     a.send("a@sender.test", ["u@dest.test"], MSG)
     assert wait_for(lambda: len(sink.connections) == 1)
     seen(b, "site mx1.dest.test: suspended for", "learnt from node")
-    seen(b, "unreachable (451", "learnt from node")
+    seen(b, "unreachable (421 4.3.2 going down), learnt from node")
     b.send("a@sender.test", ["v@dest.test"], MSG)
     seen(b, "learnt from node", "v@dest.test")
     time.sleep(0.5)  # a connection B wrongly made would show by now
