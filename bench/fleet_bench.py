@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from accept_latency import ROOT, free_port, load
 
@@ -54,18 +55,19 @@ def wait_port(port: int, host: str = "127.0.0.1") -> None:
             time.sleep(0.05)
 
 
-def command_calls(port: int) -> int:
-    """Commands Redis has served (INFO commandstats), INFO itself left out."""
+def command_calls(port: int) -> dict[str, int]:
+    """Commands Redis has served by name (INFO commandstats), INFO itself left out."""
     out = subprocess.run(["redis-cli", "-h", REDIS_HOST, "-p", str(port), "INFO",
                           "commandstats"], capture_output=True, text=True, check=True).stdout
-    total = 0
+    calls: dict[str, int] = {}
     for line in out.splitlines():
         if line.startswith("cmdstat_") and not line.startswith("cmdstat_info:"):
-            total += int(line.split("calls=")[1].split(",")[0])
-    return total
+            name = line[len("cmdstat_"):].split(":")[0]
+            calls[name] = int(line.split("calls=")[1].split(",")[0])
+    return calls
 
 
-def one_run(args: argparse.Namespace, shared: int | None) -> dict[str, float]:
+def one_run(args: argparse.Namespace, shared: int | None) -> dict[str, Any]:
     """One serve (``shared``: the Redis port, None: alone): injected, drained, measured."""
     work = Path(tempfile.mkdtemp(prefix="mxroute-fleet-", dir=args.workdir))
     sink_port, relay_port = free_port(), free_port()
@@ -89,16 +91,18 @@ def one_run(args: argparse.Namespace, shared: int | None) -> dict[str, float]:
     try:
         wait_port(relay_port)
         time.sleep(1.0)  # the delivery process and its first heartbeat
-        before = command_calls(shared) if shared is not None else 0
+        before = command_calls(shared) if shared is not None else {}
         started = time.perf_counter()
         asyncio.run(load(relay_port, args.messages, args.sessions))
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and queue.is_dir() and any(queue.iterdir()):
             time.sleep(0.02)
         elapsed = time.perf_counter() - started
-        calls = (command_calls(shared) - before) if shared is not None else 0
+        after = command_calls(shared) if shared is not None else {}
+        by_command = {name: round((n - before.get(name, 0)) / args.messages, 3)
+                      for name, n in sorted(after.items()) if n > before.get(name, 0)}
         return {"msgs_per_s": args.messages / elapsed, "seconds": elapsed,
-                "redis_calls_per_msg": calls / args.messages}
+                "redis_calls_per_msg": sum(by_command.values()), "by_command": by_command}
     finally:
         relay.send_signal(signal.SIGTERM)
         try:
@@ -124,8 +128,8 @@ def main() -> int:
     redis = subprocess.Popen(["redis-server", "--bind", REDIS_HOST, "--port", str(port),
                               "--save", "", "--appendonly", "no", "--dir", str(rdir)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    off: list[dict[str, float]] = []
-    on: list[dict[str, float]] = []
+    off: list[dict[str, Any]] = []
+    on: list[dict[str, Any]] = []
     try:
         wait_port(port, REDIS_HOST)
         for n in range(args.rounds):
@@ -146,6 +150,7 @@ def main() -> int:
         "off_msgs_per_s": round(off_rate, 1), "on_msgs_per_s": round(on_rate, 1),
         "ratio_on_off": round(on_rate / off_rate, 3),
         "redis_calls_per_msg": round(statistics.median(r["redis_calls_per_msg"] for r in on), 3),
+        "by_command_per_msg": on[-1]["by_command"] if on else {},
         "runs": {"off": [round(r["msgs_per_s"], 1) for r in off],
                  "on": [round(r["msgs_per_s"], 1) for r in on]},
         "load_1min": os.getloadavg()[0],
