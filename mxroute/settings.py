@@ -53,6 +53,7 @@ from mxroute.hostdefaults import (
     spool_default,
 )
 from mxroute.settingsenv import PLAIN_LISTS, TypedEnv, env_name, split_list, unknown_variables
+from mxroute.sharedstate import parse_shared_state
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,8 @@ DEFAULT_CONFIG = Path("/etc/mxroute/mxroute.toml")
 # and verification after delivery (the rotation advice in docs/dkim.md)
 DKIM_EXPIRE_MARGIN = 86400
 # what a reload (SIGHUP, mxroute/service/daemon.py) cannot change: kept until a restart
-RESTART_ONLY = ("listen", "spool_dir", "metrics_listen", "delivery_processes",
-                "max_inflight_bytes")
+RESTART_ONLY = ("listen", "spool_dir", "metrics_listen", "delivery_processes", "shared_state",
+                "shared_state_password_file", "max_inflight_bytes")
 
 
 # --- the TLS levels (TLS-3; what each demands: mxroute/tls/policy.py) ---------------------------
@@ -440,6 +441,12 @@ class Settings(BaseSettings):
     # how long a site prefers the other address family after one family failed it
     family_hold_seconds: int = Field(3600, ge=1)
 
+    # --- a fleet (docs/shaping.md, "Limits across nodes"): limits shared by serve nodes via Redis
+    # "redis://host:port/db", "rediss://user@host:port/db" (TLS); unset: one node, nothing shared
+    shared_state: str | None = None
+    # the Redis password (its one line), never in the URL; with an ACL user in the URL, its own
+    shared_state_password_file: Path | None = None
+
     # --- operations ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # "host:port" of the Prometheus endpoint (needs the metrics extra)
@@ -476,6 +483,21 @@ class Settings(BaseSettings):
 
         if importlib.util.find_spec("prometheus_client") is None:
             raise ValueError("needs the prometheus-client package: pip install 'mxroute[metrics]'")
+        return value
+
+    @field_validator("shared_state")
+    @classmethod
+    def _shared_state(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parse_shared_state(value)
+        return value.strip()
+
+    @field_validator("shared_state_password_file")
+    @classmethod
+    def _shared_state_password(cls, value: Path | None) -> Path | None:
+        if value is not None and not (value.is_file() and os.access(value, os.R_OK)):
+            raise ValueError(f"{value} is not a readable file (its one line is the password)")
         return value
 
     @field_validator("relay_networks")
@@ -546,6 +568,8 @@ class Settings(BaseSettings):
             raise ValueError("retry_min_seconds must not exceed retry_max_seconds")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.shared_state_password_file is not None and self.shared_state is None:
+            raise ValueError("shared_state_password_file is set but shared_state is not")
         smtps = [str(item) for item in self.listeners() if item.implicit_tls]
         if smtps and self.tls_cert_file is None:
             raise ValueError(f"listen {smtps[0]} (implicit TLS) needs tls_cert_file and "

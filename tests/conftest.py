@@ -12,6 +12,7 @@ import pytest
 from mxroute.dns.resolver import NetworkTransport, Resolver, Server
 from tests.support import opendkim
 from tests.support.dnsserver import DNSServer
+from tests.support.redisserver import RedisServer, start_redis
 from tests.support.relay import World
 
 _hosts = itertools.cycle(f"127.0.53.{n}" for n in range(1, 250))
@@ -61,3 +62,11 @@ def dkim_peer(dkim_peer_running: opendkim.DkimPeer) -> Iterator[opendkim.DkimPee
     dkim_peer_running.publish("")
     yield dkim_peer_running
     dkim_peer_running.clear()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server on 127.0.19.1 (issue 19), stopped by PID after the test."""
+    server = start_redis(tmp_path / "redis")
+    yield server
+    server.stop()

@@ -67,7 +67,7 @@ def _routes_problem(settings: Settings) -> str | None:
     secret itself."""
     for problem, path in unusable_secrets(settings.routes):
         unreadable_to_us = path.is_file() and not os.access(path, os.R_OK)
-        if not (unreadable_to_us and _service_owned(path)):
+        if not (unreadable_to_us and service_owned(path)):
             return problem
     return None
 
@@ -101,7 +101,7 @@ def _spool_problem(spool: Path) -> str | None:
         try:
             os.rmdir(tempfile.mkdtemp(prefix=".mxroute-check-", dir=place))
         except OSError as exc:
-            if isinstance(exc, PermissionError) and _service_owned(place):
+            if isinstance(exc, PermissionError) and service_owned(place):
                 return None  # the service user's directory: it can, we cannot tell
             what = "files" if place in (spool, spool / "tmp") else "it"
             return f"cannot create {what} in {place}: {exc.strerror or exc}"
@@ -109,7 +109,7 @@ def _spool_problem(spool: Path) -> str | None:
     return "no directory on its path exists"
 
 
-def _service_owned(place: Path) -> bool:
+def service_owned(place: Path) -> bool:
     """Whether ``place`` belongs to another user, not root, while we are not root: the service
     user's directory (``StateDirectory=``), which an operator's check cannot judge."""
     try:

@@ -53,6 +53,10 @@ class Report:
     zones: dict[str, Any] | None = None  # --zone: the loaded zone holding the domain, or none
     spf_skipped: str | None = None  # why there is no SPF verdict
     shaping: Shape | None = None  # issue 18: the site, the shaping rule and its limits
+    # issue 19: where those limits are counted: "local" (this node) or "shared" (the fleet's
+    # shared_state, shown redacted in ``shared_state``)
+    shaping_scope: str = "local"
+    shared_state: str | None = None
 
     def verdict(self) -> tuple[Verdict, str, str]:
         """(verdict, reason, enhanced status): an intake refusal first, else the route's."""
@@ -78,7 +82,8 @@ class Report:
         body["spf"] = first.get("spf")
         body["ptr"] = first.get("ptr")
         body["identity"] = self.identity
-        body["shaping"] = self.shaping.to_json() if self.shaping else None
+        body["shaping"] = {**self.shaping.to_json(), "scope": self.shaping_scope,
+                           "shared_state": self.shared_state} if self.shaping else None
         body["tls"] = self.tls.to_json() if self.tls else None
         body["dane"] = self.plan.dane.to_json() if self.plan.dane else None  # TLS-7 / EXP-3
         body["mta_sts"] = self.mta_sts_json()
@@ -135,6 +140,10 @@ async def run_explain(address: Address, settings: Settings, resolver: Resolver, 
     plan = routed.plan
     report = Report(address, plan, [], tls=routed.tls)  # EXP-3: the level delivery applies
     report.shaping = shaper_of(settings).shape(plan)  # issue 18: as delivery resolves it
+    if settings.shared_state:  # issue 19: counted by the fleet (local while Redis is away)
+        from mxroute.relay.fleet.connection import shown
+
+        report.shaping_scope, report.shared_state = "shared", shown(settings)
     await _add_mta_sts(report, settings, resolver, sts)
     await _add_serve(report, settings, resolver, sender)
     await _add_identity(report, settings, resolver, egress, sender, helo)

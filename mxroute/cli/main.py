@@ -375,11 +375,13 @@ def _check_config(args: argparse.Namespace) -> int:
     file that loads back to the same settings.
     """
     from mxroute.cli.config import check_startup, settings_json, settings_lines
+    from mxroute.cli.sharedcheck import check_shared_state
     from mxroute.identity import helo
     from mxroute.identity.findings import check_ptr
 
     settings = _settings(args)
     check_startup(settings)
+    shared = check_shared_state(settings)  # issue 19
     values = settings_json(settings, args.non_default)
     resolver = _resolver(args, settings, trace=False)
     keys: list[Any] = []
@@ -405,6 +407,7 @@ def _check_config(args: argparse.Namespace) -> int:
         values["dkim_check"] = [key.to_json() for key in keys]
         values["identity_check"] = ([report.to_json() for report in reports]
                                     if reports is not None else None)
+        values["shared_state_check"] = shared
         print(json.dumps(values, indent=2))
         return EX_OK
     for line in settings_lines(settings, args.non_default):
@@ -416,6 +419,10 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"# {helo.line(settings, finding)}")
     if not helo_found:
         print(f"# helo_name {settings.helo_name}: ok")
+    if shared is not None:
+        from mxroute.cli.sharedcheck import line as shared_line
+
+        print(f"# {shared_line(shared)}")
     if keys:
         from mxroute.cli.dkim import check_line
 

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
+from mxroute.errors import EX_USAGE
 from mxroute.relay.spool.listing import MESSAGE_STATES, parse_duration
 from mxroute.settings import Settings
 
@@ -42,6 +44,9 @@ def add_view_parsers(actions: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--by", choices=("domain", "site"), default="domain",
                    help="group by recipient domain (the default) or by destination site (its MX "
                         "host names, looked up in DNS; docs/shaping.md)")
+    p.add_argument("--fleet", action="store_true",
+                   help="every live node of the fleet sharing shared_state, and the total "
+                        "(docs/fleets.md)")
     p.add_argument("--json", action="store_true")
     p = actions.add_parser("show", parents=[common],
                            help="one message: envelope, recipients, headers (ID or prefix)")
@@ -66,6 +71,14 @@ def view_command(settings: Settings, args: argparse.Namespace) -> int:
         from mxroute.cli import queuelist
 
         if args.action == "summary":
+            if args.fleet:
+                from mxroute.cli.queuefleet import fleet_summary_command
+
+                if args.by != "domain" or args.top is not None:
+                    print("mxroute: queue summary --fleet counts messages per node: no --by or "
+                          "--top", file=sys.stderr)
+                    return EX_USAGE
+                return fleet_summary_command(settings, args.json)
             sites = None
             if args.by == "site":
                 from mxroute.cli.queuesites import sites_of

@@ -45,6 +45,14 @@ class Style:
         return self._wrap(code + ";1", text)
 
 
+def _scope(report: Report) -> str:
+    """Where the shaping limits are counted (issue 19): the fleet's or this node's."""
+    if report.shaping_scope == "shared":
+        return (f"shared by the fleet through {report.shared_state} (on this node alone, "
+                "divided by the nodes last seen, while it is away)")
+    return "counted on this node (no shared_state)"
+
+
 def render_explain(report: Report, style: Style) -> str:
     """The human form of ``explain``: summary, MX, plan, pruned, reasoning, DNS trace."""
     plan = report.plan
@@ -59,7 +67,7 @@ def render_explain(report: Report, style: Style) -> str:
     if plan.route is not None:  # issue 16: the next-hop rule instead of the domain's MX
         summary.append(["route", plan.route.describe()])
     if report.shaping is not None:  # issue 18: site, rule, limits
-        summary.append(["shaping", report.shaping.describe()])
+        summary += [["shaping", report.shaping.describe()], ["limits", _scope(report)]]
     if report.tls is not None:  # TLS-3 / EXP-3
         summary.append(["tls policy", report.tls.describe()])
     if report.mta_sts is not None:  # TLS-5/6, EXP-3

@@ -157,6 +157,7 @@ class _Collector:
         yield from self._dns()
         yield from self._dkim()
         yield from self._memory()
+        yield from self._fleet()
         yield self._attempts()
 
     def _messages(self) -> Iterator[Metric]:
@@ -292,6 +293,28 @@ class _Collector:
         yield GaugeMetricFamily("mxroute_dns_cache_hit_ratio",
                                 "Cache hits / all DNS lookups since start (0 before any)",
                                 value=hits / lookups if lookups else 0.0)
+
+    def _fleet(self) -> Iterator[Metric]:
+        """Limits shared through ``shared_state`` (issue 19); nothing when it is unset."""
+        fleet = self.snapshot.get("fleet")
+        if not fleet:
+            return
+        yield GaugeMetricFamily("mxroute_shared_state_up",
+                                "1 while limits are shared through shared_state, 0 while this "
+                                "node counts alone (Redis unreachable)", value=fleet["shared"])
+        yield CounterMetricFamily("mxroute_shared_state_fallbacks",
+                                  "Times Redis became unreachable and this node fell back to "
+                                  "local limits", value=fleet["fallbacks"])
+        trips = CounterMetricFamily("mxroute_shared_state_round_trips",
+                                    "Calls to Redis: lease (take, wait, give back a connection "
+                                    "slot), rate (one GCRA a message), renewal (leases and "
+                                    "heartbeat)", labels=["kind"])
+        for kind, key in (("lease", "lease_ops"), ("rate", "rate_ops"), ("renewal", "renewals")):
+            trips.add_metric([kind], fleet[key])
+        yield trips
+        yield GaugeMetricFamily("mxroute_fleet_nodes", "Live nodes sharing the limits, as last "
+                                "counted (local limits are the shared ones divided by it)",
+                                value=fleet["nodes"])
 
     def _dkim(self) -> Iterator[Metric]:
         """Signatures made at intake and on the delivery side's own notices (DSNs)."""

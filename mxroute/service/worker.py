@@ -31,7 +31,7 @@ import os
 import signal
 import socket
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mxroute.dns.configured import RESOLVER_SETTINGS, resolver_from_settings
 from mxroute.errors import ConfigError, MxrouteError
@@ -50,6 +50,9 @@ from mxroute.service.logsetup import setup_logging
 from mxroute.service.malloc import fix_mmap_threshold
 from mxroute.settings import Settings
 
+if TYPE_CHECKING:
+    from mxroute.relay.fleet.share import FleetState
+
 log = logging.getLogger(__name__)
 
 RESCAN_SECONDS = 30.0  # the spool is listed this often for messages whose notice never arrived
@@ -62,7 +65,9 @@ class Delivery:
     def __init__(self, settings: Settings, spool: Spool) -> None:
         from mxroute.relay.courier.courier import Courier
         from mxroute.relay.courier.upstream import warn_unusable_secrets
-        from mxroute.relay.limiter import LocalLimiter
+        from mxroute.relay.fleet.connection import SharedStateError
+        from mxroute.relay.fleet.limiter import shared_limiter
+        from mxroute.relay.limiter import Limiter, LocalLimiter
         from mxroute.tls.mtasts.store import STORE_NAME, MtaSts
 
         warn_unusable_secrets(settings.routes)  # issue 16: said once at start, not per message
@@ -71,9 +76,16 @@ class Delivery:
         self.resolver = resolver_from_settings(settings)
         # TLS-5: the policies are kept across restarts
         self.mta_sts = MtaSts(mta_sts_reach(settings), self.resolver, store=spool.root / STORE_NAME)
-        # issue 18: the counts of traffic shaping, in this process (issue 19: a shared one)
-        self.limiter = LocalLimiter()
+        # issue 18: the counts of traffic shaping, in this process; issue 19: with shared_state,
+        # the fleet's (local limits while Redis is away)
+        try:
+            self.fleet = shared_limiter(settings)
+        except SharedStateError as exc:
+            raise ConfigError(str(exc)) from None
+        self.limiter: Limiter = self.fleet if self.fleet is not None else LocalLimiter()
         self.courier = Courier(settings, mta_sts=self.mta_sts, limiter=self.limiter)
+        if self.fleet is not None:  # another node waits for a slot: our idle ones close
+            self.fleet.on_wanted = self.courier.pool.close_idle
         self.timer = AttemptTimer()
         courier: Any = self.courier
         if settings.metrics_listen:
@@ -86,6 +98,8 @@ class Delivery:
         operator = Operator(spool, self.queue.notices, self.queue,
                             forget_hosts=self.queue.courier.forget_unreachable)
         self.control = ControlServer(spool.root, operator, self.courier.hosts)
+        # issue 19: suspensions, host health and the queue view shared by a fleet
+        self.fleet_state = _fleet_state(settings, self, operator)
 
     def recover(self, settle: float = 0.0) -> int:
         """The queue's start-up recovery; ``settle``: see ``QueueManager.recover``."""
@@ -93,7 +107,11 @@ class Delivery:
 
     async def start(self) -> None:
         """Deliver, and answer ``mxroute queue`` on the control socket."""
+        if self.fleet is not None:  # registers this node; Redis away: local limits, logged
+            await self.fleet.start()
         self.runner = asyncio.create_task(self.queue.run(), name="queue")
+        if self.fleet_state is not None:
+            self.fleet_state.start()
         try:
             await self.control.start()
         except OSError as exc:  # e.g. a spool path too long for a Unix socket: tools go offline
@@ -138,10 +156,16 @@ class Delivery:
                 "oldest": oldest_waiting(self.queue),
                 "memory": {"used": self.queue.memory.budget.used,
                            "limit": self.queue.memory.budget.limit,
-                           "peak": self.queue.memory.budget.peak}}
+                           "peak": self.queue.memory.budget.peak},
+                "fleet": None if self.fleet is None else {
+                    **self.fleet.stats, "shared": int(self.fleet.shared),
+                    "nodes": self.fleet.nodes},
+                "fleet_state": {} if self.fleet_state is None else dict(self.fleet_state.stats)}
 
     async def stop(self, grace: float) -> None:
         await self.control.close()
+        if self.fleet_state is not None:
+            await self.fleet_state.stop()
         await self.queue.stop(grace)
         if self.runner is not None:
             self.runner.cancel()
@@ -149,6 +173,28 @@ class Delivery:
             await asyncio.wait_for(self.courier.close(), timeout=2.0)
         except (TimeoutError, OSError):
             pass
+        if self.fleet is not None:  # after the courier: its connections' leases go back
+            await self.fleet.close()
+
+
+def _fleet_state(settings: Settings, delivery: Delivery,
+                 operator: Operator) -> FleetState | None:
+    """The node's ``FleetState`` (issue 19) with ``shared_state``, else None (its password file
+    was read by the limiter just before: a problem with it has stopped the start)."""
+    if not settings.shared_state:
+        return None
+    from mxroute.hostdefaults import host_name
+    from mxroute.relay.fleet.connection import from_settings
+    from mxroute.relay.fleet.records import node_name
+    from mxroute.relay.fleet.share import FleetState
+
+    redis = from_settings(settings)
+    assert redis is not None
+    host, spool = host_name(), str(delivery.spool.root)
+    fleet = FleetState(redis, node_name(host, spool), host, spool, delivery.courier.hosts,
+                       operator, delivery.queue.sizes)
+    fleet.attach(delivery.courier.sites)
+    return fleet
 
 
 def _dsn_signer(settings: Settings, old: DkimSigner | None) -> DkimSigner:

@@ -50,7 +50,8 @@ def test_json_names_site_rule_and_limits(dns: DNSServer) -> None:
         "site": "mx1.mail.t,mx2.mail.t", "key": "mx:*.mail.t", "rule": "mx:*.mail.t",
         "source": "shaping", "number": 1,
         "limits": {"connection_limit": 3, "max_messages_per_connection": 50,
-                   "connection_rate": None, "message_rate": 2.5, "message_burst": None}}
+                   "connection_rate": None, "message_rate": 2.5, "message_burst": None},
+        "scope": "local", "shared_state": None}
 
 
 def test_default_and_shipped_rules(dns: DNSServer) -> None:
@@ -70,3 +71,20 @@ def test_text_shows_the_shaping_line(dns: DNSServer) -> None:
     assert ("site mx1.mail.t,mx2.mail.t: shaping rule 1 (mx:*.mail.t), counted as mx:*.mail.t: "
             "connection_limit 3, max_messages_per_connection 50, message_rate 2.5"
             ) in " ".join(done.stdout.split()), done.stdout
+
+
+def test_scope_says_whether_the_limits_are_shared(dns: DNSServer) -> None:
+    """Issue 19: with ``shared_state`` the limits are the fleet's (``scope`` ``shared``, the URL
+    shown without a secret), else this node's (``local``); the text says which. Explain does
+    not connect to Redis to say so."""
+    env = {"MXROUTE_SHAPING": json.dumps(RULES),
+           "MXROUTE_SHARED_STATE": "rediss://relay@127.0.29.3:6390/2"}
+    done = run_explain(["--dns", dns.address, "--json", "u@dest.t"], env)
+    assert done.returncode == 0, done.stderr
+    shaping = json.loads(done.stdout)["shaping"]
+    assert (shaping["scope"], shaping["shared_state"]) == (
+        "shared", "rediss://relay@127.0.29.3:6390/2")
+    text = " ".join(run_explain(["--dns", dns.address, "u@dest.t"], env).stdout.split())
+    assert "limits shared by the fleet through rediss://relay@127.0.29.3:6390/2" in text
+    alone = " ".join(explain(dns, ["u@dest.t"], RULES).stdout.split())
+    assert "limits counted on this node (no shared_state)" in alone

@@ -248,9 +248,23 @@ class World:
             f"$ORIGIN test.\n$TTL 1\n@ IN SOA ns.test. host.test. 1 3600 600 86400 1\n{records}\n"
         )
 
-    def relay(self, port: int | None = None, **settings: Any) -> Relay:
-        relay = Relay(self.tmp, self.dns, self.sink_port, port, **settings)
+    def relay(self, port: int | None = None, home: str | None = None,
+              **settings: Any) -> Relay:
+        """A started relay; ``home``: its own directory (spool, log) under the world's, for a
+        test running several (a fleet, issue 19)."""
+        tmp = self.tmp if home is None else self.tmp / home
+        tmp.mkdir(exist_ok=True)
+        relay = Relay(tmp, self.dns, self.sink_port, port, **settings)
         self.relays.append(relay)  # killed by PID with the world, even if start() fails
+        return relay.start()
+
+    def node(self, name: str, **settings: Any) -> Relay:
+        """Another ``serve`` with its own spool and log in ``tmp/name`` (a fleet's node, issue
+        19), killed by PID with the world."""
+        home = self.tmp / name
+        home.mkdir(exist_ok=True)
+        relay = Relay(home, self.dns, self.sink_port, **settings)
+        self.relays.append(relay)
         return relay.start()
 
     @classmethod

@@ -301,6 +301,17 @@ class Sink(_Threaded):
         self._peak = 0  # the most ever open at once
 
     @property
+    def open_now(self) -> int:
+        """Connections open now."""
+        with self._lock:
+            return self._open
+
+    def reset_peak(self) -> None:
+        """Count ``peak`` afresh from the connections open now (a test's next phase)."""
+        with self._lock:
+            self._peak = self._open
+
+    @property
     def peak(self) -> int:
         """The most connections that were open at once (issue 18: connection limits)."""
         with self._lock:

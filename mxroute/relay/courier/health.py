@@ -208,6 +208,36 @@ class SiteHealth:
             site.suspension, site.dead_runs = None, 0
         return len(dead)
 
+    def adopt(self, name: str, kind: str, reason: str, now: float, until: float,
+              rate: float | None = None, cause: str = "reply") -> Event | None:
+        """A hold another node of the fleet learnt (issue 19): site ``name``'s ``suspension``
+        or ``throttle`` (``rate`` per second) until ``until``, applied as if learnt here. The
+        Event when it is new (or ends later than the one in force): one already known is not
+        told twice."""
+        if until <= now or kind not in ("suspension", "throttle"):
+            return None
+        site = self._site(name)
+        held = getattr(site, kind)
+        if held is not None and held.until >= until - 1.0:
+            return None
+        hold = Hold(reason, now, until, rate if kind == "throttle" else None, cause)
+        if kind == "throttle":
+            if rate is None or rate <= 0:
+                return None
+            hold.next_start = held.next_start if held is not None else now
+        setattr(site, kind, hold)
+        left = until - now
+        if kind == "suspension":
+            return Event(name, "dead" if cause == "dead-site" else "suspended",
+                         f"suspended for {left:.0f}s: {reason}")
+        return Event(name, "throttled", f"throttled to {rate:g}/s for {left:.0f}s: {reason}")
+
+    def held(self, name: str, kind: str, now: float) -> Hold | None:
+        """Site ``name``'s ``suspension`` or ``throttle`` in force at ``now``, or None."""
+        site = self.sites.get(name)
+        hold: Hold | None = getattr(site, kind) if site is not None else None
+        return hold if hold is not None and hold.until > now else None
+
     # --- what delivery tells afterwards --------------------------------------------------------
 
     def replied(self, name: str, reply: str, now: float) -> Event | None:

@@ -58,14 +58,37 @@ class Hosts:
         self._probes: dict[Endpoint, asyncio.Future[None]] = {}
         # issue 18 §2: what delivery learnt per site (throttles, suspensions, family health)
         self.sites = SiteHealth()
+        # issue 19: hosts another node of the fleet found unreachable, by address and port
+        self._shared: dict[tuple[str, int], Unreachable] = {}
+        # issue 19: told of each host found unreachable here (the fleet publishes it)
+        self.on_failed: Callable[[Endpoint, Unreachable], None] | None = None
 
     def skip(self, key: Endpoint) -> Unreachable | None:
         """The record ruling ``key`` out now, or None (an expired one is forgotten)."""
         known = self._unreachable.get(key)
         if known is not None and known.until <= self.clock():
             del self._unreachable[key]
-            return None
+            known = None
+        if known is None and self._shared:
+            known = self._shared.get((key.address, key.port))
+            if known is not None and known.until <= self.clock():
+                del self._shared[(key.address, key.port)]
+                return None
         return known
+
+    def learn(self, address: str, port: int, status: str, reply: str, pause: float,
+              name: str = "") -> bool:
+        """Another node of the fleet found ``address``:``port`` unreachable (issue 19): skipped
+        here too for ``pause`` seconds, whatever the egress address. False when it is already
+        known (not new: not told twice)."""
+        now = self.clock()
+        known = self._shared.get((address, port))
+        if known is not None and known.until >= now + pause - 1.0:
+            return False
+        if len(self._shared) >= LIMIT:
+            self._shared.clear()
+        self._shared[(address, port)] = Unreachable(now + pause, status, reply, now, name)
+        return True
 
     @asynccontextmanager
     async def contact(self, key: Endpoint) -> AsyncIterator[Unreachable | None]:
@@ -94,8 +117,10 @@ class Hosts:
         now = self.clock()
         known = self._unreachable.get(key)
         since = known.since if known is not None else now  # failing since its first failure
-        self._unreachable[key] = Unreachable(now + pause, status, reply, since, name)
+        record = self._unreachable[key] = Unreachable(now + pause, status, reply, since, name)
         self._answering.discard(key)
+        if self.on_failed is not None:
+            self.on_failed(key, record)
 
     def answered(self, key: Endpoint) -> None:
         """``key`` gave a session."""
@@ -107,21 +132,32 @@ class Hosts:
         """Try again at the next delivery every host (``mxroute queue flush``), or those whose
         address or name is ``host`` (``mxroute queue hosts --forget``): how many."""
         if host is None:
-            count = len(self._unreachable)
+            count = len(self._unreachable) + len(self._shared)
             self._unreachable.clear()
+            self._shared.clear()
             self.sites.forget_dead()  # a dead site is its hosts failing (issue 18 §2)
             return count
         keys = [k for k, v in self._unreachable.items() if host in (k.address, v.name)
                 or v.name.startswith(f"{host}[")]
         for key in keys:
             del self._unreachable[key]
-        return len(keys)
+        shared = [k for k, v in self._shared.items() if host in (k[0], v.name)
+                  or v.name.startswith(f"{host}[")]
+        for pair in shared:
+            del self._shared[pair]
+        return len(keys) + len(shared)
 
-    def skipping(self) -> list[tuple[Endpoint, Unreachable]]:
-        """The hosts skipped now, soonest retried first (``mxroute queue hosts``, exinext)."""
+    def skipping(self, shared: bool = True) -> list[tuple[Endpoint, Unreachable]]:
+        """The hosts skipped now, soonest retried first (``mxroute queue hosts``, exinext);
+        ``shared`` False: only those found unreachable here."""
         now = self.clock()
-        return sorted(((k, v) for k, v in self._unreachable.items() if v.until > now),
-                      key=lambda kv: kv[1].until)
+        mine = [(k, v) for k, v in self._unreachable.items() if v.until > now]
+        if not shared:
+            return sorted(mine, key=lambda kv: kv[1].until)
+        known = {(k.address, k.port) for k, _ in mine}
+        others = [(Endpoint(a, p, None), v) for (a, p), v in self._shared.items()
+                  if v.until > now and (a, p) not in known]
+        return sorted(mine + others, key=lambda kv: kv[1].until)
 
     def __len__(self) -> int:
         """How many hosts are remembered as unreachable."""

@@ -31,6 +31,8 @@ class Sites:
                  clock: Callable[[], float]) -> None:
         self.health, self.stats, self.clock = health, stats, clock
         self.numbers = SiteNumbers()
+        # issue 19: told of each change learnt here (the fleet publishes holds)
+        self.on_event: Callable[[Event], None] | None = None
         stats["throttled_waits"] = 0  # deliveries that waited for a throttled site's turn
         stats.update((f"site_{kind.replace('-', '_')}", 0) for kind in EVENT_KINDS)
         self.configure(settings)
@@ -101,6 +103,8 @@ class Sites:
             if event.kind in ("suspended", "dead") and event.site == site:
                 self.numbers.add(site, "suspensions")
             hosts.site_event(event.site, event.text, lifted=event.kind == "lifted")
+            if self.on_event is not None:
+                self.on_event(event)
 
 
 __all__ = ["Sites"]

@@ -376,7 +376,7 @@ class QueueManager:
         """``due`` without the recipients at suspended domains (not tried, no attempt counted),
         and a deferral for each suspended recipient whose message has expired: it settles as
         expired and is bounced."""
-        if not self.suspensions.entries:
+        if not self.suspensions.any():
             return due, []
         held_back = {d for d in {domain_of(r.address) for r in meta.pending}
                      if self.dispatcher.suspended(d, now) is not None}

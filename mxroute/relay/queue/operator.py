@@ -30,7 +30,7 @@ from mxroute.errors import EX_DATAERR, EX_NOINPUT, EX_USAGE, MxrouteError
 from mxroute.relay.queue.dispatch import domain_of
 from mxroute.relay.queue.manager import QueueManager
 from mxroute.relay.queue.notices import Notifier, failures
-from mxroute.relay.queue.suspensions import Suspensions, suspend_name, to_json
+from mxroute.relay.queue.suspensions import Suspension, Suspensions, suspend_name, to_json
 from mxroute.relay.spool.format import CorruptFile, MessageMeta
 from mxroute.relay.spool.store import Spool
 from mxroute.text import LISTING, safe_text
@@ -118,6 +118,9 @@ class Operator:
         self.queue = queue
         self.forget_hosts = forget_hosts  # flush, requeue: every host is worth a try again
         self._suspensions: Suspensions | None = None if queue is None else queue.suspensions
+        # issue 19: told of each suspension made or lifted here (the fleet publishes them)
+        self.on_suspend: Callable[[list[Suspension]], None] | None = None
+        self.on_resume: Callable[[list[str]], None] | None = None
 
     @property
     def suspensions(self) -> Suspensions:
@@ -143,16 +146,23 @@ class Operator:
         why = f" ({safe_text(reason, LISTING)})" if reason else ""
         for entry in made:
             log.info("operator: suspend %s by uid %s%s", entry.domain, uid, why)
+        if self.on_suspend is not None:
+            self.on_suspend(made)
         return [to_json(e) for e in made]
 
-    async def resume(self, domains: list[str] | None, uid: int | None) -> list[str]:
-        """Lift the suspension of ``domains`` (None: all); their recipients are due now."""
+    async def resume(self, domains: list[str] | None, uid: int | None,
+                     tell: bool = True) -> list[str]:
+        """Lift the suspension of ``domains`` (None: all); their recipients are due now.
+        ``tell`` False: a lift another node of the fleet made (issue 19), not told back."""
         lifted = self.suspensions.resume(None if domains is None else _domains(domains),
                                          time.time())
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.suspensions.save)
         for domain in lifted:
-            log.info("operator: resume %s by uid %s", domain, uid)
+            if tell:
+                log.info("operator: resume %s by uid %s", domain, uid)
+        if lifted and tell and self.on_resume is not None:
+            self.on_resume(lifted)
         if lifted:
             ids = await loop.run_in_executor(None, self.spool.ids)
             names = set(lifted)

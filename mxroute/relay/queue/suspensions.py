@@ -74,6 +74,13 @@ class Suspensions:
     def __init__(self, path: Path, entries: dict[str, Suspension] | None = None) -> None:
         self.path = path
         self.entries: dict[str, Suspension] = dict(entries or {})
+        # issue 19: those another node of the fleet made (``shared_state``), kept in memory
+        # only: in Redis until they end or are resumed
+        self.shared: dict[str, Suspension] = {}
+
+    def any(self) -> bool:
+        """Is any suspension known (in force or not yet dropped)?"""
+        return bool(self.entries or self.shared)
 
     @classmethod
     def load(cls, spool_root: Path) -> Suspensions:
@@ -122,16 +129,29 @@ class Suspensions:
 
     def current(self, now: float) -> list[Suspension]:
         """The suspensions in force at ``now``, by domain (those that ended are dropped)."""
-        for domain in [d for d, e in self.entries.items() if e.over(now)]:
-            del self.entries[domain]
-        return sorted(self.entries.values(), key=lambda e: e.domain)
+        for entries in (self.entries, self.shared):
+            for domain in [d for d, e in entries.items() if e.over(now)]:
+                del entries[domain]
+        merged = {**self.shared, **self.entries}
+        return sorted(merged.values(), key=lambda e: e.domain)
 
     def until(self, domain: str, now: float) -> float | None:
         """When ``domain``'s suspension ends (``inf``: when resumed), None when not suspended."""
-        entry = self.entries.get(domain)
-        if entry is None or entry.over(now):
-            return None
-        return float("inf") if entry.until is None else entry.until
+        ends: float | None = None
+        for entry in (self.entries.get(domain), self.shared.get(domain)):
+            if entry is not None and not entry.over(now):
+                end = float("inf") if entry.until is None else entry.until
+                ends = end if ends is None else max(ends, end)
+        return ends
+
+    def adopt(self, domain: str, reason: str, now: float, until: float) -> bool:
+        """A suspension another node of the fleet made (issue 19), in force here until
+        ``until``; False when one as long is already known (not new)."""
+        known = self.until(domain, now)
+        if known is not None and known >= until - 1.0:
+            return False
+        self.shared[domain] = Suspension(domain, reason, now, until)
+        return True
 
     def suspend(self, domains: list[str], reason: str | None, now: float,
                 duration: float | None) -> list[Suspension]:
@@ -145,10 +165,11 @@ class Suspensions:
     def resume(self, domains: list[str] | None, now: float) -> list[str]:
         """Lift ``domains`` (None: every one); the domains that were suspended, sorted."""
         self.current(now)
-        lifted = sorted(self.entries if domains is None else
-                        [d for d in domains if d in self.entries])
+        known = self.entries.keys() | self.shared.keys()
+        lifted = sorted(known if domains is None else [d for d in domains if d in known])
         for domain in lifted:
-            del self.entries[domain]
+            self.entries.pop(domain, None)
+            self.shared.pop(domain, None)
         return lifted
 
 
