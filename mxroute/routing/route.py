@@ -32,7 +32,8 @@ from mxroute.routing.plan import (
     mx_records,
 )
 from mxroute.routing.rules import Chosen, choose
-from mxroute.settings import Level, Settings
+from mxroute.settings import Settings
+from mxroute.settingsrules import Level
 from mxroute.tls.mtasts.fetch import Reach
 from mxroute.tls.policy import ROUTES_SOURCE, STATUS, TlsPolicy, of_settings
 

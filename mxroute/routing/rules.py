@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mxroute.settings import Level, RouteRule
+from mxroute.settingsrules import Level, RouteRule
 
 
 @dataclass(frozen=True, slots=True)

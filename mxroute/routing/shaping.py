@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 from mxroute.routing.plan import Plan
 
 if TYPE_CHECKING:  # the settings module loads ssl; the rules are only read here
-    from mxroute.settings import Settings, ShapingRule
+    from mxroute.settings import Settings
+    from mxroute.settingsrules import ShapingRule
 
 MAX_SHAPES = 10_000  # cached shapes; when full the cache starts empty again (bounded memory)
 

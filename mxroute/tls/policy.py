@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from mxroute.tls.tlsa import Tlsa
 
 if TYPE_CHECKING:
-    from mxroute.settings import Level
+    from mxroute.settingsrules import Level
 
 DEFAULT_SOURCE = "tls_policy"
 TABLE_SOURCE = "tls_policy_domains"
@@ -80,8 +80,8 @@ def policy_for(domain: str, default: Level, table: Mapping[str, Level]) -> TlsPo
     """The effective policy for ``domain`` (an A-label name, or an address literal).
 
     Exact entry first, then ``.parent`` entries from the nearest parent up, then
-    the default level. Levels and keys as the settings validated them (``settings.check_level``,
-    ``settings.normalize_table``).
+    the default level. Levels and keys as the settings validated them
+    (``settingsrules.check_level``, ``settings.normalize_table``).
     """
     name = domain.strip().rstrip(".").lower()
     level = table.get(name)

@@ -23,7 +23,8 @@ from mxroute.relay.courier.courier import Courier
 from mxroute.relay.envelope import Disposition, Envelope, Recipient, RecipientResult
 from mxroute.routing.plan import Plan, Target, Verdict
 from mxroute.routing.rules import Chosen
-from mxroute.settings import RouteRule, Settings
+from mxroute.settings import Settings
+from mxroute.settingsrules import RouteRule
 from mxroute.tls.policy import TlsPolicy
 from tests.support.courierkit import MESSAGE, courier_settings
 from tests.support.relay import World, wait_for

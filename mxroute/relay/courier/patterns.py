@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:  # PURE: the settings module (socket, ssl) is not imported at run time
-    from mxroute.settings import ReplyPatternRule
+    from mxroute.settingsrules import ReplyPatternRule
 
 Action = Literal["throttle", "suspend"]
 

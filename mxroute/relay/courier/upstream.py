@@ -25,7 +25,7 @@ from pathlib import Path
 from mxroute.relay.courier.replies import enhanced_status, reply_text
 from mxroute.relay.courier.session import HostFailure, Session
 from mxroute.routing.plan import Plan, Target
-from mxroute.settings import RouteRule, UpstreamAuth
+from mxroute.settingsrules import RouteRule, UpstreamAuth
 from mxroute.text import safe_text
 
 log = logging.getLogger(__name__)  # AUTH refusals and unusable password files

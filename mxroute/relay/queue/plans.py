@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from mxroute.routing.plan import Plan, RoutingPolicy
 from mxroute.routing.route import Route
 from mxroute.routing.rules import sender_dependent
-from mxroute.settings import RouteRule
+from mxroute.settingsrules import RouteRule
 
 PLAN_CACHE_SECONDS = 1.0  # how long a plan is reused at most (never past an MX TTL)
 MAX_DOMAINS = 10_000  # when full, the cache starts empty again (bounded memory)

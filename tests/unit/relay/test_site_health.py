@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from mxroute.relay.courier.health import MAX_WAIT, SiteHealth, Walk, reorder
 from mxroute.relay.courier.patterns import SHIPPED, configured, match
 from mxroute.routing.plan import Plan, Target, Verdict
-from mxroute.settings import ReplyPatternRule
+from mxroute.settingsrules import ReplyPatternRule
 
 SITE = "mx1.example.net,mx2.example.net"
 

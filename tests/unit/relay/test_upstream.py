@@ -17,7 +17,7 @@ from mxroute.relay.courier.upstream import (
 )
 from mxroute.routing.plan import Plan, Target, Verdict
 from mxroute.routing.rules import Chosen
-from mxroute.settings import RouteRule
+from mxroute.settingsrules import RouteRule
 
 
 @pytest.mark.parametrize(("offered", "chosen"), [

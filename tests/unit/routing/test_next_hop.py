@@ -14,7 +14,7 @@ import random
 from mxroute.dns.answer import Answer, Outcome
 from mxroute.routing.plan import DomainFacts, RoutingPolicy, Verdict, build_plan, plan_to_json
 from mxroute.routing.rules import Chosen
-from mxroute.settings import RouteRule
+from mxroute.settingsrules import RouteRule
 from tests.unit.routing.test_plan import host, mx
 
 POLICY = RoutingPolicy(listeners=(("127.0.0.1", 2525),))  # allow_private=False: MX screened

@@ -1,6 +1,6 @@
 """Next-hop rules (issue 16 §1): the ``routes`` setting's syntax and which rule wins.
 
-Pure: ``mxroute.address.parse_next_hop``, ``mxroute.settings.RouteRule`` and
+Pure: ``mxroute.address.parse_next_hop``, ``mxroute.settingsrules.RouteRule`` and
 ``mxroute.routing.rules.choose``; delivery through a rule is tested end to end in tests/e2e.
 """
 
@@ -13,7 +13,8 @@ from pydantic import ValidationError
 
 from mxroute.address import parse_next_hop
 from mxroute.routing.rules import choose, domain_matches, sender_dependent, sender_matches
-from mxroute.settings import RouteRule, Settings
+from mxroute.settings import Settings
+from mxroute.settingsrules import RouteRule
 
 
 @pytest.mark.parametrize(

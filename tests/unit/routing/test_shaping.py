@@ -1,6 +1,6 @@
 """Traffic shaping (issue 18 §1): sites, the ``shaping`` setting's syntax and which rule wins.
 
-Pure: ``mxroute.settings.ShapingRule`` and ``mxroute.routing.shaping``; the limits holding on
+Pure: ``mxroute.settingsrules.ShapingRule`` and ``mxroute.routing.shaping``; the limits holding on
 the wire are tested through ``serve`` in tests/e2e/test_shaping.py.
 """
 
@@ -13,7 +13,8 @@ from mxroute.address import parse_next_hop
 from mxroute.routing.plan import MxRecord, Plan, Verdict
 from mxroute.routing.rules import Chosen
 from mxroute.routing.shaping import SHIPPED, Shaper, site_names, site_of
-from mxroute.settings import RouteRule, Settings, ShapingRule
+from mxroute.settings import Settings
+from mxroute.settingsrules import RouteRule, ShapingRule
 
 
 def plan(domain: str, *mx: str, implicit: bool = False) -> Plan:

@@ -14,7 +14,8 @@ import pytest
 
 from mxroute.dns.answer import Answer, Outcome
 from mxroute.errors import ConfigError
-from mxroute.settings import check_level, load_settings
+from mxroute.settings import load_settings
+from mxroute.settingsrules import check_level
 from mxroute.tls import dane, tlsa
 from mxroute.tls.contexts import probe_verdict, satisfied
 from mxroute.tls.dane import Need
