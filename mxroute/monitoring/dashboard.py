@@ -153,6 +153,13 @@ def _process() -> tuple[str, list[dict[str, Any]]]:
                 (f'rate(process_cpu_seconds_total{{job="mxroute", {I}}}{rate})', "CPU s/s"),
                 (f'process_open_fds{{job="mxroute", {I}}}', "open files"),
             ], "The intake process (serve's parent): memory, CPU, open files"),
+            _panel("Mail in memory", "timeseries", "bytes", [
+                (f"sum by (side) (mxroute_inflight_bytes{{{I}}})", "{{side}} in flight"),
+                (f"sum by (side) (mxroute_inflight_limit_bytes{{{I}}})", "{{side}} share"),
+                (f"sum(increase(mxroute_inflight_refusals_total{{{I}}}{rate}))",
+                 "452 refusals (budget full)"),
+            ], "Bytes of mail held in memory against max_inflight_bytes's shares, and the "
+               "clients told to retry when it was full"),
         ])
 
 

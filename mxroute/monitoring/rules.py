@@ -176,6 +176,14 @@ def _event_alerts(t: Tuning) -> list[dict[str, Any]]:
                "mxroute on {{ $labels.instance }} refuses mail for disk space (452 4.3.1)",
                "The spool's file system is below min_free_space or full. Run `df` on spool_dir "
                "and `mxroute queue summary`; free space or raise the disk."),
+        _alert("MxrouteMemoryBudgetRefusing",
+               f"increase(mxroute_inflight_refusals_total[{e}]) > 0", t.hold_for("10m"),
+               "warning",
+               "mxroute on {{ $labels.instance }} refuses mail for memory (452 4.3.1)",
+               "Messages in flight filled max_inflight_bytes: clients are told to retry (nothing "
+               "is lost) but mail waits. Look at mxroute_inflight_bytes{side} and "
+               "`mxroute queue summary` (a destination stalling large messages?); raise "
+               "max_inflight_bytes if the machine has the memory."),
     ]
 
 

@@ -119,6 +119,12 @@ CASES = [
            f"mxroute on {INSTANCE} refuses mail for disk space (452 4.3.1)")]),
     Case("MxrouteIntakeDiskFull", "2m",
          {f"mxroute_intake_storage_refusals_total{{{R}}}": "0x5"}),
+    Case("MxrouteMemoryBudgetRefusing", "15m",
+         {f"mxroute_inflight_refusals_total{{{R}}}": "0+2x15"},
+         [({"job": "mxroute"},
+           f"mxroute on {INSTANCE} refuses mail for memory (452 4.3.1)")]),
+    Case("MxrouteMemoryBudgetRefusing", "15m",
+         {f"mxroute_inflight_refusals_total{{{R}}}": "5x15"}),
 ]
 
 
