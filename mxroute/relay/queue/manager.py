@@ -224,21 +224,29 @@ class QueueManager:
         self.timetable.schedule(queue_id, due)
         self._wake.set()
 
-    def recover(self, settle: float = 0.0) -> int:
+    def recover(self, settle: float = 0.0, since: float | None = None) -> int:
         """Start-up scan: schedule everything (DUR-7), finish interrupted bounces (DSN-12), drop
-        what is done. ``settle`` (issue 21, restarted while the intake runs): a file that young may
-        be inside its rename -> directory fsync window (DUR-3): tried ``settle`` s from now."""
-        young = self.spool.young(settle)  # one listing; empty without ``settle``
+        what is done. ``settle`` (issue 21, intake already taking mail): a file that young may
+        be inside its rename -> directory fsync window (DUR-3): not read now, tried ``settle`` s
+        from now. ``since`` (issue 23, intake listening during this recovery): instead of the
+        files' ages, those whose queue ID was made at or after ``since`` are the young ones
+        (no stat per file); their intake's notice makes them due at once."""
+        listed = self.spool.ids()
+        if since is not None:
+            young = {q for q in listed if (queue_id_time(q) or 0.0) >= since}
+        else:
+            young = self.spool.young(settle, listed)
         corrupt: list[str] = []
         finished: list[str] = []
         origins: list[tuple[str, dict[str, Any]]] = []  # (DSN id, its bounce_of)
-        for meta in self.spool.recover_iter(corrupt):
+        later = self.clock() + settle
+        for queue_id in young:  # the timetable keys by ID: a notice too is one entry
+            self._schedule(queue_id, later)
+        for meta in self.spool.recover_iter(corrupt, [q for q in listed if q not in young]):
             if meta.bounce_of and meta.bounce_of.get("queue_id"):
                 origins.append((meta.queue_id, meta.bounce_of))
             if meta.done:
                 finished.append(meta.queue_id)
-            elif meta.queue_id in young:
-                self._schedule(meta.queue_id, self.clock() + settle)
             else:
                 self.add(meta)
         for dsn_id, origin in origins:
