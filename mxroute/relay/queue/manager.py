@@ -190,6 +190,8 @@ class QueueManager:
     def _next_due(self, meta: MessageMeta) -> float | None:
         """When ``meta`` is next due: a recipient at a suspended domain when the suspension
         ends, or at the message's expiry if that comes first (it is bounced then)."""
+        if not self.suspensions.any():  # the common case (recovery: once per message, issue 23)
+            return min((rcpt.next_try for rcpt in meta.pending), default=None)
         now, times = self.clock(), []
         expiry = meta.arrival + self.timing.lifetime(meta.sender)
         for rcpt in meta.pending:
