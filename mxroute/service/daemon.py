@@ -277,9 +277,8 @@ async def _main(settings: Settings, loader: Loader) -> int:
     servers: list[asyncio.base_events.Server] = []
     metrics: Any = None
     try:
-        # issue 23: with a delivery process, mail is taken while it recovers the queue (its
-        # start waits for the child's settings and spool, not for the scan; DUR-7 holds: the
-        # notices wait in the socket). Without one, the recovery runs here first.
+        # issue 23: a delivery process recovers while mail is taken (its start waits for its
+        # settings and spool, not the scan; the notices wait in the socket). Else: here first.
         await link.start()
         try:
             if settings.metrics_listen:  # first: scrapable once SMTP answers

@@ -274,9 +274,8 @@ class ChildLink:
             log.error("delivery process: unreadable message %r", line[:200])
             return
         op = message.get("op")
-        if op in ("started", "ready"):
-            if self._started is not None and not self._started.done():
-                self._started.set_result(None)
+        if op in ("started", "ready") and self._started is not None and not self._started.done():
+            self._started.set_result(None)
         if op == "ready":
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(None)

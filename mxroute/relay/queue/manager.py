@@ -228,22 +228,14 @@ class QueueManager:
 
     def recover(self, settle: float = 0.0, since: float | None = None) -> int:
         """Start-up scan: schedule everything (DUR-7), finish interrupted bounces (DSN-12), drop
-        what is done. ``settle`` (issue 21, intake already taking mail): a file that young may
-        be inside its rename -> directory fsync window (DUR-3): not read now, tried ``settle`` s
-        from now. ``since`` (issue 23, intake listening during this recovery): instead of the
-        files' ages, those whose queue ID was made at or after ``since`` are the young ones
-        (no stat per file); their intake's notice makes them due at once."""
+        what is done. ``settle``, ``since`` (the intake takes mail meanwhile): see ``young``."""
         listed = self.spool.ids()
-        if since is not None:
-            young = {q for q in listed if (queue_id_time(q) or 0.0) >= since}
-        else:
-            young = self.spool.young(settle, listed)
+        young = _young(self.spool, listed, settle, since)
         corrupt: list[str] = []
         finished: list[str] = []
         origins: list[tuple[str, dict[str, Any]]] = []  # (DSN id, its bounce_of)
-        later = self.clock() + settle
         for queue_id in young:  # the timetable keys by ID: a notice too is one entry
-            self._schedule(queue_id, later)
+            self._schedule(queue_id, self.clock() + settle)
         for meta in self.spool.recover_iter(corrupt, [q for q in listed if q not in young]):
             if meta.bounce_of and meta.bounce_of.get("queue_id"):
                 origins.append((meta.queue_id, meta.bounce_of))
@@ -513,6 +505,16 @@ def _record(rcpt: RecipientState, result: RecipientResult) -> None:
     if rcpt.remote_reply:  # hosts keeps what each host replied, never our reasons about it
         rcpt.hosts[safe_text(result.remote_mta or "", 200)] = rcpt.reply
 
+
+
+def _young(spool: Spool, listed: list[str], settle: float, since: float | None) -> set[str]:
+    """The files recovery leaves unread, tried ``settle`` s later or at their intake's notice:
+    with ``settle`` (issue 21), a file that young may be inside its rename -> directory fsync
+    window (DUR-3); with ``since`` (issue 23, the intake listening during this recovery), those
+    whose queue ID was made at or after ``since`` instead (no stat per file)."""
+    if since is not None:
+        return {q for q in listed if (queue_id_time(q) or 0.0) >= since}
+    return spool.young(settle, listed)
 
 def oldest_waiting(queue: QueueManager) -> float | None:
     """When the oldest message waiting for delivery in ``queue`` (scheduled or in flight; held
