@@ -5,10 +5,11 @@ Builds a spool of N messages (default 100,000) for one unreachable destination
 deferred for an hour: the steady state of a destination that is down), then starts
 `mxroute serve` on it and measures
 
-* recovery: time from exec to the 220 banner on the listen port (the daemon scans and
-  validates every queue file before it listens), and the "recovery: N message(s)
-  queued" count from its log;
-* RSS: VmRSS of the daemon and its delivery process 2 s after it is ready, and VmHWM (their
+* ready: time from exec to the 220 banner on the listen port (issue 23: the intake listens
+  while the delivery process still recovers; before, it scanned every queue file first);
+* scheduled: time from exec to the delivery process's "recovery: N message(s) queued" log
+  line (every queued message is then in its schedule), and that count;
+* RSS: VmRSS of the daemon and its delivery process 2 s after recovery, and VmHWM (their
   peaks), summed;
 * base: the same for an empty spool; per message = (RSS - base) / N.
 
@@ -17,6 +18,7 @@ fsync each (one `sync` at the end): building is not what is measured. Traffic: n
 leaves the machine (DNS points at 127.0.0.1:1, nothing is due). Needs no root.
 
     .venv/bin/python bench/queue_memory.py [--messages 100000] [--keep DIR] [--json-out F]
+        [--drop-caches] [--runs 3] [--mxroute PATH]
 """
 
 from __future__ import annotations
@@ -95,7 +97,16 @@ def status(pid: int) -> dict[str, int]:
     return out
 
 
-def measure(spool: Path, log: Path, timeout: float = 120.0) -> dict[str, float]:
+def scheduled_at(log: Path) -> int | None:
+    """The count of the "recovery: N message(s) queued" line in ``log``, None before it."""
+    for line in log.read_text(errors="replace").splitlines():
+        if "recovery:" in line and "queued" in line:
+            return int(line.split("recovery:")[1].split()[0])
+    return None
+
+
+def measure(spool: Path, log: Path, binary: Path,
+            timeout: float = 120.0) -> dict[str, float | None]:
     port = free_port()
     env = dict(os.environ, MXROUTE_LISTEN=json.dumps([f"127.0.0.1:{port}"]),
                MXROUTE_SPOOL_DIR=str(spool),
@@ -104,7 +115,7 @@ def measure(spool: Path, log: Path, timeout: float = 120.0) -> dict[str, float]:
     env.pop("MXROUTE_CONFIG", None)
     with open(log, "wb") as out:
         started = time.monotonic()
-        proc = subprocess.Popen([str(ROOT / ".venv/bin/mxroute"), "serve"], env=env, stdout=out,
+        proc = subprocess.Popen([str(binary), "serve"], env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
         try:
             deadline = started + timeout
@@ -119,6 +130,15 @@ def measure(spool: Path, log: Path, timeout: float = 120.0) -> dict[str, float]:
                     time.sleep(0.02)
             if ready is None:
                 raise SystemExit(f"relay not ready within {timeout}s; see {log}")
+            scheduled, recovered = None, None
+            while time.monotonic() < deadline and proc.poll() is None:
+                recovered = scheduled_at(log)
+                if recovered is not None:
+                    scheduled = time.monotonic() - started
+                    break
+                time.sleep(0.01)
+            if scheduled is None:
+                raise SystemExit(f"no recovery line within {timeout}s; see {log}")
             time.sleep(2.0)
             mem = status(proc.pid)
         finally:
@@ -128,12 +148,42 @@ def measure(spool: Path, log: Path, timeout: float = 120.0) -> dict[str, float]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    recovered = None
-    for line in log.read_text(errors="replace").splitlines():
-        if "recovery:" in line and "queued" in line:
-            recovered = int(line.split("recovery:")[1].split()[0])
-    return {"ready_s": round(ready, 3), "rss_kb": mem["VmRSS"], "hwm_kb": mem["VmHWM"],
-            "recovered": recovered}
+    return {"ready_s": round(ready, 3), "scheduled_s": round(scheduled, 3),
+            "rss_kb": mem["VmRSS"], "hwm_kb": mem["VmHWM"], "recovered": recovered}
+
+
+def report(args: argparse.Namespace, work: Path, full: Path, files: int,
+           base: dict[str, float | None]) -> None:
+    """One loaded start: printed, and appended to ``--json-out``."""
+    if args.drop_caches:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    loaded = measure(full, work / "full.log", args.mxroute)
+    per_msg = (float(loaded["rss_kb"] or 0) - float(base["rss_kb"] or 0)) * 1024 / files
+    result = {
+        "bench": "queue_memory", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "messages": files,
+        "base_rss_mib": round(float(base["rss_kb"] or 0) / 1024, 1),
+        "base_ready_s": base["ready_s"],
+        "loaded_rss_mib": round(float(loaded["rss_kb"] or 0) / 1024, 1),
+        "loaded_peak_rss_mib": round(float(loaded["hwm_kb"] or 0) / 1024, 1),
+        "bytes_per_queued_message": round(per_msg), "recovery_ready_s": loaded["ready_s"],
+        "all_scheduled_s": loaded["scheduled_s"],
+        "recovered": loaded["recovered"], "cold_cache": args.drop_caches,
+        "spool_mib": round(sum(e.stat().st_size for e in os.scandir(full / "queue")) / 2**20,
+                           1),
+    }
+    print(f"empty spool: RSS {result['base_rss_mib']} MiB, "
+          f"ready in {float(base['ready_s'] or 0):.2f}s")
+    print(f"{files} queued: RSS {result['loaded_rss_mib']} MiB "
+          f"(peak {result['loaded_peak_rss_mib']} MiB), "
+          f"220 in {float(loaded['ready_s'] or 0):.2f}s, all {loaded['recovered']} scheduled in "
+          f"{float(loaded['scheduled_s'] or 0):.2f}s")
+    print(f"=> {per_msg:.0f} bytes of RSS per queued message beyond the base (target < 2048)")
+    print(json.dumps(result))
+    if args.json_out:
+        with open(args.json_out, "a") as out:
+            out.write(json.dumps(result) + "\n")
 
 
 def main() -> int:
@@ -145,6 +195,9 @@ def main() -> int:
     parser.add_argument("--drop-caches", action="store_true",
                         help="drop the page cache before the loaded start "
                              "(cold recovery; needs root)")
+    parser.add_argument("--runs", type=int, default=1, help="loaded starts (each printed)")
+    parser.add_argument("--mxroute", type=Path, default=ROOT / ".venv/bin/mxroute",
+                        help="the mxroute executable to start (e.g. another checkout's)")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="mxroute-qmem-", dir="/var/tmp"))
     try:
@@ -155,32 +208,9 @@ def main() -> int:
             print(f"built {args.messages} queue files in {built:.1f}s under {full}", flush=True)
         files = sum(1 for _ in os.scandir(full / "queue"))
         (empty / "queue").mkdir(parents=True, exist_ok=True)
-        base = measure(empty, work / "empty.log")
-        if args.drop_caches:
-            os.sync()
-            Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        loaded = measure(full, work / "full.log")
-        per_msg = (loaded["rss_kb"] - base["rss_kb"]) * 1024 / files
-        result = {
-            "bench": "queue_memory", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "messages": files,
-            "base_rss_mib": round(base["rss_kb"] / 1024, 1), "base_ready_s": base["ready_s"],
-            "loaded_rss_mib": round(loaded["rss_kb"] / 1024, 1),
-            "loaded_peak_rss_mib": round(loaded["hwm_kb"] / 1024, 1),
-            "bytes_per_queued_message": round(per_msg), "recovery_ready_s": loaded["ready_s"],
-            "recovered": loaded["recovered"], "cold_cache": args.drop_caches,
-            "spool_mib": round(sum(e.stat().st_size for e in os.scandir(full / "queue")) / 2**20,
-                               1),
-        }
-        print(f"empty spool: RSS {result['base_rss_mib']} MiB, ready in {base['ready_s']:.2f}s")
-        print(f"{files} queued: RSS {result['loaded_rss_mib']} MiB "
-              f"(peak {result['loaded_peak_rss_mib']} MiB), "
-              f"ready in {loaded['ready_s']:.2f}s, recovered {loaded['recovered']}")
-        print(f"=> {per_msg:.0f} bytes of RSS per queued message beyond the base (target < 2048)")
-        print(json.dumps(result))
-        if args.json_out:
-            with open(args.json_out, "a") as out:
-                out.write(json.dumps(result) + "\n")
+        base = measure(empty, work / "empty.log", args.mxroute)
+        for _ in range(args.runs):
+            report(args, work, full, files, base)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -152,10 +152,15 @@ class Relay:
 
     # --- STATUS= ---
     async def status(self) -> str:
+        recovering = False
         try:
-            self.sizes = (await self.link.snapshot()).get("sizes", self.sizes)
+            snapshot = await self.link.snapshot()
+            self.sizes = snapshot.get("sizes", self.sizes)
+            recovering = bool(snapshot.get("recovering"))
         except Exception:  # a status line is never worth stopping the relay for
             log.exception("cannot compute STATUS")
+        if recovering:  # issue 23: taking mail while the delivery process reads the queue
+            return f"recovering the queue; {len(self.intake.sessions)} connections"
         sizes = self.sizes
         active = sizes.get("active", 0) + sizes.get("due", 0)
         return (f"queue: {active} active, {sizes.get('deferred', 0)} deferred; "
@@ -272,7 +277,8 @@ async def _main(settings: Settings, loader: Loader) -> int:
     servers: list[asyncio.base_events.Server] = []
     metrics: Any = None
     try:
-        # recovery first (DUR-7), as before the split: mail is taken once it can leave
+        # issue 23: a delivery process recovers while mail is taken (its start waits for its
+        # settings and spool, not the scan; the notices wait in the socket). Else: here first.
         await link.start()
         try:
             if settings.metrics_listen:  # first: scrapable once SMTP answers

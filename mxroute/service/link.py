@@ -9,7 +9,8 @@ one lock, held while either process lives, never refusing a restarted child.
 
 - parent → child: a queue ID (a message just committed to the spool, fsync'd), or a JSON
   command: ``settings`` (start and SIGHUP), ``rescan``, ``snapshot``, ``stop``;
-- child → parent: JSON ``ready`` (recovery done), ``reloaded``, ``snapshot``, ``stopped``.
+- child → parent: JSON ``started`` (its configuration is usable: the intake listens now,
+  issue 23), ``ready`` (recovery done), ``reloaded``, ``snapshot``, ``stopped``.
 
 The spool stays the truth: an ID that cannot be sent (the child is restarting, the pipe
 is full) is dropped, and the child finds the message anyway (its start-up recovery, a
@@ -53,6 +54,7 @@ RELOAD_TIMEOUT = 10.0
 # worker.SETTLE_SECONDS (not imported: the worker's imports stay out of the intake process): a
 # restarted child leaves files this young for later, so the IDs committed in it are resent
 RECENT_SECONDS = 10.0
+ID_CLOCK_MARGIN = 1.0  # s: queue IDs made this much before the child's start count as its own
 _CHILD_ENV_DROP = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
                    "LISTEN_FDNAMES")
 _CHILD_COMMAND = "from mxroute.service.worker import child_main; child_main()"
@@ -143,6 +145,7 @@ class ChildLink:
         self._failure: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._lines: Lines | None = None
+        self._started: asyncio.Future[None] | None = None
         self._ready: asyncio.Future[None] | None = None
         self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._asked = 0
@@ -173,11 +176,13 @@ class ChildLink:
             )
         finally:
             theirs.close()
-        self._ready = loop.create_future()
+        self._started, self._ready = loop.create_future(), loop.create_future()
         ours.setblocking(False)
         _, self._lines = await loop.create_unix_connection(lambda: Lines(self._on_line), sock=ours)
+        # the first child recovers while the intake listens: what it commits has younger IDs
+        since = None if restart else time.time() - ID_CLOCK_MARGIN
         self._lines.send({"op": "settings", "settings": encode_settings(self.settings),
-                          "restart": restart})
+                          "restart": restart, "since": since})
         self._ids.clear()  # a new child recovers from the spool: nothing older needs sending
         transport = self._lines.transport
         if restart and transport is not None:  # ... but leaves the youngest files for later:
@@ -186,20 +191,27 @@ class ChildLink:
         self._dropped = False
 
     async def start(self) -> None:
-        """Start the child and wait for its recovery to finish (READY=1 waits for this)."""
+        """Start the child and wait until it has started (its settings, spool and suspensions
+        are usable), not for its recovery (issue 23): the intake listens meanwhile, its notices
+        wait in the socket until the recovery is done (DUR-7: each message is scheduled once)."""
         await self._spawn()
-        await self._wait_ready()
+        await self._wait_ready(started=True)
         self._supervisor = asyncio.create_task(self._supervise(), name="delivery-supervisor")
 
-    async def _wait_ready(self) -> None:
-        assert self._ready is not None and self._lines is not None
+    def recovering(self) -> bool:
+        """Is the delivery process still recovering the queue (nothing delivered yet)?"""
+        return self._ready is None or not self._ready.done()
+
+    async def _wait_ready(self, started: bool = False) -> None:
+        future = self._started if started else self._ready
+        assert future is not None and self._lines is not None
         lost = asyncio.ensure_future(self._lines.lost.wait())
-        waiters: list[asyncio.Future[Any]] = [self._ready, lost]
+        waiters: list[asyncio.Future[Any]] = [future, lost]
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
             lost.cancel()
-        if not self._ready.done():
+        if not future.done():
             code = await self._reap()
             raise MxrouteError(f"the delivery process exited during start-up (exit code {code})")
 
@@ -262,9 +274,12 @@ class ChildLink:
             log.error("delivery process: unreadable message %r", line[:200])
             return
         op = message.get("op")
+        if op in ("started", "ready") and self._started is not None and not self._started.done():
+            self._started.set_result(None)
         if op == "ready":
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(None)
+                log.info("delivery process ready: the queue is recovered")
         elif op in ("snapshot", "reloaded", "stopped"):
             if message.get("data"):
                 self._last = message["data"]
@@ -326,6 +341,8 @@ class ChildLink:
             log.warning("reload: the delivery process did not confirm the new configuration")
 
     async def snapshot(self) -> dict[str, Any]:
+        if self.recovering():  # it reads the queue and answers nothing until done
+            return {**self._last, "recovering": 1}
         data = await self._ask({"op": "snapshot"}, ASK_TIMEOUT)
         return data or self._last
 

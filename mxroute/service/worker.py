@@ -101,9 +101,9 @@ class Delivery:
         # issue 19: suspensions, host health and the queue view shared by a fleet
         self.fleet_state = _fleet_state(settings, self, operator)
 
-    def recover(self, settle: float = 0.0) -> int:
-        """The queue's start-up recovery; ``settle``: see ``QueueManager.recover``."""
-        return self.queue.recover(settle)
+    def recover(self, settle: float = 0.0, since: float | None = None) -> int:
+        """The queue's start-up recovery; ``settle``, ``since``: see ``QueueManager.recover``."""
+        return self.queue.recover(settle, since)
 
     async def start(self) -> None:
         """Deliver, and answer ``mxroute queue`` on the control socket."""
@@ -258,7 +258,9 @@ def child_main() -> None:
         runner = asyncio.run
     code = 0
     try:
-        code = int(runner(_child(settings, sock, rest, bool(hello.get("restart")))))
+        since = hello.get("since")
+        code = int(runner(_child(settings, sock, rest, bool(hello.get("restart")),
+                                 None if since is None else float(since))))
     except MxrouteError as exc:  # e.g. a damaged suspended.json: one line naming it
         log.error("delivery process cannot start: %s", exc.message)
         code = exc.exit_code or 70
@@ -271,13 +273,19 @@ def child_main() -> None:
     os._exit(code)
 
 
-async def _child(settings: Settings, sock: socket.socket, rest: bytes, restart: bool) -> int:
+async def _child(settings: Settings, sock: socket.socket, rest: bytes, restart: bool,
+                 since: float | None) -> int:
     """``restart``: the intake is already taking mail (a restarted delivery process): its newest
-    files may not be committed yet, so recovery leaves them for ``SETTLE_SECONDS`` (issue 21)."""
+    files may not be committed yet, so recovery leaves them for ``SETTLE_SECONDS`` (issue 21).
+    ``since`` (the first start, issue 23): the intake listens once this process says
+    ``started`` (its configuration is usable), during the recovery; the files it commits
+    meanwhile, those with an ID made at or after ``since``, are left to its notices (the
+    timetable keeps one entry per ID), the backstop ``SETTLE_SECONDS`` later."""
     loop = asyncio.get_running_loop()
     spool = Spool(settings.spool_dir)
     delivery = Delivery(settings, spool)
-    delivery.recover(SETTLE_SECONDS if restart else 0.0)
+    sock.sendall(b'{"op":"started"}\n')  # blocking still: the intake may listen now
+    delivery.recover(SETTLE_SECONDS if restart or since is not None else 0.0, since)
     stop = asyncio.Event()
     grace = [0.0]  # EOF (the parent is gone): stop at once
     reply_to: list[int] = []

@@ -190,6 +190,8 @@ class QueueManager:
     def _next_due(self, meta: MessageMeta) -> float | None:
         """When ``meta`` is next due: a recipient at a suspended domain when the suspension
         ends, or at the message's expiry if that comes first (it is bounced then)."""
+        if not self.suspensions.any():  # the common case (recovery: once per message, issue 23)
+            return min((rcpt.next_try for rcpt in meta.pending), default=None)
         now, times = self.clock(), []
         expiry = meta.arrival + self.timing.lifetime(meta.sender)
         for rcpt in meta.pending:
@@ -224,21 +226,21 @@ class QueueManager:
         self.timetable.schedule(queue_id, due)
         self._wake.set()
 
-    def recover(self, settle: float = 0.0) -> int:
+    def recover(self, settle: float = 0.0, since: float | None = None) -> int:
         """Start-up scan: schedule everything (DUR-7), finish interrupted bounces (DSN-12), drop
-        what is done. ``settle`` (issue 21, restarted while the intake runs): a file that young may
-        be inside its rename -> directory fsync window (DUR-3): tried ``settle`` s from now."""
-        young = self.spool.young(settle)  # one listing; empty without ``settle``
+        what is done. ``settle``, ``since`` (the intake takes mail meanwhile): see ``young``."""
+        listed = self.spool.ids()
+        young = _young(self.spool, listed, settle, since)
         corrupt: list[str] = []
         finished: list[str] = []
         origins: list[tuple[str, dict[str, Any]]] = []  # (DSN id, its bounce_of)
-        for meta in self.spool.recover_iter(corrupt):
+        for queue_id in young:  # the timetable keys by ID: a notice too is one entry
+            self._schedule(queue_id, self.clock() + settle)
+        for meta in self.spool.recover_iter(corrupt, [q for q in listed if q not in young]):
             if meta.bounce_of and meta.bounce_of.get("queue_id"):
                 origins.append((meta.queue_id, meta.bounce_of))
             if meta.done:
                 finished.append(meta.queue_id)
-            elif meta.queue_id in young:
-                self._schedule(meta.queue_id, self.clock() + settle)
             else:
                 self.add(meta)
         for dsn_id, origin in origins:
@@ -503,6 +505,16 @@ def _record(rcpt: RecipientState, result: RecipientResult) -> None:
     if rcpt.remote_reply:  # hosts keeps what each host replied, never our reasons about it
         rcpt.hosts[safe_text(result.remote_mta or "", 200)] = rcpt.reply
 
+
+
+def _young(spool: Spool, listed: list[str], settle: float, since: float | None) -> set[str]:
+    """The files recovery leaves unread, tried ``settle`` s later or at their intake's notice:
+    with ``settle`` (issue 21), a file that young may be inside its rename -> directory fsync
+    window (DUR-3); with ``since`` (issue 23, the intake listening during this recovery), those
+    whose queue ID was made at or after ``since`` instead (no stat per file)."""
+    if since is not None:
+        return {q for q in listed if (queue_id_time(q) or 0.0) >= since}
+    return spool.young(settle, listed)
 
 def oldest_waiting(queue: QueueManager) -> float | None:
     """When the oldest message waiting for delivery in ``queue`` (scheduled or in flight; held

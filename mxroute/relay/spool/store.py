@@ -209,11 +209,13 @@ class Spool:
                 continue
         return found
 
-    def young(self, seconds: float) -> set[str]:
-        """The committed-looking IDs whose file changed in the last ``seconds`` (none for 0)."""
+    def young(self, seconds: float, listed: list[str] | None = None) -> set[str]:
+        """The committed-looking IDs (of ``listed``, else all) whose file changed in the last
+        ``seconds`` (none for 0)."""
         if seconds <= 0:
             return set()
-        listed = self.ids()
+        if listed is None:
+            listed = self.ids()
         return set(listed) - set(self.settled(listed, seconds))
 
     def recover(self) -> tuple[list[MessageMeta], list[str]]:
@@ -226,11 +228,12 @@ class Spool:
         good = list(self.recover_iter(bad))
         return good, bad
 
-    def recover_iter(self, bad: list[str]) -> Iterator[MessageMeta]:
-        """``recover()`` one message at a time (a large spool is never all in memory);
-        corrupt IDs go to ``bad``."""
+    def recover_iter(self, bad: list[str],
+                     ids: list[str] | None = None) -> Iterator[MessageMeta]:
+        """``recover()`` one message at a time (a large spool is never all in memory), of
+        ``ids`` (listed by the caller) or of the whole queue; corrupt IDs go to ``bad``."""
         queue_dir = str(self.queue_dir)
-        for queue_id, data in _read_ahead(queue_dir, self.ids()):
+        for queue_id, data in _read_ahead(queue_dir, self.ids() if ids is None else ids):
             path = os.path.join(queue_dir, queue_id)
             try:
                 if data is None:

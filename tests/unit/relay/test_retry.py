@@ -479,3 +479,26 @@ def test_dur3_restarted_delivery_recovery_leaves_a_young_file_for_settle_seconds
     h.qm = h.manager()
     assert h.qm.recover() == 1
     assert h.run() == 1 and not h.spool.exists(other)
+
+
+def test_dur7_recovery_beside_a_listening_intake_leaves_its_new_files_to_the_notices(
+        h: Harness) -> None:
+    """Issue 23 (DUR-7, DUR-3): the first delivery process recovers while the intake already
+    listens. A message queued before (ID made before ``since``) is recovered and due now; one
+    the new intake committed (ID made at or after ``since``) is not read by the recovery: its
+    notice makes it due at once, the recovery's backstop entry ``settle`` s later is the same
+    timetable entry (one per ID), and each is delivered once."""
+    h.courier.will("a@x.test", (Disposition.DELIVERED, "2.0.0", "250 ok"))
+    h.courier.will("b@x.test", (Disposition.DELIVERED, "2.0.0", "250 ok"))
+    old = h.submit("s@y.test", "a@x.test")
+    h.now += 5.0
+    new = h.submit("s@y.test", "b@x.test")
+    h.qm = h.manager()
+    assert h.qm.recover(settle=10.0, since=h.now - 1.0) == 2
+    assert h.run() == 1 and not h.spool.exists(old) and h.spool.exists(new)
+    h.qm.add_id(new)  # the intake's notice, read once the recovery is done
+    assert len(h.qm.timetable) == 1
+    assert h.run() == 1 and not h.spool.exists(new)
+    h.now += 10.0
+    assert h.run() == 0  # the backstop entry went with the notice's: nothing is tried twice
+    assert h.courier.calls == [("x.test", ["a@x.test"]), ("x.test", ["b@x.test"])]
