@@ -51,9 +51,10 @@ RESTART_WINDOW = 60.0
 PIPE_LIMIT = 4 << 20  # bytes of IDs buffered for a busy child before they are dropped, rescanned
 ASK_TIMEOUT = 2.0  # seconds for a snapshot answer
 RELOAD_TIMEOUT = 10.0
-# worker.SETTLE_SECONDS (not imported: the worker's imports stay out of the intake process): a
-# restarted child leaves files this young for later, so the IDs committed in it are resent
-RECENT_SECONDS = 10.0
+# a file younger than this may be between its rename and its directory's fsync: the delivery
+# process's recovery and rescans leave it for later, and the intake resends the IDs it committed
+# in this window to a restarted one (one value for both processes: the worker imports it)
+SETTLE_SECONDS = 10.0
 ID_CLOCK_MARGIN = 1.0  # s: queue IDs made this much before the child's start count as its own
 _CHILD_ENV_DROP = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
                    "LISTEN_FDNAMES")
@@ -162,7 +163,7 @@ class ChildLink:
     # --- process ---
     async def _spawn(self, restart: bool = False) -> None:
         """Start a child; ``restart``: the intake is already taking mail (the child's recovery
-        then leaves files that may not be committed yet for a moment: worker.SETTLE_SECONDS)."""
+        then leaves files that may not be committed yet for a moment: SETTLE_SECONDS)."""
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = {k: v for k, v in os.environ.items() if k not in _CHILD_ENV_DROP}
@@ -298,7 +299,7 @@ class ChildLink:
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _forget_recent(self) -> None:
-        limit = self.clock() - RECENT_SECONDS
+        limit = self.clock() - SETTLE_SECONDS
         while self._recent and self._recent[0][0] < limit:
             self._recent.popleft()
 
@@ -368,4 +369,11 @@ class ChildLink:
 
 
 
-__all__ = ["ChildLink", "Lines", "LocalLink", "decode_settings", "encode_settings"]
+__all__ = [
+    "SETTLE_SECONDS",
+    "ChildLink",
+    "Lines",
+    "LocalLink",
+    "decode_settings",
+    "encode_settings",
+]

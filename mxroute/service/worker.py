@@ -45,7 +45,7 @@ from mxroute.relay.spool.store import Spool
 from mxroute.routing.route import mta_sts_reach
 from mxroute.service.attempts import AttemptTimer, TimedCourier
 from mxroute.service.control import ControlServer
-from mxroute.service.link import Lines, decode_settings
+from mxroute.service.link import SETTLE_SECONDS, Lines, decode_settings
 from mxroute.service.logsetup import setup_logging
 from mxroute.service.malloc import fix_mmap_threshold
 from mxroute.settings import Settings
@@ -56,7 +56,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RESCAN_SECONDS = 30.0  # the spool is listed this often for messages whose notice never arrived
-SETTLE_SECONDS = 10.0  # a rescan leaves younger files to the next one (maybe not yet committed)
 
 
 class Delivery:

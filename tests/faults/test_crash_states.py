@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from mxroute.service.worker import SETTLE_SECONDS
+from mxroute.service.link import SETTLE_SECONDS
 from tests.faults.conftest import skip_or_fail
 from tests.support.crashexplore import (
     Explorer,

@@ -480,14 +480,8 @@ def _read_ahead(queue_dir: str, ids: list[str]) -> Iterator[tuple[str, bytes | O
     def read(chunk: list[str]) -> list[bytes | OSError | None]:
         out: list[bytes | OSError | None] = []
         for queue_id in chunk:
-            try:
-                with open(os.path.join(queue_dir, queue_id), "rb") as file:
-                    data = file.read(LOAD_HEAD + 1)
-                out.append(data if len(data) <= LOAD_HEAD else _LARGE)
-            except FileNotFoundError:
-                out.append(None)
-            except OSError as exc:
-                out.append(exc)
+            data = read_whole(os.path.join(queue_dir, queue_id), LOAD_HEAD + 1)
+            out.append(_LARGE if isinstance(data, bytes) and len(data) > LOAD_HEAD else data)
         return out
 
     def whole(queue_id: str, data: bytes | OSError | None) -> bytes | OSError | None:
@@ -512,11 +506,12 @@ def _read_ahead(queue_dir: str, ids: list[str]) -> Iterator[tuple[str, bytes | O
 _LARGE = b""  # read_ahead's mark for a file read when its turn comes (never a file's bytes)
 
 
-def read_whole(path: str) -> bytes | OSError | None:
-    """A file's bytes; None when it is gone, the OSError when it cannot be read."""
+def read_whole(path: str, most: int = -1) -> bytes | OSError | None:
+    """A file's bytes (its first ``most``, when given); None when it is gone, the OSError when
+    it cannot be read."""
     try:
         with open(path, "rb") as file:
-            return file.read()
+            return file.read(most)
     except FileNotFoundError:
         return None
     except OSError as exc:

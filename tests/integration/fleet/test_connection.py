@@ -16,20 +16,22 @@ from tests.support.redisserver import RedisServer, start_redis
 from tests.support.tlsca import TestCA
 
 
+async def ping(settings: Settings) -> bool:
+    """PING through the client ``settings`` make, closed after."""
+    conn = from_settings(settings)
+    assert conn is not None
+    try:
+        return bool(await conn.ping())
+    finally:
+        await conn.aclose()
+
+
 def test_issue19_connects_with_settings(redis_server: RedisServer) -> None:
     """issue 19: the client made from the settings talks to the server named by shared_state."""
     settings = Settings(shared_state=redis_server.url)
     assert shown(settings) == redis_server.url
 
-    async def ping() -> bool:
-        conn = from_settings(settings)
-        assert conn is not None
-        try:
-            return bool(await conn.ping())
-        finally:
-            await conn.aclose()
-
-    assert asyncio.run(ping())
+    assert asyncio.run(ping(settings))
     assert from_settings(Settings()) is None and shown(Settings()) is None
 
 
@@ -69,15 +71,8 @@ def test_issue19_unreachable_server_is_an_error_not_a_wait(tmp_path: Path) -> No
     server = start_redis(tmp_path / "redis")
     server.stop()
 
-    async def ping() -> None:
-        conn = client(parse_shared_state(server.url))
-        try:
-            await conn.ping()
-        finally:
-            await conn.aclose()
-
     with pytest.raises(redis.exceptions.ConnectionError):
-        asyncio.run(ping())
+        asyncio.run(ping(Settings(shared_state=server.url)))
 
 
 def test_issue19_rediss_verified_with_tls_ca_file(tmp_path: Path) -> None:
@@ -88,14 +83,6 @@ def test_issue19_rediss_verified_with_tls_ca_file(tmp_path: Path) -> None:
     try:
         assert server.url.startswith("rediss://")
         settings = Settings(shared_state=server.url, tls_ca_file=ca.ca_file)
-
-        async def ping(settings: Settings) -> bool:
-            conn = from_settings(settings)
-            assert conn is not None
-            try:
-                return bool(await conn.ping())
-            finally:
-                await conn.aclose()
 
         assert asyncio.run(ping(settings))
         other = TestCA(tmp_path / "other", name="another CA")
