@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accept_latency import children, cpu_seconds, drained  # noqa: E402
+from accept_latency import children, cpu_seconds, drained
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = b"".join(b"%05d " % i + b"x" * 64 + b"\r\n" for i in range(31))  # ~2.3 KB
