@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accept_latency import children, cpu_seconds, drained
+from accept_latency import TICK, children, cpu_seconds, drained
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = b"".join(b"%05d " % i + b"x" * 64 + b"\r\n" for i in range(31))  # ~2.3 KB
@@ -105,6 +105,24 @@ def free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of ``pid``'s event loop thread (``main``) and of its other threads (the
+    spool's executor, the log's flusher; Python 3.11 does not name them for the system)."""
+    out = {"main": 0.0, "others": 0.0}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        name = "main" if task.name == str(pid) else "others"
+        out[name] += cpu_seconds_of(task / "stat")
+    return out
+
+
+def cpu_seconds_of(stat: Path) -> float:
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
 def scrape(address: str) -> dict[str, object]:
     """The courier's counters from the metrics page: ``mxroute_outbound_sessions``."""
     import urllib.request
@@ -115,7 +133,8 @@ def scrape(address: str) -> dict[str, object]:
             for line in text.splitlines() if line.startswith("mxroute_outbound_sessions_total{")}
 
 
-def one_run(args: argparse.Namespace, profile: Path | None) -> dict[str, object]:
+def one_run(args: argparse.Namespace, profile: Path | None,
+            syscalls: Path | None = None) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="mxroute-delivery-", dir=args.workdir))
     (work / "bench.zone").write_text(zone_text(args.domains, args.hosts))
     sink_port, relay_port = free_port(PREFIX + "1"), free_port("127.0.0.1")
@@ -152,12 +171,19 @@ def one_run(args: argparse.Namespace, profile: Path | None) -> dict[str, object]
                                     "-o", str(profile)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)
+        if syscalls is not None and workers:  # counts per message, not time: strace slows it
+            spy = subprocess.Popen(["strace", "-c", "-f", "-o", str(syscalls), "-p",
+                                    str(workers[0])],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
         before = (cpu_seconds(relay.pid), sum(cpu_seconds(c) for c in workers))
+        threads_before = thread_cpu(workers[0]) if workers else {}
         elapsed = asyncio.run(load(relay_port, args.messages, args.sessions, args.domains))
         for _ in range(1200):
             if drained(work / "spool"):
                 break
             time.sleep(0.1)
+        threads = thread_cpu(workers[0]) if workers else {}
         intake = cpu_seconds(relay.pid) - before[0]
         delivery = sum(cpu_seconds(c) for c in workers) - before[1]
         if spy is not None:
@@ -176,6 +202,9 @@ def one_run(args: argparse.Namespace, profile: Path | None) -> dict[str, object]
             "delivery_cpu_ms_per_msg": round(delivery * 1000 / n, 3),
             "relay_cpu_ms_per_msg": round((intake + delivery) * 1000 / n, 3),
             "loadavg_1m": os.getloadavg()[0], **outbound,
+            "delivery_threads_cpu_ms_per_msg": {
+                name: round((cpu - threads_before.get(name, 0.0)) * 1000 / n, 3)
+                for name, cpu in sorted(threads.items())},
         }
         print(json.dumps(result), flush=True)
         if args.json_out:
@@ -210,9 +239,12 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, help="py-spy raw output of the first run")
     parser.add_argument("--stats", action="store_true",
                         help="metrics on: report the courier's connection counters")
+    parser.add_argument("--syscalls", type=Path,
+                        help="strace -c of the delivery process during the first run")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
-    runs = [one_run(args, args.profile if i == 0 else None) for i in range(args.runs)]
+    runs = [one_run(args, args.profile if i == 0 else None, args.syscalls if i == 0 else None)
+            for i in range(args.runs)]
     if args.runs > 1:
         keys = ("intake_cpu_ms_per_msg", "delivery_cpu_ms_per_msg", "relay_cpu_ms_per_msg")
         medians = {k: sorted(float(str(r[k])) for r in runs)[len(runs) // 2] for k in keys}
