@@ -5,16 +5,17 @@ its recipients, dataclasses) that reference counting frees; with the default thr
 (700, 10, 10) the collector ran every message or two and a full collection walked every
 long-lived object too (the settings, the modules, the recovered queue): about 8 % of the
 process's CPU (perf, bench/results/delivery-profile.md). ``tune`` makes the young generation
-larger, so a collection runs every few dozen messages; ``freeze`` moves what exists once the
-process has started (and recovered the queue) out of the collector's sight. Reference counting
-still frees those objects; only cycles among them would stay, and they are made once, at start.
+larger, so a collection runs every ten-odd messages (not larger: a cycle that holds a message's
+bytes waits for it, issue 22); ``freeze`` moves what exists once the process has started (and
+recovered the queue) out of the collector's sight. Reference counting still frees those objects;
+only cycles among them would stay, and they are made once, at start.
 """
 
 from __future__ import annotations
 
 import gc
 
-YOUNG = 20_000  # allocations between collections of the young generation (CPython: 700)
+YOUNG = 5_000  # allocations between collections of the young generation (CPython: 700)
 OLDER = (20, 20)  # collections of one generation per collection of the next (CPython: 10, 10)
 
 
