@@ -43,6 +43,7 @@ from mxroute.relay.spool.format import QUEUE_ID
 from mxroute.relay.spool.lock import SpoolInUse, hold_inherited
 from mxroute.relay.spool.store import Spool
 from mxroute.routing.route import mta_sts_reach
+from mxroute.service import collector
 from mxroute.service.attempts import AttemptTimer, TimedCourier
 from mxroute.service.control import ControlServer
 from mxroute.service.link import SETTLE_SECONDS, Lines, decode_settings
@@ -231,6 +232,7 @@ def child_main() -> None:
     fd, ppid, lock_fd = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     _die_with_parent(ppid)
     fix_mmap_threshold()  # issue 22
+    collector.tune()  # issue 23
     try:
         hold_inherited(lock_fd)
     except SpoolInUse as exc:
@@ -285,6 +287,7 @@ async def _child(settings: Settings, sock: socket.socket, rest: bytes, restart: 
     delivery = Delivery(settings, spool)
     sock.sendall(b'{"op":"started"}\n')  # blocking still: the intake may listen now
     delivery.recover(SETTLE_SECONDS if restart or since is not None else 0.0, since)
+    collector.freeze()  # what start-up and recovery made stays: out of the collector's way
     stop = asyncio.Event()
     grace = [0.0]  # EOF (the parent is gone): stop at once
     reply_to: list[int] = []

@@ -378,6 +378,16 @@ def test_sess3_rcpt_timeout_defers() -> None:
         assert "RCPT" in r.reply and sink.messages == []
 
 
+def test_sess3_data_timeout_defers_with_or_without_pipelining() -> None:
+    """SESS-3 (issue 23: DATA goes as a group of one on a pipelining session, its reply awaited
+    with a timer): no 354 within data_init_timeout defers 4.4.2 naming DATA, no data sent."""
+    for pipelining in (True, False):
+        with Sink("127.0.53.1", delays={"DATA": 3.0}, pipelining=pipelining) as sink:
+            [r] = deliver(plan(target(1, sink)), ["a@dest.test"], data_init_timeout=0.3)
+            assert (r.disposition, r.status) == (Disposition.DEFERRED, "4.4.2"), pipelining
+            assert "in reply to DATA" in r.reply and sink.messages == []
+
+
 def test_sess3_greeting_timeout_moves_to_next_address() -> None:
     with Sink("127.0.1.1", replies={"GREETING": "HANG"}) as slow, Sink("127.0.1.2") as second:
         [r] = deliver(

@@ -83,3 +83,22 @@ def test_max_messages_closes_the_connection_and_frees_the_slot() -> None:
             assert courier.limiter.held("k") == 0
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_sites_sharing_a_host_keep_their_own_idle_connections() -> None:
+    """issue 23: the idle connections kept per address are counted per shaping key, so two sites
+    whose MX records name one host do not close each other's: with one kept per destination,
+    a, b, a, b under two keys open two connections, not three."""
+    async def main() -> None:
+        with Sink("127.0.53.1") as sink:
+            courier = Courier(settings(), max_idle_per_destination=1)
+            the_plan = plan(target(1, sink))
+            for n, key in enumerate(["site-a", "site-b", "site-a", "site-b"]):
+                assert await send(courier, the_plan, f"r{n}@dest.test", shape(key, 2)) \
+                    is Disposition.DELIVERED
+            assert len(sink.connections) == 2
+            assert courier.stats["reused"] == 2 and len(courier.pool) == 2
+            await courier.close()
+            assert courier.limiter.held("site-a") == courier.limiter.held("site-b") == 0
+
+    asyncio.run(asyncio.wait_for(main(), 30))

@@ -72,12 +72,33 @@ class PipeliningProtocol(SMTPProtocol):
             self._replies.append(item)
 
     async def read_response(self, timeout: float | None = None) -> SMTPResponse:
+        """The next reply: one kept, else the one awaited (aiosmtplib's ``read_response``, with
+        the timeout a timer on the reply's future instead of ``wait_for``'s wrapping, issue 23)."""
         if self._replies:
             item = self._replies.popleft()
             if isinstance(item, BaseException):
                 raise item
             return item
-        return await super().read_response(timeout)
+        waiter = self._response_waiter
+        if waiter is None:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        self._response_pending = True
+        timer = None if timeout is None else self._loop.call_later(timeout, _time_out, waiter)
+        try:
+            return await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._response_pending = False
+            # as aiosmtplib: a new waiter for the next reply, none once disconnected
+            self._response_waiter = None if self.transport is None else self._loop.create_future()
+
+
+def _time_out(waiter: asyncio.Future[SMTPResponse]) -> None:
+    """No reply within the timeout: what aiosmtplib raises then."""
+    if not waiter.done():
+        timed_out = aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response")
+        waiter.set_exception(timed_out)
 
 
 def adopt(protocol: SMTPProtocol | None) -> None:

@@ -18,12 +18,14 @@ from mxroute.settings import Settings
 
 
 class Pool:
-    """A few idle sessions per destination address.
+    """A few idle sessions per destination address and shaping key.
 
     ``reuse`` off: every session is QUIT after its message. ``max_idle_per_destination``:
     by default as many as may be busy with one destination at once
     (``destination_concurrency``, as reloaded: ``settings`` may be replaced), so a steady
-    load never closes and reopens them. ``stats["reused"]`` counts sessions taken from it.
+    load never closes and reopens them; counted per address and shaping key, as the sessions
+    of one key are only for that key's deliveries (several sites whose MX records name one
+    host each keep theirs, issue 23). ``stats["reused"]`` counts sessions taken from it.
     """
 
     def __init__(
@@ -42,7 +44,7 @@ class Pool:
         self.reuse = reuse
         self.idle_timeout = idle_timeout
         self._max_idle = max_idle_per_destination
-        self._idle: dict[Endpoint, list[Session]] = {}
+        self._idle: dict[tuple[Endpoint, str | None], list[Session]] = {}  # (address, lease)
         self._closing: set[asyncio.Task[None]] = set()
 
     @property
@@ -57,11 +59,11 @@ class Pool:
     async def checkout(self, key: Endpoint, lease: str | None = None) -> Session | None:
         """An idle session with this address, opened under the shaping key ``lease``, that still
         answers RSET (SESS-17), or None."""
-        idle = self._idle.get(key)
+        idle = self._idle.get((key, lease))
         while idle:
-            session = _take(idle, lease)
-            if session is None:
-                return None
+            session = idle.pop()  # the most recently kept
+            if not idle:  # only addresses and keys with idle sessions are remembered
+                del self._idle[key, lease]
             if session.idle_timer:
                 session.idle_timer.cancel()
             if not session.client.is_connected:
@@ -87,19 +89,23 @@ class Pool:
 
     def release(self, session: Session) -> None:
         """Keep a healthy session for the next message, or QUIT it."""
-        idle = self._idle.setdefault(session.key, [])
+        slot = (session.key, session.lease)
+        idle = self._idle.get(slot, ())
         if not self.reuse or not session.client.is_connected or len(idle) >= self.max_idle:
             self.discard(session)
             return
-        idle.append(session)
+        self._idle.setdefault(slot, []).append(session)
         session.idle_timer = asyncio.get_running_loop().call_later(
             self.idle_timeout, self._expire, session
         )
 
     def _expire(self, session: Session) -> None:
-        idle = self._idle.get(session.key, [])
+        slot = (session.key, session.lease)
+        idle = self._idle.get(slot, [])
         if session in idle:
             idle.remove(session)
+            if not idle:
+                del self._idle[slot]
             self.discard(session)
 
     def discard(self, session: Session) -> None:
@@ -124,9 +130,8 @@ class Pool:
         """Close the idle sessions opened under the shaping key ``lease`` (a delivery under it
         waits for a connection slot they hold); how many."""
         closed = 0
-        for idle in self._idle.values():
-            for session in [s for s in idle if s.lease == lease]:
-                idle.remove(session)
+        for slot in [slot for slot in self._idle if slot[1] == lease]:
+            for session in self._idle.pop(slot):
                 if session.idle_timer:
                     session.idle_timer.cancel()
                 self.discard(session)
@@ -145,14 +150,6 @@ class Pool:
             self.ended(session)
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
-
-
-def _take(idle: list[Session], lease: str | None) -> Session | None:
-    """The most recently kept of ``idle`` opened under ``lease``, taken out; None: none."""
-    for index in range(len(idle) - 1, -1, -1):
-        if idle[index].lease == lease:
-            return idle.pop(index)
-    return None
 
 
 __all__ = ["Pool"]

@@ -281,28 +281,45 @@ class Transactions:
 
         Each stage has its own timeout (RFC 5321 §4.5.3.2.4–.6; SESS-3): aiosmtplib's
         ``data()`` applies a single timeout to the 354 and to the final reply and none
-        to the writes, so the data phase is driven here, block by block.
+        to the writes, so the data phase is driven here, block by block; the end of data goes
+        in the last block's write (one write for a message under ``CHUNK``). On a pipelining
+        session DATA is written and its reply read as a group of one, without aiosmtplib's
+        per-command lock and checks (issue 23: a constant command).
         """
         s, target, client = self.settings, session.target, session.client
-        resp = await session.command(b"DATA", timeout=s.data_init_timeout)
+        protocol = session.pipelined
+        if protocol is None:
+            resp = await session.command(b"DATA", timeout=s.data_init_timeout)
+        else:
+            protocol.expect(1)
+            try:
+                try:
+                    protocol.write(b"DATA\r\n")
+                except WIRE_ERRORS as exc:
+                    raise session.lost("DATA", exc) from None
+                resp = await session.reply("DATA", s.data_init_timeout)
+            finally:
+                protocol.expect(0)
         answer = data_answer(resp.code, resp.message, session.enhanced)
         if answer.kind is not Kind.ACCEPTED:  # SESS-7: never send data without 354
             attempt.answered(accepted, answer, target)
             return
-        protocol = client.protocol
+        wire = client.protocol
         sent_end = False
         try:
-            if protocol is None:
+            if wire is None:
                 raise aiosmtplib.SMTPServerDisconnected("connection lost")
-            protocol._response_pending = (
-                True  # replies arriving while we write belong to this command
-            )
+            wire._response_pending = True  # replies arriving while we write belong to this command
+            held = b""  # the block before the end of data, written with it
             for piece in stuffed_blocks(attempt.body):  # no stuffed copy of the message
-                sent_end = piece is END
-                protocol.write(piece)
-                if protocol._paused or protocol._connection_lost:  # else nothing to wait for
-                    await asyncio.wait_for(protocol._drain_helper(), s.data_block_timeout)
-            resp = await protocol.read_response(timeout=s.data_done_timeout)
+                if piece is not END:
+                    if held:
+                        await _write(wire, held, s.data_block_timeout)
+                    held = piece
+                    continue
+                sent_end = True
+                await _write(wire, held + END, s.data_block_timeout)
+            resp = await wire.read_response(timeout=s.data_done_timeout)
         except (*WIRE_ERRORS, TimeoutError) as exc:
             client.close()
             raise _lost_data(attempt, accepted, target, sent_end, exc) from None
@@ -318,6 +335,13 @@ class Transactions:
         elif answer.kind is Kind.TEMPORARY and resp.code == 421:
             client.close()
             raise HostFailure(answer.status, answer.reply, remote=True)
+
+
+async def _write(wire: aiosmtplib.protocol.SMTPProtocol, block: bytes, timeout: float) -> None:
+    """One block of the data phase; waits (``timeout``) only while the transport is full."""
+    wire.write(block)
+    if wire._paused or wire._connection_lost:  # else nothing to wait for
+        await asyncio.wait_for(wire._drain_helper(), timeout)
 
 
 def _unsendable(session: Session, attempt: Attempt) -> tuple[str, str] | None:

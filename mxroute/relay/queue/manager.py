@@ -283,10 +283,9 @@ class QueueManager:
             first = self.timetable.first()
             if first is not None and len(self._inflight) < self._max_inflight:
                 timeout = min(timeout, max(0.0, first - self.clock()))
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.005))
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):  # asyncio.timeout: no task per wake (issue 23)
+                async with asyncio.timeout(max(timeout, 0.005)):
+                    await self._wake.wait()
 
     async def run_once(self) -> int:
         """Deliver every message due now and wait for them (one scheduling pass; tests, tools)."""
