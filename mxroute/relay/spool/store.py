@@ -329,20 +329,29 @@ class Spool:
         except (OSError, SpoolError):
             return 0
 
-    def _remember(self, meta: MessageMeta, parts: Sequence[bytes | bytearray]) -> None:
-        """Keep a small message for its first attempt, if the budget has room (issue 22)."""
+    def keep(self, meta: MessageMeta, message: bytes | Sequence[bytes | bytearray]) -> bool:
+        """Keep a small message, just committed, for its first attempt if the budget has room
+        (issue 22): ``aload`` here, or ``take`` to hand it to the delivery process (issue 23).
+        ``message``: its bytes or pieces (joined only when kept)."""
+        parts = (message,) if isinstance(message, bytes) else message
         size = sum(len(part) for part in parts)
         if not self._keep_fresh or size > FRESH_MESSAGE:
-            return
+            return False
         if self.budget is not None and not self.budget.fits(size):
-            return
-        message = b"".join(parts)
+            return False
+        whole = parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
         if self.budget is not None:
             self.budget.force(size)
-        self._fresh[meta.queue_id] = (meta, message)
-        self._fresh_bytes += len(message)
+        self._forget(meta.queue_id)
+        self._fresh[meta.queue_id] = (meta, whole)
+        self._fresh_bytes += size
         while self._fresh and (self._fresh_bytes > FRESH_BYTES or len(self._fresh) > FRESH_COUNT):
             self._forget(next(iter(self._fresh)))
+        return True
+
+    def take(self, queue_id: str) -> tuple[MessageMeta, bytes] | None:
+        """The kept message of ``queue_id`` (no longer kept), or None."""
+        return self._forget(queue_id)
 
     def _forget(self, queue_id: str) -> tuple[MessageMeta, bytes] | None:
         fresh = self._fresh.pop(queue_id, None)
@@ -389,7 +398,7 @@ class Spool:
             except OSError:
                 pass
             raise _storage_error(exc) from None
-        self._remember(meta, parts)
+        self.keep(meta, parts)
 
     def _append_state(self, meta: MessageMeta) -> None:
         record = encode_state(meta)

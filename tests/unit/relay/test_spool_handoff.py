@@ -129,3 +129,21 @@ def test_short_writes_are_resumed_where_they_stopped(
     monkeypatch.undo()
     assert spool.path(meta.queue_id).read_bytes() == encode(meta, b"Received: x\r\n"
                                                              + MESSAGE + b"tail\r\n")
+
+
+def test_a_kept_message_counts_in_the_budget_until_taken(spool: Spool) -> None:
+    """Issue 23 (issue 22's bound): a message kept for its first attempt, in the intake or
+    handed to the delivery process, counts in the budget until taken; a large one, or one the
+    budget has no room for, is not kept (its attempt reads the file)."""
+    from mxroute.relay.budget import Budget
+    from mxroute.relay.spool.store import FRESH_MESSAGE
+
+    spool.budget = Budget(100)
+    spool.budget.force(1)  # something else is held: only what fits is kept
+    meta, other = _meta(), _meta()
+    assert spool.keep(meta, b"x" * 60)
+    assert spool.budget.used == 61
+    assert not spool.keep(other, b"y" * 60)
+    assert not spool.keep(other, [b"z" * FRESH_MESSAGE, b"z"])
+    assert spool.take(meta.queue_id) == (meta, b"x" * 60)
+    assert spool.take(meta.queue_id) is None and spool.budget.used == 1
