@@ -246,7 +246,7 @@ def child_main() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reload comes over the socket
     sock = socket.socket(fileno=fd)
     first = b""
-    while not first.endswith(b"\n"):
+    while b"\n" not in first:  # the settings line; what follows may be a frame's bytes
         chunk = sock.recv(65536)
         if not chunk:
             os._exit(0)
