@@ -262,9 +262,7 @@ async def _main(settings: Settings, loader: Loader) -> int:
     for name in spool.clean_temp(max_age=0.0):
         log.info("removed stale temporary file %s (an intake that never got its 250)", name)
     if settings.delivery_processes:  # mxroute/service/worker.py in a process of its own
-        child = ChildLink(settings, lock_fd)
-        child.take = spool.take  # issue 23: a kept message goes with its ID
-        link: LocalLink | ChildLink = child
+        link: LocalLink | ChildLink = ChildLink(settings, lock_fd, take=spool.take)
     else:
         link = LocalLink(Delivery(settings, spool))
     # the intake's (sender check, identity self-check); delivery has its own

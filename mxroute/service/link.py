@@ -167,7 +167,8 @@ class ChildLink:
     """``delivery_processes = 1``: the delivery side in a child process, supervised, restarted."""
 
     def __init__(self, settings: Settings, lock_fd: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 take: Callable[[str], tuple[MessageMeta, bytes] | None] | None = None) -> None:
         self.settings = settings
         self.lock_fd = lock_fd  # the spool lock: every child inherits it (the same lock)
         self.clock = clock
@@ -179,8 +180,7 @@ class ChildLink:
         self._ready: asyncio.Future[None] | None = None
         self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._asked = 0
-        # issue 23: the spool's message kept for its first attempt, taken to hand it over
-        self.take: Callable[[str], tuple[MessageMeta, bytes] | None] | None = None
+        self.take = take  # issue 23: the spool's kept message (``Spool.take``), handed over
         self._out: list[bytes] = []  # what goes to the child this loop turn
         self._out_bytes = 0
         self._ids: list[bytes] = []  # the ID lines queued this loop turn

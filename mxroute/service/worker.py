@@ -29,6 +29,7 @@ checked at start): no second ``serve`` delivers from the spool while it runs.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mxroute.dns.configured import RESOLVER_SETTINGS, resolver_from_settings
@@ -296,21 +298,6 @@ async def _child(settings: Settings, sock: socket.socket, rest: bytes, restart: 
     reply_to: list[int] = []
     rescan_now = asyncio.Event()
 
-    def on_frame(name: bytes, payload: bytes) -> None:
-        """A message handed over with its ID (issue 23): kept for its first attempt."""
-        try:
-            meta, message = handed(name, payload)
-        except Exception as exc:  # noqa: BLE001 - the file is read instead
-            log.error("delivery process: unreadable handed message %r: %s", name[:64], exc)
-            on_line(name)
-            return
-        queue_id = meta.queue_id
-        born = queue_id_time(queue_id)
-        if born is not None and 0 <= time.time() - born < HANDED_SECONDS \
-                and delivery.queue.unknown([queue_id]):
-            spool.keep(meta, message)
-        delivery.queue.add_id(queue_id)
-
     def on_line(line: bytes) -> None:
         if line[:1] != b"{":
             queue_id = line.decode("ascii", "replace")
@@ -336,7 +323,8 @@ async def _child(settings: Settings, sock: socket.socket, rest: bytes, restart: 
 
     sock.setblocking(False)
     spool.budget = delivery.queue.memory.budget  # what it keeps counts in its share (issue 22)
-    _, lines = await loop.create_unix_connection(lambda: Lines(on_line, on_frame), sock=sock)
+    _, lines = await loop.create_unix_connection(
+        lambda: Lines(on_line, functools.partial(_handed, delivery, on_line)), sock=sock)
     if rest:
         lines.data_received(rest)
 
@@ -369,6 +357,24 @@ async def _child(settings: Settings, sock: socket.socket, rest: bytes, restart: 
     await asyncio.sleep(0)
     spool.close()
     return 70 if failure else 0
+
+
+def _handed(delivery: Delivery, on_line: Callable[[bytes], None], name: bytes,
+            payload: bytes) -> None:
+    """A message handed over with its ID (issue 23): kept for its first attempt if new to the
+    queue and young (see the module's docstring); one that does not unpickle goes as its ID."""
+    try:
+        meta, message = handed(name, payload)
+    except Exception as exc:  # noqa: BLE001 - the file is read instead
+        log.error("delivery process: unreadable handed message %r: %s", name[:64], exc)
+        on_line(name)
+        return
+    queue_id = meta.queue_id
+    born = queue_id_time(queue_id)
+    if born is not None and 0 <= time.time() - born < HANDED_SECONDS \
+            and delivery.queue.unknown([queue_id]):
+        delivery.spool.keep(meta, message)
+    delivery.queue.add_id(queue_id)
 
 
 async def _rescan(delivery: Delivery, spool: Spool, now: asyncio.Event) -> None:
