@@ -250,8 +250,8 @@ class Relay:
 
 async def _main(settings: Settings, loader: Loader) -> int:
     loop = asyncio.get_running_loop()
-    # split: the delivery process reads the file
-    spool = Spool(settings.spool_dir, keep_fresh=not settings.delivery_processes)
+    # a small message is kept for its first attempt: here, or handed to the delivery process
+    spool = Spool(settings.spool_dir)
     spool.prepare()
     # one owner per spool, before its temporary files or queue are touched; the delivery
     # process inherits the descriptor (one lock for both); the kernel frees it on any death
@@ -262,7 +262,7 @@ async def _main(settings: Settings, loader: Loader) -> int:
     for name in spool.clean_temp(max_age=0.0):
         log.info("removed stale temporary file %s (an intake that never got its 250)", name)
     if settings.delivery_processes:  # mxroute/service/worker.py in a process of its own
-        link: LocalLink | ChildLink = ChildLink(settings, lock_fd)
+        link: LocalLink | ChildLink = ChildLink(settings, lock_fd, take=spool.take)
     else:
         link = LocalLink(Delivery(settings, spool))
     # the intake's (sender check, identity self-check); delivery has its own

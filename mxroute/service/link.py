@@ -7,8 +7,11 @@ delivery process (mxroute/service/worker.py), started as a fresh interpreter
 (``Lines``). The child inherits the spool lock's descriptor (mxroute/relay/spool/lock.py):
 one lock, held while either process lives, never refusing a restarted child.
 
-- parent → child: a queue ID (a message just committed to the spool, fsync'd), or a JSON
-  command: ``settings`` (start and SIGHUP), ``rescan``, ``snapshot``, ``stop``;
+- parent → child: a queue ID (a message just committed to the spool, fsync'd), or the same
+  with the message (issue 23: ``+ID SIZE`` then SIZE bytes, its meta and bytes pickled, for
+  a message the spool kept in memory: the delivery process need not read the file back;
+  IDs only while HANDOFF_LIMIT bytes wait in the socket), or a JSON command: ``settings``
+  (start and SIGHUP), ``rescan``, ``snapshot``, ``stop``;
 - child → parent: JSON ``started`` (its configuration is usable: the intake listens now,
   issue 23), ``ready`` (recovery done), ``reloaded``, ``snapshot``, ``stopped``.
 
@@ -49,6 +52,7 @@ log = logging.getLogger(__name__)
 MAX_RESTARTS = 5  # delivery process restarts allowed per RESTART_WINDOW seconds
 RESTART_WINDOW = 60.0
 PIPE_LIMIT = 4 << 20  # bytes of IDs buffered for a busy child before they are dropped, rescanned
+HANDOFF_LIMIT = 1 << 20  # bytes buffered beyond which messages go as IDs (the child reads the file)
 ASK_TIMEOUT = 2.0  # seconds for a snapshot answer
 RELOAD_TIMEOUT = 10.0
 # a file younger than this may be between its rename and its directory's fsync: the delivery
@@ -94,10 +98,13 @@ class LocalLink:
 
 
 class Lines(asyncio.Protocol):
-    """One line per message over the socketpair, both ways."""
+    """One line per message over the socketpair, both ways; a line ``+NAME SIZE`` is followed
+    by SIZE bytes, handed to ``on_frame`` with NAME (issue 23)."""
 
-    def __init__(self, on_line: Callable[[bytes], None]) -> None:
+    def __init__(self, on_line: Callable[[bytes], None],
+                 on_frame: Callable[[bytes, bytes], None] | None = None) -> None:
         self.on_line = on_line
+        self.on_frame = on_frame
         self.transport: asyncio.Transport | None = None
         self.lost = asyncio.Event()
         self._buffer = b""
@@ -106,11 +113,23 @@ class Lines(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        lines = (self._buffer + data).split(b"\n")
-        self._buffer = lines.pop()
-        for line in lines:
+        buffer = self._buffer + data if self._buffer else data
+        start, find = 0, buffer.find
+        while (end := find(b"\n", start)) >= 0:
+            line = buffer[start:end]
+            if line[:1] == b"+" and self.on_frame is not None:
+                name, _, size = line[1:].partition(b" ")
+                if size.isdigit():
+                    stop = end + 1 + int(size)
+                    if stop > len(buffer):
+                        break  # the rest of the frame is still on its way
+                    self.on_frame(name, buffer[end + 1 : stop])
+                    start = stop
+                    continue
             if line:
                 self.on_line(line)
+            start = end + 1
+        self._buffer = buffer[start:]
 
     def eof_received(self) -> bool:
         return False
@@ -121,6 +140,16 @@ class Lines(asyncio.Protocol):
     def send(self, payload: dict[str, Any]) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(json.dumps(payload, separators=(",", ":")).encode() + b"\n")
+
+
+def handed(name: bytes, payload: bytes) -> tuple[MessageMeta, bytes]:
+    """The meta and bytes of a message the intake sent with its ID ``name`` (from the parent:
+    trusted); ValueError when the payload is not that message's."""
+    meta, message = pickle.loads(payload)
+    if not isinstance(meta, MessageMeta) or not isinstance(message, bytes) \
+            or meta.queue_id.encode("ascii") != name:
+        raise ValueError(f"a handed message that is not {name[:64]!r}")
+    return meta, message
 
 
 def encode_settings(settings: Settings) -> str:
@@ -138,7 +167,8 @@ class ChildLink:
     """``delivery_processes = 1``: the delivery side in a child process, supervised, restarted."""
 
     def __init__(self, settings: Settings, lock_fd: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 take: Callable[[str], tuple[MessageMeta, bytes] | None] | None = None) -> None:
         self.settings = settings
         self.lock_fd = lock_fd  # the spool lock: every child inherits it (the same lock)
         self.clock = clock
@@ -150,8 +180,11 @@ class ChildLink:
         self._ready: asyncio.Future[None] | None = None
         self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._asked = 0
-        self._ids: list[bytes] = []
-        self._recent: deque[tuple[float, bytes]] = deque()  # (when, ID line) committed lately
+        self.take = take  # issue 23: the spool's kept message (``Spool.take``), handed over
+        self._out: list[bytes] = []  # what goes to the child this loop turn
+        self._out_bytes = 0
+        self._ids: list[bytes] = []  # the ID lines queued this loop turn
+        self._recent: deque[tuple[float, bytes]] = deque()  # (when, ID lines) committed lately
         self._flushing = False
         self._dropped = False
         self._stopping = False
@@ -184,10 +217,11 @@ class ChildLink:
         since = None if restart else time.time() - ID_CLOCK_MARGIN
         self._lines.send({"op": "settings", "settings": encode_settings(self.settings),
                           "restart": restart, "since": since})
-        self._ids.clear()  # a new child recovers from the spool: nothing older needs sending
+        self._note_recent()
+        self._out.clear()  # a new child recovers from the spool: nothing older needs sending
+        self._out_bytes = 0
         transport = self._lines.transport
         if restart and transport is not None:  # ... but leaves the youngest files for later:
-            self._forget_recent()  # those committed go now
             transport.write(b"".join(line for _, line in self._recent))
         self._dropped = False
 
@@ -289,37 +323,47 @@ class ChildLink:
                 future.set_result(message.get("data") or {})
 
     def queued(self, meta: MessageMeta) -> None:
-        """A message is committed (fsync'd): tell the child, batched per loop turn, never waits."""
+        """A message is committed (fsync'd): tell the child, batched per loop turn, never waits;
+        with the message when the spool kept it and the socket has room (issue 23)."""
         line = meta.queue_id.encode("ascii") + b"\n"
         self._ids.append(line)
-        self._recent.append((self.clock(), line))
-        self._forget_recent()
+        kept = self.take(meta.queue_id) if self.take is not None else None
+        transport = self._lines.transport if self._lines is not None else None
+        if kept is not None and transport is not None and \
+                transport.get_write_buffer_size() + self._out_bytes < HANDOFF_LIMIT:
+            payload = pickle.dumps(kept, protocol=pickle.HIGHEST_PROTOCOL)
+            line = b"+%s %d\n%s" % (line[:-1], len(payload), payload)
+        self._out.append(line)
+        self._out_bytes += len(line)
         if not self._flushing:
             self._flushing = True
             asyncio.get_running_loop().call_soon(self._flush)
 
-    def _forget_recent(self) -> None:
-        limit = self.clock() - SETTLE_SECONDS
-        while self._recent and self._recent[0][0] < limit:
+    def _note_recent(self) -> None:
+        """This turn's IDs into ``_recent`` (resent to a restarted child), the old ones out."""
+        now = self.clock()
+        if self._ids:
+            self._recent.append((now, b"".join(self._ids)))
+            self._ids.clear()
+        while self._recent and self._recent[0][0] < now - SETTLE_SECONDS:
             self._recent.popleft()
 
     def _flush(self) -> None:
         self._flushing = False
+        self._note_recent()
+        out, self._out, self._out_bytes = self._out, [], 0
         lines = self._lines
         transport = lines.transport if lines is not None else None
         if lines is None or transport is None or transport.is_closing():
-            self._ids.clear()  # the child is gone: the next one recovers them from the spool
-            return
+            return  # the child is gone: the next one recovers them from the spool
         # A child still recovering reads them when done (its scan may have listed the spool before).
         if transport.get_write_buffer_size() > PIPE_LIMIT:
-            self._ids.clear()
             self._dropped = True
             return
         if self._dropped:  # room again: have the child list the spool for what it missed
             self._dropped = False
             lines.send({"op": "rescan"})
-        transport.write(b"".join(self._ids))
-        self._ids.clear()
+        transport.write(b"".join(out))
 
     async def _ask(self, payload: dict[str, Any], timeout: float) -> dict[str, Any] | None:
         lines = self._lines
@@ -376,4 +420,5 @@ __all__ = [
     "LocalLink",
     "decode_settings",
     "encode_settings",
+    "handed",
 ]

@@ -15,7 +15,11 @@ the spool, a ``rescan`` follows a dropped ID, and the spool is rescanned every
 ``RESCAN_SECONDS`` whatever happens. A rescan takes only files unchanged for
 ``SETTLE_SECONDS`` (a younger one may not be committed yet); the next takes the rest.
 Every attempt reads the queue file again, so a message heard about twice is still
-delivered once.
+delivered once; but a small message the intake hands over with its ID (issue 23) is kept in
+memory for its first attempt (``Spool.keep``, counted in the delivery's memory share), if it
+is new to the queue and young: sent within HANDED_SECONDS of its queue ID, before any rescan
+(``SETTLE_SECONDS``) or recovery may have read the file, while nothing but this process
+changes its state (each change drops the copy).
 
 The child dies with the parent: ``PR_SET_PDEATHSIG`` (SIGKILL, Linux) and, everywhere,
 end of file on the socket. It holds the parent's spool lock (the inherited descriptor,
@@ -25,12 +29,15 @@ checked at start): no second ``serve`` delivers from the spool while it runs.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
 import signal
 import socket
 import sys
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mxroute.dns.configured import RESOLVER_SETTINGS, resolver_from_settings
@@ -39,14 +46,14 @@ from mxroute.identity.dkim.sign import DkimSigner
 from mxroute.relay.queue.manager import QueueManager, oldest_waiting
 from mxroute.relay.queue.operator import Operator
 from mxroute.relay.queue.plans import PlanCache
-from mxroute.relay.spool.format import QUEUE_ID
+from mxroute.relay.spool.format import QUEUE_ID, queue_id_time
 from mxroute.relay.spool.lock import SpoolInUse, hold_inherited
 from mxroute.relay.spool.store import Spool
 from mxroute.routing.route import mta_sts_reach
 from mxroute.service import collector
 from mxroute.service.attempts import AttemptTimer, TimedCourier
 from mxroute.service.control import ControlServer
-from mxroute.service.link import SETTLE_SECONDS, Lines, decode_settings
+from mxroute.service.link import SETTLE_SECONDS, Lines, decode_settings, handed
 from mxroute.service.logsetup import setup_logging
 from mxroute.service.malloc import fix_mmap_threshold
 from mxroute.settings import Settings
@@ -57,6 +64,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RESCAN_SECONDS = 30.0  # the spool is listed this often for messages whose notice never arrived
+HANDED_SECONDS = SETTLE_SECONDS / 2  # a handed message older than this is read from its file
 
 
 class Delivery:
@@ -242,7 +250,7 @@ def child_main() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reload comes over the socket
     sock = socket.socket(fileno=fd)
     first = b""
-    while not first.endswith(b"\n"):
+    while b"\n" not in first:  # the settings line; what follows may be a frame's bytes
         chunk = sock.recv(65536)
         if not chunk:
             os._exit(0)
@@ -317,7 +325,9 @@ async def _child(settings: Settings, sock: socket.socket, rest: bytes, restart: 
             stop.set()
 
     sock.setblocking(False)
-    _, lines = await loop.create_unix_connection(lambda: Lines(on_line), sock=sock)
+    spool.budget = delivery.queue.memory.budget  # what it keeps counts in its share (issue 22)
+    _, lines = await loop.create_unix_connection(
+        lambda: Lines(on_line, functools.partial(_handed, delivery, on_line)), sock=sock)
     if rest:
         lines.data_received(rest)
 
@@ -350,6 +360,24 @@ async def _child(settings: Settings, sock: socket.socket, rest: bytes, restart: 
     await asyncio.sleep(0)
     spool.close()
     return 70 if failure else 0
+
+
+def _handed(delivery: Delivery, on_line: Callable[[bytes], None], name: bytes,
+            payload: bytes) -> None:
+    """A message handed over with its ID (issue 23): kept for its first attempt if new to the
+    queue and young (see the module's docstring); one that does not unpickle goes as its ID."""
+    try:
+        meta, message = handed(name, payload)
+    except Exception as exc:  # noqa: BLE001 - the file is read instead
+        log.error("delivery process: unreadable handed message %r: %s", name[:64], exc)
+        on_line(name)
+        return
+    queue_id = meta.queue_id
+    born = queue_id_time(queue_id)
+    if born is not None and 0 <= time.time() - born < HANDED_SECONDS \
+            and delivery.queue.unknown([queue_id]):
+        delivery.spool.keep(meta, message)
+    delivery.queue.add_id(queue_id)
 
 
 async def _rescan(delivery: Delivery, spool: Spool, now: asyncio.Event) -> None:

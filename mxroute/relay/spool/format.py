@@ -12,6 +12,11 @@ Queue file format, version 1 (all integers big-endian)::
          zero or more                              the DSN count and the hold flag;
                                                    the last valid one wins
 
+A file without an S record holds a message whose state is its envelope's: every recipient
+pending, never tried, no DSN sent, not held. A new message is written so (issue 23: its
+first S record is appended by the first change); files written before issue 23 begin with
+such an S record after Z, and read the same.
+
 A file whose E/M/Z part is incomplete, out of order or fails its checksum does not
 decode (``CorruptFile``); a torn trailing S frame is not part of the valid end that
 ``decode`` reports. How the files are written, synced and recovered: ``store``.
@@ -172,6 +177,9 @@ def frame(kind: bytes, payload: bytes) -> bytes:
     return head + payload + _CRC.pack(zlib.crc32(payload, zlib.crc32(head)))
 
 
+_END = frame(b"Z", b"")
+
+
 def encode(meta: MessageMeta, message: bytes) -> bytes:
     """The complete bytes of a new queue file."""
     return b"".join(encode_parts(meta, (message,)))
@@ -179,15 +187,25 @@ def encode(meta: MessageMeta, message: bytes) -> bytes:
 
 def encode_parts(meta: MessageMeta, parts: Sequence[bytes | bytearray]) -> list[bytes | bytearray]:
     """A new queue file as pieces to write one after the other: the message is ``parts``
-    in order, never joined (issue 22: no second copy of a large message)."""
+    in order, never joined (issue 22: no second copy of a large message). An S record only
+    for a state beyond the envelope's (issue 23)."""
     env = json.dumps(meta.envelope_json(), separators=(",", ":")).encode()
-    state = json.dumps(meta.state_json(), separators=(",", ":")).encode()
     head = _HEAD.pack(b"M", sum(len(part) for part in parts))
     crc = zlib.crc32(head)
     for part in parts:
         crc = zlib.crc32(part, crc)
-    return [MAGIC + frame(b"E", env) + head, *parts,
-            _CRC.pack(crc) + frame(b"Z", b"") + frame(b"S", state)]
+    tail = _CRC.pack(crc) + _END
+    if not _as_enveloped(meta):
+        tail += encode_state(meta)
+    return [MAGIC + frame(b"E", env) + head, *parts, tail]
+
+
+def _as_enveloped(meta: MessageMeta) -> bool:
+    """Is ``meta``'s state what a file without S records means (``decode``)?"""
+    return not (meta.bounces or meta.held) and all(
+        r.state == PENDING and not (r.attempts or r.next_try or r.status or r.reply
+                                    or r.remote_reply or r.why or r.hosts or r.warned)
+        for r in meta.recipients)
 
 
 def encode_state(meta: MessageMeta) -> bytes:

@@ -9,13 +9,14 @@ Layout under ``spool_dir`` (0700; files 0600)::
                   running serve (mxroute/service/control.py)
 
 The bytes of a queue file (E, M, Z records and appended S state snapshots) are
-encoded and decoded by ``format``. A file is created complete (E, M, Z and a first S)
-under ``tmp/``, fsync'd, renamed into ``queue/`` and the directory fsync'd: only then
-is it a message (RFC 5321 §6.1; Postfix ``mail_stream_finish_file``). State changes are
-appended S frames, each fsync'd before the change is acted on (DUR-6, as
-Postfix ``deliver_completed`` rewrites a record in place). A torn trailing S
-frame (a crash mid-append) is ignored: that change never happened. A file whose
-E/M/Z part is incomplete, out of order or fails its checksum goes to ``corrupt/``
+encoded and decoded by ``format``. A file is created complete (E, M, Z; a first S only for
+a state beyond the envelope's) under ``tmp/`` in one ``writev``, fsync'd, renamed into
+``queue/`` and the directory fsync'd (shared: group commit): only then is it a message
+(RFC 5321 §6.1; Postfix ``mail_stream_finish_file``). State changes are appended S frames,
+each fsync'd before the change is acted on (DUR-6, as Postfix ``deliver_completed``
+rewrites a record in place). A torn trailing S frame (a crash mid-append) is ignored: that
+change never happened. A file whose E/M/Z part is incomplete, out of order or fails its
+checksum goes to ``corrupt/``
 (DUR-2). Removing a message is ``unlink`` plus a directory fsync.
 """
 
@@ -127,6 +128,7 @@ class Spool:
         self.queue_dir = self.root / "queue"
         self.tmp_dir = self.root / "tmp"
         self.corrupt_dir = self.root / "corrupt"
+        self._queue, self._tmp = str(self.queue_dir), str(self.tmp_dir)  # the hot path's
         self.clock = clock
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="spool")
         # removals for the next directory sync
@@ -327,20 +329,29 @@ class Spool:
         except (OSError, SpoolError):
             return 0
 
-    def _remember(self, meta: MessageMeta, parts: Sequence[bytes | bytearray]) -> None:
-        """Keep a small message for its first attempt, if the budget has room (issue 22)."""
+    def keep(self, meta: MessageMeta, message: bytes | Sequence[bytes | bytearray]) -> bool:
+        """Keep a small message, just committed, for its first attempt if the budget has room
+        (issue 22): ``aload`` here, or ``take`` to hand it to the delivery process (issue 23).
+        ``message``: its bytes or pieces (joined only when kept)."""
+        parts = (message,) if isinstance(message, bytes) else message
         size = sum(len(part) for part in parts)
         if not self._keep_fresh or size > FRESH_MESSAGE:
-            return
+            return False
         if self.budget is not None and not self.budget.fits(size):
-            return
-        message = b"".join(parts)
+            return False
+        whole = parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
         if self.budget is not None:
             self.budget.force(size)
-        self._fresh[meta.queue_id] = (meta, message)
-        self._fresh_bytes += len(message)
+        self._forget(meta.queue_id)
+        self._fresh[meta.queue_id] = (meta, whole)
+        self._fresh_bytes += size
         while self._fresh and (self._fresh_bytes > FRESH_BYTES or len(self._fresh) > FRESH_COUNT):
             self._forget(next(iter(self._fresh)))
+        return True
+
+    def take(self, queue_id: str) -> tuple[MessageMeta, bytes] | None:
+        """The kept message of ``queue_id`` (no longer kept), or None."""
+        return self._forget(queue_id)
 
     def _forget(self, queue_id: str) -> tuple[MessageMeta, bytes] | None:
         fresh = self._fresh.pop(queue_id, None)
@@ -352,19 +363,16 @@ class Spool:
 
     # --- writing ---
     def _write_new(self, meta: MessageMeta, parts: Sequence[bytes | bytearray]) -> None:
-        tmp = self.tmp_dir / f"{meta.queue_id}.tmp"
+        tmp = os.path.join(self._tmp, meta.queue_id + ".tmp")
         pieces = encode_parts(meta, parts)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                for piece in pieces:  # each as it is: the message is never joined (issue 22)
-                    view = memoryview(piece)
-                    while view:
-                        view = view[os.write(fd, view) :]
+                _write_all(fd, pieces)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, self.queue_dir / meta.queue_id)
+            os.replace(tmp, os.path.join(self._queue, meta.queue_id))
         except BaseException:
             try:
                 os.unlink(tmp)
@@ -390,7 +398,7 @@ class Spool:
             except OSError:
                 pass
             raise _storage_error(exc) from None
-        self._remember(meta, parts)
+        self.keep(meta, parts)
 
     def _append_state(self, meta: MessageMeta) -> None:
         record = encode_state(meta)
@@ -516,6 +524,21 @@ def read_whole(path: str, most: int = -1) -> bytes | OSError | None:
         return None
     except OSError as exc:
         return exc
+
+
+IOV_MAX = 1024  # buffers one writev takes (Linux, POSIX's minimum is 16: more is split)
+
+
+def _write_all(fd: int, pieces: Sequence[bytes | bytearray]) -> None:
+    """Write ``pieces`` in order, each as it is (the message is never joined, issue 22): one
+    ``writev`` for a file of a few pieces (issue 23), more only after a short write."""
+    views = [memoryview(piece) for piece in pieces if piece]
+    while views:
+        done = os.writev(fd, views[:IOV_MAX])
+        while views and done >= len(views[0]):
+            done -= len(views.pop(0))
+        if views and done:
+            views[0] = views[0][done:]
 
 
 def _fsync_dir(path: Path) -> None:

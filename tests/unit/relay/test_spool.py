@@ -245,16 +245,17 @@ def test_queue_ids_are_unique_and_sortable_even_with_a_stuck_clock() -> None:
 def test_disk_full_gives_452_and_leaves_no_file(
     spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """DUR-4: ENOSPC during write → 452 4.3.1, no temp and no queue file."""
-    real_write = os.write
+    """DUR-4: ENOSPC during write → 452 4.3.1, no temp and no queue file (one writev since
+    issue 23)."""
+    real_write = os.writev
 
     def full(fd: int, data: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "write", full)
+    monkeypatch.setattr(os, "writev", full)
     with pytest.raises(SpoolError) as info:
         asyncio.run(spool.store(_meta(), MESSAGE))
-    monkeypatch.setattr(os, "write", real_write)
+    monkeypatch.setattr(os, "writev", real_write)
     assert info.value.smtp_reply().startswith("452 4.3.1")
     assert list(spool.tmp_dir.iterdir()) == [] and spool.ids() == []
     asyncio.run(spool.store(_meta(), MESSAGE))  # space back: intake resumes without a restart
