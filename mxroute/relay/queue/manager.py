@@ -235,7 +235,11 @@ class QueueManager:
         """Start-up scan: schedule everything (DUR-7), finish interrupted bounces (DSN-12), drop
         what is done; files the schedule snapshot vouches for unread (issue 23). ``settle``,
         ``since`` (the intake takes mail meanwhile): see ``recovery.recover``."""
-        return recovery.recover(self, settle, since)
+        corrupt, hinted, read = recovery.recover(self, settle, since)
+        queued = len(self.timetable)
+        log.info("recovery: %d message(s) queued, %d corrupt moved aside; %d from the schedule "
+                 "snapshot, %d file(s) read", queued, corrupt, hinted, read)
+        return queued
 
     async def first_look(self, queue_id: str) -> bool:
         """Validate a message scheduled unread before its file is used or changed

@@ -62,10 +62,12 @@ def trusted(spool: Spool, listed: list[str], context: str) -> tuple[dict[str, fl
     return hinted, [q for q in listed if q not in hinted]
 
 
-def recover(queue: QueueManager, settle: float = 0.0, since: float | None = None) -> int:
+def recover(queue: QueueManager, settle: float = 0.0,
+            since: float | None = None) -> tuple[int, int, int]:
     """``queue``'s start-up scan: schedule everything (DUR-7), finish interrupted bounces
     (DSN-12), drop what is done; what the snapshot vouches for is scheduled unread. ``settle``,
-    ``since`` (the intake takes mail meanwhile): see ``young``. The messages scheduled."""
+    ``since`` (the intake takes mail meanwhile): see ``young``. (Files moved to corrupt/,
+    messages scheduled from the snapshot, files read)."""
     spool, timetable = queue.spool, queue.timetable
     listed = spool.ids()
     fresh = young(spool, listed, settle, since)
@@ -92,9 +94,7 @@ def recover(queue: QueueManager, settle: float = 0.0, since: float | None = None
     for queue_id in finished:
         spool.remove_sync(queue_id)
     queue.wake()
-    log.info("recovery: %d message(s) queued, %d corrupt moved aside; %d from the schedule "
-             "snapshot, %d file(s) read", len(timetable), len(corrupt), len(hinted), len(unread))
-    return len(timetable)
+    return len(corrupt), len(hinted), len(unread)
 
 
 def _finish_bounce(queue: QueueManager, dsn_id: str, origin: dict[str, Any],
