@@ -133,6 +133,8 @@ class Delivery:
             count = await self.queue.save_schedule()
         except OSError as exc:
             log.error("cannot write the schedule snapshot: %s", exc.strerror or exc)
+        except Exception:  # a bug: say where, delivery goes on
+            log.exception("cannot write the schedule snapshot")
         else:
             log.debug("schedule snapshot: %d message(s)", count)
 
