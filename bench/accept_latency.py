@@ -143,8 +143,10 @@ def one_run(args: argparse.Namespace) -> dict[str, object]:
                MXROUTE_SMTP_PORT=str(sink_port), MXROUTE_RELAY_NETWORKS='["127.0.0.0/8"]')
     env.pop("MXROUTE_CONFIG", None)
     with open(work / "relay.log", "wb") as log:
+        # cwd outside any checkout: the delivery process (``python -c``) imports mxroute from
+        # its cwd first, so --mxroute of another tree would otherwise run this tree's half
         relay = subprocess.Popen([str(args.mxroute), "serve"], env=env, stdout=log,
-                                 stderr=subprocess.STDOUT)
+                                 stderr=subprocess.STDOUT, cwd=work)
     try:
         for _ in range(200):
             try:

@@ -115,8 +115,10 @@ def measure(spool: Path, log: Path, binary: Path,
     env.pop("MXROUTE_CONFIG", None)
     with open(log, "wb") as out:
         started = time.monotonic()
+        # cwd outside any checkout: the delivery process (``python -c``) imports mxroute from
+        # its cwd first, so --mxroute of another tree would otherwise run this tree's half
         proc = subprocess.Popen([str(binary), "serve"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, cwd=spool.parent)
         try:
             deadline = started + timeout
             ready = None

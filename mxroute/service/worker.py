@@ -46,6 +46,7 @@ from mxroute.identity.dkim.sign import DkimSigner
 from mxroute.relay.queue.manager import QueueManager, oldest_waiting
 from mxroute.relay.queue.operator import Operator
 from mxroute.relay.queue.plans import PlanCache
+from mxroute.relay.queue.recovery import SNAPSHOT_SECONDS
 from mxroute.relay.spool.format import QUEUE_ID, queue_id_time
 from mxroute.relay.spool.lock import SpoolInUse, hold_inherited
 from mxroute.relay.spool.store import Spool
@@ -102,6 +103,7 @@ class Delivery:
         self.queue = QueueManager(settings, spool, self.resolver, courier, plans=PlanCache(),
                                   signer=self.signer)
         self.runner: asyncio.Task[None] | None = None
+        self.snapshots: asyncio.Task[None] | None = None  # issue 23: spool/schedule
         # `mxroute queue` acting on this queue (issue 15 A): control.sock in the spool
         operator = Operator(spool, self.queue.notices, self.queue,
                             forget_hosts=self.queue.courier.forget_unreachable)
@@ -118,6 +120,7 @@ class Delivery:
         if self.fleet is not None:  # registers this node; Redis away: local limits, logged
             await self.fleet.start()
         self.runner = asyncio.create_task(self.queue.run(), name="queue")
+        self.snapshots = asyncio.create_task(self._snapshots(), name="schedule-snapshot")
         if self.fleet_state is not None:
             self.fleet_state.start()
         try:
@@ -125,6 +128,24 @@ class Delivery:
         except OSError as exc:  # e.g. a spool path too long for a Unix socket: tools go offline
             log.error("cannot open the control socket %s: %s; `mxroute queue` cannot act on "
                       "this serve", self.control.path, exc.strerror or exc)
+
+    async def _snapshots(self) -> None:
+        """Write the schedule snapshot every ``SNAPSHOT_SECONDS`` (and ``stop`` at the end)."""
+        while True:
+            await asyncio.sleep(SNAPSHOT_SECONDS)
+            await self.save_schedule()
+
+    async def save_schedule(self) -> None:
+        """The queue's schedule snapshot (issue 23); a failure is logged, never fatal: the next
+        start then reads the queue files the snapshot does not vouch for."""
+        try:
+            count = await self.queue.save_schedule()
+        except OSError as exc:
+            log.error("cannot write the schedule snapshot: %s", exc.strerror or exc)
+        except Exception:  # a bug: say where, delivery goes on
+            log.exception("cannot write the schedule snapshot")
+        else:
+            log.debug("schedule snapshot: %d message(s)", count)
 
     def failure(self) -> str | None:
         """Why delivery stopped on its own (the queue manager must never die silently), or None."""
@@ -177,6 +198,9 @@ class Delivery:
         await self.queue.stop(grace)
         if self.runner is not None:
             self.runner.cancel()
+        if self.snapshots is not None:
+            self.snapshots.cancel()
+            await self.save_schedule()  # nothing in flight now: a clean stop's snapshot
         try:
             await asyncio.wait_for(self.courier.close(), timeout=2.0)
         except (TimeoutError, OSError):

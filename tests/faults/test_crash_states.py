@@ -106,6 +106,8 @@ def test_power_loss_no_acknowledged_message_lost_in_any_explored_crash_state(
     assert report.recovery_crashes == 0, report.crashes[:5]
     assert report.unlogged == 0 and report.unexplained_duplicates == 0
     assert report.temp_left == 0, "stale temporary files left after start-up"
+    assert report.unscheduled == 0 and report.late == 0, report.figures()  # issue 23
+    assert report.snapshot_states > 0, "no explored state recovered from spool/schedule"
     assert report.points > 100 and report.states > 500, report.figures()
     assert served >= 1 and serve_missing == [], serve_missing[:10]
 

@@ -11,7 +11,9 @@ or its failure still owed by a queued DSN or already notified; otherwise **lost*
 counted: duplicates (delivered before the crash point and pending again: explained when the
 synced state did not yet record it — the window between the remote ``250`` and the fsync'd
 state record), files recovery could not read (moved to ``corrupt/``, and whether it logged
-each), temporary files left behind, and recovery crashes.
+each), temporary files left behind, recovery crashes, and (issue 23) pending messages recovery
+left out of its schedule or scheduled later than their file's next try (a stale
+``spool/schedule`` snapshot may only make a message due earlier).
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ class Report:
     unlogged: int = 0
     temp_left: int = 0
     recovery_crashes: int = 0
+    unscheduled: int = 0  # pending messages recovery did not schedule (issue 23)
+    late: int = 0  # ... scheduled later than their file's next try (a stale snapshot)
+    snapshot_states: int = 0  # states whose recovery took messages from spool/schedule
     findings: list[Finding] = field(default_factory=list)
     crashes: list[str] = field(default_factory=list)
 
@@ -62,7 +67,9 @@ class Report:
                 "duplicated": self.duplicated,
                 "unexplained_duplicates": self.unexplained_duplicates,
                 "unreadable": self.unreadable, "unreadable_unlogged": self.unlogged,
-                "temp_files_left": self.temp_left, "recovery_crashes": self.recovery_crashes}
+                "temp_files_left": self.temp_left, "recovery_crashes": self.recovery_crashes,
+                "unscheduled": self.unscheduled, "scheduled_late": self.late,
+                "states_with_snapshot_entries": self.snapshot_states}
 
 
 class _Quarantined(logging.Handler):
@@ -99,6 +106,9 @@ class Recovered:
     logged: set[str]
     temp: int
     held: set[str] = field(default_factory=set)
+    unscheduled: list[str] = field(default_factory=list)  # pending, not in the schedule
+    late: list[str] = field(default_factory=list)  # scheduled after the file's next try
+    hinted: int = 0  # scheduled from the schedule snapshot, unread (issue 23)
 
 
 def recover(root: Path, settings: Any) -> Recovered:
@@ -116,13 +126,21 @@ def recover(root: Path, settings: Any) -> Recovered:
     try:
         spool.prepare()
         spool.clean_temp(max_age=0.0)  # as serve: under the lock
-        QueueManager(settings, spool, None, None).recover()  # type: ignore[arg-type]
+        queue = QueueManager(settings, spool, None, None)  # type: ignore[arg-type]
+        queue.recover()
         pending: dict[str, set[str]] = {}
         owed: dict[str, set[str]] = {}
         held: set[str] = set()
+        unscheduled: list[str] = []
+        late: list[str] = []
         for meta in spool.scan():
+            due, wanted = queue.timetable.due_of(meta.queue_id), meta.next_due()
             if meta.held:
                 held.add(meta.queue_id)
+            elif wanted is not None and due is None:
+                unscheduled.append(meta.queue_id)
+            elif wanted is not None and due is not None and due > wanted:
+                late.append(meta.queue_id)
             pending[meta.queue_id] = {r.address.lower() for r in meta.recipients
                                       if r.state == PENDING}
             origin = meta.bounce_of or {}
@@ -134,7 +152,8 @@ def recover(root: Path, settings: Any) -> Recovered:
         logger.removeHandler(handler)
         logger.setLevel(level)
     corrupt = {p.name for p in (root / "corrupt").iterdir()}
-    return Recovered(pending, owed, corrupt, handler.ids, len(os.listdir(root / "tmp")), held)
+    return Recovered(pending, owed, corrupt, handler.ids, len(os.listdir(root / "tmp")), held,
+                     unscheduled, late, len(queue.unverified))
 
 
 def settings_for(root: Path) -> Any:
@@ -200,6 +219,9 @@ class Explorer:
         self.report.unreadable += len(got.corrupt)
         self.report.unlogged += len(got.corrupt - got.logged)
         self.report.temp_left += got.temp
+        self.report.unscheduled += len(got.unscheduled)
+        self.report.late += len(got.late)
+        self.report.snapshot_states += got.hinted > 0
         self._duplicates(k, now, got)
         queued = sum(len(got.pending.get(q, ())) for q in acked)
         if queued:

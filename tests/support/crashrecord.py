@@ -3,10 +3,12 @@
 ``record(tmp, dns)`` runs ``serve`` (intake and delivery process) under ``strace -f`` for a
 workload that takes every spool path: acceptance by three concurrent clients (group commit),
 delivery, deferral and its state record, a ``550`` and its DSN, expiry and its DSN,
-``mxroute queue hold``/``delete``/``flush``, a SIGKILL with messages queued and the start-up
-recovery after it. It returns a ``Recording``: the spool ops (``stracefs``), the ``250``s
-written to clients (ops of kind ``ack``), each message's recipients, and when the sinks took
-each recipient and each DSN (their wall clock, strace's clock).
+``mxroute queue hold``/``delete``/``flush``, a clean stop with messages queued (issue 23: the
+schedule snapshot ``spool/schedule`` written), a start from it, a release and new messages, a
+SIGKILL, and the start-up recovery from the then stale snapshot. It returns a ``Recording``:
+the spool ops (``stracefs``), the ``250``s written to clients (ops of kind ``ack``), each
+message's recipients, and when the sinks took each recipient and each DSN (their wall clock,
+strace's clock).
 
 Sinks on 127.0.21.x (issue 21's addresses), the relay listening on 127.0.21.200.
 """
@@ -160,10 +162,16 @@ def record(tmp: Path, dns: DNSServer) -> Recording:
         assert relay.queue("delete", slow[1]).returncode == 0
         assert relay.queue("flush").returncode == 0
         wait_for(lambda: len(relay.queued()) <= 2, timeout=LIFETIME + 15)
-        _burst(relay, ["k0m1", "k1m3", "k2m5"], acks)  # queued, deferred: then SIGKILL
+        _burst(relay, ["k0m1", "k1m3", "k2m5"], acks)  # queued, deferred: then a clean stop
+        time.sleep(0.5)
+        traced.stop(signal.SIGTERM)  # issue 23: writes spool/schedule with them in it
+        traced = _Traced(relay, tmp / "trace2.txt")  # recovery from the snapshot
+        if relay.queued():
+            assert relay.queue("release", relay.queued()[0]).returncode == 0
+        _burst(relay, ["s0m3", "s1m1"], acks)  # new after the snapshot: then SIGKILL
         time.sleep(0.5)
         traced.stop(signal.SIGKILL)
-        traced = _Traced(relay, tmp / "trace2.txt")  # start-up recovery, under strace too
+        traced = _Traced(relay, tmp / "trace3.txt")  # recovery with a stale snapshot
         _burst(relay, ["r0m2", "r1m4", "r2m1"], acks)
         wait_for(lambda: not relay.queued(), timeout=LIFETIME + 15)
         traced.stop(signal.SIGTERM)
@@ -173,7 +181,7 @@ def record(tmp: Path, dns: DNSServer) -> Recording:
     finally:
         for sink in sinks.values():
             sink.stop()
-    text = (tmp / "trace1.txt").read_text() + (tmp / "trace2.txt").read_text()
+    text = "".join((tmp / f"trace{n}.txt").read_text() for n in (1, 2, 3))
     ops = parse(text, str(relay.spool))
     if not any(op.kind == "fsync" for op in ops):
         pytest.fail(f"strace recorded no fsync under {relay.spool}: {text[:2000]}")

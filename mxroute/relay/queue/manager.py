@@ -19,7 +19,6 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 from mxroute.dns.resolver import Resolver
 from mxroute.errors import EX_DATAERR, MxrouteError
@@ -28,8 +27,9 @@ from mxroute.identity.dkim.sign import DkimSigner
 from mxroute.relay import dsn
 from mxroute.relay.budget import Budget
 from mxroute.relay.envelope import Disposition, RecipientResult
+from mxroute.relay.queue import recovery
 from mxroute.relay.queue.dispatch import CourierLike, Dispatcher, domain_of, due_recipients
-from mxroute.relay.queue.notices import Item, Notifier, failures, mark_bounced
+from mxroute.relay.queue.notices import Item, Notifier, failures
 from mxroute.relay.queue.plans import PlanCache, plan_key
 from mxroute.relay.queue.settle import Next, Settlement, Timing, settle
 from mxroute.relay.queue.slots import Slots
@@ -131,6 +131,9 @@ class QueueManager:
         self.memory = MemoryShare.of(settings)  # issue 22
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self.held: set[str] = set()  # on hold (``mxroute queue hold``): scheduled at expiry only
+        # issue 23: scheduled from the schedule snapshot, their file not read yet (``first_look``)
+        self.unverified: set[str] = set()
+        self.reports: set[str] = set()  # queued DSNs of an original: never in the snapshot
         # operator actions on a message being delivered: run when its attempt ends (issue 15 A)
         self.after_attempt: dict[str, Callable[[], Awaitable[object]]] = {}
         self._unsaved: dict[str, MessageMeta] = {}  # outcomes the disk refused (DUR-4): newer
@@ -177,6 +180,8 @@ class QueueManager:
     def add(self, meta: MessageMeta) -> None:
         """A message now in the spool (from intake, a DSN, or recovery); a held one is due only
         when it expires (it is then bounced: ``_expire_held``)."""
+        if meta.bounce_of:  # read again at every start (the interrupted-bounce check, DSN-12)
+            self.reports.add(meta.queue_id)
         if meta.held:
             self.held.add(meta.queue_id)
             if not meta.done:
@@ -228,41 +233,26 @@ class QueueManager:
 
     def recover(self, settle: float = 0.0, since: float | None = None) -> int:
         """Start-up scan: schedule everything (DUR-7), finish interrupted bounces (DSN-12), drop
-        what is done. ``settle``, ``since`` (the intake takes mail meanwhile): see ``young``."""
-        listed = self.spool.ids()
-        young = _young(self.spool, listed, settle, since)
-        corrupt: list[str] = []
-        finished: list[str] = []
-        origins: list[tuple[str, dict[str, Any]]] = []  # (DSN id, its bounce_of)
-        for queue_id in young:  # the timetable keys by ID: a notice too is one entry
-            self._schedule(queue_id, self.clock() + settle)
-        for meta in self.spool.recover_iter(corrupt, [q for q in listed if q not in young]):
-            if meta.bounce_of and meta.bounce_of.get("queue_id"):
-                origins.append((meta.queue_id, meta.bounce_of))
-            if meta.done:
-                finished.append(meta.queue_id)
-            else:
-                self.add(meta)
-        for dsn_id, origin in origins:
-            try:
-                original = self.spool.load_meta(str(origin["queue_id"]))
-            except (FileNotFoundError, CorruptFile, MxrouteError):
-                continue
-            batch = int(origin.get("batch", 0))
-            if original.bounces > batch:
-                continue  # already marked
-            mark_bounced(original, set(origin.get("recipients", [])), batch + 1)
-            if original.done:
-                self.spool.remove_sync(original.queue_id)
-                self.timetable.drop(original.queue_id)
-            else:
-                self.spool.update_sync(original)
-            log.info("%s: recovered an interrupted bounce (%s)", original.queue_id, dsn_id)
-        for queue_id in finished:
-            self.spool.remove_sync(queue_id)
+        what is done; files the schedule snapshot vouches for unread (issue 23). ``settle``,
+        ``since`` (the intake takes mail meanwhile): see ``recovery.recover``."""
+        corrupt, hinted, read = recovery.recover(self, settle, since)
         queued = len(self.timetable)
-        log.info("recovery: %d message(s) queued, %d corrupt moved aside", queued, len(corrupt))
+        log.info("recovery: %d message(s) queued, %d corrupt moved aside; %d from the schedule "
+                 "snapshot, %d file(s) read", queued, corrupt, hinted, read)
         return queued
+
+    async def first_look(self, queue_id: str) -> bool:
+        """Validate a message scheduled unread before its file is used or changed
+        (``recovery.first_look``); False: it is gone."""
+        return queue_id not in self.unverified or await recovery.first_look(self, queue_id)
+
+    async def save_schedule(self) -> int:
+        """Write the schedule snapshot (``recovery.save_schedule``): its entry count."""
+        return await recovery.save_schedule(self)
+
+    def unsaved(self, queue_id: str) -> bool:
+        """Does ``queue_id`` have outcomes the disk refused (newer in memory than its file)?"""
+        return queue_id in self._unsaved
 
     # --- the loop ---
     async def run(self) -> None:
@@ -344,6 +334,8 @@ class QueueManager:
 
     async def _attempt(self, queue_id: str, force: bool) -> None:
         """Deliver what is due of ``queue_id`` (every pending recipient when ``force``d)."""
+        if not await self.first_look(queue_id):
+            return
         try:
             meta, message = await self.spool.aload(queue_id)
         except FileNotFoundError:
@@ -505,15 +497,6 @@ def _record(rcpt: RecipientState, result: RecipientResult) -> None:
         rcpt.hosts[safe_text(result.remote_mta or "", 200)] = rcpt.reply
 
 
-
-def _young(spool: Spool, listed: list[str], settle: float, since: float | None) -> set[str]:
-    """The files recovery leaves unread, tried ``settle`` s later or at their intake's notice:
-    with ``settle`` (issue 21), a file that young may be inside its rename -> directory fsync
-    window (DUR-3); with ``since`` (issue 23, the intake listening during this recovery), those
-    whose queue ID was made at or after ``since`` instead (no stat per file)."""
-    if since is not None:
-        return {q for q in listed if (queue_id_time(q) or 0.0) >= since}
-    return spool.young(settle, listed)
 
 def oldest_waiting(queue: QueueManager) -> float | None:
     """When the oldest message waiting for delivery in ``queue`` (scheduled or in flight; held

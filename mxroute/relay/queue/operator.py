@@ -178,6 +178,8 @@ class Operator:
         queue = self.queue
         if queue is not None and queue.busy(queue_id):
             return
+        if queue is not None and not await queue.first_look(queue_id):
+            return
         try:
             meta = await asyncio.get_running_loop().run_in_executor(
                 None, self.spool.load_meta, queue_id)
@@ -188,10 +190,7 @@ class Operator:
             return
         for rcpt in chosen:
             rcpt.next_try = 0.0
-        await self.spool.update(meta)
-        if queue is not None:
-            queue.timetable.drop(queue_id)
-            queue.add(meta)
+        await self._record(meta)
 
     def select(self, request: Request) -> list[str]:
         """The queue IDs ``request`` is for (``SelectionError`` for a bad prefix)."""
@@ -253,6 +252,8 @@ class Operator:
             return await self._delete(queue_id, uid)
         if action == "flush" and queue is not None:  # the queue knows what is held
             return self._flush_live(queue, queue_id, uid)
+        if queue is not None and not await queue.first_look(queue_id):
+            return "gone"  # issue 23: scheduled from the snapshot, and gone or corrupt
         try:
             meta, message = await self.spool.aload(queue_id)
         except (FileNotFoundError, CorruptFile):
@@ -276,10 +277,7 @@ class Operator:
             if not meta.held:
                 for rcpt in meta.pending:
                     rcpt.next_try = 0.0  # released: due now
-            await self.spool.update(meta)
-            if queue is not None:
-                queue.timetable.drop(queue_id)  # rescheduled: at expiry (held) or now
-                queue.add(meta)
+            await self._record(meta)  # rescheduled: at expiry (held) or now
             return "held" if meta.held else "released"
         # flush, requeue: due now, every recipient (a requeue also routes afresh: no plan is
         # kept across the attempt it forces, see Operator.act's forget_hosts and plans)
@@ -294,6 +292,22 @@ class Operator:
             await self.spool.update(meta)
         return "flushed" if action == "flush" else "requeued"
 
+
+    async def _record(self, meta: MessageMeta) -> None:
+        """Write ``meta``'s new state; a running queue reschedules it from that. Its ID is out
+        of the schedule while the file changes, so a schedule snapshot taken meanwhile has no
+        entry for it (issue 23: the snapshot never says later than the file)."""
+        queue = self.queue
+        if queue is None:
+            await self.spool.update(meta)
+            return
+        queue.timetable.drop(meta.queue_id)
+        try:
+            await self.spool.update(meta)
+        except BaseException:
+            queue.add_id(meta.queue_id)  # due now: the attempt reads what the file holds
+            raise
+        queue.add(meta)
 
     def _flush_live(self, queue: QueueManager, queue_id: str, uid: int | None) -> str:
         if queue_id in queue.held:

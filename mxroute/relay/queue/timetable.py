@@ -66,6 +66,10 @@ class Timetable:
         """Forget ``queue_id`` (its file is gone); a heap entry left behind is stale."""
         self._due.pop(queue_id, None)
 
+    def due_of(self, queue_id: str) -> float | None:
+        """When ``queue_id`` is due; None when it is not scheduled (or set aside meanwhile)."""
+        return self._due.get(queue_id)
+
     def knows(self, queue_id: str) -> bool:
         """Is ``queue_id`` scheduled (or set aside until its delivery ends)?"""
         return queue_id in self._due or queue_id in self._again

@@ -236,24 +236,38 @@ class Spool:
         ``ids`` (listed by the caller) or of the whole queue; corrupt IDs go to ``bad``."""
         queue_dir = str(self.queue_dir)
         for queue_id, data in _read_ahead(queue_dir, self.ids() if ids is None else ids):
-            path = os.path.join(queue_dir, queue_id)
-            try:
-                if data is None:
-                    raise FileNotFoundError(path)
-                if isinstance(data, OSError):
-                    raise data
-                meta, _, end = decode(data, queue_id)
-                if end < len(data):
-                    log.warning("%s: cut %d bytes of a torn state record",
-                                queue_id, len(data) - end)
-                    _truncate(Path(path), end)
-            except FileNotFoundError:
-                continue
-            except CorruptFile as exc:
-                self.quarantine(queue_id, str(exc))
-                bad.append(queue_id)
-                continue
-            yield meta
+            meta = self._recovered(queue_id, data, bad)
+            if meta is not None:
+                yield meta
+
+    def recover_one(self, queue_id: str, bad: list[str] | None = None) -> MessageMeta | None:
+        """``recover_iter`` for one message (issue 23: a message scheduled from the schedule
+        snapshot, at its first look): None when it is gone or was moved to ``corrupt/``."""
+        path = os.path.join(self.queue_dir, queue_id)
+        return self._recovered(queue_id, read_whole(path), [] if bad is None else bad)
+
+    def _recovered(self, queue_id: str, data: bytes | OSError | None,
+                   bad: list[str]) -> MessageMeta | None:
+        """The message in ``data`` (its file's bytes) with a torn trailing state record cut off
+        the file; a corrupt file moved aside (named in ``bad``); None for those and a file gone.
+        """
+        path = os.path.join(self.queue_dir, queue_id)
+        try:
+            if data is None:
+                raise FileNotFoundError(path)
+            if isinstance(data, OSError):
+                raise data
+            meta, _, end = decode(data, queue_id)
+            if end < len(data):
+                log.warning("%s: cut %d bytes of a torn state record", queue_id, len(data) - end)
+                _truncate(Path(path), end)
+        except FileNotFoundError:
+            return None
+        except CorruptFile as exc:
+            self.quarantine(queue_id, str(exc))
+            bad.append(queue_id)
+            return None
+        return meta
 
     def scan(self, bad: list[str] | None = None) -> Iterator[MessageMeta]:
         """The committed messages, oldest first, one at a time and read ahead as by
