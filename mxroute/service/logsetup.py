@@ -66,7 +66,7 @@ class BatchingStreamHandler(logging.Handler):
         if (record.levelno >= logging.WARNING or self._size >= MAX_PENDING
                 or time.monotonic() - self._written >= self.interval):
             self.flush()
-        else:
+        elif not self._due.is_set():  # the thread is told once per batch, not per line
             self._due.set()
 
     def flush(self) -> None:
