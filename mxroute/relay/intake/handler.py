@@ -389,6 +389,7 @@ class Intake:
             transport = session.transport
             if transport is not None and not transport.is_closing():
                 try:
+                    session.flush_replies()  # what a pipelined batch held goes out first
                     transport.write(b"421 4.3.2 Service shutting down\r\n")  # type: ignore[attr-defined]
                 except (OSError, RuntimeError):
                     pass

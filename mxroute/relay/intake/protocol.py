@@ -8,10 +8,10 @@ authenticator is synchronous: ``defer_auth`` keeps the login for the handler's
 credentials to check). The policy itself (what is
 accepted, where it is stored) is the handler's: ``handler.Intake``.
 
-What aiosmtpd 1.4.6 already does for SEC-1: DATA lines are read with
-``readuntil(b"\\r\\n")``, so only ``<CRLF>.<CRLF>`` ends a message; a bare LF or
-CR stays inside a line. ``Intake`` rejects any bare CR and normalises (or
-rejects, per ``bare_newline``) every bare LF, as Postfix 3.9's
+SEC-1: the DATA body is read up to ``<CRLF>.<CRLF>`` (in bulk, ``wire.LeanSMTP.body_piece``;
+line by line with ``readuntil(b"\\r\\n")`` as aiosmtpd where bulk cannot be used), so only
+``<CRLF>.<CRLF>`` ends a message; a bare LF or CR stays inside a line. ``Intake`` rejects any
+bare CR and normalises (or rejects, per ``bare_newline``) every bare LF, as Postfix 3.9's
 ``smtpd_forbid_bare_newline``.
 """
 
@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session, TLSSetupException
@@ -34,6 +32,7 @@ from mxroute.relay.envelope import Recipient
 from mxroute.relay.intake import clientname
 from mxroute.relay.intake.caps import AUTH_TOO_MANY, SessionCaps
 from mxroute.relay.intake.params import Reply, split_path
+from mxroute.relay.intake.wire import LeanSMTP, unstuff
 from mxroute.text import safe_text
 
 if TYPE_CHECKING:
@@ -63,10 +62,13 @@ DEFAULT_ENHANCED = {
 def enhance(status: str) -> str:
     """Prefix an enhanced status code where aiosmtpd's own reply lacks one (RFC 2034 §3)."""
     code, sep, text = status[:3], status[3:4], status[4:]
-    if not code.isdigit() or code in ("220", "334", "354") or ENHANCED.match(text):
+    if text[1:2] == "." and ENHANCED.match(text) or not code.isdigit() or code in NO_ENHANCED:
         return status
     enhanced = DEFAULT_ENHANCED.get(code) or DEFAULT_ENHANCED[code[0]]
     return f"{code}{sep or ' '}{enhanced} {text}".rstrip()
+
+
+NO_ENHANCED = frozenset({"220", "334", "354"})
 
 
 def peer_ip(session: Session) -> str:
@@ -118,7 +120,7 @@ class RelayEnvelope(SMTPEnvelope):
         self.mail_at = 0.0  # when MAIL FROM was accepted (the handler's clock)
 
 
-class RelaySMTP(SMTP):
+class RelaySMTP(LeanSMTP):
     """aiosmtpd's SMTP with DSN parameters, enhanced codes, a client cap and bounded DATA."""
 
     # lines are checked after DATA (bare-LF lines may share one CRLF line)
@@ -146,26 +148,18 @@ class RelaySMTP(SMTP):
         self.caps = SessionCaps(time.monotonic(), settings.max_session_seconds,
                                 settings.junk_command_limit)  # issue 21
         self._held = 0  # in-flight budget bytes this session's DATA holds (issue 22)
-        self._smtp_methods = {name: self._capped(name, method)
-                              for name, method in self._smtp_methods.items()}
 
-    def _capped(self, command: str, method: Callable[[str | None], Awaitable[None]],
-                ) -> Callable[[str | None], Awaitable[None]]:
+    async def run_command(self, command: str, method: Any, arg: str | None) -> None:
         """``method`` behind the session caps (issue 21: SEC-10's session duration and
         commands without a transaction): past one, ``421 4.7.0`` and the close."""
-
-        @functools.wraps(method)  # keeps aiosmtpd's HELP syntax attributes
-        async def run(arg: str | None) -> None:
-            refusal = self.caps.refusal(command, time.monotonic())
-            if refusal is None:
-                await method(arg)
-                return
-            log.info("session closed: client=%s: %s", self.client_ip or "unknown", refusal[10:])
-            await self.push(refusal)
-            if self.transport is not None:
-                self.transport.close()
-
-        return run
+        refusal = self.caps.refusal(command, time.monotonic())
+        if refusal is None:
+            await method(arg)
+            return
+        log.info("session closed: client=%s: %s", self.client_ip or "unknown", refusal[10:])
+        await self.push(refusal)
+        if self.transport is not None:
+            self.transport.close()
 
     def _create_envelope(self) -> RelayEnvelope:
         return RelayEnvelope()
@@ -203,19 +197,6 @@ class RelaySMTP(SMTP):
             self.rdns.cancel()
         super().connection_lost(error)
 
-    def _timeout_cb(self) -> None:
-        """SEC-10: an idle or dripping client is told why before the close
-        (as Postfix: 421 4.4.2)."""
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            try:
-                reply = f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n"
-                transport.write(reply.encode())  # type: ignore[attr-defined]
-            except (OSError, RuntimeError):
-                pass
-        # aiosmtpd leaves it unannotated
-        super()._timeout_cb()  # type: ignore[no-untyped-call, unused-ignore]
-
     async def handle_exception(self, error: Exception) -> str:
         """A failed STARTTLS handshake (a scanner probing old protocols, a client that trusts
         no certificate) is one INFO line, not aiosmtpd's ERROR traceback (issue 17); aiosmtpd
@@ -240,14 +221,15 @@ class RelaySMTP(SMTP):
         if line.rpartition(b"\n")[2][3:4] == b"-":  # its (last) line is a continuation
             self._continued.append(line)
             return
-        reply, self._continued = b"\r\n".join([*self._continued, line]), []
-        await super().push(reply)  # aiosmtpd adds the last CRLF, writes once and drains
+        if self._continued:
+            line, self._continued = b"\r\n".join([*self._continued, line]), []
+        await self.write_reply(line)  # one write (with the replies a pipelined batch held)
         if line[:1] == b"5":
             self.errors += 1
             transport = self.transport
             if (self.errors == HARD_ERROR_LIMIT and transport is not None
                     and not transport.is_closing()):
-                await super().push("421 4.7.0 Too many errors, closing the connection")
+                await self.write_reply(b"421 4.7.0 Too many errors, closing the connection")
                 transport.close()
 
     async def smtp_EHLO(self, hostname: str) -> None:
@@ -330,10 +312,11 @@ class RelaySMTP(SMTP):
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         budget, limit = self.intake.budget, self.data_size_limit
         data = bytearray()
-        received, problem, continued = 0, "", False
-        while self.transport is not None:
+        received, problem, continued, end = 0, "", False, False
+        self._bulk = True
+        while self.transport is not None and not end:
             try:
-                line: bytes = await self._reader.readuntil(b"\r\n")
+                line, end = await self.body_piece(continued)  # a line, or the rest in bulk
             except asyncio.CancelledError:
                 log.info("Connection lost during DATA")
                 self._writer.close()
@@ -344,11 +327,9 @@ class RelaySMTP(SMTP):
                 await self._reader.read(exc.consumed)
                 continued = True  # the rest of this line is no end of data
                 continue
-            if line == b".\r\n" and not continued:
-                break
             continued = False
             received += len(line)
-            if problem:
+            if problem or not line:
                 continue
             if limit and received > limit:
                 problem, data = "552 Error: Too much mail data", bytearray()
@@ -364,7 +345,7 @@ class RelaySMTP(SMTP):
                     self._keep(self.footprint(0))
                     continue
                 self._held += step
-            data += memoryview(line)[1:] if line[:1] == b"." else line
+            data += unstuff(line)
         if problem:
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             await self.push(problem)
