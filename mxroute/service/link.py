@@ -3,9 +3,10 @@
 ``LocalLink`` (``delivery_processes = 0``): the ``Delivery`` object on the intake's event
 loop, called directly. ``ChildLink`` (``delivery_processes = 1``, the default): the
 delivery process (mxroute/service/worker.py), started as a fresh interpreter
-(``sys.executable -c``) and spoken to over one AF_UNIX socketpair, one line per message
-(``Lines``). The child inherits the spool lock's descriptor (mxroute/relay/spool/lock.py):
-one lock, held while either process lives, never refusing a restarted child.
+(``sys.executable -P -c``, importing this process's own mxroute) and spoken to over one
+AF_UNIX socketpair, one line per message (``Lines``). The child inherits the spool lock's
+descriptor (mxroute/relay/spool/lock.py): one lock, held while either process lives, never
+refusing a restarted child.
 
 - parent → child: a queue ID (a message just committed to the spool, fsync'd), or the same
   with the message (issue 23: ``+ID SIZE`` then SIZE bytes, its meta and bytes pickled, for
@@ -38,6 +39,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mxroute.errors import MxrouteError
@@ -62,7 +64,12 @@ SETTLE_SECONDS = 10.0
 ID_CLOCK_MARGIN = 1.0  # s: queue IDs made this much before the child's start count as its own
 _CHILD_ENV_DROP = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
                    "LISTEN_FDNAMES")
-_CHILD_COMMAND = "from mxroute.service.worker import child_main; child_main()"
+# The child imports the mxroute this process runs, from where this process found it: with
+# ``-P`` Python puts no working directory first on the path (serve started in a directory
+# holding another ``mxroute/`` would otherwise run that one's delivery process).
+_OWN_ROOT = str(Path(__file__).resolve().parents[2])
+_CHILD_COMMAND = (f"import sys; sys.path.insert(0, {_OWN_ROOT!r}); "
+                  "from mxroute.service.worker import child_main; child_main()")
 
 
 class LocalLink:
@@ -204,7 +211,7 @@ class ChildLink:
             # From the loop's (main) thread: PR_SET_PDEATHSIG follows the thread that forked, so
             # this brief fork/exec stays on the loop (once per child start), not in an executor.
             self._proc = subprocess.Popen(  # noqa: ASYNC220
-                [sys.executable, "-c", _CHILD_COMMAND, str(theirs.fileno()), str(os.getpid()),
+                [sys.executable, "-P", "-c", _CHILD_COMMAND, str(theirs.fileno()), str(os.getpid()),
                  str(self.lock_fd)],
                 pass_fds=(theirs.fileno(), self.lock_fd), env=env, stdin=subprocess.DEVNULL,
             )

@@ -105,13 +105,14 @@ def notify() -> Iterator[NotifySocket]:
     sock.close()
 
 
-def spawn(world: World, relay: Relay, argv: list[str] | None = None, **popen: Any) -> Relay:
+def spawn(world: World, relay: Relay, argv: list[str] | None = None, cwd: Path = ROOT,
+          **popen: Any) -> Relay:
     """Start the relay process without waiting for its port (the test decides what "ready"
     means)."""
     with open(relay.log_path, "ab") as log:
         relay.proc = subprocess.Popen(
             argv or [sys.executable, "-m", "mxroute", "serve"],
-            cwd=ROOT,
+            cwd=cwd,
             env=relay.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -312,6 +313,27 @@ EXEC_WRAPPER = (
     "os.environ['LISTEN_PID'] = str(os.getpid())\n"
     "os.execv(sys.executable, [sys.executable, '-m', 'mxroute', 'serve'])\n"
 )
+
+
+def test_delivery_process_runs_the_relays_own_code_whatever_the_directory(
+    world: World, notify: NotifySocket
+) -> None:
+    """The delivery process imports the mxroute the relay runs, never one in the directory
+    `serve` was started from (a checkout, a home directory holding an `mxroute/` folder): here a
+    decoy package in the working directory that would stop any process importing it."""
+    sink = world.sink(1)
+    decoy = world.tmp / "cwd"
+    (decoy / "mxroute").mkdir(parents=True)
+    (decoy / "mxroute" / "__init__.py").write_text('raise SystemExit("decoy mxroute imported")\n')
+    relay = Relay(world.tmp, world.dns, world.sink_port)
+    relay.env["NOTIFY_SOCKET"] = notify.path
+    entry = Path(sys.executable).with_name("mxroute")  # the console script, as systemd runs it
+    spawn(world, relay, [str(entry), "serve"], cwd=decoy)
+    notify.wait("READY", "1")
+    relay.send("a@sender.test", ["u@dest.test"], MSG)
+    assert wait_for(lambda: sink.messages, timeout=20)
+    assert "decoy" not in relay.log()
+    assert relay.terminate() == 0
 
 
 def test_socket_activation_with_a_prebound_listener(world: World, notify: NotifySocket) -> None:
