@@ -75,6 +75,10 @@ def test_stale_snapshot_each_message_ends_right(world52: World) -> None:
     assert first.queue("hold", ids["release"]).returncode == 0  # held before the snapshot
     first.start()
     first.logged("recovery: 6 message(s) queued")
+    # The intake hears the delivery process's "ready" just after that line; a stop before it
+    # ends a process still recovering, which writes no snapshot (the next start reads the
+    # files): give the message a moment, bounded, so this stop is a clean one (CI hit it).
+    time.sleep(1.0)
     assert first.terminate() == 0
     assert (spool / "schedule").exists(), first.log()[-2000:]
 
