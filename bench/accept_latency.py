@@ -35,13 +35,16 @@ ROOT = Path(__file__).resolve().parent.parent
 BODY = b"".join(b"%05d " % i + b"x" * 64 + b"\r\n" for i in range(31))
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
-async def session(port: int, count: int, first: int, latencies: list[float]) -> None:
+async def session(port: int, count: int, first: int, latencies: list[float] | None = None,
+                  to: str = "[127.0.0.1]") -> None:
+    """One persistent, lock-step session (as smtp-source): ``count`` messages to u<n>@``to``;
+    the DATA-end -> 250 times appended to ``latencies`` when given. The benches' one client."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
 
     async def reply() -> bytes:
@@ -54,18 +57,18 @@ async def session(port: int, count: int, first: int, latencies: list[float]) -> 
     writer.write(b"EHLO client.test\r\n")
     assert (await reply()).startswith(b"250")
     for n in range(first, first + count):
-        for command in (b"MAIL FROM:<bench@sender.test>", b"RCPT TO:<u%d@[127.0.0.1]>" % n,
-                        b"DATA"):
+        rcpt = f"u{n}@{to}".encode()
+        for command in (b"MAIL FROM:<bench@sender.test>", b"RCPT TO:<" + rcpt + b">", b"DATA"):
             writer.write(command + b"\r\n")
             code = await reply()
             assert code[:1] in (b"2", b"3"), code
-        header = (b"From: bench@sender.test\r\nTo: u%d@[127.0.0.1]\r\n"
-                  b"Subject: latency %d\r\n\r\n" % (n, n))
-        writer.write(header + BODY)
+        writer.write(b"From: bench@sender.test\r\nTo: " + rcpt
+                     + b"\r\nSubject: bench %d\r\n\r\n" % n + BODY)
         started = time.perf_counter()
         writer.write(b".\r\n")
         code = await reply()
-        latencies.append(time.perf_counter() - started)
+        if latencies is not None:
+            latencies.append(time.perf_counter() - started)
         assert code.startswith(b"250"), code
     writer.write(b"QUIT\r\n")
     await reply()
@@ -90,11 +93,43 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of one process, from /proc (0 when it is gone)."""
+    return stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
+
+
+def stat_cpu_seconds(stat: Path) -> float:
+    """utime + stime of a /proc .../stat file (a process or one of its threads; 0 if gone)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = stat.read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def smtp_sink(host: str, port: int) -> subprocess.Popen[bytes]:
+    """Postfix's smtp-sink on ``host``:``port`` (it refuses to run as root without -u)."""
+    as_root = ["-u", "nobody"] if os.geteuid() == 0 else []
+    return subprocess.Popen(["smtp-sink", *as_root, "-c", f"{host}:{port}", "1000"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_listening(port: int, host: str = "127.0.0.1") -> None:
+    """Until ``serve`` accepts on ``port`` (at most 10 s)."""
+    for _ in range(200):
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
+def stop_relay(relay: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 15 s."""
+    relay.send_signal(signal.SIGTERM)
+    try:
+        relay.wait(15)
+    except subprocess.TimeoutExpired:
+        relay.kill()
+        relay.wait()
 
 
 def children(pid: int) -> list[int]:
@@ -133,9 +168,7 @@ def main() -> int:
 def one_run(args: argparse.Namespace) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="mxroute-latency-", dir=args.workdir))
     sink_port, relay_port = free_port(), free_port()
-    as_root = ["-u", "nobody"] if os.geteuid() == 0 else []  # smtp-sink refuses root otherwise
-    sink = subprocess.Popen(["smtp-sink", *as_root, "-c", f"127.0.0.1:{sink_port}", "1000"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sink = smtp_sink("127.0.0.1", sink_port)
     env = dict(os.environ, MXROUTE_LISTEN=json.dumps([f"127.0.0.1:{relay_port}"]),
                MXROUTE_SPOOL_DIR=str(work / "spool"),
                MXROUTE_DNS_SERVERS='["127.0.0.1:1"]', MXROUTE_HELO_NAME="relay.test",
@@ -148,12 +181,7 @@ def one_run(args: argparse.Namespace) -> dict[str, object]:
         relay = subprocess.Popen([str(args.mxroute), "serve"], env=env, stdout=log,
                                  stderr=subprocess.STDOUT, cwd=work)
     try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", relay_port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_listening(relay_port)
         time.sleep(1.0)  # the delivery process has started and recovered the (empty) queue
         workers = children(relay.pid)
         before = (cpu_seconds(relay.pid), sum(cpu_seconds(c) for c in workers))
@@ -190,12 +218,7 @@ def one_run(args: argparse.Namespace) -> dict[str, object]:
                 out.write(json.dumps(result) + "\n")
         return result
     finally:
-        relay.send_signal(signal.SIGTERM)
-        try:
-            relay.wait(15)
-        except subprocess.TimeoutExpired:
-            relay.kill()
-            relay.wait()
+        stop_relay(relay)
         sink.terminate()
         sink.wait(5)
         if sink.returncode not in (0, -signal.SIGTERM):

@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,10 +29,19 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accept_latency import TICK, children, cpu_seconds, drained
+from accept_latency import (
+    children,
+    cpu_seconds,
+    drained,
+    free_port,
+    session,
+    smtp_sink,
+    stat_cpu_seconds,
+    stop_relay,
+    wait_listening,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
-BODY = b"".join(b"%05d " % i + b"x" * 64 + b"\r\n" for i in range(31))  # ~2.3 KB
 PREFIX = "127.0.53."
 ZONE = "bench.test"
 
@@ -64,45 +72,12 @@ def zone_text(domains: int, hosts: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def session(port: int, count: int, first: int, to: str) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-
-    async def reply() -> bytes:
-        while True:
-            line = await reader.readline()
-            if line[3:4] != b"-":
-                return line
-
-    assert (await reply()).startswith(b"220")
-    writer.write(b"EHLO client.test\r\n")
-    assert (await reply()).startswith(b"250")
-    for n in range(first, first + count):
-        rcpt = f"u{n}@{to}".encode()
-        for command in (b"MAIL FROM:<bench@sender.test>", b"RCPT TO:<" + rcpt + b">", b"DATA"):
-            writer.write(command + b"\r\n")
-            code = await reply()
-            assert code[:1] in (b"2", b"3"), code
-        writer.write(b"From: bench@sender.test\r\nTo: " + rcpt + b"\r\nSubject: cpu %d\r\n\r\n" % n
-                     + BODY + b".\r\n")
-        code = await reply()
-        assert code.startswith(b"250"), code
-    writer.write(b"QUIT\r\n")
-    await reply()
-    writer.close()
-
-
 async def load(port: int, messages: int, sessions: int, domains: int) -> float:
     per = messages // sessions
     started = time.perf_counter()
-    await asyncio.gather(*(session(port, per, i * per, domain(i % domains))
+    await asyncio.gather(*(session(port, per, i * per, to=domain(i % domains))
                            for i in range(sessions)))
     return time.perf_counter() - started
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
@@ -111,16 +86,8 @@ def thread_cpu(pid: int) -> dict[str, float]:
     out = {"main": 0.0, "others": 0.0}
     for task in Path(f"/proc/{pid}/task").iterdir():
         name = "main" if task.name == str(pid) else "others"
-        out[name] += cpu_seconds_of(task / "stat")
+        out[name] += stat_cpu_seconds(task / "stat")
     return out
-
-
-def cpu_seconds_of(stat: Path) -> float:
-    try:
-        fields = stat.read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def scrape(address: str) -> dict[str, object]:
@@ -138,10 +105,7 @@ def one_run(args: argparse.Namespace, profile: Path | None,
     work = Path(tempfile.mkdtemp(prefix="mxroute-delivery-", dir=args.workdir))
     (work / "bench.zone").write_text(zone_text(args.domains, args.hosts))
     sink_port, relay_port = free_port(PREFIX + "1"), free_port("127.0.0.1")
-    as_root = ["-u", "nobody"] if os.geteuid() == 0 else []
-    sinks = [subprocess.Popen(["smtp-sink", *as_root, "-c", f"{PREFIX}{k}:{sink_port}", "1000"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for k in range(1, args.hosts + 1)]
+    sinks = [smtp_sink(f"{PREFIX}{k}", sink_port) for k in range(1, args.hosts + 1)]
     env = dict(os.environ, MXROUTE_LISTEN=json.dumps([f"127.0.0.1:{relay_port}"]),
                MXROUTE_SPOOL_DIR=str(work / "spool"),
                MXROUTE_DNS_ZONE_FILES=json.dumps([str(work / "bench.zone")]),
@@ -157,12 +121,7 @@ def one_run(args: argparse.Namespace, profile: Path | None,
         relay = subprocess.Popen([str(args.mxroute), "serve"], env=env, stdout=log,
                                  stderr=subprocess.STDOUT)
     try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", relay_port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_listening(relay_port)
         time.sleep(1.0)
         workers = children(relay.pid)
         if profile is not None and workers:
@@ -212,12 +171,7 @@ def one_run(args: argparse.Namespace, profile: Path | None,
                 out.write(json.dumps(result) + "\n")
         return result
     finally:
-        relay.send_signal(signal.SIGTERM)
-        try:
-            relay.wait(15)
-        except subprocess.TimeoutExpired:
-            relay.kill()
-            relay.wait()
+        stop_relay(relay)
         for sink in sinks:
             sink.terminate()
             sink.wait(5)

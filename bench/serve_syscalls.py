@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -43,9 +42,7 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mxroute-syscalls-", dir=args.workdir))
     sink_port, relay_port = al.free_port(), al.free_port()
-    as_root = ["-u", "nobody"] if os.geteuid() == 0 else []
-    sink = subprocess.Popen(["smtp-sink", *as_root, "-c", f"127.0.0.1:{sink_port}", "1000"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sink = al.smtp_sink("127.0.0.1", sink_port)
     env = dict(os.environ, MXROUTE_LISTEN=json.dumps([f"127.0.0.1:{relay_port}"]),
                MXROUTE_SPOOL_DIR=str(work / "spool"), MXROUTE_DNS_SERVERS='["127.0.0.1:1"]',
                MXROUTE_HELO_NAME="relay.test", MXROUTE_ALLOW_PRIVATE_DESTINATIONS="true",
@@ -57,12 +54,7 @@ def main() -> int:
                                  stderr=subprocess.STDOUT)
     tracers: list[subprocess.Popen[bytes]] = []
     try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", relay_port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        al.wait_listening(relay_port)
         time.sleep(1.5)
         pids = {"intake": relay.pid, "delivery": al.children(relay.pid)[0]}
         for name, pid in pids.items():
@@ -87,8 +79,7 @@ def main() -> int:
         for tracer in tracers:
             tracer.send_signal(signal.SIGINT)
             tracer.wait(60)
-        relay.send_signal(signal.SIGTERM)
-        relay.wait(15)
+        al.stop_relay(relay)
         sink.terminate()
         sink.wait(5)
         shutil.rmtree(work, ignore_errors=True)
